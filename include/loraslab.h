@@ -1,0 +1,255 @@
+/* loraslab: merge sharded LoRA fine-tunes into one parallel-HDF5 checkpoint.
+ *
+ * This header is the API's documentation.  Conventions:
+ *  - Every function whose name ends in `_all` is collective over the communicator it was given:
+ *    every rank must call it, in the same order, with the same "logically collective" arguments.
+ *    It returns the same status on every rank; a rank with bad input still joins the I/O with
+ *    zero bytes, so a local error never hangs the others.
+ *  - Functions return LSL_OK (0) or a positive lsl_status.  After a failure, lsl_last_error()
+ *    gives a message naming the file / tensor / rank at fault (the same text on every rank
+ *    for collective calls).
+ *  - Sizes and counts are 64-bit.  No CUDA type appears here: device memory and streams cross
+ *    the API as `void *`.
+ *  - Objects are opaque; `_free`/`_close_all`/`_abort_all` take the address of the handle, accept
+ *    NULL and set it to NULL.
+ */
+#ifndef LORASLAB_H
+#define LORASLAB_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LSL_VERSION_MAJOR  0
+#define LSL_VERSION_MINOR  2
+#define LSL_VERSION_PATCH  0
+#define LSL_VERSION_NUMBER (LSL_VERSION_MAJOR * 10000 + LSL_VERSION_MINOR * 100 + LSL_VERSION_PATCH)
+/* Version of the HDF5 layout written (root attribute `loraslab_format_version`). */
+#define LSL_FORMAT_VERSION 1
+/* Most dimensions a tensor may have. */
+#define LSL_MAX_NDIM 8
+
+#if defined(__GNUC__)
+#define LSL_API __attribute__((visibility("default")))
+#else
+#define LSL_API
+#endif
+
+/* ---- status -------------------------------------------------------------------------------- */
+
+/* Published numbers never change.  Ranges: 1-19 usage, 20-39 cross-rank, 40-59 dependencies,
+ * 60-79 system, 80-99 input data. */
+typedef enum lsl_status {
+    LSL_OK = 0,
+    LSL_ERR_INVALID_ARG = 1, /* a bad argument (NULL, out-of-range value) */
+    LSL_ERR_WRONG_STATE = 2, /* call out of order (put before define, ...) */
+    LSL_ERR_SHAPE = 3,       /* shapes do not fit (base vs adapter, slice vs tensor) */
+    LSL_ERR_DTYPE = 4,       /* a dtype that cannot be used where it was given */
+    LSL_ERR_UNSUPPORTED = 5, /* input loraslab refuses to merge (adapter option, quantized base) */
+    LSL_ERR_NOT_FOUND = 6,   /* a file or tensor that should exist does not */
+    LSL_ERR_EXISTS = 7,      /* the output exists and overwrite was not asked for */
+    LSL_ERR_INCONSISTENT = 20, /* ranks passed different values for a logically collective arg */
+    LSL_ERR_MPI = 40,
+    LSL_ERR_HDF5 = 41,
+    LSL_ERR_CUDA = 42,
+    LSL_ERR_BLAS = 43,
+    LSL_ERR_NCCL = 44,
+    LSL_ERR_NOMEM = 60,
+    LSL_ERR_IO = 61,       /* read/write/rename failed (message carries errno text) */
+    LSL_ERR_NOSPACE = 62,  /* filesystem full or quota exceeded */
+    LSL_ERR_FORMAT = 80,   /* malformed safetensors / JSON / index / HDF5 layout */
+    LSL_ERR_CORRUPT = 81,  /* checksum mismatch */
+    LSL_ERR_NONFINITE = 82 /* a merge produced NaN or Inf */
+} lsl_status;
+
+/* Symbol name of a status ("LSL_ERR_SHAPE"); static storage, never NULL. Not collective. */
+LSL_API const char *lsl_status_name(lsl_status st);
+/* One-line description of a status; static storage, never NULL. Not collective. */
+LSL_API const char *lsl_strerror(lsl_status st);
+/* Detailed message of the last failure in this thread ("" if none).  Valid until the next
+ * loraslab call on this thread; do not free. Not collective. */
+LSL_API const char *lsl_last_error(void);
+
+LSL_API int lsl_version_number(void);         /* LSL_VERSION_NUMBER of the library loaded */
+LSL_API const char *lsl_version_string(void); /* "0.2.0"; static storage */
+
+/* ---- dtypes ---------------------------------------------------------------------------------- */
+
+/* safetensors dtypes, in the safetensors enum order (which the writer's sort relies on). */
+typedef enum lsl_dtype {
+    LSL_BOOL = 0,
+    LSL_F4,
+    LSL_F6_E2M3,
+    LSL_F6_E3M2,
+    LSL_U8,
+    LSL_I8,
+    LSL_F8_E5M2,
+    LSL_F8_E4M3,
+    LSL_F8_E8M0,
+    LSL_F8_E4M3FNUZ,
+    LSL_F8_E5M2FNUZ,
+    LSL_I16,
+    LSL_U16,
+    LSL_F16,
+    LSL_BF16,
+    LSL_I32,
+    LSL_U32,
+    LSL_F32,
+    LSL_C64,
+    LSL_F64,
+    LSL_I64,
+    LSL_U64,
+    LSL_DTYPE_COUNT_
+} lsl_dtype;
+
+/* safetensors name ("BF16"); NULL for an invalid value. Not collective. */
+LSL_API const char *lsl_dtype_name(lsl_dtype dt);
+/* Parse a safetensors dtype name (case-sensitive).  Returns LSL_OK or LSL_ERR_DTYPE. */
+LSL_API lsl_status lsl_dtype_from_name(const char *name, lsl_dtype *out);
+/* Bits per element (4 for F4, 6 for F6_*, 16 for BF16, ...); 0 for an invalid value. */
+LSL_API unsigned lsl_dtype_bits(lsl_dtype dt);
+
+/* ---- partition ------------------------------------------------------------------------------ */
+
+/* The rows [*row0, *row0 + *nrows) that `rank` of `nranks` owns under FSDP2 Shard(0) chunking
+ * (torch.chunk: ceil(rows / nranks) per rank, trailing ranks may be empty).  Not collective,
+ * cannot fail (nranks <= 0 or rank out of range gives an empty range). */
+LSL_API void lsl_partition_rows(uint64_t rows, int nranks, int rank, uint64_t *row0,
+                                uint64_t *nrows);
+
+/* ---- in-job writer ---------------------------------------------------------------------------
+ * The path a training job uses: create the writer, define the tensor list once, put each tensor's
+ * local row slice (with optional LoRA factors, merged on the fly), close.  The file appears at
+ * `path` only when close succeeds; until then it lives under a hidden temporary name in the same
+ * directory, and any failure removes it. */
+
+typedef struct lsl_writer lsl_writer;
+
+typedef struct lsl_writer_config {
+    uint64_t staging_bytes;     /* host staging budget per rank; 0: 64 MiB */
+    uint64_t alignment;         /* dataset alignment in bytes; 0: detect from the filesystem */
+    int overwrite;              /* nonzero: replace an existing file at path (atomically) */
+    int quiet;                  /* nonzero: no progress lines on stderr */
+    const char *progress_label; /* verb shown in progress lines ("merge"); NULL: "write" */
+} lsl_writer_config;
+#define LSL_WRITER_CONFIG_INIT                                                                     \
+    {                                                                                              \
+        0, 0, 0, 0, NULL                                                                           \
+    }
+
+typedef struct lsl_tensor_info {
+    const char *name; /* the HF tensor name; no '/', not empty */
+    lsl_dtype dtype;  /* any dtype but the sub-byte ones (F4, F6_*) */
+    int ndim;         /* 0..LSL_MAX_NDIM; rows are shape[0] (a 0-D tensor is one row) */
+    uint64_t shape[LSL_MAX_NDIM];
+} lsl_tensor_info;
+
+/* Where the data pointers of a part live. */
+typedef enum lsl_memspace { LSL_MEM_HOST = 0, LSL_MEM_DEVICE = 1 } lsl_memspace;
+
+/* How the caller's slice of LoRA A ([r, in]) is sharded. */
+typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_dim;
+
+/* LoRA factors for one tensor's local part.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
+ * accumulated in fp32, rounded once into the tensor's dtype (BF16, F16 or F32). */
+typedef struct lsl_lora_part {
+    uint64_t rank;         /* r */
+    double alpha;          /* lora_alpha: recorded in the file */
+    double scaling;        /* alpha / r (or alpha / sqrt(r) with rsLoRA): applied */
+    lsl_dtype a_dtype;     /* F32, BF16 or F16 */
+    lsl_dtype b_dtype;     /* F32, BF16 or F16 */
+    lsl_shard_dim a_shard; /* LSL_SHARD_ROWS: this rank holds rows [a_off, a_off + a_count) of A;
+                              LSL_SHARD_COLS: columns [a_off, a_off + a_count) */
+    uint64_t a_off, a_count;
+    const void *a; /* this rank's shard of A, row-major, contiguous */
+    const void *b; /* rows [row0, row0 + nrows) of B ([out, r]), row-major */
+} lsl_lora_part;
+
+typedef struct lsl_part {
+    uint64_t row0, nrows; /* this rank's rows; the ranks' parts must tile [0, rows) in rank order */
+    const void *data;     /* nrows rows of W0 (or of the tensor itself when lora is NULL) */
+    lsl_memspace mem;     /* where data, lora->a and lora->b live */
+    void *stream;         /* cudaStream_t for LSL_MEM_DEVICE (NULL: the default stream) */
+    const lsl_lora_part *lora; /* NULL: copy the rows unchanged */
+} lsl_part;
+
+/* Collective on comm.  Starts a writer for the file `path` (the communicator is duplicated; the
+ * caller keeps its own).  cfg may be NULL for defaults; path and cfg are logically collective.
+ * On success *out owns the writer (release with lsl_writer_close_all or lsl_writer_abort_all).
+ * Returns LSL_OK, LSL_ERR_EXISTS (path exists, no overwrite), LSL_ERR_IO (directory not
+ * writable), LSL_ERR_INVALID_ARG; on failure *out is NULL and nothing was created. */
+LSL_API lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path,
+                                         const lsl_writer_config *cfg, lsl_writer **out);
+
+/* Collective.  Adds a root string attribute (e.g. "base_config_json").  Call before define.
+ * key and value are logically collective (rank 0's values are written). */
+LSL_API lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *value);
+
+/* Collective.  Defines the file's tensors, in order; creates the temporary file and all its
+ * datasets.  The list is logically collective (checked against rank 0's: LSL_ERR_INCONSISTENT).
+ * Fails with LSL_ERR_NOSPACE when the filesystem lacks room for the whole file.  The writer
+ * copies what it needs; `tensors` may be freed after the call. */
+LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
+                                         const lsl_tensor_info *tensors);
+
+/* Collective.  Writes this rank's part of tensor `index` (0-based, in define order), merging the
+ * LoRA delta when part->lora is set.  Tensors may be put in any order, each exactly once, the
+ * same order on every rank.  A rank with no rows passes nrows = 0 (data may be NULL).
+ * Returns LSL_ERR_SHAPE (parts do not tile the rows), LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge
+ * produced NaN/Inf), LSL_ERR_IO / LSL_ERR_NOSPACE (write failed).  After a failure the writer
+ * accepts only lsl_writer_abort_all. */
+LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part);
+
+/* Collective.  Checks that every tensor was put, writes checksums and attributes, syncs the
+ * file and renames it into place.  Always frees the writer and sets *w to NULL; on failure the
+ * temporary file is removed and nothing appears at the path. */
+LSL_API lsl_status lsl_writer_close_all(lsl_writer **w);
+
+/* Collective.  Removes the temporary file and frees the writer; *w becomes NULL.  NULL is a
+ * no-op. */
+LSL_API void lsl_writer_abort_all(lsl_writer **w);
+
+/* ---- offline jobs (what the CLI runs) ------------------------------------------------------ */
+
+typedef struct lsl_job_config {
+    const char *base;       /* HF checkpoint directory (model.safetensors or an index + shards) */
+    const char *adapter;    /* PEFT adapter directory; NULL for a plain import */
+    const char *output;     /* the HDF5 file to write */
+    uint64_t staging_bytes; /* 0: 64 MiB */
+    uint64_t alignment;     /* 0: detect */
+    int overwrite;
+    int quiet;
+    int strict; /* refuse an adapter whose base_model_name_or_path does not match */
+} lsl_job_config;
+#define LSL_JOB_CONFIG_INIT                                                                        \
+    {                                                                                              \
+        NULL, NULL, NULL, 0, 0, 0, 0, 0                                                            \
+    }
+
+/* What a job measured; filled on every rank (min/max are over ranks). */
+typedef struct lsl_job_stats {
+    double seconds;
+    uint64_t tensors, merged_tensors, bytes;
+    uint64_t rss_baseline_max; /* resident bytes when the job started, max over ranks */
+    uint64_t rss_peak_max;     /* peak resident bytes (whole process), max over ranks */
+    uint64_t rss_growth_min, rss_growth_max; /* peak minus start, over ranks */
+} lsl_job_stats;
+
+/* Collective on comm.  Merges the adapter into the base checkpoint and writes cfg->output.
+ * Rank 0 reads the headers and configs and broadcasts the plan; each rank reads only its own
+ * byte ranges.  stats may be NULL.  Every input error is reported before the output is created. */
+LSL_API lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats);
+
+/* Not collective.  Describes a loraslab HDF5 file on `out`: a table, or with json != 0 a JSON
+ * document valid against schemas/loraslab-file.schema.json. */
+LSL_API lsl_status lsl_inspect(const char *path, int json, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORASLAB_H */

@@ -1,0 +1,13 @@
+/* CRC-32C (Castagnoli) of tensor bytes, and combining the CRCs of adjacent byte ranges so that a
+ * tensor's checksum does not depend on how many ranks wrote it. */
+#ifndef LSL_CRC32C_H
+#define LSL_CRC32C_H
+
+#include <stdint.h>
+
+/* CRC-32C of buf extending a previous finished CRC (0 for a fresh one). */
+uint32_t lsl_crc32c_extend(uint32_t crc, const void *buf, uint64_t len);
+/* CRC of A||B from crc(A), crc(B) and len(B). */
+uint32_t lsl_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
+#endif

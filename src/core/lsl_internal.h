@@ -1,0 +1,78 @@
+/* Internal helpers shared by every module: error recording, collective agreement, small utils. */
+#ifndef LSL_INTERNAL_H
+#define LSL_INTERNAL_H
+
+#include "loraslab.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#define LSL_MSG_MAX         1024
+#define LSL_DEFAULT_STAGING ((uint64_t)64 << 20)
+
+/* Record a failure message for lsl_last_error() and return st. */
+lsl_status lsl_i_fail(lsl_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, with the errno text appended ("...: No space left on device"); ENOSPC/EDQUOT/EFBIG give
+ * LSL_ERR_NOSPACE whatever st was. */
+lsl_status lsl_i_fail_errno(lsl_status st, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void lsl_i_clear_error(void);
+
+/* Collective: every rank passes its local status; all return the first failing rank's status and
+ * carry its message (prefixed with the rank when the communicator has several).  Never hangs on
+ * a local error because it is the only communication it does. */
+lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local);
+
+/* Jump to the function's one cleanup label on failure. */
+#define LSL_TRY(expr)                                                                              \
+    do {                                                                                           \
+        lsl_status try_st_ = (expr);                                                               \
+        if (try_st_ != LSL_OK) {                                                                   \
+            rc = try_st_;                                                                          \
+            goto fail;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+#define LSL_GOTO(st)                                                                               \
+    do {                                                                                           \
+        rc = (st);                                                                                 \
+        goto fail;                                                                                 \
+    } while (0)
+
+#define LSL_FAIL(st, ...)                                                                          \
+    do {                                                                                           \
+        rc = lsl_i_fail((st), __VA_ARGS__);                                                        \
+        goto fail;                                                                                 \
+    } while (0)
+
+/* MPI calls return codes through MPI_ERRORS_RETURN on the handles we create. */
+lsl_status lsl_i_mpi_fail(int mpi_rc, const char *what);
+
+/* Overflow-checked arithmetic (true on overflow). */
+static inline bool lsl_mul_overflow(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+static inline bool lsl_add_overflow(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+/* Bytes of `n` elements of dt; false when it overflows or is not a whole number of bytes. */
+bool lsl_i_dtype_bytes(lsl_dtype dt, uint64_t n, uint64_t *bytes);
+
+char *lsl_i_strdup(const char *s);
+/* Read a whole (small) file into a NUL-terminated buffer; caller frees. */
+lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len);
+/* pread exactly n bytes or fail with a message naming path. */
+lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path);
+
+/* Resident memory of this process: current and peak (bytes). */
+uint64_t lsl_i_rss_current(void);
+uint64_t lsl_i_rss_peak(void);
+double lsl_i_now(void);
+
+/* "1.5 GiB" into buf. */
+const char *lsl_i_fmt_bytes(uint64_t n, char *buf, size_t len);
+
+#endif

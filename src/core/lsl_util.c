@@ -1,0 +1,206 @@
+/* Dtypes, the row partition, versions and small system helpers. */
+#include "lsl_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STR2(x) #x
+#define STR(x)  STR2(x)
+
+int lsl_version_number(void)
+{
+    return LSL_VERSION_NUMBER;
+}
+
+const char *lsl_version_string(void)
+{
+    return STR(LSL_VERSION_MAJOR) "." STR(LSL_VERSION_MINOR) "." STR(LSL_VERSION_PATCH);
+}
+
+static const struct {
+    const char *name;
+    unsigned bits;
+} dtypes[LSL_DTYPE_COUNT_] = {
+    [LSL_BOOL] = {"BOOL", 8},
+    [LSL_F4] = {"F4", 4},
+    [LSL_F6_E2M3] = {"F6_E2M3", 6},
+    [LSL_F6_E3M2] = {"F6_E3M2", 6},
+    [LSL_U8] = {"U8", 8},
+    [LSL_I8] = {"I8", 8},
+    [LSL_F8_E5M2] = {"F8_E5M2", 8},
+    [LSL_F8_E4M3] = {"F8_E4M3", 8},
+    [LSL_F8_E8M0] = {"F8_E8M0", 8},
+    [LSL_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
+    [LSL_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8},
+    [LSL_I16] = {"I16", 16},
+    [LSL_U16] = {"U16", 16},
+    [LSL_F16] = {"F16", 16},
+    [LSL_BF16] = {"BF16", 16},
+    [LSL_I32] = {"I32", 32},
+    [LSL_U32] = {"U32", 32},
+    [LSL_F32] = {"F32", 32},
+    [LSL_C64] = {"C64", 64},
+    [LSL_F64] = {"F64", 64},
+    [LSL_I64] = {"I64", 64},
+    [LSL_U64] = {"U64", 64},
+};
+
+const char *lsl_dtype_name(lsl_dtype dt)
+{
+    return (unsigned)dt < LSL_DTYPE_COUNT_ ? dtypes[dt].name : NULL;
+}
+
+unsigned lsl_dtype_bits(lsl_dtype dt)
+{
+    return (unsigned)dt < LSL_DTYPE_COUNT_ ? dtypes[dt].bits : 0;
+}
+
+lsl_status lsl_dtype_from_name(const char *name, lsl_dtype *out)
+{
+    for (int i = 0; name && i < LSL_DTYPE_COUNT_; i++) {
+        if (strcmp(name, dtypes[i].name) == 0) {
+            *out = (lsl_dtype)i;
+            return LSL_OK;
+        }
+    }
+    return LSL_ERR_DTYPE;
+}
+
+bool lsl_i_dtype_bytes(lsl_dtype dt, uint64_t n, uint64_t *bytes)
+{
+    uint64_t bits;
+    if (lsl_mul_overflow(n, lsl_dtype_bits(dt), &bits) || bits % 8 != 0)
+        return false;
+    *bytes = bits / 8;
+    return true;
+}
+
+void lsl_partition_rows(uint64_t rows, int nranks, int rank, uint64_t *row0, uint64_t *nrows)
+{
+    *row0 = 0;
+    *nrows = 0;
+    if (nranks <= 0 || rank < 0 || rank >= nranks)
+        return;
+    uint64_t chunk = rows / (uint64_t)nranks + (rows % (uint64_t)nranks != 0);
+    uint64_t lo = chunk * (uint64_t)rank;
+    if (lo >= rows) {
+        *row0 = rows;
+        return;
+    }
+    uint64_t hi = lo + chunk < rows ? lo + chunk : rows;
+    *row0 = lo;
+    *nrows = hi - lo;
+}
+
+char *lsl_i_strdup(const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        ssize_t got = pread(fd, p, want, (off_t)off);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: read of %zu bytes at offset %llu", path,
+                                    want, (unsigned long long)off);
+        }
+        if (got == 0)
+            return lsl_i_fail(LSL_ERR_FORMAT,
+                              "%s: unexpected end of file at offset %llu (file truncated?)", path,
+                              (unsigned long long)off);
+        p += got;
+        off += (uint64_t)got;
+        n -= (uint64_t)got;
+    }
+    return LSL_OK;
+}
+
+lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len)
+{
+    lsl_status rc = LSL_OK;
+    char *buf = NULL;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s",
+                                path);
+    if (fstat(fd, &st) != 0)
+        LSL_FAIL(LSL_ERR_IO, "%s: stat failed", path);
+    if ((uint64_t)st.st_size > max_bytes)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: %lld bytes, more than the %llu allowed", path,
+                 (long long)st.st_size, (unsigned long long)max_bytes);
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf)
+        LSL_FAIL(LSL_ERR_NOMEM, "%s: out of memory", path);
+    LSL_TRY(lsl_i_pread_full(fd, buf, (uint64_t)st.st_size, 0, path));
+    buf[st.st_size] = '\0';
+    *out = buf;
+    if (len)
+        *len = (uint64_t)st.st_size;
+    close(fd);
+    return LSL_OK;
+fail:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+uint64_t lsl_i_rss_current(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+uint64_t lsl_i_rss_peak(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (uint64_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */
+}
+
+double lsl_i_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *lsl_i_fmt_bytes(uint64_t n, char *buf, size_t len)
+{
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1024.0 && u < 5) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%llu B", (unsigned long long)n);
+    else
+        snprintf(buf, len, "%.2f %s", v, unit[u]);
+    return buf;
+}

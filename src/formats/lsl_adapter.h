@@ -1,0 +1,36 @@
+/* PEFT adapter_config.json: what loraslab merges, and what it refuses (formats.md 3.2, 3.6). */
+#ifndef LSL_ADAPTER_H
+#define LSL_ADAPTER_H
+
+#include "lsl_internal.h"
+
+#include <regex.h>
+
+typedef struct lsl_pattern {
+    char *key;
+    double value;
+    regex_t re;
+} lsl_pattern;
+
+typedef struct lsl_adapter_cfg {
+    uint64_t r;
+    double alpha;
+    int rslora;
+    uint64_t nrank_pat, nalpha_pat;
+    lsl_pattern *rank_pat, *alpha_pat;
+    char *base_model; /* base_model_name_or_path, NULL when absent */
+} lsl_adapter_cfg;
+
+/* Parse and vet the config text; label names the file in messages.  Options loraslab cannot
+ * merge exactly are refused with LSL_ERR_UNSUPPORTED naming the option. */
+lsl_status lsl_adapter_cfg_parse(const char *label, const char *text, lsl_adapter_cfg *out);
+void lsl_adapter_cfg_free(lsl_adapter_cfg *c);
+
+/* r and alpha for a module name, as PEFT's get_pattern_key picks them: the first pattern key k
+ * (in JSON order) with re.match(rf"(.*\.)?({k})$", module), else the global value. */
+uint64_t lsl_adapter_rank_for(const lsl_adapter_cfg *c, const char *module);
+double lsl_adapter_alpha_for(const lsl_adapter_cfg *c, const char *module);
+/* alpha / r, or alpha / sqrt(r) with use_rslora. */
+double lsl_adapter_scaling(const lsl_adapter_cfg *c, uint64_t r, double alpha);
+
+#endif

@@ -1,0 +1,345 @@
+/* safetensors header reader.  Checks follow the Rust reader's order (formats.md 1.3) and are
+ * stricter where formats.md 4.3 says C must be: duplicate keys at every level, NUL in names,
+ * deep nesting in unknown fields. */
+#include "lsl_safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Depth allowed inside an unknown field of a tensor entry (the Rust reader allows 128 overall). */
+#define UNKNOWN_FIELD_MAX_DEPTH 32
+
+static bool utf8_valid(const unsigned char *s, uint64_t n, uint64_t *bad_at)
+{
+    uint64_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        uint64_t len;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            len = 2;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            *bad_at = i;
+            return false;
+        }
+        if (i + len > n) {
+            *bad_at = i;
+            return false;
+        }
+        for (uint64_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) {
+                *bad_at = i;
+                return false;
+            }
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            *bad_at = i;
+            return false;
+        }
+        i += len;
+    }
+    return true;
+}
+
+static int json_depth(const json_t *v)
+{
+    int best = 0;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *c;
+        json_object_foreach ((json_t *)v, k, c) {
+            int d = json_depth(c);
+            if (d > best)
+                best = d;
+        }
+        return best + 1;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *c;
+        json_array_foreach (v, i, c) {
+            int d = json_depth(c);
+            if (d > best)
+                best = d;
+        }
+        return best + 1;
+    }
+    return 0;
+}
+
+static lsl_status get_u64(const char *label, const char *tname, const char *field, json_t *v,
+                          uint64_t *out)
+{
+    if (!json_is_integer(v))
+        return lsl_i_fail(
+            LSL_ERR_FORMAT, "%s: tensor `%s`: %s must hold non-negative integers (got %s)", label,
+            tname, field, json_is_real(v) ? "a fractional or exponent number" : "a non-number");
+    json_int_t x = json_integer_value(v);
+    if (x < 0)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s`: %s holds a negative number (%lld)",
+                          label, tname, field, (long long)x);
+    *out = (uint64_t)x;
+    return LSL_OK;
+}
+
+static lsl_status parse_tensor(const char *label, const char *name, json_t *v, lsl_st_tensor *t)
+{
+    if (!json_is_object(v))
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: entry `%s` is not an object", label, name);
+    json_t *dtype = NULL, *shape = NULL, *offs = NULL;
+    const char *k;
+    json_t *c;
+    json_object_foreach (v, k, c) {
+        if (strcmp(k, "dtype") == 0)
+            dtype = c;
+        else if (strcmp(k, "shape") == 0)
+            shape = c;
+        else if (strcmp(k, "data_offsets") == 0)
+            offs = c;
+        else if (json_depth(c) > UNKNOWN_FIELD_MAX_DEPTH)
+            return lsl_i_fail(LSL_ERR_FORMAT,
+                              "%s: tensor `%s`: unknown field `%s` nests deeper than %d levels",
+                              label, name, k, UNKNOWN_FIELD_MAX_DEPTH);
+    }
+    if (!dtype || !shape || !offs)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s`: missing field `%s`", label, name,
+                          !dtype   ? "dtype"
+                          : !shape ? "shape"
+                                   : "data_offsets");
+    if (!json_is_string(dtype))
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s`: dtype is not a string", label, name);
+    if (lsl_dtype_from_name(json_string_value(dtype), &t->dtype) != LSL_OK)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s`: unknown dtype \"%s\"", label, name,
+                          json_string_value(dtype));
+    if (!json_is_array(shape))
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s`: shape is not an array", label, name);
+    if (json_array_size(shape) > LSL_MAX_NDIM)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s`: %zu dimensions, at most %d supported",
+                          label, name, json_array_size(shape), LSL_MAX_NDIM);
+    t->ndim = (int)json_array_size(shape);
+    for (int i = 0; i < t->ndim; i++) {
+        lsl_status st =
+            get_u64(label, name, "shape", json_array_get(shape, (size_t)i), &t->shape[i]);
+        if (st)
+            return st;
+    }
+    if (!json_is_array(offs) || json_array_size(offs) != 2)
+        return lsl_i_fail(LSL_ERR_FORMAT,
+                          "%s: tensor `%s`: data_offsets must be an array of 2 integers", label,
+                          name);
+    lsl_status st = get_u64(label, name, "data_offsets", json_array_get(offs, 0), &t->begin);
+    if (!st)
+        st = get_u64(label, name, "data_offsets", json_array_get(offs, 1), &t->end);
+    return st;
+}
+
+static int cmp_offsets(const void *a, const void *b)
+{
+    const lsl_st_tensor *x = a, *y = b;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end)
+        return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+void lsl_st_free(lsl_st_file *f)
+{
+    if (!f)
+        return;
+    for (uint64_t i = 0; i < f->ntensors; i++)
+        free(f->tensors[i].name);
+    free(f->tensors);
+    free(f->format);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+lsl_status lsl_st_parse(const char *label, const unsigned char *bytes, uint64_t len,
+                        uint64_t file_size, lsl_st_file *out)
+{
+    lsl_status rc = LSL_OK;
+    json_t *root = NULL;
+    memset(out, 0, sizeof *out);
+    out->file_size = file_size;
+    out->path = lsl_i_strdup(label);
+    if (!out->path)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    if (file_size < 8 || len < 8)
+        LSL_FAIL(LSL_ERR_FORMAT,
+                 "%s: file shorter than the 8-byte header length (%llu bytes): not a safetensors "
+                 "file, or truncated",
+                 label, (unsigned long long)file_size);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | bytes[i];
+    if (n > LSL_ST_MAX_HEADER)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: header length %llu exceeds the safetensors limit of %llu",
+                 label, (unsigned long long)n, LSL_ST_MAX_HEADER);
+    if (8 + n > file_size)
+        LSL_FAIL(LSL_ERR_FORMAT,
+                 "%s: header length %llu runs past the end of the file (%llu bytes)", label,
+                 (unsigned long long)n, (unsigned long long)file_size);
+    if (8 + n > len)
+        LSL_FAIL(LSL_ERR_INVALID_ARG, "%s: header not fully read", label);
+    const unsigned char *h = bytes + 8;
+    uint64_t bad = 0;
+    if (!utf8_valid(h, n, &bad))
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %llu of the header)", label,
+                 (unsigned long long)bad);
+    if (n >= 3 && h[0] == 0xEF && h[1] == 0xBB && h[2] == 0xBF)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: header starts with a UTF-8 byte-order mark", label);
+    if (n > 0 && h[n - 1] == '\0')
+        LSL_FAIL(LSL_ERR_FORMAT,
+                 "%s: header padded with NUL bytes; safetensors pads with spaces (0x20)", label);
+    json_error_t jerr;
+    root = json_loadb((const char *)h, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: invalid JSON in header (line %d, column %d): %s", label,
+                 jerr.line, jerr.column, jerr.text);
+    if (!json_is_object(root))
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: header JSON is not an object", label);
+
+    size_t count = json_object_size(root);
+    out->tensors = calloc(count ? count : 1, sizeof *out->tensors);
+    if (!out->tensors)
+        LSL_FAIL(LSL_ERR_NOMEM, "%s: out of memory for %zu tensor entries", label, count);
+    const char *key;
+    json_t *val;
+    json_object_foreach (root, key, val) {
+        if (key[0] == '\0')
+            LSL_FAIL(LSL_ERR_FORMAT, "%s: a tensor has an empty name", label);
+        if (strcmp(key, "__metadata__") == 0) {
+            if (json_is_null(val))
+                continue;
+            if (!json_is_object(val))
+                LSL_FAIL(LSL_ERR_FORMAT, "%s: __metadata__ is not an object", label);
+            const char *mk;
+            json_t *mv;
+            json_object_foreach (val, mk, mv) {
+                if (!json_is_string(mv))
+                    LSL_FAIL(LSL_ERR_FORMAT,
+                             "%s: __metadata__ value for \"%s\" is not a string (all metadata "
+                             "values must be strings)",
+                             label, mk);
+                if (strcmp(mk, "format") == 0 &&
+                    !(out->format = lsl_i_strdup(json_string_value(mv))))
+                    LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+            }
+            continue;
+        }
+        lsl_st_tensor *t = &out->tensors[out->ntensors];
+        LSL_TRY(parse_tensor(label, key, val, t));
+        if (!(t->name = lsl_i_strdup(key)))
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        out->ntensors++;
+    }
+    qsort(out->tensors, out->ntensors, sizeof *out->tensors, cmp_offsets);
+    uint64_t start = 0;
+    for (uint64_t i = 0; i < out->ntensors; i++) {
+        lsl_st_tensor *t = &out->tensors[i];
+        if (t->begin != start || t->end < t->begin)
+            LSL_FAIL(LSL_ERR_FORMAT,
+                     "%s: invalid offset for tensor `%s`: data_offsets [%llu, %llu], expected to "
+                     "begin at %llu (hole, overlap or reversed range)",
+                     label, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                     (unsigned long long)start);
+        start = t->end;
+        uint64_t elems = 1, bits;
+        for (int d = 0; d < t->ndim; d++)
+            if (lsl_mul_overflow(elems, t->shape[d], &elems))
+                LSL_FAIL(LSL_ERR_FORMAT, "%s: tensor `%s`: shape product overflows 64 bits", label,
+                         t->name);
+        if (lsl_mul_overflow(elems, lsl_dtype_bits(t->dtype), &bits))
+            LSL_FAIL(LSL_ERR_FORMAT, "%s: tensor `%s`: byte size overflows 64 bits", label,
+                     t->name);
+        if (bits % 8 != 0)
+            LSL_FAIL(LSL_ERR_FORMAT,
+                     "%s: tensor `%s`: %s with %llu elements is not a whole number of bytes", label,
+                     t->name, lsl_dtype_name(t->dtype), (unsigned long long)elems);
+        if (t->end - t->begin != bits / 8)
+            LSL_FAIL(LSL_ERR_FORMAT,
+                     "%s: tensor `%s`: invalid shape, dtype or offsets: %s shape needs %llu bytes, "
+                     "data_offsets span %llu",
+                     label, t->name, lsl_dtype_name(t->dtype), (unsigned long long)(bits / 8),
+                     (unsigned long long)(t->end - t->begin));
+    }
+    out->data_start = 8 + n;
+    if (start + out->data_start != file_size)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: file is %llu bytes but the header describes %llu (%s)", label,
+                 (unsigned long long)file_size, (unsigned long long)(start + out->data_start),
+                 start + out->data_start > file_size ? "file truncated"
+                                                     : "trailing bytes after the last tensor");
+    json_decref(root);
+    return LSL_OK;
+fail:
+    json_decref(root);
+    lsl_st_free(out);
+    return rc;
+}
+
+lsl_status lsl_st_open(const char *path, lsl_st_file *out)
+{
+    lsl_status rc = LSL_OK;
+    unsigned char *buf = NULL;
+    struct stat sb;
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s",
+                                path);
+    if (fstat(fd, &sb) != 0)
+        LSL_FAIL(LSL_ERR_IO, "%s: stat failed", path);
+    uint64_t size = (uint64_t)sb.st_size;
+    unsigned char head[8] = {0};
+    uint64_t n = 0;
+    if (size >= 8) {
+        LSL_TRY(lsl_i_pread_full(fd, head, 8, 0, path));
+        for (int i = 7; i >= 0; i--)
+            n = (n << 8) | head[i];
+    }
+    /* Validate the length before allocating for it (formats.md S2/S3/S4). */
+    if (size < 8 || n > LSL_ST_MAX_HEADER || 8 + n > size) {
+        rc = lsl_st_parse(path, head, size < 8 ? size : 8, size, out);
+        goto fail;
+    }
+    buf = malloc((size_t)(8 + n));
+    if (!buf)
+        LSL_FAIL(LSL_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
+                 (unsigned long long)n);
+    memcpy(buf, head, 8);
+    LSL_TRY(lsl_i_pread_full(fd, buf + 8, n, 8, path));
+    LSL_TRY(lsl_st_parse(path, buf, 8 + n, size, out));
+    free(buf);
+    close(fd);
+    return LSL_OK;
+fail:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int64_t lsl_st_find(const lsl_st_file *f, const char *name)
+{
+    for (uint64_t i = 0; i < f->ntensors; i++)
+        if (strcmp(f->tensors[i].name, name) == 0)
+            return (int64_t)i;
+    return -1;
+}

@@ -1,0 +1,36 @@
+/* safetensors header reader: every rule of reference/formats.md 1.3 and 4.3 (S1-S32). */
+#ifndef LSL_SAFETENSORS_H
+#define LSL_SAFETENSORS_H
+
+#include "lsl_internal.h"
+
+#define LSL_ST_MAX_HEADER 100000000ull /* safetensors MAX_HEADER_SIZE (inclusive) */
+
+typedef struct lsl_st_tensor {
+    char *name;
+    lsl_dtype dtype;
+    int ndim;
+    uint64_t shape[LSL_MAX_NDIM];
+    uint64_t begin, end; /* relative to the data buffer */
+} lsl_st_tensor;
+
+typedef struct lsl_st_file {
+    char *path;
+    uint64_t file_size;
+    uint64_t data_start; /* 8 + N */
+    uint64_t ntensors;
+    lsl_st_tensor *tensors; /* sorted by data offset */
+    char *format;           /* __metadata__.format, NULL when absent */
+} lsl_st_file;
+
+/* Parse and validate a header from memory: `bytes` holds the first `len` bytes of a file whose
+ * total size is file_size (tests pass the whole file).  `label` names the file in messages. */
+lsl_status lsl_st_parse(const char *label, const unsigned char *bytes, uint64_t len,
+                        uint64_t file_size, lsl_st_file *out);
+/* Open path, read only the header, validate it. */
+lsl_status lsl_st_open(const char *path, lsl_st_file *out);
+void lsl_st_free(lsl_st_file *f);
+/* Index of the tensor called name, or -1. */
+int64_t lsl_st_find(const lsl_st_file *f, const char *name);
+
+#endif

@@ -1,0 +1,264 @@
+#include "lsl_h5.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static herr_t walk_first(unsigned n, const H5E_error2_t *e, void *data)
+{
+    char *buf = data;
+    if (n == 0)
+        snprintf(buf, 256, "%s (in %s)", e->desc ? e->desc : "?",
+                 e->func_name ? e->func_name : "?");
+    return 0;
+}
+
+lsl_status lsl_i_h5_fail(lsl_status st, const char *fmt, ...)
+{
+    char what[LSL_MSG_MAX], why[256] = "no HDF5 error detail";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_first, why);
+    H5Eclear2(H5E_DEFAULT);
+    return lsl_i_fail(st, "%s: %s", what, why);
+}
+
+hid_t lsl_i_h5_type(lsl_dtype dt)
+{
+    hid_t t = H5I_INVALID_HID;
+    switch (dt) {
+    case LSL_BF16:
+        /* Order matters: fields first, then precision, then size (parallel-io.md a.4). */
+        t = H5Tcopy(H5T_IEEE_F32LE);
+        H5Tset_fields(t, 15, 7, 8, 0, 7);
+        H5Tset_precision(t, 16);
+        H5Tset_size(t, 2);
+        H5Tset_ebias(t, 127);
+        return t;
+    case LSL_F16:
+        t = H5Tcopy(H5T_IEEE_F32LE);
+        H5Tset_fields(t, 15, 10, 5, 0, 10);
+        H5Tset_precision(t, 16);
+        H5Tset_size(t, 2);
+        H5Tset_ebias(t, 15);
+        return t;
+    case LSL_F32: return H5Tcopy(H5T_IEEE_F32LE);
+    case LSL_F64: return H5Tcopy(H5T_IEEE_F64LE);
+    case LSL_BOOL:
+    case LSL_U8: return H5Tcopy(H5T_STD_U8LE);
+    case LSL_I8: return H5Tcopy(H5T_STD_I8LE);
+    case LSL_I16: return H5Tcopy(H5T_STD_I16LE);
+    case LSL_U16: return H5Tcopy(H5T_STD_U16LE);
+    case LSL_I32: return H5Tcopy(H5T_STD_I32LE);
+    case LSL_U32: return H5Tcopy(H5T_STD_U32LE);
+    case LSL_I64: return H5Tcopy(H5T_STD_I64LE);
+    case LSL_U64: return H5Tcopy(H5T_STD_U64LE);
+    case LSL_C64:
+        /* h5py reads a compound of fields r, i as complex64. */
+        t = H5Tcreate(H5T_COMPOUND, 8);
+        H5Tinsert(t, "r", 0, H5T_IEEE_F32LE);
+        H5Tinsert(t, "i", 4, H5T_IEEE_F32LE);
+        return t;
+    default:
+        /* fp8 variants: opaque bytes; the `dtype` attribute says what they are. */
+        if (lsl_dtype_bits(dt) == 8) {
+            t = H5Tcreate(H5T_OPAQUE, 1);
+            H5Tset_tag(t, lsl_dtype_name(dt));
+            return t;
+        }
+        return H5I_INVALID_HID;
+    }
+}
+
+hid_t lsl_i_h5_fapl(uint64_t alignment)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_sec2(fapl);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    H5Pset_file_locking(fapl, 0, 1);
+    if (alignment > 1) {
+        /* Small tensors (norms, biases) pack densely; large ones start on stripe boundaries. */
+        H5Pset_alignment(fapl, alignment < (64u << 10) ? alignment : (64u << 10), alignment);
+        H5Pset_meta_block_size(fapl, 1 << 20);
+    }
+    return fapl;
+}
+
+lsl_status lsl_i_h5_put_str(hid_t obj, const char *name, const char *value)
+{
+    lsl_status rc = LSL_OK;
+    hid_t type = H5Tcopy(H5T_C_S1), space = H5Screate(H5S_SCALAR), attr = H5I_INVALID_HID;
+    H5Tset_size(type, H5T_VARIABLE);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    if (H5Aexists(obj, name) > 0)
+        H5Adelete(obj, name);
+    attr = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (attr < 0 || H5Awrite(attr, type, &value) < 0)
+        rc = lsl_i_h5_fail(LSL_ERR_HDF5, "writing attribute %s", name);
+    if (attr >= 0)
+        H5Aclose(attr);
+    H5Sclose(space);
+    H5Tclose(type);
+    return rc;
+}
+
+lsl_status lsl_i_h5_put_u64(hid_t obj, const char *name, hid_t type, uint64_t value)
+{
+    lsl_status rc = LSL_OK;
+    hid_t space = H5Screate(H5S_SCALAR);
+    if (H5Aexists(obj, name) > 0)
+        H5Adelete(obj, name);
+    hid_t attr = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (attr < 0 || H5Awrite(attr, H5T_NATIVE_UINT64, &value) < 0)
+        rc = lsl_i_h5_fail(LSL_ERR_HDF5, "writing attribute %s", name);
+    if (attr >= 0)
+        H5Aclose(attr);
+    H5Sclose(space);
+    return rc;
+}
+
+lsl_status lsl_i_h5_put_f64(hid_t obj, const char *name, double value)
+{
+    lsl_status rc = LSL_OK;
+    hid_t space = H5Screate(H5S_SCALAR);
+    if (H5Aexists(obj, name) > 0)
+        H5Adelete(obj, name);
+    hid_t attr = H5Acreate2(obj, name, H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (attr < 0 || H5Awrite(attr, H5T_NATIVE_DOUBLE, &value) < 0)
+        rc = lsl_i_h5_fail(LSL_ERR_HDF5, "writing attribute %s", name);
+    if (attr >= 0)
+        H5Aclose(attr);
+    H5Sclose(space);
+    return rc;
+}
+
+lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, char **out)
+{
+    lsl_status rc = LSL_OK;
+    *out = NULL;
+    if (H5Aexists(obj, name) <= 0)
+        return LSL_OK;
+    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t ftype = H5Aget_type(attr);
+    if (H5Tget_class(ftype) != H5T_STRING) {
+        rc = lsl_i_fail(LSL_ERR_FORMAT, "attribute %s is not a string", name);
+    } else if (H5Tis_variable_str(ftype) > 0) {
+        char *v = NULL;
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(ftype));
+        if (H5Aread(attr, mt, &v) < 0)
+            rc = lsl_i_h5_fail(LSL_ERR_HDF5, "reading attribute %s", name);
+        else if (!(*out = lsl_i_strdup(v ? v : "")))
+            rc = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        if (v)
+            H5free_memory(v);
+        H5Tclose(mt);
+    } else {
+        size_t n = H5Tget_size(ftype);
+        char *v = calloc(n + 1, 1);
+        if (!v)
+            rc = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        else if (H5Aread(attr, ftype, v) < 0)
+            rc = lsl_i_h5_fail(LSL_ERR_HDF5, "reading attribute %s", name);
+        if (rc)
+            free(v);
+        else
+            *out = v;
+    }
+    H5Tclose(ftype);
+    H5Aclose(attr);
+    return rc;
+}
+
+lsl_status lsl_i_h5_create(const char *path, uint64_t alignment, uint64_t nattrs, char *const *keys,
+                           char *const *vals, uint64_t n, const lsl_tensor_info *t,
+                           uint64_t *offsets)
+{
+    lsl_status rc = LSL_OK;
+    hid_t fapl = lsl_i_h5_fapl(alignment), fcpl = H5Pcreate(H5P_FILE_CREATE);
+    hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t file = H5I_INVALID_HID, grp = H5I_INVALID_HID;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    /* Readers list tensors in the order they were defined (the checkpoint's order). */
+    H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+    H5Pset_layout(dcpl, H5D_CONTIGUOUS);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl);
+    if (file < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: cannot create the HDF5 file", path));
+    LSL_TRY(lsl_i_h5_put_u64(file, "loraslab_format_version", H5T_STD_I32LE, LSL_FORMAT_VERSION));
+    LSL_TRY(lsl_i_h5_put_str(file, "loraslab_version", lsl_version_string()));
+    for (uint64_t i = 0; i < nattrs; i++)
+        LSL_TRY(lsl_i_h5_put_str(file, keys[i], vals[i]));
+    grp = H5Gcreate2(file, LSL_H5_GROUP, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    if (grp < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: creating group", path));
+    for (uint64_t i = 0; i < n; i++) {
+        hsize_t dims[LSL_MAX_NDIM];
+        for (int d = 0; d < t[i].ndim; d++)
+            dims[d] = (hsize_t)t[i].shape[d];
+        hid_t space =
+            t[i].ndim == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(t[i].ndim, dims, NULL);
+        hid_t type = lsl_i_h5_type(t[i].dtype);
+        hid_t ds = H5Dcreate2(grp, t[i].name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        H5Sclose(space);
+        H5Tclose(type);
+        if (ds < 0)
+            LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: creating dataset for tensor `%s`", path,
+                                   t[i].name));
+        haddr_t off = H5Dget_offset(ds);
+        offsets[i] = off == HADDR_UNDEF ? 0 : (uint64_t)off;
+        lsl_status st = lsl_i_h5_put_str(ds, "dtype", lsl_dtype_name(t[i].dtype));
+        H5Dclose(ds);
+        LSL_TRY(st);
+    }
+    if (H5Fflush(file, H5F_SCOPE_GLOBAL) < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: flush", path));
+fail:
+    if (grp >= 0)
+        H5Gclose(grp);
+    if (file >= 0 && H5Fclose(file) < 0 && rc == LSL_OK)
+        rc = lsl_i_h5_fail(LSL_ERR_HDF5, "%s: closing after create", path);
+    H5Pclose(dcpl);
+    H5Pclose(gcpl);
+    H5Pclose(fcpl);
+    H5Pclose(fapl);
+    return rc;
+}
+
+lsl_status lsl_i_h5_finish(const char *path, uint64_t n, const lsl_tensor_info *t,
+                           const lsl_i_h5_final *f)
+{
+    lsl_status rc = LSL_OK;
+    hid_t fapl = lsl_i_h5_fapl(0), grp = H5I_INVALID_HID;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, fapl);
+    if (file < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: reopening to finish", path));
+    grp = H5Gopen2(file, LSL_H5_GROUP, H5P_DEFAULT);
+    for (uint64_t i = 0; i < n && grp >= 0; i++) {
+        hid_t ds = H5Dopen2(grp, t[i].name, H5P_DEFAULT);
+        if (ds < 0)
+            LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: reopening `%s`", path, t[i].name));
+        lsl_status st = lsl_i_h5_put_u64(ds, "crc32c", H5T_STD_U32LE, f[i].crc32c);
+        if (!st && f[i].has_lora) {
+            st = lsl_i_h5_put_u64(ds, "lora_rank", H5T_STD_U64LE, f[i].lora_rank);
+            if (!st)
+                st = lsl_i_h5_put_f64(ds, "lora_alpha", f[i].lora_alpha);
+            if (!st)
+                st = lsl_i_h5_put_f64(ds, "lora_scaling", f[i].lora_scaling);
+        }
+        H5Dclose(ds);
+        LSL_TRY(st);
+    }
+fail:
+    if (grp >= 0)
+        H5Gclose(grp);
+    if (file >= 0 && H5Fclose(file) < 0 && rc == LSL_OK)
+        rc = lsl_i_h5_fail(LSL_ERR_HDF5, "%s: closing after finish", path);
+    H5Pclose(fapl);
+    return rc;
+}

@@ -1,0 +1,48 @@
+/* The HDF5 side of the file: created by rank 0 alone (metadata only), data written through
+ * MPI-IO at the datasets' offsets, attributes finished by rank 0 after the data is on disk. */
+#ifndef LSL_H5_H
+#define LSL_H5_H
+
+#include "lsl_internal.h"
+
+#include <hdf5.h>
+
+#define LSL_H5_GROUP "tensors"
+
+/* What rank 0 knows about a tensor once every rank has written it. */
+typedef struct lsl_i_h5_final {
+    uint32_t crc32c;
+    int has_lora;
+    uint64_t lora_rank;
+    double lora_alpha, lora_scaling;
+} lsl_i_h5_final;
+
+/* The HDF5 file type for a dtype (bf16 with HDF5 2.0's BFLOAT16 fields); caller H5Tclose()s. */
+hid_t lsl_i_h5_type(lsl_dtype dt);
+
+/* A file access property list for serial opens: sec2, no file locking (fails on many parallel
+ * filesystems, and we rename atomically anyway). */
+hid_t lsl_i_h5_fapl(uint64_t alignment);
+
+/* Format the innermost HDF5 error into the loraslab message. */
+lsl_status lsl_i_h5_fail(lsl_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Create path (replacing the empty placeholder the writer reserved) with every dataset contiguous,
+ * allocated early, never filled, aligned; offsets[i] receives each dataset's file offset (0 for
+ * empty tensors).  Not collective. */
+lsl_status lsl_i_h5_create(const char *path, uint64_t alignment, uint64_t nattrs, char *const *keys,
+                           char *const *vals, uint64_t n, const lsl_tensor_info *t,
+                           uint64_t *offsets);
+
+/* Write the per-tensor attributes (checksum, what was merged).  Not collective. */
+lsl_status lsl_i_h5_finish(const char *path, uint64_t n, const lsl_tensor_info *t,
+                           const lsl_i_h5_final *f);
+
+/* Attribute helpers (used by the writer and by inspect). */
+lsl_status lsl_i_h5_put_str(hid_t obj, const char *name, const char *value);
+lsl_status lsl_i_h5_put_u64(hid_t obj, const char *name, hid_t type, uint64_t value);
+lsl_status lsl_i_h5_put_f64(hid_t obj, const char *name, double value);
+/* Read a string attribute (fixed or variable length); NULL with no error when absent. */
+lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, char **out);
+
+#endif

@@ -1,0 +1,724 @@
+#define _GNU_SOURCE /* renameat2 */
+/* The collective writer: rank 0 lays out the HDF5 file, every rank writes its byte ranges with
+ * MPI_File_write_at_all, rank 0 finishes the attributes and renames the file into place. */
+#include "lsl_writer_i.h"
+
+#include "lsl_crc32c.h"
+#include "lsl_fs.h"
+#include "lsl_gather.h"
+#include "lsl_h5.h"
+#include "lsl_merge.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Largest single write from caller memory: keeps MPI's int count safe. */
+#define ZERO_COPY_CHUNK  ((uint64_t)1 << 30)
+#define PROGRESS_EVERY_S 2.0
+
+enum wstate { W_CREATED, W_DEFINED, W_FAILED };
+
+struct lsl_writer {
+    MPI_Comm comm;
+    int rank, size;
+    enum wstate state;
+    lsl_writer_config cfg;
+    uint64_t staging_bytes;
+    char *path, *tmp, *dir, *hints;
+    lsl_i_fsinfo fs;
+    uint64_t nattrs;
+    char **keys, **vals;
+    uint64_t n;
+    lsl_tensor_info *t;
+    uint64_t *offsets, *nbytes, total_bytes;
+    unsigned char *done;
+    lsl_i_h5_final *fin;
+    MPI_File fh;
+    int fh_open;
+    unsigned char *staging;
+    double t0, last_print;
+    uint64_t bytes_done, tensors_done;
+};
+
+static uint64_t rows_of(const lsl_tensor_info *t)
+{
+    return t->ndim == 0 ? 1 : t->shape[0];
+}
+
+static uint64_t row_elems(const lsl_tensor_info *t)
+{
+    uint64_t e = 1;
+    for (int d = 1; d < t->ndim; d++)
+        e *= t->shape[d];
+    return e;
+}
+
+static lsl_status bcast_str(MPI_Comm comm, char **s)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    uint64_t len = rank == 0 && *s ? strlen(*s) + 1 : 0;
+    MPI_Bcast(&len, 1, MPI_UINT64_T, 0, comm);
+    if (rank != 0) {
+        free(*s);
+        *s = NULL;
+        if (len && !(*s = malloc(len)))
+            return LSL_ERR_NOMEM; /* the MPI_Bcast below still runs on this rank's side */
+    }
+    if (len)
+        MPI_Bcast(*s, (int)len, MPI_CHAR, 0, comm);
+    return LSL_OK;
+}
+
+static void writer_free(lsl_writer *w)
+{
+    if (!w)
+        return;
+    for (uint64_t i = 0; i < w->nattrs; i++) {
+        free(w->keys[i]);
+        free(w->vals[i]);
+    }
+    free(w->keys);
+    free(w->vals);
+    for (uint64_t i = 0; i < w->n; i++)
+        free((char *)w->t[i].name);
+    free(w->t);
+    free(w->offsets);
+    free(w->nbytes);
+    free(w->done);
+    free(w->fin);
+    free(w->staging);
+    free(w->path);
+    free(w->tmp);
+    free(w->dir);
+    free(w->hints);
+    if (w->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&w->comm);
+    free(w);
+}
+
+lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
+                                 lsl_writer **out)
+{
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    lsl_writer *w = NULL;
+    lsl_i_clear_error();
+    if (!out)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_create_all: out is NULL");
+    *out = NULL;
+    w = calloc(1, sizeof *w);
+    if (!w)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    w->comm = MPI_COMM_NULL;
+    /* Our own communicator, so the library's messages never match the caller's traffic. */
+    if (MPI_Comm_dup(comm, &w->comm) != MPI_SUCCESS) {
+        free(w);
+        return lsl_i_fail(LSL_ERR_MPI, "MPI_Comm_dup failed");
+    }
+    MPI_Comm_rank(w->comm, &w->rank);
+    MPI_Comm_size(w->comm, &w->size);
+    if (cfg)
+        w->cfg = *cfg;
+    w->staging_bytes = w->cfg.staging_bytes ? w->cfg.staging_bytes : LSL_DEFAULT_STAGING;
+    if (w->staging_bytes < 4096 || w->staging_bytes > ((uint64_t)1 << 30))
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "staging budget of %llu bytes: use 4 KiB to 1 GiB",
+                        (unsigned long long)w->staging_bytes);
+    else if (!path || !*path)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "output path is empty");
+    if (w->rank == 0 && st == LSL_OK) {
+        struct stat sb;
+        char *d = lsl_i_strdup(path), *b = lsl_i_strdup(path);
+        w->path = lsl_i_strdup(path);
+        if (!d || !b || !w->path) {
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        } else {
+            w->dir = lsl_i_strdup(dirname(d));
+            const char *base = basename(b);
+            size_t tl = strlen(w->dir) + strlen(base) + 32;
+            w->tmp = malloc(tl);
+            if (!w->dir || !w->tmp)
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+            else if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+                st = lsl_i_fail(LSL_ERR_EXISTS, "%s: is a directory", path);
+            else if (stat(path, &sb) == 0 && !w->cfg.overwrite)
+                st = lsl_i_fail(LSL_ERR_EXISTS,
+                                "%s: already exists (pass --overwrite to replace it)", path);
+            else if (stat(w->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+                st = lsl_i_fail_errno(LSL_ERR_IO, errno ? errno : ENOTDIR, "%s: output directory",
+                                      w->dir);
+            else {
+                /* A hidden name in the same directory: rename() into place is atomic, and a
+                 * crashed job leaves nothing that looks like a finished file. */
+                snprintf(w->tmp, tl, "%s/.%s.lsl-tmp-XXXXXX", w->dir, base);
+                int fd = mkstemp(w->tmp);
+                if (fd < 0)
+                    st = lsl_i_fail_errno(LSL_ERR_IO, errno,
+                                          "%s: cannot create a file in the output directory",
+                                          w->dir);
+                else {
+                    /* mkstemp creates 0600; the finished file gets the mode any new file would. */
+                    mode_t um = umask(0);
+                    umask(um);
+                    fchmod(fd, 0666 & ~um);
+                    close(fd);
+                }
+            }
+            if (st == LSL_OK)
+                st = lsl_i_fs_probe(w->dir, &w->fs);
+            const char *h = getenv("LSL_MPIIO_HINTS");
+            if (h && !(w->hints = lsl_i_strdup(h)))
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        }
+        free(d);
+        free(b);
+        if (st != LSL_OK && w->tmp && w->tmp[0] && strstr(w->tmp, "XXXXXX") == NULL)
+            unlink(w->tmp);
+    }
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    /* Settings read on rank 0 only and broadcast, so ranks cannot disagree. */
+    LSL_TRY(bcast_str(w->comm, &w->path));
+    LSL_TRY(bcast_str(w->comm, &w->tmp));
+    LSL_TRY(bcast_str(w->comm, &w->dir));
+    LSL_TRY(bcast_str(w->comm, &w->hints));
+    MPI_Bcast(&w->fs, (int)sizeof w->fs, MPI_BYTE, 0, w->comm);
+    w->t0 = w->last_print = lsl_i_now();
+    w->state = W_CREATED;
+    *out = w;
+    return LSL_OK;
+fail:
+    writer_free(w);
+    return rc;
+}
+
+lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *value)
+{
+    if (!w || !key || !*key || !value)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_set_attr_all: NULL or empty argument");
+    if (w->state != W_CREATED)
+        return lsl_i_fail(LSL_ERR_WRONG_STATE, "attributes must be set before define");
+    char **k = realloc(w->keys, (w->nattrs + 1) * sizeof *k);
+    if (k)
+        w->keys = k;
+    char **v = realloc(w->vals, (w->nattrs + 1) * sizeof *v);
+    if (v)
+        w->vals = v;
+    if (!k || !v)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    w->keys[w->nattrs] = lsl_i_strdup(key);
+    w->vals[w->nattrs] = lsl_i_strdup(value);
+    w->nattrs++;
+    if (!w->keys[w->nattrs - 1] || !w->vals[w->nattrs - 1])
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    return LSL_OK;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+static lsl_status check_tensors(uint64_t n, const lsl_tensor_info *t, uint64_t *nbytes,
+                                uint64_t *total)
+{
+    lsl_status rc = LSL_OK;
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    if (!names)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    *total = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const char *nm = t[i].name;
+        if (!nm || !*nm || strchr(nm, '/') || strcmp(nm, ".") == 0 || strcmp(nm, "..") == 0)
+            LSL_FAIL(LSL_ERR_INVALID_ARG, "tensor %llu: name \"%s\" cannot name an HDF5 dataset",
+                     (unsigned long long)i, nm ? nm : "(null)");
+        if (!lsl_dtype_name(t[i].dtype) || lsl_dtype_bits(t[i].dtype) % 8 != 0)
+            LSL_FAIL(LSL_ERR_DTYPE, "tensor `%s`: dtype %s is not supported (sub-byte or invalid)",
+                     nm, lsl_dtype_name(t[i].dtype) ? lsl_dtype_name(t[i].dtype) : "?");
+        if (t[i].ndim < 0 || t[i].ndim > LSL_MAX_NDIM)
+            LSL_FAIL(LSL_ERR_SHAPE, "tensor `%s`: %d dimensions", nm, t[i].ndim);
+        uint64_t e = 1;
+        for (int d = 0; d < t[i].ndim; d++)
+            if (lsl_mul_overflow(e, t[i].shape[d], &e))
+                LSL_FAIL(LSL_ERR_SHAPE, "tensor `%s`: shape overflows 64 bits", nm);
+        if (!lsl_i_dtype_bytes(t[i].dtype, e, &nbytes[i]) ||
+            lsl_add_overflow(*total, nbytes[i], total))
+            LSL_FAIL(LSL_ERR_SHAPE, "tensor `%s`: size overflows 64 bits", nm);
+        names[i] = nm;
+    }
+    qsort(names, n, sizeof *names, cmp_names);
+    for (uint64_t i = 1; i < n; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            LSL_FAIL(LSL_ERR_INVALID_ARG, "tensor `%s` is defined twice", names[i]);
+fail:
+    free(names);
+    return rc;
+}
+
+lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)
+{
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    MPI_Info info = MPI_INFO_NULL;
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_define_all: writer is NULL");
+    lsl_i_clear_error();
+    if (w->state != W_CREATED)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "define called twice or after a failure");
+    else if (ntensors && !tensors)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_define_all: tensors is NULL");
+    else {
+        w->t = calloc(ntensors ? ntensors : 1, sizeof *w->t);
+        w->offsets = calloc(ntensors ? ntensors : 1, sizeof *w->offsets);
+        w->nbytes = calloc(ntensors ? ntensors : 1, sizeof *w->nbytes);
+        w->done = calloc(ntensors ? ntensors : 1, 1);
+        w->fin = calloc(ntensors ? ntensors : 1, sizeof *w->fin);
+        w->staging = malloc(w->staging_bytes);
+        if (!w->t || !w->offsets || !w->nbytes || !w->done || !w->fin || !w->staging)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu tensors and staging",
+                            (unsigned long long)ntensors);
+        for (uint64_t i = 0; st == LSL_OK && i < ntensors; i++) {
+            w->t[i] = tensors[i];
+            w->t[i].name = NULL;
+            if (tensors[i].name && !(w->t[i].name = lsl_i_strdup(tensors[i].name)))
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+            w->n = i + 1;
+        }
+        if (st == LSL_OK)
+            st = check_tensors(ntensors, w->t, w->nbytes, &w->total_bytes);
+    }
+    /* The list is logically collective: compare a digest of it with every other rank's. */
+    uint64_t h = 14695981039346656037ull, hv[2], hmax[2];
+    for (uint64_t i = 0; st == LSL_OK && i < ntensors; i++) {
+        h = fnv(h, w->t[i].name, strlen(w->t[i].name) + 1);
+        h = fnv(h, &w->t[i].dtype, sizeof w->t[i].dtype);
+        h = fnv(h, &w->t[i].ndim, sizeof w->t[i].ndim);
+        h = fnv(h, w->t[i].shape, sizeof(uint64_t) * (size_t)w->t[i].ndim);
+    }
+    hv[0] = h;
+    hv[1] = ~h;
+    MPI_Allreduce(hv, hmax, 2, MPI_UINT64_T, MPI_MAX, w->comm);
+    if (st == LSL_OK && (hmax[0] != h || hmax[1] != ~h))
+        st = lsl_i_fail(LSL_ERR_INCONSISTENT, "ranks defined different tensor lists");
+    LSL_TRY(lsl_i_agree(w->comm, st));
+
+    if (w->rank == 0) {
+        uint64_t align = w->cfg.alignment ? w->cfg.alignment : w->fs.alignment;
+        /* Alignment holes stay sparse; what must fit is the data plus the metadata. */
+        uint64_t need = w->total_bytes + (1u << 20) + w->n * 4096u;
+        char b1[32], b2[32], b3[32], b4[32];
+        if (w->fs.avail_bytes < need)
+            st = lsl_i_fail(LSL_ERR_NOSPACE, "%s: needs %s but the filesystem has %s available",
+                            w->dir, lsl_i_fmt_bytes(need, b1, sizeof b1),
+                            lsl_i_fmt_bytes(w->fs.avail_bytes, b2, sizeof b2));
+        else
+            st =
+                lsl_i_h5_create(w->tmp, align, w->nattrs, w->keys, w->vals, w->n, w->t, w->offsets);
+        if (st == LSL_OK && !w->cfg.quiet)
+            fprintf(stderr,
+                    "loraslab: %s %llu tensors (%s) to %s on %s%s%s, aligned to %s, %d rank%s, "
+                    "staging %s per rank\n",
+                    w->cfg.progress_label ? w->cfg.progress_label : "write",
+                    (unsigned long long)w->n, lsl_i_fmt_bytes(w->total_bytes, b1, sizeof b1),
+                    w->path, w->fs.name, w->fs.parallel ? " stripe " : "",
+                    w->fs.parallel ? lsl_i_fmt_bytes(w->fs.stripe_size, b3, sizeof b3) : "",
+                    lsl_i_fmt_bytes(align, b2, sizeof b2), w->size, w->size > 1 ? "s" : "",
+                    lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
+    }
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    MPI_Bcast(w->offsets, (int)w->n, MPI_UINT64_T, 0, w->comm);
+    st = lsl_i_fs_hints(&w->fs, w->hints, &info);
+    if (st == LSL_OK) {
+        int mrc = MPI_File_open(w->comm, w->tmp, MPI_MODE_WRONLY, info, &w->fh);
+        if (mrc != MPI_SUCCESS)
+            st = lsl_i_mpi_fail(mrc, "MPI_File_open of the output");
+        else
+            w->fh_open = 1;
+    } else {
+        /* MPI_File_open is collective: join it anyway so nobody waits for us. */
+        int mrc = MPI_File_open(w->comm, w->tmp, MPI_MODE_WRONLY, MPI_INFO_NULL, &w->fh);
+        w->fh_open = mrc == MPI_SUCCESS;
+    }
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    if (info != MPI_INFO_NULL)
+        MPI_Info_free(&info);
+    w->state = W_DEFINED;
+    return LSL_OK;
+fail:
+    if (info != MPI_INFO_NULL)
+        MPI_Info_free(&info);
+    w->state = W_FAILED;
+    return rc;
+}
+
+static lsl_status src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *dst)
+{
+    if (s->mem) {
+        memcpy(dst, s->mem + off, n);
+        return LSL_OK;
+    }
+    return lsl_i_pread_full(s->fd, dst, n, s->off + off, s->path);
+}
+
+static bool float_dtype(lsl_dtype d)
+{
+    return d == LSL_F32 || d == LSL_BF16 || d == LSL_F16;
+}
+
+static lsl_status check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_lora_part *l)
+{
+    if (t->ndim != 2)
+        return lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: LoRA needs a 2-D weight, it has %d dims",
+                          t->name, t->ndim);
+    if (!float_dtype(t->dtype))
+        return lsl_i_fail(LSL_ERR_DTYPE,
+                          "tensor `%s`: LoRA target has dtype %s; only BF16, F16 and F32 weights "
+                          "can be merged",
+                          t->name, lsl_dtype_name(t->dtype));
+    if (!float_dtype(l->a_dtype) || !float_dtype(l->b_dtype))
+        return lsl_i_fail(LSL_ERR_DTYPE, "tensor `%s`: LoRA A/B dtypes must be F32, BF16 or F16",
+                          t->name);
+    if (l->rank == 0 || !isfinite(l->scaling))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA rank 0 or non-finite scaling",
+                          t->name);
+    if ((nrows && !l->b) || (l->a_count && !l->a))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A or B pointer is NULL", t->name);
+    if (l->a_shard != LSL_SHARD_ROWS && l->a_shard != LSL_SHARD_COLS)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: bad a_shard", t->name);
+    return LSL_OK;
+}
+
+static void progress(lsl_writer *w, bool last)
+{
+    if (w->rank != 0 || w->cfg.quiet)
+        return;
+    double now = lsl_i_now();
+    if (!last && now - w->last_print < PROGRESS_EVERY_S)
+        return;
+    w->last_print = now;
+    double el = now - w->t0 > 1e-9 ? now - w->t0 : 1e-9;
+    double rate = (double)w->bytes_done / el;
+    char b1[32], b2[32];
+    double eta = rate > 0 ? (double)(w->total_bytes - w->bytes_done) / rate : 0;
+    fprintf(stderr, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n",
+            w->cfg.progress_label ? w->cfg.progress_label : "write",
+            (unsigned long long)w->tensors_done, (unsigned long long)w->n,
+            lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
+            lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
+            last ? el : eta);
+}
+
+lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+{
+    lsl_status rc = LSL_OK, st = local_st;
+    void *afull = NULL, *atmp = NULL;
+    float *a32 = NULL, *b32 = NULL;
+    const lsl_tensor_info *t = NULL;
+    uint64_t rows = 0, rbytes = 0, relems = 0, esize = 0;
+    if (st == LSL_OK && w->state != W_DEFINED)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
+    else if (st == LSL_OK && index >= w->n)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
+                        (unsigned long long)index, (unsigned long long)w->n);
+    if (st == LSL_OK) {
+        t = &w->t[index];
+        rows = rows_of(t);
+        relems = row_elems(t);
+        esize = lsl_dtype_bits(t->dtype) / 8;
+        rbytes = relems * esize;
+        if (w->done[index])
+            st = lsl_i_fail(LSL_ERR_WRONG_STATE, "tensor `%s` was already written", t->name);
+        else if (row0 > rows || nrows > rows - row0)
+            st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: rows [%llu, +%llu) outside [0, %llu)",
+                            t->name, (unsigned long long)row0, (unsigned long long)nrows,
+                            (unsigned long long)rows);
+        else if (nrows && rbytes && !src->mem && src->fd < 0)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: data is NULL", t->name);
+        else if (lora)
+            st = check_lora(t, nrows, lora);
+    }
+    /* Same tensor, same LoRA-ness, parts tiling the rows in rank order: checked before any I/O. */
+    int64_t v[4] = {(int64_t)index, -(int64_t)index, lora != NULL, -(int64_t)(lora != NULL)},
+            vmax[4];
+    uint64_t mine = st == LSL_OK ? nrows : 0, prefix = 0, total = 0;
+    MPI_Allreduce(v, vmax, 4, MPI_INT64_T, MPI_MAX, w->comm);
+    MPI_Exscan(&mine, &prefix, 1, MPI_UINT64_T, MPI_SUM, w->comm);
+    MPI_Allreduce(&mine, &total, 1, MPI_UINT64_T, MPI_SUM, w->comm);
+    if (w->rank == 0)
+        prefix = 0;
+    if (st == LSL_OK && (vmax[0] != -vmax[1] || vmax[2] != -vmax[3]))
+        st = lsl_i_fail(LSL_ERR_INCONSISTENT,
+                        "ranks put different tensors (or some with LoRA and some without) in the "
+                        "same call");
+    else if (st == LSL_OK && nrows && row0 != prefix)
+        st = lsl_i_fail(LSL_ERR_SHAPE,
+                        "tensor `%s`: this rank's rows start at %llu but the ranks before it hold "
+                        "%llu rows (parts must tile the rows in rank order)",
+                        t->name, (unsigned long long)row0, (unsigned long long)prefix);
+    else if (st == LSL_OK && total != rows)
+        st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu rows",
+                        t->name, (unsigned long long)total, (unsigned long long)rows);
+    LSL_TRY(lsl_i_agree(w->comm, st));
+
+    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, my_bytes = nrows * rbytes, nloc = 0;
+    if (lora) {
+        r = lora->rank;
+        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, b_es = lsl_dtype_bits(lora->b_dtype) / 8;
+        uint64_t in = relems, a_bytes = r * in * a_es;
+        afull = malloc(a_bytes ? a_bytes : 1);
+        atmp = lora->a_shard == LSL_SHARD_COLS ? malloc(a_bytes ? a_bytes : 1) : NULL;
+        a32 = malloc(r * in * sizeof(float) + 1);
+        b32 = malloc(nrows * r * sizeof(float) + 1);
+        st = LSL_OK;
+        if (!afull || !a32 || !b32 || (lora->a_shard == LSL_SHARD_COLS && !atmp))
+            st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
+        LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
+                               a_es, afull, atmp, st));
+        lsl_i_to_f32(lora->a_dtype, afull, r * in, a32);
+        lsl_i_to_f32(lora->b_dtype, lora->b, nrows * r, b32);
+        (void)b_es;
+        /* The staging budget holds a block of W rows and its fp32 delta. */
+        uint64_t per_row = in * (esize + 4);
+        chunk_rows = w->staging_bytes / (per_row ? per_row : 1);
+        if (chunk_rows == 0)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                            "tensor `%s`: one row needs %llu bytes of staging, more than the "
+                            "budget of %llu (raise the staging size)",
+                            t->name, (unsigned long long)per_row,
+                            (unsigned long long)w->staging_bytes);
+        else
+            nloc = (nrows + chunk_rows - 1) / chunk_rows;
+    } else {
+        chunk_bytes = src->mem ? ZERO_COPY_CHUNK : w->staging_bytes;
+        nloc = (my_bytes + chunk_bytes - 1) / chunk_bytes;
+    }
+    uint64_t nchunks = 0;
+    if (st != LSL_OK)
+        nloc = 0;
+    MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
+
+    uint32_t crc = 0;
+    uint64_t base = w->offsets[index] + row0 * rbytes;
+    for (uint64_t c = 0; c < nchunks; c++) {
+        const void *buf = w->staging;
+        uint64_t off = 0, count = 0;
+        if (st == LSL_OK && c < nloc) {
+            if (lora) {
+                uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
+                uint64_t wb = m * rbytes, pad = (wb + 63) / 64 * 64;
+                off = lr * rbytes;
+                st = src_read(src, off, wb, w->staging);
+                uint64_t bad = 0;
+                if (st == LSL_OK &&
+                    lsl_i_merge_rows_cpu(t->dtype, w->staging, m, relems, b32 + lr * r, a32, r,
+                                         (float)lora->scaling, (float *)(w->staging + pad),
+                                         &bad) != LSL_OK)
+                    st = lsl_i_fail(LSL_ERR_NONFINITE,
+                                    "tensor `%s`: the merge produced NaN or Inf at row %llu, "
+                                    "column %llu (check the adapter's scaling and weights)",
+                                    t->name, (unsigned long long)(row0 + lr + bad / relems),
+                                    (unsigned long long)(bad % relems));
+                count = wb;
+            } else {
+                off = c * chunk_bytes;
+                count = my_bytes - off < chunk_bytes ? my_bytes - off : chunk_bytes;
+                if (src->mem)
+                    buf = src->mem + off;
+                else
+                    st = src_read(src, off, count, w->staging);
+            }
+            if (st == LSL_OK)
+                crc = lsl_crc32c_extend(crc, buf, count);
+            else
+                count = 0;
+        }
+        MPI_Status ms;
+        int mrc =
+            MPI_File_write_at_all(w->fh, (MPI_Offset)(base + off), buf, (int)count, MPI_BYTE, &ms);
+        if (mrc != MPI_SUCCESS && st == LSL_OK) {
+            char what[256];
+            snprintf(what, sizeof what, "%s: writing tensor `%s`", w->path, t->name);
+            st = lsl_i_mpi_fail(mrc, what);
+        } else if (st == LSL_OK && count) {
+            int got = 0;
+            MPI_Get_count(&ms, MPI_BYTE, &got);
+            if ((uint64_t)got != count)
+                st = lsl_i_fail(LSL_ERR_NOSPACE,
+                                "%s: short write of tensor `%s` (%d of %llu bytes): filesystem "
+                                "full or quota exceeded?",
+                                w->path, t->name, got, (unsigned long long)count);
+        }
+    }
+    LSL_TRY(lsl_i_agree(w->comm, st));
+
+    /* Combine the ranks' CRCs in rank (= byte) order: the result is the CRC of the tensor. */
+    uint64_t pair[2] = {crc, my_bytes}, *pairs = NULL;
+    if (w->rank == 0 && !(pairs = malloc(2 * sizeof(uint64_t) * (size_t)w->size)))
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    static uint64_t dummy[2];
+    MPI_Gather(pair, 2, MPI_UINT64_T, pairs ? pairs : dummy, pairs ? 2 : 0, MPI_UINT64_T, 0,
+               w->comm);
+    if (w->rank == 0 && pairs) {
+        uint32_t all = 0;
+        for (int k = 0; k < w->size; k++)
+            all = lsl_crc32c_combine(all, (uint32_t)pairs[2 * k], pairs[2 * k + 1]);
+        w->fin[index].crc32c = all;
+        free(pairs);
+    }
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    w->done[index] = 1;
+    if (lora) {
+        w->fin[index].has_lora = 1;
+        w->fin[index].lora_rank = lora->rank;
+        w->fin[index].lora_alpha = lora->alpha;
+        w->fin[index].lora_scaling = lora->scaling;
+    }
+    w->tensors_done++;
+    w->bytes_done += w->nbytes[index];
+    progress(w, w->tensors_done == w->n);
+fail:
+    if (rc != LSL_OK)
+        w->state = W_FAILED;
+    free(afull);
+    free(atmp);
+    free(a32);
+    free(b32);
+    return rc;
+}
+
+lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
+{
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
+    lsl_i_clear_error();
+    lsl_status st = LSL_OK;
+    lsl_i_src src = {NULL, -1, 0, NULL};
+    static const unsigned char empty = 0;
+    if (!part)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
+    else if (part->mem != LSL_MEM_HOST)
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "device pointers need a build with CUDA (this one has none)");
+    else
+        src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
+    return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
+                            &src, part && !st ? part->lora : NULL, st);
+}
+
+uint64_t lsl_i_writer_total_bytes(const lsl_writer *w)
+{
+    return w->total_bytes;
+}
+
+static void remove_tmp(lsl_writer *w)
+{
+    if (w->rank == 0 && w->tmp)
+        unlink(w->tmp);
+}
+
+void lsl_writer_abort_all(lsl_writer **pw)
+{
+    if (!pw || !*pw)
+        return;
+    lsl_writer *w = *pw;
+    if (w->fh_open)
+        MPI_File_close(&w->fh);
+    MPI_Barrier(w->comm);
+    remove_tmp(w);
+    writer_free(w);
+    *pw = NULL;
+}
+
+static lsl_status sync_path(const char *path, int flags)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0)
+        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: open for fsync", path);
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    /* Some filesystems refuse fsync on a directory; the rename is still atomic there. */
+    if (r != 0 && !(flags & O_DIRECTORY && (e == EINVAL || e == EBADF)))
+        return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: fsync", path);
+    return LSL_OK;
+}
+
+static lsl_status publish(lsl_writer *w)
+{
+    lsl_status rc = LSL_OK;
+    LSL_TRY(lsl_i_h5_finish(w->tmp, w->n, w->t, w->fin));
+    LSL_TRY(sync_path(w->tmp, O_RDONLY));
+    if (w->cfg.overwrite) {
+        if (rename(w->tmp, w->path) != 0)
+            LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(errno));
+    } else if (renameat2(AT_FDCWD, w->tmp, AT_FDCWD, w->path, RENAME_NOREPLACE) != 0) {
+        int e = errno;
+        if (e == EEXIST)
+            LSL_FAIL(LSL_ERR_EXISTS, "%s: appeared while the job ran; not replaced", w->path);
+        /* Filesystems without RENAME_NOREPLACE (some NFS): check, then rename. */
+        if ((e == EINVAL || e == ENOSYS) && access(w->path, F_OK) != 0) {
+            if (rename(w->tmp, w->path) != 0)
+                LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(errno));
+        } else {
+            LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(e));
+        }
+    }
+    LSL_TRY(sync_path(w->dir, O_RDONLY | O_DIRECTORY));
+fail:
+    return rc;
+}
+
+lsl_status lsl_writer_close_all(lsl_writer **pw)
+{
+    if (!pw || !*pw)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_close_all: writer is NULL");
+    lsl_writer *w = *pw;
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    lsl_i_clear_error();
+    if (w->state != W_DEFINED) {
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, w->state == W_FAILED
+                                                 ? "close after a failed call: the file was removed"
+                                                 : "close before define");
+    } else {
+        for (uint64_t i = 0; i < w->n; i++)
+            if (!w->done[i]) {
+                st = lsl_i_fail(LSL_ERR_WRONG_STATE,
+                                "tensor `%s` (and maybe others) was never written; the file "
+                                "would be incomplete",
+                                w->t[i].name);
+                break;
+            }
+    }
+    if (w->fh_open) {
+        int mrc = MPI_File_close(&w->fh);
+        w->fh_open = 0;
+        if (mrc != MPI_SUCCESS && st == LSL_OK)
+            st = lsl_i_mpi_fail(mrc, "MPI_File_close of the output");
+    }
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    if (w->rank == 0)
+        st = publish(w);
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    writer_free(w);
+    *pw = NULL;
+    return LSL_OK;
+fail:
+    remove_tmp(w);
+    writer_free(w);
+    *pw = NULL;
+    return rc;
+}

@@ -1,0 +1,26 @@
+/* The writer's internal entry point: one put path for the in-job API (rows in memory) and the
+ * offline jobs (rows read from a file chunk by chunk, so host memory stays at the staging
+ * budget). */
+#ifndef LSL_WRITER_I_H
+#define LSL_WRITER_I_H
+
+#include "lsl_internal.h"
+
+/* Where a rank's W0 rows come from: host memory (mem != NULL) or a file (fd, off). */
+typedef struct lsl_i_src {
+    const unsigned char *mem;
+    int fd;
+    uint64_t off;
+    const char *path;
+} lsl_i_src;
+
+/* Collective.  As lsl_writer_put_all, with the rows taken from src.  local_st != LSL_OK means
+ * this rank already failed preparing its part: it joins every collective with nothing and the
+ * agreed error is returned. */
+lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st);
+
+/* The tensor list as defined (for the jobs' progress and stats). */
+uint64_t lsl_i_writer_total_bytes(const lsl_writer *w);
+
+#endif

@@ -1,0 +1,232 @@
+/* The loraslab command: argument parsing and messages only; all work goes through loraslab.h. */
+#include "loraslab.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_rank = 0;
+
+static const char *usage_main =
+    "usage: mpiexec -n N loraslab <command> [options]\n"
+    "\n"
+    "Merge a LoRA fine-tune into its base model with every MPI rank writing its own rows of one\n"
+    "shared parallel-HDF5 file; no rank ever holds a whole tensor in host memory.\n"
+    "\n"
+    "commands:\n"
+    "  merge     HF base checkpoint + PEFT LoRA adapter -> merged HDF5 file\n"
+    "  import    HF base checkpoint -> HDF5 file (no adapter; for archiving)\n"
+    "  inspect   describe a loraslab HDF5 file (table, or --json)\n"
+    "  version   print the version\n"
+    "\n"
+    "Run `loraslab <command> --help` for a command's options.\n";
+
+static const char *usage_merge =
+    "usage: mpiexec -n N loraslab merge --base DIR --adapter DIR --output FILE [options]\n"
+    "\n"
+    "Writes every tensor of the base checkpoint into FILE, with W = W0 + scaling * B @ A merged\n"
+    "into each weight the adapter targets (fp32 accumulation, one rounding into the base dtype;\n"
+    "scaling = lora_alpha / r, per module with rank_pattern / alpha_pattern, alpha / sqrt(r)\n"
+    "with use_rslora).  Rank 0 reads the headers and plans; each rank reads and writes only its\n"
+    "own rows (FSDP2 Shard(0) chunking).  FILE appears only when everything is on disk and its\n"
+    "checksums are recorded; a failed run leaves nothing at FILE.\n"
+    "\n"
+    "  -b, --base DIR          HF checkpoint: model.safetensors or model.safetensors.index.json\n"
+    "                          with its shards (config.json is kept in the output)\n"
+    "  -a, --adapter DIR       PEFT adapter: adapter_config.json + adapter_model.safetensors\n"
+    "  -o, --output FILE       HDF5 file to write (its directory must exist)\n"
+    "      --staging-mib N     host staging per rank, MiB (default 64); host memory per rank is\n"
+    "                          this plus its own slices of LoRA A and B, whatever the model size\n"
+    "      --align BYTES       dataset alignment (default: Lustre stripe / GPFS block size,\n"
+    "                          1 MiB on NFS, 64 KiB on local filesystems)\n"
+    "      --overwrite         replace FILE if it exists (atomically, at the end)\n"
+    "      --strict            refuse an adapter whose base_model_name_or_path does not name\n"
+    "                          the base directory\n"
+    "      --stats             print time, bytes and peak host memory per rank at the end\n"
+    "  -q, --quiet             no progress lines\n"
+    "\n"
+    "Environment: LSL_MPIIO_HINTS=\"key=value;...\" adds MPI-IO hints (e.g. cb_nodes=8).\n"
+    "Refused with a message naming the option, before any output is created: non-LoRA PEFT\n"
+    "types, DoRA, fan_in_fan_out, lora_bias, modules_to_save, trained biases, PiSSA/OLoRA/LoftQ\n"
+    "initialisations, quantized base weights, adapters whose shapes do not fit the base.\n"
+    "\n"
+    "example:\n"
+    "  mpiexec -n 8 loraslab merge -b Qwen2.5-7B -a my-lora -o /lustre/me/merged.h5\n";
+
+static const char *usage_import =
+    "usage: mpiexec -n N loraslab import --base DIR --output FILE [options]\n"
+    "\n"
+    "Copies every tensor of an HF safetensors checkpoint into the loraslab HDF5 layout, in\n"
+    "parallel, with per-tensor CRC-32C checksums.  Options as for merge (no --adapter).\n";
+
+static const char *usage_inspect =
+    "usage: loraslab inspect [--json] FILE\n"
+    "\n"
+    "Lists the tensors of a loraslab HDF5 file: dtype, shape, file offset, CRC-32C and what was\n"
+    "merged.  --json prints a document valid against schemas/loraslab-file.schema.json.\n";
+
+static void err(const char *cmd, lsl_status st)
+{
+    if (g_rank == 0)
+        fprintf(stderr, "loraslab %s: error: %s [%s]\n", cmd,
+                *lsl_last_error() ? lsl_last_error() : lsl_strerror(st), lsl_status_name(st));
+}
+
+static int usage_error(const char *cmd, const char *usage, const char *what)
+{
+    if (g_rank == 0)
+        fprintf(stderr, "loraslab %s: %s\n\n%s", cmd, what, usage);
+    return 2;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || !end || *end || s[0] == '-' || end == s)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int cmd_job(int argc, char **argv, int with_adapter)
+{
+    const char *cmd = with_adapter ? "merge" : "import";
+    const char *usage = with_adapter ? usage_merge : usage_import;
+    enum { O_STAGING = 1000, O_ALIGN, O_OVERWRITE, O_STRICT, O_STATS };
+    static const struct option opts[] = {{"base", required_argument, NULL, 'b'},
+                                         {"adapter", required_argument, NULL, 'a'},
+                                         {"output", required_argument, NULL, 'o'},
+                                         {"staging-mib", required_argument, NULL, O_STAGING},
+                                         {"align", required_argument, NULL, O_ALIGN},
+                                         {"overwrite", no_argument, NULL, O_OVERWRITE},
+                                         {"strict", no_argument, NULL, O_STRICT},
+                                         {"stats", no_argument, NULL, O_STATS},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    lsl_job_config cfg = LSL_JOB_CONFIG_INIT;
+    int stats = 0, c;
+    uint64_t v;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "b:a:o:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b': cfg.base = optarg; break;
+        case 'a':
+            if (!with_adapter)
+                return usage_error(cmd, usage, "import takes no --adapter (use merge)");
+            cfg.adapter = optarg;
+            break;
+        case 'o': cfg.output = optarg; break;
+        case 'q': cfg.quiet = 1; break;
+        case O_STAGING:
+            if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+                return usage_error(cmd, usage, "--staging-mib takes 1 to 1024");
+            cfg.staging_bytes = v << 20;
+            break;
+        case O_ALIGN:
+            if (parse_u64(optarg, &v) || v == 0)
+                return usage_error(cmd, usage, "--align takes a positive byte count");
+            cfg.alignment = v;
+            break;
+        case O_OVERWRITE: cfg.overwrite = 1; break;
+        case O_STRICT: cfg.strict = 1; break;
+        case O_STATS: stats = 1; break;
+        case 'h':
+            if (g_rank == 0)
+                fputs(usage, stdout);
+            return 0;
+        default: {
+            char m[128];
+            snprintf(m, sizeof m, "unknown or incomplete option '%s'", argv[optind - 1]);
+            return usage_error(cmd, usage, m);
+        }
+        }
+    }
+    if (optind < argc)
+        return usage_error(cmd, usage, "unexpected argument (options take --name VALUE)");
+    if (!cfg.base || !cfg.output || (with_adapter && !cfg.adapter))
+        return usage_error(cmd, usage,
+                           with_adapter ? "--base, --adapter and --output are required"
+                                        : "--base and --output are required");
+    lsl_job_stats js;
+    lsl_status st = lsl_merge_all(MPI_COMM_WORLD, &cfg, &js);
+    if (st != LSL_OK) {
+        err(cmd, st);
+        return 1;
+    }
+    if (g_rank == 0 && !cfg.quiet)
+        fprintf(stderr, "loraslab: wrote %s: %llu tensors, %llu merged\n", cfg.output,
+                (unsigned long long)js.tensors, (unsigned long long)js.merged_tensors);
+    if (g_rank == 0 && stats)
+        printf("stats: seconds=%.3f bytes=%llu GB/s=%.3f tensors=%llu merged=%llu "
+               "rss_baseline_max_mib=%.1f rss_peak_max_mib=%.1f rss_growth_min_mib=%.1f "
+               "rss_growth_max_mib=%.1f\n",
+               js.seconds, (unsigned long long)js.bytes, (double)js.bytes / js.seconds / 1e9,
+               (unsigned long long)js.tensors, (unsigned long long)js.merged_tensors,
+               (double)js.rss_baseline_max / 1048576.0, (double)js.rss_peak_max / 1048576.0,
+               (double)js.rss_growth_min / 1048576.0, (double)js.rss_growth_max / 1048576.0);
+    return 0;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    int json = 0;
+    const char *file = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            if (g_rank == 0)
+                fputs(usage_inspect, stdout);
+            return 0;
+        } else if (argv[i][0] == '-' || file)
+            return usage_error("inspect", usage_inspect, "unexpected argument");
+        else
+            file = argv[i];
+    }
+    if (!file)
+        return usage_error("inspect", usage_inspect, "FILE is required");
+    if (g_rank != 0)
+        return 0;
+    lsl_status st = lsl_inspect(file, json, stdout);
+    if (st != LSL_OK) {
+        err("inspect", st);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    int rc;
+    const char *cmd = argc > 1 ? argv[1] : "";
+    if (strcmp(cmd, "merge") == 0)
+        rc = cmd_job(argc - 1, argv + 1, 1);
+    else if (strcmp(cmd, "import") == 0)
+        rc = cmd_job(argc - 1, argv + 1, 0);
+    else if (strcmp(cmd, "inspect") == 0)
+        rc = cmd_inspect(argc - 1, argv + 1);
+    else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        if (g_rank == 0)
+            printf("loraslab %s (HDF5 layout version %d)\n", lsl_version_string(),
+                   LSL_FORMAT_VERSION);
+        rc = 0;
+    } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        if (g_rank == 0)
+            fputs(usage_main, stdout);
+        rc = 0;
+    } else {
+        if (g_rank == 0)
+            fprintf(stderr, "loraslab: %s%s%s\n\n%s", *cmd ? "unknown command '" : "no command",
+                    cmd, *cmd ? "'" : "", usage_main);
+        rc = 2;
+    }
+    MPI_Finalize();
+    return rc;
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""Check a merged loraslab HDF5 file against an independent numpy reference.
+
+  check_merge.py --base DIR [--adapter DIR] --merged FILE
+
+Reads the file with h5py (not with loraslab), recomputes every targeted weight in float64 as
+PEFT defines it (W0 + scaling * B @ A, scaling = alpha/r or alpha/sqrt(r), per-module r/alpha
+from rank_pattern/alpha_pattern), rounds once into the base dtype and requires: every element
+within 1 ulp, at least 99% exact.  Untouched tensors must be bit-identical to the base.  Also
+checks the layout: attributes, dtype strings, CRC-32C of every tensor, contiguous storage.
+"""
+import argparse
+import json
+import math
+import re
+import sys
+
+import h5py
+import numpy as np
+
+import lsl_st
+
+try:
+    import crc32c as _crc32c  # Debian's python3-crc32c
+
+    def crc(b):
+        return _crc32c.crc32c(b)
+except ImportError:  # pragma: no cover
+    _T = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        _T.append(c)
+
+    def crc(b):
+        c = 0xFFFFFFFF
+        for x in b:
+            c = _T[(c ^ x) & 0xFF] ^ (c >> 8)
+        return c ^ 0xFFFFFFFF
+
+
+def pick(pat, module, default):
+    for k, v in pat.items():
+        if re.match(rf"(.*\.)?({k})$", module):
+            return v
+    return default
+
+
+def stored_bits(dtype, arr):
+    """h5py returns bf16 as float32 and f16 as float16: back to the raw little-endian bits."""
+    if dtype == "BF16":
+        a = np.asarray(arr, dtype=np.float32).view(np.uint32)
+        assert np.all((a & 0xFFFF) == 0), "bf16 value not exactly representable"
+        return (a >> 16).astype(np.uint16)
+    if dtype == "F16":
+        return np.asarray(arr, dtype=np.float16).view(np.uint16)
+    return np.asarray(arr).view(lsl_st.DTYPES[dtype][0])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter")
+    p.add_argument("--merged", required=True)
+    a = p.parse_args()
+    base = lsl_st.read_checkpoint(a.base)
+    lora, cfg = {}, None
+    if a.adapter:
+        cfg = json.load(open(f"{a.adapter}/adapter_config.json"))
+        ad, _ = lsl_st.read(f"{a.adapter}/adapter_model.safetensors")
+        for k, (dt, arr) in ad.items():
+            m = re.match(r"base_model\.model\.(.*)\.lora_([AB])\.weight$", k)
+            lora.setdefault(m.group(1) + ".weight", {})[m.group(2)] = (dt, arr)
+    failures = []
+    worst_ulp, exact_total, n_total, merged = 0, 0, 0, 0
+    with h5py.File(a.merged, "r") as f:
+        if int(f.attrs["loraslab_format_version"]) != 1:
+            failures.append("loraslab_format_version != 1")
+        for key in ("loraslab_version", "base_path"):
+            if key not in f.attrs:
+                failures.append(f"root attribute {key} missing")
+        if a.adapter and json.loads(f.attrs["adapter_config_json"]) != cfg:
+            failures.append("adapter_config_json attribute differs from the adapter's config")
+        g = f["tensors"]
+        if set(g.keys()) != set(base.keys()):
+            failures.append(f"tensor set differs: missing {sorted(set(base) - set(g))[:5]}, "
+                            f"extra {sorted(set(g) - set(base))[:5]}")
+        for name, (dt, w0) in base.items():
+            if name not in g:
+                continue
+            ds = g[name]
+            if ds.attrs["dtype"] != dt:
+                failures.append(f"{name}: dtype attr {ds.attrs['dtype']} != {dt}")
+                continue
+            if ds.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
+                failures.append(f"{name}: not contiguous")
+            got = stored_bits(dt, ds[()])
+            if got.shape != w0.shape:
+                failures.append(f"{name}: shape {got.shape} != {w0.shape}")
+                continue
+            if int(ds.attrs["crc32c"]) != crc(np.ascontiguousarray(got).tobytes()):
+                failures.append(f"{name}: crc32c attribute does not match the stored bytes")
+            if name not in lora:
+                if "lora_rank" in ds.attrs:
+                    failures.append(f"{name}: lora attributes on an untouched tensor")
+                if not np.array_equal(got, w0):
+                    failures.append(f"{name}: untouched tensor differs from the base")
+                continue
+            merged += 1
+            (adt, A), (bdt, B) = lora[name]["A"], lora[name]["B"]
+            module = name[: -len(".weight")]
+            r = A.shape[0]
+            alpha = pick(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
+            s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+            ref = lsl_st.to_f64(dt, w0) + s * (lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A))
+            want = lsl_st.from_f64(dt, ref)
+            d = np.abs(lsl_st.ordered(dt, got) - lsl_st.ordered(dt, want))
+            worst = int(d.max()) if d.size else 0
+            exact = int((d == 0).sum())
+            worst_ulp = max(worst_ulp, worst)
+            exact_total += exact
+            n_total += d.size
+            if worst > 1:
+                i = np.unravel_index(int(d.argmax()), d.shape)
+                failures.append(f"{name}: {worst} ulp off at {i} (got bits {got[i]}, want {want[i]})")
+            if d.size and exact < 0.99 * d.size:
+                failures.append(f"{name}: only {exact}/{d.size} elements exact")
+            if int(ds.attrs["lora_rank"]) != r or abs(float(ds.attrs["lora_scaling"]) - s) > 1e-12:
+                failures.append(f"{name}: lora attributes r={ds.attrs['lora_rank']} "
+                                f"scaling={ds.attrs['lora_scaling']}, want r={r} scaling={s}")
+    if a.adapter and merged != len(lora):
+        failures.append(f"{merged} merged tensors checked, adapter has {len(lora)}")
+    pct = 100.0 * exact_total / n_total if n_total else 100.0
+    print(f"check_merge: {len(base)} tensors, {merged} merged; worst {worst_ulp} ulp, "
+          f"{pct:.3f}% exact; {len(failures)} failures")
+    for m in failures[:20]:
+        print("  FAIL", m)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
