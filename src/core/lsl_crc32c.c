@@ -41,8 +41,8 @@ uint32_t lsl_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
     if (len_b == 0)
         return crc_a;
     odd[0] = POLY_REFLECTED; /* the operator for one zero bit */
-    for (int n = 1, row = 1; n < 32; n++, row <<= 1)
-        odd[n] = (uint32_t)row;
+    for (int n = 1; n < 32; n++)
+        odd[n] = (uint32_t)1 << (n - 1);
     gf2_square(even, odd); /* two zero bits */
     gf2_square(odd, even); /* four zero bits */
     /* Apply len_b zero bytes to crc_a, squaring the operator for each bit of the length. */

@@ -19,7 +19,7 @@ lsl_status lsl_i_fail_errno(lsl_status st, int err, const char *fmt, ...)
 void lsl_i_clear_error(void);
 
 /* Collective: every rank passes its local status; all return the first failing rank's status and
- * carry its message (prefixed with the rank when the communicator has several).  Never hangs on
+ * carry its message (prefixed with the rank when it is not rank 0).  Never hangs on
  * a local error because it is the only communication it does. */
 lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local);
 

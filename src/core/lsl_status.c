@@ -110,7 +110,9 @@ lsl_status lsl_i_mpi_fail(int mpi_rc, const char *what)
     MPI_Error_string(mpi_rc, s, &len);
     MPI_Error_class(mpi_rc, &cls);
     lsl_status st = LSL_ERR_MPI;
-    if (cls == MPI_ERR_NO_SPACE || cls == MPI_ERR_QUOTA)
+    /* ROMIO's UFS driver reports ENOSPC as a generic I/O error with the errno text. */
+    if (cls == MPI_ERR_NO_SPACE || cls == MPI_ERR_QUOTA || strstr(s, "No space left") ||
+        strstr(s, "quota exceeded") || strstr(s, "File too large"))
         st = LSL_ERR_NOSPACE;
     else if (cls == MPI_ERR_IO || cls == MPI_ERR_ACCESS || cls == MPI_ERR_NO_SUCH_FILE ||
              cls == MPI_ERR_FILE || cls == MPI_ERR_READ_ONLY)
@@ -136,7 +138,7 @@ lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local)
     } pkt;
     pkt.st = (int)local;
     if (rank == first) {
-        if (size > 1 && strncmp(last_msg, "rank ", 5) != 0)
+        if (rank != 0 && strncmp(last_msg, "rank ", 5) != 0)
             snprintf(pkt.msg, sizeof pkt.msg, "rank %d: %s", rank, last_msg);
         else
             snprintf(pkt.msg, sizeof pkt.msg, "%s", last_msg);

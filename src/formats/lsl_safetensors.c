@@ -210,7 +210,7 @@ lsl_status lsl_st_parse(const char *label, const unsigned char *bytes, uint64_t 
         LSL_FAIL(LSL_ERR_FORMAT,
                  "%s: header padded with NUL bytes; safetensors pads with spaces (0x20)", label);
     json_error_t jerr;
-    root = json_loadb((const char *)h, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb((const char *)h, (size_t)n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root)
         LSL_FAIL(LSL_ERR_FORMAT, "%s: invalid JSON in header (line %d, column %d): %s", label,
                  jerr.line, jerr.column, jerr.text);

@@ -4,7 +4,7 @@
   gen_model.py --base DIR [--adapter DIR] [shape and adapter options]
 
 The base is written the way transformers writes it (model.safetensors, or shards plus
-model.safetensors.index.json when --shard-mib is given); the adapter the way PEFT's
+model.safetensors.index.json when --shard-kib is given); the adapter the way PEFT's
 save_pretrained does (adapter_config.json, adapter_model.safetensors with
 base_model.model.<module>.lora_{A,B}.weight keys).  Values are random but seeded, non-zero,
 and scaled like trained weights (biases included, unlike tiny hub models).
@@ -66,7 +66,7 @@ def write_base(a, rng):
         else:
             x = rand(rng, shape, 0.02)
         tensors.append((name, a.dtype, encode(a.dtype, x), shape))
-    limit = a.shard_mib << 20 if a.shard_mib else None
+    limit = a.shard_kib << 10 if a.shard_kib else None
     shards, cur, size = [], {}, 0
     for name, dt, arr, shape in tensors:
         nb = arr.nbytes
@@ -157,7 +157,7 @@ def main():
     p.add_argument("--vocab", type=int, default=257)
     p.add_argument("--dtype", default="BF16", choices=["BF16", "F16", "F32"])
     p.add_argument("--tie", action="store_true", help="tied embeddings: no lm_head.weight")
-    p.add_argument("--shard-mib", type=int, default=0, help="split the base into shards")
+    p.add_argument("--shard-kib", type=int, default=0, help="split the base into shards of about this size")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16)

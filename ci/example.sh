@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine, builds loraslab, generates the bundled example (a small
+# deterministic Qwen2-shaped bf16 checkpoint and a PEFT LoRA adapter on all seven projections),
+# merges it with 4 MPI ranks and shows what was written.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ci/install-deps.sh
+bash ci/build.sh
+ex=example-out
+rm -rf "$ex" && mkdir -p "$ex"
+echo "== generating the example model into $ex/ (tests/py/gen_model.py)"
+/usr/bin/python3 tests/py/gen_model.py --base "$ex/qwen2-tiny" --adapter "$ex/qwen2-tiny-lora" \
+  --layers 4 --hidden 256 --intermediate 704 --heads 8 --kv-heads 2 --vocab 4099 --r 16 --alpha 32
+ls -l "$ex/qwen2-tiny" "$ex/qwen2-tiny-lora"
+echo "== mpiexec -n 4 build/loraslab merge"
+mpiexec -n 4 build/loraslab merge --base "$ex/qwen2-tiny" --adapter "$ex/qwen2-tiny-lora" \
+  --output "$ex/merged.h5" --stats
+echo "== build/loraslab inspect $ex/merged.h5"
+build/loraslab inspect "$ex/merged.h5" | head -20
+echo "== independent check: h5py + numpy float64 reference"
+/usr/bin/python3 tests/py/check_merge.py --base "$ex/qwen2-tiny" --adapter "$ex/qwen2-tiny-lora" \
+  --merged "$ex/merged.h5"

@@ -1,0 +1,426 @@
+/* The in-job writer API at any rank count: every rank puts its FSDP2 Shard(0) slice (trailing
+ * ranks often empty), LoRA A sharded by rows or by columns, all dtypes and shape classes; the
+ * file is read back with HDF5 on rank 0 and compared with a float64 reference.  Then the error
+ * paths: one rank's bad input fails every rank with the same status and leaves no file. */
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loraslab.h"
+#include "lsl_crc32c.h"
+#include "lsl_numeric.h"
+
+static int rank, size, failures;
+static char dir[512];
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "[rank %d] %s:%d: check failed: %s: ", rank, __FILE__, __LINE__,       \
+                    #cond);                                                                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+static double rnd(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(*s >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static uint16_t enc16(lsl_dtype dt, double v)
+{
+    return dt == LSL_BF16 ? lsl_f32_to_bf16((float)v) : lsl_f32_to_f16((float)v);
+}
+
+static double dec(lsl_dtype dt, const void *p, uint64_t i)
+{
+    if (dt == LSL_F32)
+        return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return dt == LSL_BF16 ? lsl_bf16_to_f32(h) : lsl_f16_to_f32(h);
+}
+
+static void fill(lsl_dtype dt, void *p, uint64_t n, double scale, uint64_t seed)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        double v = rnd(&seed) * scale;
+        if (dt == LSL_F32)
+            ((float *)p)[i] = (float)v;
+        else
+            ((uint16_t *)p)[i] = enc16(dt, v);
+    }
+}
+
+static int64_t ordered(lsl_dtype dt, const void *p, uint64_t i)
+{
+    if (dt == LSL_F32) {
+        uint32_t u;
+        memcpy(&u, (const float *)p + i, 4);
+        return (u >> 31) ? -(int64_t)(u & 0x7FFFFFFFu) : (int64_t)u;
+    }
+    uint16_t h = ((const uint16_t *)p)[i];
+    return (h >> 15) ? -(int64_t)(h & 0x7FFF) : (int64_t)h;
+}
+
+static void round_into(lsl_dtype dt, double v, void *p, uint64_t i)
+{
+    if (dt == LSL_F32)
+        ((float *)p)[i] = (float)v;
+    else
+        ((uint16_t *)p)[i] = enc16(dt, v);
+}
+
+static uint64_t esz(lsl_dtype dt)
+{
+    return lsl_dtype_bits(dt) / 8;
+}
+
+static int agree_failures(void)
+{
+    int all = 0;
+    MPI_Allreduce(&failures, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    return all;
+}
+
+static void report(const char *name, int before)
+{
+    int all = agree_failures();
+    if (rank == 0)
+        printf("%s - %s\n", all > before ? "FAIL" : "ok", name);
+}
+
+/* Read a whole dataset's raw bytes and its crc32c attribute (rank 0). */
+static void *read_ds(hid_t f, const char *name, uint64_t *nbytes, uint32_t *crc)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/tensors/%s", name);
+    hid_t ds = H5Dopen2(f, path, H5P_DEFAULT);
+    if (ds < 0)
+        return NULL;
+    hid_t t = H5Dget_type(ds);
+    hid_t sp = H5Dget_space(ds);
+    *nbytes = (uint64_t)H5Sget_select_npoints(sp) * H5Tget_size(t);
+    void *buf = malloc(*nbytes + 1);
+    H5Dread(ds, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+    hid_t a = H5Aopen(ds, "crc32c", H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_UINT32, crc);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    H5Dclose(ds);
+    return buf;
+}
+
+typedef struct lcase {
+    const char *name;
+    lsl_dtype w, a, b;
+    uint64_t out, in, r;
+    lsl_shard_dim shard;
+    double scaling;
+} lcase;
+
+static void test_merge_and_copy(void)
+{
+    int before = agree_failures();
+    char path[600];
+    snprintf(path, sizeof path, "%s/merge.h5", dir);
+    lcase lc[] = {
+        {"w.bf16", LSL_BF16, LSL_F32, LSL_F32, 37, 24, 8, LSL_SHARD_ROWS, 2.0},
+        {"w.f16", LSL_F16, LSL_BF16, LSL_F16, 13, 40, 5, LSL_SHARD_COLS, 0.5},
+        {"w.f32", LSL_F32, LSL_F16, LSL_BF16, 3, 17, 3, LSL_SHARD_ROWS, 1.75},
+        {"w.tiny", LSL_BF16, LSL_F32, LSL_F32, 1, 8, 2, LSL_SHARD_COLS, 4.0},
+    };
+    const int nl = 4;
+    lsl_tensor_info t[9] = {
+        {"w.bf16", LSL_BF16, 2, {37, 24}}, {"w.f16", LSL_F16, 2, {13, 40}},
+        {"w.f32", LSL_F32, 2, {3, 17}},    {"w.tiny", LSL_BF16, 2, {1, 8}},
+        {"norm", LSL_BF16, 1, {29}},       {"scalar", LSL_F32, 0, {0}},
+        {"cube", LSL_I64, 3, {5, 3, 2}},   {"empty", LSL_F32, 2, {0, 7}},
+        {"bytes", LSL_U8, 2, {6, 0}},
+    };
+    const int nt = 9;
+    lsl_writer *w = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = 1;
+    cfg.staging_bytes = 4096; /* several chunks per rank even for these small tensors */
+    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    CHECK(st == LSL_OK, "create: %s", lsl_last_error());
+    CHECK(lsl_writer_set_attr_all(w, "note", "hello") == LSL_OK, "attr");
+    st = lsl_writer_define_all(w, nt, t);
+    CHECK(st == LSL_OK, "define: %s", lsl_last_error());
+
+    void *full[9] = {0}; /* every rank builds the whole inputs (small) to slice from */
+    void *fullA[4] = {0}, *fullB[4] = {0};
+    for (int i = 0; i < nt; i++) {
+        uint64_t e = 1;
+        for (int d = 0; d < t[i].ndim; d++)
+            e *= t[i].shape[d];
+        full[i] = calloc(e * esz(t[i].dtype) + 1, 1);
+        if (t[i].dtype == LSL_I64 || t[i].dtype == LSL_U8) {
+            for (uint64_t k = 0; k < e * esz(t[i].dtype); k++)
+                ((unsigned char *)full[i])[k] = (unsigned char)(k * 31 + 7);
+        } else {
+            fill(t[i].dtype, full[i], e, 0.05, 100 + (uint64_t)i);
+        }
+    }
+    for (int i = 0; i < nl; i++) {
+        fullA[i] = malloc(lc[i].r * lc[i].in * esz(lc[i].a));
+        fullB[i] = malloc(lc[i].out * lc[i].r * esz(lc[i].b));
+        fill(lc[i].a, fullA[i], lc[i].r * lc[i].in, 0.3, 200 + (uint64_t)i);
+        fill(lc[i].b, fullB[i], lc[i].out * lc[i].r, 0.02, 300 + (uint64_t)i);
+    }
+    /* Put in reverse order: any order is allowed as long as all ranks agree. */
+    for (int i = nt - 1; i >= 0; i--) {
+        uint64_t rows = t[i].ndim ? t[i].shape[0] : 1, rb = esz(t[i].dtype), r0, n;
+        for (int d = 1; d < t[i].ndim; d++)
+            rb *= t[i].shape[d];
+        lsl_partition_rows(rows, size, rank, &r0, &n);
+        lsl_part part = {r0, n, (unsigned char *)full[i] + r0 * rb, LSL_MEM_HOST, NULL, NULL};
+        lsl_lora_part lp;
+        void *ashard = NULL;
+        if (i < nl) {
+            const lcase *c = &lc[i];
+            uint64_t a0, an, ae = esz(c->a);
+            if (c->shard == LSL_SHARD_ROWS) {
+                lsl_partition_rows(c->r, size, rank, &a0, &an);
+                ashard = (unsigned char *)fullA[i] + a0 * c->in * ae;
+            } else {
+                lsl_partition_rows(c->in, size, rank, &a0, &an);
+                ashard = malloc(c->r * an * ae + 1);
+                for (uint64_t row = 0; row < c->r; row++)
+                    memcpy((unsigned char *)ashard + row * an * ae,
+                           (unsigned char *)fullA[i] + (row * c->in + a0) * ae, an * ae);
+            }
+            lp = (lsl_lora_part){c->r,       c->scaling * (double)c->r,
+                                 c->scaling, c->a,
+                                 c->b,       c->shard,
+                                 a0,         an,
+                                 ashard,     (unsigned char *)fullB[i] + r0 * c->r * esz(c->b)};
+            part.lora = &lp;
+        }
+        st = lsl_writer_put_all(w, (uint64_t)i, &part);
+        CHECK(st == LSL_OK, "put %s: %s", t[i].name, lsl_last_error());
+        if (i < nl && lc[i].shard == LSL_SHARD_COLS)
+            free(ashard);
+    }
+    st = lsl_writer_close_all(&w);
+    CHECK(st == LSL_OK && w == NULL, "close: %s", lsl_last_error());
+
+    if (rank == 0) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        CHECK(f >= 0, "reopen %s", path);
+        for (int i = 0; f >= 0 && i < nt; i++) {
+            uint64_t nb = 0;
+            uint32_t crc = 0;
+            void *got = read_ds(f, t[i].name, &nb, &crc);
+            CHECK(got != NULL, "dataset %s missing", t[i].name);
+            if (!got)
+                continue;
+            CHECK(crc == lsl_crc32c_extend(0, got, nb), "%s: crc32c attribute", t[i].name);
+            if (i >= nl) {
+                CHECK(memcmp(got, full[i], nb) == 0, "%s: copied bytes differ", t[i].name);
+            } else {
+                const lcase *c = &lc[i];
+                uint64_t worst = 0, exact = 0, n = c->out * c->in;
+                void *want = malloc(nb);
+                for (uint64_t o = 0; o < c->out; o++)
+                    for (uint64_t k = 0; k < c->in; k++) {
+                        double acc = 0;
+                        for (uint64_t j = 0; j < c->r; j++)
+                            acc += dec(c->b, fullB[i], o * c->r + j) *
+                                   dec(c->a, fullA[i], j * c->in + k);
+                        round_into(c->w, dec(c->w, full[i], o * c->in + k) + c->scaling * acc, want,
+                                   o * c->in + k);
+                    }
+                for (uint64_t k = 0; k < n; k++) {
+                    int64_t d = ordered(c->w, got, k) - ordered(c->w, want, k);
+                    uint64_t ad = (uint64_t)(d < 0 ? -d : d);
+                    worst = ad > worst ? ad : worst;
+                    exact += ad == 0;
+                }
+                CHECK(worst <= 1, "%s: %llu ulp off", t[i].name, (unsigned long long)worst);
+                CHECK(exact * 100 >= n * 99, "%s: only %llu/%llu exact", t[i].name,
+                      (unsigned long long)exact, (unsigned long long)n);
+                free(want);
+            }
+            free(got);
+        }
+        if (f >= 0)
+            H5Fclose(f);
+    }
+    for (int i = 0; i < nt; i++)
+        free(full[i]);
+    for (int i = 0; i < nl; i++) {
+        free(fullA[i]);
+        free(fullB[i]);
+    }
+    report("merge and copy: all shape classes, uneven and empty ranks, A by rows and columns",
+           before);
+}
+
+static int file_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+static int leftover_tmp(void)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "ls -a %s | grep -q lsl-tmp", dir);
+    return system(cmd) == 0;
+}
+
+/* One rank (the last) does something wrong in a put; everyone must fail alike, nobody hangs. */
+static void test_error_agreement(void)
+{
+    int before = agree_failures();
+    char path[600];
+    snprintf(path, sizeof path, "%s/bad.h5", dir);
+    lsl_tensor_info t[2] = {{"a", LSL_BF16, 2, {10, 4}}, {"b", LSL_F32, 1, {5}}};
+    uint16_t data[40] = {0};
+    struct {
+        const char *what;
+        lsl_status want;
+    } cases[] = {{"bad row range", LSL_ERR_SHAPE},
+                 {"NaN produced by the merge", LSL_ERR_NONFINITE},
+                 {"close with a tensor never written", LSL_ERR_WRONG_STATE}};
+    for (int c = 0; c < 3; c++) {
+        lsl_writer *w = NULL;
+        lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+        cfg.quiet = 1;
+        lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+        if (st == LSL_OK)
+            st = lsl_writer_define_all(w, 2, t);
+        CHECK(st == LSL_OK, "setup: %s", lsl_last_error());
+        uint64_t r0, n;
+        lsl_partition_rows(10, size, rank, &r0, &n);
+        lsl_part p = {r0, n, data + r0 * 4, LSL_MEM_HOST, NULL, NULL};
+        float a[4] = {1, 1, 1, 1}, b[10] = {10, 10, 10, 10, 10, 10, 10, 10, 10, 10};
+        lsl_lora_part lp = {1, 1e38,  1e38, LSL_F32, LSL_F32, LSL_SHARD_ROWS, 0, rank == 0 ? 1 : 0,
+                            a, b + r0};
+        if (c == 0 && rank == size - 1)
+            p.row0 += 1; /* wrong place: the parts no longer tile the rows */
+        if (c == 1)
+            p.lora =
+                &lp; /* a huge scaling: the product overflows to inf on the rank(s) with rows */
+        if (c != 2) {
+            st = lsl_writer_put_all(w, 0, &p);
+            CHECK(st == cases[c].want, "%s: put returned %s (%s)", cases[c].what,
+                  lsl_status_name(st), lsl_last_error());
+            st = lsl_writer_close_all(&w);
+            CHECK(st != LSL_OK && w == NULL, "%s: close after failure", cases[c].what);
+        } else {
+            st = lsl_writer_put_all(w, 0, &p);
+            CHECK(st == LSL_OK, "put: %s", lsl_last_error());
+            st = lsl_writer_close_all(&w);
+            CHECK(st == cases[c].want, "%s: close returned %s (%s)", cases[c].what,
+                  lsl_status_name(st), lsl_last_error());
+            CHECK(strstr(lsl_last_error(), "`b`") != NULL, "message names the tensor: %s",
+                  lsl_last_error());
+        }
+        /* every rank holds the same message */
+        char mine[1024], first[1024];
+        snprintf(mine, sizeof mine, "%s", lsl_last_error());
+        memcpy(first, mine, sizeof first);
+        MPI_Bcast(first, sizeof first, MPI_CHAR, 0, MPI_COMM_WORLD);
+        CHECK(strcmp(mine, first) == 0, "messages differ: \"%s\" vs \"%s\"", mine, first);
+        MPI_Barrier(MPI_COMM_WORLD);
+        if (rank == 0) {
+            CHECK(!file_exists(path), "%s: a file was left at %s", cases[c].what, path);
+            CHECK(!leftover_tmp(), "%s: a temporary file was left in %s", cases[c].what, dir);
+        }
+        report(cases[c].what, before);
+    }
+}
+
+static void test_define_checks(void)
+{
+    int before = agree_failures();
+    char path[600];
+    snprintf(path, sizeof path, "%s/def.h5", dir);
+    lsl_writer *w = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = 1;
+    /* ranks disagreeing on the tensor list */
+    lsl_tensor_info t = {"x", LSL_F32, 1, {(uint64_t)(size > 1 ? 4 + rank : 4)}};
+    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    CHECK(st == LSL_OK, "create: %s", lsl_last_error());
+    st = lsl_writer_define_all(w, 1, &t);
+    if (size > 1)
+        CHECK(st == LSL_ERR_INCONSISTENT, "define returned %s", lsl_status_name(st));
+    lsl_writer_abort_all(&w);
+    CHECK(w == NULL, "abort sets NULL");
+    /* names HDF5 cannot hold, duplicates, sub-byte dtypes */
+    lsl_tensor_info bad[3][2] = {{{"a/b", LSL_F32, 1, {1}}, {"c", LSL_F32, 1, {1}}},
+                                 {{"a", LSL_F32, 1, {1}}, {"a", LSL_F32, 1, {1}}},
+                                 {{"a", LSL_F4, 1, {2}}, {"c", LSL_F32, 1, {1}}}};
+    lsl_status want[3] = {LSL_ERR_INVALID_ARG, LSL_ERR_INVALID_ARG, LSL_ERR_DTYPE};
+    for (int i = 0; i < 3; i++) {
+        st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+        st = st ? st : lsl_writer_define_all(w, 2, bad[i]);
+        CHECK(st == want[i], "bad list %d: %s (%s)", i, lsl_status_name(st), lsl_last_error());
+        lsl_writer_abort_all(&w);
+    }
+    /* an existing output is kept unless overwrite is asked for */
+    if (rank == 0) {
+        FILE *f = fopen(path, "w");
+        fputs("precious", f);
+        fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    CHECK(st == LSL_ERR_EXISTS && w == NULL, "existing output: %s", lsl_status_name(st));
+    cfg.overwrite = 1;
+    lsl_tensor_info ok = {"x", LSL_F32, 1, {3}};
+    float v[3] = {1, 2, 3};
+    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = st ? st : lsl_writer_define_all(w, 1, &ok);
+    uint64_t r0, n;
+    lsl_partition_rows(3, size, rank, &r0, &n);
+    lsl_part p = {r0, n, v + r0, LSL_MEM_HOST, NULL, NULL};
+    st = st ? st : lsl_writer_put_all(w, 0, &p);
+    st = st ? st : lsl_writer_close_all(&w);
+    CHECK(st == LSL_OK, "overwrite: %s", lsl_last_error());
+    if (rank == 0) {
+        struct stat sb;
+        CHECK(stat(path, &sb) == 0 && sb.st_size > 100, "overwritten file");
+    }
+    /* unwritable directory */
+    st = lsl_writer_create_all(MPI_COMM_WORLD, "/proc/loraslab-test/x.h5", &cfg, &w);
+    CHECK(st == LSL_ERR_IO && strstr(lsl_last_error(), "/proc/loraslab-test"),
+          "unwritable dir: %s %s", lsl_status_name(st), lsl_last_error());
+    report("define and create checks (inconsistent lists, bad names, existing output)", before);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    const char *base = getenv("LSL_TESTOUTDIR") ? getenv("LSL_TESTOUTDIR") : "/tmp";
+    snprintf(dir, sizeof dir, "%s/writer-np%d", base, size);
+    if (rank == 0) {
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
+        if (system(cmd) != 0)
+            return 1;
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    test_merge_and_copy();
+    test_error_agreement();
+    test_define_checks();
+    int all = agree_failures();
+    if (rank == 0)
+        printf("%s: %d ranks, %d failed checks\n", all ? "FAILED" : "PASSED", size, all);
+    MPI_Finalize();
+    return all ? 1 : 0;
+}

@@ -1,0 +1,238 @@
+/* Row partition, bf16/f16 rounding, CRC-32C and its combine, dtype names, the CPU merge, and
+ * the adapter-config rules. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "lsl_adapter.h"
+#include "lsl_crc32c.h"
+#include "lsl_merge.h"
+#include "lsl_numeric.h"
+
+static void test_partition(void **s)
+{
+    (void)s;
+    uint64_t r0, n;
+    /* torch.chunk(10, 4) -> 3,3,3,1 */
+    uint64_t expect[4][2] = {{0, 3}, {3, 3}, {6, 3}, {9, 1}};
+    for (int k = 0; k < 4; k++) {
+        lsl_partition_rows(10, 4, k, &r0, &n);
+        assert_int_equal(r0, expect[k][0]);
+        assert_int_equal(n, expect[k][1]);
+    }
+    /* torch.chunk(5, 4) -> 2,2,1 and an empty fourth rank */
+    lsl_partition_rows(5, 4, 3, &r0, &n);
+    assert_int_equal(n, 0);
+    lsl_partition_rows(5, 4, 2, &r0, &n);
+    assert_int_equal(r0, 4);
+    assert_int_equal(n, 1);
+    /* 2 rows over 4 ranks: 1,1,0,0 */
+    lsl_partition_rows(2, 4, 2, &r0, &n);
+    assert_int_equal(n, 0);
+    lsl_partition_rows(0, 3, 0, &r0, &n);
+    assert_int_equal(n, 0);
+    lsl_partition_rows(7, 0, 0, &r0, &n);
+    assert_int_equal(n, 0);
+    /* every split tiles the rows exactly */
+    for (uint64_t rows = 0; rows < 40; rows++)
+        for (int np = 1; np <= 9; np++) {
+            uint64_t next = 0;
+            for (int k = 0; k < np; k++) {
+                lsl_partition_rows(rows, np, k, &r0, &n);
+                if (n) {
+                    assert_int_equal(r0, next);
+                    next += n;
+                }
+            }
+            assert_int_equal(next, rows);
+        }
+}
+
+static void test_bf16(void **s)
+{
+    (void)s;
+    assert_int_equal(lsl_f32_to_bf16(1.0f), 0x3F80);
+    /* ties to even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 -> 1 */
+    assert_int_equal(lsl_f32_to_bf16(lsl_bits_f32(0x3F808000u)), 0x3F80);
+    assert_int_equal(lsl_f32_to_bf16(lsl_bits_f32(0x3F818000u)), 0x3F82);
+    assert_int_equal(lsl_f32_to_bf16(lsl_bits_f32(0x3F808001u)), 0x3F81);
+    assert_int_equal(lsl_f32_to_bf16(NAN), 0x7FC0);
+    assert_int_equal(lsl_f32_to_bf16(INFINITY), 0x7F80);
+    assert_int_equal(lsl_f32_to_bf16(3.4e38f), 0x7F80); /* overflow rounds to inf */
+    for (uint32_t h = 0; h < 65536; h++) {
+        if ((h & 0x7F80) == 0x7F80 && (h & 0x7F))
+            continue; /* NaN payloads canonicalise */
+        assert_int_equal(lsl_f32_to_bf16(lsl_bf16_to_f32((uint16_t)h)), h);
+    }
+}
+
+static void test_f16(void **s)
+{
+    (void)s;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF))
+            continue;
+        assert_int_equal(lsl_f32_to_f16(lsl_f16_to_f32((uint16_t)h)), h);
+    }
+#if defined(__FLT16_MAX__)
+    /* Against the compiler's IEEE conversion on many random floats across the range. */
+    uint32_t x = 12345;
+    for (int i = 0; i < 2000000; i++) {
+        x = x * 1664525u + 1013904223u;
+        float f = lsl_bits_f32((x & 0x8FFFFFFFu) | ((x & 1u) << 30)); /* mostly |f| < 2^17 */
+        if (isnan(f))
+            continue;
+        _Float16 h = (_Float16)f;
+        uint16_t hb;
+        memcpy(&hb, &h, 2);
+        if (lsl_f32_to_f16(f) != hb)
+            fail_msg("f32 %08x -> f16 %04x, compiler says %04x", lsl_f32_bits(f), lsl_f32_to_f16(f),
+                     hb);
+    }
+#endif
+    assert_int_equal(lsl_f32_to_f16(65520.0f), 0x7C00);
+    assert_int_equal(lsl_f32_to_f16(65519.0f), 0x7BFF);
+    assert_int_equal(lsl_f32_to_f16(5.9604645e-08f), 0x0001);
+    assert_int_equal(lsl_f32_to_f16(2.9802322e-08f), 0x0000); /* 2^-25 ties to even zero */
+}
+
+static void test_crc32c(void **s)
+{
+    (void)s;
+    assert_int_equal(lsl_crc32c_extend(0, "123456789", 9), 0xE3069283u);
+    assert_int_equal(lsl_crc32c_extend(0, "", 0), 0);
+    unsigned char buf[10000];
+    for (int i = 0; i < 10000; i++)
+        buf[i] = (unsigned char)(i * 7 + 3);
+    uint32_t whole = lsl_crc32c_extend(0, buf, sizeof buf);
+    /* Any split into parts, combined in order, gives the CRC of the whole. */
+    for (int cut = 0; cut <= 10000; cut += 997) {
+        uint32_t a = lsl_crc32c_extend(0, buf, (uint64_t)cut);
+        uint32_t b = lsl_crc32c_extend(0, buf + cut, (uint64_t)(10000 - cut));
+        assert_int_equal(lsl_crc32c_combine(a, b, (uint64_t)(10000 - cut)), whole);
+        assert_int_equal(lsl_crc32c_extend(a, buf + cut, (uint64_t)(10000 - cut)), whole);
+    }
+    assert_int_equal(lsl_crc32c_combine(0, lsl_crc32c_extend(0, buf, 10), 10),
+                     lsl_crc32c_extend(0, buf, 10));
+}
+
+static void test_dtypes(void **s)
+{
+    (void)s;
+    lsl_dtype d;
+    assert_int_equal(lsl_dtype_from_name("BF16", &d), LSL_OK);
+    assert_int_equal(d, LSL_BF16);
+    assert_int_equal(lsl_dtype_from_name("bf16", &d), LSL_ERR_DTYPE);
+    assert_int_equal(lsl_dtype_bits(LSL_F8_E4M3), 8);
+    assert_int_equal(lsl_dtype_bits(LSL_F4), 4);
+    assert_string_equal(lsl_dtype_name(LSL_U64), "U64");
+    assert_null(lsl_dtype_name((lsl_dtype)99));
+    assert_string_equal(lsl_status_name(LSL_ERR_NOSPACE), "LSL_ERR_NOSPACE");
+}
+
+static void test_merge_rows(void **s)
+{
+    (void)s;
+    /* w = [[1, 2], [3, 4]] bf16; b = [[1], [2]]; a = [[0.5, -1]]; s = 2 */
+    uint16_t w[4] = {lsl_f32_to_bf16(1), lsl_f32_to_bf16(2), lsl_f32_to_bf16(3),
+                     lsl_f32_to_bf16(4)};
+    float b[2] = {1, 2}, a[2] = {0.5f, -1}, work[4];
+    uint64_t bad = 0;
+    assert_int_equal(lsl_i_merge_rows_cpu(LSL_BF16, w, 2, 2, b, a, 1, 2.0, work, &bad), LSL_OK);
+    float want[4] = {2, 0, 5, 0};
+    for (int i = 0; i < 4; i++)
+        assert_true(lsl_bf16_to_f32(w[i]) == want[i]);
+    /* F32 weights accumulate in double: a cancellation to a tiny value is still exact. */
+    float wf[2] = {0.1f, 1};
+    double bd[1] = {1}, ad[2] = {-0.1 + 1e-9, 1e39}, wd[2];
+    assert_int_equal(lsl_i_merge_rows_cpu(LSL_F32, wf, 1, 2, bd, ad, 1, 1.0, wd, &bad),
+                     LSL_ERR_NONFINITE);
+    assert_int_equal(bad, 1);
+    assert_true(wf[0] == (float)((double)0.1f - 0.1 + 1e-9));
+}
+
+static lsl_status cfg(const char *text, lsl_adapter_cfg *c)
+{
+    return lsl_adapter_cfg_parse("adapter_config.json", text, c);
+}
+
+static void expect_refused(const char *text, const char *needle)
+{
+    lsl_adapter_cfg c;
+    lsl_status st = cfg(text, &c);
+    if (st == LSL_OK || !strstr(lsl_last_error(), needle))
+        fail_msg("%s: got %s \"%s\", expected a refusal mentioning %s", text, lsl_status_name(st),
+                 lsl_last_error(), needle);
+}
+
+static void test_adapter_config(void **s)
+{
+    (void)s;
+    lsl_adapter_cfg c;
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":16,\"lora_alpha\":32,"
+                         "\"rank_pattern\":{\"q_proj\":4,\"layers\\\\.1\\\\.mlp\":2},"
+                         "\"alpha_pattern\":{\"model.layers.0.self_attn.v_proj\":7}}",
+                         &c),
+                     LSL_ERR_UNSUPPORTED); /* Python-only escapes are refused */
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":16,\"lora_alpha\":32,"
+                         "\"rank_pattern\":{\"q_proj\":4,\"layers.1.mlp.(up|down)_proj\":2},"
+                         "\"alpha_pattern\":{\"model.layers.0.self_attn.v_proj\":7}}",
+                         &c),
+                     LSL_OK);
+    assert_int_equal(lsl_adapter_rank_for(&c, "model.layers.3.self_attn.q_proj"), 4);
+    assert_int_equal(lsl_adapter_rank_for(&c, "model.layers.3.self_attn.xq_proj"), 16);
+    assert_int_equal(lsl_adapter_rank_for(&c, "model.layers.1.mlp.up_proj"), 2);
+    assert_int_equal(lsl_adapter_rank_for(&c, "model.layers.1.mlp.gate_proj"), 16);
+    assert_true(lsl_adapter_alpha_for(&c, "model.layers.0.self_attn.v_proj") == 7.0);
+    assert_true(lsl_adapter_alpha_for(&c, "model.layers.10.self_attn.v_proj") == 32.0);
+    assert_true(lsl_adapter_scaling(&c, 16, 32) == 2.0);
+    lsl_adapter_cfg_free(&c);
+    assert_int_equal(
+        cfg("{\"peft_type\":\"LORA\",\"r\":16,\"lora_alpha\":8,\"use_rslora\":true}", &c), LSL_OK);
+    assert_true(lsl_adapter_scaling(&c, 16, 8) == 2.0);
+    lsl_adapter_cfg_free(&c);
+    expect_refused("{\"peft_type\":\"ADALORA\",\"r\":8}", "ADALORA");
+    expect_refused("{\"peft_type\":\"VERA\",\"r\":8}", "VERA");
+    expect_refused("{\"r\":8}", "peft_type");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":0}", "positive integer");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"lora_alpha\":\"x\"}", "lora_alpha");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"use_dora\":true}", "use_dora");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"fan_in_fan_out\":true}", "fan_in_fan_out");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"lora_bias\":true}", "lora_bias");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"modules_to_save\":[\"lm_head\"]}",
+                   "modules_to_save");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"target_parameters\":[\"experts\"]}",
+                   "target_parameters");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"bias\":\"all\"}", "bias=\"all\"");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"init_lora_weights\":\"pissa_niter_4\"}",
+                   "pissa");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"init_lora_weights\":\"loftq\"}", "loftq");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"r\":9}", "duplicate");
+    /* Options at their off values are fine. */
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":8,\"use_dora\":false,\"modules_to_save\":"
+                         "null,\"bias\":\"none\",\"target_parameters\":[],\"layer_replication\":"
+                         "null,\"init_lora_weights\":\"gaussian\"}",
+                         &c),
+                     LSL_OK);
+    lsl_adapter_cfg_free(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_partition),
+        cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_f16),
+        cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_dtypes),
+        cmocka_unit_test(test_merge_rows),
+        cmocka_unit_test(test_adapter_config),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
