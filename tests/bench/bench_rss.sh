@@ -24,7 +24,7 @@ for scale in 1 2; do
   res[$scale]="$size $line"
   rm -f "$d/merged.h5"
 done
-field() { tr ' ' '\\n' <<<"$2" | grep -F "$1=" | cut -d= -f2; }
+field() { tr ' ' '\n' <<<"$2" | grep -F "$1=" | cut -d= -f2; }
 printf '\n%-8s %12s %9s %8s %16s %16s %16s\n' model "base bytes" seconds "GB/s" "rss base MiB" \
   "growth min MiB" "growth max MiB"
 for scale in 1 2; do
