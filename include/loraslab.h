@@ -245,6 +245,40 @@ typedef struct lsl_job_stats {
  * byte ranges.  stats may be NULL.  Every input error is reported before the output is created. */
 LSL_API lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats);
 
+typedef struct lsl_convert_config {
+    const char *input;        /* a loraslab HDF5 file */
+    const char *outdir;       /* the HF checkpoint directory to create */
+    uint64_t max_shard_bytes; /* 0: 5 GB (5,000,000,000 bytes, huggingface_hub's default) */
+    uint64_t staging_bytes;   /* 0: 64 MiB */
+    int no_verify;            /* nonzero: do not check each tensor's CRC-32C while copying */
+    int overwrite;            /* nonzero: replace an existing non-empty outdir (at the end) */
+    int quiet;
+} lsl_convert_config;
+#define LSL_CONVERT_CONFIG_INIT                                                                    \
+    {                                                                                              \
+        NULL, NULL, 0, 0, 0, 0, 0                                                                  \
+    }
+
+/* Collective on comm.  Writes outdir as a Hugging Face checkpoint: model.safetensors, or shards
+ * model-0000i-of-0000N.safetensors split as huggingface_hub splits them plus
+ * model.safetensors.index.json; config.json from the file's base config; loraslab.json
+ * (provenance, per-tensor checksums); checksums.json (each file's CRC-32C, base64).  Ranks copy
+ * equal shares of the bytes without decoding, checking every tensor's CRC-32C against the file
+ * (LSL_ERR_CORRUPT names the tensor).  Everything is written in a hidden sibling directory that is
+ * renamed to outdir only when complete; on failure nothing appears. */
+LSL_API lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg,
+                                   lsl_job_stats *stats);
+
+/* Collective on comm.  Re-reads a loraslab HDF5 file or a directory written by convert and checks
+ * every checksum it carries (per tensor, per file) and the safetensors rules of every shard.
+ * Returns LSL_OK, LSL_ERR_CORRUPT naming what differs, or LSL_ERR_FORMAT. */
+LSL_API lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes,
+                                  int quiet, lsl_job_stats *stats);
+
+/* Not collective.  Parses "5GB" (decimal units KB MB GB TB), "5GiB" (binary KiB MiB GiB TiB),
+ * "1.5GB" or a plain byte count; units are case-insensitive.  LSL_OK or LSL_ERR_INVALID_ARG. */
+LSL_API lsl_status lsl_parse_size(const char *text, uint64_t *bytes);
+
 /* Not collective.  Describes a loraslab HDF5 file on `out`: a table, or with json != 0 a JSON
  * document valid against schemas/loraslab-file.schema.json. */
 LSL_API lsl_status lsl_inspect(const char *path, int json, FILE *out);

@@ -165,9 +165,19 @@ lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *c)
     memset(c, 0, sizeof *c);
     if (stat(dir, &sb) != 0)
         return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s", dir);
+    if (S_ISREG(sb.st_mode)) {
+        /* A single .safetensors file: a checkpoint of one shard, without config.json. */
+        c->files = calloc(1, sizeof *c->files);
+        if (!c->files)
+            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        c->nfiles = 1;
+        LSL_TRY(lsl_st_open(dir, &c->files[0]));
+        LSL_TRY(fill_order(c));
+        return LSL_OK;
+    }
     if (!S_ISDIR(sb.st_mode))
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: not a directory (give the checkpoint folder)",
-                          dir);
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "%s: neither a checkpoint directory nor a .safetensors file", dir);
     index = join(dir, INDEX_NAME);
     single = join(dir, SINGLE_NAME);
     cfg = join(dir, "config.json");

@@ -343,3 +343,139 @@ int64_t lsl_st_find(const lsl_st_file *f, const char *name)
             return (int64_t)i;
     return -1;
 }
+
+/* ---- writer ---- */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool bad;
+} sbuf;
+
+static void sput(sbuf *b, const char *s, size_t n)
+{
+    if (b->bad)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->bad = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sputs(sbuf *b, const char *s)
+{
+    sput(b, s, strlen(s));
+}
+
+static void sputu(sbuf *b, uint64_t v)
+{
+    char t[24];
+    snprintf(t, sizeof t, "%llu", (unsigned long long)v);
+    sputs(b, t);
+}
+
+/* serde_json's escaping: the short escapes, \u00xx (lowercase) for other control bytes,
+ * everything else raw. */
+static void sput_json_str(sbuf *b, const char *s)
+{
+    sputs(b, "\"");
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        char t[8];
+        switch (*c) {
+        case '"': sputs(b, "\\\""); break;
+        case '\\': sputs(b, "\\\\"); break;
+        case '\b': sputs(b, "\\b"); break;
+        case '\f': sputs(b, "\\f"); break;
+        case '\n': sputs(b, "\\n"); break;
+        case '\r': sputs(b, "\\r"); break;
+        case '\t': sputs(b, "\\t"); break;
+        default:
+            if (*c < 0x20) {
+                snprintf(t, sizeof t, "\\u%04x", *c);
+                sputs(b, t);
+            } else {
+                sput(b, (const char *)c, 1);
+            }
+        }
+    }
+    sputs(b, "\"");
+}
+
+static const lsl_st_entry *sort_base;
+
+static int cmp_entries(const void *a, const void *b)
+{
+    const lsl_st_entry *x = &sort_base[*(const uint64_t *)a], *y = &sort_base[*(const uint64_t *)b];
+    if (x->dtype != y->dtype)
+        return x->dtype > y->dtype ? -1 : 1;
+    return strcmp(x->name, y->name); /* strcmp compares as unsigned char: bytewise */
+}
+
+lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t *order,
+                               uint64_t *data_off, unsigned char **head, uint64_t *head_len)
+{
+    sbuf b = {0};
+    for (uint64_t i = 0; i < n; i++) {
+        order[i] = i;
+        if (strcmp(e[i].name, "__metadata__") == 0)
+            return lsl_i_fail(LSL_ERR_INVALID_ARG, "a tensor may not be named __metadata__");
+    }
+    sort_base = e;
+    qsort(order, n, sizeof *order, cmp_entries);
+    for (uint64_t i = 1; i < n; i++)
+        if (strcmp(e[order[i - 1]].name, e[order[i]].name) == 0)
+            return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s` appears twice in one shard",
+                              e[order[i]].name);
+    sput(&b, "        ", 8); /* the length prefix, filled in below */
+    sputs(&b, "{\"__metadata__\":{\"format\":\"pt\"}");
+    uint64_t off = 0;
+    for (uint64_t k = 0; k < n; k++) {
+        const lsl_st_entry *t = &e[order[k]];
+        sputs(&b, ",");
+        sput_json_str(&b, t->name);
+        sputs(&b, ":{\"dtype\":\"");
+        sputs(&b, lsl_dtype_name(t->dtype));
+        sputs(&b, "\",\"shape\":[");
+        for (int d = 0; d < t->ndim; d++) {
+            if (d)
+                sputs(&b, ",");
+            sputu(&b, t->shape[d]);
+        }
+        sputs(&b, "],\"data_offsets\":[");
+        sputu(&b, off);
+        sputs(&b, ",");
+        sputu(&b, off + t->nbytes);
+        sputs(&b, "]}");
+        data_off[order[k]] = off;
+        off += t->nbytes;
+    }
+    sputs(&b, "}");
+    while (!b.bad && (b.len - 8) % 8 != 0)
+        sputs(&b, " ");
+    if (b.bad) {
+        free(b.p);
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory building a safetensors header");
+    }
+    uint64_t hn = b.len - 8;
+    if (hn > LSL_ST_MAX_HEADER) {
+        free(b.p);
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "safetensors header of %llu bytes is too large",
+                          (unsigned long long)hn);
+    }
+    for (int i = 0; i < 8; i++)
+        b.p[i] = (char)(hn >> (8 * i));
+    *head = (unsigned char *)b.p;
+    *head_len = b.len;
+    return LSL_OK;
+}

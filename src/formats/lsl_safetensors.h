@@ -34,3 +34,21 @@ void lsl_st_free(lsl_st_file *f);
 int64_t lsl_st_find(const lsl_st_file *f, const char *name);
 
 #endif
+
+/* ---- writing: headers byte-compatible with safetensors' serialize (formats.md 1.5) ---- */
+
+typedef struct lsl_st_entry {
+    const char *name;
+    lsl_dtype dtype;
+    int ndim;
+    const uint64_t *shape;
+    uint64_t nbytes;
+} lsl_st_entry;
+
+/* Order the entries as safetensors does (dtype descending in its enum order, then name bytewise)
+ * into order[], give each its data offset (relative to the data buffer) in data_off[], and build
+ * the file's first bytes: u64le(N) + header JSON with {"format":"pt"} metadata, space-padded to a
+ * multiple of 8.  *head (caller frees) holds 8 + N bytes.  Rejects a tensor named __metadata__
+ * and duplicate names. */
+lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t *order,
+                               uint64_t *data_off, unsigned char **head, uint64_t *head_len);

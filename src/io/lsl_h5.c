@@ -1,5 +1,7 @@
 #include "lsl_h5.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -260,5 +262,160 @@ fail:
     if (file >= 0 && H5Fclose(file) < 0 && rc == LSL_OK)
         rc = lsl_i_h5_fail(LSL_ERR_HDF5, "%s: closing after finish", path);
     H5Pclose(fapl);
+    return rc;
+}
+
+const char *const lsl_i_h5_root_attrs[5] = {"loraslab_version", "base_path", "adapter_path",
+                                            "base_config_json", "adapter_config_json"};
+
+void lsl_i_h5_list_free(lsl_i_h5_file *f)
+{
+    if (!f)
+        return;
+    for (uint64_t i = 0; i < f->n; i++)
+        free(f->t[i].name);
+    free(f->t);
+    for (int i = 0; i < 5; i++)
+        free(f->attrs[i]);
+    memset(f, 0, sizeof *f);
+}
+
+static int read_num(hid_t obj, const char *name, hid_t mtype, void *out)
+{
+    if (H5Aexists(obj, name) <= 0)
+        return 0;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    int ok = a >= 0 && H5Aread(a, mtype, out) >= 0;
+    if (a >= 0)
+        H5Aclose(a);
+    return ok;
+}
+
+typedef struct list_ctx {
+    lsl_i_h5_file *f;
+    uint64_t cap;
+    const char *path;
+    lsl_status st;
+} list_ctx;
+
+static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)info;
+    list_ctx *c = data;
+    lsl_i_h5_file *f = c->f;
+    if (f->n == c->cap) {
+        uint64_t cap = c->cap ? 2 * c->cap : 64;
+        lsl_i_h5_tensor *t = realloc(f->t, cap * sizeof *t);
+        if (!t) {
+            c->st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+            return -1;
+        }
+        f->t = t;
+        c->cap = cap;
+    }
+    lsl_i_h5_tensor *t = &f->t[f->n];
+    memset(t, 0, sizeof *t);
+    hid_t ds = H5Dopen2(grp, name, H5P_DEFAULT);
+    char *dt = NULL;
+    hid_t dcpl = H5I_INVALID_HID, sp = H5I_INVALID_HID, type = H5I_INVALID_HID;
+    if (ds < 0) {
+        c->st = lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: /%s/%s is not a dataset", c->path, LSL_H5_GROUP,
+                              name);
+        return -1;
+    }
+    if (!(t->name = lsl_i_strdup(name)))
+        c->st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    f->n++;
+    if (c->st == LSL_OK)
+        c->st = lsl_i_h5_get_str(ds, "dtype", &dt);
+    if (c->st == LSL_OK && (!dt || lsl_dtype_from_name(dt, &t->dtype) != LSL_OK))
+        c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s` has no valid dtype attribute (%s)",
+                           c->path, name, dt ? dt : "missing");
+    free(dt);
+    if (c->st == LSL_OK) {
+        dcpl = H5Dget_create_plist(ds);
+        sp = H5Dget_space(ds);
+        type = H5Dget_type(ds);
+        int nd = H5Sget_simple_extent_ndims(sp);
+        hsize_t dims[LSL_MAX_NDIM] = {0};
+        if (H5Pget_layout(dcpl) != H5D_CONTIGUOUS)
+            c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s` is not stored contiguously",
+                               c->path, name);
+        else if (nd < 0 || nd > LSL_MAX_NDIM)
+            c->st =
+                lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s` has %d dimensions", c->path, name, nd);
+        else {
+            H5Sget_simple_extent_dims(sp, dims, NULL);
+            t->ndim = nd;
+            uint64_t e = 1;
+            for (int d = 0; d < nd; d++) {
+                t->shape[d] = dims[d];
+                e *= dims[d];
+            }
+            haddr_t off = H5Dget_offset(ds);
+            if (!lsl_i_dtype_bytes(t->dtype, e, &t->nbytes) ||
+                H5Tget_size(type) * 8 != lsl_dtype_bits(t->dtype))
+                c->st = lsl_i_fail(LSL_ERR_FORMAT,
+                                   "%s: tensor `%s`: HDF5 element size does not match dtype %s",
+                                   c->path, name, lsl_dtype_name(t->dtype));
+            else if (t->nbytes && (off == HADDR_UNDEF || (uint64_t)off + t->nbytes > f->file_size))
+                c->st = lsl_i_fail(LSL_ERR_FORMAT,
+                                   "%s: tensor `%s`: data lies outside the file (truncated?)",
+                                   c->path, name);
+            else
+                t->offset = t->nbytes ? (uint64_t)off : 0;
+        }
+        t->has_crc = read_num(ds, "crc32c", H5T_NATIVE_UINT32, &t->crc32c);
+        t->has_lora = read_num(ds, "lora_rank", H5T_NATIVE_UINT64, &t->lora_rank);
+        read_num(ds, "lora_alpha", H5T_NATIVE_DOUBLE, &t->lora_alpha);
+        read_num(ds, "lora_scaling", H5T_NATIVE_DOUBLE, &t->lora_scaling);
+    }
+    if (type >= 0)
+        H5Tclose(type);
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    H5Dclose(ds);
+    return c->st == LSL_OK ? 0 : -1;
+}
+
+lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *f)
+{
+    lsl_status rc = LSL_OK;
+    hid_t fapl = lsl_i_h5_fapl(0), file = H5I_INVALID_HID, grp = H5I_INVALID_HID;
+    memset(f, 0, sizeof *f);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    FILE *probe = fopen(path, "rb");
+    if (!probe)
+        LSL_GOTO(
+            lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s", path));
+    fseeko(probe, 0, SEEK_END);
+    f->file_size = (uint64_t)ftello(probe);
+    fclose(probe);
+    file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (file < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: not an HDF5 file (or unreadable)", path));
+    if (!read_num(file, "loraslab_format_version", H5T_NATIVE_INT, &f->format_version))
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: not a loraslab file (no loraslab_format_version)", path);
+    if (f->format_version != LSL_FORMAT_VERSION)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: layout version %d; this loraslab reads version %d", path,
+                 f->format_version, LSL_FORMAT_VERSION);
+    for (int i = 0; i < 5; i++)
+        LSL_TRY(lsl_i_h5_get_str(file, lsl_i_h5_root_attrs[i], &f->attrs[i]));
+    grp = H5Gopen2(file, LSL_H5_GROUP, H5P_DEFAULT);
+    if (grp < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: no /%s group", path, LSL_H5_GROUP));
+    list_ctx c = {f, 0, path, LSL_OK};
+    if (H5Literate(grp, H5_INDEX_CRT_ORDER, H5_ITER_INC, NULL, list_one, &c) < 0)
+        LSL_GOTO(c.st ? c.st : lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: listing tensors", path));
+fail:
+    if (grp >= 0)
+        H5Gclose(grp);
+    if (file >= 0)
+        H5Fclose(file);
+    H5Pclose(fapl);
+    if (rc != LSL_OK)
+        lsl_i_h5_list_free(f);
     return rc;
 }

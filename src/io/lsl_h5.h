@@ -46,3 +46,33 @@ lsl_status lsl_i_h5_put_f64(hid_t obj, const char *name, double value);
 lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, char **out);
 
 #endif
+
+/* ---- reading a loraslab file back (inspect, convert, verify) ---- */
+
+typedef struct lsl_i_h5_tensor {
+    char *name;
+    lsl_dtype dtype;
+    int ndim;
+    uint64_t shape[LSL_MAX_NDIM];
+    uint64_t offset, nbytes; /* offset 0 with nbytes 0 for empty tensors */
+    uint32_t crc32c;
+    int has_crc, has_lora;
+    uint64_t lora_rank;
+    double lora_alpha, lora_scaling;
+} lsl_i_h5_tensor;
+
+typedef struct lsl_i_h5_file {
+    uint64_t file_size;
+    int format_version;
+    char *attrs[5]; /* loraslab_version, base_path, adapter_path, base_config_json,
+                       adapter_config_json (NULL when absent) */
+    uint64_t n;
+    lsl_i_h5_tensor *t; /* definition order */
+} lsl_i_h5_file;
+
+extern const char *const lsl_i_h5_root_attrs[5];
+
+/* Open and validate a loraslab file's layout: every dataset contiguous, its dtype attribute known
+ * and consistent with the HDF5 size, its bytes inside the file.  Not collective. */
+lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *out);
+void lsl_i_h5_list_free(lsl_i_h5_file *f);

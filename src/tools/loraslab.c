@@ -17,7 +17,9 @@ static const char *usage_main =
     "\n"
     "commands:\n"
     "  merge     HF base checkpoint + PEFT LoRA adapter -> merged HDF5 file\n"
-    "  import    HF base checkpoint -> HDF5 file (no adapter; for archiving)\n"
+    "  convert   loraslab HDF5 file -> Hugging Face safetensors checkpoint directory\n"
+    "  import    HF checkpoint (directory or .safetensors file) -> HDF5 file, for archiving\n"
+    "  verify    re-read an HDF5 file or a converted directory and check every checksum\n"
     "  inspect   describe a loraslab HDF5 file (table, or --json)\n"
     "  version   print the version\n"
     "\n"
@@ -56,10 +58,40 @@ static const char *usage_merge =
     "  mpiexec -n 8 loraslab merge -b Qwen2.5-7B -a my-lora -o /lustre/me/merged.h5\n";
 
 static const char *usage_import =
-    "usage: mpiexec -n N loraslab import --base DIR --output FILE [options]\n"
+    "usage: mpiexec -n N loraslab import HF_DIR_OR_FILE OUT.h5 [options]\n"
+    "       (or --base HF_DIR_OR_FILE --output OUT.h5)\n"
     "\n"
-    "Copies every tensor of an HF safetensors checkpoint into the loraslab HDF5 layout, in\n"
-    "parallel, with per-tensor CRC-32C checksums.  Options as for merge (no --adapter).\n";
+    "Copies every tensor of an HF safetensors checkpoint (a directory with model.safetensors or\n"
+    "an index and shards, or one .safetensors file) into the loraslab HDF5 layout, in parallel,\n"
+    "with per-tensor CRC-32C checksums, for archiving checkpoints that merge did not write.\n"
+    "Options as for merge: --staging-mib, --align, --overwrite, --stats, --quiet.\n";
+
+static const char *usage_convert =
+    "usage: mpiexec -n N loraslab convert IN.h5 OUT_DIR [options]\n"
+    "\n"
+    "Writes OUT_DIR as a Hugging Face checkpoint that transformers loads: model.safetensors, or\n"
+    "shards model-0000i-of-0000N.safetensors (split as huggingface_hub splits them) plus\n"
+    "model.safetensors.index.json; config.json from the merge's base; loraslab.json (provenance,\n"
+    "per-tensor CRC-32C); checksums.json (each file's CRC-32C, base64 as object stores report\n"
+    "it, for verifying an upload).  Ranks copy equal shares of the bytes without decoding, and\n"
+    "every tensor's CRC-32C is checked against the file while it is copied.  The directory is\n"
+    "assembled under a hidden sibling name and renamed into place only when complete.\n"
+    "\n"
+    "      --max-shard-size SIZE  largest shard (default 5GB; 500MB, 5GB, 5GiB, 1.5GB, bytes);\n"
+    "                             a tensor larger than SIZE gets a shard of its own\n"
+    "      --no-verify            do not check checksums while copying (copy_file_range path)\n"
+    "      --staging-mib N        host buffer per rank, MiB (default 64)\n"
+    "      --overwrite            replace an existing non-empty OUT_DIR\n"
+    "      --stats                print time, bytes and peak host memory\n"
+    "  -q, --quiet                no progress lines\n";
+
+static const char *usage_verify =
+    "usage: mpiexec -n N loraslab verify FILE_OR_DIR [--staging-mib N] [--quiet]\n"
+    "\n"
+    "Re-reads a loraslab HDF5 file (every tensor against its crc32c attribute) or a directory\n"
+    "written by convert (every shard's safetensors header rules, every tensor against\n"
+    "loraslab.json, every file against checksums.json), ranks sharing the bytes.  Exit status 0\n"
+    "only when everything matches.\n";
 
 static const char *usage_inspect =
     "usage: loraslab inspect [--json] FILE\n"
@@ -146,6 +178,11 @@ static int cmd_job(int argc, char **argv, int with_adapter)
         }
         }
     }
+    if (!with_adapter && !cfg.base && !cfg.output && argc - optind == 2) {
+        cfg.base = argv[optind];
+        cfg.output = argv[optind + 1];
+        optind += 2;
+    }
     if (optind < argc)
         return usage_error(cmd, usage, "unexpected argument (options take --name VALUE)");
     if (!cfg.base || !cfg.output || (with_adapter && !cfg.adapter))
@@ -169,6 +206,94 @@ static int cmd_job(int argc, char **argv, int with_adapter)
                (unsigned long long)js.tensors, (unsigned long long)js.merged_tensors,
                (double)js.rss_baseline_max / 1048576.0, (double)js.rss_peak_max / 1048576.0,
                (double)js.rss_growth_min / 1048576.0, (double)js.rss_growth_max / 1048576.0);
+    return 0;
+}
+
+static int cmd_convert(int argc, char **argv)
+{
+    enum { O_SHARD = 1000, O_NOVERIFY, O_STAGING, O_OVERWRITE, O_STATS };
+    static const struct option opts[] = {{"max-shard-size", required_argument, NULL, O_SHARD},
+                                         {"no-verify", no_argument, NULL, O_NOVERIFY},
+                                         {"staging-mib", required_argument, NULL, O_STAGING},
+                                         {"overwrite", no_argument, NULL, O_OVERWRITE},
+                                         {"stats", no_argument, NULL, O_STATS},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    lsl_convert_config cfg = LSL_CONVERT_CONFIG_INIT;
+    int stats = 0, c;
+    uint64_t v;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+        switch (c) {
+        case O_SHARD:
+            if (lsl_parse_size(optarg, &cfg.max_shard_bytes) != LSL_OK)
+                return usage_error("convert", usage_convert, lsl_last_error());
+            break;
+        case O_NOVERIFY: cfg.no_verify = 1; break;
+        case O_STAGING:
+            if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+                return usage_error("convert", usage_convert, "--staging-mib takes 1 to 1024");
+            cfg.staging_bytes = v << 20;
+            break;
+        case O_OVERWRITE: cfg.overwrite = 1; break;
+        case O_STATS: stats = 1; break;
+        case 'q': cfg.quiet = 1; break;
+        case 'h':
+            if (g_rank == 0)
+                fputs(usage_convert, stdout);
+            return 0;
+        default: return usage_error("convert", usage_convert, "unknown or incomplete option");
+        }
+    }
+    if (argc - optind != 2)
+        return usage_error("convert", usage_convert, "IN.h5 and OUT_DIR are required");
+    cfg.input = argv[optind];
+    cfg.outdir = argv[optind + 1];
+    lsl_job_stats js;
+    lsl_status st = lsl_convert_all(MPI_COMM_WORLD, &cfg, &js);
+    if (st != LSL_OK) {
+        err("convert", st);
+        return 1;
+    }
+    if (g_rank == 0 && stats)
+        printf("stats: seconds=%.3f bytes=%llu GB/s=%.3f tensors=%llu rss_growth_max_mib=%.1f\n",
+               js.seconds, (unsigned long long)js.bytes, (double)js.bytes / js.seconds / 1e9,
+               (unsigned long long)js.tensors, (double)js.rss_growth_max / 1048576.0);
+    return 0;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+    static const struct option opts[] = {{"staging-mib", required_argument, NULL, 's'},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    uint64_t staging = 0, v;
+    int quiet = 0, c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+                return usage_error("verify", usage_verify, "--staging-mib takes 1 to 1024");
+            staging = v << 20;
+            break;
+        case 'q': quiet = 1; break;
+        case 'h':
+            if (g_rank == 0)
+                fputs(usage_verify, stdout);
+            return 0;
+        default: return usage_error("verify", usage_verify, "unknown or incomplete option");
+        }
+    }
+    if (argc - optind != 1)
+        return usage_error("verify", usage_verify, "FILE_OR_DIR is required");
+    lsl_status st = lsl_verify_all(MPI_COMM_WORLD, argv[optind], staging, quiet, NULL);
+    if (st != LSL_OK) {
+        err("verify", st);
+        return 1;
+    }
     return 0;
 }
 
@@ -210,6 +335,10 @@ int main(int argc, char **argv)
         rc = cmd_job(argc - 1, argv + 1, 1);
     else if (strcmp(cmd, "import") == 0)
         rc = cmd_job(argc - 1, argv + 1, 0);
+    else if (strcmp(cmd, "convert") == 0)
+        rc = cmd_convert(argc - 1, argv + 1);
+    else if (strcmp(cmd, "verify") == 0)
+        rc = cmd_verify(argc - 1, argv + 1);
     else if (strcmp(cmd, "inspect") == 0)
         rc = cmd_inspect(argc - 1, argv + 1);
     else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

@@ -1,0 +1,632 @@
+/* HDF5 -> Hugging Face safetensors: rank 0 plans the shards and writes their headers; all ranks
+ * copy equal shares of the tensor bytes from the datasets' offsets to their places in the shards,
+ * checking CRC-32C on the way; rank 0 writes the index and side files and renames the directory
+ * into place. */
+#define _GNU_SOURCE /* mkdtemp, nftw */
+#include "lsl_convert.h"
+
+#include "lsl_crc32c.h"
+#include "lsl_h5.h"
+#include "lsl_ranges.h"
+#include "lsl_safetensors.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_SHARD 5000000000ull
+
+lsl_status lsl_parse_size(const char *text, uint64_t *bytes)
+{
+    static const struct {
+        const char *unit;
+        double mult;
+    } units[] = {{"", 1},
+                 {"b", 1},
+                 {"kb", 1e3},
+                 {"mb", 1e6},
+                 {"gb", 1e9},
+                 {"tb", 1e12},
+                 {"kib", 1024.0},
+                 {"mib", 1048576.0},
+                 {"gib", 1073741824.0},
+                 {"tib", 1099511627776.0}};
+    char *end = NULL;
+    if (!text || !bytes)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "size is NULL");
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || errno || !(v > 0) || !isfinite(v))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "\"%s\" is not a size (try 500MB, 5GB, 5GiB)", text);
+    char unit[8] = "";
+    size_t n = strlen(end);
+    if (n >= sizeof unit)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "\"%s\": unknown unit", text);
+    for (size_t i = 0; i <= n; i++)
+        unit[i] = (char)tolower((unsigned char)end[i]);
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (strcmp(unit, units[i].unit) == 0) {
+            double b = floor(v * units[i].mult);
+            if (b < 1 || b > 1.8e19)
+                break;
+            *bytes = (uint64_t)b;
+            return LSL_OK;
+        }
+    return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                      "\"%s\": unknown unit (use KB MB GB TB, KiB MiB GiB TiB, or bytes)", text);
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+void lsl_i_rmtree(const char *dir)
+{
+    if (dir && *dir)
+        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+lsl_status lsl_i_write_small(const char *dir, const char *name, const char *text, uint32_t *crc)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", path);
+    size_t n = strlen(text), done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, text + done, n - done);
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: write", path);
+        }
+        done += (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: fsync", path);
+    }
+    close(fd);
+    if (crc)
+        *crc = lsl_crc32c_extend(0, text, n);
+    return LSL_OK;
+}
+
+void lsl_i_crc_base64(uint32_t crc, char out[9])
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    unsigned char be[4] = {(unsigned char)(crc >> 24), (unsigned char)(crc >> 16),
+                           (unsigned char)(crc >> 8), (unsigned char)crc};
+    uint32_t v = ((uint32_t)be[0] << 16) | ((uint32_t)be[1] << 8) | be[2];
+    out[0] = b64[(v >> 18) & 63];
+    out[1] = b64[(v >> 12) & 63];
+    out[2] = b64[(v >> 6) & 63];
+    out[3] = b64[v & 63];
+    v = (uint32_t)be[3] << 16;
+    out[4] = b64[(v >> 18) & 63];
+    out[5] = b64[(v >> 12) & 63];
+    out[6] = '=';
+    out[7] = '=';
+    out[8] = '\0';
+}
+
+/* What rank 0 plans and every rank needs. */
+typedef struct cplan {
+    char *tmpdir;
+    uint32_t nshards;
+    char (*names)[64];
+    uint64_t nranges;
+    lsl_i_range *ranges;
+    uint64_t *tensor; /* rank 0: the tensor each range copies */
+} cplan;
+
+static void cplan_free(cplan *p)
+{
+    free(p->tmpdir);
+    free(p->names);
+    free(p->ranges);
+    free(p->tensor);
+    memset(p, 0, sizeof *p);
+}
+
+/* huggingface_hub's split_state_dict_into_shards_factory: greedy in order; a tensor larger than
+ * the limit gets a shard of its own, placed before the one still open. */
+static lsl_status split(const lsl_i_h5_file *f, uint64_t max, uint32_t *shard_of, uint32_t *nsh)
+{
+    uint32_t n = 0, open_id = UINT32_MAX;
+    uint64_t cur = 0;
+    /* first pass: shard ids in creation order */
+    uint32_t *ids = calloc(f->n ? f->n : 1, sizeof *ids);
+    uint32_t *rank_of = calloc(f->n + 1, sizeof *rank_of);
+    if (!ids || !rank_of) {
+        free(ids);
+        free(rank_of);
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    }
+    uint32_t *seq = rank_of; /* seq[k] = creation id of the k-th shard in file order */
+    uint32_t nseq = 0;
+    for (uint64_t i = 0; i < f->n; i++) {
+        uint64_t sz = f->t[i].nbytes;
+        if (sz > max) {
+            ids[i] = n++;
+            seq[nseq++] = ids[i];
+            continue;
+        }
+        if (open_id != UINT32_MAX && cur + sz > max) {
+            seq[nseq++] = open_id;
+            open_id = UINT32_MAX;
+        }
+        if (open_id == UINT32_MAX) {
+            open_id = n++;
+            cur = 0;
+        }
+        ids[i] = open_id;
+        cur += sz;
+    }
+    if (open_id != UINT32_MAX)
+        seq[nseq++] = open_id;
+    /* number the shards in list order: position in seq */
+    uint32_t *pos = calloc(n ? n : 1, sizeof *pos);
+    if (!pos) {
+        free(ids);
+        free(rank_of);
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    }
+    for (uint32_t k = 0; k < nseq; k++)
+        pos[seq[k]] = k;
+    for (uint64_t i = 0; i < f->n; i++)
+        shard_of[i] = pos[ids[i]];
+    *nsh = nseq ? nseq : 1;
+    free(pos);
+    free(ids);
+    free(rank_of);
+    return LSL_OK;
+}
+
+static json_t *provenance(const lsl_i_h5_file *f, const char *input)
+{
+    json_t *doc = json_object(), *tens = json_object();
+    json_object_set_new(doc, "loraslab_version", json_string(lsl_version_string()));
+    json_object_set_new(doc, "written_by", json_string(f->attrs[0] ? f->attrs[0] : "?"));
+    json_object_set_new(doc, "source", json_string(input));
+    if (f->attrs[1])
+        json_object_set_new(doc, "base_path", json_string(f->attrs[1]));
+    if (f->attrs[2])
+        json_object_set_new(doc, "adapter_path", json_string(f->attrs[2]));
+    if (f->attrs[4]) {
+        json_t *ac = json_loads(f->attrs[4], 0, NULL);
+        json_object_set_new(doc, "adapter_config", ac ? ac : json_string(f->attrs[4]));
+    }
+    for (uint64_t i = 0; i < f->n; i++) {
+        json_t *t = json_object();
+        if (f->t[i].has_crc)
+            json_object_set_new(t, "crc32c", json_integer(f->t[i].crc32c));
+        if (f->t[i].has_lora) {
+            json_t *l = json_object();
+            json_object_set_new(l, "rank", json_integer((json_int_t)f->t[i].lora_rank));
+            json_object_set_new(l, "alpha", json_real(f->t[i].lora_alpha));
+            json_object_set_new(l, "scaling", json_real(f->t[i].lora_scaling));
+            json_object_set_new(t, "lora", l);
+        }
+        json_object_set_new(tens, f->t[i].name, t);
+    }
+    json_object_set_new(doc, "tensors", tens);
+    return doc;
+}
+
+static char *dumps(json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+    if (!s)
+        return NULL;
+    size_t n = strlen(s);
+    char *t = realloc(s, n + 2);
+    if (!t) {
+        free(s);
+        return NULL;
+    }
+    t[n] = '\n';
+    t[n + 1] = '\0';
+    return t;
+}
+
+/* Rank 0: plan, create the temporary directory and the shard files with their headers. */
+static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cplan *p,
+                             uint64_t **head_crc_len, uint32_t **shard_of_out,
+                             uint64_t **data_off_out)
+{
+    lsl_status rc = LSL_OK;
+    uint64_t max = cfg->max_shard_bytes ? cfg->max_shard_bytes : DEFAULT_SHARD;
+    uint32_t *shard_of = NULL;
+    uint64_t *order = NULL, *data_off = NULL, *hc = NULL;
+    lsl_st_entry *ent = NULL;
+    unsigned char *head = NULL;
+    struct stat sb;
+    LSL_TRY(lsl_i_h5_list(cfg->input, f));
+    if (stat(cfg->outdir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode))
+            LSL_FAIL(LSL_ERR_EXISTS, "%s: exists and is not a directory", cfg->outdir);
+        if (rmdir(cfg->outdir) == 0)
+            mkdir(cfg->outdir, 0777); /* it was empty: keep it for the rename to replace */
+        else if (!cfg->overwrite)
+            LSL_FAIL(LSL_ERR_EXISTS, "%s: exists and is not empty (pass --overwrite to replace it)",
+                     cfg->outdir);
+    }
+    shard_of = calloc(f->n ? f->n : 1, sizeof *shard_of);
+    data_off = calloc(f->n ? f->n : 1, sizeof *data_off);
+    order = calloc(f->n ? f->n : 1, sizeof *order);
+    ent = calloc(f->n ? f->n : 1, sizeof *ent);
+    p->ranges = calloc(f->n ? f->n : 1, sizeof *p->ranges);
+    p->tensor = calloc(f->n ? f->n : 1, sizeof *p->tensor);
+    if (!shard_of || !data_off || !order || !ent || !p->ranges || !p->tensor)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(split(f, max, shard_of, &p->nshards));
+    p->names = calloc(p->nshards, sizeof *p->names);
+    hc = calloc(2 * (size_t)p->nshards, sizeof *hc);
+    if (!p->names || !hc)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    {
+        size_t pl = strlen(cfg->outdir) + 40;
+        char *d = lsl_i_strdup(cfg->outdir), *b = lsl_i_strdup(cfg->outdir);
+        p->tmpdir = malloc(pl);
+        if (!d || !b || !p->tmpdir) {
+            free(d);
+            free(b);
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        }
+        snprintf(p->tmpdir, pl, "%s/.%s.lsl-tmp-XXXXXX", dirname(d), basename(b));
+        free(d);
+        free(b);
+        if (!mkdtemp(p->tmpdir)) {
+            int e = errno;
+            p->tmpdir[0] = '\0';
+            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e, "%s: cannot create the output beside it",
+                                      cfg->outdir));
+        }
+        /* mkdtemp makes it 0700; the finished directory gets the mode any new one would. */
+        mode_t um = umask(0);
+        umask(um);
+        chmod(p->tmpdir, 0777 & ~um);
+    }
+    for (uint32_t s = 0; s < p->nshards; s++) {
+        uint64_t n = 0, hl = 0, total = 0;
+        if (p->nshards == 1)
+            snprintf(p->names[s], sizeof p->names[s], "model.safetensors");
+        else
+            snprintf(p->names[s], sizeof p->names[s], "model-%05u-of-%05u.safetensors", s + 1,
+                     p->nshards);
+        uint64_t *idx = order; /* reuse: tensor ids of this shard */
+        for (uint64_t i = 0; i < f->n; i++)
+            if (shard_of[i] == s) {
+                ent[n] = (lsl_st_entry){f->t[i].name, f->t[i].dtype, f->t[i].ndim, f->t[i].shape,
+                                        f->t[i].nbytes};
+                idx[n++] = i;
+            }
+        uint64_t *ord = malloc((n ? n : 1) * sizeof *ord), *off = malloc((n ? n : 1) * sizeof *off);
+        if (!ord || !off) {
+            free(ord);
+            free(off);
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        }
+        lsl_status st = lsl_st_build_header(n, ent, ord, off, &head, &hl);
+        /* Ranges in output order: the byte space, and so each rank's share, follows the files. */
+        for (uint64_t k = 0; st == LSL_OK && k < n; k++) {
+            uint64_t i = idx[ord[k]];
+            data_off[i] = hl + off[ord[k]];
+            total += f->t[i].nbytes;
+            if (f->t[i].nbytes) {
+                p->tensor[p->nranges] = i;
+                p->ranges[p->nranges++] =
+                    (lsl_i_range){0, f->t[i].offset, f->t[i].nbytes, (int32_t)s, data_off[i]};
+            }
+        }
+        free(ord);
+        free(off);
+        LSL_TRY(st);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", p->tmpdir, p->names[s]);
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0)
+            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", path));
+        ssize_t w = pwrite(fd, head, hl, 0);
+        int e = errno;
+        if (w == (ssize_t)hl && ftruncate(fd, (off_t)(hl + total)) != 0)
+            e = errno, w = -1;
+        close(fd);
+        if (w != (ssize_t)hl)
+            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e ? e : EIO, "%s: writing the header", path));
+        hc[2 * s] = lsl_crc32c_extend(0, head, hl);
+        hc[2 * s + 1] = hl;
+        free(head);
+        head = NULL;
+    }
+    *head_crc_len = hc;
+    *shard_of_out = shard_of;
+    *data_off_out = data_off;
+    hc = NULL;
+    shard_of = NULL;
+    data_off = NULL;
+fail:
+    free(head);
+    free(hc);
+    free(ent);
+    free(order);
+    free(shard_of);
+    free(data_off);
+    return rc;
+}
+
+static lsl_status publish_dir(const char *tmp, const char *outdir, int overwrite)
+{
+    if (rename(tmp, outdir) == 0)
+        return LSL_OK;
+    if (!(errno == ENOTEMPTY || errno == EEXIST) || !overwrite)
+        return lsl_i_fail_errno(errno == ENOTEMPTY || errno == EEXIST ? LSL_ERR_EXISTS : LSL_ERR_IO,
+                                errno, "%s: cannot move the finished checkpoint into place",
+                                outdir);
+    /* Replace a non-empty directory: move it aside, move ours in, then delete the old one. */
+    size_t n = strlen(outdir) + 32;
+    char *old = malloc(n);
+    if (!old)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    snprintf(old, n, "%s.lsl-old-%d", outdir, (int)getpid());
+    lsl_status st = LSL_OK;
+    if (rename(outdir, old) != 0)
+        st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: cannot move the old directory aside", outdir);
+    else if (rename(tmp, outdir) != 0) {
+        st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: rename into place", outdir);
+        rename(old, outdir);
+    } else
+        lsl_i_rmtree(old);
+    free(old);
+    return st;
+}
+
+static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_file *f,
+                               const cplan *p, const uint32_t *shard_of, const uint64_t *hc,
+                               const uint32_t *crcs)
+{
+    lsl_status rc = LSL_OK;
+    json_t *files = json_object(), *wm = json_object(), *sums = json_object();
+    char *text = NULL, b64[9];
+    uint32_t c;
+    uint64_t total = 0;
+    /* Each shard's CRC from its header's and its tensors' (in data order = range order). */
+    uint32_t *fc = calloc(p->nshards, sizeof *fc);
+    if (!fc)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    for (uint32_t s = 0; s < p->nshards; s++)
+        fc[s] = (uint32_t)hc[2 * s];
+    for (uint64_t k = 0; k < p->nranges; k++)
+        fc[p->ranges[k].dst] = lsl_crc32c_combine(fc[p->ranges[k].dst], crcs[k], p->ranges[k].len);
+    for (uint32_t s = 0; s < p->nshards; s++) {
+        lsl_i_crc_base64(fc[s], b64);
+        json_object_set_new(files, p->names[s], json_string(b64));
+    }
+    for (uint64_t i = 0; i < f->n; i++) {
+        json_object_set_new(wm, f->t[i].name, json_string(p->names[shard_of[i]]));
+        total += f->t[i].nbytes;
+    }
+    if (p->nshards > 1) {
+        json_t *idx = json_object(), *meta = json_object();
+        json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
+        json_object_set_new(idx, "metadata", meta);
+        json_object_set(idx, "weight_map", wm);
+        text = dumps(idx);
+        json_decref(idx);
+        if (!text)
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        LSL_TRY(lsl_i_write_small(p->tmpdir, "model.safetensors.index.json", text, &c));
+        lsl_i_crc_base64(c, b64);
+        json_object_set_new(files, "model.safetensors.index.json", json_string(b64));
+        free(text);
+        text = NULL;
+    }
+    if (f->attrs[3]) {
+        LSL_TRY(lsl_i_write_small(p->tmpdir, "config.json", f->attrs[3], &c));
+        lsl_i_crc_base64(c, b64);
+        json_object_set_new(files, "config.json", json_string(b64));
+    } else if (!cfg->quiet) {
+        fprintf(stderr,
+                "loraslab: warning: %s carries no base config.json; the output needs one "
+                "before transformers can load it\n",
+                cfg->input);
+    }
+    json_t *prov = provenance(f, cfg->input);
+    text = dumps(prov);
+    json_decref(prov);
+    if (!text)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_write_small(p->tmpdir, "loraslab.json", text, &c));
+    lsl_i_crc_base64(c, b64);
+    json_object_set_new(files, "loraslab.json", json_string(b64));
+    free(text);
+    json_object_set_new(sums, "algorithm", json_string("crc32c"));
+    json_object_set_new(sums, "encoding",
+                        json_string("base64 of the big-endian 4-byte CRC-32C, as cloud object "
+                                    "stores report it"));
+    json_object_set(sums, "files", files);
+    text = dumps(sums);
+    if (!text)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_write_small(p->tmpdir, "checksums.json", text, NULL));
+    int dfd = open(p->tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    LSL_TRY(publish_dir(p->tmpdir, cfg->outdir, cfg->overwrite));
+    char *pd = lsl_i_strdup(cfg->outdir);
+    if (pd) {
+        dfd = open(dirname(pd), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+        free(pd);
+    }
+fail:
+    free(text);
+    free(fc);
+    json_decref(files);
+    json_decref(wm);
+    json_decref(sums);
+    return rc;
+}
+
+lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
+{
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    int rank = 0, size = 1, src_fd = -1, *dst_fds = NULL;
+    lsl_i_h5_file f;
+    cplan p;
+    uint64_t *hc = NULL, *data_off = NULL;
+    uint32_t *shard_of = NULL, *crcs = NULL;
+    char **dst_paths = NULL, *in_path = NULL;
+    void *staging = NULL;
+    double t0 = lsl_i_now();
+    uint64_t rss0 = lsl_i_rss_current();
+    memset(&f, 0, sizeof f);
+    memset(&p, 0, sizeof p);
+    lsl_i_clear_error();
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    uint64_t staging_bytes = cfg && cfg->staging_bytes ? cfg->staging_bytes : LSL_DEFAULT_STAGING;
+    if (!cfg || !cfg->input || !cfg->outdir)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "convert needs an input file and an output directory");
+    else if (rank == 0)
+        st = plan_rank0(cfg, &f, &p, &hc, &shard_of, &data_off);
+    int verify = cfg && !cfg->no_verify;
+    for (uint64_t i = 0; st == LSL_OK && rank == 0 && i < f.n; i++)
+        if (!f.t[i].has_crc)
+            verify = 1; /* the files' checksums must come from somewhere */
+    LSL_TRY(lsl_i_agree(comm, st));
+    /* Everyone learns the plan: temporary dir, shard names, ranges. */
+    uint64_t hdr[4] = {p.nshards, p.nranges, (uint64_t)verify, f.n};
+    MPI_Bcast(hdr, 4, MPI_UINT64_T, 0, comm);
+    uint64_t tl = rank == 0 ? strlen(p.tmpdir) + 1 : 0;
+    MPI_Bcast(&tl, 1, MPI_UINT64_T, 0, comm);
+    if (rank != 0) {
+        p.nshards = (uint32_t)hdr[0];
+        p.nranges = hdr[1];
+        p.tmpdir = malloc(tl);
+        p.names = calloc(p.nshards, sizeof *p.names);
+        p.ranges = calloc(p.nranges ? p.nranges : 1, sizeof *p.ranges);
+    }
+    verify = (int)hdr[2];
+    st = p.tmpdir && p.names && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_agree(comm, st));
+    MPI_Bcast(p.tmpdir, (int)tl, MPI_CHAR, 0, comm);
+    MPI_Bcast(p.names, (int)(64 * p.nshards), MPI_CHAR, 0, comm);
+    MPI_Bcast(p.ranges, (int)(p.nranges * sizeof *p.ranges), MPI_BYTE, 0, comm);
+    tl = rank == 0 ? strlen(cfg->input) + 1 : 0;
+    MPI_Bcast(&tl, 1, MPI_UINT64_T, 0, comm);
+    in_path = malloc(tl);
+    if (in_path && rank == 0)
+        memcpy(in_path, cfg->input, tl);
+    if (in_path)
+        MPI_Bcast(in_path, (int)tl, MPI_CHAR, 0, comm);
+
+    dst_fds = malloc(sizeof *dst_fds * p.nshards);
+    dst_paths = calloc(p.nshards, sizeof *dst_paths);
+    crcs = calloc(p.nranges ? p.nranges : 1, sizeof *crcs);
+    staging = malloc(staging_bytes);
+    st = dst_fds && dst_paths && crcs && staging && in_path
+             ? LSL_OK
+             : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (uint32_t s = 0; st == LSL_OK && s < p.nshards; s++) {
+        size_t n = strlen(p.tmpdir) + 70;
+        dst_paths[s] = malloc(n);
+        dst_fds[s] = -1;
+        if (!dst_paths[s]) {
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+            break;
+        }
+        snprintf(dst_paths[s], n, "%s/%s", p.tmpdir, p.names[s]);
+        dst_fds[s] = open(dst_paths[s], O_WRONLY | O_CLOEXEC);
+        if (dst_fds[s] < 0)
+            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", dst_paths[s]);
+    }
+    if (st == LSL_OK && (src_fd = open(in_path, O_RDONLY | O_CLOEXEC)) < 0)
+        st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", in_path);
+    LSL_TRY(lsl_i_agree(comm, st));
+    const char *src_paths[1] = {in_path};
+    lsl_i_range_job job = {p.nranges,
+                           p.ranges,
+                           &src_fd,
+                           src_paths,
+                           p.nshards,
+                           dst_fds,
+                           (const char *const *)dst_paths,
+                           staging,
+                           staging_bytes,
+                           verify,
+                           "convert",
+                           cfg->quiet};
+    LSL_TRY(lsl_i_ranges_run_all(comm, &job, crcs));
+    st = LSL_OK;
+    if (rank == 0) {
+        for (uint64_t k = 0; st == LSL_OK && k < p.nranges; k++) {
+            const lsl_i_h5_tensor *t = &f.t[p.tensor[k]];
+            if (!verify)
+                crcs[k] = t->crc32c; /* trusted: --no-verify */
+            else if (t->has_crc && t->crc32c != crcs[k])
+                st = lsl_i_fail(LSL_ERR_CORRUPT,
+                                "%s: tensor `%s`: CRC-32C of its bytes is %08x but the file "
+                                "records %08x (corrupted file?)",
+                                cfg->input, t->name, crcs[k], t->crc32c);
+        }
+        if (st == LSL_OK)
+            st = finish_rank0(cfg, &f, &p, shard_of, hc, crcs);
+    }
+    LSL_TRY(lsl_i_agree(comm, st));
+    if (rank == 0 && !cfg->quiet)
+        fprintf(stderr, "loraslab: wrote %s: %u safetensors file%s, %llu tensors%s\n", cfg->outdir,
+                p.nshards, p.nshards > 1 ? "s" : "", (unsigned long long)f.n,
+                verify ? ", every checksum verified" : "");
+    if (stats) {
+        uint64_t bytes = 0, peak = lsl_i_rss_peak(), g = peak > rss0 ? peak - rss0 : 0, mx[3],
+                 v[3] = {rss0, peak, g}, mn = 0;
+        for (uint64_t k = 0; k < p.nranges; k++)
+            bytes += p.ranges[k].len;
+        MPI_Allreduce(v, mx, 3, MPI_UINT64_T, MPI_MAX, comm);
+        MPI_Allreduce(&g, &mn, 1, MPI_UINT64_T, MPI_MIN, comm);
+        *stats = (lsl_job_stats){lsl_i_now() - t0, hdr[3], 0, bytes, mx[0], mx[1], mn, mx[2]};
+    }
+fail:
+    if (rc != LSL_OK && rank == 0 && p.tmpdir && p.tmpdir[0])
+        lsl_i_rmtree(p.tmpdir);
+    if (src_fd >= 0)
+        close(src_fd);
+    for (uint32_t s = 0; dst_fds && dst_paths && s < p.nshards; s++) {
+        if (dst_paths[s] && dst_fds[s] >= 0)
+            close(dst_fds[s]);
+        free(dst_paths[s]);
+    }
+    free(dst_fds);
+    free(dst_paths);
+    free(crcs);
+    free(staging);
+    free(in_path);
+    free(hc);
+    free(shard_of);
+    free(data_off);
+    cplan_free(&p);
+    lsl_i_h5_list_free(&f);
+    return rc;
+}

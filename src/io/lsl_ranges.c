@@ -1,0 +1,163 @@
+#define _GNU_SOURCE /* copy_file_range */
+#include "lsl_ranges.h"
+
+#include "lsl_crc32c.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* (crc, len) of consecutive byte runs; combined left to right, so MPI must keep rank order. */
+static void crc_op(void *in, void *inout, int *len, MPI_Datatype *dt)
+{
+    (void)dt;
+    uint64_t *a = in, *b = inout;
+    for (int i = 0; i < *len; i++) {
+        uint64_t ca = a[2 * i], la = a[2 * i + 1], cb = b[2 * i], lb = b[2 * i + 1];
+        b[2 * i] = lsl_crc32c_combine((uint32_t)ca, (uint32_t)cb, lb);
+        b[2 * i + 1] = la + lb;
+    }
+}
+
+static lsl_status write_full(int fd, const void *buf, uint64_t n, uint64_t off, const char *path)
+{
+    const unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: write at offset %llu", path,
+                                    (unsigned long long)off);
+        }
+        p += w;
+        off += (uint64_t)w;
+        n -= (uint64_t)w;
+    }
+    return LSL_OK;
+}
+
+/* Kernel-side copy when no checksum is needed; falls back to the staging path where the
+ * filesystem pair does not support it. */
+static lsl_status copy_kernel(int in, uint64_t ioff, int out, uint64_t ooff, uint64_t n,
+                              bool *unsupported)
+{
+    loff_t a = (loff_t)ioff, b = (loff_t)ooff;
+    while (n > 0) {
+        ssize_t c = copy_file_range(in, &a, out, &b, n > (1u << 30) ? (1u << 30) : (size_t)n, 0);
+        if (c < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP) {
+                *unsupported = true;
+                return LSL_OK;
+            }
+            return lsl_i_fail_errno(LSL_ERR_IO, errno, "copy_file_range");
+        }
+        if (c == 0)
+            return lsl_i_fail(LSL_ERR_FORMAT, "source ended early (file truncated?)");
+        n -= (uint64_t)c;
+    }
+    return LSL_OK;
+}
+
+lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint32_t *crcs)
+{
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < job->n; i++)
+        total += job->r[i].len;
+    /* This rank's share of the byte space. */
+    uint64_t lo =
+        total / (uint64_t)size * (uint64_t)rank +
+        (total % (uint64_t)size < (uint64_t)rank ? total % (uint64_t)size : (uint64_t)rank);
+    uint64_t hi = lo + total / (uint64_t)size + ((uint64_t)rank < total % (uint64_t)size);
+    uint64_t *pairs = calloc(job->n ? 2 * job->n : 2, sizeof(uint64_t));
+    unsigned char *touched = calloc(job->ndst ? job->ndst : 1, 1);
+    if (!pairs || !touched)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu ranges", (unsigned long long)job->n);
+    bool kernel_copy = !job->checksum;
+    double t0 = lsl_i_now(), last = t0;
+    uint64_t done = 0, pos = 0;
+    for (uint64_t i = 0; st == LSL_OK && i < job->n; pos += job->r[i].len, i++) {
+        const lsl_i_range *r = &job->r[i];
+        uint64_t a = pos > lo ? pos : lo, b = pos + r->len < hi ? pos + r->len : hi;
+        if (a >= b)
+            continue;
+        uint64_t off = a - pos, n = b - a;
+        int in = job->src_fds[r->src], out = r->dst >= 0 ? job->dst_fds[r->dst] : -1;
+        if (out >= 0)
+            touched[r->dst] = 1;
+        uint32_t crc = 0;
+        if (kernel_copy && out >= 0) {
+            bool unsupported = false;
+            st = copy_kernel(in, r->src_off + off, out, r->dst_off + off, n, &unsupported);
+            if (st != LSL_OK)
+                st = lsl_i_fail(st, "%s -> %s: %s", job->src_paths[r->src], job->dst_paths[r->dst],
+                                lsl_last_error());
+            if (!unsupported) {
+                done += n;
+                goto next;
+            }
+            kernel_copy = false;
+        }
+        for (uint64_t k = 0; st == LSL_OK && k < n; k += job->staging_bytes) {
+            uint64_t m = n - k < job->staging_bytes ? n - k : job->staging_bytes;
+            st =
+                lsl_i_pread_full(in, job->staging, m, r->src_off + off + k, job->src_paths[r->src]);
+            if (st == LSL_OK && job->checksum)
+                crc = lsl_crc32c_extend(crc, job->staging, m);
+            if (st == LSL_OK && out >= 0)
+                st = write_full(out, job->staging, m, r->dst_off + off + k, job->dst_paths[r->dst]);
+            done += m;
+        }
+        pairs[2 * i] = crc;
+        pairs[2 * i + 1] = n;
+    next:
+        if (rank == 0 && job->label && !job->quiet && lsl_i_now() - last > 2.0) {
+            last = lsl_i_now();
+            char b1[32], b2[32];
+            /* Rank 0 sees its own share; the others move at about the same pace. */
+            fprintf(stderr, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
+                    lsl_i_fmt_bytes(done * (uint64_t)size, b1, sizeof b1),
+                    lsl_i_fmt_bytes(total, b2, sizeof b2), (double)done * size / (last - t0) / 1e9);
+        }
+    }
+    for (uint32_t f = 0; st == LSL_OK && f < job->ndst; f++) {
+        /* fsync what this rank wrote: on a parallel filesystem each client flushes its own. */
+        if (touched[f] && fsync(job->dst_fds[f]) != 0)
+            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: fsync", job->dst_paths[f]);
+    }
+    LSL_TRY(lsl_i_agree(comm, st));
+    if (job->checksum) {
+        MPI_Datatype pair;
+        MPI_Op op;
+        MPI_Type_contiguous(2, MPI_UINT64_T, &pair);
+        MPI_Type_commit(&pair);
+        MPI_Op_create(crc_op, 0 /* not commutative: combine in rank order */, &op);
+        uint64_t *all = malloc((job->n ? job->n : 1) * 2 * sizeof(uint64_t));
+        int mrc = all ? MPI_Allreduce(pairs, all, (int)job->n, pair, op, comm) : MPI_ERR_NO_MEM;
+        for (uint64_t i = 0; all && i < job->n; i++)
+            crcs[i] = (uint32_t)all[2 * i];
+        free(all);
+        MPI_Op_free(&op);
+        MPI_Type_free(&pair);
+        LSL_TRY(lsl_i_agree(
+            comm, mrc == MPI_SUCCESS ? LSL_OK : lsl_i_fail(LSL_ERR_MPI, "CRC reduction failed")));
+    }
+    if (rank == 0 && job->label && !job->quiet) {
+        char b[32];
+        double el = lsl_i_now() - t0;
+        fprintf(stderr, "loraslab: %s %s in %.2fs, %.2f GB/s\n", job->label,
+                lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
+    }
+fail:
+    free(pairs);
+    free(touched);
+    return rc;
+}

@@ -1,0 +1,38 @@
+/* Parallel copy or read of many byte ranges: the ranges of all tensors form one byte space that
+ * is cut into equal contiguous shares, one per rank; each rank streams its share through the
+ * staging buffer, checksumming each tensor's part, and the parts' CRCs are combined in rank
+ * (= byte) order with a non-commutative MPI reduction. */
+#ifndef LSL_RANGES_H
+#define LSL_RANGES_H
+
+#include "lsl_internal.h"
+
+typedef struct lsl_i_range {
+    uint32_t src; /* index into the source fds */
+    uint64_t src_off;
+    uint64_t len;
+    int32_t dst; /* index into the destination fds; -1: read only (verify) */
+    uint64_t dst_off;
+} lsl_i_range;
+
+typedef struct lsl_i_range_job {
+    uint64_t n;
+    const lsl_i_range *r;
+    const int *src_fds;
+    const char *const *src_paths;
+    uint32_t ndst;
+    const int *dst_fds;
+    const char *const *dst_paths;
+    void *staging;
+    uint64_t staging_bytes;
+    int checksum;      /* compute per-range CRC-32C (needs the bytes in user memory) */
+    const char *label; /* progress verb; NULL for none */
+    int quiet;
+} lsl_i_range_job;
+
+/* Collective.  Copies (or reads) every range; crcs[i] receives range i's CRC-32C on every rank
+ * when checksum is set.  Destination files written by this rank are fsync'ed.  The status is
+ * agreed across ranks. */
+lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint32_t *crcs);
+
+#endif
