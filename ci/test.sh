@@ -15,7 +15,7 @@ fi
 echo "== build (warnings are errors)"
 BUILD_DIR=build bash ci/build.sh -DLSL_WERROR=ON
 echo "== tests"
-(cd build && ctest -j"$(nproc)" --output-on-failure --timeout 900) | tee build/ctest.log
+(cd build && ctest -j"$(nproc)" -LE gpu --output-on-failure --timeout 900) | tee build/ctest.log
 
 echo "== ASan + UBSan build: unit and MPI tests"
 BUILD_DIR=build-asan BUILD_TYPE=Debug bash ci/build.sh -DLSL_WERROR=ON -DLSL_SANITIZE=ON

@@ -8,12 +8,16 @@
 #include "lsl_gather.h"
 #include "lsl_h5.h"
 #include "lsl_merge.h"
+#ifdef LSL_HAVE_CUDA
+#include "lsl_cuda.h"
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +29,80 @@
 #define PROGRESS_EVERY_S 2.0
 
 enum wstate { W_CREATED, W_DEFINED, W_FAILED };
+
+/* Checksums a chunk on a helper thread while MPI_File_write_at_all reads the same buffer, so the
+ * CRC costs no time on the write path. */
+typedef struct crc_worker {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int state; /* 0 idle, 1 job posted, 2 result ready, 3 quit */
+    int running;
+    const void *buf;
+    uint64_t n;
+    uint32_t crc;
+} crc_worker;
+
+static void *crc_main(void *arg)
+{
+    crc_worker *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (c->state != 1 && c->state != 3)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->state == 3)
+            break;
+        pthread_mutex_unlock(&c->mu);
+        uint32_t r = lsl_crc32c_extend(c->crc, c->buf, c->n);
+        pthread_mutex_lock(&c->mu);
+        c->crc = r;
+        c->state = 2;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static void crc_start(crc_worker *c)
+{
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->running = pthread_create(&c->th, NULL, crc_main, c) == 0;
+}
+
+static void crc_stop(crc_worker *c)
+{
+    if (!c->running)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->state = 3;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->th, NULL);
+    c->running = 0;
+}
+
+static void crc_post(crc_worker *c, uint32_t crc, const void *buf, uint64_t n)
+{
+    pthread_mutex_lock(&c->mu);
+    c->crc = crc;
+    c->buf = buf;
+    c->n = n;
+    c->state = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static uint32_t crc_wait(crc_worker *c)
+{
+    pthread_mutex_lock(&c->mu);
+    while (c->state != 2)
+        pthread_cond_wait(&c->cv, &c->mu);
+    c->state = 0;
+    uint32_t r = c->crc;
+    pthread_mutex_unlock(&c->mu);
+    return r;
+}
 
 struct lsl_writer {
     MPI_Comm comm;
@@ -46,6 +124,10 @@ struct lsl_writer {
     unsigned char *staging;
     double t0, last_print;
     uint64_t bytes_done, tensors_done;
+    crc_worker crc;
+#ifdef LSL_HAVE_CUDA
+    lsl_i_cuda *cuda; /* opened at the first device put */
+#endif
 };
 
 static uint64_t rows_of(const lsl_tensor_info *t)
@@ -100,6 +182,10 @@ static void writer_free(lsl_writer *w)
     free(w->tmp);
     free(w->dir);
     free(w->hints);
+#ifdef LSL_HAVE_CUDA
+    lsl_i_cuda_close(&w->cuda);
+#endif
+    crc_stop(&w->crc);
     if (w->comm != MPI_COMM_NULL)
         MPI_Comm_free(&w->comm);
     free(w);
@@ -192,6 +278,7 @@ lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writ
     LSL_TRY(bcast_str(w->comm, &w->hints));
     MPI_Bcast(&w->fs, (int)sizeof w->fs, MPI_BYTE, 0, w->comm);
     w->t0 = w->last_print = lsl_i_now();
+    crc_start(&w->crc);
     w->state = W_CREATED;
     *out = w;
     return LSL_OK;
@@ -426,153 +513,121 @@ static void progress(lsl_writer *w, bool last)
             last ? el : eta);
 }
 
-lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+/* One tensor's put, shared by the host and device paths. */
+typedef struct putctx {
+    const lsl_tensor_info *t;
+    uint64_t rows, relems, esize, rbytes, row0, nrows, my_bytes, base;
+    uint32_t crc;
+} putctx;
+
+/* Local checks, then the collective ones (same tensor everywhere, parts tiling the rows in rank
+ * order), agreed before any I/O. */
+static lsl_status put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                            putctx *pc)
 {
-    lsl_status rc = LSL_OK, st = local_st;
-    void *afull = NULL, *atmp = NULL;
-    void *aacc = NULL, *bacc = NULL;
-    const lsl_tensor_info *t = NULL;
-    uint64_t rows = 0, rbytes = 0, relems = 0, esize = 0;
+    memset(pc, 0, sizeof *pc);
     if (st == LSL_OK && w->state != W_DEFINED)
         st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
     else if (st == LSL_OK && index >= w->n)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
                         (unsigned long long)index, (unsigned long long)w->n);
     if (st == LSL_OK) {
-        t = &w->t[index];
-        rows = rows_of(t);
-        relems = row_elems(t);
-        esize = lsl_dtype_bits(t->dtype) / 8;
-        rbytes = relems * esize;
+        const lsl_tensor_info *t = pc->t = &w->t[index];
+        pc->rows = rows_of(t);
+        pc->relems = row_elems(t);
+        pc->esize = lsl_dtype_bits(t->dtype) / 8;
+        pc->rbytes = pc->relems * pc->esize;
+        pc->row0 = row0;
+        pc->nrows = nrows;
         if (w->done[index])
             st = lsl_i_fail(LSL_ERR_WRONG_STATE, "tensor `%s` was already written", t->name);
-        else if (row0 > rows || nrows > rows - row0)
+        else if (row0 > pc->rows || nrows > pc->rows - row0)
             st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: rows [%llu, +%llu) outside [0, %llu)",
                             t->name, (unsigned long long)row0, (unsigned long long)nrows,
-                            (unsigned long long)rows);
-        else if (nrows && rbytes && !src->mem && src->fd < 0)
+                            (unsigned long long)pc->rows);
+        else if (nrows && pc->rbytes && !has_data)
             st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: data is NULL", t->name);
         else if (lora)
             st = check_lora(t, nrows, lora);
     }
-    /* Same tensor, same LoRA-ness, parts tiling the rows in rank order: checked before any I/O. */
-    int64_t v[4] = {(int64_t)index, -(int64_t)index, lora != NULL, -(int64_t)(lora != NULL)},
-            vmax[4];
+    int64_t v[6] =
+        {(int64_t)index, -(int64_t)index, lora != NULL, -(int64_t)(lora != NULL), mem, -mem},
+            vmax[6];
     uint64_t mine = st == LSL_OK ? nrows : 0, prefix = 0, total = 0;
-    MPI_Allreduce(v, vmax, 4, MPI_INT64_T, MPI_MAX, w->comm);
+    MPI_Allreduce(v, vmax, 6, MPI_INT64_T, MPI_MAX, w->comm);
     MPI_Exscan(&mine, &prefix, 1, MPI_UINT64_T, MPI_SUM, w->comm);
     MPI_Allreduce(&mine, &total, 1, MPI_UINT64_T, MPI_SUM, w->comm);
     if (w->rank == 0)
         prefix = 0;
-    if (st == LSL_OK && (vmax[0] != -vmax[1] || vmax[2] != -vmax[3]))
+    if (st == LSL_OK && (vmax[0] != -vmax[1] || vmax[2] != -vmax[3] || vmax[4] != -vmax[5]))
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
-                        "ranks put different tensors (or some with LoRA and some without) in the "
-                        "same call");
+                        "ranks put different tensors, or mixed LoRA/no LoRA or host/device "
+                        "memory, in the same call");
     else if (st == LSL_OK && nrows && row0 != prefix)
         st = lsl_i_fail(LSL_ERR_SHAPE,
                         "tensor `%s`: this rank's rows start at %llu but the ranks before it hold "
                         "%llu rows (parts must tile the rows in rank order)",
-                        t->name, (unsigned long long)row0, (unsigned long long)prefix);
-    else if (st == LSL_OK && total != rows)
+                        pc->t->name, (unsigned long long)row0, (unsigned long long)prefix);
+    else if (st == LSL_OK && total != pc->rows)
         st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu rows",
-                        t->name, (unsigned long long)total, (unsigned long long)rows);
-    LSL_TRY(lsl_i_agree(w->comm, st));
-
-    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, my_bytes = nrows * rbytes, nloc = 0;
-    if (lora) {
-        r = lora->rank;
-        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, b_es = lsl_dtype_bits(lora->b_dtype) / 8;
-        uint64_t in = relems, a_bytes = r * in * a_es;
-        afull = malloc(a_bytes ? a_bytes : 1);
-        atmp = lora->a_shard == LSL_SHARD_COLS ? malloc(a_bytes ? a_bytes : 1) : NULL;
-        uint64_t acc = lsl_i_acc_size(t->dtype);
-        aacc = malloc(r * in * acc + 1);
-        bacc = malloc(nrows * r * acc + 1);
-        st = LSL_OK;
-        if (!afull || !aacc || !bacc || (lora->a_shard == LSL_SHARD_COLS && !atmp))
-            st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
-        LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
-                               a_es, afull, atmp, st));
-        lsl_i_to_acc(t->dtype, lora->a_dtype, afull, r * in, aacc);
-        lsl_i_to_acc(t->dtype, lora->b_dtype, lora->b, nrows * r, bacc);
-        (void)b_es;
-        /* The staging budget holds a block of W rows and its delta in the accumulator type. */
-        uint64_t per_row = in * (esize + acc);
-        chunk_rows = w->staging_bytes / (per_row ? per_row : 1);
-        if (chunk_rows == 0)
-            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
-                            "tensor `%s`: one row needs %llu bytes of staging, more than the "
-                            "budget of %llu (raise the staging size)",
-                            t->name, (unsigned long long)per_row,
-                            (unsigned long long)w->staging_bytes);
-        else
-            nloc = (nrows + chunk_rows - 1) / chunk_rows;
-    } else {
-        chunk_bytes = src->mem ? ZERO_COPY_CHUNK : w->staging_bytes;
-        nloc = (my_bytes + chunk_bytes - 1) / chunk_bytes;
+                        pc->t->name, (unsigned long long)total, (unsigned long long)pc->rows);
+    st = lsl_i_agree(w->comm, st);
+    if (st == LSL_OK) {
+        pc->my_bytes = nrows * pc->rbytes;
+        pc->base = w->offsets[index] + row0 * pc->rbytes;
     }
-    uint64_t nchunks = 0;
-    if (st != LSL_OK)
-        nloc = 0;
-    MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
+    return st;
+}
 
-    uint32_t crc = 0;
-    uint64_t base = w->offsets[index] + row0 * rbytes;
-    for (uint64_t c = 0; c < nchunks; c++) {
-        const void *buf = w->staging;
-        uint64_t off = 0, count = 0;
-        if (st == LSL_OK && c < nloc) {
-            if (lora) {
-                uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
-                uint64_t wb = m * rbytes, pad = (wb + 63) / 64 * 64;
-                off = lr * rbytes;
-                st = src_read(src, off, wb, w->staging);
-                uint64_t bad = 0;
-                if (st == LSL_OK &&
-                    lsl_i_merge_rows_cpu(t->dtype, w->staging, m, relems,
-                                         (unsigned char *)bacc + lr * r * lsl_i_acc_size(t->dtype),
-                                         aacc, r, lora->scaling, w->staging + pad, &bad) != LSL_OK)
-                    st = lsl_i_fail(LSL_ERR_NONFINITE,
-                                    "tensor `%s`: the merge produced NaN or Inf at row %llu, "
-                                    "column %llu (check the adapter's scaling and weights)",
-                                    t->name, (unsigned long long)(row0 + lr + bad / relems),
-                                    (unsigned long long)(bad % relems));
-                count = wb;
-            } else {
-                off = c * chunk_bytes;
-                count = my_bytes - off < chunk_bytes ? my_bytes - off : chunk_bytes;
-                if (src->mem)
-                    buf = src->mem + off;
-                else
-                    st = src_read(src, off, count, w->staging);
-            }
-            if (st == LSL_OK)
-                crc = lsl_crc32c_extend(crc, buf, count);
-            else
-                count = 0;
-        }
-        MPI_Status ms;
-        int mrc =
-            MPI_File_write_at_all(w->fh, (MPI_Offset)(base + off), buf, (int)count, MPI_BYTE, &ms);
-        if (mrc != MPI_SUCCESS && st == LSL_OK) {
-            char what[256];
-            snprintf(what, sizeof what, "%s: writing tensor `%s`", w->path, t->name);
-            st = lsl_i_mpi_fail(mrc, what);
-        } else if (st == LSL_OK && count) {
-            int got = 0;
-            MPI_Get_count(&ms, MPI_BYTE, &got);
-            if ((uint64_t)got != count)
-                st = lsl_i_fail(LSL_ERR_NOSPACE,
-                                "%s: short write of tensor `%s` (%d of %llu bytes): filesystem "
-                                "full or quota exceeded?",
-                                w->path, t->name, got, (unsigned long long)count);
-        }
+/* One collective write of count bytes at the part's offset + off; a rank that failed or has
+ * nothing left joins with zero bytes.  Checksums what it writes. */
+static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, uint64_t count,
+                      lsl_status *st)
+{
+    if (*st != LSL_OK)
+        count = 0;
+    bool async = count >= (1u << 20) && w->crc.running;
+    if (async)
+        crc_post(&w->crc, pc->crc, buf, count);
+    else if (count)
+        pc->crc = lsl_crc32c_extend(pc->crc, buf, count);
+    MPI_Status ms;
+    int mrc = MPI_File_write_at_all(w->fh, (MPI_Offset)(pc->base + off), count ? buf : w->staging,
+                                    (int)count, MPI_BYTE, &ms);
+    if (async)
+        pc->crc = crc_wait(&w->crc);
+    if (mrc != MPI_SUCCESS && *st == LSL_OK) {
+        char what[256];
+        snprintf(what, sizeof what, "%s: writing tensor `%s`", w->path, pc->t->name);
+        *st = lsl_i_mpi_fail(mrc, what);
+    } else if (*st == LSL_OK && count) {
+        int got = 0;
+        MPI_Get_count(&ms, MPI_BYTE, &got);
+        if ((uint64_t)got != count)
+            *st = lsl_i_fail(LSL_ERR_NOSPACE,
+                             "%s: short write of tensor `%s` (%d of %llu bytes): filesystem full "
+                             "or quota exceeded?",
+                             w->path, pc->t->name, got, (unsigned long long)count);
     }
-    LSL_TRY(lsl_i_agree(w->comm, st));
+}
 
-    /* Combine the ranks' CRCs in rank (= byte) order: the result is the CRC of the tensor. */
-    uint64_t pair[2] = {crc, my_bytes}, *pairs = NULL;
+static lsl_status nonfinite(const putctx *pc, uint64_t first_row, uint64_t bad)
+{
+    return lsl_i_fail(LSL_ERR_NONFINITE,
+                      "tensor `%s`: the merge produced NaN or Inf at row %llu, column %llu (check "
+                      "the adapter's scaling and weights)",
+                      pc->t->name, (unsigned long long)(pc->row0 + first_row + bad / pc->relems),
+                      (unsigned long long)(bad % pc->relems));
+}
+
+/* Agree, combine the ranks' CRCs in rank (= byte) order into the tensor's, record it. */
+static lsl_status put_end(lsl_writer *w, uint64_t index, putctx *pc, const lsl_lora_part *lora,
+                          lsl_status st)
+{
+    lsl_status rc = LSL_OK;
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    uint64_t pair[2] = {pc->crc, pc->my_bytes}, *pairs = NULL;
     if (w->rank == 0 && !(pairs = malloc(2 * sizeof(uint64_t) * (size_t)w->size)))
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     static uint64_t dummy[2];
@@ -597,6 +652,80 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     w->bytes_done += w->nbytes[index];
     progress(w, w->tensors_done == w->n);
 fail:
+    return rc;
+}
+
+lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+{
+    lsl_status rc = LSL_OK, st;
+    void *afull = NULL, *atmp = NULL, *aacc = NULL, *bacc = NULL;
+    putctx pc;
+    LSL_TRY(put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora, LSL_MEM_HOST, local_st,
+                      &pc));
+    const lsl_tensor_info *t = pc.t;
+    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = lsl_i_acc_size(t->dtype);
+    st = LSL_OK;
+    if (lora) {
+        r = lora->rank;
+        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, in = pc.relems, a_bytes = r * in * a_es;
+        afull = malloc(a_bytes ? a_bytes : 1);
+        atmp = lora->a_shard == LSL_SHARD_COLS ? malloc(a_bytes ? a_bytes : 1) : NULL;
+        aacc = malloc(r * in * acc + 1);
+        bacc = malloc(nrows * r * acc + 1);
+        if (!afull || !aacc || !bacc || (lora->a_shard == LSL_SHARD_COLS && !atmp))
+            st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
+        LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
+                               a_es, afull, atmp, st));
+        lsl_i_to_acc(t->dtype, lora->a_dtype, afull, r * in, aacc);
+        lsl_i_to_acc(t->dtype, lora->b_dtype, lora->b, nrows * r, bacc);
+        /* The staging budget holds a block of W rows and its delta in the accumulator type. */
+        uint64_t per_row = in * (pc.esize + acc);
+        chunk_rows = w->staging_bytes / (per_row ? per_row : 1);
+        if (chunk_rows == 0)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                            "tensor `%s`: one row needs %llu bytes of staging, more than the "
+                            "budget of %llu (raise the staging size)",
+                            t->name, (unsigned long long)per_row,
+                            (unsigned long long)w->staging_bytes);
+        else
+            nloc = (nrows + chunk_rows - 1) / chunk_rows;
+    } else {
+        chunk_bytes = src->mem ? ZERO_COPY_CHUNK : w->staging_bytes;
+        nloc = (pc.my_bytes + chunk_bytes - 1) / chunk_bytes;
+    }
+    uint64_t nchunks = 0;
+    if (st != LSL_OK)
+        nloc = 0;
+    MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
+    for (uint64_t c = 0; c < nchunks; c++) {
+        const void *buf = w->staging;
+        uint64_t off = 0, count = 0;
+        if (st == LSL_OK && c < nloc) {
+            if (lora) {
+                uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
+                uint64_t wb = m * pc.rbytes, pad = (wb + 63) / 64 * 64, bad = 0;
+                off = lr * pc.rbytes;
+                count = wb;
+                st = src_read(src, off, wb, w->staging);
+                if (st == LSL_OK &&
+                    lsl_i_merge_rows_cpu(t->dtype, w->staging, m, pc.relems,
+                                         (unsigned char *)bacc + lr * r * acc, aacc, r,
+                                         lora->scaling, w->staging + pad, &bad) != LSL_OK)
+                    st = nonfinite(&pc, lr, bad);
+            } else {
+                off = c * chunk_bytes;
+                count = pc.my_bytes - off < chunk_bytes ? pc.my_bytes - off : chunk_bytes;
+                if (src->mem)
+                    buf = src->mem + off;
+                else
+                    st = src_read(src, off, count, w->staging);
+            }
+        }
+        put_write(w, &pc, off, buf, c < nloc ? count : 0, &st);
+    }
+    LSL_TRY(put_end(w, index, &pc, lora, st));
+fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
     free(afull);
@@ -605,6 +734,97 @@ fail:
     free(bacc);
     return rc;
 }
+
+#ifdef LSL_HAVE_CUDA
+/* Device rows: merge (or copy) chunk c + 1 on the GPU and copy it into the other pinned slot
+ * while chunk c is being written, so the kernel and the D2H copy hide behind the file I/O. */
+static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st0)
+{
+    lsl_status rc = LSL_OK, st = st0;
+    putctx pc;
+    const lsl_lora_part *lora = part ? part->lora : NULL;
+    if (st == LSL_OK && !w->cuda)
+        st = LSL_OK; /* opened below, collectively */
+    int need = w->cuda == NULL, any = 0;
+    MPI_Allreduce(&need, &any, 1, MPI_INT, MPI_MAX, w->comm);
+    if (any && !w->cuda) {
+        lsl_status ost = lsl_i_cuda_open(w->comm, w->staging_bytes, &w->cuda);
+        if (ost != LSL_OK) {
+            w->state = W_FAILED;
+            return ost;
+        }
+        if (w->rank == 0 && !w->cfg.quiet)
+            fprintf(stderr,
+                    "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
+                    lsl_i_cuda_gather_path(w->cuda),
+                    (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
+    }
+    LSL_TRY(put_begin(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
+                      part && part->data, st ? NULL : lora, LSL_MEM_DEVICE, st, &pc));
+    const void *a_dev = NULL;
+    if (lora)
+        LSL_TRY(lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, &a_dev, LSL_OK));
+    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), rows_per = 0, nloc = 0, nchunks = 0;
+    st = LSL_OK;
+    if (lora) {
+        rows_per = pc.rbytes ? slot / pc.rbytes : 0;
+        if (rows_per == 0)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                            "tensor `%s`: a row of %llu bytes exceeds half the staging budget",
+                            pc.t->name, (unsigned long long)pc.rbytes);
+        else
+            nloc = (pc.nrows + rows_per - 1) / rows_per;
+    } else {
+        nloc = (pc.my_bytes + slot - 1) / slot;
+    }
+    if (st != LSL_OK)
+        nloc = 0;
+    MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
+    const unsigned char *w0 = part->data, *b = lora ? lora->b : NULL;
+    uint64_t rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0;
+#define LAUNCH(ch)                                                                                 \
+    do {                                                                                           \
+        uint64_t lr_ = lora ? (ch)*rows_per : 0, m_ = 0, off_ = 0, n_ = 0;                         \
+        if (lora) {                                                                                \
+            m_ = pc.nrows - lr_ < rows_per ? pc.nrows - lr_ : rows_per;                            \
+            off_ = lr_ * pc.rbytes;                                                                \
+            n_ = m_ * pc.rbytes;                                                                   \
+        } else {                                                                                   \
+            off_ = (ch)*slot;                                                                      \
+            n_ = pc.my_bytes - off_ < slot ? pc.my_bytes - off_ : slot;                            \
+        }                                                                                          \
+        st = lsl_i_cuda_launch(w->cuda, (int)((ch) % 2), part->stream, pc.t->dtype, w0 + off_, n_, \
+                               lora, a_dev, b ? b + lr_ * rb : NULL, m_, pc.relems);               \
+    } while (0)
+    if (st == LSL_OK && nloc > 0)
+        LAUNCH(0);
+    for (uint64_t c = 0; c < nchunks; c++) {
+        const void *buf = NULL;
+        uint64_t off = 0, count = 0, bad = 0;
+        if (st == LSL_OK && c + 1 < nloc)
+            LAUNCH(c + 1);
+        if (st == LSL_OK && c < nloc) {
+            off = lora ? c * rows_per * pc.rbytes : c * slot;
+            count =
+                lora ? (pc.nrows - c * rows_per < rows_per ? pc.nrows - c * rows_per : rows_per) *
+                           pc.rbytes
+                     : (pc.my_bytes - off < slot ? pc.my_bytes - off : slot);
+            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
+            if (ws == LSL_ERR_NONFINITE)
+                st = nonfinite(&pc, c * rows_per, bad);
+            else
+                st = ws;
+        }
+        put_write(w, &pc, off, buf, c < nloc ? count : 0, &st);
+    }
+#undef LAUNCH
+    LSL_TRY(put_end(w, index, &pc, lora, st));
+fail:
+    if (rc != LSL_OK)
+        w->state = W_FAILED;
+    return rc;
+}
+#endif
 
 lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
 {
@@ -616,10 +836,22 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
     static const unsigned char empty = 0;
     if (!part)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
-    else if (part->mem != LSL_MEM_HOST)
+#ifdef LSL_HAVE_CUDA
+    /* Every rank must take the same path: the memory space is logically collective. */
+    int dev = part && part->mem == LSL_MEM_DEVICE, any = 0;
+    MPI_Allreduce(&dev, &any, 1, MPI_INT, MPI_MAX, w->comm);
+    if (any)
+        return put_device(w, index, part,
+                          st     ? st
+                          : !dev ? lsl_i_fail(LSL_ERR_INCONSISTENT,
+                                              "some ranks passed device memory, this one host")
+                                 : LSL_OK);
+#else
+    if (part && part->mem != LSL_MEM_HOST)
         st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
                         "device pointers need a build with CUDA (this one has none)");
-    else
+#endif
+    if (st == LSL_OK)
         src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
     return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
                             &src, part && !st ? part->lora : NULL, st);

@@ -14,6 +14,29 @@
 #include "lsl_crc32c.h"
 #include "lsl_numeric.h"
 
+#ifdef LSL_TEST_DEVICE
+/* The same checks with every part in GPU memory (the device path of the writer). */
+#include <cuda_runtime_api.h>
+#define MEM LSL_MEM_DEVICE
+static const void *dev(const void *host, size_t bytes)
+{
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess ||
+        cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc/cudaMemcpy failed\n");
+        exit(2);
+    }
+    return d;
+}
+#else
+#define MEM LSL_MEM_HOST
+static const void *dev(const void *host, size_t bytes)
+{
+    (void)bytes;
+    return host;
+}
+#endif
+
 static int rank, size, failures;
 static char dir[512];
 
@@ -182,7 +205,7 @@ static void test_merge_and_copy(void)
         for (int d = 1; d < t[i].ndim; d++)
             rb *= t[i].shape[d];
         lsl_partition_rows(rows, size, rank, &r0, &n);
-        lsl_part part = {r0, n, (unsigned char *)full[i] + r0 * rb, LSL_MEM_HOST, NULL, NULL};
+        lsl_part part = {r0, n, dev((unsigned char *)full[i] + r0 * rb, n * rb), MEM, NULL, NULL};
         lsl_lora_part lp;
         void *ashard = NULL;
         if (i < nl) {
@@ -198,11 +221,18 @@ static void test_merge_and_copy(void)
                     memcpy((unsigned char *)ashard + row * an * ae,
                            (unsigned char *)fullA[i] + (row * c->in + a0) * ae, an * ae);
             }
-            lp = (lsl_lora_part){c->r,       c->scaling * (double)c->r,
-                                 c->scaling, c->a,
-                                 c->b,       c->shard,
-                                 a0,         an,
-                                 ashard,     (unsigned char *)fullB[i] + r0 * c->r * esz(c->b)};
+            uint64_t abytes = c->shard == LSL_SHARD_ROWS ? an * c->in * ae : c->r * an * ae;
+            lp = (lsl_lora_part){
+                .rank = c->r,
+                .alpha = c->scaling * (double)c->r,
+                .scaling = c->scaling,
+                .a_dtype = c->a,
+                .b_dtype = c->b,
+                .a_shard = c->shard,
+                .a_off = a0,
+                .a_count = an,
+                .a = dev(ashard, abytes),
+                .b = dev((unsigned char *)fullB[i] + r0 * c->r * esz(c->b), n * c->r * esz(c->b))};
             part.lora = &lp;
         }
         st = lsl_writer_put_all(w, (uint64_t)i, &part);
@@ -302,10 +332,18 @@ static void test_error_agreement(void)
         CHECK(st == LSL_OK, "setup: %s", lsl_last_error());
         uint64_t r0, n;
         lsl_partition_rows(10, size, rank, &r0, &n);
-        lsl_part p = {r0, n, data + r0 * 4, LSL_MEM_HOST, NULL, NULL};
+        lsl_part p = {r0, n, dev(data + r0 * 4, n * 8), MEM, NULL, NULL};
         float a[4] = {1, 1, 1, 1}, b[10] = {10, 10, 10, 10, 10, 10, 10, 10, 10, 10};
-        lsl_lora_part lp = {1, 1e38,  1e38, LSL_F32, LSL_F32, LSL_SHARD_ROWS, 0, rank == 0 ? 1 : 0,
-                            a, b + r0};
+        lsl_lora_part lp = {.rank = 1,
+                            .alpha = 1e38,
+                            .scaling = 1e38,
+                            .a_dtype = LSL_F32,
+                            .b_dtype = LSL_F32,
+                            .a_shard = LSL_SHARD_ROWS,
+                            .a_off = 0,
+                            .a_count = rank == 0 ? 1 : 0,
+                            .a = dev(a, 16),
+                            .b = dev(b + r0, n * 4)};
         if (c == 0 && rank == size - 1)
             p.row0 += 1; /* wrong place: the parts no longer tile the rows */
         if (c == 1)
@@ -417,7 +455,11 @@ int main(int argc, char **argv)
     MPI_Barrier(MPI_COMM_WORLD);
     test_merge_and_copy();
     test_error_agreement();
+#ifndef LSL_TEST_DEVICE
     test_define_checks();
+#else
+    (void)test_define_checks; /* host-only checks: the host build runs them */
+#endif
     int all = agree_failures();
     if (rank == 0)
         printf("%s: %d ranks, %d failed checks\n", all ? "FAILED" : "PASSED", size, all);

@@ -1,0 +1,295 @@
+#include "lsl_cuda.h"
+
+#include "lsl_device.h"
+#include "lsl_gather.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct lsl_i_cuda {
+    int device;
+    int use_nccl;
+    ncclComm_t nccl;
+    uint64_t slot_bytes;
+    void *pinned[2], *dslot[2];
+    cudaEvent_t done[2];
+    unsigned long long *dbad[2];
+    unsigned long long *hbad; /* pinned: the flag's copy must not block the launch */
+    int merging[2];
+    void *a_dev, *a_tmp_dev;
+    uint64_t a_cap;
+    void *host_a, *host_full, *host_tmp;
+    uint64_t host_cap;
+};
+
+static lsl_status cuda_fail(cudaError_t e, const char *what)
+{
+    return lsl_i_fail(LSL_ERR_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e),
+                      cudaGetErrorName(e));
+}
+
+#define CU(call, what)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            rc = cuda_fail(e_, what);                                                              \
+            goto fail;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+static int dev_type(lsl_dtype d)
+{
+    return d == LSL_F32 ? LSL_DEV_F32 : d == LSL_BF16 ? LSL_DEV_BF16 : LSL_DEV_F16;
+}
+
+void lsl_i_cuda_close(lsl_i_cuda **pc)
+{
+    if (!pc || !*pc)
+        return;
+    lsl_i_cuda *c = *pc;
+    for (int s = 0; s < 2; s++) {
+        if (c->done[s])
+            cudaEventSynchronize(c->done[s]), cudaEventDestroy(c->done[s]);
+        cudaFreeHost(c->pinned[s]);
+        cudaFree(c->dslot[s]);
+        cudaFree(c->dbad[s]);
+    }
+    cudaFreeHost(c->hbad);
+    cudaFree(c->a_dev);
+    cudaFree(c->a_tmp_dev);
+    free(c->host_a);
+    free(c->host_full);
+    free(c->host_tmp);
+    if (c->use_nccl && c->nccl)
+        ncclCommDestroy(c->nccl);
+    free(c);
+    *pc = NULL;
+}
+
+lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **out)
+{
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    lsl_i_cuda *c = calloc(1, sizeof *c);
+    char id[160] = "", *all = NULL;
+    *out = NULL;
+    if (!c)
+        return lsl_i_agree(comm, lsl_i_fail(LSL_ERR_NOMEM, "out of memory"));
+    c->slot_bytes = staging_bytes / 2 / 256 * 256;
+    cudaError_t e = cudaGetDevice(&c->device);
+    if (e == cudaSuccess) {
+        char bus[64] = "", host[96] = "";
+        gethostname(host, sizeof host - 1);
+        e = cudaDeviceGetPCIBusId(bus, sizeof bus, c->device);
+        snprintf(id, sizeof id, "%s/%s", host, bus);
+    }
+    if (e == cudaSuccess)
+        e = cudaHostAlloc((void **)&c->hbad, 2 * sizeof *c->hbad, cudaHostAllocDefault);
+    if (e != cudaSuccess)
+        st = cuda_fail(e, "no usable CUDA device");
+    for (int s = 0; st == LSL_OK && s < 2; s++) {
+        /* Exact size: cudaHostAlloc does not round up the way a caching allocator does. */
+        if ((e = cudaHostAlloc(&c->pinned[s], c->slot_bytes, cudaHostAllocDefault)) !=
+                cudaSuccess ||
+            (e = cudaMalloc(&c->dslot[s], c->slot_bytes)) != cudaSuccess ||
+            (e = cudaMalloc((void **)&c->dbad[s], sizeof(unsigned long long))) != cudaSuccess ||
+            (e = cudaEventCreateWithFlags(&c->done[s], cudaEventDisableTiming)) != cudaSuccess)
+            st = cuda_fail(e, "allocating the pinned staging ring");
+    }
+    LSL_TRY(lsl_i_agree(comm, st));
+    /* NCCL needs one GPU per rank: compare host/bus ids across ranks. */
+    all = calloc((size_t)size, sizeof id);
+    if (!all)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    MPI_Allgather(id, sizeof id, MPI_CHAR, all ? all : id, all ? (int)sizeof id : 0, MPI_CHAR,
+                  comm);
+    int shared = 0;
+    for (int i = 0; all && i < size; i++)
+        for (int j = i + 1; j < size; j++)
+            shared |= strcmp(all + i * sizeof id, all + j * sizeof id) == 0;
+    const char *force = getenv("LSL_GATHER");
+    /* One rank holds all of A already: a communicator would only cost memory. */
+    int want_nccl = size > 1 && !shared && !(force && strcmp(force, "mpi") == 0);
+    MPI_Bcast(&want_nccl, 1, MPI_INT, 0, comm); /* rank 0's environment decides */
+    LSL_TRY(lsl_i_agree(comm, st));
+    if (want_nccl) {
+        ncclUniqueId uid;
+        ncclResult_t nr = ncclSuccess;
+        if (rank == 0)
+            nr = ncclGetUniqueId(&uid);
+        MPI_Bcast(&uid, sizeof uid, MPI_BYTE, 0, comm);
+        if (nr == ncclSuccess)
+            nr = ncclCommInitRank(&c->nccl, size, uid, rank);
+        if (nr != ncclSuccess)
+            st = lsl_i_fail(LSL_ERR_NCCL, "NCCL communicator: %s", ncclGetErrorString(nr));
+        c->use_nccl = nr == ncclSuccess;
+        LSL_TRY(lsl_i_agree(comm, st));
+    }
+    free(all);
+    *out = c;
+    return LSL_OK;
+fail:
+    free(all);
+    lsl_i_cuda_close(&c);
+    return rc;
+}
+
+const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c)
+{
+    return c->use_nccl ? "NCCL" : "MPI (host memory)";
+}
+uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c)
+{
+    return c->slot_bytes;
+}
+
+static lsl_status ensure(void **p, uint64_t *cap, uint64_t need, int device)
+{
+    if (need <= *cap && *p)
+        return LSL_OK;
+    if (device) {
+        cudaFree(*p);
+        *p = NULL;
+        cudaError_t e = cudaMalloc(p, need ? need : 1);
+        if (e != cudaSuccess)
+            return cuda_fail(e, "device buffer for LoRA A");
+    } else {
+        free(*p);
+        if (!(*p = malloc(need ? need : 1)))
+            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
+    }
+    *cap = need;
+    return LSL_OK;
+}
+
+lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
+                               const void **a_dev, lsl_status local)
+{
+    lsl_status rc = LSL_OK, st = local;
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, r = l->rank, full = r * in * es;
+    uint64_t cap = c->a_cap;
+    if (st == LSL_OK)
+        st = ensure(&c->a_dev, &cap, full * (uint64_t)(size > 1 ? 2 : 1) + 256, 1);
+    c->a_cap = cap;
+    /* NCCL all-gathers equal counts: FSDP2 Shard(0) rows of A are ceil(r / N) per rank with a
+     * shorter tail and empty trailing ranks, so gathering ceil(r / N) rows from everyone lands
+     * every row at its final place.  Other tilings take the MPI path. */
+    uint64_t chunk = (r + (uint64_t)size - 1) / (uint64_t)size, e0, en;
+    lsl_partition_rows(r, size, rank, &e0, &en);
+    int fsdp = l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en, all_fsdp = 0;
+    MPI_Allreduce(&fsdp, &all_fsdp, 1, MPI_INT, MPI_LAND, comm);
+    if (c->use_nccl && all_fsdp) {
+        LSL_TRY(lsl_i_agree(comm, st));
+        char *base = c->a_dev;
+        uint64_t row = in * es;
+        /* padded receive area after the real A when the tail is short */
+        char *recv = chunk * (uint64_t)size > r ? base + full + 256 - (full + 256) % 256 : base;
+        cudaError_t e = cudaSuccess;
+        if (recv != base) {
+            uint64_t need = full + 256 + chunk * (uint64_t)size * row;
+            if (need > c->a_cap) {
+                cudaFree(c->a_dev);
+                c->a_dev = NULL;
+                c->a_cap = 0;
+                cap = 0;
+                LSL_TRY(lsl_i_agree(comm, ensure(&c->a_dev, &cap, need, 1)));
+                c->a_cap = cap;
+                base = c->a_dev;
+                recv = base + full + 256 - (full + 256) % 256;
+            }
+        }
+        /* in-place all-gather: my rows go to my slot first */
+        if (en)
+            e = cudaMemcpy(recv + (uint64_t)rank * chunk * row, l->a, en * row,
+                           cudaMemcpyDeviceToDevice);
+        ncclResult_t nr = ncclAllGather(recv + (uint64_t)rank * chunk * row, recv, chunk * row,
+                                        ncclChar, c->nccl, 0);
+        if (e == cudaSuccess && nr == ncclSuccess && recv != base)
+            e = cudaMemcpy(base, recv, full, cudaMemcpyDeviceToDevice);
+        if (e == cudaSuccess)
+            e = cudaDeviceSynchronize();
+        st = nr != ncclSuccess
+                 ? lsl_i_fail(LSL_ERR_NCCL, "ncclAllGather of LoRA A: %s", ncclGetErrorString(nr))
+             : e != cudaSuccess ? cuda_fail(e, "gathering LoRA A")
+                                : LSL_OK;
+        LSL_TRY(lsl_i_agree(comm, st));
+    } else {
+        /* Through host memory: A is small (r x in). */
+        uint64_t mine = l->a_shard == LSL_SHARD_ROWS ? l->a_count * in * es : l->a_count * r * es;
+        uint64_t hc = c->host_cap;
+        if (st == LSL_OK && full > hc) {
+            free(c->host_full);
+            free(c->host_tmp);
+            c->host_full = malloc(full + 1);
+            c->host_tmp = malloc(full + 1);
+            c->host_cap = c->host_full && c->host_tmp ? full : 0;
+            if (!c->host_cap)
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
+        }
+        free(c->host_a);
+        c->host_a = malloc(mine + 1);
+        if (st == LSL_OK && !c->host_a)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
+        cudaError_t e;
+        if (st == LSL_OK && mine &&
+            (e = cudaMemcpy(c->host_a, l->a, mine, cudaMemcpyDeviceToHost)) != cudaSuccess)
+            st = cuda_fail(e, "copying the LoRA A shard to the host");
+        LSL_TRY(lsl_i_gather_a(comm, l->a_shard, c->host_a, l->a_off, l->a_count, r, in, es,
+                               c->host_full, c->host_tmp, st));
+        e = cudaMemcpy(c->a_dev, c->host_full, full, cudaMemcpyHostToDevice);
+        LSL_TRY(lsl_i_agree(comm, e == cudaSuccess ? LSL_OK
+                                                   : cuda_fail(e, "copying LoRA A to the device")));
+    }
+    *a_dev = c->a_dev;
+fail:
+    return rc;
+}
+
+lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt, const void *src,
+                             uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                             const void *b_dev, uint64_t m, uint64_t n)
+{
+    lsl_status rc = LSL_OK;
+    cudaStream_t st = (cudaStream_t)stream;
+    const void *from = src;
+    c->merging[slot] = l != NULL;
+    if (l) {
+        CU(cudaMemsetAsync(c->dbad[slot], 0xFF, sizeof *c->dbad[slot], st),
+           "resetting the NaN flag");
+        int e = lsl_dev_merge(dev_type(wt), dev_type(l->a_dtype), dev_type(l->b_dtype),
+                              c->dslot[slot], src, a_dev, b_dev, (int64_t)m, (int64_t)n,
+                              (int)l->rank, l->scaling, c->dbad[slot], stream);
+        CU((cudaError_t)e, "merge kernel launch");
+        CU(cudaMemcpyAsync(&c->hbad[slot], c->dbad[slot], sizeof *c->hbad, cudaMemcpyDeviceToHost,
+                           st),
+           "reading the NaN flag");
+        from = c->dslot[slot];
+    }
+    CU(cudaMemcpyAsync(c->pinned[slot], from, bytes, cudaMemcpyDeviceToHost, st),
+       "device-to-host copy of a chunk");
+    CU(cudaEventRecord(c->done[slot], st), "event record");
+fail:
+    return rc;
+}
+
+lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad)
+{
+    cudaError_t e = cudaEventSynchronize(c->done[slot]);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "waiting for a chunk");
+    *host = c->pinned[slot];
+    if (c->merging[slot] && c->hbad[slot] != ~0ull) {
+        *bad = c->hbad[slot];
+        return LSL_ERR_NONFINITE;
+    }
+    return LSL_OK;
+}

@@ -1,0 +1,278 @@
+/* GPU benchmarks (run through ci/device-test.sh):
+ *   bench_gpu kernel
+ *       the fused merge kernel on a Qwen2.5-7B up_proj (18944 x 3584 bf16, fp32 LoRA r=32) against
+ *       a device-to-device copy of the same bytes: GB/s of (W0 read + W written), median of 20.
+ *   mpiexec -n N bench_gpu write DIR LAYERS
+ *       every rank holds on the GPU its FSDP2 Shard(0) rows of a Qwen2.5-7B-shaped bf16 model with
+ *       LAYERS layers and fp32 LoRA r=32 on all seven projections; times the in-job API
+ *       (device pointers, merge on the GPU, pinned ring, collective writes) and, in the same run,
+ *       the raw ceiling: MPI_File_write_at_all of the same bytes at the same offsets from a pinned
+ *       buffer.  Prints time, GB/s, ratio and host RSS growth per rank over its own baseline. */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "loraslab.h"
+#include "lsl_device.h"
+#include "lsl_internal.h"
+
+#define CK(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));            \
+            MPI_Abort(MPI_COMM_WORLD, 2);                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* Random (never zero) device data: one host buffer of each kind, generated once, cycled into
+ * device buffers with an offset that depends on the seed. */
+static void *dev_random(uint64_t bytes, uint64_t seed, int as_float)
+{
+    enum { POOL = 64 << 20 };
+    static unsigned char *pool[2];
+    unsigned char **h = &pool[as_float ? 1 : 0];
+    if (!*h) {
+        *h = malloc(POOL);
+        uint64_t x = 0x9E3779B97F4A7C15ull + (uint64_t)as_float;
+        for (uint64_t i = 0; i < POOL / 4; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            float v = ((float)(x >> 40) / 16777216.0f - 0.5f) * (as_float ? 0.02f : 0.04f);
+            if (as_float) {
+                memcpy(*h + 4 * i, &v, 4);
+            } else { /* two bf16 weights around 0.02 */
+                uint32_t u;
+                memcpy(&u, &v, 4);
+                uint16_t b2[2] = {(uint16_t)(u >> 16), (uint16_t)((u >> 16) ^ 0x0011)};
+                memcpy(*h + 4 * i, b2, 4);
+            }
+        }
+    }
+    void *d;
+    CK(cudaMalloc(&d, bytes));
+    uint64_t start = (seed * 4096) % (POOL / 2);
+    for (uint64_t o = 0; o < bytes;) {
+        uint64_t n = bytes - o < POOL / 2 ? bytes - o : POOL / 2;
+        CK(cudaMemcpy((unsigned char *)d + o, *h + start, n, cudaMemcpyHostToDevice));
+        o += n;
+    }
+    return d;
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int bench_kernel(void)
+{
+    const int64_t m = 18944, n = 3584;
+    const int r = 32;
+    uint64_t wb = (uint64_t)m * n * 2;
+    void *w0 = dev_random(wb, 1, 0), *out, *a = dev_random((uint64_t)r * n * 4, 2, 1),
+         *b = dev_random((uint64_t)m * r * 4, 3, 1);
+    unsigned long long *bad;
+    CK(cudaMalloc(&out, wb));
+    CK(cudaMalloc((void **)&bad, 8));
+    CK(cudaMemset(bad, 0xFF, 8));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    float tm[20], tc[20], td[20];
+    for (int it = -3; it < 20; it++) {
+        float ms;
+        cudaEventRecord(e0, 0);
+        int rc = lsl_dev_merge(1 /*bf16*/, 0, 0, out, w0, a, b, m, n, r, 2.0, bad, NULL);
+        cudaEventRecord(e1, 0);
+        CK((cudaError_t)rc);
+        CK(cudaEventSynchronize(e1));
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (it >= 0)
+            tm[it] = ms;
+        cudaEventRecord(e0, 0);
+        rc = lsl_dev_copy(out, w0, (int64_t)wb, NULL);
+        cudaEventRecord(e1, 0);
+        CK((cudaError_t)rc);
+        CK(cudaEventSynchronize(e1));
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (it >= 0)
+            tc[it] = ms;
+        cudaEventRecord(e0, 0);
+        CK(cudaMemcpyAsync(out, w0, wb, cudaMemcpyDeviceToDevice, 0));
+        cudaEventRecord(e1, 0);
+        CK(cudaEventSynchronize(e1));
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (it >= 0)
+            td[it] = ms;
+    }
+    qsort(tm, 20, sizeof *tm, cmp_f);
+    qsort(tc, 20, sizeof *tc, cmp_f);
+    qsort(td, 20, sizeof *td, cmp_f);
+    double moved = 2.0 * (double)wb; /* read W0 + write W */
+    double gm = moved / (tm[10] * 1e-3) / 1e9, gc = moved / (tc[10] * 1e-3) / 1e9,
+           gd = moved / (td[10] * 1e-3) / 1e9;
+    double flops = 2.0 * r * (double)m * (double)n / (tm[10] * 1e-3) / 1e12;
+    printf("kernel: merge %.3f ms %.0f GB/s (%.1f TFLOP/s fp32) | copy kernel %.3f ms %.0f GB/s | "
+           "cudaMemcpy D2D %.3f ms %.0f GB/s | merge/copy %.2f, merge/memcpy %.2f\n",
+           tm[10], gm, flops, tc[10], gc, td[10], gd, gm / gc, gm / gd);
+    printf("RESULT kernel_gbs=%.1f copy_gbs=%.1f memcpy_gbs=%.1f ratio=%.3f\n", gm, gc, gd,
+           gm / (gc > gd ? gc : gd));
+    return 0;
+}
+
+typedef struct spec {
+    char name[96];
+    uint64_t rows, cols;
+    int lora;
+} spec;
+
+static int model(int layers, spec *s)
+{
+    const uint64_t H = 3584, I = 18944, V = 152064, KV = 512;
+    int n = 0;
+    s[n] = (spec){"", V, H, 0};
+    snprintf(s[n++].name, 96, "model.embed_tokens.weight");
+    for (int l = 0; l < layers; l++) {
+        struct {
+            const char *p;
+            uint64_t r, c;
+            int lora;
+        } t[] = {{"self_attn.q_proj.weight", H, H, 1},        {"self_attn.k_proj.weight", KV, H, 1},
+                 {"self_attn.v_proj.weight", KV, H, 1},       {"self_attn.o_proj.weight", H, H, 1},
+                 {"mlp.gate_proj.weight", I, H, 1},           {"mlp.up_proj.weight", I, H, 1},
+                 {"mlp.down_proj.weight", H, I, 1},           {"input_layernorm.weight", H, 1, 0},
+                 {"post_attention_layernorm.weight", H, 1, 0}};
+        for (int k = 0; k < 9; k++) {
+            s[n] = (spec){"", t[k].r, t[k].c, t[k].lora};
+            snprintf(s[n++].name, 96, "model.layers.%d.%s", l, t[k].p);
+        }
+    }
+    s[n] = (spec){"", V, H, 0};
+    snprintf(s[n++].name, 96, "lm_head.weight");
+    return n;
+}
+
+static int bench_write(const char *dir, int layers)
+{
+    int rank, size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    int ndev = 0;
+    CK(cudaGetDeviceCount(&ndev));
+    CK(cudaSetDevice(rank % ndev)); /* local rank on one node */
+    spec *s = calloc(2 + 9 * (size_t)layers, sizeof *s);
+    int n = model(layers, s);
+    const uint64_t r = 32;
+    void **w = calloc((size_t)n, sizeof *w), **a = calloc((size_t)n, sizeof *a),
+         **b = calloc((size_t)n, sizeof *b);
+    uint64_t *r0 = calloc((size_t)n, 8), *nr = calloc((size_t)n, 8), total = 0, mine = 0;
+    for (int i = 0; i < n; i++) {
+        lsl_partition_rows(s[i].rows, size, rank, &r0[i], &nr[i]);
+        w[i] = dev_random(nr[i] * s[i].cols * 2 + 2, (uint64_t)i + 10, 0);
+        if (s[i].lora) {
+            uint64_t a0, an;
+            lsl_partition_rows(r, size, rank, &a0, &an);
+            a[i] = dev_random(an * s[i].cols * 4 + 4, (uint64_t)i + 1000, 1);
+            b[i] = dev_random(nr[i] * r * 4 + 4, (uint64_t)i + 2000, 1);
+        }
+        total += s[i].rows * s[i].cols * 2;
+        mine += nr[i] * s[i].cols * 2;
+    }
+    CK(cudaDeviceSynchronize());
+    char path[512];
+    snprintf(path, sizeof path, "%s/bench-np%d-L%d.h5", dir, size, layers);
+    /* Baseline after CUDA is up and the weights are on the GPU: what loraslab adds on top. */
+    MPI_Barrier(MPI_COMM_WORLD);
+    uint64_t rss0 = lsl_i_rss_current();
+    lsl_writer *wr = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = 1;
+    cfg.overwrite = 1;
+    lsl_tensor_info *ti = calloc((size_t)n, sizeof *ti);
+    for (int i = 0; i < n; i++)
+        ti[i] = (lsl_tensor_info){s[i].name, LSL_BF16, 2, {s[i].rows, s[i].cols}};
+    double t0 = MPI_Wtime();
+    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &wr);
+    if (!st)
+        st = lsl_writer_define_all(wr, (uint64_t)n, ti);
+    for (int i = 0; i < n && !st; i++) {
+        uint64_t a0, an;
+        lsl_partition_rows(r, size, rank, &a0, &an);
+        lsl_lora_part lp = {r, 64, 2.0, LSL_F32, LSL_F32, LSL_SHARD_ROWS, a0, an, a[i], b[i]};
+        lsl_part p = {r0[i], nr[i], w[i], LSL_MEM_DEVICE, NULL, s[i].lora ? &lp : NULL};
+        st = lsl_writer_put_all(wr, (uint64_t)i, &p);
+    }
+    if (!st)
+        st = lsl_writer_close_all(&wr);
+    double t_lsl = MPI_Wtime() - t0;
+    if (st) {
+        if (rank == 0)
+            fprintf(stderr, "bench write failed: %s\n", lsl_last_error());
+        MPI_Abort(MPI_COMM_WORLD, 3);
+    }
+    uint64_t peak = lsl_i_rss_peak(), grow = peak > rss0 ? peak - rss0 : 0, gmax = 0;
+    MPI_Allreduce(&grow, &gmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    /* The ceiling: the same bytes, the same per-tensor ranges, from one pinned buffer. */
+    void *pin;
+    uint64_t chunk = 64ull << 20;
+    CK(cudaHostAlloc(&pin, chunk, cudaHostAllocDefault));
+    memset(pin, 0x3C, chunk);
+    char raw[600];
+    snprintf(raw, sizeof raw, "%s/raw-np%d-L%d.bin", dir, size, layers);
+    MPI_File fh;
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "romio_ds_write", "disable");
+    MPI_Barrier(MPI_COMM_WORLD);
+    t0 = MPI_Wtime();
+    MPI_File_open(MPI_COMM_WORLD, raw, MPI_MODE_WRONLY | MPI_MODE_CREATE, info, &fh);
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t rb = s[i].cols * 2, my = nr[i] * rb, base = off + r0[i] * rb;
+        uint64_t maxb = ((s[i].rows + (uint64_t)size - 1) / (uint64_t)size) * rb;
+        uint64_t nch = (maxb + chunk - 1) / chunk;
+        for (uint64_t c = 0; c < nch; c++) {
+            uint64_t o = c * chunk, cnt = o < my ? (my - o < chunk ? my - o : chunk) : 0;
+            MPI_File_write_at_all(fh, (MPI_Offset)(base + o), pin, (int)cnt, MPI_BYTE,
+                                  MPI_STATUS_IGNORE);
+        }
+        off += s[i].rows * rb;
+    }
+    MPI_File_sync(fh);
+    MPI_File_close(&fh);
+    double t_raw = MPI_Wtime() - t0;
+    if (rank == 0) {
+        printf("write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
+               "%.2f GB/s | loraslab/raw time %.3f | RSS growth max %.1f MiB (staging 64 MiB)\n",
+               size, layers, dir, total / 1e9, t_lsl, total / t_lsl / 1e9, t_raw,
+               total / t_raw / 1e9, t_lsl / t_raw, gmax / 1048576.0);
+        printf("RESULT write np=%d L=%d dir=%s bytes=%llu lsl_s=%.3f raw_s=%.3f ratio=%.3f "
+               "rss_growth_mib=%.1f\n",
+               size, layers, dir, (unsigned long long)total, t_lsl, t_raw, t_lsl / t_raw,
+               gmax / 1048576.0);
+        unlink(path);
+        unlink(raw);
+    }
+    MPI_Info_free(&info);
+    cudaFreeHost(pin);
+    (void)mine;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int rc = 1;
+    if (argc >= 2 && strcmp(argv[1], "kernel") == 0)
+        rc = bench_kernel();
+    else if (argc >= 4 && strcmp(argv[1], "write") == 0)
+        rc = bench_write(argv[2], atoi(argv[3]));
+    else
+        fprintf(stderr, "usage: bench_gpu kernel | bench_gpu write DIR LAYERS\n");
+    MPI_Finalize();
+    return rc;
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""On the GPU machine (torch, transformers, peft, safetensors): loraslab against PEFT itself.
+
+  check_hf.py BUILD/loraslab WORKDIR NP
+
+1. A small random Qwen2 model (bf16) saved with save_pretrained; for each LoRA option loraslab
+   supports, an adapter made by PEFT (init_lora_weights=False: random non-zero A and B) and saved
+   with save_pretrained; loraslab merges it (NP ranks) and converts it; every tensor is compared
+   with PEFT's own merge_and_unload() state dict: within 1 bf16 ulp, exact on >= 99%.
+2. Options loraslab refuses must fail with a message naming the option and leave no file.
+3. The converted directory: the safetensors library opens every shard; transformers loads it
+   with AutoModelForCausalLM.from_pretrained; its logits on a fixed prompt are compared with the
+   PEFT-merged model's (max abs diff printed).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+lsl, work, np_ranks = sys.argv[1], sys.argv[2], sys.argv[3]
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+dev = "cuda"
+torch.manual_seed(1234)
+cfg = Qwen2Config(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=False)
+base = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+with torch.no_grad():  # non-zero biases, like a trained Qwen2
+    for n, p in base.named_parameters():
+        if n.endswith("bias"):
+            p.normal_(0, 0.05)
+base.save_pretrained(f"{work}/base")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def why(r):
+    """The loraslab error line, without mpiexec's boilerplate."""
+    lines = [l for l in (r.stderr or "").splitlines() if "loraslab" in l and "error" in l]
+    return (lines[0] if lines else (r.stderr or "").strip()[-160:]).replace("|", "/")[:200]
+
+
+def mpirun(*args):
+    return subprocess.run(["mpiexec", "-n", np_ranks, "--oversubscribe", lsl, *args],
+                          capture_output=True, text=True)
+
+
+def fresh_base():
+    m = AutoModelForCausalLM.from_pretrained(f"{work}/base", torch_dtype=torch.bfloat16)
+    return m.to(dev)
+
+
+def ulps(a, b):
+    a = a.contiguous().view(torch.int16).to(torch.int32).cpu().numpy()
+    b = b.contiguous().view(torch.int16).to(torch.int32).cpu().numpy()
+    oa = np.where(a < 0, -(a & 0x7FFF), a)
+    ob = np.where(b < 0, -(b & 0x7FFF), b)
+    return np.abs(oa - ob)
+
+
+rows, failures = [], 0
+supported = {
+    "plain r=8 alpha=16": dict(r=8, lora_alpha=16),
+    "use_rslora": dict(r=8, lora_alpha=16, use_rslora=True),
+    "rank_pattern+alpha_pattern": dict(r=8, lora_alpha=16, rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
+                                       alpha_pattern={"v_proj": 5}),
+    "bf16 adapter weights": dict(r=16, lora_alpha=8, _bf16=True),
+}
+for name, kw in supported.items():
+    kw = dict(kw)
+    bf16 = kw.pop("_bf16", False)
+    torch.manual_seed(hash(name) % 1000)
+    pm = get_peft_model(fresh_base(), LoraConfig(target_modules=TARGETS, init_lora_weights=False, **kw))
+    if bf16:
+        pm = pm.to(torch.bfloat16)
+    ad = f"{work}/adapter-{len(rows)}"
+    pm.save_pretrained(ad)
+    ref = {k: v.detach() for k, v in pm.merge_and_unload().state_dict().items()}
+    h5, out = f"{work}/m{len(rows)}.h5", f"{work}/hf{len(rows)}"
+    r1 = mpirun("merge", "-q", "-b", f"{work}/base", "-a", ad, "-o", h5)
+    r2 = mpirun("convert", "-q", "--max-shard-size", "200KB", h5, out) if r1.returncode == 0 else r1
+    worst, exact, total, bad = 0, 0, 0, []
+    if r2.returncode == 0:
+        for shard in sorted(f for f in os.listdir(out) if f.endswith(".safetensors")):
+            with safe_open(f"{out}/{shard}", framework="pt", device="cpu") as f:
+                for k in f.keys():
+                    got, want = f.get_tensor(k), ref[k].cpu()
+                    d = ulps(got, want)
+                    worst, exact, total = max(worst, int(d.max())), exact + int((d == 0).sum()), total + d.size
+                    if d.max() > 1:
+                        bad.append(k)
+        missing = set(ref) - set(json.load(open(f"{out}/loraslab.json"))["tensors"])
+        ok = not bad and not missing and exact >= 0.99 * total
+    else:
+        ok = False
+    failures += not ok
+    rows.append((name, "PASS" if ok else "FAIL",
+                 f"worst {worst} ulp, {100.0 * exact / max(total, 1):.3f}% exact" if r2.returncode == 0
+                 else why(r1 if r1.returncode else r2)))
+
+refused = {"use_dora": dict(use_dora=True), "lora_bias": dict(lora_bias=True),
+           "modules_to_save": dict(modules_to_save=["lm_head"]), "bias": dict(bias="all")}
+for name, kw in refused.items():
+    pm = get_peft_model(fresh_base(), LoraConfig(target_modules=TARGETS, init_lora_weights=False, **kw))
+    ad = f"{work}/refuse-{name}"
+    pm.save_pretrained(ad)
+    h5 = f"{work}/refuse-{name}.h5"
+    r = mpirun("merge", "-q", "-b", f"{work}/base", "-a", ad, "-o", h5)
+    ok = r.returncode != 0 and name in r.stderr and not os.path.exists(h5)
+    failures += not ok
+    rows.append((f"refuse {name}", "PASS" if ok else "FAIL", why(r)))
+
+# transformers loads the converted directory; logits against PEFT's merged model.
+pm = get_peft_model(fresh_base(), LoraConfig(target_modules=TARGETS, init_lora_weights=False, r=8, lora_alpha=16))
+pm.save_pretrained(f"{work}/adapter-logits")
+merged = pm.merge_and_unload().eval()
+r = mpirun("merge", "-q", "-b", f"{work}/base", "-a", f"{work}/adapter-logits", "-o", f"{work}/logits.h5")
+r = mpirun("convert", "-q", "--max-shard-size", "300KB", f"{work}/logits.h5", f"{work}/hf-logits") if r.returncode == 0 else r
+ok = r.returncode == 0
+if ok:
+    for shard in os.listdir(f"{work}/hf-logits"):
+        if shard.endswith(".safetensors"):
+            with safe_open(f"{work}/hf-logits/{shard}", framework="pt") as f:
+                assert f.metadata() == {"format": "pt"}
+    lm = AutoModelForCausalLM.from_pretrained(f"{work}/hf-logits", torch_dtype=torch.bfloat16).to(dev).eval()
+    ids = torch.tensor([[1, 17, 99, 250, 3, 512, 7, 1000, 42, 8]], device=dev)
+    with torch.no_grad():
+        a, b = lm(ids).logits.float(), merged(ids).logits.float()
+    diff = (a - b).abs().max().item()
+    scale = b.abs().max().item()
+    ok = diff <= 0.02 * scale
+    rows.append(("transformers loads convert output", "PASS" if ok else "FAIL",
+                 f"logits max abs diff {diff:.3g} (logit scale {scale:.3g}), "
+                 f"{len([s for s in os.listdir(f'{work}/hf-logits') if s.endswith('.safetensors')])} shards"))
+else:
+    rows.append(("transformers loads convert output", "FAIL", why(r)))
+failures += not ok
+print("\n| PEFT check | result | detail |\n| --- | --- | --- |")
+for r in rows:
+    print(f"| {r[0]} | {r[1]} | {r[2]} |")
+print(f"check_hf: {len(rows) - failures} passed, {failures} failed")
+sys.exit(1 if failures else 0)
