@@ -764,60 +764,48 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part
     const void *a_dev = NULL;
     if (lora)
         LSL_TRY(lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, &a_dev, LSL_OK));
-    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), rows_per = 0, nloc = 0, nchunks = 0;
+    /* Chunk c covers units (rows when merging, bytes when copying) [first(c), first(c+1)): the
+     * first chunk of a tensor is an eighth of a slot so the GPU-to-host pipeline fills quickly,
+     * the rest fill a slot. */
+    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), unit = lora ? pc.rbytes : 1;
+    uint64_t units = lora ? pc.nrows : pc.my_bytes, full_u = unit ? slot / unit : 0;
+    uint64_t head_u = full_u / 8 ? full_u / 8 : full_u, nloc = 0, nchunks = 0;
     st = LSL_OK;
-    if (lora) {
-        rows_per = pc.rbytes ? slot / pc.rbytes : 0;
-        if (rows_per == 0)
-            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
-                            "tensor `%s`: a row of %llu bytes exceeds half the staging budget",
-                            pc.t->name, (unsigned long long)pc.rbytes);
-        else
-            nloc = (pc.nrows + rows_per - 1) / rows_per;
-    } else {
-        nloc = (pc.my_bytes + slot - 1) / slot;
-    }
+    if (full_u == 0)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "tensor `%s`: a row of %llu bytes exceeds half the staging budget",
+                        pc.t->name, (unsigned long long)pc.rbytes);
+    else if (units)
+        nloc = units <= head_u ? 1 : 1 + (units - head_u + full_u - 1) / full_u;
     if (st != LSL_OK)
         nloc = 0;
     MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
     const unsigned char *w0 = part->data, *b = lora ? lora->b : NULL;
     uint64_t rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0;
-#define LAUNCH(ch)                                                                                 \
-    do {                                                                                           \
-        uint64_t lr_ = lora ? (ch)*rows_per : 0, m_ = 0, off_ = 0, n_ = 0;                         \
-        if (lora) {                                                                                \
-            m_ = pc.nrows - lr_ < rows_per ? pc.nrows - lr_ : rows_per;                            \
-            off_ = lr_ * pc.rbytes;                                                                \
-            n_ = m_ * pc.rbytes;                                                                   \
-        } else {                                                                                   \
-            off_ = (ch)*slot;                                                                      \
-            n_ = pc.my_bytes - off_ < slot ? pc.my_bytes - off_ : slot;                            \
-        }                                                                                          \
-        st = lsl_i_cuda_launch(w->cuda, (int)((ch) % 2), part->stream, pc.t->dtype, w0 + off_, n_, \
-                               lora, a_dev, b ? b + lr_ * rb : NULL, m_, pc.relems);               \
-    } while (0)
+#define FIRST(ch) ((ch) == 0 ? 0 : head_u + ((ch)-1) * full_u)
+#define COUNT(ch)                                                                                  \
+    (units - FIRST(ch) < ((ch) == 0 ? head_u : full_u) ? units - FIRST(ch)                         \
+                                                       : ((ch) == 0 ? head_u : full_u))
     if (st == LSL_OK && nloc > 0)
-        LAUNCH(0);
+        st = lsl_i_cuda_launch(w->cuda, 0, part->stream, pc.t->dtype, w0, COUNT(0) * unit, lora,
+                               a_dev, b, lora ? COUNT(0) : 0, pc.relems);
     for (uint64_t c = 0; c < nchunks; c++) {
         const void *buf = NULL;
-        uint64_t off = 0, count = 0, bad = 0;
-        if (st == LSL_OK && c + 1 < nloc)
-            LAUNCH(c + 1);
-        if (st == LSL_OK && c < nloc) {
-            off = lora ? c * rows_per * pc.rbytes : c * slot;
-            count =
-                lora ? (pc.nrows - c * rows_per < rows_per ? pc.nrows - c * rows_per : rows_per) *
-                           pc.rbytes
-                     : (pc.my_bytes - off < slot ? pc.my_bytes - off : slot);
-            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
-            if (ws == LSL_ERR_NONFINITE)
-                st = nonfinite(&pc, c * rows_per, bad);
-            else
-                st = ws;
+        uint64_t bad = 0;
+        if (st == LSL_OK && c + 1 < nloc) {
+            uint64_t u0 = FIRST(c + 1), nu = COUNT(c + 1);
+            st = lsl_i_cuda_launch(w->cuda, (int)((c + 1) % 2), part->stream, pc.t->dtype,
+                                   w0 + u0 * unit, nu * unit, lora, a_dev, b ? b + u0 * rb : NULL,
+                                   lora ? nu : 0, pc.relems);
         }
-        put_write(w, &pc, off, buf, c < nloc ? count : 0, &st);
+        if (st == LSL_OK && c < nloc) {
+            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
+            st = ws == LSL_ERR_NONFINITE ? nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
+        }
+        put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0, &st);
     }
-#undef LAUNCH
+#undef FIRST
+#undef COUNT
     LSL_TRY(put_end(w, index, &pc, lora, st));
 fail:
     if (rc != LSL_OK)

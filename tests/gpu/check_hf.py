@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -82,7 +82,10 @@ for name, kw in supported.items():
         pm = pm.to(torch.bfloat16)
     ad = f"{work}/adapter-{len(rows)}"
     pm.save_pretrained(ad)
-    ref = {k: v.detach() for k, v in pm.merge_and_unload().state_dict().items()}
+    # The reference is what a user gets: the saved adapter loaded the way PEFT loads it (its
+    # default autocast_adapter_dtype upcasts bf16/fp16 LoRA weights to fp32), then merged.
+    loaded = PeftModel.from_pretrained(fresh_base(), ad)
+    ref = {k: v.detach() for k, v in loaded.merge_and_unload().state_dict().items()}
     h5, out = f"{work}/m{len(rows)}.h5", f"{work}/hf{len(rows)}"
     r1 = mpirun("merge", "-q", "-b", f"{work}/base", "-a", ad, "-o", h5)
     r2 = mpirun("convert", "-q", "--max-shard-size", "200KB", h5, out) if r1.returncode == 0 else r1
