@@ -600,13 +600,10 @@ lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job
                 p.nshards, p.nshards > 1 ? "s" : "", (unsigned long long)f.n,
                 verify ? ", every checksum verified" : "");
     if (stats) {
-        uint64_t bytes = 0, peak = lsl_i_rss_peak(), g = peak > rss0 ? peak - rss0 : 0, mx[3],
-                 v[3] = {rss0, peak, g}, mn = 0;
+        uint64_t bytes = 0;
         for (uint64_t k = 0; k < p.nranges; k++)
             bytes += p.ranges[k].len;
-        MPI_Allreduce(v, mx, 3, MPI_UINT64_T, MPI_MAX, comm);
-        MPI_Allreduce(&g, &mn, 1, MPI_UINT64_T, MPI_MIN, comm);
-        *stats = (lsl_job_stats){lsl_i_now() - t0, hdr[3], 0, bytes, mx[0], mx[1], mn, mx[2]};
+        lsl_i_fill_stats(comm, t0, rss0, hdr[3], 0, bytes, stats);
     }
 fail:
     if (rc != LSL_OK && rank == 0 && p.tmpdir && p.tmpdir[0])

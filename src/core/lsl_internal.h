@@ -62,6 +62,11 @@ static inline bool lsl_add_overflow(uint64_t a, uint64_t b, uint64_t *out)
 bool lsl_i_dtype_bytes(lsl_dtype dt, uint64_t n, uint64_t *bytes);
 
 char *lsl_i_strdup(const char *s);
+/* "dir/name", malloc'ed; NULL when out of memory. */
+char *lsl_i_join(const char *dir, const char *name);
+/* Collective: fill stats from this rank's start time and RSS (max/min over ranks). */
+void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
+                      uint64_t bytes, lsl_job_stats *stats);
 /* Read a whole (small) file into a NUL-terminated buffer; caller frees. */
 lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len);
 /* pread exactly n bytes or fail with a message naming path. */

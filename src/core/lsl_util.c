@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -107,6 +108,25 @@ char *lsl_i_strdup(const char *s)
     if (d)
         memcpy(d, s, n);
     return d;
+}
+
+char *lsl_i_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
+                      uint64_t bytes, lsl_job_stats *stats)
+{
+    uint64_t peak = lsl_i_rss_peak(), growth = peak > rss0 ? peak - rss0 : 0;
+    uint64_t v[3] = {rss0, peak, growth}, mx[3], mn = 0;
+    MPI_Allreduce(v, mx, 3, MPI_UINT64_T, MPI_MAX, comm);
+    MPI_Allreduce(&growth, &mn, 1, MPI_UINT64_T, MPI_MIN, comm);
+    *stats = (lsl_job_stats){lsl_i_now() - t0, tensors, merged, bytes, mx[0], mx[1], mn, mx[2]};
 }
 
 lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path)

@@ -11,15 +11,6 @@
 #define SINGLE_NAME   "model.safetensors"
 #define MAX_JSON_TEXT (64u << 20)
 
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static bool exists(const char *path)
 {
     struct stat sb;
@@ -110,7 +101,7 @@ static lsl_status open_index(const char *dir, const char *index_path, FILE *warn
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < u; i++) {
         free(p);
-        if (!(p = join(dir, shards[i])))
+        if (!(p = lsl_i_join(dir, shards[i])))
             LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
         if (!exists(p))
             LSL_FAIL(LSL_ERR_NOT_FOUND, "%s: shard %s listed in %s does not exist", p, shards[i],
@@ -178,9 +169,9 @@ lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *c)
     if (!S_ISDIR(sb.st_mode))
         return lsl_i_fail(LSL_ERR_INVALID_ARG,
                           "%s: neither a checkpoint directory nor a .safetensors file", dir);
-    index = join(dir, INDEX_NAME);
-    single = join(dir, SINGLE_NAME);
-    cfg = join(dir, "config.json");
+    index = lsl_i_join(dir, INDEX_NAME);
+    single = lsl_i_join(dir, SINGLE_NAME);
+    cfg = lsl_i_join(dir, "config.json");
     if (!index || !single || !cfg)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     bool has_index = exists(index), has_single = exists(single);
@@ -189,7 +180,7 @@ lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *c)
                  "%s: holds both %s and %s; which one is the checkpoint is ambiguous", dir,
                  SINGLE_NAME, INDEX_NAME);
     if (!has_index && !has_single) {
-        char *bin = join(dir, "pytorch_model.bin");
+        char *bin = lsl_i_join(dir, "pytorch_model.bin");
         bool pickle = bin && exists(bin);
         free(bin);
         LSL_FAIL(LSL_ERR_NOT_FOUND, "%s: no %s or %s%s", dir, SINGLE_NAME, INDEX_NAME,

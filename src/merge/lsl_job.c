@@ -103,25 +103,15 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     LSL_TRY(lsl_writer_close_all(&w));
 
     if (stats) {
-        uint64_t peak = lsl_i_rss_peak(), growth = peak > rss0 ? peak - rss0 : 0;
-        uint64_t v[3] = {rss0, peak, growth}, mx[3], mn = 0;
-        MPI_Allreduce(v, mx, 3, MPI_UINT64_T, MPI_MAX, comm);
-        MPI_Allreduce(&growth, &mn, 1, MPI_UINT64_T, MPI_MIN, comm);
-        memset(stats, 0, sizeof *stats);
-        stats->seconds = lsl_i_now() - t0;
-        stats->tensors = plan.n;
-        stats->merged_tensors = plan.nmerged;
+        uint64_t bytes = 0;
         for (uint64_t i = 0; i < plan.n; i++) {
             uint64_t e = 1, nb = 0;
             for (int d = 0; d < plan.t[i].info.ndim; d++)
                 e *= plan.t[i].info.shape[d];
             lsl_i_dtype_bytes(plan.t[i].info.dtype, e, &nb);
-            stats->bytes += nb;
+            bytes += nb;
         }
-        stats->rss_baseline_max = mx[0];
-        stats->rss_peak_max = mx[1];
-        stats->rss_growth_max = mx[2];
-        stats->rss_growth_min = mn;
+        lsl_i_fill_stats(comm, t0, rss0, plan.n, plan.nmerged, bytes, stats);
     }
 fail:
     if (w)

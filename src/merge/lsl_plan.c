@@ -48,15 +48,6 @@ static lsl_status add_attr(lsl_plan *p, const char *k, const char *v)
                                                             : lsl_i_fail(LSL_ERR_NOMEM, "oom");
 }
 
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s/%s", dir, name);
-    return s;
-}
-
 static const char *last_component(const char *p, char *buf, size_t len)
 {
     size_t n = strlen(p);
@@ -225,9 +216,9 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_ckpt *ck, const lsl_st_file
 static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_plan *p)
 {
     lsl_status rc = LSL_OK;
-    char *cfgp = join(jc->adapter, "adapter_config.json");
-    char *stp = join(jc->adapter, "adapter_model.safetensors");
-    char *binp = join(jc->adapter, "adapter_model.bin");
+    char *cfgp = lsl_i_join(jc->adapter, "adapter_config.json");
+    char *stp = lsl_i_join(jc->adapter, "adapter_model.safetensors");
+    char *binp = lsl_i_join(jc->adapter, "adapter_model.bin");
     char *text = NULL;
     lsl_adapter_cfg cfg;
     lsl_st_file ad;

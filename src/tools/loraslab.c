@@ -124,6 +124,16 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
+/* --staging-mib N: 1 to 1024 MiB, in bytes. */
+static int parse_staging(const char *s, uint64_t *bytes)
+{
+    uint64_t v;
+    if (parse_u64(s, &v) || v == 0 || v > 1024)
+        return -1;
+    *bytes = v << 20;
+    return 0;
+}
+
 static int cmd_job(int argc, char **argv, int with_adapter)
 {
     const char *cmd = with_adapter ? "merge" : "import";
@@ -155,9 +165,8 @@ static int cmd_job(int argc, char **argv, int with_adapter)
         case 'o': cfg.output = optarg; break;
         case 'q': cfg.quiet = 1; break;
         case O_STAGING:
-            if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+            if (parse_staging(optarg, &cfg.staging_bytes))
                 return usage_error(cmd, usage, "--staging-mib takes 1 to 1024");
-            cfg.staging_bytes = v << 20;
             break;
         case O_ALIGN:
             if (parse_u64(optarg, &v) || v == 0)
@@ -222,7 +231,6 @@ static int cmd_convert(int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     lsl_convert_config cfg = LSL_CONVERT_CONFIG_INIT;
     int stats = 0, c;
-    uint64_t v;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
         switch (c) {
@@ -232,9 +240,8 @@ static int cmd_convert(int argc, char **argv)
             break;
         case O_NOVERIFY: cfg.no_verify = 1; break;
         case O_STAGING:
-            if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+            if (parse_staging(optarg, &cfg.staging_bytes))
                 return usage_error("convert", usage_convert, "--staging-mib takes 1 to 1024");
-            cfg.staging_bytes = v << 20;
             break;
         case O_OVERWRITE: cfg.overwrite = 1; break;
         case O_STATS: stats = 1; break;
@@ -269,15 +276,14 @@ static int cmd_verify(int argc, char **argv)
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    uint64_t staging = 0, v;
+    uint64_t staging = 0;
     int quiet = 0, c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
         switch (c) {
         case 's':
-            if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+            if (parse_staging(optarg, &staging))
                 return usage_error("verify", usage_verify, "--staging-mib takes 1 to 1024");
-            staging = v << 20;
             break;
         case 'q': quiet = 1; break;
         case 'h':
