@@ -155,8 +155,18 @@ typedef enum lsl_memspace { LSL_MEM_HOST = 0, LSL_MEM_DEVICE = 1 } lsl_memspace;
 /* How the caller's slice of LoRA A ([r, in]) is sharded. */
 typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_dim;
 
+/* Flags of an lsl_lora_part: recorded in the file's attributes. */
+#define LSL_LORA_RSLORA 1u /* scaling was alpha / sqrt(r) */
+
 /* LoRA factors for one tensor's local part.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
- * accumulated in fp32, rounded once into the tensor's dtype (BF16, F16 or F32). */
+ * accumulated in fp32 (fp64 for F32 weights), rounded once into the tensor's dtype (BF16, F16 or
+ * F32).  With `magnitude` (DoRA), V = W0 + scaling * B @ A and W[i] = round(m[i] / |V[i]| * V[i]):
+ * the norm is over a row, which this rank holds whole, so DoRA needs no communication.
+ * Other layouts map onto the same call:
+ *  - a 1-D tensor is [rows, 1]; a LoRA bias (b' = b + s * lora_B.bias) is r = 1, A = [1], B = the
+ *    rows of lora_B.bias;
+ *  - a transposed delta (LoRA on embeddings, fan_in_fan_out / GPT-2 Conv1D: W += s * (B @ A)^T)
+ *    is passed as b = (this rank's columns of A)^T, rows x r, and a = B^T, r x cols. */
 typedef struct lsl_lora_part {
     uint64_t rank;         /* r */
     double alpha;          /* lora_alpha: recorded in the file */
@@ -166,8 +176,12 @@ typedef struct lsl_lora_part {
     lsl_shard_dim a_shard; /* LSL_SHARD_ROWS: this rank holds rows [a_off, a_off + a_count) of A;
                               LSL_SHARD_COLS: columns [a_off, a_off + a_count) */
     uint64_t a_off, a_count;
-    const void *a; /* this rank's shard of A, row-major, contiguous */
-    const void *b; /* rows [row0, row0 + nrows) of B ([out, r]), row-major */
+    const void *a;             /* this rank's shard of A, row-major, contiguous */
+    const void *b;             /* rows [row0, row0 + nrows) of B ([out, r]), row-major */
+    const void *magnitude;     /* DoRA: rows [row0, row0 + nrows) of the magnitude vector, or
+                                  NULL; host memory only in this version */
+    lsl_dtype magnitude_dtype; /* F32, BF16 or F16 */
+    unsigned flags;            /* LSL_LORA_* */
 } lsl_lora_part;
 
 typedef struct lsl_part {

@@ -110,24 +110,16 @@ lsl_status lsl_adapter_cfg_parse(const char *label, const char *text, lsl_adapte
         LSL_FAIL(LSL_ERR_FORMAT, "%s: lora_alpha must be a number", label);
     c->alpha = a ? json_number_value(a) : 8.0; /* PEFT's default */
     c->rslora = json_is_true(json_object_get(root, "use_rslora"));
+    c->use_dora = json_is_true(json_object_get(root, "use_dora"));
+    c->fan_in_fan_out = json_is_true(json_object_get(root, "fan_in_fan_out"));
+    c->lora_bias = json_is_true(json_object_get(root, "lora_bias"));
 
     /* Options whose math loraslab does not (yet) reproduce: refuse by name rather than write a
      * model that differs from what PEFT would produce. */
     static const char *const refused[] = {
-        "use_dora",
-        "fan_in_fan_out",
-        "lora_bias",
-        "modules_to_save",
-        "target_parameters",
-        "trainable_token_indices",
-        "layer_replication",
-        "use_qalora",
-        "arrow_config",
-        "velora_config",
-        "alora_invocation_tokens",
-        "use_bdlora",
-        "kasa_config",
-        "monteclora_config",
+        "target_parameters", "trainable_token_indices", "layer_replication",       "use_qalora",
+        "arrow_config",      "velora_config",           "alora_invocation_tokens", "use_bdlora",
+        "kasa_config",       "monteclora_config",
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
         if (is_set(json_object_get(root, refused[i])))
@@ -136,9 +128,10 @@ lsl_status lsl_adapter_cfg_parse(const char *label, const char *text, lsl_adapte
                      "than writing a wrong model)",
                      label, refused[i]);
     json_t *bias = json_object_get(root, "bias");
-    if (json_is_string(bias) && strcmp(json_string_value(bias), "none") != 0)
-        LSL_FAIL(LSL_ERR_UNSUPPORTED,
-                 "%s: option bias=\"%s\" (trained base biases) is not supported; refusing", label,
+    if (json_is_string(bias) && strcmp(json_string_value(bias), "none") != 0 &&
+        strcmp(json_string_value(bias), "all") != 0 &&
+        strcmp(json_string_value(bias), "lora_only") != 0)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: bias=\"%s\" is not one of none, all, lora_only", label,
                  json_string_value(bias));
     json_t *init = json_object_get(root, "init_lora_weights");
     if (json_is_string(init)) {

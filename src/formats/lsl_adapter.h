@@ -15,7 +15,7 @@ typedef struct lsl_pattern {
 typedef struct lsl_adapter_cfg {
     uint64_t r;
     double alpha;
-    int rslora;
+    int rslora, use_dora, fan_in_fan_out, lora_bias;
     uint64_t nrank_pat, nalpha_pat;
     lsl_pattern *rank_pat, *alpha_pat;
     char *base_model; /* base_model_name_or_path, NULL when absent */

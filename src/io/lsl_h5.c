@@ -252,6 +252,10 @@ lsl_status lsl_i_h5_finish(const char *path, uint64_t n, const lsl_tensor_info *
                 st = lsl_i_h5_put_f64(ds, "lora_alpha", f[i].lora_alpha);
             if (!st)
                 st = lsl_i_h5_put_f64(ds, "lora_scaling", f[i].lora_scaling);
+            if (!st)
+                st = lsl_i_h5_put_u64(ds, "lora_rslora", H5T_STD_U8LE, (uint64_t)f[i].rslora);
+            if (!st)
+                st = lsl_i_h5_put_u64(ds, "lora_dora", H5T_STD_U8LE, (uint64_t)f[i].dora);
         }
         H5Dclose(ds);
         LSL_TRY(st);

@@ -12,7 +12,7 @@
 /* What rank 0 knows about a tensor once every rank has written it. */
 typedef struct lsl_i_h5_final {
     uint32_t crc32c;
-    int has_lora;
+    int has_lora, rslora, dora;
     uint64_t lora_rank;
     double lora_alpha, lora_scaling;
 } lsl_i_h5_final;

@@ -472,8 +472,10 @@ static bool float_dtype(lsl_dtype d)
 
 static lsl_status check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_lora_part *l)
 {
-    if (t->ndim != 2)
-        return lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: LoRA needs a 2-D weight, it has %d dims",
+    if (t->ndim != 2 && t->ndim != 1)
+        return lsl_i_fail(LSL_ERR_SHAPE,
+                          "tensor `%s`: a LoRA delta needs a 2-D weight (or a 1-D bias), it has "
+                          "%d dims",
                           t->name, t->ndim);
     if (!float_dtype(t->dtype))
         return lsl_i_fail(LSL_ERR_DTYPE,
@@ -490,6 +492,9 @@ static lsl_status check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A or B pointer is NULL", t->name);
     if (l->a_shard != LSL_SHARD_ROWS && l->a_shard != LSL_SHARD_COLS)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: bad a_shard", t->name);
+    if (l->magnitude && !float_dtype(l->magnitude_dtype))
+        return lsl_i_fail(LSL_ERR_DTYPE,
+                          "tensor `%s`: DoRA magnitude dtype must be F32, BF16 or F16", t->name);
     return LSL_OK;
 }
 
@@ -647,6 +652,8 @@ static lsl_status put_end(lsl_writer *w, uint64_t index, putctx *pc, const lsl_l
         w->fin[index].lora_rank = lora->rank;
         w->fin[index].lora_alpha = lora->alpha;
         w->fin[index].lora_scaling = lora->scaling;
+        w->fin[index].rslora = (lora->flags & LSL_LORA_RSLORA) != 0;
+        w->fin[index].dora = lora->magnitude != NULL;
     }
     w->tensors_done++;
     w->bytes_done += w->nbytes[index];
@@ -664,7 +671,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     LSL_TRY(put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora, LSL_MEM_HOST, local_st,
                       &pc));
     const lsl_tensor_info *t = pc.t;
-    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = lsl_i_acc_size(t->dtype);
+    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = sizeof(double);
     st = LSL_OK;
     if (lora) {
         r = lora->rank;
@@ -677,11 +684,12 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
             st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
         LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
                                a_es, afull, atmp, st));
-        lsl_i_to_acc(t->dtype, lora->a_dtype, afull, r * in, aacc);
-        lsl_i_to_acc(t->dtype, lora->b_dtype, lora->b, nrows * r, bacc);
-        /* The staging budget holds a block of W rows and its delta in the accumulator type. */
+        lsl_i_to_f64(lora->a_dtype, afull, r * in, aacc);
+        lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
+        /* The staging budget holds a block of W rows and its fp64 delta. */
         uint64_t per_row = in * (pc.esize + acc);
-        chunk_rows = w->staging_bytes / (per_row ? per_row : 1);
+        /* W rows, then (64-byte aligned) their accumulators: keep room for the alignment. */
+        chunk_rows = (w->staging_bytes - 64) / (per_row ? per_row : 1);
         if (chunk_rows == 0)
             st = lsl_i_fail(LSL_ERR_INVALID_ARG,
                             "tensor `%s`: one row needs %llu bytes of staging, more than the "
@@ -708,11 +716,21 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                 off = lr * pc.rbytes;
                 count = wb;
                 st = src_read(src, off, wb, w->staging);
-                if (st == LSL_OK &&
-                    lsl_i_merge_rows_cpu(t->dtype, w->staging, m, pc.relems,
-                                         (unsigned char *)bacc + lr * r * acc, aacc, r,
-                                         lora->scaling, w->staging + pad, &bad) != LSL_OK)
+                const void *brows = (unsigned char *)bacc + lr * r * acc;
+                lsl_status ms =
+                    st != LSL_OK ? st
+                    : lora->magnitude
+                        ? lsl_i_merge_rows_dora_cpu(
+                              t->dtype, w->staging, m, pc.relems, brows, aacc, r, lora->scaling,
+                              (const unsigned char *)lora->magnitude +
+                                  lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
+                              lora->magnitude_dtype, w->staging + pad, &bad)
+                        : lsl_i_merge_rows_cpu(t->dtype, w->staging, m, pc.relems, brows, aacc, r,
+                                               lora->scaling, w->staging + pad, &bad);
+                if (st == LSL_OK && ms == LSL_ERR_NONFINITE)
                     st = nonfinite(&pc, lr, bad);
+                else if (st == LSL_OK)
+                    st = ms;
             } else {
                 off = c * chunk_bytes;
                 count = pc.my_bytes - off < chunk_bytes ? pc.my_bytes - off : chunk_bytes;
@@ -741,6 +759,10 @@ fail:
 static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st = st0;
+    if (st == LSL_OK && part && part->lora && part->lora->magnitude)
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "DoRA with device pointers is not supported in this version (pass host "
+                        "memory)");
     putctx pc;
     const lsl_lora_part *lora = part ? part->lora : NULL;
     if (st == LSL_OK && !w->cuda)

@@ -9,25 +9,28 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Transpose an r x c matrix of es-byte elements into c x r. */
+static void transpose(const unsigned char *src, unsigned char *dst, uint64_t r, uint64_t c,
+                      uint64_t es)
+{
+    for (uint64_t i = 0; i < r; i++)
+        for (uint64_t j = 0; j < c; j++)
+            memcpy(dst + (j * r + i) * es, src + (i * c + j) * es, es);
+}
+
+/* Read this rank's operands for tensor t's rows [row0, row0 + nrows) and describe them as the
+ * writer's lsl_lora_part: b (rows x r), this rank's FSDP2 Shard(0) rows of a (r x cols), and the
+ * DoRA magnitude rows.  Owned buffers go to bufs[3] (caller frees). */
 static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_tensor *t,
                             uint64_t row0, uint64_t nrows, int nranks, int rank, lsl_lora_part *lp,
-                            void **a, void **b)
+                            void *bufs[3])
 {
-    uint64_t in = t->info.shape[1], r = t->r;
+    uint64_t r = t->r, cols = t->info.ndim > 1 ? t->info.shape[1] : 1;
     uint64_t a_es = lsl_dtype_bits(t->a_dtype) / 8, b_es = lsl_dtype_bits(t->b_dtype) / 8;
     uint64_t a0, an;
-    /* An FSDP2 Shard(0) shard of A: the same chunking as the weights, over A's r rows. */
+    lsl_status st = LSL_OK;
+    const char *ap = p->files[t->a_file], *bp = p->files[t->b_file];
     lsl_partition_rows(r, nranks, rank, &a0, &an);
-    *a = malloc(an * in * a_es + 1);
-    *b = malloc(nrows * r * b_es + 1);
-    if (!*a || !*b)
-        return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors",
-                          t->info.name);
-    lsl_status st = lsl_i_pread_full(fds[t->a_file], *a, an * in * a_es, t->a_off + a0 * in * a_es,
-                                     p->files[t->a_file]);
-    if (st == LSL_OK)
-        st = lsl_i_pread_full(fds[t->b_file], *b, nrows * r * b_es, t->b_off + row0 * r * b_es,
-                              p->files[t->b_file]);
     *lp = (lsl_lora_part){.rank = r,
                           .alpha = t->alpha,
                           .scaling = t->scaling,
@@ -36,8 +39,69 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
                           .a_shard = LSL_SHARD_ROWS,
                           .a_off = a0,
                           .a_count = an,
-                          .a = *a,
-                          .b = *b};
+                          .flags = t->flags};
+    if (t->has_lora == LSL_LORA_BIAS) {
+        /* b' = b + s * v: a rank-1 LoRA with A = [1] (held by rank 0) and B = v. */
+        static const float one = 1.0f;
+        bufs[1] = malloc(nrows * b_es + 1);
+        if (!bufs[1])
+            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        lp->a = &one;
+        lp->b = bufs[1];
+        return lsl_i_pread_full(fds[t->b_file], bufs[1], nrows * b_es, t->b_off + row0 * b_es, bp);
+    }
+    if (t->has_lora == LSL_LORA_TRANSPOSED) {
+        /* W += s * (B @ A)^T = s * A^T @ B^T: b is (A's columns [row0, +nrows))^T, a is B^T. */
+        unsigned char *acols = malloc(r * nrows * a_es + 1), *bfull = malloc(cols * r * b_es + 1);
+        bufs[0] = malloc(an * cols * b_es + 1);
+        bufs[1] = malloc(nrows * r * a_es + 1);
+        bufs[2] = NULL;
+        if (!acols || !bfull || !bufs[0] || !bufs[1])
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA factors");
+        for (uint64_t k = 0; st == LSL_OK && k < r && nrows; k++)
+            st = lsl_i_pread_full(fds[t->a_file], acols + k * nrows * a_es, nrows * a_es,
+                                  t->a_off + (k * t->a_cols + row0) * a_es, ap);
+        if (st == LSL_OK)
+            st = lsl_i_pread_full(fds[t->b_file], bfull, cols * r * b_es, t->b_off, bp);
+        if (st == LSL_OK) {
+            transpose(acols, bufs[1], r, nrows, a_es);
+            unsigned char *bt = malloc(r * cols * b_es + 1);
+            if (!bt) {
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+            } else {
+                transpose(bfull, bt, cols, r, b_es);
+                memcpy(bufs[0], bt + a0 * cols * b_es, an * cols * b_es);
+                free(bt);
+            }
+        }
+        free(acols);
+        free(bfull);
+        lp->a_dtype = t->b_dtype;
+        lp->b_dtype = t->a_dtype;
+        lp->a = bufs[0];
+        lp->b = bufs[1];
+        return st;
+    }
+    bufs[0] = malloc(an * cols * a_es + 1);
+    bufs[1] = malloc(nrows * r * b_es + 1);
+    if (!bufs[0] || !bufs[1])
+        return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors",
+                          t->info.name);
+    st = lsl_i_pread_full(fds[t->a_file], bufs[0], an * cols * a_es, t->a_off + a0 * cols * a_es,
+                          ap);
+    if (st == LSL_OK)
+        st = lsl_i_pread_full(fds[t->b_file], bufs[1], nrows * r * b_es, t->b_off + row0 * r * b_es,
+                              bp);
+    lp->a = bufs[0];
+    lp->b = bufs[1];
+    if (st == LSL_OK && t->has_dora) {
+        uint64_t m_es = lsl_dtype_bits(t->m_dtype) / 8;
+        if (!(bufs[2] = malloc(nrows * m_es + 1)))
+            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        st = lsl_i_pread_full(fds[t->a_file], bufs[2], nrows * m_es, t->m_off + row0 * m_es, ap);
+        lp->magnitude = bufs[2];
+        lp->magnitude_dtype = t->m_dtype;
+    }
     return st;
 }
 
@@ -91,13 +155,14 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
         lsl_partition_rows(rows, size, rank, &row0, &nrows);
         lsl_i_src src = {NULL, fds[t->file], t->off + row0 * rb, plan.files[t->file]};
         lsl_lora_part lp;
-        void *a = NULL, *b = NULL;
+        void *bufs[3] = {NULL, NULL, NULL};
         st = LSL_OK;
         if (t->has_lora)
-            st = read_lora(&plan, fds, t, row0, nrows, size, rank, &lp, &a, &b);
+            st = read_lora(&plan, fds, t, row0, nrows, size, rank, &lp, bufs);
         st = lsl_i_writer_put(w, i, row0, nrows, &src, t->has_lora ? &lp : NULL, st);
-        free(a);
-        free(b);
+        free(bufs[0]);
+        free(bufs[1]);
+        free(bufs[2]);
         LSL_TRY(st);
     }
     LSL_TRY(lsl_writer_close_all(&w));

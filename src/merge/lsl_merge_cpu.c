@@ -14,17 +14,34 @@ static double to_double(lsl_dtype dt, const void *src, uint64_t i)
     return ((const float *)src)[i];
 }
 
-void lsl_i_to_acc(lsl_dtype out, lsl_dtype dt, const void *src, uint64_t n, void *dst)
+void lsl_i_to_f64(lsl_dtype dt, const void *src, uint64_t n, double *dst)
 {
-    if (lsl_i_acc_size(out) == 8) {
-        double *d = dst;
-        for (uint64_t i = 0; i < n; i++)
-            d[i] = to_double(dt, src, i);
-    } else {
-        float *d = dst;
-        for (uint64_t i = 0; i < n; i++)
-            d[i] = (float)to_double(dt, src, i);
+    for (uint64_t i = 0; i < n; i++)
+        dst[i] = to_double(dt, src, i);
+}
+
+/* double -> float with round-to-odd: a following RNE into a format with at least two fewer
+ * mantissa bits (bf16, f16) then rounds as if straight from the double, with no double rounding. */
+static float round_to_odd(double v)
+{
+    float f = (float)v;
+    if ((double)f != v && isfinite(f)) {
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        if ((u & 1u) == 0)
+            f = nextafterf(f, (double)f < v ? INFINITY : -INFINITY);
     }
+    return f;
+}
+
+static void store_out(lsl_dtype dt, void *w, uint64_t i, double v)
+{
+    if (dt == LSL_F32)
+        ((float *)w)[i] = (float)v;
+    else if (dt == LSL_BF16)
+        ((uint16_t *)w)[i] = lsl_f32_to_bf16(round_to_odd(v));
+    else
+        ((uint16_t *)w)[i] = lsl_f32_to_f16(round_to_odd(v));
 }
 
 lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
@@ -36,39 +53,47 @@ lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, 
     if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
         return lsl_i_fail(LSL_ERR_SHAPE, "merge block %llu x %llu x %llu exceeds BLAS limits",
                           (unsigned long long)m, (unsigned long long)in, (unsigned long long)r);
-    uint64_t n = m * in, first_bad = UINT64_MAX;
-    if (dt == LSL_F32) {
-        double *d = work;
-        float *x = w;
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b,
-                    (int)r, a, (int)in, 0.0, d, (int)in);
-        for (uint64_t i = 0; i < n; i++) {
-            x[i] = (float)fma(s, d[i], (double)x[i]);
-            if (!isfinite(x[i]) && first_bad == UINT64_MAX)
-                first_bad = i;
-        }
-    } else {
-        float *d = work, sf = (float)s;
-        uint16_t *x = w;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0f, b,
-                    (int)r, a, (int)in, 0.0f, d, (int)in);
-        if (dt == LSL_BF16) {
-            for (uint64_t i = 0; i < n; i++) {
-                x[i] = lsl_f32_to_bf16(fmaf(sf, d[i], lsl_bf16_to_f32(x[i])));
-                if ((x[i] & 0x7F80u) == 0x7F80u && first_bad == UINT64_MAX)
-                    first_bad = i;
-            }
-        } else {
-            for (uint64_t i = 0; i < n; i++) {
-                x[i] = lsl_f32_to_f16(fmaf(sf, d[i], lsl_f16_to_f32(x[i])));
-                if ((x[i] & 0x7C00u) == 0x7C00u && first_bad == UINT64_MAX)
-                    first_bad = i;
-            }
+    double *d = work;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
+                a, (int)in, 0.0, d, (int)in);
+    uint64_t n = m * in;
+    for (uint64_t i = 0; i < n; i++) {
+        store_out(dt, w, i, fma(s, d[i], to_double(dt, w, i)));
+        if (!isfinite(to_double(dt, w, i))) {
+            *bad = i;
+            return LSL_ERR_NONFINITE;
         }
     }
-    if (first_bad != UINT64_MAX) {
-        *bad = first_bad;
-        return LSL_ERR_NONFINITE;
+    return LSL_OK;
+}
+
+lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
+                                     const void *a, uint64_t r, double s, const void *mag,
+                                     lsl_dtype mag_dt, void *work, uint64_t *bad)
+{
+    if (m == 0 || in == 0)
+        return LSL_OK;
+    if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
+        return lsl_i_fail(LSL_ERR_SHAPE, "merge block exceeds BLAS limits");
+    double *v = work; /* V = W0 + s * delta, kept in place of the delta */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
+                a, (int)in, 0.0, v, (int)in);
+    for (uint64_t i = 0; i < m; i++) {
+        double norm2 = 0;
+        for (uint64_t j = 0; j < in; j++) {
+            uint64_t k = i * in + j;
+            v[k] = fma(s, v[k], to_double(dt, w, k));
+            norm2 += v[k] * v[k];
+        }
+        double factor = to_double(mag_dt, mag, i) / sqrt(norm2);
+        for (uint64_t j = 0; j < in; j++) {
+            uint64_t k = i * in + j;
+            store_out(dt, w, k, factor * v[k]);
+            if (!isfinite(to_double(dt, w, k)) || !isfinite(factor)) {
+                *bad = k;
+                return LSL_ERR_NONFINITE;
+            }
+        }
     }
     return LSL_OK;
 }

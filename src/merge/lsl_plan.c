@@ -4,6 +4,7 @@
 #include "lsl_checkpoint.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -60,20 +61,44 @@ static const char *last_component(const char *p, char *buf, size_t len)
     return buf;
 }
 
+/* What the adapter holds for one module. */
 typedef struct module_ref {
     char *name;
-    int64_t a, b; /* adapter tensor indices */
+    int64_t a, b;   /* lora_A.weight, lora_B.weight */
+    int64_t ea, eb; /* lora_embedding_A, lora_embedding_B */
+    int64_t bias;   /* lora_B.bias */
+    int64_t mag;    /* lora_magnitude_vector */
 } module_ref;
 
-/* Map the adapter's keys to modules; anything that is not a plain lora_A/lora_B weight is
- * refused with the reason. */
-static lsl_status collect_modules(const lsl_st_file *ad, module_ref **out, uint64_t *nout)
+static bool ends_with(const char *s, size_t len, const char *suffix, size_t *stem)
+{
+    size_t n = strlen(suffix);
+    if (len <= n || strcmp(s + len - n, suffix) != 0)
+        return false;
+    *stem = len - n;
+    return true;
+}
+
+static module_ref *module_of(module_ref *m, uint64_t *n, const char *name, size_t len)
+{
+    for (uint64_t j = 0; j < *n; j++)
+        if (strlen(m[j].name) == len && strncmp(m[j].name, name, len) == 0)
+            return &m[j];
+    m[*n] = (module_ref){strndup(name, len), -1, -1, -1, -1, -1, -1};
+    return m[*n].name ? &m[(*n)++] : NULL;
+}
+
+/* Map the adapter's keys to modules (LoRA factors, DoRA magnitudes, LoRA biases) and to
+ * replacement tensors (modules_to_save, trained biases: every other key). */
+static lsl_status collect_modules(const lsl_st_file *ad, module_ref **out, uint64_t *nout,
+                                  int64_t **repl, uint64_t *nrepl)
 {
     lsl_status rc = LSL_OK;
     module_ref *m = calloc(ad->ntensors ? ad->ntensors : 1, sizeof *m);
-    uint64_t n = 0;
-    if (!m)
-        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    int64_t *rp = calloc(ad->ntensors ? ad->ntensors : 1, sizeof *rp);
+    uint64_t n = 0, nr = 0;
+    if (!m || !rp)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (uint64_t i = 0; i < ad->ntensors; i++) {
         const char *key = ad->tensors[i].name, *rest;
         if (strncmp(key, PEFT_PREFIX, strlen(PEFT_PREFIX)) != 0)
@@ -81,54 +106,50 @@ static lsl_status collect_modules(const lsl_st_file *ad, module_ref **out, uint6
                      "%s: tensor `%s` does not start with \"%s\" (not a PEFT adapter file?)",
                      ad->path, key, PEFT_PREFIX);
         rest = key + strlen(PEFT_PREFIX);
-        size_t len = strlen(rest);
-        int which = -1;
-        size_t mlen = 0;
-        if (len > 14 && strcmp(rest + len - 14, ".lora_A.weight") == 0)
-            which = 0, mlen = len - 14;
-        else if (len > 14 && strcmp(rest + len - 14, ".lora_B.weight") == 0)
-            which = 1, mlen = len - 14;
-        else if (strstr(rest, "lora_magnitude_vector"))
-            LSL_FAIL(LSL_ERR_UNSUPPORTED, "%s: `%s` is a DoRA magnitude (use_dora): not supported",
-                     ad->path, key);
-        else if (strstr(rest, "lora_embedding_"))
-            LSL_FAIL(LSL_ERR_UNSUPPORTED,
-                     "%s: `%s`: LoRA on embeddings is not supported by this version", ad->path,
-                     key);
-        else if (strstr(rest, ".lora_B.bias"))
-            LSL_FAIL(LSL_ERR_UNSUPPORTED, "%s: `%s` is a LoRA bias (lora_bias): not supported",
-                     ad->path, key);
-        else if (strstr(rest, ".lora_A.") || strstr(rest, ".lora_B."))
+        size_t len = strlen(rest), stem = 0;
+        int64_t *slot = NULL;
+        module_ref *mr = NULL;
+#define KIND(suffix, field)                                                                        \
+    if (!slot && ends_with(rest, len, suffix, &stem)) {                                            \
+        if (!(mr = module_of(m, &n, rest, stem)))                                                  \
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");                                              \
+        slot = &mr->field;                                                                         \
+    }
+        KIND(".lora_A.weight", a)
+        KIND(".lora_B.weight", b)
+        KIND(".lora_B.bias", bias)
+        KIND(".lora_embedding_A", ea)
+        KIND(".lora_embedding_B", eb)
+        KIND(".lora_magnitude_vector.weight", mag)
+        KIND(".lora_magnitude_vector", mag)
+#undef KIND
+        if (slot) {
+            if (*slot >= 0)
+                LSL_FAIL(LSL_ERR_FORMAT, "%s: `%s` appears twice", ad->path, key);
+            *slot = (int64_t)i;
+        } else if (strstr(rest, ".lora_A.") || strstr(rest, ".lora_B.") ||
+                   strstr(rest, ".lora_embedding_") || strstr(rest, "lora_magnitude_vector.")) {
             LSL_FAIL(LSL_ERR_FORMAT,
                      "%s: `%s` still carries an adapter name (expected ...lora_A.weight); save "
                      "the adapter with PEFT's save_pretrained",
                      ad->path, key);
-        else
-            LSL_FAIL(LSL_ERR_UNSUPPORTED,
-                     "%s: `%s` would replace a base tensor (modules_to_save or a trained bias): "
-                     "not supported by this version",
+        } else if (strstr(rest, "lora_")) {
+            LSL_FAIL(LSL_ERR_UNSUPPORTED, "%s: `%s` is a LoRA tensor loraslab does not know",
                      ad->path, key);
-        uint64_t j = 0;
-        while (j < n && !(strlen(m[j].name) == mlen && strncmp(m[j].name, rest, mlen) == 0))
-            j++;
-        if (j == n) {
-            m[n].name = strndup(rest, mlen);
-            m[n].a = m[n].b = -1;
-            if (!m[n++].name)
-                LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        } else {
+            rp[nr++] = (int64_t)i;
         }
-        if (which == 0)
-            m[j].a = (int64_t)i;
-        else
-            m[j].b = (int64_t)i;
     }
     *out = m;
     *nout = n;
+    *repl = rp;
+    *nrepl = nr;
     return LSL_OK;
 fail:
-    for (uint64_t j = 0; j < n; j++)
+    for (uint64_t j = 0; m && j < n; j++)
         free(m[j].name);
     free(m);
+    free(rp);
     return rc;
 }
 
@@ -137,79 +158,192 @@ static bool float_dtype(lsl_dtype d)
     return d == LSL_F32 || d == LSL_BF16 || d == LSL_F16;
 }
 
-static lsl_status attach_lora(lsl_plan *p, const lsl_ckpt *ck, const lsl_st_file *ad,
-                              uint32_t adfile, const lsl_adapter_cfg *cfg, const module_ref *m)
+static lsl_plan_tensor *find_plan(lsl_plan *p, const char *module, const char *suffix)
 {
-    const lsl_st_tensor *A = m->a >= 0 ? &ad->tensors[m->a] : NULL;
-    const lsl_st_tensor *B = m->b >= 0 ? &ad->tensors[m->b] : NULL;
+    size_t n = strlen(module), k = strlen(suffix);
+    for (uint64_t i = 0; i < p->n; i++) {
+        const char *nm = p->t[i].info.name;
+        if (strlen(nm) == n + k && strncmp(nm, module, n) == 0 && strcmp(nm + n, suffix) == 0)
+            return &p->t[i];
+    }
+    return NULL;
+}
+
+#define DIMS(t)                                                                                    \
+    (unsigned long long)(t)->shape[0], (unsigned long long)((t)->ndim > 1 ? (t)->shape[1] : 0)
+
+static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfile,
+                              const lsl_adapter_cfg *cfg, int conv1d, const module_ref *m)
+{
+    const char *path = ad->path, *mn = m->name;
+    bool emb = m->ea >= 0 || m->eb >= 0;
+    const lsl_st_tensor *A =
+        emb ? (m->ea >= 0 ? &ad->tensors[m->ea] : NULL) : (m->a >= 0 ? &ad->tensors[m->a] : NULL);
+    const lsl_st_tensor *B =
+        emb ? (m->eb >= 0 ? &ad->tensors[m->eb] : NULL) : (m->b >= 0 ? &ad->tensors[m->b] : NULL);
+    if (!A && !B && (m->bias >= 0 || m->mag >= 0))
+        return lsl_i_fail(LSL_ERR_FORMAT,
+                          "%s: module %s has a LoRA bias or DoRA magnitude but no "
+                          "lora_A/lora_B",
+                          path, mn);
     if (!A || !B)
-        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s has lora_%s but no lora_%s", ad->path,
-                          m->name, A ? "A" : "B", A ? "B" : "A");
-    size_t wl = strlen(m->name) + 8;
-    char *wname = malloc(wl);
-    if (!wname)
-        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    snprintf(wname, wl, "%s.weight", m->name);
-    lsl_ckpt_ref ref;
-    bool found = lsl_ckpt_find(ck, wname, &ref);
-    lsl_plan_tensor *t = NULL;
-    for (uint64_t i = 0; found && i < p->n; i++)
-        if (strcmp(p->t[i].info.name, wname) == 0)
-            t = &p->t[i];
-    free(wname);
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s has lora_%s%s but no lora_%s%s", path, mn,
+                          emb ? "embedding_" : "", A ? "A" : "B", emb ? "embedding_" : "",
+                          A ? "B" : "A");
+    lsl_plan_tensor *t = find_plan(p, mn, ".weight");
     if (!t)
         return lsl_i_fail(LSL_ERR_NOT_FOUND,
                           "%s: the adapter targets module %s but the base checkpoint has no "
                           "tensor %s.weight (wrong base model?)",
-                          ad->path, m->name, m->name);
-    const lsl_st_tensor *W = lsl_ckpt_tensor(ck, ref);
+                          path, mn, mn);
+    const lsl_tensor_info *W = &t->info;
     if (W->ndim != 2)
         return lsl_i_fail(LSL_ERR_UNSUPPORTED,
                           "%s: module %s: base weight has %d dimensions; LoRA on non-Linear "
                           "layers (Conv) is not supported",
-                          ad->path, m->name, W->ndim);
+                          path, mn, W->ndim);
     if (!float_dtype(W->dtype))
         return lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                          "%s: tensor `%s` has dtype %s; only BF16, F16 and F32 weights can be "
-                          "merged (quantized bases are refused)",
-                          ck->files[ref.file].path, W->name, lsl_dtype_name(W->dtype));
+                          "tensor `%s` has dtype %s; only BF16, F16 and F32 weights can be merged "
+                          "(quantized bases are refused)",
+                          W->name, lsl_dtype_name(W->dtype));
     if (!float_dtype(A->dtype) || !float_dtype(B->dtype))
         return lsl_i_fail(LSL_ERR_DTYPE, "%s: module %s: LoRA dtypes %s/%s; need F32, BF16, F16",
-                          ad->path, m->name, lsl_dtype_name(A->dtype), lsl_dtype_name(B->dtype));
-    uint64_t out = W->shape[0], in = W->shape[1];
-    if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != in || B->shape[0] != out ||
+                          path, mn, lsl_dtype_name(A->dtype), lsl_dtype_name(B->dtype));
+    /* Linear: W [out, in], A [r, in], B [out, r].  Embeddings (A [r, vocab], B [dim, r]) and
+     * GPT-2 Conv1D with fan_in_fan_out (W [in, out]) take the delta transposed. */
+    bool tr = emb || conv1d;
+    uint64_t wr = W->shape[0], wc = W->shape[1];
+    uint64_t want_a = tr ? wr : wc, want_b = tr ? wc : wr;
+    if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != want_a || B->shape[0] != want_b ||
         A->shape[0] != B->shape[1])
-        return lsl_i_fail(
-            LSL_ERR_SHAPE,
-            "%s: module %s: base weight is [%llu, %llu] but lora_A is [%llu, %llu] "
-            "and lora_B is [%llu, %llu] (expected [r, %llu] and [%llu, r])",
-            ad->path, m->name, (unsigned long long)out, (unsigned long long)in,
-            (unsigned long long)A->shape[0], (unsigned long long)(A->ndim > 1 ? A->shape[1] : 0),
-            (unsigned long long)B->shape[0], (unsigned long long)(B->ndim > 1 ? B->shape[1] : 0),
-            (unsigned long long)in, (unsigned long long)out);
-    uint64_t r = A->shape[0], want = lsl_adapter_rank_for(cfg, m->name);
+        return lsl_i_fail(LSL_ERR_SHAPE,
+                          "%s: module %s: base weight is [%llu, %llu] but lora_%sA is [%llu, %llu] "
+                          "and lora_%sB is [%llu, %llu] (expected [r, %llu] and [%llu, r]%s)",
+                          path, mn, (unsigned long long)wr, (unsigned long long)wc,
+                          emb ? "embedding_" : "", DIMS(A), emb ? "embedding_" : "", DIMS(B),
+                          (unsigned long long)want_a, (unsigned long long)want_b,
+                          tr ? ", the delta being transposed" : "");
+    uint64_t r = A->shape[0], want = lsl_adapter_rank_for(cfg, mn);
     if (r != want)
         return lsl_i_fail(LSL_ERR_SHAPE,
                           "%s: module %s: lora_A has rank %llu but adapter_config.json says r=%llu "
                           "(after rank_pattern)",
-                          ad->path, m->name, (unsigned long long)r, (unsigned long long)want);
+                          path, mn, (unsigned long long)r, (unsigned long long)want);
     if (r == 0)
-        return lsl_i_fail(LSL_ERR_SHAPE, "%s: module %s: rank 0", ad->path, m->name);
-    if (t->has_lora)
-        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s appears twice", ad->path, m->name);
-    t->has_lora = 1;
+        return lsl_i_fail(LSL_ERR_SHAPE, "%s: module %s: rank 0", path, mn);
+    if (t->has_lora || t->replaced)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s is targeted twice (or also replaced)",
+                          path, mn);
+    t->has_lora = tr ? LSL_LORA_TRANSPOSED : LSL_LORA_LINEAR;
     t->a_file = t->b_file = adfile;
     t->a_off = ad->data_start + A->begin;
     t->b_off = ad->data_start + B->begin;
     t->a_dtype = A->dtype;
     t->b_dtype = B->dtype;
+    t->a_cols = A->shape[1];
     t->r = r;
-    t->alpha = lsl_adapter_alpha_for(cfg, m->name);
+    t->alpha = lsl_adapter_alpha_for(cfg, mn);
     t->scaling = lsl_adapter_scaling(cfg, r, t->alpha);
+    t->flags = cfg->rslora ? LSL_LORA_RSLORA : 0;
     if (!isfinite(t->scaling))
-        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s: scaling is not finite", ad->path,
-                          m->name);
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s: scaling is not finite", path, mn);
+    if (cfg->use_dora != (m->mag >= 0))
+        return lsl_i_fail(LSL_ERR_FORMAT,
+                          cfg->use_dora ? "%s: use_dora is set but module %s has no "
+                                          "lora_magnitude_vector"
+                                        : "%s: module %s has a lora_magnitude_vector but use_dora "
+                                          "is not set",
+                          path, mn);
+    if (m->mag >= 0) {
+        const lsl_st_tensor *M = &ad->tensors[m->mag];
+        if (tr)
+            return lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                              "%s: module %s: DoRA on %s is not supported (its norm runs across "
+                              "ranks' rows)",
+                              path, mn, emb ? "embeddings" : "fan_in_fan_out layers");
+        if (M->ndim != 1 || M->shape[0] != wr || !float_dtype(M->dtype))
+            return lsl_i_fail(LSL_ERR_SHAPE,
+                              "%s: module %s: lora_magnitude_vector must be [%llu] of a float "
+                              "dtype",
+                              path, mn, (unsigned long long)wr);
+        t->has_dora = 1;
+        t->m_off = ad->data_start + M->begin;
+        t->m_dtype = M->dtype;
+    }
+    if (cfg->lora_bias != (m->bias >= 0))
+        return lsl_i_fail(LSL_ERR_FORMAT,
+                          cfg->lora_bias ? "%s: lora_bias is set but module %s has no lora_B.bias"
+                                         : "%s: module %s has a lora_B.bias but lora_bias is not "
+                                           "set",
+                          path, mn);
+    if (m->bias >= 0) {
+        const lsl_st_tensor *Bb = &ad->tensors[m->bias];
+        lsl_plan_tensor *bt = find_plan(p, mn, ".bias");
+        if (!bt)
+            return lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                              "%s: module %s: Impossible to merge LoRA with lora_bias=True because "
+                              "the base layer has no bias (%s.bias)",
+                              path, mn, mn);
+        if (Bb->ndim != 1 || bt->info.ndim != 1 || Bb->shape[0] != bt->info.shape[0] ||
+            !float_dtype(Bb->dtype) || !float_dtype(bt->info.dtype))
+            return lsl_i_fail(LSL_ERR_SHAPE, "%s: module %s: lora_B.bias does not fit %s.bias",
+                              path, mn, mn);
+        if (bt->has_lora || bt->replaced)
+            return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s.bias is changed twice", path, mn);
+        bt->has_lora = LSL_LORA_BIAS;
+        bt->b_file = bt->a_file = adfile;
+        bt->b_off = ad->data_start + Bb->begin;
+        bt->b_dtype = Bb->dtype;
+        bt->a_dtype = LSL_F32;
+        bt->r = 1;
+        bt->alpha = t->alpha;
+        bt->scaling = t->scaling;
+        bt->flags = t->flags;
+        p->nmerged++;
+    }
     p->nmerged++;
+    return LSL_OK;
+}
+
+/* modules_to_save copies and trained biases: the adapter's tensor replaces the base tensor, in
+ * the adapter's dtype (what PEFT's merged model holds). */
+static lsl_status attach_replacement(lsl_plan *p, const lsl_st_file *ad, uint32_t adfile,
+                                     const lsl_st_tensor *T)
+{
+    char name[1024];
+    const char *rest = T->name + strlen(PEFT_PREFIX);
+    /* drop a ".base_layer" component, and an older PEFT's ".modules_to_save.<adapter>" */
+    snprintf(name, sizeof name, "%s", rest);
+    char *bl = strstr(name, ".base_layer.");
+    if (bl)
+        memmove(bl, bl + strlen(".base_layer"), strlen(bl + strlen(".base_layer")) + 1);
+    char *ms = strstr(name, ".modules_to_save.");
+    if (ms) {
+        char *after = strchr(ms + strlen(".modules_to_save."), '.');
+        if (after)
+            memmove(ms, after, strlen(after) + 1);
+    }
+    lsl_plan_tensor *t = find_plan(p, name, "");
+    if (!t)
+        return lsl_i_fail(LSL_ERR_NOT_FOUND,
+                          "%s: `%s` would replace base tensor `%s`, which the base does not have",
+                          ad->path, T->name, name);
+    bool same = t->info.ndim == T->ndim;
+    for (int d = 0; same && d < T->ndim; d++)
+        same = t->info.shape[d] == T->shape[d];
+    if (!same)
+        return lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                          "%s: `%s` has a different shape from the base tensor `%s` (a resized "
+                          "vocabulary?); refusing rather than changing the model's config",
+                          ad->path, T->name, name);
+    if (t->has_lora || t->replaced)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: base tensor `%s` is both targeted and replaced",
+                          ad->path, name);
+    t->replaced = 1;
+    t->file = adfile;
+    t->off = ad->data_start + T->begin;
+    t->info.dtype = T->dtype;
     return LSL_OK;
 }
 
@@ -223,7 +357,8 @@ static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_
     lsl_adapter_cfg cfg;
     lsl_st_file ad;
     module_ref *mods = NULL;
-    uint64_t nmods = 0;
+    uint64_t nmods = 0, nrepl = 0;
+    int64_t *repl = NULL;
     struct stat sb;
     memset(&cfg, 0, sizeof cfg);
     memset(&ad, 0, sizeof ad);
@@ -262,15 +397,32 @@ static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_
     if (!(p->files[p->nfiles] = lsl_i_strdup(stp)))
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     uint32_t adfile = p->nfiles++;
-    LSL_TRY(collect_modules(&ad, &mods, &nmods));
+    LSL_TRY(collect_modules(&ad, &mods, &nmods, &repl, &nrepl));
+    /* PEFT transposes only GPT-2's Conv1D layers (and forces fan_in_fan_out off for Linear ones,
+     * with a warning): the checkpoint's model_type tells which this is. */
+    int conv1d = 0;
+    if (cfg.fan_in_fan_out) {
+        json_t *bc = ck->config_json ? json_loads(ck->config_json, 0, NULL) : NULL;
+        const char *mt = json_string_value(json_object_get(bc, "model_type"));
+        conv1d = mt && strcmp(mt, "gpt2") == 0;
+        if (!conv1d && !jc->quiet)
+            fprintf(stderr,
+                    "loraslab: warning: fan_in_fan_out is set but the base model (%s) has no "
+                    "Conv1D layers; ignored, as PEFT does\n",
+                    mt ? mt : "model_type unknown");
+        json_decref(bc);
+    }
+    for (uint64_t i = 0; i < nrepl; i++)
+        LSL_TRY(attach_replacement(p, &ad, adfile, &ad.tensors[repl[i]]));
     for (uint64_t i = 0; i < nmods; i++)
-        LSL_TRY(attach_lora(p, ck, &ad, adfile, &cfg, &mods[i]));
+        LSL_TRY(attach_lora(p, &ad, adfile, &cfg, conv1d, &mods[i]));
     LSL_TRY(add_attr(p, "adapter_config_json", text));
     LSL_TRY(add_attr(p, "adapter_path", jc->adapter));
 fail:
     for (uint64_t i = 0; i < nmods; i++)
         free(mods[i].name);
     free(mods);
+    free(repl);
     lsl_st_free(&ad);
     lsl_adapter_cfg_free(&cfg);
     free(text);

@@ -5,16 +5,30 @@
 
 #include "lsl_internal.h"
 
+/* How a tensor receives a LoRA delta. */
+enum {
+    LSL_LORA_NONE = 0,
+    LSL_LORA_LINEAR,     /* W[out, in] += s * B @ A */
+    LSL_LORA_TRANSPOSED, /* W[in, out] or an embedding += s * (B @ A)^T */
+    LSL_LORA_BIAS        /* b[out] += s * lora_B.bias */
+};
+
 typedef struct lsl_plan_tensor {
     lsl_tensor_info info; /* name owned by the plan */
     uint32_t file;
     uint64_t off; /* absolute file offset of the tensor's data */
-    int has_lora;
+    int has_lora; /* an LSL_LORA_* kind */
     uint32_t a_file, b_file;
-    uint64_t a_off, b_off;
+    uint64_t a_off, b_off; /* A [r, x] and B [y, r]; for BIAS, b is the lora_B.bias vector */
     lsl_dtype a_dtype, b_dtype;
+    uint64_t a_cols; /* A's second dimension (the weight's rows when TRANSPOSED) */
     uint64_t r;
     double alpha, scaling;
+    unsigned flags; /* LSL_LORA_RSLORA */
+    int has_dora;
+    uint64_t m_off; /* DoRA magnitude [out], in the adapter file (a_file) */
+    lsl_dtype m_dtype;
+    int replaced; /* bytes come from the adapter (modules_to_save, trained bias) */
 } lsl_plan_tensor;
 
 typedef struct lsl_plan {

@@ -202,7 +202,16 @@ static int bench_write(const char *dir, int layers)
     for (int i = 0; i < n && !st; i++) {
         uint64_t a0, an;
         lsl_partition_rows(r, size, rank, &a0, &an);
-        lsl_lora_part lp = {r, 64, 2.0, LSL_F32, LSL_F32, LSL_SHARD_ROWS, a0, an, a[i], b[i]};
+        lsl_lora_part lp = {.rank = r,
+                            .alpha = 64,
+                            .scaling = 2.0,
+                            .a_dtype = LSL_F32,
+                            .b_dtype = LSL_F32,
+                            .a_shard = LSL_SHARD_ROWS,
+                            .a_off = a0,
+                            .a_count = an,
+                            .a = a[i],
+                            .b = b[i]};
         lsl_part p = {r0[i], nr[i], w[i], LSL_MEM_DEVICE, NULL, s[i].lora ? &lp : NULL};
         st = lsl_writer_put_all(wr, (uint64_t)i, &p);
     }

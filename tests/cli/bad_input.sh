@@ -108,11 +108,23 @@ fresh rank; "$py" -c "
 import json,sys; p='$out/rank/adapter/adapter_config.json'; j=json.load(open(p)); j['r']=4; json.dump(j,open(p,'w'))"
 expect rank-differs-from-config 2 "says r=4" -- -b "$out/rank/base" -a "$out/rank/adapter"
 
-for opt in use_dora fan_in_fan_out lora_bias; do
-  fresh "$opt"; "$py" -c "
-import json; p='$out/$opt/adapter/adapter_config.json'; j=json.load(open(p)); j['$opt']=True; json.dump(j,open(p,'w'))"
-  expect "refuse-$opt" 2 "option $opt is set" -- -b "$out/$opt/base" -a "$out/$opt/adapter"
-done
+# A config that promises tensors the file lacks (formats.md A8 and friends).
+fresh dora; "$py" -c "
+import json; p='$out/dora/adapter/adapter_config.json'; j=json.load(open(p)); j['use_dora']=True; json.dump(j,open(p,'w'))"
+expect dora-without-magnitudes 2 "use_dora is set but module" -- -b "$out/dora/base" -a "$out/dora/adapter"
+fresh lbias; "$py" -c "
+import json; p='$out/lbias/adapter/adapter_config.json'; j=json.load(open(p)); j['lora_bias']=True; json.dump(j,open(p,'w'))"
+expect lora-bias-without-tensors 2 "lora_bias is set but module" -- -b "$out/lbias/base" -a "$out/lbias/adapter"
+# A9: lora_bias on a layer without a bias (Qwen2's o_proj).
+gen --base "$out/nobias/base" --adapter "$out/nobias/adapter" --targets o_proj --lora-bias
+expect lora-bias-on-biasless-layer 2 "because the base layer has no bias" -- -b "$out/nobias/base" -a "$out/nobias/adapter"
+# A13: a modules_to_save copy with a resized vocabulary.
+fresh resized; st_edit "$out/resized/adapter/adapter_model.safetensors" \
+  't["base_model.model.lm_head.weight"] = ("BF16", np.zeros((300, 64), np.uint16), [300, 64])'
+expect resized-vocab-replacement 2 "different shape from the base tensor" -- -b "$out/resized/base" -a "$out/resized/adapter"
+# DoRA on embeddings (the norm would span ranks): refused by name.
+gen --base "$out/demb/base" --adapter "$out/demb/adapter" --targets embed_tokens --dora
+expect dora-on-embeddings 2 "DoRA on embeddings is not supported" -- -b "$out/demb/base" -a "$out/demb/adapter"
 fresh vera; "$py" -c "
 import json; p='$out/vera/adapter/adapter_config.json'; j=json.load(open(p)); j['peft_type']='VERA'; json.dump(j,open(p,'w'))"
 expect refuse-vera 1 'peft_type "VERA" is not supported' -- -b "$out/vera/base" -a "$out/vera/adapter"

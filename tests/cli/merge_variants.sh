@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # loraslab merge at NP ranks on generated models covering the dtype combinations, a sharded base,
-# tied embeddings, rsLoRA with rank/alpha patterns, more ranks than rows, and multi-chunk
-# staging; every output is checked by tests/py/check_merge.py (h5py + float64 numpy reference)
+# tied embeddings, rsLoRA with rank/alpha patterns, more ranks than rows, multi-chunk staging,
+# DoRA, LoRA biases, LoRA on embeddings, modules_to_save with trained biases, and GPT-2 Conv1D
+# layers with fan_in_fan_out; every output is checked by tests/py/check_merge.py (h5py + float64 numpy reference)
 # and its `inspect --json` against the schema.
 #   merge_variants.sh BUILD/loraslab NP
 set -euo pipefail
@@ -36,6 +37,12 @@ variant sharded-tied-rslora-patterns "" --shard-kib 64 --tie --rslora --r 6 \
 variant sharded-base "" --shard-kib 300 --hidden 128 --intermediate 512 --vocab 1031 --seed 5
 variant fewer-rows-than-ranks "" --hidden 8 --heads 4 --kv-heads 2 --intermediate 12 --vocab 3 --r 2 --seed 6
 variant multi-chunk-staging "--staging-mib 1" --hidden 256 --intermediate 1024 --vocab 999 --layers 1 --seed 7
+variant dora "" --dora --seed 8
+variant dora-rslora-f32-base "" --dora --rslora --dtype F32 --r 6 --seed 9
+variant lora-bias "" --lora-bias --targets q_proj,k_proj,v_proj --seed 10
+variant embedding-lora "" --targets embed_tokens,q_proj,down_proj --seed 11
+variant modules-to-save-and-trained-bias "" --modules-to-save lm_head --trained-bias --seed 12
+variant gpt2-conv1d-fan-in-fan-out "" --gpt2 --targets c_attn,c_proj,c_fc --lora-bias --seed 13
 # The human table says what was merged (captured first: grep -q would cut the pipe).
 table=$("$lsl" inspect "$out/bf16-base-f32-lora/merged.h5")
 if grep -q "14 with a LoRA delta merged" <<<"$table"; then

@@ -72,12 +72,25 @@ supported = {
     "rank_pattern+alpha_pattern": dict(r=8, lora_alpha=16, rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
                                        alpha_pattern={"v_proj": 5}),
     "bf16 adapter weights": dict(r=16, lora_alpha=8, _bf16=True),
+    "use_dora": dict(r=8, lora_alpha=16, use_dora=True),
+    "lora_bias (q/k/v)": dict(r=8, lora_alpha=16, lora_bias=True, _targets=["q_proj", "k_proj", "v_proj"]),
+    "bias=lora_only": dict(r=8, lora_alpha=16, bias="lora_only", _train_bias=True),
+    "modules_to_save lm_head": dict(r=8, lora_alpha=16, modules_to_save=["lm_head"], _perturb="lm_head"),
+    "LoRA on embed_tokens": dict(r=8, lora_alpha=16, _targets=["embed_tokens", "q_proj"]),
 }
 for name, kw in supported.items():
     kw = dict(kw)
     bf16 = kw.pop("_bf16", False)
-    torch.manual_seed(hash(name) % 1000)
-    pm = get_peft_model(fresh_base(), LoraConfig(target_modules=TARGETS, init_lora_weights=False, **kw))
+    targets = kw.pop("_targets", TARGETS)
+    train_bias, perturb = kw.pop("_train_bias", False), kw.pop("_perturb", None)
+    torch.manual_seed(len(rows) + 7)
+    pm = get_peft_model(fresh_base(), LoraConfig(target_modules=targets, init_lora_weights=False, **kw))
+    with torch.no_grad():  # what training would have changed besides A and B
+        for n, p in pm.named_parameters():
+            if (train_bias and n.endswith("bias") and "lora" not in n) or \
+               (perturb and f"{perturb}.modules_to_save" in n) or "lora_magnitude_vector" in n or \
+               ("lora_B" in n and n.endswith("bias")):
+                p.add_(torch.randn_like(p) * 0.01)
     if bf16:
         pm = pm.to(torch.bfloat16)
     ad = f"{work}/adapter-{len(rows)}"
@@ -108,15 +121,15 @@ for name, kw in supported.items():
                  f"worst {worst} ulp, {100.0 * exact / max(total, 1):.3f}% exact" if r2.returncode == 0
                  else why(r1 if r1.returncode else r2)))
 
-refused = {"use_dora": dict(use_dora=True), "lora_bias": dict(lora_bias=True),
-           "modules_to_save": dict(modules_to_save=["lm_head"]), "bias": dict(bias="all")}
-for name, kw in refused.items():
-    pm = get_peft_model(fresh_base(), LoraConfig(target_modules=TARGETS, init_lora_weights=False, **kw))
-    ad = f"{work}/refuse-{name}"
+refused = {"lora_bias on o_proj (no base bias)": ("lora_bias", dict(lora_bias=True, target_modules=["o_proj"])),
+           "DoRA on embed_tokens": ("DoRA on embeddings", dict(use_dora=True, target_modules=["embed_tokens"]))}
+for name, (needle, kw) in refused.items():
+    pm = get_peft_model(fresh_base(), LoraConfig(init_lora_weights=False, **kw))
+    ad = f"{work}/refuse-{len(rows)}"
     pm.save_pretrained(ad)
-    h5 = f"{work}/refuse-{name}.h5"
+    h5 = f"{work}/refuse-{len(rows)}.h5"
     r = mpirun("merge", "-q", "-b", f"{work}/base", "-a", ad, "-o", h5)
-    ok = r.returncode != 0 and name in r.stderr and not os.path.exists(h5)
+    ok = r.returncode != 0 and needle in r.stderr and not os.path.exists(h5)
     failures += not ok
     rows.append((f"refuse {name}", "PASS" if ok else "FAIL", why(r)))
 

@@ -65,13 +65,51 @@ def main():
     p.add_argument("--merged", required=True)
     a = p.parse_args()
     base = lsl_st.read_checkpoint(a.base)
-    lora, cfg = {}, None
+    mods, repl, cfg = {}, {}, None
     if a.adapter:
         cfg = json.load(open(f"{a.adapter}/adapter_config.json"))
         ad, _ = lsl_st.read(f"{a.adapter}/adapter_model.safetensors")
-        for k, (dt, arr) in ad.items():
-            m = re.match(r"base_model\.model\.(.*)\.lora_([AB])\.weight$", k)
-            lora.setdefault(m.group(1) + ".weight", {})[m.group(2)] = (dt, arr)
+        kinds = [(r"\.lora_A\.weight$", "A"), (r"\.lora_B\.weight$", "B"), (r"\.lora_B\.bias$", "bias"),
+                 (r"\.lora_embedding_A$", "EA"), (r"\.lora_embedding_B$", "EB"),
+                 (r"\.lora_magnitude_vector(\.weight)?$", "mag")]
+        for k, v in ad.items():
+            rest = k[len("base_model.model."):]
+            for rx, kind in kinds:
+                m = re.search(rx, rest)
+                if m:
+                    mods.setdefault(rest[: m.start()], {})[kind] = v
+                    break
+            else:
+                repl[rest.replace(".base_layer.", ".")] = v
+    gpt2 = bool(cfg and cfg.get("fan_in_fan_out")) and \
+        json.load(open(f"{a.base}/config.json")).get("model_type") == "gpt2"
+    # What each output tensor must be: ("copy", dtype, bits) or ("ref", dtype, float64 values).
+    want = {}
+    for name, (dt, w0) in base.items():
+        want[name] = ("copy", dt, w0)
+    for name, (dt, arr) in repl.items():
+        want[name] = ("copy", dt, arr)
+    for module, f in mods.items():
+        wname = module + ".weight"
+        dt, w0 = base[wname]
+        emb = "EA" in f
+        (adt, A), (bdt, B) = (f["EA"], f["EB"]) if emb else (f["A"], f["B"])
+        r = A.shape[0]
+        alpha = pick(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
+        s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        delta = lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A)
+        if emb or gpt2:
+            delta = delta.T
+        ref = lsl_st.to_f64(dt, w0) + s * delta
+        if "mag" in f:
+            mdt, mv = f["mag"]
+            ref = (lsl_st.to_f64(mdt, mv) / np.linalg.norm(ref, axis=1))[:, None] * ref
+        want[wname] = ("ref", dt, ref, r, s)
+        if "bias" in f:
+            bdt2, bv = f["bias"]
+            bn = module + ".bias"
+            dtb, b0 = base[bn]
+            want[bn] = ("ref", dtb, lsl_st.to_f64(dtb, b0) + s * lsl_st.to_f64(bdt2, bv), 1, s)
     failures = []
     worst_ulp, exact_total, n_total, merged = 0, 0, 0, 0
     with h5py.File(a.merged, "r") as f:
@@ -86,36 +124,28 @@ def main():
         if set(g.keys()) != set(base.keys()):
             failures.append(f"tensor set differs: missing {sorted(set(base) - set(g))[:5]}, "
                             f"extra {sorted(set(g) - set(base))[:5]}")
-        for name, (dt, w0) in base.items():
+        for name, w in want.items():
             if name not in g:
                 continue
-            ds = g[name]
+            ds, dt = g[name], w[1]
             if ds.attrs["dtype"] != dt:
                 failures.append(f"{name}: dtype attr {ds.attrs['dtype']} != {dt}")
                 continue
             if ds.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
                 failures.append(f"{name}: not contiguous")
             got = stored_bits(dt, ds[()])
-            if got.shape != w0.shape:
-                failures.append(f"{name}: shape {got.shape} != {w0.shape}")
-                continue
             if int(ds.attrs["crc32c"]) != crc(np.ascontiguousarray(got).tobytes()):
                 failures.append(f"{name}: crc32c attribute does not match the stored bytes")
-            if name not in lora:
+            if w[0] == "copy":
                 if "lora_rank" in ds.attrs:
                     failures.append(f"{name}: lora attributes on an untouched tensor")
-                if not np.array_equal(got, w0):
-                    failures.append(f"{name}: untouched tensor differs from the base")
+                if got.shape != w[2].shape or not np.array_equal(got, w[2]):
+                    failures.append(f"{name}: differs from its source (base or adapter)")
                 continue
             merged += 1
-            (adt, A), (bdt, B) = lora[name]["A"], lora[name]["B"]
-            module = name[: -len(".weight")]
-            r = A.shape[0]
-            alpha = pick(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
-            s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-            ref = lsl_st.to_f64(dt, w0) + s * (lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A))
-            want = lsl_st.from_f64(dt, ref)
-            d = np.abs(lsl_st.ordered(dt, got) - lsl_st.ordered(dt, want))
+            ref, r, s = w[2], w[3], w[4]
+            expect = lsl_st.from_f64(dt, ref)
+            d = np.abs(lsl_st.ordered(dt, got) - lsl_st.ordered(dt, expect))
             worst = int(d.max()) if d.size else 0
             exact = int((d == 0).sum())
             worst_ulp = max(worst_ulp, worst)
@@ -123,14 +153,19 @@ def main():
             n_total += d.size
             if worst > 1:
                 i = np.unravel_index(int(d.argmax()), d.shape)
-                failures.append(f"{name}: {worst} ulp off at {i} (got bits {got[i]}, want {want[i]})")
+                failures.append(f"{name}: {worst} ulp off at {i} (got {got[i]}, want {expect[i]})")
             if d.size and exact < 0.99 * d.size:
                 failures.append(f"{name}: only {exact}/{d.size} elements exact")
             if int(ds.attrs["lora_rank"]) != r or abs(float(ds.attrs["lora_scaling"]) - s) > 1e-12:
                 failures.append(f"{name}: lora attributes r={ds.attrs['lora_rank']} "
                                 f"scaling={ds.attrs['lora_scaling']}, want r={r} scaling={s}")
-    if a.adapter and merged != len(lora):
-        failures.append(f"{merged} merged tensors checked, adapter has {len(lora)}")
+            if int(ds.attrs["lora_dora"]) != int(name[:-len(".weight")] in mods and "mag" in mods[name[:-len(".weight")]]):
+                failures.append(f"{name}: lora_dora attribute wrong")
+            if int(ds.attrs["lora_rslora"]) != int(bool(cfg.get("use_rslora"))):
+                failures.append(f"{name}: lora_rslora attribute wrong")
+    expected_merged = sum(1 for w in want.values() if w[0] == "ref")
+    if merged != expected_merged:
+        failures.append(f"{merged} merged tensors checked, {expected_merged} expected")
     pct = 100.0 * exact_total / n_total if n_total else 100.0
     print(f"check_merge: {len(base)} tensors, {merged} merged; worst {worst_ulp} ulp, "
           f"{pct:.3f}% exact; {len(failures)} failures")

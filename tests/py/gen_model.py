@@ -20,8 +20,25 @@ import lsl_st
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def gpt2_tensors(a):
+    """GPT-2 layout: Conv1D weights stored [in, out] (fan_in_fan_out)."""
+    H, V = a.hidden, a.vocab
+    out = [("transformer.wte.weight", [V, H]), ("transformer.wpe.weight", [64, H])]
+    for i in range(a.layers):
+        p = f"transformer.h.{i}."
+        out += [(p + "ln_1.weight", [H]), (p + "ln_1.bias", [H]),
+                (p + "attn.c_attn.weight", [H, 3 * H]), (p + "attn.c_attn.bias", [3 * H]),
+                (p + "attn.c_proj.weight", [H, H]), (p + "attn.c_proj.bias", [H]),
+                (p + "ln_2.weight", [H]), (p + "ln_2.bias", [H]),
+                (p + "mlp.c_fc.weight", [H, 4 * H]), (p + "mlp.c_fc.bias", [4 * H]),
+                (p + "mlp.c_proj.weight", [4 * H, H]), (p + "mlp.c_proj.bias", [H])]
+    return out + [("transformer.ln_f.weight", [H]), ("transformer.ln_f.bias", [H])]
+
+
 def qwen2_tensors(a):
     """(name, shape) in state-dict order."""
+    if a.gpt2:
+        return gpt2_tensors(a)
     H, I, V = a.hidden, a.intermediate, a.vocab
     kv = a.kv_heads * (H // a.heads)
     out = [("model.embed_tokens.weight", [V, H])]
@@ -92,7 +109,8 @@ def write_base(a, rng):
             f.write("\n")
     kv = a.kv_heads
     cfg = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": a.hidden,
+        "architectures": ["GPT2LMHeadModel" if a.gpt2 else "Qwen2ForCausalLM"],
+        "model_type": "gpt2" if a.gpt2 else "qwen2", "hidden_size": a.hidden,
         "intermediate_size": a.intermediate, "num_hidden_layers": a.layers,
         "num_attention_heads": a.heads, "num_key_value_heads": kv, "vocab_size": a.vocab,
         "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
@@ -102,10 +120,15 @@ def write_base(a, rng):
     }
     with open(os.path.join(a.base, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-    return {n: s for n, s in qwen2_tensors(a)}
+    return {n: (s, t) for (n, s), (_, _, t, _) in zip(qwen2_tensors(a), tensors)}
 
 
-def write_adapter(a, rng, shapes):
+def decode(dtype, arr):
+    return lsl_st.to_f64(dtype, arr)
+
+
+def write_adapter(a, rng, base):
+    """base: {name: (shape, stored array)}."""
     os.makedirs(a.adapter, exist_ok=True)
     targets = a.targets.split(",")
     rank_pattern = json.loads(a.rank_pattern) if a.rank_pattern else {}
@@ -119,27 +142,55 @@ def write_adapter(a, rng, shapes):
         return default
 
     tensors = {}
-    for name, shape in shapes.items():
+    for name, (shape, arr) in base.items():
         if not name.endswith(".weight") or len(shape) != 2:
             continue
         module = name[: -len(".weight")]
         if module.split(".")[-1] not in targets:
             continue
         r = pick(rank_pattern, module, a.r)
-        out_f, in_f = shape
-        A = rand(rng, [r, in_f], 1.0 / np.sqrt(in_f))
-        B = rand(rng, [out_f, r], a.b_scale)
+        alpha = pick(alpha_pattern, module, a.alpha)
+        s = alpha / np.sqrt(r) if a.rslora else alpha / r
         key = "base_model.model." + module
-        tensors[key + ".lora_A.weight"] = (a.adapter_dtype, encode(a.adapter_dtype, A), [r, in_f])
-        tensors[key + ".lora_B.weight"] = (a.adapter_dtype, encode(a.adapter_dtype, B), [out_f, r])
+        emb = module.split(".")[-1] in ("embed_tokens", "wte")
+        if emb:  # lora_embedding_A [r, vocab], lora_embedding_B [dim, r]
+            A = rand(rng, [r, shape[0]], 1.0)
+            B = rand(rng, [shape[1], r], a.b_scale)
+            tensors[key + ".lora_embedding_A"] = (a.adapter_dtype, encode(a.adapter_dtype, A), [r, shape[0]])
+            tensors[key + ".lora_embedding_B"] = (a.adapter_dtype, encode(a.adapter_dtype, B), [shape[1], r])
+        else:
+            in_f, out_f = (shape[0], shape[1]) if a.gpt2 else (shape[1], shape[0])
+            A = rand(rng, [r, in_f], 1.0 / np.sqrt(in_f))
+            B = rand(rng, [out_f, r], a.b_scale)
+            tensors[key + ".lora_A.weight"] = (a.adapter_dtype, encode(a.adapter_dtype, A), [r, in_f])
+            tensors[key + ".lora_B.weight"] = (a.adapter_dtype, encode(a.adapter_dtype, B), [out_f, r])
+        if a.dora:  # a magnitude near each row's norm, as training leaves it
+            Ad = decode(a.adapter_dtype, encode(a.adapter_dtype, A))
+            Bd = decode(a.adapter_dtype, encode(a.adapter_dtype, B))
+            delta = Bd @ Ad
+            V = decode(a.dtype, arr) + s * (delta.T if emb or a.gpt2 else delta)
+            m = np.linalg.norm(V, axis=1) * (1 + 0.1 * rng.standard_normal(V.shape[0]))
+            tensors[key + ".lora_magnitude_vector"] = ("F32", m.astype(np.float32), [V.shape[0]])
+        if a.lora_bias:
+            out_f = shape[0] if not a.gpt2 else shape[1]
+            v = rand(rng, [out_f], 0.05)
+            tensors[key + ".lora_B.bias"] = (a.adapter_dtype, encode(a.adapter_dtype, v), [out_f])
+        if a.trained_bias and module + ".bias" in base:
+            bshape = base[module + ".bias"][0]
+            tensors[key + ".base_layer.bias"] = ("F32", rand(rng, bshape, 0.1), bshape)
+    for mod in (a.modules_to_save.split(",") if a.modules_to_save else []):
+        shape = base[mod + ".weight"][0]
+        tensors["base_model.model." + mod + ".weight"] = ("F32", rand(rng, shape, 0.02), shape)
     lsl_st.write(os.path.join(a.adapter, "adapter_model.safetensors"), tensors)
     cfg = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": a.r, "lora_alpha": a.alpha,
-        "lora_dropout": 0.0, "use_rslora": a.rslora, "use_dora": False, "fan_in_fan_out": False,
-        "bias": "none", "target_modules": targets, "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern, "modules_to_save": None, "init_lora_weights": True,
+        "lora_dropout": 0.0, "use_rslora": a.rslora, "use_dora": a.dora,
+        "fan_in_fan_out": a.gpt2, "bias": "lora_only" if a.trained_bias else "none",
+        "target_modules": targets, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "modules_to_save": a.modules_to_save.split(",") if a.modules_to_save else None,
+        "init_lora_weights": True,
         "base_model_name_or_path": os.path.basename(os.path.normpath(a.base)),
-        "inference_mode": True, "lora_bias": False,
+        "inference_mode": True, "lora_bias": a.lora_bias,
     }
     with open(os.path.join(a.adapter, "adapter_config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
@@ -167,12 +218,18 @@ def main():
     p.add_argument("--rslora", action="store_true")
     p.add_argument("--rank-pattern", help='JSON object, e.g. {"q_proj": 4}')
     p.add_argument("--alpha-pattern", help="JSON object")
+    p.add_argument("--dora", action="store_true", help="use_dora: lora_magnitude_vector per module")
+    p.add_argument("--lora-bias", action="store_true", help="lora_bias: lora_B.bias per module")
+    p.add_argument("--trained-bias", action="store_true", help='bias="lora_only": trained base biases')
+    p.add_argument("--modules-to-save", help="comma-separated modules stored whole (F32) in the adapter")
+    p.add_argument("--gpt2", action="store_true",
+                   help="GPT-2 layout (Conv1D [in, out] weights; the adapter sets fan_in_fan_out)")
     a = p.parse_args()
     a.dtype = a.dtype.upper()
     rng = np.random.default_rng(a.seed)
-    shapes = write_base(a, rng)
+    base = write_base(a, rng)
     if a.adapter:
-        write_adapter(a, rng, shapes)
+        write_adapter(a, rng, base)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ static void test_merge_rows(void **s)
     /* w = [[1, 2], [3, 4]] bf16; b = [[1], [2]]; a = [[0.5, -1]]; s = 2 */
     uint16_t w[4] = {lsl_f32_to_bf16(1), lsl_f32_to_bf16(2), lsl_f32_to_bf16(3),
                      lsl_f32_to_bf16(4)};
-    float b[2] = {1, 2}, a[2] = {0.5f, -1}, work[4];
+    double b[2] = {1, 2}, a[2] = {0.5, -1}, work[4];
     uint64_t bad = 0;
     assert_int_equal(lsl_i_merge_rows_cpu(LSL_BF16, w, 2, 2, b, a, 1, 2.0, work, &bad), LSL_OK);
     float want[4] = {2, 0, 5, 0};
@@ -197,19 +197,24 @@ static void test_adapter_config(void **s)
         cfg("{\"peft_type\":\"LORA\",\"r\":16,\"lora_alpha\":8,\"use_rslora\":true}", &c), LSL_OK);
     assert_true(lsl_adapter_scaling(&c, 16, 8) == 2.0);
     lsl_adapter_cfg_free(&c);
+    /* DoRA, fan_in_fan_out, LoRA biases, trained biases and modules_to_save are merged. */
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":8,\"use_dora\":true,\"fan_in_fan_out\":"
+                         "true,\"lora_bias\":true,\"bias\":\"lora_only\",\"modules_to_save\":"
+                         "[\"lm_head\"]}",
+                         &c),
+                     LSL_OK);
+    assert_true(c.use_dora && c.fan_in_fan_out && c.lora_bias);
+    lsl_adapter_cfg_free(&c);
     expect_refused("{\"peft_type\":\"ADALORA\",\"r\":8}", "ADALORA");
     expect_refused("{\"peft_type\":\"VERA\",\"r\":8}", "VERA");
     expect_refused("{\"r\":8}", "peft_type");
     expect_refused("{\"peft_type\":\"LORA\",\"r\":0}", "positive integer");
     expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"lora_alpha\":\"x\"}", "lora_alpha");
-    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"use_dora\":true}", "use_dora");
-    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"fan_in_fan_out\":true}", "fan_in_fan_out");
-    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"lora_bias\":true}", "lora_bias");
-    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"modules_to_save\":[\"lm_head\"]}",
-                   "modules_to_save");
     expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"target_parameters\":[\"experts\"]}",
                    "target_parameters");
-    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"bias\":\"all\"}", "bias=\"all\"");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"bias\":\"some\"}", "bias=\"some\"");
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"layer_replication\":[[0,2]]}",
+                   "layer_replication");
     expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"init_lora_weights\":\"pissa_niter_4\"}",
                    "pissa");
     expect_refused("{\"peft_type\":\"LORA\",\"r\":8,\"init_lora_weights\":\"loftq\"}", "loftq");
