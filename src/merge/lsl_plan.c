@@ -232,9 +232,10 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
                           path, mn, (unsigned long long)r, (unsigned long long)want);
     if (r == 0)
         return lsl_i_fail(LSL_ERR_SHAPE, "%s: module %s: rank 0", path, mn);
-    if (t->has_lora || t->replaced)
-        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s is targeted twice (or also replaced)",
-                          path, mn);
+    /* A replaced weight (PEFT saves a targeted embedding's base layer) is W0 for the delta: PEFT
+     * loads it into the base layer and applies the LoRA on top. */
+    if (t->has_lora)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s is targeted twice", path, mn);
     t->has_lora = tr ? LSL_LORA_TRANSPOSED : LSL_LORA_LINEAR;
     t->a_file = t->b_file = adfile;
     t->a_off = ad->data_start + A->begin;
@@ -289,8 +290,8 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
             !float_dtype(Bb->dtype) || !float_dtype(bt->info.dtype))
             return lsl_i_fail(LSL_ERR_SHAPE, "%s: module %s: lora_B.bias does not fit %s.bias",
                               path, mn, mn);
-        if (bt->has_lora || bt->replaced)
-            return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s.bias is changed twice", path, mn);
+        if (bt->has_lora)
+            return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s.bias gets two LoRA biases", path, mn);
         bt->has_lora = LSL_LORA_BIAS;
         bt->b_file = bt->a_file = adfile;
         bt->b_off = ad->data_start + Bb->begin;
@@ -337,9 +338,8 @@ static lsl_status attach_replacement(lsl_plan *p, const lsl_st_file *ad, uint32_
                           "%s: `%s` has a different shape from the base tensor `%s` (a resized "
                           "vocabulary?); refusing rather than changing the model's config",
                           ad->path, T->name, name);
-    if (t->has_lora || t->replaced)
-        return lsl_i_fail(LSL_ERR_FORMAT, "%s: base tensor `%s` is both targeted and replaced",
-                          ad->path, name);
+    if (t->replaced)
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: base tensor `%s` is replaced twice", ad->path, name);
     t->replaced = 1;
     t->file = adfile;
     t->off = ad->data_start + T->begin;

@@ -91,7 +91,7 @@ def main():
         want[name] = ("copy", dt, arr)
     for module, f in mods.items():
         wname = module + ".weight"
-        dt, w0 = base[wname]
+        dt, w0 = repl.get(wname, base[wname])  # a replaced base layer is W0 (PEFT loads it first)
         emb = "EA" in f
         (adt, A), (bdt, B) = (f["EA"], f["EB"]) if emb else (f["A"], f["B"])
         r = A.shape[0]

@@ -153,7 +153,9 @@ def write_adapter(a, rng, base):
         s = alpha / np.sqrt(r) if a.rslora else alpha / r
         key = "base_model.model." + module
         emb = module.split(".")[-1] in ("embed_tokens", "wte")
-        if emb:  # lora_embedding_A [r, vocab], lora_embedding_B [dim, r]
+        if emb:  # lora_embedding_A [r, vocab], lora_embedding_B [dim, r]; PEFT also saves the
+            # targeted embedding's base layer (save_embedding_layers="auto"): W0 comes from it
+            tensors[key + ".base_layer.weight"] = (a.dtype, arr, list(shape))
             A = rand(rng, [r, shape[0]], 1.0)
             B = rand(rng, [shape[1], r], a.b_scale)
             tensors[key + ".lora_embedding_A"] = (a.adapter_dtype, encode(a.adapter_dtype, A), [r, shape[0]])
