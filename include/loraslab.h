@@ -157,6 +157,10 @@ typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_
 
 /* Flags of an lsl_lora_part: recorded in the file's attributes. */
 #define LSL_LORA_RSLORA 1u /* scaling was alpha / sqrt(r) */
+/* Compute the delta at the weight's precision, as PEFT's Embedding layer merges: factors rounded
+ * to the weight dtype, B @ A rounded to it, times scaling rounded to it, then added in it.  (PEFT's
+ * Linear layers use an fp32 delta and one rounding: the default.)  Host memory only. */
+#define LSL_LORA_DELTA_IN_WEIGHT_DTYPE 2u
 
 /* LoRA factors for one tensor's local part.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
  * accumulated in fp32 (fp64 for F32 weights), rounded once into the tensor's dtype (BF16, F16 or

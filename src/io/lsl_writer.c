@@ -686,6 +686,10 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                                a_es, afull, atmp, st));
         lsl_i_to_f64(lora->a_dtype, afull, r * in, aacc);
         lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
+        if (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
+            lsl_i_round_to_dtype(t->dtype, aacc, r * in);
+            lsl_i_round_to_dtype(t->dtype, bacc, nrows * r);
+        }
         /* The staging budget holds a block of W rows and its fp64 delta. */
         uint64_t per_row = in * (pc.esize + acc);
         /* W rows, then (64-byte aligned) their accumulators: keep room for the alignment. */
@@ -725,6 +729,9 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                               (const unsigned char *)lora->magnitude +
                                   lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
                               lora->magnitude_dtype, w->staging + pad, &bad)
+                    : (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)
+                        ? lsl_i_merge_rows_lowp_cpu(t->dtype, w->staging, m, pc.relems, brows, aacc,
+                                                    r, lora->scaling, w->staging + pad, &bad)
                         : lsl_i_merge_rows_cpu(t->dtype, w->staging, m, pc.relems, brows, aacc, r,
                                                lora->scaling, w->staging + pad, &bad);
                 if (st == LSL_OK && ms == LSL_ERR_NONFINITE)
@@ -759,10 +766,11 @@ fail:
 static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st = st0;
-    if (st == LSL_OK && part && part->lora && part->lora->magnitude)
+    if (st == LSL_OK && part && part->lora &&
+        (part->lora->magnitude || (part->lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)))
         st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "DoRA with device pointers is not supported in this version (pass host "
-                        "memory)");
+                        "DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE with device pointers are not "
+                        "supported in this version (pass host memory)");
     putctx pc;
     const lsl_lora_part *lora = part ? part->lora : NULL;
     if (st == LSL_OK && !w->cuda)

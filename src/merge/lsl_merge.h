@@ -18,6 +18,17 @@ void lsl_i_to_f64(lsl_dtype dt, const void *src, uint64_t n, double *dst);
 lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
                                 const void *a, uint64_t r, double s, void *work, uint64_t *bad);
 
+/* Round every element of x (n doubles) to dtype dt and back: the factors of a merge that runs at
+ * the weight's precision (LSL_LORA_DELTA_IN_WEIGHT_DTYPE). */
+void lsl_i_round_to_dtype(lsl_dtype dt, double *x, uint64_t n);
+
+/* As lsl_i_merge_rows_cpu, at the weight's precision: w = rd(w + rd(rd(b @ a) * s)) with rd the
+ * rounding into dt and the product and the scaling evaluated in fp32, as PEFT's Embedding merge
+ * does on a GPU (b and a already rounded with lsl_i_round_to_dtype). */
+lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
+                                     const void *a, uint64_t r, double s, void *work,
+                                     uint64_t *bad);
+
 /* DoRA on the same block: V = w + s * (b @ a); w[i] = round(mag[i] / |V[i]| * V[i]), all in
  * fp64.  mag holds m values of dtype mag_dt.  A zero norm or a non-finite result gives
  * LSL_ERR_NONFINITE with *bad set. */

@@ -97,3 +97,39 @@ lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
     }
     return LSL_OK;
 }
+
+void lsl_i_round_to_dtype(lsl_dtype dt, double *x, uint64_t n)
+{
+    uint32_t h = 0; /* room for one element of any float dtype */
+    for (uint64_t i = 0; i < n; i++) {
+        store_out(dt, &h, 0, x[i]);
+        x[i] = dt == LSL_F32 ? (double)(float)x[i] : to_double(dt, &h, 0);
+    }
+}
+
+lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
+                                     const void *a, uint64_t r, double s, void *work, uint64_t *bad)
+{
+    if (m == 0 || in == 0)
+        return LSL_OK;
+    if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
+        return lsl_i_fail(LSL_ERR_SHAPE, "merge block exceeds BLAS limits");
+    double *d = work;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
+                a, (int)in, 0.0, d, (int)in);
+    uint64_t n = m * in;
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t h = 0;
+        /* product -> dtype; * scaling in fp32 (PyTorch's opmath) -> dtype; + W0 in fp32 -> dtype */
+        store_out(dt, &h, 0, d[i]);
+        double p = dt == LSL_F32 ? (double)(float)d[i] : to_double(dt, &h, 0);
+        store_out(dt, &h, 0, (double)((float)p * (float)s));
+        double q = dt == LSL_F32 ? (double)((float)p * (float)s) : to_double(dt, &h, 0);
+        store_out(dt, w, i, (double)((float)q + (float)to_double(dt, w, i)));
+        if (!isfinite(to_double(dt, w, i))) {
+            *bad = i;
+            return LSL_ERR_NONFINITE;
+        }
+    }
+    return LSL_OK;
+}

@@ -246,7 +246,8 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
     t->r = r;
     t->alpha = lsl_adapter_alpha_for(cfg, mn);
     t->scaling = lsl_adapter_scaling(cfg, r, t->alpha);
-    t->flags = cfg->rslora ? LSL_LORA_RSLORA : 0;
+    /* PEFT's Embedding layer merges at the weight's precision (its Linear layers in fp32). */
+    t->flags = (cfg->rslora ? LSL_LORA_RSLORA : 0) | (emb ? LSL_LORA_DELTA_IN_WEIGHT_DTYPE : 0);
     if (!isfinite(t->scaling))
         return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s: scaling is not finite", path, mn);
     if (cfg->use_dora != (m->mag >= 0))

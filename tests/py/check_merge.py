@@ -97,10 +97,16 @@ def main():
         r = A.shape[0]
         alpha = pick(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
         s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        delta = lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A)
-        if emb or gpt2:
-            delta = delta.T
-        ref = lsl_st.to_f64(dt, w0) + s * delta
+        if emb:
+            # PEFT's Embedding merge runs at the weight's precision: factors rounded to it, the
+            # product rounded to it, times scaling (fp32) rounded to it, added (fp32) and rounded.
+            rd = lambda x: lsl_st.to_f64(dt, lsl_st.from_f64(dt, x))
+            prod = rd(rd(lsl_st.to_f64(bdt, B)) @ rd(lsl_st.to_f64(adt, A))).T
+            q = rd(prod.astype(np.float32) * np.float32(s))
+            ref = rd(q.astype(np.float32) + lsl_st.to_f64(dt, w0).astype(np.float32))
+        else:
+            delta = lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A)
+            ref = lsl_st.to_f64(dt, w0) + s * (delta.T if gpt2 else delta)
         if "mag" in f:
             mdt, mv = f["mag"]
             ref = (lsl_st.to_f64(mdt, mv) / np.linalg.norm(ref, axis=1))[:, None] * ref
