@@ -161,6 +161,10 @@ typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_
  * to the weight dtype, B @ A rounded to it, times scaling rounded to it, then added in it.  (PEFT's
  * Linear layers use an fp32 delta and one rounding: the default.)  Host memory only. */
 #define LSL_LORA_DELTA_IN_WEIGHT_DTYPE 2u
+/* DoRA whose norm runs down the columns (fan_in_fan_out / GPT-2 Conv1D, W stored [in, out]):
+ * `magnitude` holds one value per column, all of them on every rank, and the put reduces the
+ * ranks' partial column norms with MPI before writing (two passes over this rank's rows). */
+#define LSL_LORA_DORA_COLUMNS 4u
 
 /* LoRA factors for one tensor's local part.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
  * accumulated in fp32 (fp64 for F32 weights), rounded once into the tensor's dtype (BF16, F16 or

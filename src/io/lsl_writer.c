@@ -8,6 +8,7 @@
 #include "lsl_gather.h"
 #include "lsl_h5.h"
 #include "lsl_merge.h"
+#include "lsl_numeric.h"
 #ifdef LSL_HAVE_CUDA
 #include "lsl_cuda.h"
 #endif
@@ -667,6 +668,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
 {
     lsl_status rc = LSL_OK, st;
     void *afull = NULL, *atmp = NULL, *aacc = NULL, *bacc = NULL;
+    double *colf = NULL; /* DoRA down the columns: factor per column */
     putctx pc;
     LSL_TRY(put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora, LSL_MEM_HOST, local_st,
                       &pc));
@@ -710,6 +712,34 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     if (st != LSL_OK)
         nloc = 0;
     MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
+    if (lora && (lora->flags & LSL_LORA_DORA_COLUMNS)) {
+        /* DoRA down the columns: the norm of a column spans every rank's rows.  Pass 1 sums this
+         * rank's squares of V per column; the reduction gives every rank the norms. */
+        colf = calloc(pc.relems ? pc.relems : 1, sizeof *colf);
+        if (!colf && st == LSL_OK)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA column norms");
+        for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
+            uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
+            uint64_t wb = m * pc.rbytes, pad = (wb + 63) / 64 * 64;
+            st = src_read(src, lr * pc.rbytes, wb, w->staging);
+            if (st == LSL_OK)
+                lsl_i_dora_colsq_cpu(t->dtype, w->staging, m, pc.relems,
+                                     (unsigned char *)bacc + lr * r * acc, aacc, r, lora->scaling,
+                                     (double *)(w->staging + pad), colf);
+        }
+        static double none;
+        MPI_Allreduce(MPI_IN_PLACE, colf ? colf : &none, colf ? (int)pc.relems : 0, MPI_DOUBLE,
+                      MPI_SUM, w->comm);
+        for (uint64_t j = 0; colf && st == LSL_OK && j < pc.relems; j++) {
+            uint32_t mh = 0;
+            uint64_t es = lsl_dtype_bits(lora->magnitude_dtype) / 8;
+            memcpy(&mh, (const unsigned char *)lora->magnitude + j * es, es);
+            double mv = lora->magnitude_dtype == LSL_F32    ? (double)lsl_bits_f32(mh)
+                        : lora->magnitude_dtype == LSL_BF16 ? lsl_bf16_to_f32((uint16_t)mh)
+                                                            : lsl_f16_to_f32((uint16_t)mh);
+            colf[j] = mv / sqrt(colf[j]);
+        }
+    }
     for (uint64_t c = 0; c < nchunks; c++) {
         const void *buf = w->staging;
         uint64_t off = 0, count = 0;
@@ -723,6 +753,9 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                 const void *brows = (unsigned char *)bacc + lr * r * acc;
                 lsl_status ms =
                     st != LSL_OK ? st
+                    : colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, w->staging, m, pc.relems,
+                                                            brows, aacc, r, lora->scaling, colf,
+                                                            (double *)(w->staging + pad), &bad)
                     : lora->magnitude
                         ? lsl_i_merge_rows_dora_cpu(
                               t->dtype, w->staging, m, pc.relems, brows, aacc, r, lora->scaling,
@@ -757,6 +790,7 @@ fail:
     free(atmp);
     free(aacc);
     free(bacc);
+    free(colf);
     return rc;
 }
 

@@ -80,6 +80,14 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
         lp->b_dtype = t->a_dtype;
         lp->a = bufs[0];
         lp->b = bufs[1];
+        if (st == LSL_OK && t->has_dora) { /* every column's magnitude, on every rank */
+            uint64_t m_es = lsl_dtype_bits(t->m_dtype) / 8;
+            if (!(bufs[2] = malloc(cols * m_es + 1)))
+                return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+            st = lsl_i_pread_full(fds[t->a_file], bufs[2], cols * m_es, t->m_off, ap);
+            lp->magnitude = bufs[2];
+            lp->magnitude_dtype = t->m_dtype;
+        }
         return st;
     }
     bufs[0] = malloc(an * cols * a_es + 1);

@@ -18,6 +18,14 @@ void lsl_i_to_f64(lsl_dtype dt, const void *src, uint64_t n, double *dst);
 lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
                                 const void *a, uint64_t r, double s, void *work, uint64_t *bad);
 
+/* DoRA down the columns, pass 1: adds the squares of V = w + s * (b @ a) (m x in) into
+ * colsq[in]; w is not modified.  Pass 2: w = round(factor[j] * V). */
+void lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
+                          const void *a, uint64_t r, double s, double *work, double *colsq);
+lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in,
+                                          const void *b, const void *a, uint64_t r, double s,
+                                          const double *factor, double *work, uint64_t *bad);
+
 /* Round every element of x (n doubles) to dtype dt and back: the factors of a merge that runs at
  * the weight's precision (LSL_LORA_DELTA_IN_WEIGHT_DTYPE). */
 void lsl_i_round_to_dtype(lsl_dtype dt, double *x, uint64_t n);

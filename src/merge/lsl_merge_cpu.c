@@ -133,3 +133,37 @@ lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
     }
     return LSL_OK;
 }
+
+void lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
+                          const void *a, uint64_t r, double s, double *work, double *colsq)
+{
+    if (m == 0 || in == 0)
+        return;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
+                a, (int)in, 0.0, work, (int)in);
+    for (uint64_t i = 0; i < m; i++)
+        for (uint64_t j = 0; j < in; j++) {
+            double v = fma(s, work[i * in + j], to_double(dt, w, i * in + j));
+            colsq[j] += v * v;
+        }
+}
+
+lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in,
+                                          const void *b, const void *a, uint64_t r, double s,
+                                          const double *factor, double *work, uint64_t *bad)
+{
+    if (m == 0 || in == 0)
+        return LSL_OK;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
+                a, (int)in, 0.0, work, (int)in);
+    for (uint64_t i = 0; i < m; i++)
+        for (uint64_t j = 0; j < in; j++) {
+            uint64_t k = i * in + j;
+            store_out(dt, w, k, factor[j] * fma(s, work[k], to_double(dt, w, k)));
+            if (!isfinite(to_double(dt, w, k))) {
+                *bad = k;
+                return LSL_ERR_NONFINITE;
+            }
+        }
+    return LSL_OK;
+}

@@ -259,19 +259,22 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
                           path, mn);
     if (m->mag >= 0) {
         const lsl_st_tensor *M = &ad->tensors[m->mag];
-        if (tr)
+        if (emb)
             return lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                              "%s: module %s: DoRA on %s is not supported (its norm runs across "
-                              "ranks' rows)",
-                              path, mn, emb ? "embeddings" : "fan_in_fan_out layers");
-        if (M->ndim != 1 || M->shape[0] != wr || !float_dtype(M->dtype))
+                              "%s: module %s: DoRA on embeddings is not supported", path, mn);
+        /* Linear: one magnitude per output row (local to a row slice); Conv1D (fan_in_fan_out):
+         * one per output = per stored column, the norm reduced across ranks. */
+        uint64_t mlen = tr ? wc : wr;
+        if (M->ndim != 1 || M->shape[0] != mlen || !float_dtype(M->dtype))
             return lsl_i_fail(LSL_ERR_SHAPE,
                               "%s: module %s: lora_magnitude_vector must be [%llu] of a float "
                               "dtype",
-                              path, mn, (unsigned long long)wr);
+                              path, mn, (unsigned long long)mlen);
         t->has_dora = 1;
         t->m_off = ad->data_start + M->begin;
         t->m_dtype = M->dtype;
+        if (tr)
+            t->flags |= LSL_LORA_DORA_COLUMNS;
     }
     if (cfg->lora_bias != (m->bias >= 0))
         return lsl_i_fail(LSL_ERR_FORMAT,

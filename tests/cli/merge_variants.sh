@@ -43,6 +43,7 @@ variant lora-bias "" --lora-bias --targets q_proj,k_proj,v_proj --seed 10
 variant embedding-lora "" --targets embed_tokens,q_proj,down_proj --seed 11
 variant modules-to-save-and-trained-bias "" --modules-to-save lm_head --trained-bias --seed 12
 variant gpt2-conv1d-fan-in-fan-out "" --gpt2 --targets c_attn,c_proj,c_fc --lora-bias --seed 13
+variant gpt2-dora-fan-in-fan-out "--staging-mib 1" --gpt2 --dora --hidden 256 --targets c_attn,c_fc --seed 14
 # The human table says what was merged (captured first: grep -q would cut the pipe).
 table=$("$lsl" inspect "$out/bf16-base-f32-lora/merged.h5")
 if grep -q "14 with a LoRA delta merged" <<<"$table"; then

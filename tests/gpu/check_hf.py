@@ -121,6 +121,39 @@ for name, kw in supported.items():
                  f"worst {worst} ulp, {100.0 * exact / max(total, 1):.3f}% exact" if r2.returncode == 0
                  else why(r1 if r1.returncode else r2)))
 
+# GPT-2: Conv1D layers stored [in, out]; PEFT sets fan_in_fan_out for them.
+from transformers import GPT2Config, GPT2LMHeadModel
+g2 = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=64)).to(torch.bfloat16)
+g2.save_pretrained(f"{work}/gpt2")
+for gname, gkw in {"fan_in_fan_out (GPT-2 Conv1D)": {}, "use_dora + fan_in_fan_out (GPT-2)": {"use_dora": True}}.items():
+    torch.manual_seed(99)
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(f"{work}/gpt2", torch_dtype=torch.bfloat16).to(dev),
+                        LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, fan_in_fan_out=True,
+                                   target_modules=["c_attn", "c_proj", "c_fc"], **gkw))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_magnitude_vector" in n:
+                p.add_(torch.randn_like(p) * 0.01)
+    gad = f"{work}/gpt2-ad-{len(rows)}"
+    pm.save_pretrained(gad)
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(f"{work}/gpt2", torch_dtype=torch.bfloat16).to(dev), gad)
+    gref = {k: v.detach() for k, v in loaded.merge_and_unload().state_dict().items()}
+    r1 = mpirun("merge", "-q", "-b", f"{work}/gpt2", "-a", gad, "-o", f"{work}/gpt2-{len(rows)}.h5")
+    r2 = mpirun("convert", "-q", f"{work}/gpt2-{len(rows)}.h5", f"{work}/gpt2-hf-{len(rows)}") if r1.returncode == 0 else r1
+    ok, detail = r2.returncode == 0, why(r2)
+    if ok:
+        worst, exact, total = 0, 0, 0
+        with safe_open(f"{work}/gpt2-hf-{len(rows)}/model.safetensors", framework="pt") as f:
+            for k in f.keys():
+                if k not in gref:
+                    continue
+                d = ulps(f.get_tensor(k), gref[k].cpu())
+                worst, exact, total = max(worst, int(d.max())), exact + int((d == 0).sum()), total + d.size
+        ok = worst <= 1 and exact >= 0.99 * total
+        detail = f"worst {worst} ulp, {100.0 * exact / total:.3f}% exact"
+    failures += not ok
+    rows.append((gname, "PASS" if ok else "FAIL", detail))
+
 refused = {"lora_bias on o_proj (no base bias)": ("lora_bias", dict(lora_bias=True, target_modules=["o_proj"])),
            "DoRA on embed_tokens": ("DoRA on embeddings", dict(use_dora=True, target_modules=["embed_tokens"]))}
 for name, (needle, kw) in refused.items():

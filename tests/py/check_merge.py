@@ -109,7 +109,10 @@ def main():
             ref = lsl_st.to_f64(dt, w0) + s * (delta.T if gpt2 else delta)
         if "mag" in f:
             mdt, mv = f["mag"]
-            ref = (lsl_st.to_f64(mdt, mv) / np.linalg.norm(ref, axis=1))[:, None] * ref
+            if gpt2:  # the norm of each output = each stored column, across all rows
+                ref = ref * (lsl_st.to_f64(mdt, mv) / np.linalg.norm(ref, axis=0))[None, :]
+            else:
+                ref = (lsl_st.to_f64(mdt, mv) / np.linalg.norm(ref, axis=1))[:, None] * ref
         want[wname] = ("ref", dt, ref, r, s)
         if "bias" in f:
             bdt2, bv = f["bias"]

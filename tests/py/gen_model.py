@@ -171,8 +171,9 @@ def write_adapter(a, rng, base):
             Bd = decode(a.adapter_dtype, encode(a.adapter_dtype, B))
             delta = Bd @ Ad
             V = decode(a.dtype, arr) + s * (delta.T if emb or a.gpt2 else delta)
-            m = np.linalg.norm(V, axis=1) * (1 + 0.1 * rng.standard_normal(V.shape[0]))
-            tensors[key + ".lora_magnitude_vector"] = ("F32", m.astype(np.float32), [V.shape[0]])
+            ax = 0 if a.gpt2 else 1  # Conv1D stores [in, out]: one magnitude per column
+            m = np.linalg.norm(V, axis=ax) * (1 + 0.1 * rng.standard_normal(V.shape[1 - ax]))
+            tensors[key + ".lora_magnitude_vector"] = ("F32", m.astype(np.float32), [V.shape[1 - ax]])
         if a.lora_bias:
             out_f = shape[0] if not a.gpt2 else shape[1]
             v = rand(rng, [out_f], 0.05)
