@@ -54,7 +54,7 @@ static const char *usage_merge =
     "(GPT-2 Conv1D), modules_to_save copies and trained biases (bias=all/lora_only).\n"
     "Refused with a message naming the option, before any output is created: non-LoRA PEFT\n"
     "types, PiSSA/OLoRA/CorDA/LoftQ initialisations, target_parameters and other variant\n"
-    "configs, DoRA on embeddings or fan_in_fan_out layers, resized vocabularies, quantized base\n"
+    "configs, DoRA on embeddings, resized vocabularies, quantized base\n"
     "weights, adapters whose shapes do not fit the base.\n"
     "\n"
     "example:\n"
