@@ -8,7 +8,6 @@
 #include "lsl_gather.h"
 #include "lsl_h5.h"
 #include "lsl_merge.h"
-#include "lsl_numeric.h"
 #ifdef LSL_HAVE_CUDA
 #include "lsl_cuda.h"
 #endif
@@ -730,14 +729,14 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         static double none;
         MPI_Allreduce(MPI_IN_PLACE, colf ? colf : &none, colf ? (int)pc.relems : 0, MPI_DOUBLE,
                       MPI_SUM, w->comm);
-        for (uint64_t j = 0; colf && st == LSL_OK && j < pc.relems; j++) {
-            uint32_t mh = 0;
-            uint64_t es = lsl_dtype_bits(lora->magnitude_dtype) / 8;
-            memcpy(&mh, (const unsigned char *)lora->magnitude + j * es, es);
-            double mv = lora->magnitude_dtype == LSL_F32    ? (double)lsl_bits_f32(mh)
-                        : lora->magnitude_dtype == LSL_BF16 ? lsl_bf16_to_f32((uint16_t)mh)
-                                                            : lsl_f16_to_f32((uint16_t)mh);
-            colf[j] = mv / sqrt(colf[j]);
+        double *mag = colf ? malloc(pc.relems * sizeof *mag + 1) : NULL;
+        if (colf && !mag && st == LSL_OK)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA magnitudes");
+        if (mag) {
+            lsl_i_to_f64(lora->magnitude_dtype, lora->magnitude, pc.relems, mag);
+            for (uint64_t j = 0; j < pc.relems; j++)
+                colf[j] = mag[j] / sqrt(colf[j]);
+            free(mag);
         }
     }
     for (uint64_t c = 0; c < nchunks; c++) {
