@@ -492,6 +492,9 @@ static lsl_status check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A or B pointer is NULL", t->name);
     if (l->a_shard != LSL_SHARD_ROWS && l->a_shard != LSL_SHARD_COLS)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: bad a_shard", t->name);
+    if ((l->flags & LSL_LORA_DORA_COLUMNS) && !l->magnitude)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "tensor `%s`: LSL_LORA_DORA_COLUMNS needs the magnitude vector", t->name);
     if (l->magnitude && !float_dtype(l->magnitude_dtype))
         return lsl_i_fail(LSL_ERR_DTYPE,
                           "tensor `%s`: DoRA magnitude dtype must be F32, BF16 or F16", t->name);
