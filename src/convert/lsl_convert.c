@@ -152,13 +152,12 @@ static lsl_status split(const lsl_i_h5_file *f, uint64_t max, uint32_t *shard_of
     uint64_t cur = 0;
     /* first pass: shard ids in creation order */
     uint32_t *ids = calloc(f->n ? f->n : 1, sizeof *ids);
-    uint32_t *rank_of = calloc(f->n + 1, sizeof *rank_of);
-    if (!ids || !rank_of) {
+    uint32_t *seq = calloc(f->n + 1, sizeof *seq); /* creation id of the k-th shard in list order */
+    if (!ids || !seq) {
         free(ids);
-        free(rank_of);
+        free(seq);
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     }
-    uint32_t *seq = rank_of; /* seq[k] = creation id of the k-th shard in file order */
     uint32_t nseq = 0;
     for (uint64_t i = 0; i < f->n; i++) {
         uint64_t sz = f->t[i].nbytes;
@@ -184,7 +183,7 @@ static lsl_status split(const lsl_i_h5_file *f, uint64_t max, uint32_t *shard_of
     uint32_t *pos = calloc(n ? n : 1, sizeof *pos);
     if (!pos) {
         free(ids);
-        free(rank_of);
+        free(seq);
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     }
     for (uint32_t k = 0; k < nseq; k++)
@@ -194,7 +193,7 @@ static lsl_status split(const lsl_i_h5_file *f, uint64_t max, uint32_t *shard_of
     *nsh = nseq ? nseq : 1;
     free(pos);
     free(ids);
-    free(rank_of);
+    free(seq);
     return LSL_OK;
 }
 
@@ -247,13 +246,12 @@ static char *dumps(json_t *j)
 
 /* Rank 0: plan, create the temporary directory and the shard files with their headers. */
 static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cplan *p,
-                             uint64_t **head_crc_len, uint32_t **shard_of_out,
-                             uint64_t **data_off_out)
+                             uint64_t **head_crc_len, uint32_t **shard_of_out)
 {
     lsl_status rc = LSL_OK;
     uint64_t max = cfg->max_shard_bytes ? cfg->max_shard_bytes : DEFAULT_SHARD;
     uint32_t *shard_of = NULL;
-    uint64_t *order = NULL, *data_off = NULL, *hc = NULL;
+    uint64_t *order = NULL, *hc = NULL;
     lsl_st_entry *ent = NULL;
     unsigned char *head = NULL;
     struct stat sb;
@@ -268,12 +266,11 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
                      cfg->outdir);
     }
     shard_of = calloc(f->n ? f->n : 1, sizeof *shard_of);
-    data_off = calloc(f->n ? f->n : 1, sizeof *data_off);
     order = calloc(f->n ? f->n : 1, sizeof *order);
     ent = calloc(f->n ? f->n : 1, sizeof *ent);
     p->ranges = calloc(f->n ? f->n : 1, sizeof *p->ranges);
     p->tensor = calloc(f->n ? f->n : 1, sizeof *p->tensor);
-    if (!shard_of || !data_off || !order || !ent || !p->ranges || !p->tensor)
+    if (!shard_of || !order || !ent || !p->ranges || !p->tensor)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(split(f, max, shard_of, &p->nshards));
     p->names = calloc(p->nshards, sizeof *p->names);
@@ -327,12 +324,11 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
         /* Ranges in output order: the byte space, and so each rank's share, follows the files. */
         for (uint64_t k = 0; st == LSL_OK && k < n; k++) {
             uint64_t i = idx[ord[k]];
-            data_off[i] = hl + off[ord[k]];
             total += f->t[i].nbytes;
             if (f->t[i].nbytes) {
                 p->tensor[p->nranges] = i;
                 p->ranges[p->nranges++] =
-                    (lsl_i_range){0, f->t[i].offset, f->t[i].nbytes, (int32_t)s, data_off[i]};
+                    (lsl_i_range){0, f->t[i].offset, f->t[i].nbytes, (int32_t)s, hl + off[ord[k]]};
             }
         }
         free(ord);
@@ -357,17 +353,14 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
     }
     *head_crc_len = hc;
     *shard_of_out = shard_of;
-    *data_off_out = data_off;
     hc = NULL;
     shard_of = NULL;
-    data_off = NULL;
 fail:
     free(head);
     free(hc);
     free(ent);
     free(order);
     free(shard_of);
-    free(data_off);
     return rc;
 }
 
@@ -397,6 +390,19 @@ static lsl_status publish_dir(const char *tmp, const char *outdir, int overwrite
     return st;
 }
 
+/* Write a side file into the checkpoint and record its CRC-32C for checksums.json. */
+static lsl_status add_side_file(const char *dir, const char *name, const char *text, json_t *files)
+{
+    uint32_t c;
+    char b64[9];
+    lsl_status st = lsl_i_write_small(dir, name, text, &c);
+    if (st == LSL_OK) {
+        lsl_i_crc_base64(c, b64);
+        json_object_set_new(files, name, json_string(b64));
+    }
+    return st;
+}
+
 static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_file *f,
                                const cplan *p, const uint32_t *shard_of, const uint64_t *hc,
                                const uint32_t *crcs)
@@ -404,7 +410,6 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     lsl_status rc = LSL_OK;
     json_t *files = json_object(), *wm = json_object(), *sums = json_object();
     char *text = NULL, b64[9];
-    uint32_t c;
     uint64_t total = 0;
     /* Each shard's CRC from its header's and its tensors' (in data order = range order). */
     uint32_t *fc = calloc(p->nshards, sizeof *fc);
@@ -431,16 +436,12 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
         json_decref(idx);
         if (!text)
             LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-        LSL_TRY(lsl_i_write_small(p->tmpdir, "model.safetensors.index.json", text, &c));
-        lsl_i_crc_base64(c, b64);
-        json_object_set_new(files, "model.safetensors.index.json", json_string(b64));
+        LSL_TRY(add_side_file(p->tmpdir, "model.safetensors.index.json", text, files));
         free(text);
         text = NULL;
     }
     if (f->attrs[3]) {
-        LSL_TRY(lsl_i_write_small(p->tmpdir, "config.json", f->attrs[3], &c));
-        lsl_i_crc_base64(c, b64);
-        json_object_set_new(files, "config.json", json_string(b64));
+        LSL_TRY(add_side_file(p->tmpdir, "config.json", f->attrs[3], files));
     } else if (!cfg->quiet) {
         fprintf(stderr,
                 "loraslab: warning: %s carries no base config.json; the output needs one "
@@ -452,9 +453,7 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     json_decref(prov);
     if (!text)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_write_small(p->tmpdir, "loraslab.json", text, &c));
-    lsl_i_crc_base64(c, b64);
-    json_object_set_new(files, "loraslab.json", json_string(b64));
+    LSL_TRY(add_side_file(p->tmpdir, "loraslab.json", text, files));
     free(text);
     json_object_set_new(sums, "algorithm", json_string("crc32c"));
     json_object_set_new(sums, "encoding",
@@ -495,7 +494,7 @@ lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job
     int rank = 0, size = 1, src_fd = -1, *dst_fds = NULL;
     lsl_i_h5_file f;
     cplan p;
-    uint64_t *hc = NULL, *data_off = NULL;
+    uint64_t *hc = NULL;
     uint32_t *shard_of = NULL, *crcs = NULL;
     char **dst_paths = NULL, *in_path = NULL;
     void *staging = NULL;
@@ -510,7 +509,7 @@ lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job
     if (!cfg || !cfg->input || !cfg->outdir)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "convert needs an input file and an output directory");
     else if (rank == 0)
-        st = plan_rank0(cfg, &f, &p, &hc, &shard_of, &data_off);
+        st = plan_rank0(cfg, &f, &p, &hc, &shard_of);
     int verify = cfg && !cfg->no_verify;
     for (uint64_t i = 0; st == LSL_OK && rank == 0 && i < f.n; i++)
         if (!f.t[i].has_crc)
@@ -622,7 +621,6 @@ fail:
     free(in_path);
     free(hc);
     free(shard_of);
-    free(data_off);
     cplan_free(&p);
     lsl_i_h5_list_free(&f);
     return rc;

@@ -809,8 +809,6 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part
                         "supported in this version (pass host memory)");
     putctx pc;
     const lsl_lora_part *lora = part ? part->lora : NULL;
-    if (st == LSL_OK && !w->cuda)
-        st = LSL_OK; /* opened below, collectively */
     int need = w->cuda == NULL, any = 0;
     MPI_Allreduce(&need, &any, 1, MPI_INT, MPI_MAX, w->comm);
     if (any && !w->cuda) {
@@ -909,11 +907,6 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
         src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
     return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
                             &src, part && !st ? part->lora : NULL, st);
-}
-
-uint64_t lsl_i_writer_total_bytes(const lsl_writer *w)
-{
-    return w->total_bytes;
 }
 
 static void remove_tmp(lsl_writer *w)

@@ -20,7 +20,4 @@ typedef struct lsl_i_src {
 lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                             const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st);
 
-/* The tensor list as defined (for the jobs' progress and stats). */
-uint64_t lsl_i_writer_total_bytes(const lsl_writer *w);
-
 #endif

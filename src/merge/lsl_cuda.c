@@ -20,7 +20,7 @@ struct lsl_i_cuda {
     unsigned long long *dbad[2];
     unsigned long long *hbad; /* pinned: the flag's copy must not block the launch */
     int merging[2];
-    void *a_dev, *a_tmp_dev;
+    void *a_dev;
     uint64_t a_cap;
     void *host_a, *host_full, *host_tmp;
     uint64_t host_cap;
@@ -60,7 +60,6 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     }
     cudaFreeHost(c->hbad);
     cudaFree(c->a_dev);
-    cudaFree(c->a_tmp_dev);
     free(c->host_a);
     free(c->host_full);
     free(c->host_tmp);
