@@ -1,7 +1,17 @@
-// The fused LoRA merge: one pass over W (read W0, write W), the delta B @ A computed on the fly in
-// registers.  Each thread owns 4 rows x 8 consecutive columns of a 32 x 256 block tile.  A and B
-// are staged through shared memory in chunks of KC along r and converted to the accumulator type
-// there, so any mix of adapter dtypes costs nothing extra.
+// The fused LoRA merge: one pass over W (read W0, write W), the delta B @ A computed on the fly.
+//
+// 16-bit weights (the common case) go through tensor cores: a merge reads and writes 4 bytes per
+// element and needs r FMAs for it, which at r = 32 is more than the SIMT FP32 units deliver at
+// HBM speed.  Each fp32 factor is split into three bf16 pieces (x = x0 + x1 + x2, 24 significant
+// bits) and B @ A is the sum of the piece products Bi Aj with i + j <= 2, smallest first, on
+// mma.sync with fp32 accumulation: what is dropped is below 2^-24 relative, so the products are
+// as good as fp32 FMAs (a 3-term split with 16 bits measured up to 47 ulp off the float64
+// reference on near-cancelling bf16 results; fp32 FMAs stay within the fp32 error bound).
+// bf16 and f16 factors need one and two pieces, and skip the products of empty ones.
+//
+// F32 weights, r > 64 and unaligned rows take the SIMT kernel: each thread owns 4 rows x 8
+// consecutive columns of a 32 x 256 tile; A and B are converted to the accumulator type (fp64 for
+// F32 weights) as they are staged.
 #include "lsl_device.h"
 
 #include <cuda_bf16.h>
@@ -175,6 +185,207 @@ __global__ void __launch_bounds__(THREADS, 2)
         atomicMin(bad, first);
 }
 
+// ---- tensor-core kernel (16-bit W) ----------------------------------------------------------
+//
+// A block is 8 warps; warp w owns rows [16w, 16w + 16) of the block's 128 and sweeps CT column
+// tiles of 64.  mma.m16n8k16 gives thread (g = lane / 4, t = lane % 4) the accumulators of rows
+// g and g + 8 at columns 2t, 2t + 1 of each 8-column n-tile.  Staging A's columns into the
+// n-tiles in a permuted order (pcol below) makes those 16 values per row 8 consecutive columns
+// in each 32-column half, so W0 is read and W written with 16-byte accesses, full sectors.
+namespace tc
+{
+constexpr int WARPS = 8, THREADS = WARPS * 32, BM = WARPS * 16, TN = 64, CT = 4;
+constexpr int ASTRIDE = TN + 2; // = 2 mod 32: the B-fragment reads below are conflict-free
+
+__device__ __forceinline__ float ldf(const void *p, int64_t i, int dt)
+{
+    switch (dt) {
+    case LSL_DEV_F32: return static_cast<const float *>(p)[i];
+    case LSL_DEV_BF16: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+    default: return __half2float(static_cast<const __half *>(p)[i]);
+    }
+}
+
+// (x0, x1) = p[0] + p[1] + p[2], three bf16x2 words (x0 in the low halves: the mma operand
+// order) holding 8 significant bits each: an fp32 value is represented to ~2^-24.  Each
+// subtraction is exact.
+__device__ __forceinline__ void split3(float x0, float x1, uint32_t (&p)[3])
+{
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+        float2 hf = __bfloat1622float2(h);
+        x0 -= hf.x;
+        x1 -= hf.y;
+        p[i] = *reinterpret_cast<uint32_t *>(&h);
+    }
+}
+
+// How many bf16 pieces a factor dtype needs: bf16 1, f16 (11 bits) 2, f32 3.
+constexpr int pieces(int dt)
+{
+    return dt == LSL_DEV_BF16 ? 1 : dt == LSL_DEV_F16 ? 2 : 3;
+}
+
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename TW> __device__ __forceinline__ float tof(TW x);
+template <> __device__ __forceinline__ float tof(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+template <> __device__ __forceinline__ float tof(__half x)
+{
+    return __half2float(x);
+}
+template <typename TW> __device__ __forceinline__ TW fromf(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 fromf(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half fromf(float x)
+{
+    return __float2half_rn(x);
+}
+
+// KS k-steps of 16 cover r <= 16 KS; the B fragments stay in registers for the whole sweep.  NP
+// pieces per factor (the larger need of A and B) is a template parameter so that the MMAs form
+// one basic block the scheduler can interleave: eight independent accumulators per piece product.
+template <typename TW, int KS, int NP>
+__global__ void __launch_bounds__(THREADS, 2)
+    merge_tc(TW *__restrict__ out, const TW *__restrict__ w0, const void *__restrict__ a, int at,
+             const void *__restrict__ b, int bt, int64_t m, int64_t n, int r, float s,
+             unsigned long long *bad)
+{
+    __shared__ uint32_t As[NP][KS * 8][ASTRIDE]; // A's pieces, packed pairs along k
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int64_t rows[2] = {(int64_t)blockIdx.y * BM + warp * 16 + g,
+                             (int64_t)blockIdx.y * BM + warp * 16 + g + 8};
+    uint32_t bp[NP][KS][4]; // B's pieces as A-operand fragments
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int f = 0; f < 4; f++) { // f: rows g / g + 8, k 2t / 2t + 8
+            int64_t row = rows[f % 2];
+            int k = ks * 16 + 2 * t + (f / 2) * 8;
+            float x0 = row < m && k < r ? ldf(b, row * r + k, bt) : 0.f;
+            float x1 = row < m && k + 1 < r ? ldf(b, row * r + k + 1, bt) : 0.f;
+            uint32_t p[3];
+            split3(x0, x1, p);
+#pragma unroll
+            for (int i = 0; i < NP; i++)
+                bp[i][ks][f] = p[i];
+        }
+    unsigned long long first = ~0ull;
+    for (int ct = 0; ct < CT; ct++) {
+        const int64_t col0 = ((int64_t)blockIdx.x * CT + ct) * TN;
+        if (col0 >= n)
+            break;
+        // This thread's W0 first: the loads are in flight during the staging and the MMAs.
+        uint4 wv[2][2];
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int64_t gc = col0 + 32 * h + 8 * t;
+                if (rows[rh] < m && gc < n)
+                    wv[rh][h] = *reinterpret_cast<const uint4 *>(w0 + rows[rh] * n + gc);
+            }
+        __syncthreads(); // the previous tile's fragments have been read
+        for (int e = threadIdx.x; e < KS * 8 * TN; e += THREADS) {
+            int kp = e / TN, c = e % TN;
+            int64_t gc = col0 + c;
+            float x0 = gc < n && 2 * kp < r ? ldf(a, 2 * kp * n + gc, at) : 0.f;
+            float x1 = gc < n && 2 * kp + 1 < r ? ldf(a, (2 * kp + 1) * n + gc, at) : 0.f;
+            uint32_t p[3];
+            split3(x0, x1, p);
+#pragma unroll
+            for (int i = 0; i < NP; i++)
+                As[i][kp][c] = p[i];
+        }
+        __syncthreads();
+        float acc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[j][q] = 0.f;
+                // Piece products of order 2 (2^-16 each) first, then 1, then the leading one.
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int ord = NP - 1; ord >= 0; ord--)
+#pragma unroll
+                for (int i = 0; i <= ord; i++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int pcol = (g / 2) * 8 + (j % 4) * 2 + g % 2 + (j / 4) * 32;
+                        mma(acc[j], bp[i][ks], As[ord - i][ks * 8 + t][pcol],
+                            As[ord - i][ks * 8 + t + 4][pcol]);
+                    }
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int64_t gc = col0 + 32 * h + 8 * t;
+                if (rows[rh] >= m || gc >= n)
+                    continue;
+                TW *e = reinterpret_cast<TW *>(&wv[rh][h]);
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        TW v = fromf<TW>(fmaf(s, acc[h * 4 + q][rh * 2 + x], tof(e[2 * q + x])));
+                        e[2 * q + x] = v;
+                        unsigned long long idx =
+                            (unsigned long long)(rows[rh] * n + gc + 2 * q + x);
+                        if (!isfinite(tof(v)) && idx < first)
+                            first = idx;
+                    }
+                *reinterpret_cast<uint4 *>(out + rows[rh] * n + gc) = wv[rh][h];
+            }
+    }
+    if (first != ~0ull)
+        atomicMin(bad, first);
+}
+
+template <typename TW, int NP>
+int launch_np(int at, int bt, void *out, const void *w0, const void *a, const void *b, int64_t m,
+              int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st)
+{
+    dim3 grid((unsigned)((n + TN * CT - 1) / (TN * CT)), (unsigned)((m + BM - 1) / BM));
+    TW *o = static_cast<TW *>(out);
+    const TW *w = static_cast<const TW *>(w0);
+#define LSL_TC(KS)                                                                                 \
+    merge_tc<TW, KS, NP><<<grid, THREADS, 0, st>>>(o, w, a, at, b, bt, m, n, r, (float)s, bad)
+    switch ((r + 15) / 16) {
+    case 0:
+    case 1: LSL_TC(1); break;
+    case 2: LSL_TC(2); break;
+    case 3: LSL_TC(3); break;
+    default: LSL_TC(4); break;
+    }
+#undef LSL_TC
+    return (int)cudaGetLastError();
+}
+
+template <typename TW>
+int launch(int at, int bt, void *out, const void *w0, const void *a, const void *b, int64_t m,
+           int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st)
+{
+    int np = pieces(at) > pieces(bt) ? pieces(at) : pieces(bt);
+    return np == 1   ? launch_np<TW, 1>(at, bt, out, w0, a, b, m, n, r, s, bad, st)
+           : np == 2 ? launch_np<TW, 2>(at, bt, out, w0, a, b, m, n, r, s, bad, st)
+                     : launch_np<TW, 3>(at, bt, out, w0, a, b, m, n, r, s, bad, st);
+}
+} // namespace tc
+
 template <typename TW, typename ACC>
 int launch_w(int at, int bt, void *out, const void *w0, const void *a, const void *b, int64_t m,
              int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st)
@@ -211,9 +422,9 @@ __global__ void copy_kernel(uint4 *__restrict__ dst, const uint4 *__restrict__ s
 
 } // namespace
 
-extern "C" int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, const void *a,
-                             const void *b, int64_t m, int64_t n, int r, double s,
-                             unsigned long long *bad, void *stream)
+extern "C" int lsl_dev_merge_simt(int wt, int at, int bt, void *out, const void *w0, const void *a,
+                                  const void *b, int64_t m, int64_t n, int r, double s,
+                                  unsigned long long *bad, void *stream)
 {
     if (m <= 0 || n <= 0)
         return 0;
@@ -226,6 +437,21 @@ extern "C" int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, 
         return launch_w<__nv_bfloat16, float>(at, bt, out, w0, a, b, m, n, r, s, bad, st);
     default: return launch_w<__half, float>(at, bt, out, w0, a, b, m, n, r, s, bad, st);
     }
+}
+
+extern "C" int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, const void *a,
+                             const void *b, int64_t m, int64_t n, int r, double s,
+                             unsigned long long *bad, void *stream)
+{
+    // The tensor-core kernel moves W in 16-byte pieces: rows must start 16-byte aligned.
+    bool tc_ok = wt != LSL_DEV_F32 && r <= 64 && n % 8 == 0 && (uintptr_t)out % 16 == 0 &&
+                 (uintptr_t)w0 % 16 == 0 && m <= (int64_t)65535 * tc::BM;
+    if (m <= 0 || n <= 0 || !tc_ok)
+        return lsl_dev_merge_simt(wt, at, bt, out, w0, a, b, m, n, r, s, bad, stream);
+    cudaStream_t st = (cudaStream_t)stream;
+    return wt == LSL_DEV_BF16
+               ? tc::launch<__nv_bfloat16>(at, bt, out, w0, a, b, m, n, r, s, bad, st)
+               : tc::launch<__half>(at, bt, out, w0, a, b, m, n, r, s, bad, st);
 }
 
 extern "C" int lsl_dev_copy(void *dst, const void *src, int64_t bytes, void *stream)

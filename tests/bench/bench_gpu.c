@@ -68,60 +68,120 @@ static int cmp_f(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Median milliseconds of 20 timed runs (after 3 warm-ups) of one launch. */
+typedef int (*launch_fn)(void *ctx);
+static float time_ms(launch_fn f, void *ctx)
+{
+    cudaEvent_t e0, e1;
+    float t[20], ms;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int it = -3; it < 20; it++) {
+        CK(cudaEventRecord(e0, 0));
+        CK((cudaError_t)f(ctx));
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (it >= 0)
+            t[it] = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    qsort(t, 20, sizeof *t, cmp_f);
+    return t[10];
+}
+
+typedef struct kctx {
+    void *out, *w0, *a, *b;
+    int64_t m, n, bytes;
+    int r;
+    unsigned long long *bad;
+} kctx;
+static int run_tc(void *p)
+{
+    kctx *k = p;
+    return lsl_dev_merge(1 /*bf16*/, 0, 0, k->out, k->w0, k->a, k->b, k->m, k->n, k->r, 2.0, k->bad,
+                         NULL);
+}
+static int run_simt(void *p)
+{
+    kctx *k = p;
+    return lsl_dev_merge_simt(1, 0, 0, k->out, k->w0, k->a, k->b, k->m, k->n, k->r, 2.0, k->bad,
+                              NULL);
+}
+static int run_copy(void *p)
+{
+    kctx *k = p;
+    return lsl_dev_copy(k->out, k->w0, k->bytes, NULL);
+}
+static int run_memcpy(void *p)
+{
+    kctx *k = p;
+    return (int)cudaMemcpyAsync(k->out, k->w0, (size_t)k->bytes, cudaMemcpyDeviceToDevice, 0);
+}
+
+/* bf16 bits -> ordered integer, for ulp distances */
+static int32_t bf16_ord(uint16_t h)
+{
+    return (h & 0x8000) ? -(int32_t)(h & 0x7FFF) : (int32_t)h;
+}
+
 static int bench_kernel(void)
 {
     const int64_t m = 18944, n = 3584;
     const int r = 32;
     uint64_t wb = (uint64_t)m * n * 2;
-    void *w0 = dev_random(wb, 1, 0), *out, *a = dev_random((uint64_t)r * n * 4, 2, 1),
-         *b = dev_random((uint64_t)m * r * 4, 3, 1);
-    unsigned long long *bad;
-    CK(cudaMalloc(&out, wb));
-    CK(cudaMalloc((void **)&bad, 8));
-    CK(cudaMemset(bad, 0xFF, 8));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    float tm[20], tc[20], td[20];
-    for (int it = -3; it < 20; it++) {
-        float ms;
-        cudaEventRecord(e0, 0);
-        int rc = lsl_dev_merge(1 /*bf16*/, 0, 0, out, w0, a, b, m, n, r, 2.0, bad, NULL);
-        cudaEventRecord(e1, 0);
-        CK((cudaError_t)rc);
-        CK(cudaEventSynchronize(e1));
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (it >= 0)
-            tm[it] = ms;
-        cudaEventRecord(e0, 0);
-        rc = lsl_dev_copy(out, w0, (int64_t)wb, NULL);
-        cudaEventRecord(e1, 0);
-        CK((cudaError_t)rc);
-        CK(cudaEventSynchronize(e1));
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (it >= 0)
-            tc[it] = ms;
-        cudaEventRecord(e0, 0);
-        CK(cudaMemcpyAsync(out, w0, wb, cudaMemcpyDeviceToDevice, 0));
-        cudaEventRecord(e1, 0);
-        CK(cudaEventSynchronize(e1));
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (it >= 0)
-            td[it] = ms;
+    kctx k = {NULL,
+              dev_random(wb, 1, 0),
+              dev_random((uint64_t)r * n * 4, 2, 1),
+              dev_random((uint64_t)m * r * 4, 3, 1),
+              m,
+              n,
+              (int64_t)wb,
+              r,
+              NULL};
+    void *out2;
+    CK(cudaMalloc(&k.out, wb));
+    CK(cudaMalloc(&out2, wb));
+    CK(cudaMalloc((void **)&k.bad, 8));
+    CK(cudaMemset(k.bad, 0xFF, 8));
+    /* The two kernels against each other on this tensor (both accumulate in fp32, so they may
+     * differ where W0 and the delta nearly cancel; the float64 checks are in the GPU tests). */
+    CK((cudaError_t)run_simt(&k));
+    CK(cudaMemcpy(out2, k.out, wb, cudaMemcpyDeviceToDevice));
+    CK((cudaError_t)run_tc(&k));
+    uint16_t *h1 = malloc(wb), *h2 = malloc(wb);
+    CK(cudaMemcpy(h1, k.out, wb, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(h2, out2, wb, cudaMemcpyDeviceToHost));
+    uint64_t same = 0, worst = 0, over1 = 0;
+    for (uint64_t i = 0; i < (uint64_t)m * (uint64_t)n; i++) {
+        int32_t d = bf16_ord(h1[i]) - bf16_ord(h2[i]);
+        uint64_t ad = (uint64_t)(d < 0 ? -d : d);
+        same += ad == 0;
+        over1 += ad > 1;
+        worst = ad > worst ? ad : worst;
     }
-    qsort(tm, 20, sizeof *tm, cmp_f);
-    qsort(tc, 20, sizeof *tc, cmp_f);
-    qsort(td, 20, sizeof *td, cmp_f);
+    free(h1);
+    free(h2);
+    cudaFree(out2);
+    float tm = time_ms(run_tc, &k), ts = time_ms(run_simt, &k), tc = time_ms(run_copy, &k),
+          td = time_ms(run_memcpy, &k);
     double moved = 2.0 * (double)wb; /* read W0 + write W */
-    double gm = moved / (tm[10] * 1e-3) / 1e9, gc = moved / (tc[10] * 1e-3) / 1e9,
-           gd = moved / (td[10] * 1e-3) / 1e9;
-    double flops = 2.0 * r * (double)m * (double)n / (tm[10] * 1e-3) / 1e12;
-    printf("kernel: merge %.3f ms %.0f GB/s (%.1f TFLOP/s fp32) | copy kernel %.3f ms %.0f GB/s | "
-           "cudaMemcpy D2D %.3f ms %.0f GB/s | merge/copy %.2f, merge/memcpy %.2f\n",
-           tm[10], gm, flops, tc[10], gc, td[10], gd, gm / gc, gm / gd);
-    printf("RESULT kernel_gbs=%.1f copy_gbs=%.1f memcpy_gbs=%.1f ratio=%.3f\n", gm, gc, gd,
-           gm / (gc > gd ? gc : gd));
-    return 0;
+    double gm = moved / (tm * 1e-3) / 1e9, gs = moved / (ts * 1e-3) / 1e9,
+           gc = moved / (tc * 1e-3) / 1e9, gd = moved / (td * 1e-3) / 1e9;
+    double flops = 2.0 * r * (double)m * (double)n / (tm * 1e-3) / 1e12;
+    double exact = 100.0 * (double)same / ((double)m * (double)n);
+    printf(
+        "kernel: tensor-core merge %.3f ms %.0f GB/s (%.1f TFLOP/s) | SIMT merge %.3f ms %.0f "
+        "GB/s | copy kernel %.3f ms %.0f GB/s | cudaMemcpy D2D %.3f ms %.0f GB/s | "
+        "merge/copy %.2f (SIMT %.2f) | tensor-core vs SIMT: %.4f%% identical, %llu elements over 1 "
+        "ulp (worst %llu)\n",
+        tm, gm, flops, ts, gs, tc, gc, td, gd, gm / (gc > gd ? gc : gd), gs / (gc > gd ? gc : gd),
+        exact, (unsigned long long)over1, (unsigned long long)worst);
+    printf("RESULT kernel_gbs=%.1f simt_gbs=%.1f copy_gbs=%.1f memcpy_gbs=%.1f ratio=%.3f "
+           "worst_ulp=%llu identical_pct=%.4f\n",
+           gm, gs, gc, gd, gm / (gc > gd ? gc : gd), (unsigned long long)worst, exact);
+    return exact >= 99.0 ? 0 : 1;
 }
 
 typedef struct spec {

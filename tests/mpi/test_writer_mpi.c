@@ -159,16 +159,20 @@ static void test_merge_and_copy(void)
         {"w.f16", LSL_F16, LSL_BF16, LSL_F16, 13, 40, 5, LSL_SHARD_COLS, 0.5},
         {"w.f32", LSL_F32, LSL_F16, LSL_BF16, 3, 17, 3, LSL_SHARD_ROWS, 1.75},
         {"w.tiny", LSL_BF16, LSL_F32, LSL_F32, 1, 8, 2, LSL_SHARD_COLS, 4.0},
+        /* on the GPU: three k-steps of the tensor-core kernel, and r > 64 (the SIMT kernel) */
+        {"w.r40", LSL_BF16, LSL_F32, LSL_BF16, 150, 72, 40, LSL_SHARD_ROWS, 0.25},
+        {"w.r70", LSL_F16, LSL_F32, LSL_F32, 9, 16, 70, LSL_SHARD_COLS, 1.0},
     };
-    const int nl = 4;
-    lsl_tensor_info t[9] = {
+    const int nl = 6;
+    lsl_tensor_info t[11] = {
         {"w.bf16", LSL_BF16, 2, {37, 24}}, {"w.f16", LSL_F16, 2, {13, 40}},
         {"w.f32", LSL_F32, 2, {3, 17}},    {"w.tiny", LSL_BF16, 2, {1, 8}},
+        {"w.r40", LSL_BF16, 2, {150, 72}}, {"w.r70", LSL_F16, 2, {9, 16}},
         {"norm", LSL_BF16, 1, {29}},       {"scalar", LSL_F32, 0, {0}},
         {"cube", LSL_I64, 3, {5, 3, 2}},   {"empty", LSL_F32, 2, {0, 7}},
         {"bytes", LSL_U8, 2, {6, 0}},
     };
-    const int nt = 9;
+    const int nt = 11;
     lsl_writer *w = NULL;
     lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
     cfg.quiet = 1;
@@ -179,8 +183,8 @@ static void test_merge_and_copy(void)
     st = lsl_writer_define_all(w, nt, t);
     CHECK(st == LSL_OK, "define: %s", lsl_last_error());
 
-    void *full[9] = {0}; /* every rank builds the whole inputs (small) to slice from */
-    void *fullA[4] = {0}, *fullB[4] = {0};
+    void *full[11] = {0}; /* every rank builds the whole inputs (small) to slice from */
+    void *fullA[6] = {0}, *fullB[6] = {0};
     for (int i = 0; i < nt; i++) {
         uint64_t e = 1;
         for (int d = 0; d < t[i].ndim; d++)
