@@ -797,37 +797,58 @@ fail:
 }
 
 #ifdef LSL_HAVE_CUDA
-/* Device rows: merge (or copy) chunk c + 1 on the GPU and copy it into the other pinned slot
- * while chunk c is being written, so the kernel and the D2H copy hide behind the file I/O. */
-static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st0)
+/* Opened at the first device put, collectively. */
+static lsl_status open_cuda(lsl_writer *w)
+{
+    int need = w->cuda == NULL, any = 0;
+    MPI_Allreduce(&need, &any, 1, MPI_INT, MPI_MAX, w->comm);
+    if (!any || w->cuda)
+        return LSL_OK;
+    lsl_status st = lsl_i_cuda_open(w->comm, w->staging_bytes, &w->cuda);
+    if (st != LSL_OK)
+        return st;
+    if (w->rank == 0 && !w->cfg.quiet)
+        fprintf(
+            stderr, "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
+            lsl_i_cuda_gather_path(w->cuda), (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
+    return LSL_OK;
+}
+
+/* Rows on the GPU: merge (or copy) chunk c + 1 and copy it into the other pinned slot while
+ * chunk c is being written, so the kernel and the D2H copy hide behind the file I/O.  Two
+ * sources: device pointers (the in-job API: data on stream, lora's factors on the device), or
+ * W0 rows in a file (src; the offline merge on the GPU: lora's factors in host memory), which
+ * the staging thread reads into the free slot and copies up while the other is written. */
+static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                             const void *data, void *stream, const lsl_i_src *src,
+                             const lsl_lora_part *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st = st0;
-    if (st == LSL_OK && part && part->lora &&
-        (part->lora->magnitude || (part->lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)))
+    if (st == LSL_OK && lora && (lora->magnitude || (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)))
         st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
                         "DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE with device pointers are not "
                         "supported in this version (pass host memory)");
     putctx pc;
-    const lsl_lora_part *lora = part ? part->lora : NULL;
-    int need = w->cuda == NULL, any = 0;
-    MPI_Allreduce(&need, &any, 1, MPI_INT, MPI_MAX, w->comm);
-    if (any && !w->cuda) {
-        lsl_status ost = lsl_i_cuda_open(w->comm, w->staging_bytes, &w->cuda);
-        if (ost != LSL_OK) {
-            w->state = W_FAILED;
-            return ost;
-        }
-        if (w->rank == 0 && !w->cfg.quiet)
-            fprintf(stderr,
-                    "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
-                    lsl_i_cuda_gather_path(w->cuda),
-                    (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
+    rc = open_cuda(w);
+    if (rc != LSL_OK) {
+        w->state = W_FAILED;
+        return rc;
     }
-    LSL_TRY(put_begin(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
-                      part && part->data, st ? NULL : lora, LSL_MEM_DEVICE, st, &pc));
+    LSL_TRY(put_begin(w, index, st ? 0 : row0, st ? 0 : nrows, data || src, st ? NULL : lora,
+                      LSL_MEM_DEVICE, st, &pc));
     const void *a_dev = NULL;
-    if (lora)
-        LSL_TRY(lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, &a_dev, LSL_OK));
+    const unsigned char *b = NULL;
+    if (lora) {
+        LSL_TRY(
+            lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, src != NULL, &a_dev, LSL_OK));
+        b = lora->b;
+        if (src) {
+            const void *bd = NULL;
+            uint64_t bb = nrows * lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8);
+            LSL_TRY(lsl_i_agree(w->comm, lsl_i_cuda_upload_b(w->cuda, lora->b, bb, &bd)));
+            b = bd;
+        }
+    }
     /* Chunk c covers units (rows when merging, bytes when copying) [first(c), first(c+1)): the
      * first chunk of a tensor is an eighth of a slot so the GPU-to-host pipeline fills quickly,
      * the rest fill a slot. */
@@ -844,30 +865,47 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, const lsl_part *part
     if (st != LSL_OK)
         nloc = 0;
     MPI_Allreduce(&nloc, &nchunks, 1, MPI_UINT64_T, MPI_MAX, w->comm);
-    const unsigned char *w0 = part->data, *b = lora ? lora->b : NULL;
+    const unsigned char *w0 = data;
     uint64_t rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0;
 #define FIRST(ch) ((ch) == 0 ? 0 : head_u + ((ch)-1) * full_u)
 #define COUNT(ch)                                                                                  \
     (units - FIRST(ch) < ((ch) == 0 ? head_u : full_u) ? units - FIRST(ch)                         \
                                                        : ((ch) == 0 ? head_u : full_u))
+#define LAUNCH(ch)                                                                                 \
+    (src ? lsl_i_cuda_stage(w->cuda, (int)((ch) % 2), src->fd, src->off + FIRST(ch) * unit,        \
+                            src->path, pc.t->dtype, COUNT(ch) * unit, lora, a_dev,                 \
+                            b ? b + FIRST(ch) * rb : NULL, lora ? COUNT(ch) : 0, pc.relems)        \
+         : lsl_i_cuda_launch(w->cuda, (int)((ch) % 2), stream, pc.t->dtype, w0 + FIRST(ch) * unit, \
+                             COUNT(ch) * unit, lora, a_dev, b ? b + FIRST(ch) * rb : NULL,         \
+                             lora ? COUNT(ch) : 0, pc.relems))
+    int pending[2] = {0, 0};
     if (st == LSL_OK && nloc > 0)
-        st = lsl_i_cuda_launch(w->cuda, 0, part->stream, pc.t->dtype, w0, COUNT(0) * unit, lora,
-                               a_dev, b, lora ? COUNT(0) : 0, pc.relems);
+        pending[0] = (st = LAUNCH(0)) == LSL_OK;
     for (uint64_t c = 0; c < nchunks; c++) {
         const void *buf = NULL;
         uint64_t bad = 0;
-        if (st == LSL_OK && c + 1 < nloc) {
-            uint64_t u0 = FIRST(c + 1), nu = COUNT(c + 1);
-            st = lsl_i_cuda_launch(w->cuda, (int)((c + 1) % 2), part->stream, pc.t->dtype,
-                                   w0 + u0 * unit, nu * unit, lora, a_dev, b ? b + u0 * rb : NULL,
-                                   lora ? nu : 0, pc.relems);
-        }
-        if (st == LSL_OK && c < nloc) {
+        /* File chunks: the slot of chunk c + 1 is free only once chunk c - 1 is written, so the
+         * read of c + 1 is posted after c is ready and overlaps c's write.  Device chunks are
+         * queued one ahead on the caller's stream. */
+        if (!src && st == LSL_OK && c + 1 < nloc)
+            pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
+        if (pending[c % 2]) {
+            pending[c % 2] = 0;
             lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
-            st = ws == LSL_ERR_NONFINITE ? nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
+            ws = ws == LSL_ERR_NONFINITE ? nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
+            st = st == LSL_OK ? ws : st;
         }
+        if (src && st == LSL_OK && c + 1 < nloc)
+            pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
         put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0, &st);
     }
+    for (int k = 0; k < 2; k++) { /* a failure left a chunk in flight: it must land first */
+        const void *buf;
+        uint64_t bad;
+        if (pending[k])
+            lsl_i_cuda_wait(w->cuda, k, &buf, &bad);
+    }
+#undef LAUNCH
 #undef FIRST
 #undef COUNT
     LSL_TRY(put_end(w, index, &pc, lora, st));
@@ -875,6 +913,13 @@ fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
     return rc;
+}
+
+lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                                   const lsl_i_src *src, const lsl_lora_part *lora,
+                                   lsl_status local_st)
+{
+    return put_device(w, index, row0, nrows, NULL, NULL, src, lora, local_st);
 }
 #endif
 
@@ -893,7 +938,9 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
     int dev = part && part->mem == LSL_MEM_DEVICE, any = 0;
     MPI_Allreduce(&dev, &any, 1, MPI_INT, MPI_MAX, w->comm);
     if (any)
-        return put_device(w, index, part,
+        return put_device(w, index, part ? part->row0 : 0, part ? part->nrows : 0,
+                          part ? part->data : NULL, part ? part->stream : NULL, NULL,
+                          part ? part->lora : NULL,
                           st     ? st
                           : !dev ? lsl_i_fail(LSL_ERR_INCONSISTENT,
                                               "some ranks passed device memory, this one host")

@@ -20,4 +20,14 @@ typedef struct lsl_i_src {
 lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                             const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st);
 
+#ifdef LSL_HAVE_CUDA
+/* Collective.  As lsl_i_writer_put, merging on this rank's current GPU: a helper thread reads
+ * each chunk of src into the pinned ring and copies it up while the previous chunk is written.
+ * lora (host memory) must be a plain LoRA (no DoRA, no LSL_LORA_DELTA_IN_WEIGHT_DTYPE); NULL
+ * copies the rows. */
+lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                                   const lsl_i_src *src, const lsl_lora_part *lora,
+                                   lsl_status local_st);
+#endif
+
 #endif

@@ -4,11 +4,27 @@
 #include "lsl_gather.h"
 
 #include <cuda_runtime_api.h>
+#include <errno.h>
 #include <nccl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* One staging job: read a W0 chunk into a pinned slot, copy it up, merge, copy it back. */
+typedef struct stage_job {
+    int slot, fd, has_l;
+    uint64_t off, bytes, m, n;
+    lsl_dtype wt;
+    lsl_lora_part l;
+    const void *a_dev, *b_dev;
+    const char *path;
+    /* results: the thread cannot set this thread's error message (it is thread-local) */
+    int err;          /* errno of a failed read, -1 for end of file */
+    cudaError_t cerr; /* of the copy up or the launch */
+    const char *what;
+} stage_job;
 
 struct lsl_i_cuda {
     int device;
@@ -24,6 +40,17 @@ struct lsl_i_cuda {
     uint64_t a_cap;
     void *host_a, *host_full, *host_tmp;
     uint64_t host_cap;
+    void *b_dev;
+    uint64_t b_cap;
+    /* File-sourced chunks: W0 lands in din[slot] before the merge writes dslot[slot]. */
+    void *din[2];
+    cudaStream_t stream;
+    pthread_t thr;
+    int thr_running, quit, state; /* state: 0 idle, 1 posted, 2 done */
+    int staged[2];                /* slot has a job to join */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    stage_job job;
 };
 
 static lsl_status cuda_fail(cudaError_t e, const char *what)
@@ -51,13 +78,26 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     if (!pc || !*pc)
         return;
     lsl_i_cuda *c = *pc;
+    if (c->thr_running) {
+        pthread_mutex_lock(&c->mu);
+        c->quit = 1;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->thr, NULL); /* it finishes a posted job first */
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+    }
+    if (c->stream)
+        cudaStreamSynchronize(c->stream), cudaStreamDestroy(c->stream);
     for (int s = 0; s < 2; s++) {
         if (c->done[s])
             cudaEventSynchronize(c->done[s]), cudaEventDestroy(c->done[s]);
         cudaFreeHost(c->pinned[s]);
         cudaFree(c->dslot[s]);
+        cudaFree(c->din[s]);
         cudaFree(c->dbad[s]);
     }
+    cudaFree(c->b_dev);
     cudaFreeHost(c->hbad);
     cudaFree(c->a_dev);
     free(c->host_a);
@@ -67,6 +107,35 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
         ncclCommDestroy(c->nccl);
     free(c);
     *pc = NULL;
+}
+
+lsl_status lsl_i_cuda_select(MPI_Comm comm, int *ranks_per_gpu)
+{
+    int rank, lr = 0, ls = 1, nd = 0;
+    MPI_Comm local;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &lr);
+    MPI_Comm_size(local, &ls);
+    MPI_Comm_free(&local);
+    cudaError_t e = cudaGetDeviceCount(&nd);
+    if (e == cudaSuccess && nd == 0)
+        e = cudaErrorNoDevice;
+    if (e == cudaSuccess)
+        e = cudaSetDevice(lr % nd);
+    char host[96] = "";
+    gethostname(host, sizeof host - 1);
+    lsl_status st = e == cudaSuccess
+                        ? LSL_OK
+                        : lsl_i_fail(LSL_ERR_CUDA,
+                                     "rank %d on %s: no usable GPU for --device cuda: "
+                                     "%s (%s)",
+                                     rank, host, cudaGetErrorString(e), cudaGetErrorName(e));
+    int rpg = nd ? (ls + nd - 1) / nd : 0;
+    MPI_Bcast(&rpg, 1, MPI_INT, 0, comm);
+    if (ranks_per_gpu)
+        *ranks_per_gpu = rpg;
+    return lsl_i_agree(comm, st);
 }
 
 lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **out)
@@ -148,6 +217,15 @@ uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c)
     return c->slot_bytes;
 }
 
+/* cudaMemcpy from pageable host memory may return before the DMA has landed (CUDA's API
+ * synchronization notes), and the merge runs on a stream that need not wait for the legacy
+ * stream (the staging stream is non-blocking; so may be the caller's).  Copy, then wait. */
+static cudaError_t upload(void *dev, const void *host, uint64_t bytes)
+{
+    cudaError_t e = cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice);
+    return e == cudaSuccess ? cudaStreamSynchronize(cudaStreamLegacy) : e;
+}
+
 static lsl_status ensure(void **p, uint64_t *cap, uint64_t need, int device)
 {
     if (need <= *cap && *p)
@@ -168,7 +246,7 @@ static lsl_status ensure(void **p, uint64_t *cap, uint64_t need, int device)
 }
 
 lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
-                               const void **a_dev, lsl_status local)
+                               int a_on_host, const void **a_dev, lsl_status local)
 {
     lsl_status rc = LSL_OK, st = local;
     int rank, size;
@@ -184,7 +262,8 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
      * every row at its final place.  Other tilings take the MPI path. */
     uint64_t chunk = (r + (uint64_t)size - 1) / (uint64_t)size, e0, en;
     lsl_partition_rows(r, size, rank, &e0, &en);
-    int fsdp = l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en, all_fsdp = 0;
+    int fsdp = !a_on_host && l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en,
+        all_fsdp = 0;
     MPI_Allreduce(&fsdp, &all_fsdp, 1, MPI_INT, MPI_LAND, comm);
     if (c->use_nccl && all_fsdp) {
         LSL_TRY(lsl_i_agree(comm, st));
@@ -235,16 +314,16 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
         }
         free(c->host_a);
-        c->host_a = malloc(mine + 1);
-        if (st == LSL_OK && !c->host_a)
+        c->host_a = a_on_host ? NULL : malloc(mine + 1);
+        if (st == LSL_OK && !a_on_host && !c->host_a)
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
         cudaError_t e;
-        if (st == LSL_OK && mine &&
+        if (st == LSL_OK && !a_on_host && mine &&
             (e = cudaMemcpy(c->host_a, l->a, mine, cudaMemcpyDeviceToHost)) != cudaSuccess)
             st = cuda_fail(e, "copying the LoRA A shard to the host");
-        LSL_TRY(lsl_i_gather_a(comm, l->a_shard, c->host_a, l->a_off, l->a_count, r, in, es,
-                               c->host_full, c->host_tmp, st));
-        e = cudaMemcpy(c->a_dev, c->host_full, full, cudaMemcpyHostToDevice);
+        LSL_TRY(lsl_i_gather_a(comm, l->a_shard, a_on_host ? l->a : c->host_a, l->a_off, l->a_count,
+                               r, in, es, c->host_full, c->host_tmp, st));
+        e = upload(c->a_dev, c->host_full, full);
         LSL_TRY(lsl_i_agree(comm, e == cudaSuccess ? LSL_OK
                                                    : cuda_fail(e, "copying LoRA A to the device")));
     }
@@ -253,35 +332,169 @@ fail:
     return rc;
 }
 
+lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev)
+{
+    lsl_status st = ensure(&c->b_dev, &c->b_cap, bytes, 1);
+    cudaError_t e;
+    if (st == LSL_OK && bytes && (e = upload(c->b_dev, host, bytes)) != cudaSuccess)
+        st = cuda_fail(e, "copying LoRA B to the device");
+    *dev = c->b_dev;
+    return st;
+}
+
+/* The work of one chunk, queued on stream; returns the first error and what failed (no error
+ * message is set: the staging thread calls this too). */
+static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype wt, const void *src,
+                           uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                           const void *b_dev, uint64_t m, uint64_t n, const char **what)
+{
+    cudaError_t e = cudaSuccess;
+    const void *from = src;
+    c->merging[slot] = l != NULL;
+    if (l) {
+        *what = "resetting the NaN flag";
+        if ((e = cudaMemsetAsync(c->dbad[slot], 0xFF, sizeof *c->dbad[slot], st)) != cudaSuccess)
+            return e;
+        *what = "merge kernel launch";
+        e = (cudaError_t)lsl_dev_merge(dev_type(wt), dev_type(l->a_dtype), dev_type(l->b_dtype),
+                                       c->dslot[slot], src, a_dev, b_dev, (int64_t)m, (int64_t)n,
+                                       (int)l->rank, l->scaling, c->dbad[slot], st);
+        if (e != cudaSuccess)
+            return e;
+        *what = "reading the NaN flag";
+        if ((e = cudaMemcpyAsync(&c->hbad[slot], c->dbad[slot], sizeof *c->hbad,
+                                 cudaMemcpyDeviceToHost, st)) != cudaSuccess)
+            return e;
+        from = c->dslot[slot];
+    }
+    *what = "device-to-host copy of a chunk";
+    if ((e = cudaMemcpyAsync(c->pinned[slot], from, bytes, cudaMemcpyDeviceToHost, st)) !=
+        cudaSuccess)
+        return e;
+    *what = "event record";
+    return cudaEventRecord(c->done[slot], st);
+}
+
 lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt, const void *src,
                              uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
                              const void *b_dev, uint64_t m, uint64_t n)
 {
-    lsl_status rc = LSL_OK;
-    cudaStream_t st = (cudaStream_t)stream;
-    const void *from = src;
-    c->merging[slot] = l != NULL;
-    if (l) {
-        CU(cudaMemsetAsync(c->dbad[slot], 0xFF, sizeof *c->dbad[slot], st),
-           "resetting the NaN flag");
-        int e = lsl_dev_merge(dev_type(wt), dev_type(l->a_dtype), dev_type(l->b_dtype),
-                              c->dslot[slot], src, a_dev, b_dev, (int64_t)m, (int64_t)n,
-                              (int)l->rank, l->scaling, c->dbad[slot], stream);
-        CU((cudaError_t)e, "merge kernel launch");
-        CU(cudaMemcpyAsync(&c->hbad[slot], c->dbad[slot], sizeof *c->hbad, cudaMemcpyDeviceToHost,
-                           st),
-           "reading the NaN flag");
-        from = c->dslot[slot];
+    const char *what = "";
+    cudaError_t e =
+        enqueue(c, slot, (cudaStream_t)stream, wt, src, bytes, l, a_dev, b_dev, m, n, &what);
+    return e == cudaSuccess ? LSL_OK : cuda_fail(e, what);
+}
+
+static void run_job(lsl_i_cuda *c, stage_job *j)
+{
+    unsigned char *dst = c->pinned[j->slot];
+    uint64_t done = 0;
+    while (done < j->bytes) {
+        ssize_t k = pread(j->fd, dst + done, j->bytes - done, (off_t)(j->off + done));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            j->err = k < 0 ? errno : -1;
+            return;
+        }
+        done += (uint64_t)k;
     }
-    CU(cudaMemcpyAsync(c->pinned[slot], from, bytes, cudaMemcpyDeviceToHost, st),
-       "device-to-host copy of a chunk");
-    CU(cudaEventRecord(c->done[slot], st), "event record");
-fail:
-    return rc;
+    if (!j->has_l)
+        return; /* a plain copy: the bytes are where the writer wants them */
+    j->what = "copying a chunk to the device";
+    j->cerr = cudaMemcpyAsync(c->din[j->slot], dst, j->bytes, cudaMemcpyHostToDevice, c->stream);
+    if (j->cerr == cudaSuccess)
+        j->cerr = enqueue(c, j->slot, c->stream, j->wt, c->din[j->slot], j->bytes, &j->l, j->a_dev,
+                          j->b_dev, j->m, j->n, &j->what);
+}
+
+static void *stage_main(void *arg)
+{
+    lsl_i_cuda *c = arg;
+    cudaSetDevice(c->device); /* a new thread starts on device 0 */
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (c->state != 1 && !c->quit)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->state != 1)
+            break;
+        pthread_mutex_unlock(&c->mu);
+        run_job(c, &c->job);
+        pthread_mutex_lock(&c->mu);
+        c->state = 2;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const char *path,
+                            lsl_dtype wt, uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                            const void *b_dev, uint64_t m, uint64_t n)
+{
+    cudaError_t e = cudaSuccess;
+    if (!c->stream && (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)))
+        return cuda_fail(e, "creating the staging stream");
+    for (int s = 0; s < 2 && l; s++)
+        if (!c->din[s] && (e = cudaMalloc(&c->din[s], c->slot_bytes)) != cudaSuccess)
+            return cuda_fail(e, "allocating the device input slots");
+    if (!c->thr_running) {
+        if (pthread_mutex_init(&c->mu, NULL) || pthread_cond_init(&c->cv, NULL) ||
+            pthread_create(&c->thr, NULL, stage_main, c))
+            return lsl_i_fail(LSL_ERR_NOMEM, "cannot start the staging thread");
+        c->thr_running = 1;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->job = (stage_job){.slot = slot,
+                         .fd = fd,
+                         .has_l = l != NULL,
+                         .off = off,
+                         .bytes = bytes,
+                         .m = m,
+                         .n = n,
+                         .wt = wt,
+                         .a_dev = a_dev,
+                         .b_dev = b_dev};
+    c->job.path = path;
+    if (l)
+        c->job.l = *l;
+    c->state = 1;
+    c->staged[slot] = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return LSL_OK;
+}
+
+/* Join a posted job: its read or launch error, formatted here where the message belongs. */
+static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
+{
+    pthread_mutex_lock(&c->mu);
+    while (c->state == 1)
+        pthread_cond_wait(&c->cv, &c->mu);
+    c->state = 0;
+    stage_job j = c->job;
+    pthread_mutex_unlock(&c->mu);
+    c->staged[slot] = 0;
+    *launched = j.has_l && !j.err;
+    if (j.err > 0)
+        return lsl_i_fail_errno(LSL_ERR_IO, j.err, "%s: read", j.path);
+    if (j.err < 0)
+        return lsl_i_fail(LSL_ERR_IO, "%s: unexpected end of file", j.path);
+    if (j.cerr != cudaSuccess)
+        return cuda_fail(j.cerr, j.what);
+    return LSL_OK;
 }
 
 lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad)
 {
+    int launched = 1;
+    if (c->staged[slot]) {
+        lsl_status st = join_job(c, slot, &launched);
+        if (st != LSL_OK || !launched) {
+            *host = c->pinned[slot];
+            return st;
+        }
+    }
     cudaError_t e = cudaEventSynchronize(c->done[slot]);
     if (e != cudaSuccess)
         return cuda_fail(e, "waiting for a chunk");

@@ -8,6 +8,11 @@
 
 typedef struct lsl_i_cuda lsl_i_cuda;
 
+/* Collective on comm.  Makes GPU (node-local rank mod visible GPUs) this rank's current device,
+ * so ranks of one node spread over its GPUs.  Agreed status (LSL_ERR_CUDA when a rank sees no
+ * GPU).  *ranks_per_gpu (rank 0's node) may be NULL. */
+lsl_status lsl_i_cuda_select(MPI_Comm comm, int *ranks_per_gpu);
+
 /* Collective on comm.  Pins a ring of two slots of staging_bytes / 2 each (exact size, once),
  * allocates the matching device slots, and picks the gather path: NCCL if no two ranks share a
  * GPU (and LSL_GATHER is not "mpi"), else MPI.  Agreed status. */
@@ -17,15 +22,25 @@ const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c);
 uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c);
 
 /* Collective.  All of A on the device (native dtype; returned pointer owned by c, valid until the
- * next gather).  Agreed status. */
+ * next gather).  l->a is device memory, or host memory when a_on_host (then A goes through the
+ * MPI path).  Agreed status. */
 lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
-                               const void **a_dev, lsl_status local);
+                               int a_on_host, const void **a_dev, lsl_status local);
+/* Copy `bytes` of host memory to a device buffer owned by c (valid until the next call). */
+lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev);
 
 /* Asynchronous on stream: fill ring slot `slot` with `bytes` of output: a D2H copy of src (l ==
  * NULL), or the merge of m rows x n columns of W0 at src with B rows b_dev and gathered A a_dev. */
 lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt, const void *src,
                              uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
                              const void *b_dev, uint64_t m, uint64_t n);
+/* As lsl_i_cuda_launch, but W0 comes from a file: a helper thread preads `bytes` at off of fd
+ * into the slot's pinned buffer, copies it up and launches the merge (l != NULL) on c's own
+ * stream, so the read overlaps whatever the caller does until lsl_i_cuda_wait.  A read error is
+ * returned by the wait, naming path. */
+lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const char *path,
+                            lsl_dtype wt, uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                            const void *b_dev, uint64_t m, uint64_t n);
 /* Wait for slot; *host points into pinned memory.  LSL_ERR_NONFINITE with *bad = the first bad
  * element index of that chunk when the merge produced NaN/Inf. */
 lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad);

@@ -2,6 +2,9 @@
  * the checkpoint through the writer, reading only its byte ranges. */
 #include "lsl_plan.h"
 #include "lsl_writer_i.h"
+#ifdef LSL_HAVE_CUDA
+#include "lsl_cuda.h"
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -143,6 +146,21 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     for (uint64_t i = 0; infos && i < plan.n; i++)
         infos[i] = plan.t[i].info;
     LSL_TRY(lsl_i_agree(comm, st));
+    int gpu = cfg->merge_on == LSL_MEM_DEVICE;
+#ifdef LSL_HAVE_CUDA
+    if (gpu) {
+        int rpg = 0;
+        LSL_TRY(lsl_i_cuda_select(comm, &rpg));
+        if (rank == 0 && !cfg->quiet)
+            fprintf(stderr, "loraslab: merging on the GPU (%d rank%s per GPU)\n", rpg,
+                    rpg == 1 ? "" : "s");
+    }
+#else
+    if (gpu)
+        LSL_TRY(lsl_i_agree(comm, lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                                             "merging on the GPU needs a build with CUDA (this "
+                                             "one has none)")));
+#endif
 
     lsl_writer_config wc = LSL_WRITER_CONFIG_INIT;
     wc.staging_bytes = cfg->staging_bytes;
@@ -167,7 +185,13 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
         st = LSL_OK;
         if (t->has_lora)
             st = read_lora(&plan, fds, t, row0, nrows, size, rank, &lp, bufs);
-        st = lsl_i_writer_put(w, i, row0, nrows, &src, t->has_lora ? &lp : NULL, st);
+#ifdef LSL_HAVE_CUDA
+        /* The plan is the same on every rank, so every rank takes the same path. */
+        if (gpu && !t->has_dora && !(t->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE))
+            st = lsl_i_writer_put_device(w, i, row0, nrows, &src, t->has_lora ? &lp : NULL, st);
+        else
+#endif
+            st = lsl_i_writer_put(w, i, row0, nrows, &src, t->has_lora ? &lp : NULL, st);
         free(bufs[0]);
         free(bufs[1]);
         free(bufs[2]);

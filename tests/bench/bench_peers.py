@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """What users do today, timed on the same shapes as bench_gpu write (GPU machine only).
 
-  bench_peers.py DIR LAYERS
+  bench_peers.py DIR LAYERS [recipe|peft|save]
 
 Qwen2.5-7B shapes (hidden 3584, intermediate 18944, 28/4 heads, vocab 152064), LAYERS layers,
 bf16 base, fp32 LoRA r=32 on all seven projections, everything generated on the GPU.
  recipe: merge each weight on the GPU in fp32, copy it into torch.empty(pin_memory=True), then
          safetensors.torch.save_file (reference/peers.md section d).
  peft:   PEFT merge_and_unload() + save_pretrained(safe_serialization).
+ save:   write the same model to DIR/base and its PEFT adapter to DIR/adapter (for
+         tests/bench/bench_offline.sh, which times `loraslab merge` from files).
 Prints seconds, GB/s of the output, and peak host RSS growth over the process's baseline.
 """
 import os
@@ -70,16 +72,28 @@ def recipe():
     return t, size, rss_peak() - base
 
 
-def peft():
+def model(save_base_to=None):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
     cfg = Qwen2Config(vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=L,
                       num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
     with torch.device(dev):
         m = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
-    pm = get_peft_model(m, LoraConfig(r=R, lora_alpha=64, init_lora_weights=False,
-                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                      "gate_proj", "up_proj", "down_proj"]))
+    if save_base_to:
+        m.save_pretrained(save_base_to, safe_serialization=True, max_shard_size="5GB")
+    return get_peft_model(m, LoraConfig(r=R, lora_alpha=64, init_lora_weights=False,
+                                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                        "gate_proj", "up_proj", "down_proj"]))
+
+
+def save():
+    pm = model(f"{out}/base")
+    pm.save_pretrained(f"{out}/adapter")
+    print(f"saved {out}/base and {out}/adapter")
+
+
+def peft():
+    pm = model()
     torch.cuda.synchronize()
     base, t0 = rss_now(), time.time()
     merged = pm.merge_and_unload()
@@ -93,6 +107,9 @@ def peft():
 
 
 which = sys.argv[3] if len(sys.argv) > 3 else "recipe"
+if which == "save":
+    save()
+    sys.exit(0)
 t, size, grow = recipe() if which == "recipe" else peft()
 print(f"RESULT peer={which} L={L} dir={out} seconds={t:.3f} bytes={size} gbs={size / t / 1e9:.3f} "
       f"rss_growth_mib={grow / 1048576:.1f}")

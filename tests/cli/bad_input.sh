@@ -2,12 +2,13 @@
 # Bad input to `loraslab merge`: every case must exit non-zero, print a message naming the
 # problem, and leave nothing at the output path (nor a temporary file beside it).
 #   bad_input.sh BUILD/loraslab
+# LSL_MERGE_ARGS adds merge options to every case (the GPU tests pass --device cuda).
 set -uo pipefail
 lsl=$1
 py=${LSL_PYTHON:-/usr/bin/python3}
 mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
-out=${LSL_TESTOUTDIR:-/tmp}/bad-input
+out=${LSL_TESTOUTDIR:-/tmp}/bad-input${LSL_MERGE_ARGS:+-gpu}
 rm -rf "$out" && mkdir -p "$out"
 pass=0 fail=0
 export PYTHONPATH=$here/py
@@ -30,7 +31,7 @@ expect() {
   local name=$1 np=$2 text=$3
   shift 4
   local o=$out/$name.h5 log=$out/$name.log
-  "$mpiexec" -n "$np" "$lsl" merge -q -o "$o" "$@" >"$log" 2>&1
+  "$mpiexec" -n "$np" "$lsl" merge -q -o "$o" ${LSL_MERGE_ARGS:-} "$@" >"$log" 2>&1
   local rc=$?
   local why=""
   [ $rc -ne 0 ] || why="exit status 0"
@@ -157,6 +158,12 @@ if [ $? -ne 0 ] && grep -q "already exists" "$out/exists.log" && [ "$(cat "$out/
   echo "ok - existing-output-kept"; pass=$((pass + 1))
 else
   echo "FAIL - existing-output-kept"; fail=$((fail + 1))
+fi
+
+# --device cuda on a rank without a GPU (or a build without CUDA): an agreed error naming it, no
+# output.  Where a GPU is visible the GPU merge itself is tested (gpu.merge.*).
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  expect device-cuda-without-gpu 2 "GPU" -- --device cuda -b "$out/good/base" -a "$out/good/adapter"
 fi
 
 # Usage errors exit 2 with the command's help.

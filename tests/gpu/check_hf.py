@@ -77,12 +77,17 @@ supported = {
     "bias=lora_only": dict(r=8, lora_alpha=16, bias="lora_only", _train_bias=True),
     "modules_to_save lm_head": dict(r=8, lora_alpha=16, modules_to_save=["lm_head"], _perturb="lm_head"),
     "LoRA on embed_tokens": dict(r=8, lora_alpha=16, _targets=["embed_tokens", "q_proj"]),
+    # the merge on the GPU (fp32 accumulation, as PEFT's own merge on the GPU)
+    "plain r=32, merge --device cuda": dict(r=32, lora_alpha=64, _device="cuda"),
+    "bf16 adapter, rsLoRA, merge --device cuda": dict(r=16, lora_alpha=8, use_rslora=True, _bf16=True,
+                                                     _device="cuda"),
 }
 for name, kw in supported.items():
     kw = dict(kw)
     bf16 = kw.pop("_bf16", False)
     targets = kw.pop("_targets", TARGETS)
     train_bias, perturb = kw.pop("_train_bias", False), kw.pop("_perturb", None)
+    device = kw.pop("_device", "cpu")
     torch.manual_seed(len(rows) + 7)
     pm = get_peft_model(fresh_base(), LoraConfig(target_modules=targets, init_lora_weights=False, **kw))
     with torch.no_grad():  # what training would have changed besides A and B
@@ -100,7 +105,7 @@ for name, kw in supported.items():
     loaded = PeftModel.from_pretrained(fresh_base(), ad)
     ref = {k: v.detach() for k, v in loaded.merge_and_unload().state_dict().items()}
     h5, out = f"{work}/m{len(rows)}.h5", f"{work}/hf{len(rows)}"
-    r1 = mpirun("merge", "-q", "-b", f"{work}/base", "-a", ad, "-o", h5)
+    r1 = mpirun("merge", "-q", "--device", device, "-b", f"{work}/base", "-a", ad, "-o", h5)
     r2 = mpirun("convert", "-q", "--max-shard-size", "200KB", h5, out) if r1.returncode == 0 else r1
     worst, exact, total, bad = 0, 0, 0, []
     if r2.returncode == 0:

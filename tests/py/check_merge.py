@@ -1,13 +1,18 @@
 #!/usr/bin/python3
 """Check a merged loraslab HDF5 file against an independent numpy reference.
 
-  check_merge.py --base DIR [--adapter DIR] --merged FILE
+  check_merge.py --base DIR [--adapter DIR] --merged FILE [--fp32-accumulation]
 
 Reads the file with h5py (not with loraslab), recomputes every targeted weight in float64 as
 PEFT defines it (W0 + scaling * B @ A, scaling = alpha/r or alpha/sqrt(r), per-module r/alpha
 from rank_pattern/alpha_pattern), rounds once into the base dtype and requires: every element
 within 1 ulp, at least 99% exact.  Untouched tensors must be bit-identical to the base.  Also
 checks the layout: attributes, dtype strings, CRC-32C of every tensor, contiguous storage.
+
+--fp32-accumulation (a merge on the GPU, which accumulates in fp32 as PEFT does): an element more
+than 1 ulp off passes if it is within the forward error bound of an fp32 dot product,
+(r + 2) 2^-24 (|W0| + |s| |B| @ |A|); that only matters where W0 and the delta nearly cancel.
+The 99% exact requirement stays.
 """
 import argparse
 import json
@@ -63,6 +68,7 @@ def main():
     p.add_argument("--base", required=True)
     p.add_argument("--adapter")
     p.add_argument("--merged", required=True)
+    p.add_argument("--fp32-accumulation", action="store_true")
     a = p.parse_args()
     base = lsl_st.read_checkpoint(a.base)
     mods, repl, cfg = {}, {}, None
@@ -84,7 +90,7 @@ def main():
     gpt2 = bool(cfg and cfg.get("fan_in_fan_out")) and \
         json.load(open(f"{a.base}/config.json")).get("model_type") == "gpt2"
     # What each output tensor must be: ("copy", dtype, bits) or ("ref", dtype, float64 values).
-    want = {}
+    want, fp32_bound = {}, {}
     for name, (dt, w0) in base.items():
         want[name] = ("copy", dt, w0)
     for name, (dt, arr) in repl.items():
@@ -107,6 +113,10 @@ def main():
         else:
             delta = lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A)
             ref = lsl_st.to_f64(dt, w0) + s * (delta.T if gpt2 else delta)
+            if a.fp32_accumulation and "mag" not in f:
+                mag = np.abs(lsl_st.to_f64(bdt, B)) @ np.abs(lsl_st.to_f64(adt, A))
+                fp32_bound[wname] = (r + 2) * 2.0**-24 * (np.abs(lsl_st.to_f64(dt, w0)) +
+                                                          abs(s) * (mag.T if gpt2 else mag))
         if "mag" in f:
             mdt, mv = f["mag"]
             if gpt2:  # the norm of each output = each stored column, across all rows
@@ -120,7 +130,7 @@ def main():
             dtb, b0 = base[bn]
             want[bn] = ("ref", dtb, lsl_st.to_f64(dtb, b0) + s * lsl_st.to_f64(bdt2, bv), 1, s)
     failures = []
-    worst_ulp, exact_total, n_total, merged = 0, 0, 0, 0
+    worst_ulp, exact_total, n_total, merged, within_bound = 0, 0, 0, 0, 0
     with h5py.File(a.merged, "r") as f:
         if int(f.attrs["loraslab_format_version"]) != 1:
             failures.append("loraslab_format_version != 1")
@@ -161,8 +171,14 @@ def main():
             exact_total += exact
             n_total += d.size
             if worst > 1:
-                i = np.unravel_index(int(d.argmax()), d.shape)
-                failures.append(f"{name}: {worst} ulp off at {i} (got {got[i]}, want {expect[i]})")
+                bad = d > 1
+                if name in fp32_bound:
+                    bad &= np.abs(lsl_st.to_f64(dt, got) - ref) > fp32_bound[name]
+                    within_bound += int((d > 1).sum() - bad.sum())
+                if bad.any():
+                    i = np.unravel_index(int(np.where(bad, d, 0).argmax()), d.shape)
+                    failures.append(f"{name}: {int(d[i])} ulp off at {i} (got {got[i]}, "
+                                    f"want {expect[i]})")
             if d.size and exact < 0.99 * d.size:
                 failures.append(f"{name}: only {exact}/{d.size} elements exact")
             if int(ds.attrs["lora_rank"]) != r or abs(float(ds.attrs["lora_scaling"]) - s) > 1e-12:
@@ -176,7 +192,9 @@ def main():
     if merged != expected_merged:
         failures.append(f"{merged} merged tensors checked, {expected_merged} expected")
     pct = 100.0 * exact_total / n_total if n_total else 100.0
-    print(f"check_merge: {len(base)} tensors, {merged} merged; worst {worst_ulp} ulp, "
+    extra = (f" ({within_bound} elements over 1 ulp within the fp32 accumulation bound)"
+             if a.fp32_accumulation else "")
+    print(f"check_merge: {len(base)} tensors, {merged} merged; worst {worst_ulp} ulp{extra}, "
           f"{pct:.3f}% exact; {len(failures)} failures")
     for m in failures[:20]:
         print("  FAIL", m)

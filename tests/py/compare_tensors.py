@@ -2,6 +2,9 @@
 """Bit-compare the tensors of two checkpoints (HF directory / .safetensors file / loraslab .h5).
 
   compare_tensors.py A B      exit 0 when both hold the same tensor names, dtypes, shapes, bytes
+  compare_tensors.py A B --ulp N
+                              float tensors may differ by N ulp (e.g. a GPU merge against the
+                              CPU merge); prints the worst distance and the identical fraction
 """
 import os
 import sys
@@ -30,9 +33,34 @@ def load(p):
     return lsl_st.read(p)[0]
 
 
+def ordered(v):
+    """Float bits as integers whose difference counts ulps."""
+    i = v.view({2: np.int16, 4: np.int32, 8: np.int64}[v.dtype.itemsize]).astype(np.int64)
+    top = np.int64(1) << (8 * v.dtype.itemsize - 1)
+    return np.where(i < 0, -(i & (top - 1)), i)
+
+
 a, b = load(sys.argv[1]), load(sys.argv[2])
-diff = [k for k in sorted(set(a) | set(b))
-        if k not in a or k not in b or a[k][0] != b[k][0] or a[k][1].shape != b[k][1].shape
-        or a[k][1].tobytes() != b[k][1].tobytes()]
-print(f"compare_tensors: {len(a)} vs {len(b)} tensors, {len(diff)} differ {diff[:5]}")
+tol = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--ulp" else 0
+worst, same, total = 0, 0, 0
+
+
+def differs(k):
+    global worst, same, total
+    if k not in a or k not in b or a[k][0] != b[k][0] or a[k][1].shape != b[k][1].shape:
+        return True
+    x, y = a[k][1], b[k][1]
+    if x.tobytes() == y.tobytes():
+        same, total = same + x.size, total + x.size
+        return False
+    if not tol or a[k][0] not in ("BF16", "F16", "F32", "F64"):
+        return True
+    d = np.abs(ordered(np.ascontiguousarray(x).reshape(-1)) - ordered(np.ascontiguousarray(y).reshape(-1)))
+    worst, same, total = max(worst, int(d.max())), same + int((d == 0).sum()), total + d.size
+    return int(d.max()) > tol
+
+
+diff = [k for k in sorted(set(a) | set(b)) if differs(k)]
+extra = f"; worst {worst} ulp, {100.0 * same / max(total, 1):.4f}% identical" if tol else ""
+print(f"compare_tensors: {len(a)} vs {len(b)} tensors, {len(diff)} differ {diff[:5]}{extra}")
 sys.exit(1 if diff else 0)
