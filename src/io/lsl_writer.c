@@ -899,12 +899,9 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
             pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
         put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0, &st);
     }
-    for (int k = 0; k < 2; k++) { /* a failure left a chunk in flight: it must land first */
-        const void *buf;
-        uint64_t bad;
+    for (int k = 0; k < 2; k++) /* a failure left a chunk in flight: it must land first */
         if (pending[k])
-            lsl_i_cuda_wait(w->cuda, k, &buf, &bad);
-    }
+            lsl_i_cuda_drain(w->cuda, k);
 #undef LAUNCH
 #undef FIRST
 #undef COUNT

@@ -485,6 +485,19 @@ static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
     return LSL_OK;
 }
 
+void lsl_i_cuda_drain(lsl_i_cuda *c, int slot)
+{
+    if (c->staged[slot]) {
+        pthread_mutex_lock(&c->mu);
+        while (c->state == 1)
+            pthread_cond_wait(&c->cv, &c->mu);
+        c->state = 0;
+        pthread_mutex_unlock(&c->mu);
+        c->staged[slot] = 0;
+    }
+    cudaEventSynchronize(c->done[slot]);
+}
+
 lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad)
 {
     int launched = 1;

@@ -45,4 +45,7 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
  * element index of that chunk when the merge produced NaN/Inf. */
 lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad);
 
+/* Let slot's chunk land (after a failure), leaving the error message alone. */
+void lsl_i_cuda_drain(lsl_i_cuda *c, int slot);
+
 #endif
