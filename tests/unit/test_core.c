@@ -155,6 +155,20 @@ static void test_merge_rows(void **s)
                      LSL_ERR_NONFINITE);
     assert_int_equal(bad, 1);
     assert_true(wf[0] == (float)((double)0.1f - 0.1 + 1e-9));
+    /* One rounding from the double sum: 1 + 2^-8 + 2^-40 lies just above the bf16 tie between 1
+     * and 1 + 2^-7, but rounds to exactly the tie in fp32, and a second round-to-even would give
+     * 1.  Round-to-odd keeps the direction; the same below the tie, negated, and for f16. */
+    const double e = ldexp(1, -40);
+    double one[1] = {1}, d3[3] = {ldexp(1, -8) + e, ldexp(1, -8) - e, -(ldexp(1, -8) + e)}, w3[3];
+    uint16_t h3[3] = {lsl_f32_to_bf16(1), lsl_f32_to_bf16(1), lsl_f32_to_bf16(-1)};
+    assert_int_equal(lsl_i_merge_rows_cpu(LSL_BF16, h3, 1, 3, one, d3, 1, 1.0, w3, &bad), LSL_OK);
+    assert_int_equal(h3[0], 0x3F81);
+    assert_int_equal(h3[1], 0x3F80);
+    assert_int_equal(h3[2], 0xBF81);
+    double d1[1] = {ldexp(1, -11) + e};
+    uint16_t f1[1] = {0x3C00}; /* f16 1.0; the tie is at 1 + 2^-11 */
+    assert_int_equal(lsl_i_merge_rows_cpu(LSL_F16, f1, 1, 1, one, d1, 1, 1.0, w3, &bad), LSL_OK);
+    assert_int_equal(f1[0], 0x3C01);
 }
 
 static lsl_status cfg(const char *text, lsl_adapter_cfg *c)
