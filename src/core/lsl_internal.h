@@ -60,6 +60,19 @@ static inline bool lsl_add_overflow(uint64_t a, uint64_t b, uint64_t *out)
 
 /* Bytes of `n` elements of dt; false when it overflows or is not a whole number of bytes. */
 bool lsl_i_dtype_bytes(lsl_dtype dt, uint64_t n, uint64_t *bytes);
+/* A tensor as rows (dimension 0; a scalar is one row) of row_elems elements each: the unit the
+ * ranks split. */
+static inline uint64_t lsl_i_rows(const lsl_tensor_info *t)
+{
+    return t->ndim == 0 ? 1 : t->shape[0];
+}
+static inline uint64_t lsl_i_row_elems(const lsl_tensor_info *t)
+{
+    uint64_t e = 1;
+    for (int d = 1; d < t->ndim; d++)
+        e *= t->shape[d];
+    return e;
+}
 
 char *lsl_i_strdup(const char *s);
 /* "dir/name", malloc'ed; NULL when out of memory. */

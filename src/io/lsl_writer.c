@@ -130,19 +130,6 @@ struct lsl_writer {
 #endif
 };
 
-static uint64_t rows_of(const lsl_tensor_info *t)
-{
-    return t->ndim == 0 ? 1 : t->shape[0];
-}
-
-static uint64_t row_elems(const lsl_tensor_info *t)
-{
-    uint64_t e = 1;
-    for (int d = 1; d < t->ndim; d++)
-        e *= t->shape[d];
-    return e;
-}
-
 static lsl_status bcast_str(MPI_Comm comm, char **s)
 {
     int rank;
@@ -542,8 +529,8 @@ static lsl_status put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                         (unsigned long long)index, (unsigned long long)w->n);
     if (st == LSL_OK) {
         const lsl_tensor_info *t = pc->t = &w->t[index];
-        pc->rows = rows_of(t);
-        pc->relems = row_elems(t);
+        pc->rows = lsl_i_rows(t);
+        pc->relems = lsl_i_row_elems(t);
         pc->esize = lsl_dtype_bits(t->dtype) / 8;
         pc->rbytes = pc->relems * pc->esize;
         pc->row0 = row0;

@@ -174,11 +174,8 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     LSL_TRY(lsl_writer_define_all(w, plan.n, infos));
     for (uint64_t i = 0; i < plan.n; i++) {
         const lsl_plan_tensor *t = &plan.t[i];
-        uint64_t rows = t->info.ndim ? t->info.shape[0] : 1, rb = lsl_dtype_bits(t->info.dtype) / 8;
-        for (int d = 1; d < t->info.ndim; d++)
-            rb *= t->info.shape[d];
-        uint64_t row0, nrows;
-        lsl_partition_rows(rows, size, rank, &row0, &nrows);
+        uint64_t rb = lsl_i_row_elems(&t->info) * (lsl_dtype_bits(t->info.dtype) / 8), row0, nrows;
+        lsl_partition_rows(lsl_i_rows(&t->info), size, rank, &row0, &nrows);
         lsl_i_src src = {NULL, fds[t->file], t->off + row0 * rb, plan.files[t->file]};
         lsl_lora_part lp;
         void *bufs[3] = {NULL, NULL, NULL};
@@ -202,10 +199,9 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     if (stats) {
         uint64_t bytes = 0;
         for (uint64_t i = 0; i < plan.n; i++) {
-            uint64_t e = 1, nb = 0;
-            for (int d = 0; d < plan.t[i].info.ndim; d++)
-                e *= plan.t[i].info.shape[d];
-            lsl_i_dtype_bytes(plan.t[i].info.dtype, e, &nb);
+            uint64_t nb = 0;
+            lsl_i_dtype_bytes(plan.t[i].info.dtype,
+                              lsl_i_rows(&plan.t[i].info) * lsl_i_row_elems(&plan.t[i].info), &nb);
             bytes += nb;
         }
         lsl_i_fill_stats(comm, t0, rss0, plan.n, plan.nmerged, bytes, stats);
