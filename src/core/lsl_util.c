@@ -129,27 +129,39 @@ void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors,
     *stats = (lsl_job_stats){lsl_i_now() - t0, tensors, merged, bytes, mx[0], mx[1], mn, mx[2]};
 }
 
-lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path)
+int lsl_i_pread_raw(int fd, void *buf, uint64_t n, uint64_t off, uint64_t *at)
 {
     unsigned char *p = buf;
     while (n > 0) {
         size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
         ssize_t got = pread(fd, p, want, (off_t)off);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: read of %zu bytes at offset %llu", path,
-                                    want, (unsigned long long)off);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            *at = off;
+            return got < 0 ? errno : -1;
         }
-        if (got == 0)
-            return lsl_i_fail(LSL_ERR_FORMAT,
-                              "%s: unexpected end of file at offset %llu (file truncated?)", path,
-                              (unsigned long long)off);
         p += got;
         off += (uint64_t)got;
         n -= (uint64_t)got;
     }
-    return LSL_OK;
+    return 0;
+}
+
+lsl_status lsl_i_pread_error(int err, uint64_t at, const char *path)
+{
+    if (err > 0)
+        return lsl_i_fail_errno(LSL_ERR_IO, err, "%s: read at offset %llu", path,
+                                (unsigned long long)at);
+    return lsl_i_fail(LSL_ERR_FORMAT, "%s: unexpected end of file at offset %llu (file truncated?)",
+                      path, (unsigned long long)at);
+}
+
+lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path)
+{
+    uint64_t at = 0;
+    int err = lsl_i_pread_raw(fd, buf, n, off, &at);
+    return err ? lsl_i_pread_error(err, at, path) : LSL_OK;
 }
 
 lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len)

@@ -8,6 +8,7 @@
 #include "lsl_gather.h"
 #include "lsl_h5.h"
 #include "lsl_merge.h"
+#include "lsl_reader.h"
 #ifdef LSL_HAVE_CUDA
 #include "lsl_cuda.h"
 #endif
@@ -125,6 +126,7 @@ struct lsl_writer {
     double t0, last_print;
     uint64_t bytes_done, tensors_done;
     crc_worker crc;
+    lsl_i_reader *reader; /* started at the first put from a file */
 #ifdef LSL_HAVE_CUDA
     lsl_i_cuda *cuda; /* opened at the first device put */
 #endif
@@ -164,6 +166,7 @@ static void writer_free(lsl_writer *w)
     free(w->nbytes);
     free(w->done);
     free(w->fin);
+    lsl_i_reader_stop(&w->reader); /* before the staging it may be reading into */
     free(w->staging);
     free(w->path);
     free(w->tmp);
@@ -652,6 +655,21 @@ fail:
     return rc;
 }
 
+/* Chunk c of this rank's part: its byte offset and length (chunk_rows rows when merging, else
+ * chunk_bytes bytes). */
+static void chunk_of(const putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t chunk_bytes,
+                     uint64_t *off, uint64_t *count)
+{
+    if (chunk_rows) {
+        uint64_t lr = c * chunk_rows;
+        *off = lr * pc->rbytes;
+        *count = (pc->nrows - lr < chunk_rows ? pc->nrows - lr : chunk_rows) * pc->rbytes;
+    } else {
+        *off = c * chunk_bytes;
+        *count = pc->my_bytes - *off < chunk_bytes ? pc->my_bytes - *off : chunk_bytes;
+    }
+}
+
 lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                             const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
 {
@@ -663,7 +681,12 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                       &pc));
     const lsl_tensor_info *t = pc.t;
     uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = sizeof(double);
+    /* Rows from a file are read one chunk ahead by the reader thread, into the other half of the
+     * staging budget, while this chunk is merged and written. */
+    const int ahead = src->mem == NULL;
     st = LSL_OK;
+    if (ahead && !w->reader)
+        st = lsl_i_reader_start(&w->reader);
     if (lora) {
         r = lora->rank;
         uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, in = pc.relems, a_bytes = r * in * a_es;
@@ -681,11 +704,12 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
             lsl_i_round_to_dtype(t->dtype, aacc, r * in);
             lsl_i_round_to_dtype(t->dtype, bacc, nrows * r);
         }
-        /* The staging budget holds a block of W rows and its fp64 delta. */
-        uint64_t per_row = in * (pc.esize + acc);
-        /* W rows, then (64-byte aligned) their accumulators: keep room for the alignment. */
-        chunk_rows = (w->staging_bytes - 64) / (per_row ? per_row : 1);
-        if (chunk_rows == 0)
+        /* The staging budget holds a block of W rows (two when reading ahead) and its fp64 delta,
+         * each 64-byte aligned: keep room for the alignment. */
+        uint64_t per_row = in * (pc.esize * (ahead ? 2 : 1) + acc);
+        chunk_rows =
+            w->staging_bytes > 128 ? (w->staging_bytes - 128) / (per_row ? per_row : 1) : 0;
+        if (st == LSL_OK && chunk_rows == 0)
             st = lsl_i_fail(LSL_ERR_INVALID_ARG,
                             "tensor `%s`: one row needs %llu bytes of staging, more than the "
                             "budget of %llu (raise the staging size)",
@@ -694,9 +718,13 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         else
             nloc = (nrows + chunk_rows - 1) / chunk_rows;
     } else {
-        chunk_bytes = src->mem ? ZERO_COPY_CHUNK : w->staging_bytes;
-        nloc = (pc.my_bytes + chunk_bytes - 1) / chunk_bytes;
+        chunk_bytes = src->mem ? ZERO_COPY_CHUNK : w->staging_bytes / 2;
+        nloc = chunk_bytes ? (pc.my_bytes + chunk_bytes - 1) / chunk_bytes : 0;
     }
+    /* Where chunk c's rows are read (half c % 2 when reading ahead) and the fp64 work area. */
+    uint64_t half = lora ? (chunk_rows * pc.rbytes + 63) / 64 * 64 : chunk_bytes;
+    unsigned char *rbuf[2] = {w->staging, w->staging + (ahead ? half : 0)};
+    void *work = lora ? w->staging + (ahead ? 2 : 1) * half : NULL;
     uint64_t nchunks = 0;
     if (st != LSL_OK)
         nloc = 0;
@@ -709,12 +737,11 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA column norms");
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
             uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
-            uint64_t wb = m * pc.rbytes, pad = (wb + 63) / 64 * 64;
-            st = src_read(src, lr * pc.rbytes, wb, w->staging);
+            st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
             if (st == LSL_OK)
-                lsl_i_dora_colsq_cpu(t->dtype, w->staging, m, pc.relems,
+                lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
                                      (unsigned char *)bacc + lr * r * acc, aacc, r, lora->scaling,
-                                     (double *)(w->staging + pad), colf);
+                                     work, colf);
         }
         static double none;
         MPI_Allreduce(MPI_IN_PLACE, colf ? colf : &none, colf ? (int)pc.relems : 0, MPI_DOUBLE,
@@ -729,48 +756,58 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
             free(mag);
         }
     }
+#define CHUNK(ch, o, n) chunk_of(&pc, (ch), lora ? chunk_rows : 0, chunk_bytes, &(o), &(n))
+    int posted = 0;
+    uint64_t off = 0, count = 0;
+    if (ahead && st == LSL_OK && nloc > 0) {
+        CHUNK(0, off, count);
+        lsl_i_reader_post(w->reader, src->fd, src->off + off, count, rbuf[0], src->path);
+        posted = 1;
+    }
     for (uint64_t c = 0; c < nchunks; c++) {
-        const void *buf = w->staging;
-        uint64_t off = 0, count = 0;
-        if (st == LSL_OK && c < nloc) {
-            if (lora) {
-                uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
-                uint64_t wb = m * pc.rbytes, pad = (wb + 63) / 64 * 64, bad = 0;
-                off = lr * pc.rbytes;
-                count = wb;
-                st = src_read(src, off, wb, w->staging);
-                const void *brows = (unsigned char *)bacc + lr * r * acc;
-                lsl_status ms =
-                    st != LSL_OK ? st
-                    : colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, w->staging, m, pc.relems,
-                                                            brows, aacc, r, lora->scaling, colf,
-                                                            (double *)(w->staging + pad), &bad)
-                    : lora->magnitude
-                        ? lsl_i_merge_rows_dora_cpu(
-                              t->dtype, w->staging, m, pc.relems, brows, aacc, r, lora->scaling,
-                              (const unsigned char *)lora->magnitude +
-                                  lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
-                              lora->magnitude_dtype, w->staging + pad, &bad)
-                    : (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)
-                        ? lsl_i_merge_rows_lowp_cpu(t->dtype, w->staging, m, pc.relems, brows, aacc,
-                                                    r, lora->scaling, w->staging + pad, &bad)
-                        : lsl_i_merge_rows_cpu(t->dtype, w->staging, m, pc.relems, brows, aacc, r,
-                                               lora->scaling, w->staging + pad, &bad);
-                if (st == LSL_OK && ms == LSL_ERR_NONFINITE)
-                    st = nonfinite(&pc, lr, bad);
-                else if (st == LSL_OK)
-                    st = ms;
-            } else {
-                off = c * chunk_bytes;
-                count = pc.my_bytes - off < chunk_bytes ? pc.my_bytes - off : chunk_bytes;
-                if (src->mem)
-                    buf = src->mem + off;
-                else
-                    st = src_read(src, off, count, w->staging);
-            }
+        unsigned char *rows = rbuf[c % 2];
+        const void *buf = rows;
+        off = count = 0;
+        if (c < nloc)
+            CHUNK(c, off, count);
+        if (posted) { /* chunk c's read; after a failure, only let it land */
+            lsl_status rs = lsl_i_reader_join(w->reader, st == LSL_OK);
+            posted = 0;
+            st = st == LSL_OK ? rs : st;
+        }
+        if (ahead && st == LSL_OK && c + 1 < nloc) { /* chunk c - 1 is written: its half is free */
+            uint64_t o2, n2;
+            CHUNK(c + 1, o2, n2);
+            lsl_i_reader_post(w->reader, src->fd, src->off + o2, n2, rbuf[(c + 1) % 2], src->path);
+            posted = 1;
+        }
+        if (st == LSL_OK && c < nloc && !ahead) {
+            if (lora)
+                st = src_read(src, off, count, rows);
+            else
+                buf = src->mem + off;
+        }
+        if (st == LSL_OK && c < nloc && lora) {
+            uint64_t lr = c * chunk_rows, m = count / pc.rbytes, bad = 0;
+            const void *brows = (unsigned char *)bacc + lr * r * acc;
+            lsl_status ms =
+                colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
+                                                      lora->scaling, colf, work, &bad)
+                : lora->magnitude ? lsl_i_merge_rows_dora_cpu(
+                                        t->dtype, rows, m, pc.relems, brows, aacc, r, lora->scaling,
+                                        (const unsigned char *)lora->magnitude +
+                                            lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
+                                        lora->magnitude_dtype, work, &bad)
+                : (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)
+                    ? lsl_i_merge_rows_lowp_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
+                                                lora->scaling, work, &bad)
+                    : lsl_i_merge_rows_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
+                                           lora->scaling, work, &bad);
+            st = ms == LSL_ERR_NONFINITE ? nonfinite(&pc, lr, bad) : ms;
         }
         put_write(w, &pc, off, buf, c < nloc ? count : 0, &st);
     }
+#undef CHUNK
     LSL_TRY(put_end(w, index, &pc, lora, st));
 fail:
     if (rc != LSL_OK)

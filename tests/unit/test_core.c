@@ -14,6 +14,10 @@
 #include "lsl_crc32c.h"
 #include "lsl_merge.h"
 #include "lsl_numeric.h"
+#include "lsl_reader.h"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 static void test_partition(void **s)
 {
@@ -171,6 +175,40 @@ static void test_merge_rows(void **s)
     assert_int_equal(f1[0], 0x3C01);
 }
 
+/* The read-ahead thread: reads land, a read past the end reports the file and offset in the
+ * joining thread, and a failed caller's join keeps the caller's message. */
+static void test_reader(void **s)
+{
+    (void)s;
+    char path[] = "/tmp/lsl-reader-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unsigned char data[1000], got[1000];
+    for (int i = 0; i < 1000; i++)
+        data[i] = (unsigned char)(i * 7);
+    assert_int_equal(write(fd, data, sizeof data), (ssize_t)sizeof data);
+    lsl_i_reader *r = NULL;
+    assert_int_equal(lsl_i_reader_start(&r), LSL_OK);
+    assert_int_equal(lsl_i_reader_join(r, 1), LSL_OK); /* nothing posted */
+    lsl_i_reader_post(r, fd, 100, 900, got, path);
+    assert_int_equal(lsl_i_reader_join(r, 1), LSL_OK);
+    assert_memory_equal(got, data + 100, 900);
+    lsl_i_reader_post(r, fd, 990, 20, got, path);
+    assert_int_equal(lsl_i_reader_join(r, 1), LSL_ERR_FORMAT);
+    assert_non_null(strstr(lsl_last_error(), "unexpected end of file at offset 1000"));
+    assert_non_null(strstr(lsl_last_error(), path));
+    lsl_i_fail(LSL_ERR_NOSPACE, "the caller's own failure");
+    lsl_i_reader_post(r, -1, 0, 10, got, path);
+    assert_int_equal(lsl_i_reader_join(r, 0), LSL_ERR_IO);
+    assert_string_equal(lsl_last_error(), "the caller's own failure");
+    lsl_i_reader_post(r, fd, 0, 10, got, path); /* stopped with a read in flight */
+    lsl_i_reader_stop(&r);
+    assert_null(r);
+    assert_memory_equal(got, data, 10);
+    close(fd);
+    unlink(path);
+}
+
 static lsl_status cfg(const char *text, lsl_adapter_cfg *c)
 {
     return lsl_adapter_cfg_parse("adapter_config.json", text, c);
@@ -245,13 +283,10 @@ static void test_adapter_config(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_partition),
-        cmocka_unit_test(test_bf16),
-        cmocka_unit_test(test_f16),
-        cmocka_unit_test(test_crc32c),
-        cmocka_unit_test(test_dtypes),
-        cmocka_unit_test(test_merge_rows),
-        cmocka_unit_test(test_adapter_config),
+        cmocka_unit_test(test_partition), cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_f16),       cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_dtypes),    cmocka_unit_test(test_merge_rows),
+        cmocka_unit_test(test_reader),    cmocka_unit_test(test_adapter_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
