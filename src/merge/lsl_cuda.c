@@ -4,7 +4,6 @@
 #include "lsl_gather.h"
 
 #include <cuda_runtime_api.h>
-#include <errno.h>
 #include <nccl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -21,7 +20,8 @@ typedef struct stage_job {
     const void *a_dev, *b_dev;
     const char *path;
     /* results: the thread cannot set this thread's error message (it is thread-local) */
-    int err;          /* errno of a failed read, -1 for end of file */
+    int err; /* of the read, as lsl_i_pread_raw returns it */
+    uint64_t at;
     cudaError_t cerr; /* of the copy up or the launch */
     const char *what;
 } stage_job;
@@ -388,17 +388,8 @@ lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt
 static void run_job(lsl_i_cuda *c, stage_job *j)
 {
     unsigned char *dst = c->pinned[j->slot];
-    uint64_t done = 0;
-    while (done < j->bytes) {
-        ssize_t k = pread(j->fd, dst + done, j->bytes - done, (off_t)(j->off + done));
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            j->err = k < 0 ? errno : -1;
-            return;
-        }
-        done += (uint64_t)k;
-    }
+    if ((j->err = lsl_i_pread_raw(j->fd, dst, j->bytes, j->off, &j->at)) != 0)
+        return;
     if (!j->has_l)
         return; /* a plain copy: the bytes are where the writer wants them */
     j->what = "copying a chunk to the device";
@@ -476,10 +467,8 @@ static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
     pthread_mutex_unlock(&c->mu);
     c->staged[slot] = 0;
     *launched = j.has_l && !j.err;
-    if (j.err > 0)
-        return lsl_i_fail_errno(LSL_ERR_IO, j.err, "%s: read", j.path);
-    if (j.err < 0)
-        return lsl_i_fail(LSL_ERR_IO, "%s: unexpected end of file", j.path);
+    if (j.err)
+        return lsl_i_pread_error(j.err, j.at, j.path);
     if (j.cerr != cudaSuccess)
         return cuda_fail(j.cerr, j.what);
     return LSL_OK;
