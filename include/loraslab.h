@@ -248,10 +248,11 @@ typedef struct lsl_job_config {
     int quiet;
     int strict; /* refuse an adapter whose base_model_name_or_path does not match */
     /* Where the merge runs.  LSL_MEM_HOST (default): on the CPU, in fp64.  LSL_MEM_DEVICE (a
-     * build with CUDA): each rank uses GPU (node-local rank mod GPUs visible); a helper thread
-     * reads the next chunk of W0 into the pinned ring and copies it up while the previous one is
-     * written.  DoRA and LoRA on embeddings are merged on the CPU either way (their exact
-     * formulas have no device kernel yet).  LSL_ERR_CUDA (agreed) when a rank has no GPU. */
+     * build with CUDA): each rank uses GPU (node-local rank mod GPUs visible), fp32
+     * accumulation; a helper thread reads the next chunk of W0 into the pinned ring and copies
+     * it up while the previous one is written.  DoRA and LoRA on embeddings are merged on the
+     * CPU either way (their exact formulas have no device kernel yet).  LSL_ERR_CUDA (agreed)
+     * when a rank has no GPU; LSL_ERR_UNSUPPORTED in a build without CUDA. */
     lsl_memspace merge_on;
 } lsl_job_config;
 #define LSL_JOB_CONFIG_INIT                                                                        \

@@ -788,7 +788,8 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                 buf = src->mem + off;
         }
         if (st == LSL_OK && c < nloc && lora) {
-            uint64_t lr = c * chunk_rows, m = count / pc.rbytes, bad = 0;
+            uint64_t lr = c * chunk_rows, bad = 0;
+            uint64_t m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
             const void *brows = (unsigned char *)bacc + lr * r * acc;
             lsl_status ms =
                 colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
