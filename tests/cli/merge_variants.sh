@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # loraslab merge at NP ranks on generated models covering the dtype combinations, a sharded base,
 # tied embeddings, rsLoRA with rank/alpha patterns, more ranks than rows, multi-chunk staging,
-# DoRA, LoRA biases, LoRA on embeddings, modules_to_save with trained biases, and GPT-2 Conv1D
-# layers with fan_in_fan_out; every output is checked by tests/py/check_merge.py (h5py + float64 numpy reference)
-# and its `inspect --json` against the schema.
+# DoRA, LoRA biases, LoRA on embeddings, modules_to_save with trained biases, r = 32 with a large
+# delta, and GPT-2 Conv1D layers with fan_in_fan_out; every output is checked by
+# tests/py/check_merge.py (h5py + float64 numpy reference) and its `inspect --json` against the
+# schema.
 #   merge_variants.sh BUILD/loraslab NP
 # LSL_MERGE_ARGS adds merge options to every variant (the GPU tests pass --device cuda; then the
 # check allows fp32 accumulation error where W0 and the delta nearly cancel, and the schema check,
@@ -48,6 +49,9 @@ variant embedding-lora "" --targets embed_tokens,q_proj,down_proj --seed 11
 variant modules-to-save-and-trained-bias "" --modules-to-save lm_head --trained-bias --seed 12
 variant gpt2-conv1d-fan-in-fan-out "" --gpt2 --targets c_attn,c_proj,c_fc --lora-bias --seed 13
 variant gpt2-dora-fan-in-fan-out "--staging-mib 1" --gpt2 --dora --hidden 256 --targets c_attn,c_fc --seed 14
+# r = 32 with a delta larger than W0 on check_hf's shapes (on the GPU: two k-steps of the
+# tensor-core kernel, a partial column tile at 352 and partial row blocks)
+variant r32-large-delta "" --r 32 --alpha 64 --b-scale 0.1 --hidden 128 --intermediate 352 --seed 15
 # The human table says what was merged (captured first: grep -q would cut the pipe).
 table=$("$lsl" inspect "$out/bf16-base-f32-lora/merged.h5")
 if grep -q "14 with a LoRA delta merged" <<<"$table"; then
