@@ -456,8 +456,8 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
     return LSL_OK;
 }
 
-/* Join a posted job: its read or launch error, formatted here where the message belongs. */
-static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
+/* Wait for slot's posted job and take its results. */
+static stage_job take_job(lsl_i_cuda *c, int slot)
 {
     pthread_mutex_lock(&c->mu);
     while (c->state == 1)
@@ -466,6 +466,13 @@ static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
     stage_job j = c->job;
     pthread_mutex_unlock(&c->mu);
     c->staged[slot] = 0;
+    return j;
+}
+
+/* Join a posted job: its read or launch error, formatted here where the message belongs. */
+static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
+{
+    stage_job j = take_job(c, slot);
     *launched = j.has_l && !j.err;
     if (j.err)
         return lsl_i_pread_error(j.err, j.at, j.path);
@@ -476,14 +483,8 @@ static lsl_status join_job(lsl_i_cuda *c, int slot, int *launched)
 
 void lsl_i_cuda_drain(lsl_i_cuda *c, int slot)
 {
-    if (c->staged[slot]) {
-        pthread_mutex_lock(&c->mu);
-        while (c->state == 1)
-            pthread_cond_wait(&c->cv, &c->mu);
-        c->state = 0;
-        pthread_mutex_unlock(&c->mu);
-        c->staged[slot] = 0;
-    }
+    if (c->staged[slot])
+        (void)take_job(c, slot);
     cudaEventSynchronize(c->done[slot]);
 }
 
