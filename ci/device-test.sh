@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
 # Everything the GPU machine runs (device time is scarce, so one call per mode):
 #   build with CUDA against the kit's parallel HDF5; GPU tests (in-job writer with device
-#   pointers, `merge --device cuda` against the float64 reference, bad input; 1 rank and 4 ranks
-#   sharing the GPU) and compute-sanitizer; benchmarks: merge kernel vs copy, offline merge GPU vs
-#   CPU; the PEFT/transformers checks; in-job write vs raw MPI-IO on /dev/shm and local disk at 1
-#   and 4 ranks, L = 8 and 16; the PyTorch/PEFT peers.  A short table last.
+#   pointers, the gather path at 2 ranks, `merge --device cuda` against the float64 reference,
+#   bad input; 1, 2 and 4 ranks, one GPU per rank where there are enough) and compute-sanitizer;
+#   benchmarks: merge kernel vs copy, offline merge GPU vs CPU; the PEFT/transformers checks;
+#   in-job write vs raw MPI-IO on /dev/shm and local disk; the PyTorch/PEFT peers; the whole CLI
+#   (merge --device cuda, convert, verify) on the example and a multi-GiB model.  A short table
+#   last.
 # Prepare once on the dev machine: ../shared/device/make-kit.sh; ci/make-device-extra.sh.
 # Run: carry [".device-kit", ".device-extra"]; command: bash ci/device-test.sh [MODE]
-#   quick: build, GPU tests, sanitizer, kernel and offline-merge benchmarks;
-#   bench: build, kernel and offline-merge benchmarks, PEFT/transformers checks, in-job write and
-#          peer benchmarks;
-#   full (default): everything (more than the device tool's 10 minutes a call: run quick, then
-#          bench).
+#   quick: build, GPU tests, sanitizer, kernel and offline-merge benchmarks, PEFT checks;
+#   bench: build, kernel and offline-merge benchmarks, in-job write and peer benchmarks;
+#   multi: build, in-job write at 1 and 2 ranks (one GPU each) on /dev/shm and disk, the whole
+#          CLI at the largest rank count (several GPUs);
+#   full (default): everything (more than the device tool's 10 minutes a call).
+# STEPS (words of: tests sanitizer kernel offline hf write peers pipeline) overrides the mode's.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
-# WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark.
+# WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark; PIPELINE (RANKS:LAYERS) sets
+# the CLI run's size (default: one rank per GPU, 2 layers).
 set -uo pipefail
 mode=${1:-full}
+case $mode in
+  quick) steps="tests sanitizer kernel offline hf" ;;
+  bench) steps="kernel offline write peers" ;;
+  multi) steps="write pipeline" ;;
+  full) steps="tests sanitizer kernel offline hf write peers pipeline" ;;
+  *) echo "unknown mode $mode"; exit 2 ;;
+esac
+steps=" ${STEPS:-$steps} "
+want() { [[ $steps == *" $1 "* ]]; }
+ngpu=$(nvidia-smi -L | grep -c '^GPU')
 cd "$(dirname "$0")/.."
 source .device-kit/env.sh
 source .device-extra/env.sh
@@ -34,7 +48,7 @@ cmake -S . -B build-gpu -DLSL_CUDA=ON -DLSL_WERROR=OFF -DLSL_PYTHON="$(command -
 cmake --build build-gpu -j16 >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 lsl=$PWD/build-gpu/loraslab
 
-if [ "$mode" != bench ]; then
+if want tests; then
   log "GPU tests"
   (cd build-gpu && ctest -L gpu ${GPU_TESTS:+-R "$GPU_TESTS"} --output-on-failure 2>&1 |
     tee "$OUT/ctest-gpu.log" | grep -E "Test #|tests passed")
@@ -43,32 +57,54 @@ if [ "$mode" != bench ]; then
   else
     row "gpu tests FAILED: $(grep -E '^\s+[0-9]+ - ' "$OUT/ctest-gpu.log" | tr -s ' \t' ' ' | tr '\n' ';')"
   fi
+  grep -E '(ok|FAILED)' build-gpu/testout/gather_paths.txt 2>/dev/null | while read -r l; do row "gather: $l"; done
+fi
+if want sanitizer; then
   log "compute-sanitizer"
   compute-sanitizer --tool memcheck --print-limit 5 build-gpu/test_writer_gpu >"$OUT/sanitizer.log" 2>&1
   row "compute-sanitizer memcheck (GPU writer test): $(grep 'ERROR SUMMARY' "$OUT/sanitizer.log")"
 fi
 
-log "kernel benchmark"
-row "$(build-gpu/bench_gpu kernel 2>&1 | tee -a "$OUT/bench.log" | grep '^kernel:')"
-log "offline merge benchmark (files on /dev/shm)"
-bash tests/bench/bench_offline.sh "$lsl" /dev/shm/lsl-offline 1 2>&1 | tee -a "$OUT/bench.log" |
-  grep '^offline:' >"$OUT/offline.txt"
-while read -r l; do row "$l"; done <"$OUT/offline.txt"
-
-if [ "$mode" != quick ]; then
-  log "write benchmark"
-  for cfg in ${WRITE_CONFIGS:-/dev/shm:1:8 /dev/shm:4:8 /dev/shm:1:16 /dev/shm:4:16 /tmp:1:8 /tmp:4:8}; do
-    IFS=: read -r d np L <<<"$cfg"
-    row "$(mpiexec -n "$np" build-gpu/bench_gpu write "$d" "$L" 2>&1 | tee -a "$OUT/bench.log" | grep '^write:')"
-  done
-  log "peers"
-  for p in recipe peft; do
-    row "$(python3 tests/bench/bench_peers.py /dev/shm 8 $p 2>&1 | tee -a "$OUT/bench.log" | grep RESULT)"
-  done
+if want kernel; then
+  log "kernel benchmark"
+  row "$(build-gpu/bench_gpu kernel 2>&1 | tee -a "$OUT/bench.log" | grep '^kernel:')"
+fi
+if want offline; then
+  log "offline merge benchmark (files on /dev/shm)"
+  bash tests/bench/bench_offline.sh "$lsl" /dev/shm/lsl-offline 1 2>&1 | tee -a "$OUT/bench.log" |
+    grep '^offline:' >"$OUT/offline.txt"
+  while read -r l; do row "$l"; done <"$OUT/offline.txt"
+fi
+if want hf; then
   log "PEFT and transformers checks"
   python3 tests/gpu/check_hf.py "$lsl" /tmp/lsl-hf 2 >"$OUT/check_hf.log" 2>&1
   grep -E '^\|' "$OUT/check_hf.log"
   row "$(grep '^check_hf:' "$OUT/check_hf.log" || echo "check_hf: did not finish")"
+fi
+if want write; then
+  log "write benchmark"
+  # 4 ranks on one GPU: CUDA_VISIBLE_DEVICES=0 (the GPU-path issue's shared-GPU rows).
+  def="/dev/shm:1:8 /dev/shm:4:8 /dev/shm:1:16 /dev/shm:4:16 /tmp:1:8 /tmp:4:8"
+  [ "$mode" = multi ] && def="/dev/shm:1:8 /dev/shm:$ngpu:8 /tmp:1:8 /tmp:$ngpu:8"
+  for cfg in ${WRITE_CONFIGS:-$def}; do
+    IFS=: read -r d np L <<<"$cfg"
+    vis=(); [ "$np" -gt "$ngpu" ] && vis=(env CUDA_VISIBLE_DEVICES=0)
+    row "$("${vis[@]}" mpiexec -n "$np" build-gpu/bench_gpu write "$d" "$L" 2>&1 |
+      tee -a "$OUT/bench.log" | grep '^write:')"
+  done
+fi
+if want peers; then
+  log "peers"
+  for p in recipe peft; do
+    row "$(CUDA_VISIBLE_DEVICES=0 python3 tests/bench/bench_peers.py /dev/shm 8 $p 2>&1 |
+      tee -a "$OUT/bench.log" | grep RESULT)"
+  done
+fi
+if want pipeline; then
+  IFS=: read -r pnp pL <<<"${PIPELINE:-$ngpu:2}"
+  log "the whole CLI at $pnp ranks, $pL layers"
+  bash tests/gpu/pipeline.sh "$lsl" /dev/shm/lsl-pipeline "$pnp" "$pL" 2>&1 | tee "$OUT/pipeline.log" |
+    grep '^pipeline:' | while read -r l; do row "$l"; done
 fi
 echo; echo "== summary"
 cat "$OUT/summary.txt"

@@ -1067,6 +1067,14 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     if (w->rank == 0)
         st = publish(w);
     LSL_TRY(lsl_i_agree(w->comm, st));
+#ifdef LSL_HAVE_CUDA
+    if (w->cuda && w->rank == 0 && !w->cfg.quiet) {
+        uint64_t nn, nm;
+        lsl_i_cuda_gathers(w->cuda, &nn, &nm);
+        fprintf(stderr, "loraslab: LoRA A gathers: %llu over NCCL, %llu through host memory\n",
+                (unsigned long long)nn, (unsigned long long)nm);
+    }
+#endif
     writer_free(w);
     *pw = NULL;
     return LSL_OK;

@@ -28,8 +28,11 @@ typedef struct stage_job {
 
 struct lsl_i_cuda {
     int device;
-    int use_nccl;
+    int want_nccl; /* 0: MPI path; 1: NCCL, communicator built at the first gather that can use it
+                    */
+    const char *why_mpi;
     ncclComm_t nccl;
+    uint64_t n_nccl, n_mpi; /* gathers per path, for the closing report */
     uint64_t slot_bytes;
     void *pinned[2], *dslot[2];
     cudaEvent_t done[2];
@@ -53,6 +56,9 @@ struct lsl_i_cuda {
     stage_job job;
 };
 
+/* How long a rank waits for NCCL to start before every rank takes the MPI path. */
+#define NCCL_START_LIMIT_S 120.0
+
 static lsl_status cuda_fail(cudaError_t e, const char *what)
 {
     return lsl_i_fail(LSL_ERR_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e),
@@ -67,6 +73,19 @@ static lsl_status cuda_fail(cudaError_t e, const char *what)
             goto fail;                                                                             \
         }                                                                                          \
     } while (0)
+
+/* Poll a non-blocking communicator until its pending work settles, for at most `limit` seconds
+ * (a peer that failed early must not leave this rank waiting in NCCL forever). */
+static ncclResult_t nccl_settle(ncclComm_t comm, ncclResult_t nr, double limit)
+{
+    double t0 = lsl_i_now();
+    while (nr == ncclInProgress && lsl_i_now() - t0 < limit) {
+        usleep(200);
+        if (ncclCommGetAsyncError(comm, &nr) != ncclSuccess)
+            return ncclInternalError;
+    }
+    return nr;
+}
 
 static int dev_type(lsl_dtype d)
 {
@@ -103,8 +122,11 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     free(c->host_a);
     free(c->host_full);
     free(c->host_tmp);
-    if (c->use_nccl && c->nccl)
+    if (c->nccl) {
+        /* non-blocking communicator: let its finalization settle before freeing it */
+        nccl_settle(c->nccl, ncclCommFinalize(c->nccl), NCCL_START_LIMIT_S);
         ncclCommDestroy(c->nccl);
+    }
     free(c);
     *pc = NULL;
 }
@@ -183,22 +205,10 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
             shared |= strcmp(all + i * sizeof id, all + j * sizeof id) == 0;
     const char *force = getenv("LSL_GATHER");
     /* One rank holds all of A already: a communicator would only cost memory. */
-    int want_nccl = size > 1 && !shared && !(force && strcmp(force, "mpi") == 0);
-    MPI_Bcast(&want_nccl, 1, MPI_INT, 0, comm); /* rank 0's environment decides */
+    c->want_nccl = size > 1 && !shared && !(force && strcmp(force, "mpi") == 0);
+    MPI_Bcast(&c->want_nccl, 1, MPI_INT, 0, comm); /* rank 0's environment decides */
+    c->why_mpi = size == 1 ? "one rank" : shared ? "ranks share a GPU" : "LSL_GATHER=mpi";
     LSL_TRY(lsl_i_agree(comm, st));
-    if (want_nccl) {
-        ncclUniqueId uid;
-        ncclResult_t nr = ncclSuccess;
-        if (rank == 0)
-            nr = ncclGetUniqueId(&uid);
-        MPI_Bcast(&uid, sizeof uid, MPI_BYTE, 0, comm);
-        if (nr == ncclSuccess)
-            nr = ncclCommInitRank(&c->nccl, size, uid, rank);
-        if (nr != ncclSuccess)
-            st = lsl_i_fail(LSL_ERR_NCCL, "NCCL communicator: %s", ncclGetErrorString(nr));
-        c->use_nccl = nr == ncclSuccess;
-        LSL_TRY(lsl_i_agree(comm, st));
-    }
     free(all);
     *out = c;
     return LSL_OK;
@@ -210,8 +220,59 @@ fail:
 
 const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c)
 {
-    return c->use_nccl ? "NCCL" : "MPI (host memory)";
+    static __thread char text[96];
+    if (c->want_nccl)
+        return "NCCL (one GPU per rank) for A on the GPU, MPI through host memory otherwise";
+    snprintf(text, sizeof text, "MPI through host memory (%s)", c->why_mpi);
+    return text;
 }
+
+void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi)
+{
+    *nccl = c->n_nccl;
+    *mpi = c->n_mpi;
+}
+
+/* Collective.  The communicator costs seconds and hundreds of MiB of host memory (NCCL's
+ * buffers and kernels), so it is built only when a gather can use it.  It is non-blocking and
+ * every rank waits a bounded time, then all agree: if NCCL cannot start on some rank, every
+ * rank falls back to the MPI path (NCCL is detected, not configured) instead of hanging. */
+static void nccl_start(lsl_i_cuda *c, MPI_Comm comm)
+{
+    int rank, size, ok = 0;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    ncclUniqueId uid;
+    memset(&uid, 0, sizeof uid);
+    ncclResult_t nr = ncclSuccess;
+    if (rank == 0)
+        nr = ncclGetUniqueId(&uid);
+    int root_ok = nr == ncclSuccess;
+    MPI_Bcast(&root_ok, 1, MPI_INT, 0, comm);
+    MPI_Bcast(&uid, sizeof uid, MPI_BYTE, 0, comm);
+    if (root_ok) {
+        ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+        cfg.blocking = 0;
+        nr = ncclCommInitRankConfig(&c->nccl, size, uid, rank, &cfg);
+        if (c->nccl)
+            nr = nccl_settle(c->nccl, nr, NCCL_START_LIMIT_S);
+    }
+    int mine = root_ok && nr == ncclSuccess;
+    MPI_Allreduce(&mine, &ok, 1, MPI_INT, MPI_LAND, comm);
+    if (ok)
+        return;
+    if (c->nccl)
+        ncclCommAbort(c->nccl);
+    c->nccl = NULL;
+    c->want_nccl = 0;
+    c->why_mpi = "NCCL failed to start";
+    if (!mine)
+        fprintf(stderr,
+                "loraslab: rank %d: NCCL failed to start (%s); LoRA A goes through host "
+                "memory (MPI) instead\n",
+                rank, nr == ncclInProgress ? "timed out" : ncclGetErrorString(nr));
+}
+
 uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c)
 {
     return c->slot_bytes;
@@ -265,8 +326,11 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     int fsdp = !a_on_host && l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en,
         all_fsdp = 0;
     MPI_Allreduce(&fsdp, &all_fsdp, 1, MPI_INT, MPI_LAND, comm);
-    if (c->use_nccl && all_fsdp) {
+    if (c->want_nccl && all_fsdp && !c->nccl)
+        nccl_start(c, comm);
+    if (c->nccl && all_fsdp) {
         LSL_TRY(lsl_i_agree(comm, st));
+        c->n_nccl++;
         char *base = c->a_dev;
         uint64_t row = in * es;
         /* padded receive area after the real A when the tail is short */
@@ -291,6 +355,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
                            cudaMemcpyDeviceToDevice);
         ncclResult_t nr = ncclAllGather(recv + (uint64_t)rank * chunk * row, recv, chunk * row,
                                         ncclChar, c->nccl, 0);
+        nr = nccl_settle(c->nccl, nr, NCCL_START_LIMIT_S);
         if (e == cudaSuccess && nr == ncclSuccess && recv != base)
             e = cudaMemcpy(base, recv, full, cudaMemcpyDeviceToDevice);
         if (e == cudaSuccess)
@@ -302,6 +367,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
         LSL_TRY(lsl_i_agree(comm, st));
     } else {
         /* Through host memory: A is small (r x in). */
+        c->n_mpi++;
         uint64_t mine = l->a_shard == LSL_SHARD_ROWS ? l->a_count * in * es : l->a_count * r * es;
         uint64_t hc = c->host_cap;
         if (st == LSL_OK && full > hc) {

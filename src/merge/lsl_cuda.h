@@ -15,11 +15,14 @@ lsl_status lsl_i_cuda_select(MPI_Comm comm, int *ranks_per_gpu);
 
 /* Collective on comm.  Pins a ring of two slots of staging_bytes / 2 each (exact size, once),
  * allocates the matching device slots, and picks the gather path: NCCL if no two ranks share a
- * GPU (and LSL_GATHER is not "mpi"), else MPI.  Agreed status. */
+ * GPU (and LSL_GATHER is not "mpi"), else MPI.  The NCCL communicator is built at the first
+ * gather that can use it.  Agreed status. */
 lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **out);
 void lsl_i_cuda_close(lsl_i_cuda **c);
 const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c);
 uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c);
+/* How many gathers went over NCCL and through host memory so far. */
+void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi);
 
 /* Collective.  All of A on the device (native dtype; returned pointer owned by c, valid until the
  * next gather).  l->a is device memory, or host memory when a_on_host (then A goes through the

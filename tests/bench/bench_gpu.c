@@ -283,8 +283,9 @@ static int bench_write(const char *dir, int layers)
             fprintf(stderr, "bench write failed: %s\n", lsl_last_error());
         MPI_Abort(MPI_COMM_WORLD, 3);
     }
-    uint64_t peak = lsl_i_rss_peak(), grow = peak > rss0 ? peak - rss0 : 0, gmax = 0;
+    uint64_t peak = lsl_i_rss_peak(), grow = peak > rss0 ? peak - rss0 : 0, gmax = 0, pmax = 0;
     MPI_Allreduce(&grow, &gmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(&peak, &pmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
     /* The ceiling: the same bytes, the same per-tensor ranges, from one pinned buffer. */
     void *pin;
     uint64_t chunk = 64ull << 20;
@@ -315,10 +316,12 @@ static int bench_write(const char *dir, int layers)
     MPI_File_close(&fh);
     double t_raw = MPI_Wtime() - t0;
     if (rank == 0) {
-        printf("write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
-               "%.2f GB/s | loraslab/raw time %.3f | RSS growth max %.1f MiB (staging 64 MiB)\n",
-               size, layers, dir, total / 1e9, t_lsl, total / t_lsl / 1e9, t_raw,
-               total / t_raw / 1e9, t_lsl / t_raw, gmax / 1048576.0);
+        printf(
+            "write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
+            "%.2f GB/s | loraslab/raw time %.3f | RSS growth max %.1f MiB (staging 64 MiB), peak "
+            "RSS max %.0f MiB | %d GPU(s)\n",
+            size, layers, dir, total / 1e9, t_lsl, total / t_lsl / 1e9, t_raw, total / t_raw / 1e9,
+            t_lsl / t_raw, gmax / 1048576.0, pmax / 1048576.0, ndev < size ? ndev : size);
         printf("RESULT write np=%d L=%d dir=%s bytes=%llu lsl_s=%.3f raw_s=%.3f ratio=%.3f "
                "rss_growth_mib=%.1f\n",
                size, layers, dir, (unsigned long long)total, t_lsl, t_raw, t_lsl / t_raw,

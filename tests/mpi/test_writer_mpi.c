@@ -28,6 +28,20 @@ static const void *dev(const void *host, size_t bytes)
     }
     return d;
 }
+/* One GPU per node-local rank where there are enough (the NCCL gather path), shared otherwise. */
+static void pick_device(void)
+{
+    MPI_Comm local;
+    int lr = 0, nd = 0;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &lr);
+    MPI_Comm_free(&local);
+    if (cudaGetDeviceCount(&nd) != cudaSuccess || nd == 0 ||
+        cudaSetDevice(lr % nd) != cudaSuccess) {
+        fprintf(stderr, "no usable GPU\n");
+        exit(2);
+    }
+}
 #else
 #define MEM LSL_MEM_HOST
 static const void *dev(const void *host, size_t bytes)
@@ -175,7 +189,7 @@ static void test_merge_and_copy(void)
     const int nt = 11;
     lsl_writer *w = NULL;
     lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
-    cfg.quiet = 1;
+    cfg.quiet = getenv("LSL_TEST_LOUD") == NULL; /* loud: the GPU tests check the gather path */
     cfg.staging_bytes = 4096; /* several chunks per rank even for these small tensors */
     lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
     CHECK(st == LSL_OK, "create: %s", lsl_last_error());
@@ -448,6 +462,9 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+#ifdef LSL_TEST_DEVICE
+    pick_device();
+#endif
     const char *base = getenv("LSL_TESTOUTDIR") ? getenv("LSL_TESTOUTDIR") : "/tmp";
     snprintf(dir, sizeof dir, "%s/writer-np%d", base, size);
     if (rank == 0) {
