@@ -14,12 +14,18 @@ enum { LSL_DEV_F32 = 0, LSL_DEV_BF16 = 1, LSL_DEV_F16 = 2 };
 /* out[m x n] = round(w0 + s * (b @ a)) where w0 and out are m x n of type wt (row strides n),
  * b is m x r of type bt and a is r x n of type at, all row-major on the device; out must not
  * overlap w0.  Accumulates in fp32 (fp64 when wt is F32), rounds once.  16-bit W with r <= 64 and
- * 16-byte aligned rows runs on tensor cores (factors split into bf16 pairs, products good to
- * ~2^-16), everything else on the SIMT kernel.  *bad (device, initialised to UINT64_MAX by the
- * caller) receives the smallest element index whose result is NaN or Inf.  Asynchronous on
- * stream; returns the launch's cudaError_t as an int (0 on success). */
+ * 16-byte aligned rows runs on tensor cores (fp32 factors split into three bf16 pieces, products
+ * as good as fp32 FMAs), everything else on the SIMT kernel.  *bad (device, initialised to
+ * UINT64_MAX by the caller) receives the smallest element index whose result is NaN or Inf.
+ * Asynchronous on stream; returns the launch's cudaError_t as an int (0 on success). */
 int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, const void *a, const void *b,
                   int64_t m, int64_t n, int r, double s, unsigned long long *bad, void *stream);
+
+/* The row-tiled tensor-core kernel (the previous one, bit-identical results), for the
+ * benchmark's comparison. */
+int lsl_dev_merge_tc_rows(int wt, int at, int bt, void *out, const void *w0, const void *a,
+                          const void *b, int64_t m, int64_t n, int r, double s,
+                          unsigned long long *bad, void *stream);
 
 /* The SIMT kernel alone, for any shape (the benchmark's comparison). */
 int lsl_dev_merge_simt(int wt, int at, int bt, void *out, const void *w0, const void *a,

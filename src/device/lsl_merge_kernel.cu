@@ -355,15 +355,170 @@ __global__ void __launch_bounds__(THREADS, 2)
         atomicMin(bad, first);
 }
 
+// Column-resident variant: a block stages A's pieces for one 64-column tile once, and its warps
+// sweep 16-row tiles down the matrix with no block-wide barrier in the loop.  Each warp issues
+// the next tile's W0 and B loads before the current tile's MMAs, so HBM traffic stays in flight
+// while the tensor cores work (the kernel above waits for each tile's W0 and A staging in turn).
+// The MMAs and their order are those of merge_tc: the results are bit-identical.
+constexpr int CW = 4, CTHREADS = CW * 32, CBLOCKS = 3; // 170 registers: no spills at NP = 3
+template <typename TW, int KS, int NP>
+__global__ void __launch_bounds__(CTHREADS, CBLOCKS)
+    merge_tc_cols(TW *__restrict__ out, const TW *__restrict__ w0, const void *__restrict__ a,
+                  int at, const void *__restrict__ b, int bt, int64_t m, int64_t n, int r, float s,
+                  unsigned long long *bad)
+{
+    __shared__ uint32_t As[NP][KS * 8][ASTRIDE];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int64_t col0 = (int64_t)blockIdx.x * TN;
+    for (int e = threadIdx.x; e < KS * 8 * TN; e += CTHREADS) {
+        int kp = e / TN, c = e % TN;
+        int64_t gc = col0 + c;
+        float x0 = gc < n && 2 * kp < r ? ldf(a, 2 * kp * n + gc, at) : 0.f;
+        float x1 = gc < n && 2 * kp + 1 < r ? ldf(a, (2 * kp + 1) * n + gc, at) : 0.f;
+        uint32_t p[3];
+        split3(x0, x1, p);
+#pragma unroll
+        for (int i = 0; i < NP; i++)
+            As[i][kp][c] = p[i];
+    }
+    __syncthreads();
+    const int64_t tiles = (m + 15) / 16, step = (int64_t)gridDim.y * CW;
+    int64_t tile = (int64_t)blockIdx.y * CW + warp;
+    bool colok[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+        colok[h] = col0 + 32 * h + 8 * t < n;
+    // W0 (16 bytes per row half) and the raw B pairs of a tile, loaded one tile ahead.
+    uint4 wv[2][2];
+    float2 braw[KS][4];
+    auto fetch = [&](int64_t tl, uint4(&w)[2][2], float2(&bv)[KS][4]) {
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++) {
+            int64_t row = tl * 16 + g + 8 * rh;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                // W0 is read once: streaming loads keep A and B resident in L2.  The row a
+                // tile further ahead is asked into L2 now, so more bytes are in flight than
+                // the registers of one tile of lookahead can hold.
+                if (tl < tiles && row < m && colok[h])
+                    w[rh][h] = __ldcs(
+                        reinterpret_cast<const uint4 *>(w0 + row * n + col0 + 32 * h + 8 * t));
+                int64_t ahead = row + 16 * step;
+                if (t == 0 && tl + step < tiles && ahead < m && colok[h])
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(w0 + ahead * n + col0 + 32 * h));
+            }
+        }
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int f = 0; f < 4; f++) { // f: rows g / g + 8, k 2t / 2t + 8
+                int64_t row = tl * 16 + g + 8 * (f % 2);
+                int k = ks * 16 + 2 * t + (f / 2) * 8;
+                bool ok = tl < tiles && row < m;
+                bv[ks][f].x = ok && k < r ? ldf(b, row * r + k, bt) : 0.f;
+                bv[ks][f].y = ok && k + 1 < r ? ldf(b, row * r + k + 1, bt) : 0.f;
+            }
+    };
+    fetch(tile, wv, braw);
+    unsigned long long first = ~0ull;
+    for (; tile < tiles; tile += step) {
+        uint4 wn[2][2];
+        float2 bn[KS][4];
+        fetch(tile + step, wn, bn);
+        uint32_t bp[NP][KS][4];
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int f = 0; f < 4; f++) {
+                uint32_t p[3];
+                split3(braw[ks][f].x, braw[ks][f].y, p);
+#pragma unroll
+                for (int i = 0; i < NP; i++)
+                    bp[i][ks][f] = p[i];
+            }
+        float acc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[j][q] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int ord = NP - 1; ord >= 0; ord--)
+#pragma unroll
+                for (int i = 0; i <= ord; i++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int pcol = (g / 2) * 8 + (j % 4) * 2 + g % 2 + (j / 4) * 32;
+                        mma(acc[j], bp[i][ks], As[ord - i][ks * 8 + t][pcol],
+                            As[ord - i][ks * 8 + t + 4][pcol]);
+                    }
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++) {
+            int64_t row = tile * 16 + g + 8 * rh;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int64_t gc = col0 + 32 * h + 8 * t;
+                if (row >= m || !colok[h])
+                    continue;
+                TW *e = reinterpret_cast<TW *>(&wv[rh][h]);
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        TW v = fromf<TW>(fmaf(s, acc[h * 4 + q][rh * 2 + x], tof(e[2 * q + x])));
+                        e[2 * q + x] = v;
+                        unsigned long long idx = (unsigned long long)(row * n + gc + 2 * q + x);
+                        if (!isfinite(tof(v)) && idx < first)
+                            first = idx;
+                    }
+                __stcs(reinterpret_cast<uint4 *>(out + row * n + gc), wv[rh][h]);
+            }
+        }
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                wv[rh][h] = wn[rh][h];
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int f = 0; f < 4; f++)
+                braw[ks][f] = bn[ks][f];
+    }
+    if (first != ~0ull)
+        atomicMin(bad, first);
+}
+
 template <typename TW, int NP>
 int launch_np(int at, int bt, void *out, const void *w0, const void *a, const void *b, int64_t m,
-              int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st)
+              int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st, bool cols)
 {
-    dim3 grid((unsigned)((n + TN * CT - 1) / (TN * CT)), (unsigned)((m + BM - 1) / BM));
     TW *o = static_cast<TW *>(out);
     const TW *w = static_cast<const TW *>(w0);
+    dim3 grid((unsigned)((n + TN * CT - 1) / (TN * CT)), (unsigned)((m + BM - 1) / BM));
+    // Four k-steps of three pieces hold too many B fragments for the prefetching kernel's
+    // registers (it would spill): r > 48 with fp32 factors keeps the row-tiled kernel (the
+    // LSL_TC branch below; that never-launched instantiation is made with two pieces).
+    cols = cols && !(NP == 3 && (r + 15) / 16 > 3);
+    if (cols) {
+        // One wave: as many blocks as fit at once (a second, partial wave would double the time
+        // of its blocks), at least one row of blocks; each warp sweeps its share of row tiles.
+        int dev = 0, sms = 132;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int64_t gx = (n + TN - 1) / TN, want = (int64_t)sms * CBLOCKS / gx,
+                most = ((m + 15) / 16 + CW - 1) / CW;
+        want = want < 1 ? 1 : want;
+        grid = dim3((unsigned)gx, (unsigned)(want < most ? want : most));
+    }
 #define LSL_TC(KS)                                                                                 \
-    merge_tc<TW, KS, NP><<<grid, THREADS, 0, st>>>(o, w, a, at, b, bt, m, n, r, (float)s, bad)
+    if (cols && !(NP == 3 && KS == 4))                                                             \
+        merge_tc_cols<TW, KS, (NP == 3 && KS == 4) ? 2 : NP>                                       \
+            <<<grid, CTHREADS, 0, st>>>(o, w, a, at, b, bt, m, n, r, (float)s, bad);               \
+    else                                                                                           \
+        merge_tc<TW, KS, NP><<<grid, THREADS, 0, st>>>(o, w, a, at, b, bt, m, n, r, (float)s, bad)
     switch ((r + 15) / 16) {
     case 0:
     case 1: LSL_TC(1); break;
@@ -377,12 +532,12 @@ int launch_np(int at, int bt, void *out, const void *w0, const void *a, const vo
 
 template <typename TW>
 int launch(int at, int bt, void *out, const void *w0, const void *a, const void *b, int64_t m,
-           int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st)
+           int64_t n, int r, double s, unsigned long long *bad, cudaStream_t st, bool cols)
 {
     int np = pieces(at) > pieces(bt) ? pieces(at) : pieces(bt);
-    return np == 1   ? launch_np<TW, 1>(at, bt, out, w0, a, b, m, n, r, s, bad, st)
-           : np == 2 ? launch_np<TW, 2>(at, bt, out, w0, a, b, m, n, r, s, bad, st)
-                     : launch_np<TW, 3>(at, bt, out, w0, a, b, m, n, r, s, bad, st);
+    return np == 1   ? launch_np<TW, 1>(at, bt, out, w0, a, b, m, n, r, s, bad, st, cols)
+           : np == 2 ? launch_np<TW, 2>(at, bt, out, w0, a, b, m, n, r, s, bad, st, cols)
+                     : launch_np<TW, 3>(at, bt, out, w0, a, b, m, n, r, s, bad, st, cols);
 }
 } // namespace tc
 
@@ -439,19 +594,33 @@ extern "C" int lsl_dev_merge_simt(int wt, int at, int bt, void *out, const void 
     }
 }
 
-extern "C" int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, const void *a,
-                             const void *b, int64_t m, int64_t n, int r, double s,
-                             unsigned long long *bad, void *stream)
+static int merge_tc_or_simt(int wt, int at, int bt, void *out, const void *w0, const void *a,
+                            const void *b, int64_t m, int64_t n, int r, double s,
+                            unsigned long long *bad, void *stream, bool cols)
 {
     // The tensor-core kernel moves W in 16-byte pieces: rows must start 16-byte aligned.
     bool tc_ok = wt != LSL_DEV_F32 && r <= 64 && n % 8 == 0 && (uintptr_t)out % 16 == 0 &&
-                 (uintptr_t)w0 % 16 == 0 && m <= (int64_t)65535 * tc::BM;
+                 (uintptr_t)w0 % 16 == 0 && (cols || m <= (int64_t)65535 * tc::BM);
     if (m <= 0 || n <= 0 || !tc_ok)
         return lsl_dev_merge_simt(wt, at, bt, out, w0, a, b, m, n, r, s, bad, stream);
     cudaStream_t st = (cudaStream_t)stream;
     return wt == LSL_DEV_BF16
-               ? tc::launch<__nv_bfloat16>(at, bt, out, w0, a, b, m, n, r, s, bad, st)
-               : tc::launch<__half>(at, bt, out, w0, a, b, m, n, r, s, bad, st);
+               ? tc::launch<__nv_bfloat16>(at, bt, out, w0, a, b, m, n, r, s, bad, st, cols)
+               : tc::launch<__half>(at, bt, out, w0, a, b, m, n, r, s, bad, st, cols);
+}
+
+extern "C" int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, const void *a,
+                             const void *b, int64_t m, int64_t n, int r, double s,
+                             unsigned long long *bad, void *stream)
+{
+    return merge_tc_or_simt(wt, at, bt, out, w0, a, b, m, n, r, s, bad, stream, true);
+}
+
+extern "C" int lsl_dev_merge_tc_rows(int wt, int at, int bt, void *out, const void *w0,
+                                     const void *a, const void *b, int64_t m, int64_t n, int r,
+                                     double s, unsigned long long *bad, void *stream)
+{
+    return merge_tc_or_simt(wt, at, bt, out, w0, a, b, m, n, r, s, bad, stream, false);
 }
 
 extern "C" int lsl_dev_copy(void *dst, const void *src, int64_t bytes, void *stream)
