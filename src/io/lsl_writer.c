@@ -127,6 +127,11 @@ struct lsl_writer {
     uint64_t bytes_done, tensors_done;
     crc_worker crc;
     lsl_i_reader *reader; /* started at the first put from a file */
+    /* Where the time goes (seconds, this rank), printed at close when LSL_PROFILE is set: the
+     * benchmark's gap to the raw MPI-IO ceiling is read from these. */
+    struct {
+        double define, gather, gpu_wait, write, crc_wait, close;
+    } prof;
 #ifdef LSL_HAVE_CUDA
     lsl_i_cuda *cuda; /* opened at the first device put */
 #endif
@@ -348,7 +353,7 @@ fail:
     return rc;
 }
 
-lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)
+static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
     MPI_Info info = MPI_INFO_NULL;
@@ -444,6 +449,15 @@ fail:
         MPI_Info_free(&info);
     w->state = W_FAILED;
     return rc;
+}
+
+lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)
+{
+    double t0 = lsl_i_now();
+    lsl_status st = define_impl(w, ntensors, tensors);
+    if (w)
+        w->prof.define += lsl_i_now() - t0;
+    return st;
 }
 
 static lsl_status src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *dst)
@@ -591,10 +605,15 @@ static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, 
     else if (count)
         pc->crc = lsl_crc32c_extend(pc->crc, buf, count);
     MPI_Status ms;
+    double t0 = lsl_i_now();
     int mrc = MPI_File_write_at_all(w->fh, (MPI_Offset)(pc->base + off), count ? buf : w->staging,
                                     (int)count, MPI_BYTE, &ms);
-    if (async)
+    double t1 = lsl_i_now();
+    w->prof.write += t1 - t0;
+    if (async) {
         pc->crc = crc_wait(&w->crc);
+        w->prof.crc_wait += lsl_i_now() - t1;
+    }
     if (mrc != MPI_SUCCESS && *st == LSL_OK) {
         char what[256];
         snprintf(what, sizeof what, "%s: writing tensor `%s`", w->path, pc->t->name);
@@ -864,8 +883,10 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
     const void *a_dev = NULL;
     const unsigned char *b = NULL;
     if (lora) {
+        double t0 = lsl_i_now();
         LSL_TRY(
             lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, src != NULL, &a_dev, LSL_OK));
+        w->prof.gather += lsl_i_now() - t0;
         b = lora->b;
         if (src) {
             const void *bd = NULL;
@@ -916,7 +937,9 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
             pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
         if (pending[c % 2]) {
             pending[c % 2] = 0;
+            double t0 = lsl_i_now();
             lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
+            w->prof.gpu_wait += lsl_i_now() - t0;
             ws = ws == LSL_ERR_NONFINITE ? nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
             st = st == LSL_OK ? ws : st;
         }
@@ -1036,6 +1059,20 @@ fail:
     return rc;
 }
 
+/* Collective: the slowest rank's figure for each phase. */
+static void report_profile(lsl_writer *w)
+{
+    if (!getenv("LSL_PROFILE"))
+        return;
+    double mx[6];
+    MPI_Reduce(&w->prof, mx, 6, MPI_DOUBLE, MPI_MAX, 0, w->comm);
+    if (w->rank == 0)
+        fprintf(stderr,
+                "loraslab: profile (max over ranks, s): define %.3f, A gathers %.3f, GPU waits "
+                "%.3f, MPI writes %.3f, checksum waits %.3f, close %.3f; total %.3f\n",
+                mx[0], mx[1], mx[2], mx[3], mx[4], mx[5], lsl_i_now() - w->t0);
+}
+
 lsl_status lsl_writer_close_all(lsl_writer **pw)
 {
     if (!pw || !*pw)
@@ -1057,6 +1094,7 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
                 break;
             }
     }
+    double tc = lsl_i_now();
     if (w->fh_open) {
         int mrc = MPI_File_close(&w->fh);
         w->fh_open = 0;
@@ -1067,6 +1105,8 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     if (w->rank == 0)
         st = publish(w);
     LSL_TRY(lsl_i_agree(w->comm, st));
+    w->prof.close = lsl_i_now() - tc;
+    report_profile(w);
 #ifdef LSL_HAVE_CUDA
     if (w->cuda && w->rank == 0 && !w->cfg.quiet) {
         uint64_t nn, nm;
