@@ -222,6 +222,14 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
 /* Collective.  Writes this rank's part of tensor `index` (0-based, in define order), merging the
  * LoRA delta when part->lora is set.  Tensors may be put in any order, each exactly once, the
  * same order on every rank.  A rank with no rows passes nrows = 0 (data may be NULL).
+ * Device parts (a build with CUDA; every rank passes the same memspace): the pointers belong to
+ * the calling thread's current CUDA device, work is queued on part->stream, and the call returns
+ * once the rows are written (the caller may then reuse its buffers).  The first device put
+ * pins the staging budget as two slots.  LoRA A is all-gathered through host memory, or over
+ * NCCL when every rank has its own GPU and A arrives in FSDP row shards: environment variable
+ * LSL_GATHER unset starts NCCL only after 1 GiB of A has been gathered (a communicator costs
+ * seconds and hundreds of MiB of host memory per rank), "nccl" from the first put, "mpi" never.
+ * LSL_PROFILE=1 prints at close where the time went (define, gathers, GPU waits, writes).
  * Returns LSL_ERR_SHAPE (parts do not tile the rows), LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge
  * produced NaN/Inf), LSL_ERR_IO / LSL_ERR_NOSPACE (write failed).  After a failure the writer
  * accepts only lsl_writer_abort_all. */

@@ -28,8 +28,10 @@ typedef struct stage_job {
 
 struct lsl_i_cuda {
     int device;
-    int want_nccl; /* 0: MPI path; 1: NCCL, communicator built at the first gather that can use it
-                    */
+    /* 0: MPI path only; 1: NCCL once the A traffic pays for a communicator (NCCL_AFTER_BYTES
+     * through host memory first); 2: NCCL from the first gather (LSL_GATHER=nccl). */
+    int want_nccl;
+    uint64_t host_gathered; /* bytes of A gathered through host memory, the same on every rank */
     const char *why_mpi;
     ncclComm_t nccl;
     uint64_t n_nccl, n_mpi; /* gathers per path, for the closing report */
@@ -58,6 +60,10 @@ struct lsl_i_cuda {
 
 /* How long a rank waits for NCCL to start before every rank takes the MPI path. */
 #define NCCL_START_LIMIT_S 120.0
+/* A communicator costs about a second to start and ~350 MiB of host memory per rank (2 x H100,
+ * NCCL 2.28), while the host path moved A at ~1.3 GB/s there: below ~1 GiB of A per job (a
+ * typical LoRA has tens to hundreds of MB) the host path is both faster and lighter. */
+#define NCCL_AFTER_BYTES (1ull << 30)
 
 static lsl_status cuda_fail(cudaError_t e, const char *what)
 {
@@ -204,9 +210,16 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
         for (int j = i + 1; j < size; j++)
             shared |= strcmp(all + i * sizeof id, all + j * sizeof id) == 0;
     const char *force = getenv("LSL_GATHER");
+    int mode = !force || !*force            ? 1
+               : strcmp(force, "mpi") == 0  ? 0
+               : strcmp(force, "nccl") == 0 ? 2
+                                            : -1;
+    MPI_Bcast(&mode, 1, MPI_INT, 0, comm); /* rank 0's environment decides */
+    if (mode < 0 && rank == 0)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "LSL_GATHER=\"%s\": use nccl, mpi, or leave it unset",
+                        force);
     /* One rank holds all of A already: a communicator would only cost memory. */
-    c->want_nccl = size > 1 && !shared && !(force && strcmp(force, "mpi") == 0);
-    MPI_Bcast(&c->want_nccl, 1, MPI_INT, 0, comm); /* rank 0's environment decides */
+    c->want_nccl = size > 1 && !shared && mode > 0 ? mode : 0;
     c->why_mpi = size == 1 ? "one rank" : shared ? "ranks share a GPU" : "LSL_GATHER=mpi";
     LSL_TRY(lsl_i_agree(comm, st));
     free(all);
@@ -220,9 +233,11 @@ fail:
 
 const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c)
 {
-    static __thread char text[96];
-    if (c->want_nccl)
-        return "NCCL (one GPU per rank) for A on the GPU, MPI through host memory otherwise";
+    static __thread char text[128];
+    if (c->want_nccl == 2)
+        return "NCCL (one GPU per rank, LSL_GATHER=nccl) for A on the GPU";
+    if (c->want_nccl == 1)
+        return "MPI through host memory, NCCL (one GPU per rank) once 1 GiB of A has passed";
     snprintf(text, sizeof text, "MPI through host memory (%s)", c->why_mpi);
     return text;
 }
@@ -326,7 +341,8 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     int fsdp = !a_on_host && l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en,
         all_fsdp = 0;
     MPI_Allreduce(&fsdp, &all_fsdp, 1, MPI_INT, MPI_LAND, comm);
-    if (c->want_nccl && all_fsdp && !c->nccl)
+    if (all_fsdp && !c->nccl &&
+        (c->want_nccl == 2 || (c->want_nccl == 1 && c->host_gathered >= NCCL_AFTER_BYTES)))
         nccl_start(c, comm);
     if (c->nccl && all_fsdp) {
         LSL_TRY(lsl_i_agree(comm, st));
@@ -368,6 +384,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     } else {
         /* Through host memory: A is small (r x in). */
         c->n_mpi++;
+        c->host_gathered += full;
         uint64_t mine = l->a_shard == LSL_SHARD_ROWS ? l->a_count * in * es : l->a_count * r * es;
         uint64_t hc = c->host_cap;
         if (st == LSL_OK && full > hc) {

@@ -14,9 +14,11 @@ typedef struct lsl_i_cuda lsl_i_cuda;
 lsl_status lsl_i_cuda_select(MPI_Comm comm, int *ranks_per_gpu);
 
 /* Collective on comm.  Pins a ring of two slots of staging_bytes / 2 each (exact size, once),
- * allocates the matching device slots, and picks the gather path: NCCL if no two ranks share a
- * GPU (and LSL_GATHER is not "mpi"), else MPI.  The NCCL communicator is built at the first
- * gather that can use it.  Agreed status. */
+ * allocates the matching device slots, and picks the gather path.  NCCL needs one GPU per rank
+ * and A on the GPU in FSDP row shards; then LSL_GATHER decides: unset, A goes through host memory
+ * until 1 GiB of it has (a communicator costs seconds and hundreds of MiB), NCCL after; "nccl",
+ * NCCL from the first gather; "mpi", never NCCL.  Anything else: LSL_ERR_INVALID_ARG.  The
+ * communicator is built at the first gather that uses it.  Agreed status. */
 lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **out);
 void lsl_i_cuda_close(lsl_i_cuda **c);
 const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c);

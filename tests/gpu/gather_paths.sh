@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU writer test at 2 ranks, checking which path gathered LoRA A (GPU machine):
 #   gather_paths.sh MPIEXEC TEST_WRITER_GPU
-# With two or more GPUs visible each rank takes its own and A must go over NCCL; with one GPU
-# the ranks share it and A must go through host memory.  LSL_GATHER=mpi must force the MPI path
-# either way.  Each run must also pass every check of the writer test itself.
+# With two or more GPUs visible each rank takes its own: LSL_GATHER=nccl must send A over NCCL,
+# while by default this test's small A stays on the host path (NCCL starts only after 1 GiB of
+# A).  With one GPU the ranks share it and A must go through host memory even when NCCL is asked
+# for.  LSL_GATHER=mpi must force the MPI path either way.  Each run must also pass every check
+# of the writer test itself.
 set -uo pipefail
 mpiexec=$1 test=$2
 # The report also goes to $LSL_TESTOUTDIR/gather_paths.txt (ci/device-test.sh's table).
@@ -38,9 +40,10 @@ run() { # NAME EXPECT (nccl|mpi) [ENV=VALUE]
 }
 echo "gather_paths: $ngpu GPU(s) visible"
 if [ "$ngpu" -ge 2 ]; then
-  run "one GPU per rank" nccl
+  run "one GPU per rank, LSL_GATHER=nccl" nccl LSL_GATHER=nccl
+  run "one GPU per rank, small A" mpi
 else
-  run "ranks share the GPU" mpi
+  run "ranks share the GPU, LSL_GATHER=nccl" mpi LSL_GATHER=nccl
 fi
 run "LSL_GATHER=mpi" mpi LSL_GATHER=mpi
 exit $fail
