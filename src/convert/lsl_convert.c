@@ -409,7 +409,7 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
 {
     lsl_status rc = LSL_OK;
     json_t *files = json_object(), *wm = json_object(), *sums = json_object();
-    char *text = NULL, b64[9];
+    char *text = NULL, *pd = NULL, b64[9];
     uint64_t total = 0;
     /* Each shard's CRC from its header's and its tensors' (in data order = range order). */
     uint32_t *fc = calloc(p->nshards, sizeof *fc);
@@ -464,22 +464,16 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     if (!text)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(lsl_i_write_small(p->tmpdir, "checksums.json", text, NULL));
-    int dfd = open(p->tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    /* The directory's entries must be on disk before the rename publishes it, and the rename
+     * before we report success. */
+    LSL_TRY(lsl_i_sync_path(p->tmpdir, O_RDONLY | O_DIRECTORY));
     LSL_TRY(publish_dir(p->tmpdir, cfg->outdir, cfg->overwrite));
-    char *pd = lsl_i_strdup(cfg->outdir);
-    if (pd) {
-        dfd = open(dirname(pd), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-        free(pd);
-    }
+    pd = lsl_i_strdup(cfg->outdir);
+    if (!pd)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_sync_path(dirname(pd), O_RDONLY | O_DIRECTORY));
 fail:
+    free(pd);
     free(text);
     free(fc);
     json_decref(files);

@@ -84,6 +84,10 @@ void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors,
 lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len);
 /* pread exactly n bytes or fail with a message naming path. */
 lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path);
+/* fsync a file, or a directory with flags O_RDONLY | O_DIRECTORY (where the filesystem refuses
+ * fsync on directories, EINVAL / EBADF, that is not an error: renames there are atomic anyway).
+ * LSL_ERR_IO naming path. */
+lsl_status lsl_i_sync_path(const char *path, int flags);
 /* The same without touching the error message (for helper threads: it is thread-local): 0, an
  * errno, or -1 at end of file; *at is where it failed.  lsl_i_pread_error then reports it. */
 int lsl_i_pread_raw(int fd, void *buf, uint64_t n, uint64_t off, uint64_t *at);

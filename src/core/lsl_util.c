@@ -236,3 +236,17 @@ const char *lsl_i_fmt_bytes(uint64_t n, char *buf, size_t len)
         snprintf(buf, len, "%.2f %s", v, unit[u]);
     return buf;
 }
+
+lsl_status lsl_i_sync_path(const char *path, int flags)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0)
+        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: open for fsync", path);
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    /* Some filesystems refuse fsync on a directory; the rename is still atomic there. */
+    if (r != 0 && !(flags & O_DIRECTORY && (e == EINVAL || e == EBADF)))
+        return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: fsync", path);
+    return LSL_OK;
+}

@@ -1020,25 +1020,11 @@ void lsl_writer_abort_all(lsl_writer **pw)
     *pw = NULL;
 }
 
-static lsl_status sync_path(const char *path, int flags)
-{
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0)
-        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: open for fsync", path);
-    int r = fsync(fd);
-    int e = errno;
-    close(fd);
-    /* Some filesystems refuse fsync on a directory; the rename is still atomic there. */
-    if (r != 0 && !(flags & O_DIRECTORY && (e == EINVAL || e == EBADF)))
-        return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: fsync", path);
-    return LSL_OK;
-}
-
 static lsl_status publish(lsl_writer *w)
 {
     lsl_status rc = LSL_OK;
     LSL_TRY(lsl_i_h5_finish(w->tmp, w->n, w->t, w->fin));
-    LSL_TRY(sync_path(w->tmp, O_RDONLY));
+    LSL_TRY(lsl_i_sync_path(w->tmp, O_RDONLY));
     if (w->cfg.overwrite) {
         if (rename(w->tmp, w->path) != 0)
             LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(errno));
@@ -1054,7 +1040,7 @@ static lsl_status publish(lsl_writer *w)
             LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(e));
         }
     }
-    LSL_TRY(sync_path(w->dir, O_RDONLY | O_DIRECTORY));
+    LSL_TRY(lsl_i_sync_path(w->dir, O_RDONLY | O_DIRECTORY));
 fail:
     return rc;
 }
