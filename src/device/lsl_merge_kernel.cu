@@ -254,6 +254,73 @@ template <> __device__ __forceinline__ __half fromf(float x)
     return __float2half_rn(x);
 }
 
+// A's pieces for columns [col0, col0 + TN) of a tile into shared memory, packed pairs along k;
+// the block's threads (tid of nthreads) share the work.
+template <int KS, int NP>
+__device__ __forceinline__ void stage_a(uint32_t (&As)[NP][KS * 8][ASTRIDE], const void *a, int at,
+                                        int64_t col0, int64_t n, int r, int tid, int nthreads)
+{
+    for (int e = tid; e < KS * 8 * TN; e += nthreads) {
+        int kp = e / TN, c = e % TN;
+        int64_t gc = col0 + c;
+        float x0 = gc < n && 2 * kp < r ? ldf(a, 2 * kp * n + gc, at) : 0.f;
+        float x1 = gc < n && 2 * kp + 1 < r ? ldf(a, (2 * kp + 1) * n + gc, at) : 0.f;
+        uint32_t p[3];
+        split3(x0, x1, p);
+#pragma unroll
+        for (int i = 0; i < NP; i++)
+            As[i][kp][c] = p[i];
+    }
+}
+
+// acc = B @ A for a warp's 16 x 64 tile: piece products of order 2 (2^-16 each) first, then 1,
+// then the leading one; eight independent accumulators per piece product.
+template <int KS, int NP>
+__device__ __forceinline__ void tile_products(float (&acc)[8][4], const uint32_t (&bp)[NP][KS][4],
+                                              const uint32_t (&As)[NP][KS * 8][ASTRIDE], int g,
+                                              int t)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            acc[j][q] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int ord = NP - 1; ord >= 0; ord--)
+#pragma unroll
+            for (int i = 0; i <= ord; i++)
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int pcol = (g / 2) * 8 + (j % 4) * 2 + g % 2 + (j / 4) * 32;
+                    mma(acc[j], bp[i][ks], As[ord - i][ks * 8 + t][pcol],
+                        As[ord - i][ks * 8 + t + 4][pcol]);
+                }
+}
+
+// One thread's 8 consecutive outputs of row `row` at column gc (rows half rh, column half h of
+// its accumulators): W = round(W0 + s * acc) over the W0 bytes in w, stored with a streaming
+// hint; the smallest non-finite index goes to first.
+template <typename TW>
+__device__ __forceinline__ void merge_store(TW *out, uint4 &w, const float (&acc)[8][4], int rh,
+                                            int h, float s, int64_t row, int64_t gc, int64_t n,
+                                            unsigned long long &first)
+{
+    TW *e = reinterpret_cast<TW *>(&w);
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            TW v = fromf<TW>(fmaf(s, acc[h * 4 + q][rh * 2 + x], tof(e[2 * q + x])));
+            e[2 * q + x] = v;
+            unsigned long long idx = (unsigned long long)(row * n + gc + 2 * q + x);
+            if (!isfinite(tof(v)) && idx < first)
+                first = idx;
+        }
+    __stcs(reinterpret_cast<uint4 *>(out + row * n + gc), w);
+}
+
 // KS k-steps of 16 cover r <= 16 KS; the B fragments stay in registers for the whole sweep.  NP
 // pieces per factor (the larger need of A and B) is a template parameter so that the MMAs form
 // one basic block the scheduler can interleave: eight independent accumulators per piece product.
@@ -298,57 +365,17 @@ __global__ void __launch_bounds__(THREADS, 2)
                     wv[rh][h] = *reinterpret_cast<const uint4 *>(w0 + rows[rh] * n + gc);
             }
         __syncthreads(); // the previous tile's fragments have been read
-        for (int e = threadIdx.x; e < KS * 8 * TN; e += THREADS) {
-            int kp = e / TN, c = e % TN;
-            int64_t gc = col0 + c;
-            float x0 = gc < n && 2 * kp < r ? ldf(a, 2 * kp * n + gc, at) : 0.f;
-            float x1 = gc < n && 2 * kp + 1 < r ? ldf(a, (2 * kp + 1) * n + gc, at) : 0.f;
-            uint32_t p[3];
-            split3(x0, x1, p);
-#pragma unroll
-            for (int i = 0; i < NP; i++)
-                As[i][kp][c] = p[i];
-        }
+        stage_a<KS, NP>(As, a, at, col0, n, r, threadIdx.x, THREADS);
         __syncthreads();
         float acc[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                acc[j][q] = 0.f;
-                // Piece products of order 2 (2^-16 each) first, then 1, then the leading one.
-#pragma unroll
-        for (int ks = 0; ks < KS; ks++)
-#pragma unroll
-            for (int ord = NP - 1; ord >= 0; ord--)
-#pragma unroll
-                for (int i = 0; i <= ord; i++)
-#pragma unroll
-                    for (int j = 0; j < 8; j++) {
-                        const int pcol = (g / 2) * 8 + (j % 4) * 2 + g % 2 + (j / 4) * 32;
-                        mma(acc[j], bp[i][ks], As[ord - i][ks * 8 + t][pcol],
-                            As[ord - i][ks * 8 + t + 4][pcol]);
-                    }
+        tile_products<KS, NP>(acc, bp, As, g, t);
 #pragma unroll
         for (int rh = 0; rh < 2; rh++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 int64_t gc = col0 + 32 * h + 8 * t;
-                if (rows[rh] >= m || gc >= n)
-                    continue;
-                TW *e = reinterpret_cast<TW *>(&wv[rh][h]);
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-#pragma unroll
-                    for (int x = 0; x < 2; x++) {
-                        TW v = fromf<TW>(fmaf(s, acc[h * 4 + q][rh * 2 + x], tof(e[2 * q + x])));
-                        e[2 * q + x] = v;
-                        unsigned long long idx =
-                            (unsigned long long)(rows[rh] * n + gc + 2 * q + x);
-                        if (!isfinite(tof(v)) && idx < first)
-                            first = idx;
-                    }
-                *reinterpret_cast<uint4 *>(out + rows[rh] * n + gc) = wv[rh][h];
+                if (rows[rh] < m && gc < n)
+                    merge_store<TW>(out, wv[rh][h], acc, rh, h, s, rows[rh], gc, n, first);
             }
     }
     if (first != ~0ull)
@@ -370,17 +397,7 @@ __global__ void __launch_bounds__(CTHREADS, CBLOCKS)
     __shared__ uint32_t As[NP][KS * 8][ASTRIDE];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int64_t col0 = (int64_t)blockIdx.x * TN;
-    for (int e = threadIdx.x; e < KS * 8 * TN; e += CTHREADS) {
-        int kp = e / TN, c = e % TN;
-        int64_t gc = col0 + c;
-        float x0 = gc < n && 2 * kp < r ? ldf(a, 2 * kp * n + gc, at) : 0.f;
-        float x1 = gc < n && 2 * kp + 1 < r ? ldf(a, (2 * kp + 1) * n + gc, at) : 0.f;
-        uint32_t p[3];
-        split3(x0, x1, p);
-#pragma unroll
-        for (int i = 0; i < NP; i++)
-            As[i][kp][c] = p[i];
-    }
+    stage_a<KS, NP>(As, a, at, col0, n, r, threadIdx.x, CTHREADS);
     __syncthreads();
     const int64_t tiles = (m + 15) / 16, step = (int64_t)gridDim.y * CW;
     int64_t tile = (int64_t)blockIdx.y * CW + warp;
@@ -437,43 +454,15 @@ __global__ void __launch_bounds__(CTHREADS, CBLOCKS)
                     bp[i][ks][f] = p[i];
             }
         float acc[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                acc[j][q] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < KS; ks++)
-#pragma unroll
-            for (int ord = NP - 1; ord >= 0; ord--)
-#pragma unroll
-                for (int i = 0; i <= ord; i++)
-#pragma unroll
-                    for (int j = 0; j < 8; j++) {
-                        const int pcol = (g / 2) * 8 + (j % 4) * 2 + g % 2 + (j / 4) * 32;
-                        mma(acc[j], bp[i][ks], As[ord - i][ks * 8 + t][pcol],
-                            As[ord - i][ks * 8 + t + 4][pcol]);
-                    }
+        tile_products<KS, NP>(acc, bp, As, g, t);
 #pragma unroll
         for (int rh = 0; rh < 2; rh++) {
             int64_t row = tile * 16 + g + 8 * rh;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 int64_t gc = col0 + 32 * h + 8 * t;
-                if (row >= m || !colok[h])
-                    continue;
-                TW *e = reinterpret_cast<TW *>(&wv[rh][h]);
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-#pragma unroll
-                    for (int x = 0; x < 2; x++) {
-                        TW v = fromf<TW>(fmaf(s, acc[h * 4 + q][rh * 2 + x], tof(e[2 * q + x])));
-                        e[2 * q + x] = v;
-                        unsigned long long idx = (unsigned long long)(row * n + gc + 2 * q + x);
-                        if (!isfinite(tof(v)) && idx < first)
-                            first = idx;
-                    }
-                __stcs(reinterpret_cast<uint4 *>(out + row * n + gc), wv[rh][h]);
+                if (row < m && colok[h])
+                    merge_store<TW>(out, wv[rh][h], acc, rh, h, s, row, gc, n, first);
             }
         }
 #pragma unroll
