@@ -1047,11 +1047,15 @@ fail:
     return rc;
 }
 
-/* Collective: the slowest rank's figure for each phase. */
+/* Collective: the slowest rank's figure for each phase.  Rank 0's environment decides, so a
+ * variable set on some ranks only cannot leave the others in the reduction. */
 static void report_profile(lsl_writer *w)
 {
-    if (!getenv("LSL_PROFILE"))
+    int on = w->rank == 0 && getenv("LSL_PROFILE") != NULL;
+    MPI_Bcast(&on, 1, MPI_INT, 0, w->comm);
+    if (!on)
         return;
+    _Static_assert(sizeof w->prof == 7 * sizeof(double), "profile phases are 7 doubles");
     double mine[8], mx[8], total = lsl_i_now() - w->t0, sum = 0;
     memcpy(mine, &w->prof, 7 * sizeof(double));
     for (int i = 0; i < 7; i++)
