@@ -587,9 +587,12 @@ static int merge_tc_or_simt(int wt, int at, int bt, void *out, const void *w0, c
                             const void *b, int64_t m, int64_t n, int r, double s,
                             unsigned long long *bad, void *stream, bool cols)
 {
-    // The tensor-core kernel moves W in 16-byte pieces: rows must start 16-byte aligned.
+    // The tensor-core kernels move W in 16-byte pieces: rows must start 16-byte aligned.  The
+    // row-tiled one (also what r > 48 with fp32 factors gets) has a block row per 128 rows.
+    bool three = tc::pieces(at) == 3 || tc::pieces(bt) == 3;
+    bool rows_kernel = !cols || (three && r > 48);
     bool tc_ok = wt != LSL_DEV_F32 && r <= 64 && n % 8 == 0 && (uintptr_t)out % 16 == 0 &&
-                 (uintptr_t)w0 % 16 == 0 && (cols || m <= (int64_t)65535 * tc::BM);
+                 (uintptr_t)w0 % 16 == 0 && (!rows_kernel || m <= (int64_t)65535 * tc::BM);
     if (m <= 0 || n <= 0 || !tc_ok)
         return lsl_dev_merge_simt(wt, at, bt, out, w0, a, b, m, n, r, s, bad, stream);
     cudaStream_t st = (cudaStream_t)stream;
