@@ -137,15 +137,10 @@ static int bench_kernel(void)
     const int64_t m = 18944, n = 3584;
     const int r = 32;
     uint64_t wb = (uint64_t)m * n * 2;
-    kctx k = {NULL,
-              dev_random(wb, 1, 0),
-              dev_random((uint64_t)r * n * 4, 2, 1),
-              dev_random((uint64_t)m * r * 4, 3, 1),
-              m,
-              n,
-              (int64_t)wb,
-              r,
-              NULL};
+    kctx k = {NULL, dev_random(wb, 1, 0),
+              /* A and B big enough for the transposed (down_proj) shape too */
+              dev_random((uint64_t)r * (uint64_t)(m > n ? m : n) * 4, 2, 1),
+              dev_random((uint64_t)(m > n ? m : n) * r * 4, 3, 1), m, n, (int64_t)wb, r, NULL};
     void *out2;
     CK(cudaMalloc(&k.out, wb));
     CK(cudaMalloc(&out2, wb));
