@@ -674,15 +674,24 @@ fail:
     return rc;
 }
 
+/* Rows of chunk c when merging chunk_rows rows at a time: the first (local) row and how many. */
+static void chunk_rows_of(const putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t *lr,
+                          uint64_t *m)
+{
+    *lr = c * chunk_rows;
+    *m = pc->nrows - *lr < chunk_rows ? pc->nrows - *lr : chunk_rows;
+}
+
 /* Chunk c of this rank's part: its byte offset and length (chunk_rows rows when merging, else
  * chunk_bytes bytes). */
 static void chunk_of(const putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t chunk_bytes,
                      uint64_t *off, uint64_t *count)
 {
     if (chunk_rows) {
-        uint64_t lr = c * chunk_rows;
+        uint64_t lr, m;
+        chunk_rows_of(pc, c, chunk_rows, &lr, &m);
         *off = lr * pc->rbytes;
-        *count = (pc->nrows - lr < chunk_rows ? pc->nrows - lr : chunk_rows) * pc->rbytes;
+        *count = m * pc->rbytes;
     } else {
         *off = c * chunk_bytes;
         *count = pc->my_bytes - *off < chunk_bytes ? pc->my_bytes - *off : chunk_bytes;
@@ -755,7 +764,8 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         if (!colf && st == LSL_OK)
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA column norms");
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
-            uint64_t lr = c * chunk_rows, m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
+            uint64_t lr, m;
+            chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
             st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
             if (st == LSL_OK)
                 lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
@@ -807,8 +817,8 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                 buf = src->mem + off;
         }
         if (st == LSL_OK && c < nloc && lora) {
-            uint64_t lr = c * chunk_rows, bad = 0;
-            uint64_t m = nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
+            uint64_t lr, m, bad = 0;
+            chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
             const void *brows = (unsigned char *)bacc + lr * r * acc;
             lsl_status ms =
                 colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
