@@ -302,21 +302,16 @@ static cudaError_t upload(void *dev, const void *host, uint64_t bytes)
     return e == cudaSuccess ? cudaStreamSynchronize(cudaStreamLegacy) : e;
 }
 
-static lsl_status ensure(void **p, uint64_t *cap, uint64_t need, int device)
+/* A device buffer of at least `need` bytes in *p (grown, never shrunk; *cap its size). */
+static lsl_status ensure(void **p, uint64_t *cap, uint64_t need, const char *what)
 {
     if (need <= *cap && *p)
         return LSL_OK;
-    if (device) {
-        cudaFree(*p);
-        *p = NULL;
-        cudaError_t e = cudaMalloc(p, need ? need : 1);
-        if (e != cudaSuccess)
-            return cuda_fail(e, "device buffer for LoRA A");
-    } else {
-        free(*p);
-        if (!(*p = malloc(need ? need : 1)))
-            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
-    }
+    cudaFree(*p);
+    *p = NULL;
+    cudaError_t e = cudaMalloc(p, need ? need : 1);
+    if (e != cudaSuccess)
+        return cuda_fail(e, what);
     *cap = need;
     return LSL_OK;
 }
@@ -329,10 +324,9 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, r = l->rank, full = r * in * es;
-    uint64_t cap = c->a_cap;
     if (st == LSL_OK)
-        st = ensure(&c->a_dev, &cap, full * (uint64_t)(size > 1 ? 2 : 1) + 256, 1);
-    c->a_cap = cap;
+        st = ensure(&c->a_dev, &c->a_cap, full * (uint64_t)(size > 1 ? 2 : 1) + 256,
+                    "device buffer for LoRA A");
     /* NCCL all-gathers equal counts: FSDP2 Shard(0) rows of A are ceil(r / N) per rank with a
      * shorter tail and empty trailing ranks, so gathering ceil(r / N) rows from everyone lands
      * every row at its final place.  Other tilings take the MPI path. */
@@ -355,12 +349,8 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
         if (recv != base) {
             uint64_t need = full + 256 + chunk * (uint64_t)size * row;
             if (need > c->a_cap) {
-                cudaFree(c->a_dev);
-                c->a_dev = NULL;
-                c->a_cap = 0;
-                cap = 0;
-                LSL_TRY(lsl_i_agree(comm, ensure(&c->a_dev, &cap, need, 1)));
-                c->a_cap = cap;
+                LSL_TRY(lsl_i_agree(
+                    comm, ensure(&c->a_dev, &c->a_cap, need, "device buffer for LoRA A")));
                 base = c->a_dev;
                 recv = base + full + 256 - (full + 256) % 256;
             }
@@ -417,7 +407,7 @@ fail:
 
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev)
 {
-    lsl_status st = ensure(&c->b_dev, &c->b_cap, bytes, 1);
+    lsl_status st = ensure(&c->b_dev, &c->b_cap, bytes, "device buffer for LoRA B");
     cudaError_t e;
     if (st == LSL_OK && bytes && (e = upload(c->b_dev, host, bytes)) != cudaSuccess)
         st = cuda_fail(e, "copying LoRA B to the device");
