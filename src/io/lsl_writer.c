@@ -768,9 +768,9 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
             chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
             st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
             if (st == LSL_OK)
-                lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
-                                     (unsigned char *)bacc + lr * r * acc, aacc, r, lora->scaling,
-                                     work, colf);
+                st = lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
+                                          (unsigned char *)bacc + lr * r * acc, aacc, r,
+                                          lora->scaling, work, colf);
         }
         static double none;
         MPI_Allreduce(MPI_IN_PLACE, colf ? colf : &none, colf ? (int)pc.relems : 0, MPI_DOUBLE,

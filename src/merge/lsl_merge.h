@@ -14,14 +14,14 @@ void lsl_i_to_f64(lsl_dtype dt, const void *src, uint64_t n, double *dst);
 /* In place on w (m rows x in columns of dtype dt: BF16, F16 or F32): w = round(w + s * (b @ a)),
  * b being m x r and a r x in doubles (lsl_i_to_f64); work holds m * in doubles.
  * Returns LSL_ERR_NONFINITE with *bad = the first offending element when the result holds NaN
- * or Inf. */
+ * or Inf, LSL_ERR_SHAPE when a dimension exceeds BLAS's int (as do all the merges below). */
 lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
                                 const void *a, uint64_t r, double s, void *work, uint64_t *bad);
 
 /* DoRA down the columns, pass 1: adds the squares of V = w + s * (b @ a) (m x in) into
  * colsq[in]; w is not modified.  Pass 2: w = round(factor[j] * V). */
-void lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
-                          const void *a, uint64_t r, double s, double *work, double *colsq);
+lsl_status lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
+                                const void *a, uint64_t r, double s, double *work, double *colsq);
 lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in,
                                           const void *b, const void *a, uint64_t r, double s,
                                           const double *factor, double *work, uint64_t *bad);

@@ -46,18 +46,29 @@ static void store_out(lsl_dtype dt, void *w, uint64_t i, double v)
         ((uint16_t *)w)[i] = lsl_f32_to_f16(round_to_odd(v));
 }
 
+/* d = b @ a for a block of m rows (b: m x r, a: r x in, fp64, row-major): the delta every CPU
+ * merge starts from.  OpenBLAS takes int dimensions; a single row wider than INT_MAX is not a
+ * LoRA target. */
+static lsl_status block_delta(uint64_t m, uint64_t in, const void *b, const void *a, uint64_t r,
+                              double *d)
+{
+    if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
+        return lsl_i_fail(LSL_ERR_SHAPE, "merge block %llu x %llu x %llu exceeds BLAS limits",
+                          (unsigned long long)m, (unsigned long long)in, (unsigned long long)r);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
+                a, (int)in, 0.0, d, (int)in);
+    return LSL_OK;
+}
+
 lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
                                 const void *a, uint64_t r, double s, void *work, uint64_t *bad)
 {
     if (m == 0 || in == 0)
         return LSL_OK;
-    /* OpenBLAS takes int dimensions; a single row wider than INT_MAX is not a LoRA target. */
-    if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
-        return lsl_i_fail(LSL_ERR_SHAPE, "merge block %llu x %llu x %llu exceeds BLAS limits",
-                          (unsigned long long)m, (unsigned long long)in, (unsigned long long)r);
     double *d = work;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
-                a, (int)in, 0.0, d, (int)in);
+    lsl_status st = block_delta(m, in, b, a, r, d);
+    if (st != LSL_OK)
+        return st;
     uint64_t n = m * in;
     /* One loop per dtype: this elementwise pass, not the dgemm, is most of the CPU merge's time,
      * and a per-element dtype switch doubled it. */
@@ -98,11 +109,10 @@ lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
 {
     if (m == 0 || in == 0)
         return LSL_OK;
-    if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
-        return lsl_i_fail(LSL_ERR_SHAPE, "merge block exceeds BLAS limits");
     double *v = work; /* V = W0 + s * delta, kept in place of the delta */
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
-                a, (int)in, 0.0, v, (int)in);
+    lsl_status st = block_delta(m, in, b, a, r, v);
+    if (st != LSL_OK)
+        return st;
     for (uint64_t i = 0; i < m; i++) {
         double norm2 = 0;
         for (uint64_t j = 0; j < in; j++) {
@@ -137,11 +147,10 @@ lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
 {
     if (m == 0 || in == 0)
         return LSL_OK;
-    if (m > INT32_MAX || in > INT32_MAX || r > INT32_MAX)
-        return lsl_i_fail(LSL_ERR_SHAPE, "merge block exceeds BLAS limits");
     double *d = work;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
-                a, (int)in, 0.0, d, (int)in);
+    lsl_status st = block_delta(m, in, b, a, r, d);
+    if (st != LSL_OK)
+        return st;
     uint64_t n = m * in;
     for (uint64_t i = 0; i < n; i++) {
         uint32_t h = 0;
@@ -159,18 +168,20 @@ lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
     return LSL_OK;
 }
 
-void lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
-                          const void *a, uint64_t r, double s, double *work, double *colsq)
+lsl_status lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
+                                const void *a, uint64_t r, double s, double *work, double *colsq)
 {
     if (m == 0 || in == 0)
-        return;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
-                a, (int)in, 0.0, work, (int)in);
+        return LSL_OK;
+    lsl_status st = block_delta(m, in, b, a, r, work);
+    if (st != LSL_OK)
+        return st;
     for (uint64_t i = 0; i < m; i++)
         for (uint64_t j = 0; j < in; j++) {
             double v = fma(s, work[i * in + j], to_double(dt, w, i * in + j));
             colsq[j] += v * v;
         }
+    return LSL_OK;
 }
 
 lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in,
@@ -179,8 +190,9 @@ lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uin
 {
     if (m == 0 || in == 0)
         return LSL_OK;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)in, (int)r, 1.0, b, (int)r,
-                a, (int)in, 0.0, work, (int)in);
+    lsl_status st = block_delta(m, in, b, a, r, work);
+    if (st != LSL_OK)
+        return st;
     for (uint64_t i = 0; i < m; i++)
         for (uint64_t j = 0; j < in; j++) {
             uint64_t k = i * in + j;
