@@ -16,8 +16,9 @@
 #   full (default): everything (more than the device tool's 10 minutes a call).
 # STEPS (words of: tests sanitizer kernel offline hf write peers pipeline) overrides the mode's.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
-# WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark; PIPELINE (RANKS:LAYERS) sets
-# the CLI run's size (default: one rank per GPU, 2 layers).
+# WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark (LSL_PROFILE=1 adds each
+# loraslab run's phases, BENCH_ROUNDS and BENCH_STAGING_MIB pass to bench_gpu); PIPELINE
+# (RANKS:LAYERS) sets the CLI run's size (default: one rank per GPU, 2 layers).
 set -uo pipefail
 mode=${1:-full}
 case $mode in
@@ -89,8 +90,11 @@ if want write; then
   for cfg in ${WRITE_CONFIGS:-$def}; do
     IFS=: read -r d np L <<<"$cfg"
     vis=(); [ "$np" -gt "$ngpu" ] && vis=(env CUDA_VISIBLE_DEVICES=0)
-    row "$("${vis[@]}" mpiexec -n "$np" build-gpu/bench_gpu write "$d" "$L" 2>&1 |
-      tee -a "$OUT/bench.log" | grep '^write:')"
+    "${vis[@]}" mpiexec -n "$np" build-gpu/bench_gpu write "$d" "$L" >"$OUT/write.log" 2>&1
+    cat "$OUT/write.log" >>"$OUT/bench.log"
+    row "$(grep '^write:' "$OUT/write.log" || { echo "write: np=$np L=$L $d: FAILED"; tail -3 "$OUT/write.log"; })"
+    # with LSL_PROFILE=1: where each loraslab round's time went
+    grep '^loraslab: profile' "$OUT/write.log" | while read -r l; do row "  $l"; done
   done
 fi
 if want peers; then

@@ -229,7 +229,8 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * NCCL when every rank has its own GPU and A arrives in FSDP row shards: environment variable
  * LSL_GATHER unset starts NCCL only after 1 GiB of A has been gathered (a communicator costs
  * seconds and hundreds of MiB of host memory per rank), "nccl" from the first put, "mpi" never.
- * LSL_PROFILE=1 prints at close where the time went (define, gathers, GPU waits, writes).
+ * LSL_PROFILE=1 prints at close where the time went (define, gathers, GPU waits, writes; the
+ * slowest rank's figure per phase), LSL_PROFILE=2 also one line per put on rank 0.
  * Returns LSL_ERR_SHAPE (parts do not tile the rows), LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge
  * produced NaN/Inf), LSL_ERR_IO / LSL_ERR_NOSPACE (write failed).  After a failure the writer
  * accepts only lsl_writer_abort_all. */

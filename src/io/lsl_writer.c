@@ -31,6 +31,24 @@
 
 enum wstate { W_CREATED, W_DEFINED, W_FAILED };
 
+/* The phases LSL_PROFILE reports, in print order; what falls in none is printed as "other". */
+enum phase {
+    P_DEFINE,
+    P_GPU_OPEN,
+    P_GATHER,
+    P_LAUNCH,
+    P_GPU_WAIT,
+    P_WRITE,
+    P_CRC_WAIT,
+    P_AGREE,
+    P_PUT_REST,
+    P_CLOSE,
+    P_COUNT
+};
+static const char *const phase_name[P_COUNT] = {
+    "define",     "GPU setup",      "A gathers",      "GPU launches", "GPU waits",
+    "MPI writes", "checksum waits", "put agreements", "rest of puts", "close"};
+
 /* Checksums a chunk on a helper thread while MPI_File_write_at_all reads the same buffer, so the
  * CRC costs no time on the write path. */
 typedef struct crc_worker {
@@ -129,9 +147,10 @@ struct lsl_writer {
     lsl_i_reader *reader; /* started at the first put from a file */
     /* Where the time goes (seconds, this rank), printed at close when LSL_PROFILE is set: the
      * benchmark's gap to the raw MPI-IO ceiling is read from these. */
-    struct {
-        double define, gpu_open, gather, gpu_wait, write, crc_wait, close;
-    } prof;
+    double prof[P_COUNT];
+    int profile;                    /* LSL_PROFILE on rank 0: 0 off, 1 at close, 2 per put */
+    double put_t0, put_p0[P_COUNT]; /* the put in progress: its start, the phases then */
+    uint64_t put_writes;            /* collective write calls in it */
 #ifdef LSL_HAVE_CUDA
     lsl_i_cuda *cuda; /* opened at the first device put */
 #endif
@@ -272,6 +291,11 @@ lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writ
     LSL_TRY(bcast_str(w->comm, &w->dir));
     LSL_TRY(bcast_str(w->comm, &w->hints));
     MPI_Bcast(&w->fs, (int)sizeof w->fs, MPI_BYTE, 0, w->comm);
+    /* Rank 0's environment decides, so a variable set on some ranks only cannot leave the
+     * others out of the closing reduction. */
+    const char *prof = w->rank == 0 ? getenv("LSL_PROFILE") : NULL;
+    w->profile = !prof ? 0 : strcmp(prof, "2") == 0 ? 2 : 1;
+    MPI_Bcast(&w->profile, 1, MPI_INT, 0, w->comm);
     w->t0 = w->last_print = lsl_i_now();
     crc_start(&w->crc);
     w->state = W_CREATED;
@@ -456,7 +480,7 @@ lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors, const lsl_ten
     double t0 = lsl_i_now();
     lsl_status st = define_impl(w, ntensors, tensors);
     if (w)
-        w->prof.define += lsl_i_now() - t0;
+        w->prof[P_DEFINE] += lsl_i_now() - t0;
     return st;
 }
 
@@ -525,6 +549,32 @@ static void progress(lsl_writer *w, bool last)
             last ? el : eta);
 }
 
+/* A put's time in none of the phases goes to P_PUT_REST; with LSL_PROFILE=2 rank 0 prints one
+ * line per put (its own figures: the slowest rank shows in the agreements of the others). */
+static void put_clock_start(lsl_writer *w)
+{
+    w->put_t0 = lsl_i_now();
+    memcpy(w->put_p0, w->prof, sizeof w->prof);
+    w->put_writes = 0;
+}
+
+static void put_clock_stop(lsl_writer *w, uint64_t index)
+{
+    double el = lsl_i_now() - w->put_t0, d[P_COUNT], in = 0;
+    for (int i = 0; i < P_COUNT; i++)
+        in += d[i] = w->prof[i] - w->put_p0[i];
+    w->prof[P_PUT_REST] += el - in;
+    if (w->profile < 2 || w->rank != 0)
+        return;
+    fprintf(stderr,
+            "loraslab: put %llu `%s` %.2f MB: %.2f ms (gather %.2f, launches %.2f, GPU waits %.2f, "
+            "%llu writes %.2f, checksum waits %.2f, agreements %.2f, rest %.2f)\n",
+            (unsigned long long)index, index < w->n ? w->t[index].name : "?",
+            index < w->n ? w->nbytes[index] / 1e6 : 0.0, el * 1e3, d[P_GATHER] * 1e3,
+            d[P_LAUNCH] * 1e3, d[P_GPU_WAIT] * 1e3, (unsigned long long)w->put_writes,
+            d[P_WRITE] * 1e3, d[P_CRC_WAIT] * 1e3, d[P_AGREE] * 1e3, (el - in) * 1e3);
+}
+
 /* One tensor's put, shared by the host and device paths. */
 typedef struct putctx {
     const lsl_tensor_info *t;
@@ -538,6 +588,8 @@ static lsl_status put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                             bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
                             putctx *pc)
 {
+    put_clock_start(w);
+    double t0 = lsl_i_now();
     memset(pc, 0, sizeof *pc);
     if (st == LSL_OK && w->state != W_DEFINED)
         st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
@@ -589,6 +641,7 @@ static lsl_status put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         pc->my_bytes = nrows * pc->rbytes;
         pc->base = w->offsets[index] + row0 * pc->rbytes;
     }
+    w->prof[P_AGREE] += lsl_i_now() - t0;
     return st;
 }
 
@@ -609,10 +662,11 @@ static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, 
     int mrc = MPI_File_write_at_all(w->fh, (MPI_Offset)(pc->base + off), count ? buf : w->staging,
                                     (int)count, MPI_BYTE, &ms);
     double t1 = lsl_i_now();
-    w->prof.write += t1 - t0;
+    w->prof[P_WRITE] += t1 - t0;
+    w->put_writes++;
     if (async) {
         pc->crc = crc_wait(&w->crc);
-        w->prof.crc_wait += lsl_i_now() - t1;
+        w->prof[P_CRC_WAIT] += lsl_i_now() - t1;
     }
     if (mrc != MPI_SUCCESS && *st == LSL_OK) {
         char what[256];
@@ -643,6 +697,7 @@ static lsl_status put_end(lsl_writer *w, uint64_t index, putctx *pc, const lsl_l
                           lsl_status st)
 {
     lsl_status rc = LSL_OK;
+    double t0 = lsl_i_now();
     LSL_TRY(lsl_i_agree(w->comm, st));
     uint64_t pair[2] = {pc->crc, pc->my_bytes}, *pairs = NULL;
     if (w->rank == 0 && !(pairs = malloc(2 * sizeof(uint64_t) * (size_t)w->size)))
@@ -671,6 +726,8 @@ static lsl_status put_end(lsl_writer *w, uint64_t index, putctx *pc, const lsl_l
     w->bytes_done += w->nbytes[index];
     progress(w, w->tensors_done == w->n);
 fail:
+    w->prof[P_AGREE] += lsl_i_now() - t0;
+    put_clock_stop(w, index);
     return rc;
 }
 
@@ -724,8 +781,10 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         bacc = malloc(nrows * r * acc + 1);
         if (!afull || !aacc || !bacc || (lora->a_shard == LSL_SHARD_COLS && !atmp))
             st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
+        double tg = lsl_i_now();
         LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
                                a_es, afull, atmp, st));
+        w->prof[P_GATHER] += lsl_i_now() - tg;
         lsl_i_to_f64(lora->a_dtype, afull, r * in, aacc);
         lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
         if (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
@@ -885,7 +944,7 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
     putctx pc;
     double topen = lsl_i_now();
     rc = open_cuda(w);
-    w->prof.gpu_open += lsl_i_now() - topen;
+    w->prof[P_GPU_OPEN] += lsl_i_now() - topen;
     if (rc != LSL_OK) {
         w->state = W_FAILED;
         return rc;
@@ -898,7 +957,7 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
         double t0 = lsl_i_now();
         LSL_TRY(
             lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, src != NULL, &a_dev, LSL_OK));
-        w->prof.gather += lsl_i_now() - t0;
+        w->prof[P_GATHER] += lsl_i_now() - t0;
         b = lora->b;
         if (src) {
             const void *bd = NULL;
@@ -929,7 +988,12 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
 #define COUNT(ch)                                                                                  \
     (units - FIRST(ch) < ((ch) == 0 ? head_u : full_u) ? units - FIRST(ch)                         \
                                                        : ((ch) == 0 ? head_u : full_u))
+    double t_launch = 0;
+    lsl_status st_launch = LSL_OK;
 #define LAUNCH(ch)                                                                                 \
+    (t_launch = lsl_i_now(), st_launch = LAUNCH_NOW(ch),                                           \
+     w->prof[P_LAUNCH] += lsl_i_now() - t_launch, st_launch)
+#define LAUNCH_NOW(ch)                                                                             \
     (src ? lsl_i_cuda_stage(w->cuda, (int)((ch) % 2), src->fd, src->off + FIRST(ch) * unit,        \
                             src->path, pc.t->dtype, COUNT(ch) * unit, lora, a_dev,                 \
                             b ? b + FIRST(ch) * rb : NULL, lora ? COUNT(ch) : 0, pc.relems)        \
@@ -951,7 +1015,7 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
             pending[c % 2] = 0;
             double t0 = lsl_i_now();
             lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
-            w->prof.gpu_wait += lsl_i_now() - t0;
+            w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
             ws = ws == LSL_ERR_NONFINITE ? nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
             st = st == LSL_OK ? ws : st;
         }
@@ -963,6 +1027,7 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
         if (pending[k])
             lsl_i_cuda_drain(w->cuda, k);
 #undef LAUNCH
+#undef LAUNCH_NOW
 #undef FIRST
 #undef COUNT
     LSL_TRY(put_end(w, index, &pc, lora, st));
@@ -1057,27 +1122,24 @@ fail:
     return rc;
 }
 
-/* Collective: the slowest rank's figure for each phase.  Rank 0's environment decides, so a
- * variable set on some ranks only cannot leave the others in the reduction. */
+/* Collective: the slowest rank's figure for each phase. */
 static void report_profile(lsl_writer *w)
 {
-    int on = w->rank == 0 && getenv("LSL_PROFILE") != NULL;
-    MPI_Bcast(&on, 1, MPI_INT, 0, w->comm);
-    if (!on)
+    if (!w->profile)
         return;
-    _Static_assert(sizeof w->prof == 7 * sizeof(double), "profile phases are 7 doubles");
-    double mine[8], mx[8], total = lsl_i_now() - w->t0, sum = 0;
-    memcpy(mine, &w->prof, 7 * sizeof(double));
-    for (int i = 0; i < 7; i++)
-        sum += mine[i];
-    mine[7] = total - sum; /* in none of the phases: the rest of each put, first-use costs */
-    MPI_Reduce(mine, mx, 8, MPI_DOUBLE, MPI_MAX, 0, w->comm);
-    if (w->rank == 0)
-        fprintf(stderr,
-                "loraslab: profile (max over ranks, s): define %.3f, GPU setup %.3f, A gathers "
-                "%.3f, GPU waits %.3f, MPI writes %.3f, checksum waits %.3f, close %.3f, other "
-                "%.3f; total %.3f\n",
-                mx[0], mx[1], mx[2], mx[3], mx[4], mx[5], mx[6], mx[7], total);
+    double mine[P_COUNT + 1], mx[P_COUNT + 1], total = lsl_i_now() - w->t0, sum = 0;
+    for (int i = 0; i < P_COUNT; i++)
+        sum += mine[i] = w->prof[i];
+    mine[P_COUNT] = total - sum; /* in none of the phases, outside the puts */
+    MPI_Reduce(mine, mx, P_COUNT + 1, MPI_DOUBLE, MPI_MAX, 0, w->comm);
+    if (w->rank != 0)
+        return;
+    char line[512];
+    int n = snprintf(line, sizeof line, "loraslab: profile (max over ranks, s):");
+    for (int i = 0; i <= P_COUNT && n > 0 && (size_t)n < sizeof line; i++)
+        n += snprintf(line + n, sizeof line - (size_t)n, " %s %.3f,",
+                      i < P_COUNT ? phase_name[i] : "other", mx[i]);
+    fprintf(stderr, "%s total %.3f\n", line, total);
 }
 
 lsl_status lsl_writer_close_all(lsl_writer **pw)
@@ -1112,7 +1174,7 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     if (w->rank == 0)
         st = publish(w);
     LSL_TRY(lsl_i_agree(w->comm, st));
-    w->prof.close = lsl_i_now() - tc;
+    w->prof[P_CLOSE] = lsl_i_now() - tc;
     report_profile(w);
 #ifdef LSL_HAVE_CUDA
     if (w->cuda && w->rank == 0 && !w->cfg.quiet) {

@@ -5,9 +5,12 @@
  *   mpiexec -n N bench_gpu write DIR LAYERS
  *       every rank holds on the GPU its FSDP2 Shard(0) rows of a Qwen2.5-7B-shaped bf16 model with
  *       LAYERS layers and fp32 LoRA r=32 on all seven projections; times the in-job API
- *       (device pointers, merge on the GPU, pinned ring, collective writes) and, in the same run,
- *       the raw ceiling: MPI_File_write_at_all of the same bytes at the same offsets from a pinned
- *       buffer.  Prints time, GB/s, ratio and host RSS growth per rank over its own baseline. */
+ *       (device pointers, merge on the GPU, pinned ring, collective writes) and the raw ceiling:
+ *       MPI_File_write_at_all of the same bytes at the same offsets from a pinned buffer.
+ *       BENCH_ROUNDS (default 2) rounds in alternating order; prints the best time of each, the
+ *       per-round times, and the peak host RSS growth per rank over its level before each
+ *       loraslab run.  BENCH_STAGING_MIB sets the writer's staging budget (default 64),
+ *       BENCH_RAW_POOL_MIB the ceiling's pinned source, cycled in 64 MiB pieces (default 64). */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -234,52 +237,58 @@ static int model(int layers, spec *s)
     return n;
 }
 
-static int bench_write(const char *dir, int layers)
+/* Peak RSS since the last reset_peak(): VmHWM, which /proc/self/clear_refs resets (getrusage's
+ * maximum keeps the high-water mark of exited threads and cannot be reset). */
+static uint64_t peak_rss(void)
 {
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int ndev = 0;
-    CK(cudaGetDeviceCount(&ndev));
-    CK(cudaSetDevice(rank % ndev)); /* local rank on one node */
-    spec *s = calloc(2 + 9 * (size_t)layers, sizeof *s);
-    int n = model(layers, s);
+    char line[256];
+    uint64_t kb = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu", (unsigned long long *)&kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb * 1024;
+}
+
+static int reset_peak(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    int ok = f && fputs("5", f) >= 0;
+    if (f)
+        ok = (fclose(f) == 0) && ok;
+    return ok;
+}
+
+typedef struct wbench {
+    int n, size, rank;
+    spec *s;
+    void **w, **a, **b;
+    uint64_t *r0, *nr;
+    lsl_tensor_info *ti;
+    uint64_t staging, raw_pool;
+} wbench;
+
+/* The in-job API: device pointers, merge on the GPU, pinned ring, collective writes. */
+static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
+{
     const uint64_t r = 32;
-    void **w = calloc((size_t)n, sizeof *w), **a = calloc((size_t)n, sizeof *a),
-         **b = calloc((size_t)n, sizeof *b);
-    uint64_t *r0 = calloc((size_t)n, 8), *nr = calloc((size_t)n, 8), total = 0, mine = 0;
-    for (int i = 0; i < n; i++) {
-        lsl_partition_rows(s[i].rows, size, rank, &r0[i], &nr[i]);
-        w[i] = dev_random(nr[i] * s[i].cols * 2 + 2, (uint64_t)i + 10, 0);
-        if (s[i].lora) {
-            uint64_t a0, an;
-            lsl_partition_rows(r, size, rank, &a0, &an);
-            a[i] = dev_random(an * s[i].cols * 4 + 4, (uint64_t)i + 1000, 1);
-            b[i] = dev_random(nr[i] * r * 4 + 4, (uint64_t)i + 2000, 1);
-        }
-        total += s[i].rows * s[i].cols * 2;
-        mine += nr[i] * s[i].cols * 2;
-    }
-    CK(cudaDeviceSynchronize());
-    char path[512];
-    snprintf(path, sizeof path, "%s/bench-np%d-L%d.h5", dir, size, layers);
-    /* Baseline after CUDA is up and the weights are on the GPU: what loraslab adds on top. */
     MPI_Barrier(MPI_COMM_WORLD);
     uint64_t rss0 = lsl_i_rss_current();
+    reset_peak();
     lsl_writer *wr = NULL;
     lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
     cfg.quiet = 1;
     cfg.overwrite = 1;
-    lsl_tensor_info *ti = calloc((size_t)n, sizeof *ti);
-    for (int i = 0; i < n; i++)
-        ti[i] = (lsl_tensor_info){s[i].name, LSL_BF16, 2, {s[i].rows, s[i].cols}};
+    cfg.staging_bytes = B->staging;
     double t0 = MPI_Wtime();
     lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &wr);
     if (!st)
-        st = lsl_writer_define_all(wr, (uint64_t)n, ti);
-    for (int i = 0; i < n && !st; i++) {
+        st = lsl_writer_define_all(wr, (uint64_t)B->n, B->ti);
+    for (int i = 0; i < B->n && !st; i++) {
         uint64_t a0, an;
-        lsl_partition_rows(r, size, rank, &a0, &an);
+        lsl_partition_rows(r, B->size, B->rank, &a0, &an);
         lsl_lora_part lp = {.rank = r,
                             .alpha = 64,
                             .scaling = 2.0,
@@ -288,68 +297,147 @@ static int bench_write(const char *dir, int layers)
                             .a_shard = LSL_SHARD_ROWS,
                             .a_off = a0,
                             .a_count = an,
-                            .a = a[i],
-                            .b = b[i]};
-        lsl_part p = {r0[i], nr[i], w[i], LSL_MEM_DEVICE, NULL, s[i].lora ? &lp : NULL};
+                            .a = B->a[i],
+                            .b = B->b[i]};
+        lsl_part p = {B->r0[i], B->nr[i], B->w[i], LSL_MEM_DEVICE, NULL, B->s[i].lora ? &lp : NULL};
         st = lsl_writer_put_all(wr, (uint64_t)i, &p);
     }
     if (!st)
         st = lsl_writer_close_all(&wr);
-    double t_lsl = MPI_Wtime() - t0;
+    double t = MPI_Wtime() - t0;
     if (st) {
-        if (rank == 0)
+        if (B->rank == 0)
             fprintf(stderr, "bench write failed: %s\n", lsl_last_error());
         MPI_Abort(MPI_COMM_WORLD, 3);
     }
-    uint64_t peak = lsl_i_rss_peak(), grow = peak > rss0 ? peak - rss0 : 0, gmax = 0, pmax = 0;
-    MPI_Allreduce(&grow, &gmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-    MPI_Allreduce(&peak, &pmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-    /* The ceiling: the same bytes, the same per-tensor ranges, from one pinned buffer. */
-    void *pin;
-    uint64_t chunk = 64ull << 20;
-    CK(cudaHostAlloc(&pin, chunk, cudaHostAllocDefault));
-    memset(pin, 0x3C, chunk);
-    char raw[600];
-    snprintf(raw, sizeof raw, "%s/raw-np%d-L%d.bin", dir, size, layers);
+    uint64_t peak = peak_rss(), g = peak > rss0 ? peak - rss0 : 0;
+    MPI_Allreduce(&g, grow, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    return t;
+}
+
+/* The ceiling: the same bytes, the same per-tensor ranges, from one pinned buffer. */
+static double run_raw(const wbench *B, const char *raw)
+{
+    unsigned char *pin;
+    uint64_t chunk = 64ull << 20, pool = B->raw_pool > chunk ? B->raw_pool / chunk * chunk : chunk,
+             k = 0;
+    CK(cudaHostAlloc((void **)&pin, pool, cudaHostAllocDefault));
+    memset(pin, 0x3C, pool);
     MPI_File fh;
     MPI_Info info;
     MPI_Info_create(&info);
     MPI_Info_set(info, "romio_ds_write", "disable");
     MPI_Barrier(MPI_COMM_WORLD);
-    t0 = MPI_Wtime();
+    double t0 = MPI_Wtime();
     MPI_File_open(MPI_COMM_WORLD, raw, MPI_MODE_WRONLY | MPI_MODE_CREATE, info, &fh);
     uint64_t off = 0;
-    for (int i = 0; i < n; i++) {
-        uint64_t rb = s[i].cols * 2, my = nr[i] * rb, base = off + r0[i] * rb;
-        uint64_t maxb = ((s[i].rows + (uint64_t)size - 1) / (uint64_t)size) * rb;
+    for (int i = 0; i < B->n; i++) {
+        uint64_t rb = B->s[i].cols * 2, my = B->nr[i] * rb, base = off + B->r0[i] * rb;
+        uint64_t maxb = ((B->s[i].rows + (uint64_t)B->size - 1) / (uint64_t)B->size) * rb;
         uint64_t nch = (maxb + chunk - 1) / chunk;
         for (uint64_t c = 0; c < nch; c++) {
             uint64_t o = c * chunk, cnt = o < my ? (my - o < chunk ? my - o : chunk) : 0;
-            MPI_File_write_at_all(fh, (MPI_Offset)(base + o), pin, (int)cnt, MPI_BYTE,
-                                  MPI_STATUS_IGNORE);
+            MPI_File_write_at_all(fh, (MPI_Offset)(base + o), pin + k++ * chunk % pool, (int)cnt,
+                                  MPI_BYTE, MPI_STATUS_IGNORE);
         }
-        off += s[i].rows * rb;
+        off += B->s[i].rows * rb;
     }
     MPI_File_sync(fh);
     MPI_File_close(&fh);
-    double t_raw = MPI_Wtime() - t0;
+    double t = MPI_Wtime() - t0;
+    MPI_Info_free(&info);
+    cudaFreeHost(pin);
+    return t;
+}
+
+/* Each timed run starts with neither output on the filesystem: a file left from the run before
+ * would hand the next one tmpfs pages it need not allocate, or memory it cannot have. */
+static void clean(int rank, const char *path, const char *raw)
+{
     if (rank == 0) {
-        printf(
-            "write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
-            "%.2f GB/s | loraslab/raw time %.3f | RSS growth max %.1f MiB (staging 64 MiB), peak "
-            "RSS max %.0f MiB | %d GPU(s)\n",
-            size, layers, dir, total / 1e9, t_lsl, total / t_lsl / 1e9, t_raw, total / t_raw / 1e9,
-            t_lsl / t_raw, gmax / 1048576.0, pmax / 1048576.0, ndev < size ? ndev : size);
-        printf("RESULT write np=%d L=%d dir=%s bytes=%llu lsl_s=%.3f raw_s=%.3f ratio=%.3f "
-               "rss_growth_mib=%.1f\n",
-               size, layers, dir, (unsigned long long)total, t_lsl, t_raw, t_lsl / t_raw,
-               gmax / 1048576.0);
         unlink(path);
         unlink(raw);
     }
-    MPI_Info_free(&info);
-    cudaFreeHost(pin);
-    (void)mine;
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
+static int bench_write(const char *dir, int layers)
+{
+    wbench B = {0};
+    MPI_Comm_rank(MPI_COMM_WORLD, &B.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &B.size);
+    int ndev = 0, rank = B.rank, size = B.size;
+    CK(cudaGetDeviceCount(&ndev));
+    CK(cudaSetDevice(rank % ndev)); /* local rank on one node */
+    const char *sm = getenv("BENCH_STAGING_MIB"), *rd = getenv("BENCH_ROUNDS"),
+               *rp = getenv("BENCH_RAW_POOL_MIB");
+    B.staging = (sm ? strtoull(sm, NULL, 10) : 64) << 20;
+    B.raw_pool = (rp ? strtoull(rp, NULL, 10) : 64) << 20;
+    int rounds = rd ? atoi(rd) : 2;
+    rounds = rounds < 1 ? 1 : rounds > 9 ? 9 : rounds;
+    B.s = calloc(2 + 9 * (size_t)layers, sizeof *B.s);
+    int n = B.n = model(layers, B.s);
+    const uint64_t r = 32;
+    B.w = calloc((size_t)n, sizeof *B.w), B.a = calloc((size_t)n, sizeof *B.a),
+    B.b = calloc((size_t)n, sizeof *B.b);
+    B.r0 = calloc((size_t)n, 8), B.nr = calloc((size_t)n, 8);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        lsl_partition_rows(B.s[i].rows, size, rank, &B.r0[i], &B.nr[i]);
+        B.w[i] = dev_random(B.nr[i] * B.s[i].cols * 2 + 2, (uint64_t)i + 10, 0);
+        if (B.s[i].lora) {
+            uint64_t a0, an;
+            lsl_partition_rows(r, size, rank, &a0, &an);
+            B.a[i] = dev_random(an * B.s[i].cols * 4 + 4, (uint64_t)i + 1000, 1);
+            B.b[i] = dev_random(B.nr[i] * r * 4 + 4, (uint64_t)i + 2000, 1);
+        }
+        total += B.s[i].rows * B.s[i].cols * 2;
+    }
+    CK(cudaDeviceSynchronize());
+    B.ti = calloc((size_t)n, sizeof *B.ti);
+    for (int i = 0; i < n; i++)
+        B.ti[i] = (lsl_tensor_info){B.s[i].name, LSL_BF16, 2, {B.s[i].rows, B.s[i].cols}};
+    char path[512], raw[600];
+    snprintf(path, sizeof path, "%s/bench-np%d-L%d.h5", dir, size, layers);
+    snprintf(raw, sizeof raw, "%s/raw-np%d-L%d.bin", dir, size, layers);
+    /* Rounds alternate the order (loraslab first, then the ceiling first), so neither side
+     * always meets the filesystem and the page allocator in the same state; the ratio is of the
+     * best of each. */
+    double tl[9], tr[9], bl = 1e30, br = 1e30;
+    uint64_t gmax = 0;
+    int hwm_ok = reset_peak();
+    for (int k = 0; k < rounds; k++) {
+        uint64_t g = 0;
+        for (int j = 0; j < 2; j++) {
+            clean(rank, path, raw);
+            if ((j == 0) == (k % 2 == 0))
+                tl[k] = run_lsl(&B, path, &g);
+            else
+                tr[k] = run_raw(&B, raw);
+        }
+        gmax = g > gmax ? g : gmax;
+        bl = tl[k] < bl ? tl[k] : bl;
+        br = tr[k] < br ? tr[k] : br;
+    }
+    clean(rank, path, raw);
+    if (rank == 0) {
+        char per[256] = "";
+        for (int k = 0, o = 0; k < rounds && o >= 0 && o < (int)sizeof per; k++)
+            o += snprintf(per + o, sizeof per - (size_t)o, "%s%.3f/%.3f", k ? " " : "", tl[k],
+                          tr[k]);
+        printf("write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
+               "%.2f GB/s | loraslab/raw time %.3f (best of %d rounds, alternating order; "
+               "loraslab/raw per round %s) | RSS growth max %.1f MiB (staging %llu MiB)%s | raw "
+               "source %llu MiB | %d GPU(s)\n",
+               size, layers, dir, total / 1e9, bl, total / bl / 1e9, br, total / br / 1e9, bl / br,
+               rounds, per, gmax / 1048576.0, (unsigned long long)(B.staging >> 20),
+               hwm_ok ? "" : " [VmHWM not resettable: growth is since process start]",
+               (unsigned long long)(B.raw_pool >> 20), ndev < size ? ndev : size);
+        printf("RESULT write np=%d L=%d dir=%s bytes=%llu lsl_s=%.3f raw_s=%.3f ratio=%.3f "
+               "rss_growth_mib=%.1f staging_mib=%llu\n",
+               size, layers, dir, (unsigned long long)total, bl, br, bl / br, gmax / 1048576.0,
+               (unsigned long long)(B.staging >> 20));
+    }
     return 0;
 }
 

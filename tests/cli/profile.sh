@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LSL_PROFILE: the merge prints where its time went, and an environment that differs between
 # ranks (set on rank 0 only, or on rank 1 only, as a launcher may leave it) neither hangs the
-# collective report nor changes the result.
+# collective report nor changes the result; LSL_PROFILE=2 adds a line per tensor.
 #   profile.sh BUILD/loraslab
 set -uo pipefail
 lsl=$1
@@ -30,6 +30,13 @@ check "rank 0 only" 1 "$out/b.log" $?
 timeout 120 "$mpiexec" -n 1 "$lsl" "${args[@]}" -o "$out/c.h5" : \
   -n 1 env LSL_PROFILE=1 "$lsl" "${args[@]}" -o "$out/c.h5" >"$out/c.log" 2>&1
 check "rank 1 only (rank 0 decides: none)" 0 "$out/c.log" $?
+# LSL_PROFILE=2: a line per tensor on rank 0 as well, one per dataset of the output
+timeout 120 "$mpiexec" -n 2 env LSL_PROFILE=2 "$lsl" "${args[@]}" -o "$out/d.h5" >"$out/d.log" 2>&1
+check "LSL_PROFILE=2" 1 "$out/d.log" $?
+nd=$(h5ls -r "$out/d.h5" | grep -c Dataset)
+np=$(grep -c '^loraslab: put [0-9]* `.*` .* MB: .* ms (gather' "$out/d.log")
+if [ "$nd" -gt 0 ] && [ "$np" -eq "$nd" ]; then echo "ok - one put line per tensor ($np)"
+else echo "FAIL - $np put lines for $nd datasets"; fail=1; fi
 "$py" "$here/py/compare_tensors.py" "$out/a.h5" "$out/b.h5" >/dev/null &&
   "$py" "$here/py/compare_tensors.py" "$out/a.h5" "$out/c.h5" >/dev/null ||
   { echo "FAIL - the outputs differ"; fail=1; }
