@@ -91,6 +91,15 @@ lsl_status lsl_i_fs_hints(const lsl_i_fsinfo *fs, const char *extra, MPI_Info *o
         snprintf(v, sizeof v, "%llu", (unsigned long long)fs->stripe_size);
         MPI_Info_set(info, "striping_unit", v);
     }
+    /* The two-phase buffer is host memory outside the staging budget on every aggregator:
+     * OMPIO (Open MPI's default MPI-IO) takes 32 MiB unless told, which put 4 ranks sharing a
+     * node 15 MiB over the budget + 64 MiB; 8 MiB measured as fast.  A multiple of the stripe
+     * size, as aggregation on Lustre wants (parallel-io.md a.5); a user's hint wins. */
+    uint64_t cb = LSL_I_CB_BUFFER;
+    if (fs->parallel && fs->stripe_size)
+        cb = (cb + fs->stripe_size - 1) / fs->stripe_size * fs->stripe_size;
+    snprintf(v, sizeof v, "%llu", (unsigned long long)cb);
+    MPI_Info_set(info, "cb_buffer_size", v);
     if (extra && *extra) {
         char *copy = lsl_i_strdup(extra), *save = NULL;
         if (!copy) {

@@ -17,9 +17,13 @@ typedef struct lsl_i_fsinfo {
 /* Probe the directory that will hold the output.  Not collective. */
 lsl_status lsl_i_fs_probe(const char *dir, lsl_i_fsinfo *out);
 
+/* The two-phase aggregation buffer the writer asks for (cb_buffer_size), before rounding up to
+ * a multiple of the stripe size. */
+#define LSL_I_CB_BUFFER ((uint64_t)8 << 20)
+
 /* MPI_Info for the collective writes: data sieving off (no fcntl locks, no read-modify-write),
- * striping_unit on parallel filesystems, plus "key=value;..." from LSL_MPIIO_HINTS as given by
- * rank 0.  Caller frees with MPI_Info_free. */
+ * striping_unit on parallel filesystems, cb_buffer_size (LSL_I_CB_BUFFER), plus "key=value;..."
+ * from LSL_MPIIO_HINTS as given by rank 0.  Caller frees with MPI_Info_free. */
 lsl_status lsl_i_fs_hints(const lsl_i_fsinfo *fs, const char *extra, MPI_Info *out);
 
 #endif

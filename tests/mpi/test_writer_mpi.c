@@ -12,6 +12,7 @@
 
 #include "loraslab.h"
 #include "lsl_crc32c.h"
+#include "lsl_fs.h"
 #include "lsl_numeric.h"
 
 #ifdef LSL_TEST_DEVICE
@@ -456,6 +457,37 @@ static void test_define_checks(void)
     report("define and create checks (inconsistent lists, bad names, existing output)", before);
 }
 
+/* The MPI-IO hints the writer opens its file with: the two-phase buffer is capped (OMPIO would
+ * take 32 MiB of host memory per aggregator) at a multiple of the stripe size, and
+ * LSL_MPIIO_HINTS overrides it. */
+static void test_hints(void)
+{
+    struct {
+        int parallel;
+        uint64_t stripe;
+        const char *extra, *want;
+    } c[] = {{0, 0, NULL, "8388608"},
+             {1, 3 << 20, NULL, "9437184"},
+             {1, 16 << 20, NULL, "16777216"},
+             {0, 0, "cb_buffer_size=1048576;romio_cb_write=enable", "1048576"}};
+    for (int i = 0; i < 4; i++) {
+        lsl_i_fsinfo fs = {0};
+        fs.parallel = c[i].parallel;
+        fs.stripe_size = c[i].stripe;
+        MPI_Info info = MPI_INFO_NULL;
+        char v[64] = "";
+        int flag = 0;
+        CHECK(lsl_i_fs_hints(&fs, c[i].extra, &info) == LSL_OK, "hints %d: %s", i,
+              lsl_last_error());
+        if (info != MPI_INFO_NULL) {
+            MPI_Info_get(info, "cb_buffer_size", (int)sizeof v - 1, v, &flag);
+            MPI_Info_free(&info);
+        }
+        CHECK(flag && strcmp(v, c[i].want) == 0, "hints %d: cb_buffer_size \"%s\", want %s", i, v,
+              c[i].want);
+    }
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -478,8 +510,10 @@ int main(int argc, char **argv)
     test_error_agreement();
 #ifndef LSL_TEST_DEVICE
     test_define_checks();
+    test_hints();
 #else
     (void)test_define_checks; /* host-only checks: the host build runs them */
+    (void)test_hints;
 #endif
     int all = agree_failures();
     if (rank == 0)
