@@ -62,8 +62,10 @@ if want tests; then
 fi
 if want sanitizer; then
   log "compute-sanitizer"
-  compute-sanitizer --tool memcheck --print-limit 5 build-gpu/test_writer_gpu >"$OUT/sanitizer.log" 2>&1
-  row "compute-sanitizer memcheck (GPU writer test): $(grep 'ERROR SUMMARY' "$OUT/sanitizer.log")"
+  for t in test_writer_gpu test_crc_gpu; do
+    compute-sanitizer --tool memcheck --print-limit 5 build-gpu/$t >"$OUT/sanitizer-$t.log" 2>&1
+    row "compute-sanitizer memcheck ($t): $(grep 'ERROR SUMMARY' "$OUT/sanitizer-$t.log")"
+  done
 fi
 
 if want kernel; then

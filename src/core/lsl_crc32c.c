@@ -2,6 +2,8 @@
  * GF(2) matrix method with the Castagnoli polynomial. */
 #include "lsl_crc32c.h"
 
+#include <string.h>
+
 #include <isa-l/crc.h>
 
 uint32_t lsl_crc32c_extend(uint32_t crc, const void *buf, uint64_t len)
@@ -33,6 +35,36 @@ static void gf2_square(uint32_t *sq, const uint32_t *mat)
 {
     for (int n = 0; n < 32; n++)
         sq[n] = gf2_times(mat, mat[n]);
+}
+
+void lsl_crc32c_zeros_op(uint64_t len, uint32_t op[32])
+{
+    uint32_t cur[32], tmp[32];
+    for (int n = 0; n < 32; n++)
+        op[n] = (uint32_t)1 << n;
+    tmp[0] = POLY_REFLECTED; /* one zero bit, squared three times: one zero byte */
+    for (int n = 1; n < 32; n++)
+        tmp[n] = (uint32_t)1 << (n - 1);
+    gf2_square(cur, tmp);
+    gf2_square(tmp, cur);
+    gf2_square(cur, tmp);
+    /* Powers of one operator commute: multiply in the squares for the bits of len. */
+    for (; len; len >>= 1) {
+        if (len & 1) {
+            for (int n = 0; n < 32; n++)
+                tmp[n] = gf2_times(cur, op[n]);
+            memcpy(op, tmp, sizeof tmp);
+        }
+        if (len > 1) {
+            gf2_square(tmp, cur);
+            memcpy(cur, tmp, sizeof tmp);
+        }
+    }
+}
+
+uint32_t lsl_crc32c_apply(const uint32_t op[32], uint32_t crc)
+{
+    return gf2_times(op, crc);
 }
 
 uint32_t lsl_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)

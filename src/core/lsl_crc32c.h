@@ -9,5 +9,9 @@
 uint32_t lsl_crc32c_extend(uint32_t crc, const void *buf, uint64_t len);
 /* CRC of A||B from crc(A), crc(B) and len(B). */
 uint32_t lsl_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+/* The GF(2) operator (32 columns) that appends len zero bytes to a CRC: combining with a fixed
+ * len_b is then lsl_crc32c_apply(op, crc_a) ^ crc_b, without recomputing the operator. */
+void lsl_crc32c_zeros_op(uint64_t len, uint32_t op[32]);
+uint32_t lsl_crc32c_apply(const uint32_t op[32], uint32_t crc);
 
 #endif

@@ -32,6 +32,18 @@ int lsl_dev_merge_simt(int wt, int at, int bt, void *out, const void *w0, const 
                        const void *b, int64_t m, int64_t n, int r, double s,
                        unsigned long long *bad, void *stream);
 
+/* CRC-32C on the device, in blocks of LSL_DEV_CRC_BLOCK bytes folded from 2^LSL_DEV_CRC_LEVELS
+ * pieces of 1 KiB. */
+#define LSL_DEV_CRC_BLOCK  (256 * 1024)
+#define LSL_DEV_CRC_LEVELS 8
+
+/* out[b] = CRC-32C (finished, as lsl_crc32c_extend(0, ...)) of bytes [b, b + 1) x
+ * LSL_DEV_CRC_BLOCK of src, for b < nblocks; any alignment (8-byte aligned is the fast path).
+ * shifts (device): LSL_DEV_CRC_LEVELS operators of 32 words, level l = lsl_crc32c_zeros_op(1 KiB
+ * << l).  Asynchronous on stream; returns the launch's cudaError_t as an int (0 on success). */
+int lsl_dev_crc32c_blocks(const void *src, int64_t nblocks, uint32_t *out, const uint32_t *shifts,
+                          void *stream);
+
 /* Device-to-device copy kernel reading and writing `bytes` (the bandwidth yardstick for the merge
  * kernel, same launch shape). */
 int lsl_dev_copy(void *dst, const void *src, int64_t bytes, void *stream);

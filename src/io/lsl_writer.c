@@ -646,16 +646,16 @@ static lsl_status put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64
 }
 
 /* One collective write of count bytes at the part's offset + off; a rank that failed or has
- * nothing left joins with zero bytes.  Checksums what it writes. */
+ * nothing left joins with zero bytes.  Checksums what it writes, unless crc_done (the GPU did). */
 static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, uint64_t count,
-                      lsl_status *st)
+                      int crc_done, lsl_status *st)
 {
     if (*st != LSL_OK)
         count = 0;
-    bool async = count >= (1u << 20) && w->crc.running;
+    bool async = !crc_done && count >= (1u << 20) && w->crc.running;
     if (async)
         crc_post(&w->crc, pc->crc, buf, count);
-    else if (count)
+    else if (!crc_done && count)
         pc->crc = lsl_crc32c_extend(pc->crc, buf, count);
     MPI_Status ms;
     double t0 = lsl_i_now();
@@ -894,7 +894,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                                            lora->scaling, work, &bad);
             st = ms == LSL_ERR_NONFINITE ? nonfinite(&pc, lr, bad) : ms;
         }
-        put_write(w, &pc, off, buf, c < nloc ? count : 0, &st);
+        put_write(w, &pc, off, buf, c < nloc ? count : 0, 0, &st);
     }
 #undef CHUNK
     LSL_TRY(put_end(w, index, &pc, lora, st));
@@ -1006,6 +1006,7 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
     for (uint64_t c = 0; c < nchunks; c++) {
         const void *buf = NULL;
         uint64_t bad = 0;
+        int crc_done = 0;
         /* File chunks: the slot of chunk c + 1 is free only once chunk c - 1 is written, so the
          * read of c + 1 is posted after c is ready and overlaps c's write.  Device chunks are
          * queued one ahead on the caller's stream. */
@@ -1014,14 +1015,15 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
         if (pending[c % 2]) {
             pending[c % 2] = 0;
             double t0 = lsl_i_now();
-            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad);
+            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad, &pc.crc, &crc_done);
             w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
             ws = ws == LSL_ERR_NONFINITE ? nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
             st = st == LSL_OK ? ws : st;
         }
         if (src && st == LSL_OK && c + 1 < nloc)
             pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
-        put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0, &st);
+        put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0,
+                  crc_done, &st);
     }
     for (int k = 0; k < 2; k++) /* a failure left a chunk in flight: it must land first */
         if (pending[k])

@@ -1,5 +1,6 @@
 #include "lsl_cuda.h"
 
+#include "lsl_crc32c.h"
 #include "lsl_device.h"
 #include "lsl_gather.h"
 
@@ -47,6 +48,11 @@ struct lsl_i_cuda {
     uint64_t host_cap;
     void *b_dev;
     uint64_t b_cap;
+    /* Checksums on the GPU: per-slot block CRCs (device, and their pinned copy), how many and
+     * over how many bytes, the tree operators, and the host's operator for one block. */
+    uint32_t *dcrc[2], *hcrc[2], *dshift, op_block[32];
+    uint64_t crc_nb[2], crc_bytes[2];
+    int crc_gpu[2];
     /* File-sourced chunks: W0 lands in din[slot] before the merge writes dslot[slot]. */
     void *din[2];
     cudaStream_t stream;
@@ -121,7 +127,10 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
         cudaFree(c->dslot[s]);
         cudaFree(c->din[s]);
         cudaFree(c->dbad[s]);
+        cudaFree(c->dcrc[s]);
+        cudaFreeHost(c->hcrc[s]);
     }
+    cudaFree(c->dshift);
     cudaFree(c->b_dev);
     cudaFreeHost(c->hbad);
     cudaFree(c->a_dev);
@@ -198,6 +207,21 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
             (e = cudaEventCreateWithFlags(&c->done[s], cudaEventDisableTiming)) != cudaSuccess)
             st = cuda_fail(e, "allocating the pinned staging ring");
     }
+    uint64_t ncrc = c->slot_bytes / LSL_DEV_CRC_BLOCK + 1;
+    uint32_t shifts[LSL_DEV_CRC_LEVELS * 32];
+    for (int l = 0; l < LSL_DEV_CRC_LEVELS; l++)
+        lsl_crc32c_zeros_op((uint64_t)LSL_DEV_CRC_BLOCK >> (LSL_DEV_CRC_LEVELS - l),
+                            shifts + 32 * l);
+    lsl_crc32c_zeros_op(LSL_DEV_CRC_BLOCK, c->op_block);
+    for (int s = 0; st == LSL_OK && s < 2; s++)
+        if ((e = cudaMalloc((void **)&c->dcrc[s], ncrc * 4)) != cudaSuccess ||
+            (e = cudaHostAlloc((void **)&c->hcrc[s], ncrc * 4, cudaHostAllocDefault)) !=
+                cudaSuccess)
+            st = cuda_fail(e, "allocating the checksum buffers");
+    if (st == LSL_OK &&
+        ((e = cudaMalloc((void **)&c->dshift, sizeof shifts)) != cudaSuccess ||
+         (e = cudaMemcpy(c->dshift, shifts, sizeof shifts, cudaMemcpyHostToDevice)) != cudaSuccess))
+        st = cuda_fail(e, "uploading the checksum operators");
     LSL_TRY(lsl_i_agree(comm, st));
     /* NCCL needs one GPU per rank: compare host/bus ids across ranks. */
     all = calloc((size_t)size, sizeof id);
@@ -440,6 +464,17 @@ static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype w
             return e;
         from = c->dslot[slot];
     }
+    c->crc_gpu[slot] = 1;
+    c->crc_bytes[slot] = bytes;
+    c->crc_nb[slot] = bytes / LSL_DEV_CRC_BLOCK;
+    if (c->crc_nb[slot]) {
+        *what = "checksum kernel launch";
+        if ((e = (cudaError_t)lsl_dev_crc32c_blocks(from, (int64_t)c->crc_nb[slot], c->dcrc[slot],
+                                                    c->dshift, st)) != cudaSuccess ||
+            (e = cudaMemcpyAsync(c->hcrc[slot], c->dcrc[slot], c->crc_nb[slot] * 4,
+                                 cudaMemcpyDeviceToHost, st)) != cudaSuccess)
+            return e;
+    }
     *what = "device-to-host copy of a chunk";
     if ((e = cudaMemcpyAsync(c->pinned[slot], from, bytes, cudaMemcpyDeviceToHost, st)) !=
         cudaSuccess)
@@ -508,6 +543,7 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
             return lsl_i_fail(LSL_ERR_NOMEM, "cannot start the staging thread");
         c->thr_running = 1;
     }
+    c->crc_gpu[slot] = 0; /* a plain copy from the file never reaches the GPU */
     pthread_mutex_lock(&c->mu);
     c->job = (stage_job){.slot = slot,
                          .fd = fd,
@@ -561,9 +597,11 @@ void lsl_i_cuda_drain(lsl_i_cuda *c, int slot)
     cudaEventSynchronize(c->done[slot]);
 }
 
-lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad)
+lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad, uint32_t *crc,
+                           int *crc_done)
 {
     int launched = 1;
+    *crc_done = 0;
     if (c->staged[slot]) {
         lsl_status st = join_job(c, slot, &launched);
         if (st != LSL_OK || !launched) {
@@ -578,6 +616,14 @@ lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t 
     if (c->merging[slot] && c->hbad[slot] != ~0ull) {
         *bad = c->hbad[slot];
         return LSL_ERR_NONFINITE;
+    }
+    if (c->crc_gpu[slot]) { /* the blocks, then the tail (< one block) from the host copy */
+        uint32_t v = *crc;
+        uint64_t done = c->crc_nb[slot] * LSL_DEV_CRC_BLOCK;
+        for (uint64_t b = 0; b < c->crc_nb[slot]; b++)
+            v = lsl_crc32c_apply(c->op_block, v) ^ c->hcrc[slot][b];
+        *crc = lsl_crc32c_extend(v, (const unsigned char *)*host + done, c->crc_bytes[slot] - done);
+        *crc_done = 1;
     }
     return LSL_OK;
 }

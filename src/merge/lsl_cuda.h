@@ -47,8 +47,11 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
                             lsl_dtype wt, uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
                             const void *b_dev, uint64_t m, uint64_t n);
 /* Wait for slot; *host points into pinned memory.  LSL_ERR_NONFINITE with *bad = the first bad
- * element index of that chunk when the merge produced NaN/Inf. */
-lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad);
+ * element index of that chunk when the merge produced NaN/Inf.  When the GPU checksummed the
+ * chunk (everything but a file's plain copy), *crc is extended by its bytes and *crc_done = 1;
+ * else *crc_done = 0 and the caller checksums the host copy. */
+lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t *bad, uint32_t *crc,
+                           int *crc_done);
 
 /* Let slot's chunk land (after a failure), leaving the error message alone. */
 void lsl_i_cuda_drain(lsl_i_cuda *c, int slot);

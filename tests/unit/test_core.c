@@ -124,6 +124,17 @@ static void test_crc32c(void **s)
     }
     assert_int_equal(lsl_crc32c_combine(0, lsl_crc32c_extend(0, buf, 10), 10),
                      lsl_crc32c_extend(0, buf, 10));
+    /* A fixed-length operator (the device path folds 256 KiB blocks with one) combines alike. */
+    for (int cut = 0; cut <= 10000; cut += 1249) {
+        uint32_t op[32];
+        lsl_crc32c_zeros_op((uint64_t)(10000 - cut), op);
+        uint32_t a = lsl_crc32c_extend(0, buf, (uint64_t)cut);
+        uint32_t b = lsl_crc32c_extend(0, buf + cut, (uint64_t)(10000 - cut));
+        assert_int_equal(lsl_crc32c_apply(op, a) ^ b, whole);
+    }
+    uint32_t op[32], big = 0x12345678u;
+    lsl_crc32c_zeros_op((uint64_t)1 << 40, op); /* lengths past 32 bits */
+    assert_int_equal(lsl_crc32c_apply(op, big) ^ 0u, lsl_crc32c_combine(big, 0, (uint64_t)1 << 40));
 }
 
 static void test_dtypes(void **s)
