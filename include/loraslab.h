@@ -225,15 +225,15 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * Device parts (a build with CUDA; every rank passes the same memspace): the pointers belong to
  * the calling thread's current CUDA device, work is queued on part->stream, and the call returns
  * once the rows are written (the caller may then reuse its buffers).  The first device put
- * pins the staging budget as two slots.  LoRA A is all-gathered through host memory, or over
- * NCCL when every rank has its own GPU and A arrives in FSDP row shards: environment variable
- * LSL_GATHER unset starts NCCL only after 1 GiB of A has been gathered (a communicator costs
- * seconds and hundreds of MiB of host memory per rank), "nccl" from the first put, "mpi" never.
- * LSL_PROFILE=1 prints at close where the time went (define, gathers, GPU waits, writes; the
- * slowest rank's figure per phase), LSL_PROFILE=2 also one line per put on rank 0.
- * Returns LSL_ERR_SHAPE (parts do not tile the rows), LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge
- * produced NaN/Inf), LSL_ERR_IO / LSL_ERR_NOSPACE (write failed).  After a failure the writer
- * accepts only lsl_writer_abort_all. */
+ * pins two slots of half the staging budget, at most 8 MiB each (larger chunks wrote slower).
+ * LoRA A is all-gathered through host memory, or over NCCL when every rank has its own GPU and A
+ * arrives in FSDP row shards: environment variable LSL_GATHER unset starts NCCL only after 1 GiB
+ * of A has been gathered (a communicator costs seconds and hundreds of MiB of host memory per
+ * rank), "nccl" from the first put, "mpi" never.  LSL_PROFILE=1 prints at close where the time
+ * went (define, gathers, GPU waits, writes; the slowest rank's figure per phase), LSL_PROFILE=2
+ * also one line per put on rank 0.  Returns LSL_ERR_SHAPE (parts do not tile the rows),
+ * LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge produced NaN/Inf), LSL_ERR_IO / LSL_ERR_NOSPACE
+ * (write failed).  After a failure the writer accepts only lsl_writer_abort_all. */
 LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part);
 
 /* Collective.  Checks that every tensor was put, writes checksums and attributes, syncs the

@@ -975,8 +975,9 @@ static lsl_status put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint6
     st = LSL_OK;
     if (full_u == 0)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG,
-                        "tensor `%s`: a row of %llu bytes exceeds half the staging budget",
-                        pc.t->name, (unsigned long long)pc.rbytes);
+                        "tensor `%s`: a row of %llu bytes exceeds the pinned slot of %llu bytes "
+                        "(half the staging budget, at most 8 MiB)",
+                        pc.t->name, (unsigned long long)pc.rbytes, (unsigned long long)slot);
     else if (units)
         nloc = units <= head_u ? 1 : 1 + (units - head_u + full_u - 1) / full_u;
     if (st != LSL_OK)

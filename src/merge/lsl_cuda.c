@@ -186,7 +186,8 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
     *out = NULL;
     if (!c)
         return lsl_i_agree(comm, lsl_i_fail(LSL_ERR_NOMEM, "out of memory"));
-    c->slot_bytes = staging_bytes / 2 / 256 * 256;
+    c->slot_bytes = staging_bytes / 2 < LSL_I_RING_SLOT_MAX ? staging_bytes / 2 / 256 * 256
+                                                            : LSL_I_RING_SLOT_MAX;
     cudaError_t e = cudaGetDevice(&c->device);
     if (e == cudaSuccess) {
         char bus[64] = "", host[96] = "";
