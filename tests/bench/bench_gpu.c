@@ -7,7 +7,7 @@
  *       LAYERS layers and fp32 LoRA r=32 on all seven projections; times the in-job API
  *       (device pointers, merge on the GPU, pinned ring, collective writes) and the raw ceiling:
  *       MPI_File_write_at_all of the same bytes at the same offsets from a pinned buffer.
- *       BENCH_ROUNDS (default 2) rounds in alternating order; prints the best time of each, the
+ *       BENCH_ROUNDS (default 3) rounds in alternating order; prints the best time of each, the
  *       per-round times, and the peak host RSS growth per rank over its level before each
  *       loraslab run.  BENCH_STAGING_MIB sets the writer's staging budget (default 64),
  *       BENCH_RAW_POOL_MIB the ceiling's pinned source, cycled in 64 MiB pieces (default 64). */
@@ -373,7 +373,7 @@ static int bench_write(const char *dir, int layers)
                *rp = getenv("BENCH_RAW_POOL_MIB");
     B.staging = (sm ? strtoull(sm, NULL, 10) : 64) << 20;
     B.raw_pool = (rp ? strtoull(rp, NULL, 10) : 64) << 20;
-    int rounds = rd ? atoi(rd) : 2;
+    int rounds = rd ? atoi(rd) : 3;
     rounds = rounds < 1 ? 1 : rounds > 9 ? 9 : rounds;
     B.s = calloc(2 + 9 * (size_t)layers, sizeof *B.s);
     int n = B.n = model(layers, B.s);
