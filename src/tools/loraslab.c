@@ -46,6 +46,8 @@ static const char *usage_merge =
     "                          DoRA and LoRA on embeddings are merged on the CPU either way\n"
     "      --staging-mib N     host staging per rank, MiB (default 64); host memory per rank is\n"
     "                          this plus its own slices of LoRA A and B, whatever the model size\n"
+    "                          (--device cuda pins at most 16 MiB of it: larger chunks wrote\n"
+    "                          slower)\n"
     "      --align BYTES       dataset alignment (default: Lustre stripe / GPFS block size,\n"
     "                          1 MiB on NFS, 64 KiB on local filesystems)\n"
     "      --overwrite         replace FILE if it exists (atomically, at the end)\n"
