@@ -236,6 +236,18 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * (write failed).  After a failure the writer accepts only lsl_writer_abort_all. */
 LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part);
 
+/* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA A of all of them
+ * gathered in one collective step (one MPI_Allgather of the shard sizes, one MPI_Allgatherv):
+ * each gather costs a few collective latencies, which at a thousand ranks add up over a model's
+ * hundreds of LoRA tensors.  Put a layer's tensors at once, for example.  A is gathered through
+ * host memory (NCCL serves single puts); every rank holds the whole A of each LoRA tensor of the
+ * batch (r x in elements each) until the call returns.  indices[i] and parts[i] as for
+ * lsl_writer_put_all; n, indices and which parts carry LoRA are logically collective
+ * (LSL_ERR_INCONSISTENT).  Returns as lsl_writer_put_all; a failure in any tensor fails the
+ * call on every rank, and the writer then accepts only lsl_writer_abort_all. */
+LSL_API lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                                            const lsl_part *parts);
+
 /* Collective.  Checks that every tensor was put, writes checksums and attributes, syncs the
  * file and renames it into place.  Always frees the writer and sets *w to NULL; on failure the
  * temporary file is removed and nothing appears at the path. */

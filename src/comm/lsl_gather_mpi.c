@@ -4,71 +4,134 @@
 #include <stdlib.h>
 #include <string.h>
 
-lsl_status lsl_i_gather_a(MPI_Comm comm, lsl_shard_dim dim, const void *mine, uint64_t off,
-                          uint64_t count, uint64_t r, uint64_t in, uint64_t esize, void *full,
-                          void *tmp, lsl_status local_st)
+/* What each rank reports per tensor: its shard and the tensor's geometry, to be checked. */
+enum { F_OFF, F_COUNT, F_R, F_IN, F_ES, F_DIM, NF };
+
+/* The shards of tensor i as every rank reported them (all[(k * n + i) * NF + f]): rank 0's
+ * geometry on all ranks, shards tiling A in rank order.  Every rank reaches the same verdict
+ * and message from the same gathered values, so it needs no agreement. */
+static lsl_status check_tiling(const uint64_t *all, int size, uint64_t n, uint64_t i)
 {
-    lsl_status rc = LSL_OK;
+    const uint64_t *p0 = all + i * NF;
+    uint64_t expect = 0, units = p0[F_DIM] ? p0[F_IN] : p0[F_R];
+    const char *what = p0[F_DIM] ? "columns" : "rows";
+    for (int k = 0; k < size; k++) {
+        const uint64_t *p = all + ((uint64_t)k * n + i) * NF;
+        if (p[F_R] != p0[F_R] || p[F_IN] != p0[F_IN] || p[F_ES] != p0[F_ES] ||
+            p[F_DIM] != p0[F_DIM])
+            return lsl_i_fail(LSL_ERR_INCONSISTENT,
+                              "LoRA A: rank %d has r %llu, %llu columns, %llu-byte elements, "
+                              "sharded by %s; rank 0 %llu, %llu, %llu, by %s",
+                              k, (unsigned long long)p[F_R], (unsigned long long)p[F_IN],
+                              (unsigned long long)p[F_ES], p[F_DIM] ? "columns" : "rows",
+                              (unsigned long long)p0[F_R], (unsigned long long)p0[F_IN],
+                              (unsigned long long)p0[F_ES], p0[F_DIM] ? "columns" : "rows");
+        if (p[F_OFF] != expect && p[F_COUNT] != 0)
+            return lsl_i_fail(LSL_ERR_SHAPE,
+                              "LoRA A shards do not tile A in rank order: rank %d holds %s "
+                              "[%llu, +%llu), expected to start at %llu",
+                              k, what, (unsigned long long)p[F_OFF], (unsigned long long)p[F_COUNT],
+                              (unsigned long long)expect);
+        expect += p[F_COUNT];
+    }
+    if (expect != units)
+        return lsl_i_fail(LSL_ERR_SHAPE, "LoRA A shards cover %llu %s of %llu",
+                          (unsigned long long)expect, what, (unsigned long long)units);
+    return LSL_OK;
+}
+
+/* Bytes of one shard unit: a row of A, or a column. */
+static uint64_t unit_bytes(const lsl_i_ashard *s)
+{
+    return s->dim == LSL_SHARD_ROWS ? s->in * s->esize : s->r * s->esize;
+}
+
+lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s,
+                                lsl_status local_st)
+{
+    lsl_status rc = LSL_OK, st = local_st;
     int rank = 0, size = 1;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
-    uint64_t *parts = malloc(2 * sizeof(uint64_t) * (size_t)size);
-    int *counts = malloc(sizeof(int) * (size_t)size), *displs = malloc(sizeof(int) * (size_t)size);
-    uint64_t total_units = dim == LSL_SHARD_ROWS ? r : in;
-    uint64_t unit_bytes = dim == LSL_SHARD_ROWS ? in * esize : r * esize;
-    uint64_t mypart[2] = {off, local_st == LSL_OK ? count : 0};
-    lsl_status st = local_st;
-    if (!parts || !counts || !displs)
-        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory gathering LoRA A");
-    else if (r * in * esize > (uint64_t)INT_MAX)
-        st = lsl_i_fail(LSL_ERR_SHAPE, "LoRA A of %llu x %llu is too large to gather",
-                        (unsigned long long)r, (unsigned long long)in);
-    if (parts &&
-        MPI_Allgather(mypart, 2, MPI_UINT64_T, parts, 2, MPI_UINT64_T, comm) != MPI_SUCCESS)
-        st = lsl_i_fail(LSL_ERR_MPI, "MPI_Allgather of LoRA A shard sizes failed");
-    if (st == LSL_OK) {
-        uint64_t expect = 0;
-        for (int k = 0; k < size; k++) {
-            if (parts[2 * k] != expect && parts[2 * k + 1] != 0) {
-                st = lsl_i_fail(LSL_ERR_SHAPE,
-                                "LoRA A shards do not tile A in rank order: rank %d holds %s "
-                                "[%llu, +%llu), expected to start at %llu",
-                                k, dim == LSL_SHARD_ROWS ? "rows" : "columns",
-                                (unsigned long long)parts[2 * k],
-                                (unsigned long long)parts[2 * k + 1], (unsigned long long)expect);
-                break;
-            }
-            counts[k] = (int)(parts[2 * k + 1] * unit_bytes);
-            displs[k] = (int)(expect * unit_bytes);
-            expect += parts[2 * k + 1];
-        }
-        if (st == LSL_OK && expect != total_units)
-            st = lsl_i_fail(LSL_ERR_SHAPE, "LoRA A shards cover %llu %s of %llu",
-                            (unsigned long long)expect, dim == LSL_SHARD_ROWS ? "rows" : "columns",
-                            (unsigned long long)total_units);
+    uint64_t total = 0, my_bytes = 0; /* all n full A's; this rank's shards */
+    for (uint64_t i = 0; i < n; i++) {
+        total += s[i].r * s[i].in * s[i].esize;
+        my_bytes += s[i].count * unit_bytes(&s[i]);
     }
-    /* Every rank computed the same verdict from the same gathered sizes, except for local
-     * failures, which the agreement spreads. */
+    uint64_t *mine = malloc((n * NF + 1) * sizeof *mine);
+    uint64_t *all = malloc((n * NF + 1) * sizeof *all * (size_t)size);
+    int *counts = malloc(sizeof(int) * (size_t)size), *displs = malloc(sizeof(int) * (size_t)size);
+    unsigned char *send = malloc(my_bytes + 1), *recv = malloc(total + 1);
+    if (st == LSL_OK && (!mine || !all || !counts || !displs || !send || !recv))
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory gathering LoRA A");
+    else if (st == LSL_OK && total > (uint64_t)INT_MAX)
+        st = lsl_i_fail(LSL_ERR_SHAPE, "LoRA A of %llu bytes is too large to gather at once",
+                        (unsigned long long)total);
+    /* Local failures (and this rank's own) stop every rank here, before any rank's error can
+     * show up elsewhere as a hole in the tiling. */
     LSL_TRY(lsl_i_agree(comm, st));
-    void *dst = dim == LSL_SHARD_ROWS ? full : tmp;
-    static const unsigned char none = 0;
-    int mc = counts[rank];
-    int mrc = MPI_Allgatherv(mc ? mine : &none, mc, MPI_BYTE, dst, counts, displs, MPI_BYTE, comm);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t *p = mine + i * NF;
+        p[F_OFF] = s[i].off;
+        p[F_COUNT] = s[i].count;
+        p[F_R] = s[i].r;
+        p[F_IN] = s[i].in;
+        p[F_ES] = s[i].esize;
+        p[F_DIM] = s[i].dim == LSL_SHARD_COLS;
+    }
+    int mrc =
+        MPI_Allgather(mine, (int)(n * NF), MPI_UINT64_T, all, (int)(n * NF), MPI_UINT64_T, comm);
+    if (mrc != MPI_SUCCESS)
+        LSL_GOTO(lsl_i_mpi_fail(mrc, "MPI_Allgather of LoRA A shard sizes"));
+    for (uint64_t i = 0; i < n; i++)
+        LSL_TRY(check_tiling(all, size, n, i));
+    uint64_t d = 0;
+    for (int k = 0; k < size; k++) { /* rank k's shards, tensor after tensor */
+        uint64_t b = 0;
+        for (uint64_t i = 0; i < n; i++)
+            b += all[((uint64_t)k * n + i) * NF + F_COUNT] * unit_bytes(&s[i]);
+        counts[k] = (int)b;
+        displs[k] = (int)d;
+        d += b;
+    }
+    unsigned char *q = send;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t b = s[i].count * unit_bytes(&s[i]);
+        if (b)
+            memcpy(q, s[i].mine, b);
+        q += b;
+    }
+    mrc = MPI_Allgatherv(send, counts[rank], MPI_BYTE, recv, counts, displs, MPI_BYTE, comm);
     if (mrc != MPI_SUCCESS)
         LSL_GOTO(lsl_i_mpi_fail(mrc, "MPI_Allgatherv of LoRA A"));
-    if (dim == LSL_SHARD_COLS) {
-        unsigned char *f = full;
-        const unsigned char *t = tmp;
-        for (int k = 0; k < size; k++) {
-            uint64_t c0 = parts[2 * k], ck = parts[2 * k + 1];
-            const unsigned char *blk = t + displs[k];
-            for (uint64_t row = 0; row < r && ck; row++)
-                memcpy(f + (row * in + c0) * esize, blk + row * ck * esize, ck * esize);
+    for (int k = 0; k < size; k++) {
+        const unsigned char *blk = recv + displs[k];
+        for (uint64_t i = 0; i < n; i++) {
+            const uint64_t *p = all + ((uint64_t)k * n + i) * NF;
+            uint64_t off = p[F_OFF], cnt = p[F_COUNT], es = s[i].esize, in = s[i].in;
+            unsigned char *f = s[i].full;
+            if (s[i].dim == LSL_SHARD_ROWS && cnt)
+                memcpy(f + off * in * es, blk, cnt * in * es);
+            else
+                for (uint64_t row = 0; row < s[i].r && cnt; row++)
+                    memcpy(f + (row * in + off) * es, blk + row * cnt * es, cnt * es);
+            blk += cnt * unit_bytes(&s[i]);
         }
     }
 fail:
-    free(parts);
+    free(mine);
+    free(all);
     free(counts);
     free(displs);
+    free(send);
+    free(recv);
     return rc;
+}
+
+lsl_status lsl_i_gather_a(MPI_Comm comm, lsl_shard_dim dim, const void *mine, uint64_t off,
+                          uint64_t count, uint64_t r, uint64_t in, uint64_t esize, void *full,
+                          lsl_status local_st)
+{
+    lsl_i_ashard s = {dim, mine, off, count, r, in, esize, full};
+    return lsl_i_gather_a_batch(comm, 1, &s, local_st);
 }

@@ -9,6 +9,12 @@
 
 #define LSL_MSG_MAX         1024
 #define LSL_DEFAULT_STAGING ((uint64_t)64 << 20)
+/* lsl_lora_part.flags, inside the library only: `a` is the whole of A ([r, in]) in host memory
+ * on every rank, already gathered (a batched put); the part's memspace applies to b alone. */
+#define LSL_I_LORA_A_FULL 0x80000000u
+/* The flags a caller may pass. */
+#define LSL_LORA_PUBLIC_FLAGS                                                                      \
+    (LSL_LORA_RSLORA | LSL_LORA_DELTA_IN_WEIGHT_DTYPE | LSL_LORA_DORA_COLUMNS)
 
 /* Record a failure message for lsl_last_error() and return st. */
 lsl_status lsl_i_fail(lsl_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

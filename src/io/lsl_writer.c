@@ -759,7 +759,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                             const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
 {
     lsl_status rc = LSL_OK, st;
-    void *afull = NULL, *atmp = NULL, *aacc = NULL, *bacc = NULL;
+    void *afull = NULL, *aacc = NULL, *bacc = NULL;
     double *colf = NULL; /* DoRA down the columns: factor per column */
     putctx pc;
     LSL_TRY(put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora, LSL_MEM_HOST, local_st,
@@ -775,17 +775,21 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     if (lora) {
         r = lora->rank;
         uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, in = pc.relems, a_bytes = r * in * a_es;
-        afull = malloc(a_bytes ? a_bytes : 1);
-        atmp = lora->a_shard == LSL_SHARD_COLS ? malloc(a_bytes ? a_bytes : 1) : NULL;
+        const int gathered = (lora->flags & LSL_I_LORA_A_FULL) != 0; /* by a batched put */
+        afull = gathered ? NULL : malloc(a_bytes ? a_bytes : 1);
         aacc = malloc(r * in * acc + 1);
         bacc = malloc(nrows * r * acc + 1);
-        if (!afull || !aacc || !bacc || (lora->a_shard == LSL_SHARD_COLS && !atmp))
+        if ((!gathered && !afull) || !aacc || !bacc)
             st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
-        double tg = lsl_i_now();
-        LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
-                               a_es, afull, atmp, st));
-        w->prof[P_GATHER] += lsl_i_now() - tg;
-        lsl_i_to_f64(lora->a_dtype, afull, r * in, aacc);
+        if (gathered) {
+            LSL_TRY(lsl_i_agree(w->comm, st));
+        } else {
+            double tg = lsl_i_now();
+            LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r,
+                                   in, a_es, afull, st));
+            w->prof[P_GATHER] += lsl_i_now() - tg;
+        }
+        lsl_i_to_f64(lora->a_dtype, gathered ? lora->a : afull, r * in, aacc);
         lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
         if (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
             lsl_i_round_to_dtype(t->dtype, aacc, r * in);
@@ -902,7 +906,6 @@ fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
     free(afull);
-    free(atmp);
     free(aacc);
     free(bacc);
     free(colf);
@@ -1048,15 +1051,12 @@ lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0,
 }
 #endif
 
-lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
+/* One put from the caller's memory, host or device; st is this rank's status so far. */
+static lsl_status put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st)
 {
-    if (!w)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
-    lsl_i_clear_error();
-    lsl_status st = LSL_OK;
     lsl_i_src src = {NULL, -1, 0, NULL};
     static const unsigned char empty = 0;
-    if (!part)
+    if (st == LSL_OK && !part)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
 #ifdef LSL_HAVE_CUDA
     /* Every rank must take the same path: the memory space is logically collective. */
@@ -1079,6 +1079,137 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
         src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
     return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
                             &src, part && !st ? part->lora : NULL, st);
+}
+
+lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
+{
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
+    lsl_i_clear_error();
+    lsl_status st = LSL_OK;
+    if (part && part->lora && (part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: unknown LoRA flags 0x%x",
+                        part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
+    return put_one(w, index, part, st);
+}
+
+lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,
+                               lsl_status local_st)
+{
+    double t0 = lsl_i_now();
+    lsl_status st = lsl_i_gather_a_batch(w->comm, n, s, local_st);
+    w->prof[P_GATHER] += lsl_i_now() - t0;
+    return st;
+}
+
+/* Batched put, step one: every LoRA part's A gathered into host memory in one collective step.
+ * full[i] receives tensor i's whole A (NULL for a part without LoRA). */
+static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                               const lsl_part *parts, void **full, lsl_status st)
+{
+    lsl_i_ashard *sh = calloc(n + 1, sizeof *sh);
+    void **dl = calloc(n + 1, sizeof *dl); /* host copies of device shards */
+    uint64_t k = 0;
+    if (!sh || !dl)
+        st = st ? st : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
+        const lsl_lora_part *l = parts[i].lora;
+        if (!l)
+            continue;
+        if (indices[i] >= w->n) {
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
+                            (unsigned long long)indices[i], (unsigned long long)w->n);
+            break;
+        }
+        uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, in = lsl_i_row_elems(&w->t[indices[i]]);
+        uint64_t mine = l->a_count * (l->a_shard == LSL_SHARD_ROWS ? in : l->rank) * es;
+        sh[k] = (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count, l->rank, in, es, NULL};
+        full[i] = sh[k].full = malloc(l->rank * in * es + 1);
+        if (!full[i] || (l->a_count && !l->a)) {
+            st = !full[i] ? lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A")
+                          : lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A is NULL",
+                                       w->t[indices[i]].name);
+            break;
+        }
+        if (parts[i].mem == LSL_MEM_DEVICE) {
+#ifdef LSL_HAVE_CUDA
+            if (!(dl[i] = malloc(mine + 1)))
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
+            else
+                st = lsl_i_cuda_download(dl[i], l->a, mine);
+            sh[k].mine = dl[i];
+#else
+            st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                            "device pointers need a build with CUDA (this one has none)");
+#endif
+        }
+        k++;
+    }
+    /* A rank that failed joins with no shards; the gather's agreement fails everyone. */
+    uint64_t kmax = 0;
+    MPI_Allreduce(&k, &kmax, 1, MPI_UINT64_T, MPI_MAX, w->comm);
+    if (st == LSL_OK && k != kmax)
+        st = lsl_i_fail(LSL_ERR_INCONSISTENT,
+                        "ranks passed LoRA factors for different tensors of the batch");
+    st = lsl_i_writer_gather(w, st == LSL_OK ? k : 0, sh, st);
+    for (uint64_t i = 0; dl && i < n; i++)
+        free(dl[i]);
+    free(dl);
+    free(sh);
+    return st;
+}
+
+lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                                    const lsl_part *parts)
+{
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: writer is NULL");
+    lsl_i_clear_error();
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    void **full = calloc(n + 1, sizeof *full);
+    lsl_lora_part *lp = calloc(n + 1, sizeof *lp);
+    lsl_part *pp = calloc(n + 1, sizeof *pp);
+    int64_t v[2] = {(int64_t)n, -(int64_t)n}, vmax[2];
+    MPI_Allreduce(v, vmax, 2, MPI_INT64_T, MPI_MAX, w->comm);
+    if (!full || !lp || !pp)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    else if (vmax[0] != -vmax[1])
+        st = lsl_i_fail(LSL_ERR_INCONSISTENT, "ranks passed batches of different lengths");
+    else if (w->state != W_DEFINED)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
+    else if (n && (!indices || !parts))
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: indices or parts is NULL");
+    for (uint64_t i = 0; st == LSL_OK && i < n; i++)
+        if (parts[i].lora && (parts[i].lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
+            st =
+                lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: unknown LoRA flags 0x%x",
+                           parts[i].lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
+    /* A batch whose length or arrays cannot be trusted stops every rank before the gather. */
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    LSL_TRY(gather_batch(w, n, indices, parts, full, LSL_OK));
+    /* Step two: the puts, in order, with A already whole. */
+    for (uint64_t i = 0; i < n; i++) {
+        pp[i] = parts[i];
+        if (parts[i].lora) {
+            lp[i] = *parts[i].lora;
+            lp[i].a = full[i];
+            lp[i].a_shard = LSL_SHARD_ROWS;
+            lp[i].a_off = 0;
+            lp[i].a_count = lp[i].rank;
+            lp[i].flags |= LSL_I_LORA_A_FULL;
+            pp[i].lora = &lp[i];
+        }
+        LSL_TRY(put_one(w, indices[i], &pp[i], LSL_OK));
+    }
+fail:
+    if (rc != LSL_OK)
+        w->state = W_FAILED;
+    for (uint64_t i = 0; full && i < n; i++)
+        free(full[i]);
+    free(full);
+    free(lp);
+    free(pp);
+    return rc;
 }
 
 static void remove_tmp(lsl_writer *w)

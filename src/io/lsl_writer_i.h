@@ -4,6 +4,7 @@
 #ifndef LSL_WRITER_I_H
 #define LSL_WRITER_I_H
 
+#include "lsl_gather.h"
 #include "lsl_internal.h"
 
 /* Where a rank's W0 rows come from: host memory (mem != NULL) or a file (fd, off). */
@@ -19,6 +20,11 @@ typedef struct lsl_i_src {
  * agreed error is returned. */
 lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                             const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st);
+
+/* Collective.  lsl_i_gather_a_batch on the writer's communicator, counted in its profile as A
+ * gathers: the offline jobs batch the gathers of consecutive tensors through it. */
+lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,
+                               lsl_status local_st);
 
 #ifdef LSL_HAVE_CUDA
 /* Collective.  As lsl_i_writer_put, merging on this rank's current GPU: a helper thread reads

@@ -44,7 +44,7 @@ struct lsl_i_cuda {
     int merging[2];
     void *a_dev;
     uint64_t a_cap;
-    void *host_a, *host_full, *host_tmp;
+    void *host_a, *host_full;
     uint64_t host_cap;
     void *b_dev;
     uint64_t b_cap;
@@ -136,7 +136,6 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     cudaFree(c->a_dev);
     free(c->host_a);
     free(c->host_full);
-    free(c->host_tmp);
     if (c->nccl) {
         /* non-blocking communicator: let its finalization settle before freeing it */
         nccl_settle(c->nccl, ncclCommFinalize(c->nccl), NCCL_START_LIMIT_S);
@@ -352,6 +351,14 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     if (st == LSL_OK)
         st = ensure(&c->a_dev, &c->a_cap, full * (uint64_t)(size > 1 ? 2 : 1) + 256,
                     "device buffer for LoRA A");
+    if (l->flags & LSL_I_LORA_A_FULL) { /* a batched put gathered A already, into host memory */
+        cudaError_t e = st == LSL_OK ? upload(c->a_dev, l->a, full) : cudaSuccess;
+        if (e != cudaSuccess)
+            st = cuda_fail(e, "copying LoRA A to the device");
+        LSL_TRY(lsl_i_agree(comm, st));
+        *a_dev = c->a_dev;
+        return LSL_OK;
+    }
     /* NCCL all-gathers equal counts: FSDP2 Shard(0) rows of A are ceil(r / N) per rank with a
      * shorter tail and empty trailing ranks, so gathering ceil(r / N) rows from everyone lands
      * every row at its final place.  Other tilings take the MPI path. */
@@ -401,13 +408,10 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
         c->n_mpi++;
         c->host_gathered += full;
         uint64_t mine = l->a_shard == LSL_SHARD_ROWS ? l->a_count * in * es : l->a_count * r * es;
-        uint64_t hc = c->host_cap;
-        if (st == LSL_OK && full > hc) {
+        if (st == LSL_OK && full > c->host_cap) {
             free(c->host_full);
-            free(c->host_tmp);
             c->host_full = malloc(full + 1);
-            c->host_tmp = malloc(full + 1);
-            c->host_cap = c->host_full && c->host_tmp ? full : 0;
+            c->host_cap = c->host_full ? full : 0;
             if (!c->host_cap)
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
         }
@@ -420,7 +424,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
             (e = cudaMemcpy(c->host_a, l->a, mine, cudaMemcpyDeviceToHost)) != cudaSuccess)
             st = cuda_fail(e, "copying the LoRA A shard to the host");
         LSL_TRY(lsl_i_gather_a(comm, l->a_shard, a_on_host ? l->a : c->host_a, l->a_off, l->a_count,
-                               r, in, es, c->host_full, c->host_tmp, st));
+                               r, in, es, c->host_full, st));
         e = upload(c->a_dev, c->host_full, full);
         LSL_TRY(lsl_i_agree(comm, e == cudaSuccess ? LSL_OK
                                                    : cuda_fail(e, "copying LoRA A to the device")));
@@ -428,6 +432,12 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     *a_dev = c->a_dev;
 fail:
     return rc;
+}
+
+lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes)
+{
+    cudaError_t e = bytes ? cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost) : cudaSuccess;
+    return e == cudaSuccess ? LSL_OK : cuda_fail(e, "copying a LoRA A shard to the host");
 }
 
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev)

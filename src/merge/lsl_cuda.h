@@ -36,9 +36,12 @@ void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi);
 
 /* Collective.  All of A on the device (native dtype; returned pointer owned by c, valid until the
  * next gather).  l->a is device memory, or host memory when a_on_host (then A goes through the
- * MPI path).  Agreed status. */
+ * MPI path); with LSL_I_LORA_A_FULL it is the whole of A in host memory, only uploaded.  Agreed
+ * status. */
 lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
                                int a_on_host, const void **a_dev, lsl_status local);
+/* Copy `bytes` of device memory (the current device's) to host memory.  Not collective. */
+lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes);
 /* Copy `bytes` of host memory to a device buffer owned by c (valid until the next call). */
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev);
 

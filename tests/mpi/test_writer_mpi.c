@@ -165,12 +165,13 @@ typedef struct lcase {
 } lcase;
 
 /* big: two tensors of a few MB and a 3 MiB staging budget, so chunks span several of the
- * device checksum's 256 KiB blocks plus a tail (the small case never fills one). */
-static void test_merge_and_copy(int big)
+ * device checksum's 256 KiB blocks plus a tail (the small case never fills one).  batch: the
+ * same puts through lsl_writer_put_batch_all, in two batches of mixed LoRA and plain tensors. */
+static void test_merge_and_copy(int big, int batch)
 {
     int before = agree_failures();
     char path[600];
-    snprintf(path, sizeof path, "%s/merge%s.h5", dir, big ? "-big" : "");
+    snprintf(path, sizeof path, "%s/merge%s%s.h5", dir, big ? "-big" : "", batch ? "-batch" : "");
     lcase lc[] = {
         {"w.bf16", LSL_BF16, LSL_F32, LSL_F32, 37, 24, 8, LSL_SHARD_ROWS, 2.0},
         {"w.f16", LSL_F16, LSL_BF16, LSL_F16, 13, 40, 5, LSL_SHARD_COLS, 0.5},
@@ -228,13 +229,17 @@ static void test_merge_and_copy(int big)
         fill(lc[i].b, fullB[i], lc[i].out * lc[i].r, 0.02, 300 + (uint64_t)i);
     }
     /* Put in reverse order: any order is allowed as long as all ranks agree. */
+    lsl_part parts[11];
+    lsl_lora_part lps[11];
+    void *ashards[11] = {0};
+    uint64_t order[11];
     for (int i = nt - 1; i >= 0; i--) {
         uint64_t rows = t[i].ndim ? t[i].shape[0] : 1, rb = esz(t[i].dtype), r0, n;
         for (int d = 1; d < t[i].ndim; d++)
             rb *= t[i].shape[d];
         lsl_partition_rows(rows, size, rank, &r0, &n);
         lsl_part part = {r0, n, dev((unsigned char *)full[i] + r0 * rb, n * rb), MEM, NULL, NULL};
-        lsl_lora_part lp;
+        lsl_lora_part *lp = &lps[i];
         void *ashard = NULL;
         if (i < nl) {
             const lcase *c = &lc[i];
@@ -250,7 +255,7 @@ static void test_merge_and_copy(int big)
                            (unsigned char *)fullA[i] + (row * c->in + a0) * ae, an * ae);
             }
             uint64_t abytes = c->shard == LSL_SHARD_ROWS ? an * c->in * ae : c->r * an * ae;
-            lp = (lsl_lora_part){
+            *lp = (lsl_lora_part){
                 .rank = c->r,
                 .alpha = c->scaling * (double)c->r,
                 .scaling = c->scaling,
@@ -261,13 +266,25 @@ static void test_merge_and_copy(int big)
                 .a_count = an,
                 .a = dev(ashard, abytes),
                 .b = dev((unsigned char *)fullB[i] + r0 * c->r * esz(c->b), n * c->r * esz(c->b))};
-            part.lora = &lp;
+            part.lora = lp;
         }
+        parts[nt - 1 - i] = part;
+        order[nt - 1 - i] = (uint64_t)i;
+        if (i < nl && lc[i].shard == LSL_SHARD_COLS)
+            ashards[i] = ashard;
+        if (batch)
+            continue;
         st = lsl_writer_put_all(w, (uint64_t)i, &part);
         CHECK(st == LSL_OK, "put %s: %s", t[i].name, lsl_last_error());
-        if (i < nl && lc[i].shard == LSL_SHARD_COLS)
-            free(ashard);
     }
+    if (batch) { /* tensors 10..5, then 4..0: each batch holds LoRA with A by rows and columns */
+        st = lsl_writer_put_batch_all(w, 6, order, parts);
+        CHECK(st == LSL_OK, "batch 1: %s", lsl_last_error());
+        st = lsl_writer_put_batch_all(w, (uint64_t)nt - 6, order + 6, parts + 6);
+        CHECK(st == LSL_OK, "batch 2: %s", lsl_last_error());
+    }
+    for (int i = 0; i < nt; i++)
+        free(ashards[i]);
     st = lsl_writer_close_all(&w);
     CHECK(st == LSL_OK && w == NULL, "close: %s", lsl_last_error());
 
@@ -333,8 +350,10 @@ static void test_merge_and_copy(int big)
         free(fullA[i]);
         free(fullB[i]);
     }
-    report(big ? "merge and copy, tensors of several MB"
-               : "merge and copy: all shape classes, uneven and empty ranks, A by rows and columns",
+    report(big     ? "merge and copy, tensors of several MB"
+           : batch ? "merge and copy in two batched puts (one gather of A each)"
+                   : "merge and copy: all shape classes, uneven and empty ranks, A by rows and "
+                     "columns",
            before);
 }
 
@@ -364,8 +383,10 @@ static void test_error_agreement(void)
         lsl_status want;
     } cases[] = {{"bad row range", LSL_ERR_SHAPE},
                  {"NaN produced by the merge", LSL_ERR_NONFINITE},
-                 {"close with a tensor never written", LSL_ERR_WRONG_STATE}};
-    for (int c = 0; c < 3; c++) {
+                 {"close with a tensor never written", LSL_ERR_WRONG_STATE},
+                 {"batched put whose A shards do not tile A", LSL_ERR_SHAPE},
+                 {"batches of different lengths", LSL_ERR_INCONSISTENT}};
+    for (int c = 0; c < (size > 1 ? 5 : 4); c++) { /* one rank cannot disagree with itself */
         lsl_writer *w = NULL;
         lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
         cfg.quiet = 1;
@@ -392,7 +413,30 @@ static void test_error_agreement(void)
         if (c == 1)
             p.lora =
                 &lp; /* a huge scaling: the product overflows to inf on the rank(s) with rows */
-        if (c != 2) {
+        if (c >= 3) {
+            float a2[8] = {1, 2, 3, 4, 5, 6, 7, 8}, b2[20] = {0}, v[5] = {0};
+            uint64_t a0, an, v0, vn, idx[2] = {0, 1};
+            lsl_partition_rows(2, size, rank, &a0, &an);
+            lsl_partition_rows(5, size, rank, &v0, &vn);
+            lsl_lora_part l2 = {.rank = 2,
+                                .alpha = 2,
+                                .scaling = 1,
+                                .a_dtype = LSL_F32,
+                                .b_dtype = LSL_F32,
+                                .a_shard = LSL_SHARD_ROWS,
+                                .a_off = a0 + (c == 3 && rank == 0), /* rank 0 one row off */
+                                .a_count = an,
+                                .a = dev(a2 + a0 * 4, an * 16),
+                                .b = dev(b2 + r0 * 2, n * 8)};
+            lsl_part bp[2] = {p, {v0, vn, dev(v + v0, vn * 4), MEM, NULL, NULL}};
+            bp[0].lora = &l2;
+            uint64_t nb = c == 4 && rank == size - 1 ? 1 : 2;
+            st = lsl_writer_put_batch_all(w, nb, idx, bp);
+            CHECK(st == cases[c].want, "%s: batch returned %s (%s)", cases[c].what,
+                  lsl_status_name(st), lsl_last_error());
+            lsl_writer_abort_all(&w);
+            CHECK(w == NULL, "%s: abort", cases[c].what);
+        } else if (c != 2) {
             st = lsl_writer_put_all(w, 0, &p);
             CHECK(st == cases[c].want, "%s: put returned %s (%s)", cases[c].what,
                   lsl_status_name(st), lsl_last_error());
@@ -530,8 +574,9 @@ int main(int argc, char **argv)
             return 1;
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    test_merge_and_copy(0);
-    test_merge_and_copy(1);
+    test_merge_and_copy(0, 0);
+    test_merge_and_copy(1, 0);
+    test_merge_and_copy(0, 1);
     test_error_agreement();
 #ifndef LSL_TEST_DEVICE
     test_define_checks();
