@@ -116,8 +116,39 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
     return st;
 }
 
+/* The A gathers of consecutive tensors are batched (one collective step per batch, not per
+ * tensor): up to BATCH_MAX tensors whose whole A's together stay within BATCH_A_BYTES of host
+ * memory per rank (a 7B layer's seven fp32 r = 32 A's take 5 MiB). */
+#define BATCH_MAX     64
+#define BATCH_A_BYTES ((uint64_t)16 << 20)
+
+/* A tensor of a batch: this rank's rows and LoRA operands, and A once gathered. */
+typedef struct lsl_job_part {
+    uint64_t row0, nrows;
+    lsl_lora_part lp;
+    void *bufs[3];
+    void *full;
+} lsl_job_part;
+
+/* The end of the batch that starts at tensor i; the same on every rank (the plan is). */
+static uint64_t batch_end(const lsl_plan *p, uint64_t i)
+{
+    uint64_t j = i, bytes = 0;
+    for (; j < p->n && j - i < BATCH_MAX; j++) {
+        const lsl_plan_tensor *t = &p->t[j];
+        uint64_t a =
+            t->has_lora ? t->r * lsl_i_row_elems(&t->info) * (lsl_dtype_bits(t->a_dtype) / 8) : 0;
+        if (j > i && bytes + a > BATCH_A_BYTES)
+            break;
+        bytes += a;
+    }
+    return j;
+}
+
 lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
 {
+    lsl_job_part *lb = NULL;
+    lsl_i_ashard sh[BATCH_MAX];
     lsl_status rc = LSL_OK, st = LSL_OK;
     lsl_plan plan;
     lsl_writer *w = NULL;
@@ -172,26 +203,58 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     for (uint64_t i = 0; i < plan.nattrs; i++)
         LSL_TRY(lsl_writer_set_attr_all(w, plan.keys[i], plan.vals[i]));
     LSL_TRY(lsl_writer_define_all(w, plan.n, infos));
-    for (uint64_t i = 0; i < plan.n; i++) {
-        const lsl_plan_tensor *t = &plan.t[i];
-        uint64_t rb = lsl_i_row_elems(&t->info) * (lsl_dtype_bits(t->info.dtype) / 8), row0, nrows;
-        lsl_partition_rows(lsl_i_rows(&t->info), size, rank, &row0, &nrows);
-        lsl_i_src src = {NULL, fds[t->file], t->off + row0 * rb, plan.files[t->file]};
-        lsl_lora_part lp;
-        void *bufs[3] = {NULL, NULL, NULL};
+    lb = calloc(BATCH_MAX, sizeof *lb);
+    LSL_TRY(lsl_i_agree(comm, lb ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory")));
+    for (uint64_t i = 0, j; i < plan.n; i = j) {
+        j = batch_end(&plan, i);
+        /* This rank's LoRA operands for tensors [i, j), then all their A's in one gather. */
         st = LSL_OK;
-        if (t->has_lora)
-            st = read_lora(&plan, fds, t, row0, nrows, size, rank, &lp, bufs);
+        uint64_t k = 0;
+        for (uint64_t x = i; x < j; x++) {
+            const lsl_plan_tensor *t = &plan.t[x];
+            lsl_partition_rows(lsl_i_rows(&t->info), size, rank, &lb[x - i].row0, &lb[x - i].nrows);
+            if (!t->has_lora)
+                continue;
+            if (st == LSL_OK)
+                st = read_lora(&plan, fds, t, lb[x - i].row0, lb[x - i].nrows, size, rank,
+                               &lb[x - i].lp, lb[x - i].bufs);
+            const lsl_lora_part *l = &lb[x - i].lp;
+            uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, in = lsl_i_row_elems(&t->info);
+            lb[x - i].full = malloc(l->rank * in * es + 1);
+            if (!lb[x - i].full && st == LSL_OK)
+                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
+            sh[k++] = (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count,
+                                     l->rank,    in,   es,       lb[x - i].full};
+        }
+        st = lsl_i_writer_gather(w, k, sh, st);
+        for (uint64_t x = i; x < j && st == LSL_OK; x++) {
+            const lsl_plan_tensor *t = &plan.t[x];
+            lsl_job_part *b = &lb[x - i];
+            uint64_t rb = lsl_i_row_elems(&t->info) * (lsl_dtype_bits(t->info.dtype) / 8);
+            lsl_i_src src = {NULL, fds[t->file], t->off + b->row0 * rb, plan.files[t->file]};
+            if (t->has_lora) {
+                b->lp.a = b->full;
+                b->lp.a_shard = LSL_SHARD_ROWS;
+                b->lp.a_off = 0;
+                b->lp.a_count = b->lp.rank;
+                b->lp.flags |= LSL_I_LORA_A_FULL;
+            }
 #ifdef LSL_HAVE_CUDA
-        /* The plan is the same on every rank, so every rank takes the same path. */
-        if (gpu && !t->has_dora && !(t->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE))
-            st = lsl_i_writer_put_device(w, i, row0, nrows, &src, t->has_lora ? &lp : NULL, st);
-        else
+            /* The plan is the same on every rank, so every rank takes the same path. */
+            if (gpu && !t->has_dora && !(t->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE))
+                st = lsl_i_writer_put_device(w, x, b->row0, b->nrows, &src,
+                                             t->has_lora ? &b->lp : NULL, LSL_OK);
+            else
 #endif
-            st = lsl_i_writer_put(w, i, row0, nrows, &src, t->has_lora ? &lp : NULL, st);
-        free(bufs[0]);
-        free(bufs[1]);
-        free(bufs[2]);
+                st = lsl_i_writer_put(w, x, b->row0, b->nrows, &src, t->has_lora ? &b->lp : NULL,
+                                      LSL_OK);
+        }
+        for (uint64_t x = i; x < j; x++) {
+            free(lb[x - i].full);
+            for (int q = 0; q < 3; q++)
+                free(lb[x - i].bufs[q]);
+            memset(&lb[x - i], 0, sizeof *lb);
+        }
         LSL_TRY(st);
     }
     LSL_TRY(lsl_writer_close_all(&w));
@@ -207,6 +270,7 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
         lsl_i_fill_stats(comm, t0, rss0, plan.n, plan.nmerged, bytes, stats);
     }
 fail:
+    free(lb);
     if (w)
         lsl_writer_abort_all(&w);
     for (uint32_t f = 0; fds && f < plan.nfiles; f++)
