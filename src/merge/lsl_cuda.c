@@ -352,6 +352,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
         st = ensure(&c->a_dev, &c->a_cap, full * (uint64_t)(size > 1 ? 2 : 1) + 256,
                     "device buffer for LoRA A");
     if (l->flags & LSL_I_LORA_A_FULL) { /* a batched put gathered A already, into host memory */
+        c->n_mpi++;
         cudaError_t e = st == LSL_OK ? upload(c->a_dev, l->a, full) : cudaSuccess;
         if (e != cudaSuccess)
             st = cuda_fail(e, "copying LoRA A to the device");
