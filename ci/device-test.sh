@@ -17,7 +17,7 @@
 # STEPS (words of: tests sanitizer kernel offline hf write peers pipeline) overrides the mode's.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
 # WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark (LSL_PROFILE=1 adds each
-# loraslab run's phases, BENCH_ROUNDS and BENCH_STAGING_MIB pass to bench_gpu); PIPELINE
+# loraslab run's phases; BENCH_ROUNDS, BENCH_STAGING_MIB, BENCH_BATCH pass to bench_gpu); PIPELINE
 # (RANKS:LAYERS) sets the CLI run's size (default: one rank per GPU, 2 layers).
 set -uo pipefail
 mode=${1:-full}

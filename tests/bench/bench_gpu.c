@@ -10,7 +10,8 @@
  *       BENCH_ROUNDS (default 3) rounds in alternating order; prints the best time of each, the
  *       per-round times, and the peak host RSS growth per rank over its level before each
  *       loraslab run.  BENCH_STAGING_MIB sets the writer's staging budget (default 64),
- *       BENCH_RAW_POOL_MIB the ceiling's pinned source, cycled in 64 MiB pieces (default 64). */
+ *       BENCH_RAW_POOL_MIB the ceiling's pinned source, cycled in 64 MiB pieces (default 64),
+ *       BENCH_BATCH tensors per put (default 1; up to 9, a layer: lsl_writer_put_batch_all). */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -268,6 +269,7 @@ typedef struct wbench {
     uint64_t *r0, *nr;
     lsl_tensor_info *ti;
     uint64_t staging, raw_pool;
+    int batch; /* tensors per put call */
 } wbench;
 
 /* The in-job API: device pointers, merge on the GPU, pinned ring, collective writes. */
@@ -286,21 +288,31 @@ static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
     lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &wr);
     if (!st)
         st = lsl_writer_define_all(wr, (uint64_t)B->n, B->ti);
-    for (int i = 0; i < B->n && !st; i++) {
-        uint64_t a0, an;
-        lsl_partition_rows(r, B->size, B->rank, &a0, &an);
-        lsl_lora_part lp = {.rank = r,
-                            .alpha = 64,
-                            .scaling = 2.0,
-                            .a_dtype = LSL_F32,
-                            .b_dtype = LSL_F32,
-                            .a_shard = LSL_SHARD_ROWS,
-                            .a_off = a0,
-                            .a_count = an,
-                            .a = B->a[i],
-                            .b = B->b[i]};
-        lsl_part p = {B->r0[i], B->nr[i], B->w[i], LSL_MEM_DEVICE, NULL, B->s[i].lora ? &lp : NULL};
-        st = lsl_writer_put_all(wr, (uint64_t)i, &p);
+    /* Tensors in batches of B->batch (1: one lsl_writer_put_all each). */
+    lsl_lora_part lp[9];
+    lsl_part p[9];
+    uint64_t idx[9];
+    for (int i = 0; i < B->n && !st;) {
+        int k = 0;
+        for (; k < B->batch && i < B->n; k++, i++) {
+            uint64_t a0, an;
+            lsl_partition_rows(r, B->size, B->rank, &a0, &an);
+            lp[k] = (lsl_lora_part){.rank = r,
+                                    .alpha = 64,
+                                    .scaling = 2.0,
+                                    .a_dtype = LSL_F32,
+                                    .b_dtype = LSL_F32,
+                                    .a_shard = LSL_SHARD_ROWS,
+                                    .a_off = a0,
+                                    .a_count = an,
+                                    .a = B->a[i],
+                                    .b = B->b[i]};
+            p[k] = (lsl_part){B->r0[i],       B->nr[i], B->w[i],
+                              LSL_MEM_DEVICE, NULL,     B->s[i].lora ? &lp[k] : NULL};
+            idx[k] = (uint64_t)i;
+        }
+        st = B->batch == 1 ? lsl_writer_put_all(wr, idx[0], &p[0])
+                           : lsl_writer_put_batch_all(wr, (uint64_t)k, idx, p);
     }
     if (!st)
         st = lsl_writer_close_all(&wr);
@@ -373,6 +385,9 @@ static int bench_write(const char *dir, int layers)
                *rp = getenv("BENCH_RAW_POOL_MIB");
     B.staging = (sm ? strtoull(sm, NULL, 10) : 64) << 20;
     B.raw_pool = (rp ? strtoull(rp, NULL, 10) : 64) << 20;
+    const char *bb = getenv("BENCH_BATCH");
+    B.batch = bb ? atoi(bb) : 1;
+    B.batch = B.batch < 1 ? 1 : B.batch > 9 ? 9 : B.batch;
     int rounds = rd ? atoi(rd) : 3;
     rounds = rounds < 1 ? 1 : rounds > 9 ? 9 : rounds;
     B.s = calloc(2 + 9 * (size_t)layers, sizeof *B.s);
@@ -428,11 +443,11 @@ static int bench_write(const char *dir, int layers)
         printf("write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
                "%.2f GB/s | loraslab/raw time %.3f (best of %d rounds, alternating order; "
                "loraslab/raw per round %s) | RSS growth max %.1f MiB (staging %llu MiB)%s | raw "
-               "source %llu MiB | %d GPU(s)\n",
+               "source %llu MiB | %d tensor(s) per put | %d GPU(s)\n",
                size, layers, dir, total / 1e9, bl, total / bl / 1e9, br, total / br / 1e9, bl / br,
                rounds, per, gmax / 1048576.0, (unsigned long long)(B.staging >> 20),
                hwm_ok ? "" : " [VmHWM not resettable: growth is since process start]",
-               (unsigned long long)(B.raw_pool >> 20), ndev < size ? ndev : size);
+               (unsigned long long)(B.raw_pool >> 20), B.batch, ndev < size ? ndev : size);
         printf("RESULT write np=%d L=%d dir=%s bytes=%llu lsl_s=%.3f raw_s=%.3f ratio=%.3f "
                "rss_growth_mib=%.1f staging_mib=%llu\n",
                size, layers, dir, (unsigned long long)total, bl, br, bl / br, gmax / 1048576.0,

@@ -278,6 +278,8 @@ static void test_merge_and_copy(int big, int batch)
         CHECK(st == LSL_OK, "put %s: %s", t[i].name, lsl_last_error());
     }
     if (batch) { /* tensors 10..5, then 4..0: each batch holds LoRA with A by rows and columns */
+        st = lsl_writer_put_batch_all(w, 0, NULL, NULL);
+        CHECK(st == LSL_OK, "empty batch: %s", lsl_last_error());
         st = lsl_writer_put_batch_all(w, 6, order, parts);
         CHECK(st == LSL_OK, "batch 1: %s", lsl_last_error());
         st = lsl_writer_put_batch_all(w, (uint64_t)nt - 6, order + 6, parts + 6);
