@@ -372,6 +372,22 @@ static int leftover_tmp(void)
     return system(cmd) == 0;
 }
 
+/* fp32 factors, A sharded by rows; alpha recorded as scaling * r. */
+static lsl_lora_part lora_f32(uint64_t r, double scaling, uint64_t a_off, uint64_t a_count,
+                              const void *a, const void *b)
+{
+    return (lsl_lora_part){.rank = r,
+                           .alpha = scaling * (double)r,
+                           .scaling = scaling,
+                           .a_dtype = LSL_F32,
+                           .b_dtype = LSL_F32,
+                           .a_shard = LSL_SHARD_ROWS,
+                           .a_off = a_off,
+                           .a_count = a_count,
+                           .a = a,
+                           .b = b};
+}
+
 /* One rank (the last) does something wrong in a put; everyone must fail alike, nobody hangs. */
 static void test_error_agreement(void)
 {
@@ -400,16 +416,7 @@ static void test_error_agreement(void)
         lsl_partition_rows(10, size, rank, &r0, &n);
         lsl_part p = {r0, n, dev(data + r0 * 4, n * 8), MEM, NULL, NULL};
         float a[4] = {1, 1, 1, 1}, b[10] = {10, 10, 10, 10, 10, 10, 10, 10, 10, 10};
-        lsl_lora_part lp = {.rank = 1,
-                            .alpha = 1e38,
-                            .scaling = 1e38,
-                            .a_dtype = LSL_F32,
-                            .b_dtype = LSL_F32,
-                            .a_shard = LSL_SHARD_ROWS,
-                            .a_off = 0,
-                            .a_count = rank == 0 ? 1 : 0,
-                            .a = dev(a, 16),
-                            .b = dev(b + r0, n * 4)};
+        lsl_lora_part lp = lora_f32(1, 1e38, 0, rank == 0 ? 1 : 0, dev(a, 16), dev(b + r0, n * 4));
         if (c == 0 && rank == size - 1)
             p.row0 += 1; /* wrong place: the parts no longer tile the rows */
         if (c == 1)
@@ -420,16 +427,9 @@ static void test_error_agreement(void)
             uint64_t a0, an, v0, vn, idx[2] = {0, 1};
             lsl_partition_rows(2, size, rank, &a0, &an);
             lsl_partition_rows(5, size, rank, &v0, &vn);
-            lsl_lora_part l2 = {.rank = 2,
-                                .alpha = 2,
-                                .scaling = 1,
-                                .a_dtype = LSL_F32,
-                                .b_dtype = LSL_F32,
-                                .a_shard = LSL_SHARD_ROWS,
-                                .a_off = a0 + (c == 3 && rank == 0), /* rank 0 one row off */
-                                .a_count = an,
-                                .a = dev(a2 + a0 * 4, an * 16),
-                                .b = dev(b2 + r0 * 2, n * 8)};
+            /* in case 3 rank 0's rows of A start one row late */
+            lsl_lora_part l2 = lora_f32(2, 1, a0 + (c == 3 && rank == 0), an,
+                                        dev(a2 + a0 * 4, an * 16), dev(b2 + r0 * 2, n * 8));
             lsl_part bp[2] = {p, {v0, vn, dev(v + v0, vn * 4), MEM, NULL, NULL}};
             bp[0].lora = &l2;
             uint64_t nb = c == 4 && rank == size - 1 ? 1 : 2;
