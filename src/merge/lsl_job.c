@@ -118,10 +118,10 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
 
 /* The A gathers of consecutive tensors are batched (one collective step per batch, not per
  * tensor): up to BATCH_MAX tensors whose whole A's and largest rank's B rows together stay
- * within BATCH_BYTES of host memory per rank (a 7B layer's seven fp32 r = 32 factors take about
- * 12 MiB at one rank), so a job's memory stays independent of the model's size. */
-#define BATCH_MAX   64
-#define BATCH_BYTES ((uint64_t)16 << 20)
+ * within a quarter of the staging budget per rank (or one tensor's, when larger), so host memory
+ * stays independent of the model's size (a 7B layer's seven fp32 r = 32 factors take about
+ * 12 MiB at one rank: a batch a layer with the default 64 MiB budget). */
+#define BATCH_MAX 64
 
 /* A tensor of a batch: this rank's rows and LoRA operands, and A once gathered. */
 typedef struct lsl_job_part {
@@ -132,7 +132,7 @@ typedef struct lsl_job_part {
 } lsl_job_part;
 
 /* The end of the batch that starts at tensor i; the same on every rank (the plan is). */
-static uint64_t batch_end(const lsl_plan *p, uint64_t i, int nranks)
+static uint64_t batch_end(const lsl_plan *p, uint64_t i, int nranks, uint64_t cap)
 {
     uint64_t j = i, bytes = 0;
     for (; j < p->n && j - i < BATCH_MAX; j++) {
@@ -142,7 +142,7 @@ static uint64_t batch_end(const lsl_plan *p, uint64_t i, int nranks)
             b = t->r * (cols * (lsl_dtype_bits(t->a_dtype) / 8) +
                         (rows + (uint64_t)nranks - 1) / (uint64_t)nranks *
                             (lsl_dtype_bits(t->b_dtype) / 8));
-        if (j > i && bytes + b > BATCH_BYTES)
+        if (j > i && bytes + b > cap)
             break;
         bytes += b;
     }
@@ -210,7 +210,8 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     lb = calloc(BATCH_MAX, sizeof *lb);
     LSL_TRY(lsl_i_agree(comm, lb ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory")));
     for (uint64_t i = 0, j; i < plan.n; i = j) {
-        j = batch_end(&plan, i, size);
+        j = batch_end(&plan, i, size,
+                      (cfg->staging_bytes ? cfg->staging_bytes : LSL_DEFAULT_STAGING) / 4);
         /* This rank's LoRA operands for tensors [i, j), then all their A's in one gather. */
         st = LSL_OK;
         uint64_t k = 0;
