@@ -16,7 +16,10 @@ echo "== mpiexec -n 4 build/loraslab merge"
 mpiexec -n 4 build/loraslab merge --base "$ex/qwen2-tiny" --adapter "$ex/qwen2-tiny-lora" \
   --output "$ex/merged.h5" --stats
 echo "== build/loraslab inspect $ex/merged.h5"
-build/loraslab inspect "$ex/merged.h5" | head -20
+# through a file: `inspect | head` dies of SIGPIPE under pipefail once head has its lines
+build/loraslab inspect "$ex/merged.h5" >"$ex/inspect.txt"
+head -20 "$ex/inspect.txt"
+echo "... ($(wc -l <"$ex/inspect.txt") lines in $ex/inspect.txt)"
 echo "== independent check: h5py + numpy float64 reference"
 /usr/bin/python3 tests/py/check_merge.py --base "$ex/qwen2-tiny" --adapter "$ex/qwen2-tiny-lora" \
   --merged "$ex/merged.h5"
