@@ -189,7 +189,7 @@ typedef struct lsl_lora_part {
     const void *magnitude;     /* DoRA: rows [row0, row0 + nrows) of the magnitude vector, or
                                   NULL; host memory only in this version */
     lsl_dtype magnitude_dtype; /* F32, BF16 or F16 */
-    unsigned flags;            /* LSL_LORA_* */
+    unsigned flags;            /* LSL_LORA_*; other bits: LSL_ERR_INVALID_ARG */
 } lsl_lora_part;
 
 typedef struct lsl_part {
