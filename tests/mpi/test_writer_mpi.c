@@ -520,6 +520,17 @@ static void test_define_checks(void)
         struct stat sb;
         CHECK(stat(path, &sb) == 0 && sb.st_size > 100, "overwritten file");
     }
+    /* a LoRA flag bit the API does not define (the library's internal ones included) */
+    float a1[3] = {1, 1, 1}, b1[3] = {1, 1, 1};
+    lsl_lora_part odd = lora_f32(1, 1, 0, rank == 0, a1, b1 + r0);
+    odd.flags = 0x80000000u;
+    p.lora = &odd;
+    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = st ? st : lsl_writer_define_all(w, 1, &ok);
+    st = st ? st : lsl_writer_put_all(w, 0, &p);
+    CHECK(st == LSL_ERR_INVALID_ARG && strstr(lsl_last_error(), "flags"), "unknown flags: %s %s",
+          lsl_status_name(st), lsl_last_error());
+    lsl_writer_abort_all(&w);
     /* unwritable directory */
     st = lsl_writer_create_all(MPI_COMM_WORLD, "/proc/loraslab-test/x.h5", &cfg, &w);
     CHECK(st == LSL_ERR_IO && strstr(lsl_last_error(), "/proc/loraslab-test"),
