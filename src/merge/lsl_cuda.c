@@ -48,10 +48,10 @@ struct lsl_i_cuda {
     uint64_t host_cap;
     void *b_dev;
     uint64_t b_cap;
-    /* Checksums on the GPU: per-slot block CRCs (device, and their pinned copy), how many and
-     * over how many bytes, the tree operators, and the host's operator for one block. */
+    /* Checksums on the GPU: per-slot block CRCs (device, and their pinned copy) over how many
+     * bytes, the tree operators, and the host's operator for one block. */
     uint32_t *dcrc[2], *hcrc[2], *dshift, op_block[32];
-    uint64_t crc_nb[2], crc_bytes[2];
+    uint64_t crc_bytes[2];
     int crc_gpu[2];
     /* File-sourced chunks: W0 lands in din[slot] before the merge writes dslot[slot]. */
     void *din[2];
@@ -478,13 +478,13 @@ static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype w
     }
     c->crc_gpu[slot] = 1;
     c->crc_bytes[slot] = bytes;
-    c->crc_nb[slot] = bytes / LSL_DEV_CRC_BLOCK;
-    if (c->crc_nb[slot]) {
+    uint64_t nb = bytes / LSL_DEV_CRC_BLOCK;
+    if (nb) {
         *what = "checksum kernel launch";
-        if ((e = (cudaError_t)lsl_dev_crc32c_blocks(from, (int64_t)c->crc_nb[slot], c->dcrc[slot],
-                                                    c->dshift, st)) != cudaSuccess ||
-            (e = cudaMemcpyAsync(c->hcrc[slot], c->dcrc[slot], c->crc_nb[slot] * 4,
-                                 cudaMemcpyDeviceToHost, st)) != cudaSuccess)
+        if ((e = (cudaError_t)lsl_dev_crc32c_blocks(from, (int64_t)nb, c->dcrc[slot], c->dshift,
+                                                    st)) != cudaSuccess ||
+            (e = cudaMemcpyAsync(c->hcrc[slot], c->dcrc[slot], nb * 4, cudaMemcpyDeviceToHost,
+                                 st)) != cudaSuccess)
             return e;
     }
     *what = "device-to-host copy of a chunk";
@@ -631,8 +631,8 @@ lsl_status lsl_i_cuda_wait(lsl_i_cuda *c, int slot, const void **host, uint64_t 
     }
     if (c->crc_gpu[slot]) { /* the blocks, then the tail (< one block) from the host copy */
         uint32_t v = *crc;
-        uint64_t done = c->crc_nb[slot] * LSL_DEV_CRC_BLOCK;
-        for (uint64_t b = 0; b < c->crc_nb[slot]; b++)
+        uint64_t nb = c->crc_bytes[slot] / LSL_DEV_CRC_BLOCK, done = nb * LSL_DEV_CRC_BLOCK;
+        for (uint64_t b = 0; b < nb; b++)
             v = lsl_crc32c_apply(c->op_block, v) ^ c->hcrc[slot][b];
         *crc = lsl_crc32c_extend(v, (const unsigned char *)*host + done, c->crc_bytes[slot] - done);
         *crc_done = 1;
