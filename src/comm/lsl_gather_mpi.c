@@ -46,6 +46,27 @@ static uint64_t unit_bytes(const lsl_i_ashard *s)
     return s->dim == LSL_SHARD_ROWS ? s->in * s->esize : s->r * s->esize;
 }
 
+uint64_t lsl_i_ashard_bytes(const lsl_i_ashard *s)
+{
+    return s->count * unit_bytes(s);
+}
+
+lsl_i_ashard lsl_i_ashard_of(const lsl_lora_part *l, uint64_t in)
+{
+    uint64_t es = lsl_dtype_bits(l->a_dtype) / 8;
+    return (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count,
+                          l->rank,    in,   es,       malloc(l->rank * in * es + 1)};
+}
+
+void lsl_i_lora_set_full(lsl_lora_part *l, void *full)
+{
+    l->a = full;
+    l->a_shard = LSL_SHARD_ROWS;
+    l->a_off = 0;
+    l->a_count = l->rank;
+    l->flags |= LSL_I_LORA_A_FULL;
+}
+
 lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s,
                                 lsl_status local_st)
 {
@@ -56,7 +77,7 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
     uint64_t total = 0, my_bytes = 0; /* all n full A's; this rank's shards */
     for (uint64_t i = 0; i < n; i++) {
         total += s[i].r * s[i].in * s[i].esize;
-        my_bytes += s[i].count * unit_bytes(&s[i]);
+        my_bytes += lsl_i_ashard_bytes(&s[i]);
     }
     uint64_t *mine = malloc((n * NF + 1) * sizeof *mine);
     uint64_t *all = malloc((n * NF + 1) * sizeof *all * (size_t)size);
@@ -96,7 +117,7 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
     }
     unsigned char *q = send;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t b = s[i].count * unit_bytes(&s[i]);
+        uint64_t b = lsl_i_ashard_bytes(&s[i]);
         if (b)
             memcpy(q, s[i].mine, b);
         q += b;

@@ -784,10 +784,9 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         if (gathered) {
             LSL_TRY(lsl_i_agree(w->comm, st));
         } else {
-            double tg = lsl_i_now();
-            LSL_TRY(lsl_i_gather_a(w->comm, lora->a_shard, lora->a, lora->a_off, lora->a_count, r,
-                                   in, a_es, afull, st));
-            w->prof[P_GATHER] += lsl_i_now() - tg;
+            lsl_i_ashard sh = {lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
+                               a_es,          afull};
+            LSL_TRY(lsl_i_writer_gather(w, 1, &sh, st));
         }
         lsl_i_to_f64(lora->a_dtype, gathered ? lora->a : afull, r * in, aacc);
         lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
@@ -1121,10 +1120,9 @@ static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indice
                             (unsigned long long)indices[i], (unsigned long long)w->n);
             break;
         }
-        uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, in = lsl_i_row_elems(&w->t[indices[i]]);
-        uint64_t mine = l->a_count * (l->a_shard == LSL_SHARD_ROWS ? in : l->rank) * es;
-        sh[k] = (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count, l->rank, in, es, NULL};
-        full[i] = sh[k].full = malloc(l->rank * in * es + 1);
+        sh[k] = lsl_i_ashard_of(l, lsl_i_row_elems(&w->t[indices[i]]));
+        full[i] = sh[k].full;
+        uint64_t mine = lsl_i_ashard_bytes(&sh[k]);
         if (!full[i] || (l->a_count && !l->a)) {
             st = !full[i] ? lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A")
                           : lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A is NULL",
@@ -1192,11 +1190,7 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
         pp[i] = parts[i];
         if (parts[i].lora) {
             lp[i] = *parts[i].lora;
-            lp[i].a = full[i];
-            lp[i].a_shard = LSL_SHARD_ROWS;
-            lp[i].a_off = 0;
-            lp[i].a_count = lp[i].rank;
-            lp[i].flags |= LSL_I_LORA_A_FULL;
+            lsl_i_lora_set_full(&lp[i], full[i]);
             pp[i].lora = &lp[i];
         }
         LSL_TRY(put_one(w, indices[i], &pp[i], LSL_OK));

@@ -223,13 +223,10 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
             if (st == LSL_OK)
                 st = read_lora(&plan, fds, t, lb[x - i].row0, lb[x - i].nrows, size, rank,
                                &lb[x - i].lp, lb[x - i].bufs);
-            const lsl_lora_part *l = &lb[x - i].lp;
-            uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, in = lsl_i_row_elems(&t->info);
-            lb[x - i].full = malloc(l->rank * in * es + 1);
+            sh[k] = lsl_i_ashard_of(&lb[x - i].lp, lsl_i_row_elems(&t->info));
+            lb[x - i].full = sh[k++].full;
             if (!lb[x - i].full && st == LSL_OK)
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
-            sh[k++] = (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count,
-                                     l->rank,    in,   es,       lb[x - i].full};
         }
         st = lsl_i_writer_gather(w, k, sh, st);
         for (uint64_t x = i; x < j && st == LSL_OK; x++) {
@@ -237,13 +234,8 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
             lsl_job_part *b = &lb[x - i];
             uint64_t rb = lsl_i_row_elems(&t->info) * (lsl_dtype_bits(t->info.dtype) / 8);
             lsl_i_src src = {NULL, fds[t->file], t->off + b->row0 * rb, plan.files[t->file]};
-            if (t->has_lora) {
-                b->lp.a = b->full;
-                b->lp.a_shard = LSL_SHARD_ROWS;
-                b->lp.a_off = 0;
-                b->lp.a_count = b->lp.rank;
-                b->lp.flags |= LSL_I_LORA_A_FULL;
-            }
+            if (t->has_lora)
+                lsl_i_lora_set_full(&b->lp, b->full);
 #ifdef LSL_HAVE_CUDA
             /* The plan is the same on every rank, so every rank takes the same path. */
             if (gpu && !t->has_dora && !(t->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE))
