@@ -206,6 +206,30 @@ __device__ __forceinline__ float ldf(const void *p, int64_t i, int dt)
     }
 }
 
+template <int DT> __device__ __forceinline__ float ldf(const void *p, int64_t i)
+{
+    return ldf(p, i, DT);
+}
+
+// The raw B pairs of the 16-row tile starting at row0 as mma A-operand positions (f: rows g /
+// g + 8, k 2t / 2t + 8), zero outside the matrix.  DT is a template parameter so that the dtype
+// switch is taken once per tile, not once per element.
+template <int KS, int DT>
+__device__ __forceinline__ void load_b(float2 (&bv)[KS][4], const void *b, int64_t row0, bool ok,
+                                       int64_t m, int r, int g, int t)
+{
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int f = 0; f < 4; f++) {
+            int64_t row = row0 + g + 8 * (f % 2);
+            int k = ks * 16 + 2 * t + (f / 2) * 8;
+            bool in = ok && row < m;
+            bv[ks][f].x = in && k < r ? ldf<DT>(b, row * r + k) : 0.f;
+            bv[ks][f].y = in && k + 1 < r ? ldf<DT>(b, row * r + k + 1) : 0.f;
+        }
+}
+
 // (x0, x1) = p[0] + p[1] + p[2], three bf16x2 words (x0 in the low halves: the mma operand
 // order) holding 8 significant bits each: an fp32 value is represented to ~2^-24.  Each
 // subtraction is exact.
@@ -233,25 +257,6 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <typename TW> __device__ __forceinline__ float tof(TW x);
-template <> __device__ __forceinline__ float tof(__nv_bfloat16 x)
-{
-    return __bfloat162float(x);
-}
-template <> __device__ __forceinline__ float tof(__half x)
-{
-    return __half2float(x);
-}
-template <typename TW> __device__ __forceinline__ TW fromf(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 fromf(float x)
-{
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half fromf(float x)
-{
-    return __float2half_rn(x);
 }
 
 // A's pieces for columns [col0, col0 + TN) of a tile into shared memory, packed pairs along k;
@@ -299,26 +304,64 @@ __device__ __forceinline__ void tile_products(float (&acc)[8][4], const uint32_t
                 }
 }
 
+// Two adjacent elements of a 32-bit word (the lower address in the low half) to floats and back,
+// rounding to nearest once; exp2 is the word with both halves' exponent fields all ones.
+template <typename TW> struct pair2;
+template <> struct pair2<__nv_bfloat16> {
+    static constexpr uint32_t exp2 = 0x7F807F80u;
+    __device__ static float2 get(uint32_t w)
+    {
+        return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&w));
+    }
+    __device__ static uint32_t put(float x, float y)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+};
+template <> struct pair2<__half> {
+    static constexpr uint32_t exp2 = 0x7C007C00u;
+    __device__ static float2 get(uint32_t w)
+    {
+        return __half22float2(*reinterpret_cast<__half2 *>(&w));
+    }
+    __device__ static uint32_t put(float x, float y)
+    {
+        __half2 h = __floats2half2_rn(x, y);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+};
+
 // One thread's 8 consecutive outputs of row `row` at column gc (rows half rh, column half h of
 // its accumulators): W = round(W0 + s * acc) over the W0 bytes in w, stored with a streaming
-// hint; the smallest non-finite index goes to first.
+// hint; the smallest non-finite index goes to first.  Non-finite results are found with one
+// SIMD compare per pair and located only when there is one: per-element index arithmetic was a
+// fifth of the kernel's instructions.
 template <typename TW>
 __device__ __forceinline__ void merge_store(TW *out, uint4 &w, const float (&acc)[8][4], int rh,
                                             int h, float s, int64_t row, int64_t gc, int64_t n,
                                             unsigned long long &first)
 {
-    TW *e = reinterpret_cast<TW *>(&w);
+    uint32_t *u = reinterpret_cast<uint32_t *>(&w);
+    uint32_t nonfinite = 0;
 #pragma unroll
-    for (int q = 0; q < 4; q++)
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            TW v = fromf<TW>(fmaf(s, acc[h * 4 + q][rh * 2 + x], tof(e[2 * q + x])));
-            e[2 * q + x] = v;
-            unsigned long long idx = (unsigned long long)(row * n + gc + 2 * q + x);
-            if (!isfinite(tof(v)) && idx < first)
-                first = idx;
-        }
+    for (int q = 0; q < 4; q++) {
+        float2 f = pair2<TW>::get(u[q]);
+        u[q] = pair2<TW>::put(fmaf(s, acc[h * 4 + q][rh * 2], f.x),
+                              fmaf(s, acc[h * 4 + q][rh * 2 + 1], f.y));
+        nonfinite |= __vcmpeq2(u[q] & pair2<TW>::exp2, pair2<TW>::exp2);
+    }
     __stcs(reinterpret_cast<uint4 *>(out + row * n + gc), w);
+    if (nonfinite) {
+        for (int e = 0; e < 8; e++) {
+            uint32_t half = (u[e / 2] >> (16 * (e % 2))) & 0xFFFFu;
+            if ((half & pair2<TW>::exp2 & 0xFFFFu) == (pair2<TW>::exp2 & 0xFFFFu)) {
+                unsigned long long idx = (unsigned long long)(row * n + gc + e);
+                first = idx < first ? idx : first;
+                break;
+            }
+        }
+    }
 }
 
 // KS k-steps of 16 cover r <= 16 KS; the B fragments stay in registers for the whole sweep.  NP
@@ -425,16 +468,11 @@ __global__ void __launch_bounds__(CTHREADS, CBLOCKS)
                     asm volatile("prefetch.global.L2 [%0];" ::"l"(w0 + ahead * n + col0 + 32 * h));
             }
         }
-#pragma unroll
-        for (int ks = 0; ks < KS; ks++)
-#pragma unroll
-            for (int f = 0; f < 4; f++) { // f: rows g / g + 8, k 2t / 2t + 8
-                int64_t row = tl * 16 + g + 8 * (f % 2);
-                int k = ks * 16 + 2 * t + (f / 2) * 8;
-                bool ok = tl < tiles && row < m;
-                bv[ks][f].x = ok && k < r ? ldf(b, row * r + k, bt) : 0.f;
-                bv[ks][f].y = ok && k + 1 < r ? ldf(b, row * r + k + 1, bt) : 0.f;
-            }
+        switch (bt) {
+        case LSL_DEV_F32: load_b<KS, LSL_DEV_F32>(bv, b, tl * 16, tl < tiles, m, r, g, t); break;
+        case LSL_DEV_BF16: load_b<KS, LSL_DEV_BF16>(bv, b, tl * 16, tl < tiles, m, r, g, t); break;
+        default: load_b<KS, LSL_DEV_F16>(bv, b, tl * 16, tl < tiles, m, r, g, t); break;
+        }
     };
     fetch(tile, wv, braw);
     unsigned long long first = ~0ull;
