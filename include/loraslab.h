@@ -239,12 +239,13 @@ LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_p
 /* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA A of all of them
  * gathered in one collective step (one MPI_Allgather of the shard sizes, one MPI_Allgatherv):
  * each gather costs a few collective latencies, which at a thousand ranks add up over a model's
- * hundreds of LoRA tensors.  Put a layer's tensors at once, for example.  A is gathered through
- * host memory (NCCL serves single puts); every rank holds the whole A of each LoRA tensor of the
- * batch (r x in elements each) until the call returns.  indices[i] and parts[i] as for
- * lsl_writer_put_all; n, indices and which parts carry LoRA are logically collective
- * (LSL_ERR_INCONSISTENT).  Returns as lsl_writer_put_all; a failure in any tensor fails the
- * call on every rank, and the writer then accepts only lsl_writer_abort_all. */
+ * hundreds of LoRA tensors.  Put a layer's tensors at once, for example.  Where NCCL serves the
+ * job (as for lsl_writer_put_all), the device A's held in FSDP row shards go in one NCCL group
+ * into device memory instead, the others through host memory; every rank holds the whole A of
+ * each LoRA tensor of the batch (r x in elements each) until the call returns.  indices[i] and
+ * parts[i] as for lsl_writer_put_all; n, indices and which parts carry LoRA are logically
+ * collective (LSL_ERR_INCONSISTENT).  Returns as lsl_writer_put_all; a failure in any tensor fails
+ * the call on every rank, and the writer then accepts only lsl_writer_abort_all. */
 LSL_API lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *indices,
                                             const lsl_part *parts);
 

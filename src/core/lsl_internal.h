@@ -12,6 +12,9 @@
 /* lsl_lora_part.flags, inside the library only: `a` is the whole of A ([r, in]) in host memory
  * on every rank, already gathered (a batched put); the part's memspace applies to b alone. */
 #define LSL_I_LORA_A_FULL 0x80000000u
+/* With LSL_I_LORA_A_FULL: the whole A is in device memory owned by the writer's CUDA context,
+ * gathered over NCCL by a batched put. */
+#define LSL_I_LORA_A_GPU 0x40000000u
 /* The flags a caller may pass. */
 #define LSL_LORA_PUBLIC_FLAGS                                                                      \
     (LSL_LORA_RSLORA | LSL_LORA_DELTA_IN_WEIGHT_DTYPE | LSL_LORA_DORA_COLUMNS)

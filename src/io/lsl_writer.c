@@ -1101,11 +1101,52 @@ lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,
     return st;
 }
 
-/* Batched put, step one: every LoRA part's A gathered into host memory in one collective step.
- * full[i] receives tensor i's whole A (NULL for a part without LoRA). */
-static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indices,
-                               const lsl_part *parts, void **full, lsl_status st)
+#ifdef LSL_HAVE_CUDA
+/* Batched put, over NCCL: the device A's in FSDP row shards, when NCCL serves this job, in one
+ * NCCL group; gpu[i] receives their whole A (device memory of the writer's CUDA context). */
+static lsl_status gather_batch_nccl(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                                    const lsl_part *parts, void **gpu, lsl_status st)
 {
+    int dev = 0, any = 0;
+    for (uint64_t i = 0; i < n; i++)
+        dev |= parts[i].lora && parts[i].mem == LSL_MEM_DEVICE;
+    MPI_Allreduce(&dev, &any, 1, MPI_INT, MPI_MAX, w->comm);
+    if (!any)
+        return st;
+    double t0 = lsl_i_now();
+    lsl_status rc = open_cuda(w);
+    w->prof[P_GPU_OPEN] += lsl_i_now() - t0;
+    if (rc != LSL_OK)
+        return rc;
+    const lsl_lora_part **l = calloc(n + 1, sizeof *l);
+    uint64_t *in = calloc(n + 1, sizeof *in);
+    if ((!l || !in) && st == LSL_OK)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; st == LSL_OK && i < n; i++)
+        if (parts[i].mem == LSL_MEM_DEVICE && indices[i] < w->n) {
+            l[i] = parts[i].lora;
+            in[i] = lsl_i_row_elems(&w->t[indices[i]]);
+        }
+    t0 = lsl_i_now();
+    rc = lsl_i_cuda_gather_a_batch(w->cuda, w->comm, st == LSL_OK ? n : 0, l, in, gpu, st);
+    w->prof[P_GATHER] += lsl_i_now() - t0;
+    free(l);
+    free(in);
+    return rc;
+}
+#endif
+
+/* Batched put, step one: every LoRA part's A gathered in one collective step: over NCCL into
+ * gpu[i] where it can (gather_batch_nccl), the rest into host memory, full[i] (NULL for a part
+ * without LoRA). */
+static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                               const lsl_part *parts, void **full, void **gpu, lsl_status st)
+{
+#ifdef LSL_HAVE_CUDA
+    st = gather_batch_nccl(w, n, indices, parts, gpu, st);
+    if (st != LSL_OK)
+        return st; /* agreed */
+#endif
     lsl_i_ashard *sh = calloc(n + 1, sizeof *sh);
     void **dl = calloc(n + 1, sizeof *dl); /* host copies of device shards */
     uint64_t k = 0;
@@ -1113,7 +1154,7 @@ static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indice
         st = st ? st : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
         const lsl_lora_part *l = parts[i].lora;
-        if (!l)
+        if (!l || gpu[i])
             continue;
         if (indices[i] >= w->n) {
             st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
@@ -1164,12 +1205,12 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: writer is NULL");
     lsl_i_clear_error();
     lsl_status rc = LSL_OK, st = LSL_OK;
-    void **full = calloc(n + 1, sizeof *full);
+    void **full = calloc(n + 1, sizeof *full), **gpu = calloc(n + 1, sizeof *gpu);
     lsl_lora_part *lp = calloc(n + 1, sizeof *lp);
     lsl_part *pp = calloc(n + 1, sizeof *pp);
     int64_t v[2] = {(int64_t)n, -(int64_t)n}, vmax[2];
     MPI_Allreduce(v, vmax, 2, MPI_INT64_T, MPI_MAX, w->comm);
-    if (!full || !lp || !pp)
+    if (!full || !gpu || !lp || !pp)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     else if (vmax[0] != -vmax[1])
         st = lsl_i_fail(LSL_ERR_INCONSISTENT, "ranks passed batches of different lengths");
@@ -1184,13 +1225,14 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
                            parts[i].lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
     /* A batch whose length or arrays cannot be trusted stops every rank before the gather. */
     LSL_TRY(lsl_i_agree(w->comm, st));
-    LSL_TRY(gather_batch(w, n, indices, parts, full, LSL_OK));
+    LSL_TRY(gather_batch(w, n, indices, parts, full, gpu, LSL_OK));
     /* Step two: the puts, in order, with A already whole. */
     for (uint64_t i = 0; i < n; i++) {
         pp[i] = parts[i];
         if (parts[i].lora) {
             lp[i] = *parts[i].lora;
-            lsl_i_lora_set_full(&lp[i], full[i]);
+            lsl_i_lora_set_full(&lp[i], gpu[i] ? gpu[i] : full[i]);
+            lp[i].flags |= gpu[i] ? LSL_I_LORA_A_GPU : 0;
             pp[i].lora = &lp[i];
         }
         LSL_TRY(put_one(w, indices[i], &pp[i], LSL_OK));
@@ -1201,6 +1243,7 @@ fail:
     for (uint64_t i = 0; full && i < n; i++)
         free(full[i]);
     free(full);
+    free(gpu);
     free(lp);
     free(pp);
     return rc;

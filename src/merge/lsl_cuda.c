@@ -44,6 +44,8 @@ struct lsl_i_cuda {
     int merging[2];
     void *a_dev;
     uint64_t a_cap;
+    void *batch_dev; /* the A's of a batch gathered over NCCL */
+    uint64_t batch_cap;
     void *host_a, *host_full;
     uint64_t host_cap;
     void *b_dev;
@@ -134,6 +136,7 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     cudaFree(c->b_dev);
     cudaFreeHost(c->hbad);
     cudaFree(c->a_dev);
+    cudaFree(c->batch_dev);
     free(c->host_a);
     free(c->host_full);
     if (c->nccl) {
@@ -340,6 +343,14 @@ static lsl_status ensure(void **p, uint64_t *cap, uint64_t need, const char *wha
     return LSL_OK;
 }
 
+/* Whether A goes over NCCL now, given FSDP row shards on the GPU: the same answer on every rank
+ * (each input is agreed). */
+static int nccl_due(const lsl_i_cuda *c)
+{
+    return c->nccl || c->want_nccl == 2 ||
+           (c->want_nccl == 1 && c->host_gathered >= NCCL_AFTER_BYTES);
+}
+
 lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
                                int a_on_host, const void **a_dev, lsl_status local)
 {
@@ -348,6 +359,11 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     uint64_t es = lsl_dtype_bits(l->a_dtype) / 8, r = l->rank, full = r * in * es;
+    if (l->flags & LSL_I_LORA_A_GPU) { /* a batched put gathered A over NCCL already */
+        LSL_TRY(lsl_i_agree(comm, st));
+        *a_dev = l->a;
+        return LSL_OK;
+    }
     if (st == LSL_OK)
         st = ensure(&c->a_dev, &c->a_cap, full * (uint64_t)(size > 1 ? 2 : 1) + 256,
                     "device buffer for LoRA A");
@@ -368,8 +384,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     int fsdp = !a_on_host && l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en,
         all_fsdp = 0;
     MPI_Allreduce(&fsdp, &all_fsdp, 1, MPI_INT, MPI_LAND, comm);
-    if (all_fsdp && !c->nccl &&
-        (c->want_nccl == 2 || (c->want_nccl == 1 && c->host_gathered >= NCCL_AFTER_BYTES)))
+    if (all_fsdp && !c->nccl && nccl_due(c))
         nccl_start(c, comm);
     if (c->nccl && all_fsdp) {
         LSL_TRY(lsl_i_agree(comm, st));
@@ -432,6 +447,97 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     }
     *a_dev = c->a_dev;
 fail:
+    return rc;
+}
+
+lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
+                                     const lsl_lora_part *const *l, const uint64_t *in, void **full,
+                                     lsl_status local)
+{
+    lsl_status rc = LSL_OK, st = local;
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    /* Per part, [bytes, -bytes] of the ceil(r / N) rows each rank sends when this rank holds its
+     * FSDP row shard on the GPU, else [-1, 1]: after MAX, a part goes over NCCL only where every
+     * rank holds its shard and all agree on the count (a mismatch would hang NCCL; the host path
+     * reports it). */
+    int64_t *v = calloc(4 * n + 2, sizeof *v), *vmax = v ? v + 2 * n + 1 : NULL;
+    if (!v && st == LSL_OK)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_agree(comm, st));
+    uint64_t host = 0, total = 0, k = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        full[i] = NULL;
+        int64_t b = -1;
+        if (l[i]) {
+            uint64_t r = l[i]->rank, e0, en, row = in[i] * (lsl_dtype_bits(l[i]->a_dtype) / 8);
+            lsl_partition_rows(r, size, rank, &e0, &en);
+            if (l[i]->a_shard == LSL_SHARD_ROWS && l[i]->a_off == e0 && l[i]->a_count == en &&
+                (en == 0 || l[i]->a))
+                b = (int64_t)((r + (uint64_t)size - 1) / (uint64_t)size * row);
+            host += r * row;
+        }
+        v[2 * i] = b;
+        v[2 * i + 1] = -b;
+    }
+    MPI_Allreduce(v, vmax, (int)(2 * n), MPI_INT64_T, MPI_MAX, comm);
+    for (uint64_t i = 0; i < n; i++)
+        if (vmax[2 * i] >= 0 && vmax[2 * i] == -vmax[2 * i + 1]) {
+            /* 256-byte aligned regions, as cudaMalloc's: the merge kernel loads A in 16 bytes */
+            total += ((uint64_t)size * (uint64_t)vmax[2 * i] + 255) / 256 * 256;
+            k++;
+        }
+    if (k && !c->nccl && nccl_due(c))
+        nccl_start(c, comm);
+    if (!k || !c->nccl) {
+        c->host_gathered += host;
+        goto fail; /* rc is LSL_OK: every part takes the host path */
+    }
+    LSL_TRY(lsl_i_agree(
+        comm, ensure(&c->batch_dev, &c->batch_cap, total, "device buffer for a batch of LoRA A")));
+    /* In place, as in lsl_i_cuda_gather_a: this rank's rows go to its slot of each region first,
+     * and ceil(r / N) rows from every rank land each row at its final place (padding after). */
+    char *p = c->batch_dev;
+    cudaError_t e = cudaSuccess;
+    for (uint64_t i = 0; i < n; i++) {
+        if (!(vmax[2 * i] >= 0 && vmax[2 * i] == -vmax[2 * i + 1]))
+            continue;
+        uint64_t cb = (uint64_t)vmax[2 * i], row = in[i] * (lsl_dtype_bits(l[i]->a_dtype) / 8);
+        if (e == cudaSuccess && l[i]->a_count)
+            e = cudaMemcpy(p + (uint64_t)rank * cb, l[i]->a, l[i]->a_count * row,
+                           cudaMemcpyDeviceToDevice);
+        full[i] = p;
+        host -= l[i]->rank * row;
+        p += ((uint64_t)size * cb + 255) / 256 * 256;
+    }
+    /* Every rank issues the group, even after a failed copy: a peer must not wait on it. */
+    ncclResult_t nr = ncclGroupStart();
+    for (uint64_t i = 0; i < n; i++) {
+        if (!full[i])
+            continue;
+        uint64_t cb = (uint64_t)vmax[2 * i];
+        ncclResult_t r1 =
+            ncclAllGather((char *)full[i] + (uint64_t)rank * cb, full[i], cb, ncclChar, c->nccl, 0);
+        if (nr == ncclSuccess)
+            nr = r1 == ncclInProgress ? ncclSuccess : r1;
+    }
+    ncclResult_t ne = nccl_settle(c->nccl, ncclGroupEnd(), NCCL_START_LIMIT_S);
+    nr = nr == ncclSuccess ? ne : nr;
+    if (e == cudaSuccess)
+        e = cudaDeviceSynchronize();
+    c->n_nccl += k;
+    c->host_gathered += host;
+    st = nr != ncclSuccess  ? lsl_i_fail(LSL_ERR_NCCL, "ncclAllGather of a batch of LoRA A: %s",
+                                         ncclGetErrorString(nr))
+         : e != cudaSuccess ? cuda_fail(e, "gathering a batch of LoRA A")
+                            : LSL_OK;
+    LSL_TRY(lsl_i_agree(comm, st));
+fail:
+    if (rc != LSL_OK)
+        for (uint64_t i = 0; i < n; i++)
+            full[i] = NULL;
+    free(v);
     return rc;
 }
 

@@ -36,10 +36,19 @@ void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi);
 
 /* Collective.  All of A on the device (native dtype; returned pointer owned by c, valid until the
  * next gather).  l->a is device memory, or host memory when a_on_host (then A goes through the
- * MPI path); with LSL_I_LORA_A_FULL it is the whole of A in host memory, only uploaded.  Agreed
- * status. */
+ * MPI path); with LSL_I_LORA_A_FULL it is the whole of A in host memory, only uploaded, or with
+ * LSL_I_LORA_A_GPU as well, on the device already (lsl_i_cuda_gather_a_batch).  Agreed status. */
 lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
                                int a_on_host, const void **a_dev, lsl_status local);
+/* Collective on comm.  The A of a batch of n tensors over NCCL, in one group: part i (l[i] NULL
+ * for a tensor without LoRA; in[i] its row length) goes when every rank holds its FSDP row shard
+ * of it on the GPU and NCCL serves this job (the rules of lsl_i_cuda_open).  full[i] receives the
+ * whole A of each part that went (device memory owned by c, valid until the next batch), NULL
+ * for the others, which the caller gathers through host memory.  Agreed status; local lets a
+ * rank that already failed join. */
+lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
+                                     const lsl_lora_part *const *l, const uint64_t *in, void **full,
+                                     lsl_status local);
 /* Copy `bytes` of device memory (the current device's) to host memory.  Not collective. */
 lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes);
 /* Copy `bytes` of host memory to a device buffer owned by c (valid until the next call). */
