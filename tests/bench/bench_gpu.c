@@ -1,7 +1,9 @@
 /* GPU benchmarks (run through ci/device-test.sh):
  *   bench_gpu kernel
  *       the fused merge kernel on a Qwen2.5-7B up_proj (18944 x 3584 bf16, fp32 LoRA r=32) against
- *       a device-to-device copy of the same bytes: GB/s of (W0 read + W written), median of 20.
+ *       a device-to-device copy of the same bytes: GB/s of (W0 read + W written), median of 20;
+ *       and cuBLASLt doing the same merge as one GEMM (beta = 1, C = W0), the library choice
+ *       the GPU-path issue asks to measure.
  *   mpiexec -n N bench_gpu write DIR LAYERS
  *       every rank holds on the GPU its FSDP2 Shard(0) rows of a Qwen2.5-7B-shaped bf16 model with
  *       LAYERS layers and fp32 LoRA r=32 on all seven projections; times the in-job API
@@ -12,6 +14,7 @@
  *       loraslab run.  BENCH_STAGING_MIB sets the writer's staging budget (default 64),
  *       BENCH_RAW_POOL_MIB the ceiling's pinned source, cycled in 64 MiB pieces (default 64),
  *       BENCH_BATCH tensors per put (default 1; up to 9, a layer: lsl_writer_put_batch_all). */
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -130,6 +133,100 @@ static int run_memcpy(void *p)
     return (int)cudaMemcpyAsync(k->out, k->w0, (size_t)k->bytes, cudaMemcpyDeviceToDevice, 0);
 }
 
+/* cuBLASLt's version of the merge: W = s * (B @ A) + 1 * W0 in one GEMM, in cuBLAS's column-major
+ * view (W^T [n x m] = A^T [n x r] x B^T [r x m], no transposes).  cuBLASLt has no fp32-factor
+ * GEMM with bf16 C and D, so two forms: bf16 factors (A and B rounded to bf16 first: one pass over
+ * W like our kernel, fewer factor bits), and all fp32 (W in fp32: twice the bytes before any
+ * conversion to and from bf16). */
+typedef struct ltctx {
+    cublasLtHandle_t h;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulHeuristicResult_t heur;
+    const void *a, *b, *c;
+    void *d, *ws;
+    size_t ws_bytes;
+} ltctx;
+
+#define LT(x)                                                                                      \
+    do {                                                                                           \
+        cublasStatus_t s_ = (x);                                                                   \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            fprintf(stderr, "%s:%d: cuBLASLt status %d\n", __FILE__, __LINE__, (int)s_);           \
+            MPI_Abort(MPI_COMM_WORLD, 2);                                                          \
+        }                                                                                          \
+    } while (0)
+
+static void lt_init(ltctx *l, cudaDataType_t fac, cudaDataType_t w, int64_t m, int64_t n, int r,
+                    const void *a, const void *b, const void *c, void *d)
+{
+    l->a = a;
+    l->b = b;
+    l->c = c;
+    l->d = d;
+    l->ws_bytes = (size_t)32 << 20;
+    CK(cudaMalloc(&l->ws, l->ws_bytes));
+    LT(cublasLtCreate(&l->h));
+    LT(cublasLtMatmulDescCreate(&l->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT(cublasLtMatrixLayoutCreate(&l->la, fac, (uint64_t)n, (uint64_t)r, n));
+    LT(cublasLtMatrixLayoutCreate(&l->lb, fac, (uint64_t)r, (uint64_t)m, r));
+    LT(cublasLtMatrixLayoutCreate(&l->lc, w, (uint64_t)n, (uint64_t)m, n));
+    cublasLtMatmulPreference_t pref;
+    LT(cublasLtMatmulPreferenceCreate(&pref));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                            &l->ws_bytes, sizeof l->ws_bytes));
+    int got = 0;
+    LT(cublasLtMatmulAlgoGetHeuristic(l->h, l->op, l->la, l->lb, l->lc, l->lc, pref, 1, &l->heur,
+                                      &got));
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (got < 1) {
+        fprintf(stderr, "cuBLASLt: no algorithm for this merge\n");
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+}
+
+static void lt_free(ltctx *l)
+{
+    cublasLtMatrixLayoutDestroy(l->la);
+    cublasLtMatrixLayoutDestroy(l->lb);
+    cublasLtMatrixLayoutDestroy(l->lc);
+    cublasLtMatmulDescDestroy(l->op);
+    cublasLtDestroy(l->h);
+    cudaFree(l->ws);
+}
+
+static int run_lt(void *p)
+{
+    ltctx *l = p;
+    const float alpha = 2.0f, beta = 1.0f; /* s = 2, as run_tc */
+    return (int)cublasLtMatmul(l->h, l->op, &alpha, l->a, l->la, l->b, l->lb, &beta, l->c, l->lc,
+                               l->d, l->lc, &l->heur.algo, l->ws, l->ws_bytes, 0);
+}
+
+/* fp32 -> bf16, round to nearest even (finite inputs) */
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* A device copy of `count` fp32 values rounded to bf16. */
+static void *dev_bf16_of(const void *src, uint64_t count)
+{
+    float *h = malloc(count * 4);
+    uint16_t *hb = malloc(count * 2);
+    void *d;
+    CK(cudaMemcpy(h, src, count * 4, cudaMemcpyDeviceToHost));
+    for (uint64_t i = 0; i < count; i++)
+        hb[i] = to_bf16(h[i]);
+    CK(cudaMalloc(&d, count * 2));
+    CK(cudaMemcpy(d, hb, count * 2, cudaMemcpyHostToDevice));
+    free(h);
+    free(hb);
+    return d;
+}
+
 /* bf16 bits -> ordered integer, for ulp distances */
 static int32_t bf16_ord(uint16_t h)
 {
@@ -172,8 +269,33 @@ static int bench_kernel(void)
         over1 += ad > 1;
         worst = ad > worst ? ad : worst;
     }
+    /* cuBLASLt with bf16 factors, against our merge of the fp32 factors (h1) */
+    uint64_t mn = (uint64_t)m * (uint64_t)n;
+    void *a16 = dev_bf16_of(k.a, (uint64_t)r * (uint64_t)n),
+         *b16 = dev_bf16_of(k.b, (uint64_t)m * (uint64_t)r);
+    ltctx lt16, lt32;
+    lt_init(&lt16, CUDA_R_16BF, CUDA_R_16BF, m, n, r, a16, b16, k.w0, out2);
+    CK((cudaError_t)run_lt(&lt16));
+    CK(cudaMemcpy(h2, out2, wb, cudaMemcpyDeviceToHost));
+    uint64_t lt_same = 0, lt_worst = 0;
+    for (uint64_t i = 0; i < mn; i++) {
+        int32_t d = bf16_ord(h1[i]) - bf16_ord(h2[i]);
+        uint64_t ad = (uint64_t)(d < 0 ? -d : d);
+        lt_same += ad == 0;
+        lt_worst = ad > lt_worst ? ad : lt_worst;
+    }
     free(h1);
     free(h2);
+    void *w32 = dev_random(mn * 4, 4, 1), *o32;
+    CK(cudaMalloc(&o32, mn * 4));
+    lt_init(&lt32, CUDA_R_32F, CUDA_R_32F, m, n, r, k.a, k.b, w32, o32);
+    float tl16 = time_ms(run_lt, &lt16), tl32 = time_ms(run_lt, &lt32);
+    lt_free(&lt16);
+    lt_free(&lt32);
+    cudaFree(a16);
+    cudaFree(b16);
+    cudaFree(w32);
+    cudaFree(o32);
     cudaFree(out2);
     float tm = time_ms(run_tc, &k), ts = time_ms(run_simt, &k), tc = time_ms(run_copy, &k),
           td = time_ms(run_memcpy, &k), tr = time_ms(run_tc_rows, &k);
@@ -200,6 +322,16 @@ static int bench_kernel(void)
            gm, gm / best, moved / (tr * 1e-3) / 1e9, moved / (tr * 1e-3) / 1e9 / best,
            (unsigned long long)rows_diff, (int)n, (int)m, moved / (tdown * 1e-3) / 1e9 / best,
            moved / (tdown_rows * 1e-3) / 1e9 / best);
+    /* cuBLASLt figures are for the same merge, so the same bytes count (bf16 W0 read, W written):
+     * the fp32 form moves twice that and still lacks the two conversions. */
+    printf("kernel: cuBLASLt, one GEMM with beta = 1: bf16 factors %.3f ms %.0f GB/s = %.3f of "
+           "copy (%.4f%% identical to the fp32-factor merge, worst %llu ulp); fp32 factors and "
+           "fp32 W %.3f ms = %.0f GB/s of bf16 W = %.3f | loraslab kernel %.3f ms = %.2fx the "
+           "bf16 GEMM's time, %.2fx the fp32 one's\n",
+           tl16, moved / (tl16 * 1e-3) / 1e9, moved / (tl16 * 1e-3) / 1e9 / best,
+           100.0 * (double)lt_same / (double)mn, (unsigned long long)lt_worst, tl32,
+           moved / (tl32 * 1e-3) / 1e9, moved / (tl32 * 1e-3) / 1e9 / best, tm, tm / tl16,
+           tm / tl32);
     printf("RESULT kernel_gbs=%.1f simt_gbs=%.1f copy_gbs=%.1f memcpy_gbs=%.1f ratio=%.3f "
            "worst_ulp=%llu identical_pct=%.4f\n",
            gm, gs, gc, gd, gm / (gc > gd ? gc : gd), (unsigned long long)worst, exact);
