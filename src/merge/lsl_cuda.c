@@ -482,12 +482,13 @@ lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
         v[2 * i + 1] = -b;
     }
     MPI_Allreduce(v, vmax, (int)(2 * n), MPI_INT64_T, MPI_MAX, comm);
-    for (uint64_t i = 0; i < n; i++)
-        if (vmax[2 * i] >= 0 && vmax[2 * i] == -vmax[2 * i + 1]) {
-            /* 256-byte aligned regions, as cudaMalloc's: the merge kernel loads A in 16 bytes */
-            total += ((uint64_t)size * (uint64_t)vmax[2 * i] + 255) / 256 * 256;
-            k++;
-        }
+    int64_t *cb = v; /* per part: bytes each rank sends over NCCL, or -1 */
+    for (uint64_t i = 0; i < n; i++) {
+        cb[i] = vmax[2 * i] >= 0 && vmax[2 * i] == -vmax[2 * i + 1] ? vmax[2 * i] : -1;
+        /* 256-byte aligned regions, as cudaMalloc's: the merge kernel loads A in 16 bytes */
+        total += cb[i] < 0 ? 0 : ((uint64_t)size * (uint64_t)cb[i] + 255) / 256 * 256;
+        k += cb[i] >= 0;
+    }
     if (k && !c->nccl && nccl_due(c))
         nccl_start(c, comm);
     if (!k || !c->nccl) {
@@ -501,24 +502,24 @@ lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
     char *p = c->batch_dev;
     cudaError_t e = cudaSuccess;
     for (uint64_t i = 0; i < n; i++) {
-        if (!(vmax[2 * i] >= 0 && vmax[2 * i] == -vmax[2 * i + 1]))
+        if (cb[i] < 0)
             continue;
-        uint64_t cb = (uint64_t)vmax[2 * i], row = in[i] * (lsl_dtype_bits(l[i]->a_dtype) / 8);
+        uint64_t row = in[i] * (lsl_dtype_bits(l[i]->a_dtype) / 8);
         if (e == cudaSuccess && l[i]->a_count)
-            e = cudaMemcpy(p + (uint64_t)rank * cb, l[i]->a, l[i]->a_count * row,
+            e = cudaMemcpy(p + (uint64_t)rank * (uint64_t)cb[i], l[i]->a, l[i]->a_count * row,
                            cudaMemcpyDeviceToDevice);
         full[i] = p;
         host -= l[i]->rank * row;
-        p += ((uint64_t)size * cb + 255) / 256 * 256;
+        p += ((uint64_t)size * (uint64_t)cb[i] + 255) / 256 * 256;
     }
     /* Every rank issues the group, even after a failed copy: a peer must not wait on it. */
     ncclResult_t nr = ncclGroupStart();
     for (uint64_t i = 0; i < n; i++) {
-        if (!full[i])
+        if (cb[i] < 0)
             continue;
-        uint64_t cb = (uint64_t)vmax[2 * i];
-        ncclResult_t r1 =
-            ncclAllGather((char *)full[i] + (uint64_t)rank * cb, full[i], cb, ncclChar, c->nccl, 0);
+        uint64_t bytes = (uint64_t)cb[i];
+        ncclResult_t r1 = ncclAllGather((char *)full[i] + (uint64_t)rank * bytes, full[i], bytes,
+                                        ncclChar, c->nccl, 0);
         if (nr == ncclSuccess)
             nr = r1 == ncclInProgress ? ncclSuccess : r1;
     }
