@@ -378,12 +378,16 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
     }
     /* NCCL all-gathers equal counts: FSDP2 Shard(0) rows of A are ceil(r / N) per rank with a
      * shorter tail and empty trailing ranks, so gathering ceil(r / N) rows from everyone lands
-     * every row at its final place.  Other tilings take the MPI path. */
+     * every row at its final place.  Other tilings take the MPI path, and so do ranks that
+     * disagree on that count ([count, -count] under MAX): NCCL would hang on it, while the MPI
+     * path checks the geometry and reports it. */
     uint64_t chunk = (r + (uint64_t)size - 1) / (uint64_t)size, e0, en;
     lsl_partition_rows(r, size, rank, &e0, &en);
-    int fsdp = !a_on_host && l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en,
-        all_fsdp = 0;
-    MPI_Allreduce(&fsdp, &all_fsdp, 1, MPI_INT, MPI_LAND, comm);
+    int fsdp = !a_on_host && l->a_shard == LSL_SHARD_ROWS && l->a_off == e0 && l->a_count == en;
+    int64_t v[2] = {fsdp ? (int64_t)(chunk * in * es) : -1, fsdp ? -(int64_t)(chunk * in * es) : 1},
+            vmax[2];
+    MPI_Allreduce(v, vmax, 2, MPI_INT64_T, MPI_MAX, comm);
+    int all_fsdp = vmax[0] >= 0 && vmax[0] == -vmax[1];
     if (all_fsdp && !c->nccl && nccl_due(c))
         nccl_start(c, comm);
     if (c->nccl && all_fsdp) {

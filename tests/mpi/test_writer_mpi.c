@@ -403,8 +403,12 @@ static void test_error_agreement(void)
                  {"NaN produced by the merge", LSL_ERR_NONFINITE},
                  {"close with a tensor never written", LSL_ERR_WRONG_STATE},
                  {"batched put whose A shards do not tile A", LSL_ERR_SHAPE},
-                 {"batches of different lengths", LSL_ERR_INCONSISTENT}};
-    for (int c = 0; c < (size > 1 ? 5 : 4); c++) { /* one rank cannot disagree with itself */
+                 {"batches of different lengths", LSL_ERR_INCONSISTENT},
+                 /* each rank's A is its own FSDP row shard, but of a different r: with one GPU
+                  * per rank this must not reach NCCL (it would hang on unequal counts) */
+                 {"ranks disagree on r (put)", LSL_ERR_INCONSISTENT},
+                 {"ranks disagree on r (batch)", LSL_ERR_INCONSISTENT}};
+    for (int c = 0; c < (size > 1 ? 7 : 4); c++) { /* one rank cannot disagree with itself */
         lsl_writer *w = NULL;
         lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
         cfg.quiet = 1;
@@ -422,7 +426,19 @@ static void test_error_agreement(void)
         if (c == 1)
             p.lora =
                 &lp; /* a huge scaling: the product overflows to inf on the rank(s) with rows */
-        if (c >= 3) {
+        if (c >= 5) {
+            uint64_t rr = rank == size - 1 ? 3 : 2, a0, an, idx0 = 0;
+            float a3[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, b3[30] = {0};
+            lsl_partition_rows(rr, size, rank, &a0, &an);
+            lsl_lora_part l3 =
+                lora_f32(rr, 1, a0, an, dev(a3 + a0 * 4, an * 16), dev(b3 + r0 * rr, n * rr * 4));
+            p.lora = &l3;
+            st = c == 5 ? lsl_writer_put_all(w, 0, &p) : lsl_writer_put_batch_all(w, 1, &idx0, &p);
+            CHECK(st == cases[c].want, "%s: returned %s (%s)", cases[c].what, lsl_status_name(st),
+                  lsl_last_error());
+            lsl_writer_abort_all(&w);
+            CHECK(w == NULL, "%s: abort", cases[c].what);
+        } else if (c >= 3) {
             float a2[8] = {1, 2, 3, 4, 5, 6, 7, 8}, b2[20] = {0}, v[5] = {0};
             uint64_t a0, an, v0, vn, idx[2] = {0, 1};
             lsl_partition_rows(2, size, rank, &a0, &an);
