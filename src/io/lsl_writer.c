@@ -1080,16 +1080,22 @@ static lsl_status put_one(lsl_writer *w, uint64_t index, const lsl_part *part, l
                             &src, part && !st ? part->lora : NULL, st);
 }
 
+/* A part whose LoRA carries flag bits the API does not define is refused (fn: the public call),
+ * so the library's internal bits cannot arrive from a caller. */
+static lsl_status check_lora_flags(const lsl_part *part, const char *fn)
+{
+    if (part && part->lora && (part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: unknown LoRA flags 0x%x", fn,
+                          part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
+    return LSL_OK;
+}
+
 lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
 {
     if (!w)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
     lsl_i_clear_error();
-    lsl_status st = LSL_OK;
-    if (part && part->lora && (part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: unknown LoRA flags 0x%x",
-                        part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
-    return put_one(w, index, part, st);
+    return put_one(w, index, part, check_lora_flags(part, "lsl_writer_put_all"));
 }
 
 lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,
@@ -1217,10 +1223,7 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
     else if (n && (!indices || !parts))
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: indices or parts is NULL");
     for (uint64_t i = 0; st == LSL_OK && i < n; i++)
-        if (parts[i].lora && (parts[i].lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
-            st =
-                lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: unknown LoRA flags 0x%x",
-                           parts[i].lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
+        st = check_lora_flags(&parts[i], "lsl_writer_put_batch_all");
     /* A batch whose length or arrays cannot be trusted stops every rank before the gather. */
     LSL_TRY(lsl_i_agree(w->comm, st));
     LSL_TRY(gather_batch(w, n, indices, parts, full, gpu, LSL_OK));
