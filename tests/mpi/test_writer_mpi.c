@@ -547,6 +547,15 @@ static void test_define_checks(void)
     CHECK(st == LSL_ERR_INVALID_ARG && strstr(lsl_last_error(), "flags"), "unknown flags: %s %s",
           lsl_status_name(st), lsl_last_error());
     lsl_writer_abort_all(&w);
+    /* the same through a batch, with the internal "A already on the GPU" bit */
+    odd.flags = 0x40000000u;
+    uint64_t idx0 = 0;
+    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = st ? st : lsl_writer_define_all(w, 1, &ok);
+    st = st ? st : lsl_writer_put_batch_all(w, 1, &idx0, &p);
+    CHECK(st == LSL_ERR_INVALID_ARG && strstr(lsl_last_error(), "flags"),
+          "unknown flags in a batch: %s %s", lsl_status_name(st), lsl_last_error());
+    lsl_writer_abort_all(&w);
     /* unwritable directory */
     st = lsl_writer_create_all(MPI_COMM_WORLD, "/proc/loraslab-test/x.h5", &cfg, &w);
     CHECK(st == LSL_ERR_IO && strstr(lsl_last_error(), "/proc/loraslab-test"),
