@@ -3,9 +3,9 @@
 #include "lsl_crc32c.h"
 #include "lsl_device.h"
 #include "lsl_gather.h"
+#include "lsl_gather_nccl.h"
 
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +34,7 @@ struct lsl_i_cuda {
     int want_nccl;
     uint64_t host_gathered; /* bytes of A gathered through host memory, the same on every rank */
     const char *why_mpi;
-    ncclComm_t nccl;
+    lsl_i_nccl *nccl;
     uint64_t n_nccl, n_mpi; /* gathers per path, for the closing report */
     uint64_t slot_bytes;
     void *pinned[2], *dslot[2];
@@ -66,8 +66,6 @@ struct lsl_i_cuda {
     stage_job job;
 };
 
-/* How long a rank waits for NCCL to start before every rank takes the MPI path. */
-#define NCCL_START_LIMIT_S 120.0
 /* A communicator costs about a second to start and ~350 MiB of host memory per rank (2 x H100,
  * NCCL 2.28), while the host path moved A at ~1.3 GB/s there: below ~1 GiB of A per job (a
  * typical LoRA has tens to hundreds of MB) the host path is both faster and lighter. */
@@ -87,19 +85,6 @@ static lsl_status cuda_fail(cudaError_t e, const char *what)
             goto fail;                                                                             \
         }                                                                                          \
     } while (0)
-
-/* Poll a non-blocking communicator until its pending work settles, for at most `limit` seconds
- * (a peer that failed early must not leave this rank waiting in NCCL forever). */
-static ncclResult_t nccl_settle(ncclComm_t comm, ncclResult_t nr, double limit)
-{
-    double t0 = lsl_i_now();
-    while (nr == ncclInProgress && lsl_i_now() - t0 < limit) {
-        usleep(200);
-        if (ncclCommGetAsyncError(comm, &nr) != ncclSuccess)
-            return ncclInternalError;
-    }
-    return nr;
-}
 
 static int dev_type(lsl_dtype d)
 {
@@ -139,11 +124,7 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     cudaFree(c->batch_dev);
     free(c->host_a);
     free(c->host_full);
-    if (c->nccl) {
-        /* non-blocking communicator: let its finalization settle before freeing it */
-        nccl_settle(c->nccl, ncclCommFinalize(c->nccl), NCCL_START_LIMIT_S);
-        ncclCommDestroy(c->nccl);
-    }
+    lsl_i_nccl_close(&c->nccl);
     free(c);
     *pc = NULL;
 }
@@ -245,9 +226,16 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
     if (mode < 0 && rank == 0)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "LSL_GATHER=\"%s\": use nccl, mpi, or leave it unset",
                         force);
+    if (mode == 2 && !lsl_i_nccl_available() && rank == 0)
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "LSL_GATHER=nccl: this build of loraslab has no NCCL (configure found "
+                        "none under the CUDA toolkit)");
     /* One rank holds all of A already: a communicator would only cost memory. */
-    c->want_nccl = size > 1 && !shared && mode > 0 ? mode : 0;
-    c->why_mpi = size == 1 ? "one rank" : shared ? "ranks share a GPU" : "LSL_GATHER=mpi";
+    c->want_nccl = size > 1 && !shared && mode > 0 && lsl_i_nccl_available() ? mode : 0;
+    c->why_mpi = !lsl_i_nccl_available() ? "this build has no NCCL"
+                 : size == 1             ? "one rank"
+                 : shared                ? "ranks share a GPU"
+                                         : "LSL_GATHER=mpi";
     LSL_TRY(lsl_i_agree(comm, st));
     free(all);
     *out = c;
@@ -276,43 +264,14 @@ void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi)
 }
 
 /* Collective.  The communicator costs seconds and hundreds of MiB of host memory (NCCL's
- * buffers and kernels), so it is built only when a gather can use it.  It is non-blocking and
- * every rank waits a bounded time, then all agree: if NCCL cannot start on some rank, every
- * rank falls back to the MPI path (NCCL is detected, not configured) instead of hanging. */
+ * buffers and kernels), so it is built only when a gather can use it.  If NCCL cannot start on
+ * some rank, every rank falls back to the MPI path (NCCL is detected, not configured). */
 static void nccl_start(lsl_i_cuda *c, MPI_Comm comm)
 {
-    int rank, size, ok = 0;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    ncclUniqueId uid;
-    memset(&uid, 0, sizeof uid);
-    ncclResult_t nr = ncclSuccess;
-    if (rank == 0)
-        nr = ncclGetUniqueId(&uid);
-    int root_ok = nr == ncclSuccess;
-    MPI_Bcast(&root_ok, 1, MPI_INT, 0, comm);
-    MPI_Bcast(&uid, sizeof uid, MPI_BYTE, 0, comm);
-    if (root_ok) {
-        ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-        cfg.blocking = 0;
-        nr = ncclCommInitRankConfig(&c->nccl, size, uid, rank, &cfg);
-        if (c->nccl)
-            nr = nccl_settle(c->nccl, nr, NCCL_START_LIMIT_S);
-    }
-    int mine = root_ok && nr == ncclSuccess;
-    MPI_Allreduce(&mine, &ok, 1, MPI_INT, MPI_LAND, comm);
-    if (ok)
+    if (lsl_i_nccl_start(comm, &c->nccl))
         return;
-    if (c->nccl)
-        ncclCommAbort(c->nccl);
-    c->nccl = NULL;
     c->want_nccl = 0;
     c->why_mpi = "NCCL failed to start";
-    if (!mine)
-        fprintf(stderr,
-                "loraslab: rank %d: NCCL failed to start (%s); LoRA A goes through host "
-                "memory (MPI) instead\n",
-                rank, nr == ncclInProgress ? "timed out" : ncclGetErrorString(nr));
 }
 
 uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c)
@@ -411,17 +370,15 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
         if (en)
             e = cudaMemcpy(recv + (uint64_t)rank * chunk * row, l->a, en * row,
                            cudaMemcpyDeviceToDevice);
-        ncclResult_t nr = ncclAllGather(recv + (uint64_t)rank * chunk * row, recv, chunk * row,
-                                        ncclChar, c->nccl, 0);
-        nr = nccl_settle(c->nccl, nr, NCCL_START_LIMIT_S);
-        if (e == cudaSuccess && nr == ncclSuccess && recv != base)
+        void *rv = recv;
+        uint64_t cb = chunk * row;
+        st = lsl_i_nccl_allgather(c->nccl, 1, &rv, &cb);
+        if (e == cudaSuccess && st == LSL_OK && recv != base)
             e = cudaMemcpy(base, recv, full, cudaMemcpyDeviceToDevice);
         if (e == cudaSuccess)
             e = cudaDeviceSynchronize();
-        st = nr != ncclSuccess
-                 ? lsl_i_fail(LSL_ERR_NCCL, "ncclAllGather of LoRA A: %s", ncclGetErrorString(nr))
-             : e != cudaSuccess ? cuda_fail(e, "gathering LoRA A")
-                                : LSL_OK;
+        if (st == LSL_OK && e != cudaSuccess)
+            st = cuda_fail(e, "gathering LoRA A");
         LSL_TRY(lsl_i_agree(comm, st));
     } else {
         /* Through host memory: A is small (r x in). */
@@ -516,27 +473,20 @@ lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
         host -= l[i]->rank * row;
         p += ((uint64_t)size * (uint64_t)cb[i] + 255) / 256 * 256;
     }
-    /* Every rank issues the group, even after a failed copy: a peer must not wait on it. */
-    ncclResult_t nr = ncclGroupStart();
-    for (uint64_t i = 0; i < n; i++) {
-        if (cb[i] < 0)
-            continue;
-        uint64_t bytes = (uint64_t)cb[i];
-        ncclResult_t r1 = ncclAllGather((char *)full[i] + (uint64_t)rank * bytes, full[i], bytes,
-                                        ncclChar, c->nccl, 0);
-        if (nr == ncclSuccess)
-            nr = r1 == ncclInProgress ? ncclSuccess : r1;
-    }
-    ncclResult_t ne = nccl_settle(c->nccl, ncclGroupEnd(), NCCL_START_LIMIT_S);
-    nr = nr == ncclSuccess ? ne : nr;
+    /* Every rank issues the group, even after a failed copy: a peer must not wait on it.  The
+     * group's list reuses the count array: part i's receive buffer and byte count, packed. */
+    void **rv = (void **)vmax;
+    uint64_t *bytes = (uint64_t *)vmax + n, j = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if (cb[i] >= 0)
+            rv[j] = full[i], bytes[j++] = (uint64_t)cb[i];
+    st = lsl_i_nccl_allgather(c->nccl, k, rv, bytes);
     if (e == cudaSuccess)
         e = cudaDeviceSynchronize();
     c->n_nccl += k;
     c->host_gathered += host;
-    st = nr != ncclSuccess  ? lsl_i_fail(LSL_ERR_NCCL, "ncclAllGather of a batch of LoRA A: %s",
-                                         ncclGetErrorString(nr))
-         : e != cudaSuccess ? cuda_fail(e, "gathering a batch of LoRA A")
-                            : LSL_OK;
+    if (st == LSL_OK && e != cudaSuccess)
+        st = cuda_fail(e, "gathering a batch of LoRA A");
     LSL_TRY(lsl_i_agree(comm, st));
 fail:
     if (rc != LSL_OK)
