@@ -31,6 +31,8 @@ extern "C" {
 #define LSL_VERSION_NUMBER (LSL_VERSION_MAJOR * 10000 + LSL_VERSION_MINOR * 100 + LSL_VERSION_PATCH)
 /* Version of the HDF5 layout written (root attribute `loraslab_format_version`). */
 #define LSL_FORMAT_VERSION 1
+/* Largest dataset alignment (lsl_writer_config.alignment, --align): 1 GiB. */
+#define LSL_MAX_ALIGNMENT ((uint64_t)1 << 30)
 /* Most dimensions a tensor may have. */
 #define LSL_MAX_NDIM 8
 
@@ -132,7 +134,8 @@ typedef struct lsl_writer lsl_writer;
 
 typedef struct lsl_writer_config {
     uint64_t staging_bytes;     /* host staging budget per rank; 0: 64 MiB */
-    uint64_t alignment;         /* dataset alignment in bytes; 0: detect from the filesystem */
+    uint64_t alignment;         /* dataset alignment in bytes, at most LSL_MAX_ALIGNMENT; 0:
+                                   detect from the filesystem */
     int overwrite;              /* nonzero: replace an existing file at path (atomically) */
     int quiet;                  /* nonzero: no progress lines on stderr */
     const char *progress_label; /* verb shown in progress lines ("merge"); NULL: "write" */
@@ -265,7 +268,7 @@ typedef struct lsl_job_config {
     const char *adapter;    /* PEFT adapter directory; NULL for a plain import */
     const char *output;     /* the HDF5 file to write */
     uint64_t staging_bytes; /* 0: 64 MiB */
-    uint64_t alignment;     /* 0: detect */
+    uint64_t alignment;     /* 0: detect; at most LSL_MAX_ALIGNMENT */
     int overwrite;
     int quiet;
     int strict; /* refuse an adapter whose base_model_name_or_path does not match */
@@ -325,6 +328,13 @@ LSL_API lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg,
  * Returns LSL_OK, LSL_ERR_CORRUPT naming what differs, or LSL_ERR_FORMAT. */
 LSL_API lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes,
                                   int quiet, lsl_job_stats *stats);
+
+/* Not collective, async-signal-safe.  Removes the temporary files and directories that loraslab
+ * calls in this process have created and not yet published or removed (at most 16 at a time
+ * are tracked), so a SIGINT or SIGTERM handler can leave nothing behind before the process
+ * ends; the `loraslab` command installs one.  The calls that owned them must not go on
+ * afterwards: end the process (re-raise the signal). */
+LSL_API void lsl_remove_temporaries(void);
 
 /* Not collective.  Parses "5GB" (decimal units KB MB GB TB), "5GiB" (binary KiB MiB GiB TiB),
  * "1.5GB" or a plain byte count; units are case-insensitive.  LSL_OK or LSL_ERR_INVALID_ARG. */

@@ -55,7 +55,7 @@ lsl_i_ashard lsl_i_ashard_of(const lsl_lora_part *l, uint64_t in)
 {
     uint64_t es = lsl_dtype_bits(l->a_dtype) / 8;
     return (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count,
-                          l->rank,    in,   es,       malloc(l->rank * in * es + 1)};
+                          l->rank,    in,   es,       lsl_i_malloc(l->rank * in * es + 1)};
 }
 
 void lsl_i_lora_set_full(lsl_lora_part *l, void *full)
@@ -79,10 +79,11 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
         total += s[i].r * s[i].in * s[i].esize;
         my_bytes += lsl_i_ashard_bytes(&s[i]);
     }
-    uint64_t *mine = malloc((n * NF + 1) * sizeof *mine);
-    uint64_t *all = malloc((n * NF + 1) * sizeof *all * (size_t)size);
-    int *counts = malloc(sizeof(int) * (size_t)size), *displs = malloc(sizeof(int) * (size_t)size);
-    unsigned char *send = malloc(my_bytes + 1), *recv = malloc(total + 1);
+    uint64_t *mine = lsl_i_malloc((n * NF + 1) * sizeof *mine);
+    uint64_t *all = lsl_i_malloc((n * NF + 1) * sizeof *all * (size_t)size);
+    int *counts = lsl_i_malloc(sizeof(int) * (size_t)size),
+        *displs = lsl_i_malloc(sizeof(int) * (size_t)size);
+    unsigned char *send = lsl_i_malloc(my_bytes + 1), *recv = lsl_i_malloc(total + 1);
     if (st == LSL_OK && (!mine || !all || !counts || !displs || !send || !recv))
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory gathering LoRA A");
     else if (st == LSL_OK && total > (uint64_t)INT_MAX)

@@ -40,7 +40,7 @@ int lsl_i_nccl_start(MPI_Comm comm, lsl_i_nccl **out)
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     *out = NULL;
-    lsl_i_nccl *c = calloc(1, sizeof *c);
+    lsl_i_nccl *c = lsl_i_calloc(1, sizeof *c);
     ncclUniqueId uid;
     memset(&uid, 0, sizeof uid);
     ncclResult_t nr = ncclSuccess;

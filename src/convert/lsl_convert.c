@@ -7,6 +7,7 @@
 
 #include "lsl_crc32c.h"
 #include "lsl_h5.h"
+#include "lsl_publish.h"
 #include "lsl_ranges.h"
 #include "lsl_safetensors.h"
 
@@ -88,7 +89,7 @@ lsl_status lsl_i_write_small(const char *dir, const char *name, const char *text
         return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", path);
     size_t n = strlen(text), done = 0;
     while (done < n) {
-        ssize_t w = write(fd, text + done, n - done);
+        ssize_t w = lsl_i_write(fd, text + done, n - done);
         if (w < 0) {
             int e = errno;
             close(fd);
@@ -96,7 +97,7 @@ lsl_status lsl_i_write_small(const char *dir, const char *name, const char *text
         }
         done += (size_t)w;
     }
-    if (fsync(fd) != 0) {
+    if (lsl_i_fsync(fd) != 0) {
         int e = errno;
         close(fd);
         return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: fsync", path);
@@ -127,7 +128,7 @@ void lsl_i_crc_base64(uint32_t crc, char out[9])
 
 /* What rank 0 plans and every rank needs. */
 typedef struct cplan {
-    char *tmpdir;
+    lsl_i_out out; /* the directory, its temporary */
     uint32_t nshards;
     char (*names)[64];
     uint64_t nranges;
@@ -137,7 +138,6 @@ typedef struct cplan {
 
 static void cplan_free(cplan *p)
 {
-    free(p->tmpdir);
     free(p->names);
     free(p->ranges);
     free(p->tensor);
@@ -151,8 +151,9 @@ static lsl_status split(const lsl_i_h5_file *f, uint64_t max, uint32_t *shard_of
     uint32_t n = 0, open_id = UINT32_MAX;
     uint64_t cur = 0;
     /* first pass: shard ids in creation order */
-    uint32_t *ids = calloc(f->n ? f->n : 1, sizeof *ids);
-    uint32_t *seq = calloc(f->n + 1, sizeof *seq); /* creation id of the k-th shard in list order */
+    uint32_t *ids = lsl_i_calloc(f->n ? f->n : 1, sizeof *ids);
+    uint32_t *seq =
+        lsl_i_calloc(f->n + 1, sizeof *seq); /* creation id of the k-th shard in list order */
     if (!ids || !seq) {
         free(ids);
         free(seq);
@@ -180,7 +181,7 @@ static lsl_status split(const lsl_i_h5_file *f, uint64_t max, uint32_t *shard_of
     if (open_id != UINT32_MAX)
         seq[nseq++] = open_id;
     /* number the shards in list order: position in seq */
-    uint32_t *pos = calloc(n ? n : 1, sizeof *pos);
+    uint32_t *pos = lsl_i_calloc(n ? n : 1, sizeof *pos);
     if (!pos) {
         free(ids);
         free(seq);
@@ -234,7 +235,7 @@ static char *dumps(json_t *j)
     if (!s)
         return NULL;
     size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
+    char *t = lsl_i_realloc(s, n + 2);
     if (!t) {
         free(s);
         return NULL;
@@ -254,51 +255,23 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
     uint64_t *order = NULL, *hc = NULL;
     lsl_st_entry *ent = NULL;
     unsigned char *head = NULL;
-    struct stat sb;
+    LSL_TRY(lsl_i_check_utf8(cfg->input, "the input path (recorded in loraslab.json)"));
     LSL_TRY(lsl_i_h5_list(cfg->input, f));
-    if (stat(cfg->outdir, &sb) == 0) {
-        if (!S_ISDIR(sb.st_mode))
-            LSL_FAIL(LSL_ERR_EXISTS, "%s: exists and is not a directory", cfg->outdir);
-        if (rmdir(cfg->outdir) == 0)
-            mkdir(cfg->outdir, 0777); /* it was empty: keep it for the rename to replace */
-        else if (!cfg->overwrite)
-            LSL_FAIL(LSL_ERR_EXISTS, "%s: exists and is not empty (pass --overwrite to replace it)",
-                     cfg->outdir);
-    }
-    shard_of = calloc(f->n ? f->n : 1, sizeof *shard_of);
-    order = calloc(f->n ? f->n : 1, sizeof *order);
-    ent = calloc(f->n ? f->n : 1, sizeof *ent);
-    p->ranges = calloc(f->n ? f->n : 1, sizeof *p->ranges);
-    p->tensor = calloc(f->n ? f->n : 1, sizeof *p->tensor);
+    shard_of = lsl_i_calloc(f->n ? f->n : 1, sizeof *shard_of);
+    order = lsl_i_calloc(f->n ? f->n : 1, sizeof *order);
+    ent = lsl_i_calloc(f->n ? f->n : 1, sizeof *ent);
+    p->ranges = lsl_i_calloc(f->n ? f->n : 1, sizeof *p->ranges);
+    p->tensor = lsl_i_calloc(f->n ? f->n : 1, sizeof *p->tensor);
     if (!shard_of || !order || !ent || !p->ranges || !p->tensor)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(split(f, max, shard_of, &p->nshards));
-    p->names = calloc(p->nshards, sizeof *p->names);
-    hc = calloc(2 * (size_t)p->nshards, sizeof *hc);
+    p->names = lsl_i_calloc(p->nshards, sizeof *p->names);
+    hc = lsl_i_calloc(2 * (size_t)p->nshards, sizeof *hc);
     if (!p->names || !hc)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     {
-        size_t pl = strlen(cfg->outdir) + 40;
-        char *d = lsl_i_strdup(cfg->outdir), *b = lsl_i_strdup(cfg->outdir);
-        p->tmpdir = malloc(pl);
-        if (!d || !b || !p->tmpdir) {
-            free(d);
-            free(b);
-            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-        }
-        snprintf(p->tmpdir, pl, "%s/.%s.lsl-tmp-XXXXXX", dirname(d), basename(b));
-        free(d);
-        free(b);
-        if (!mkdtemp(p->tmpdir)) {
-            int e = errno;
-            p->tmpdir[0] = '\0';
-            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e, "%s: cannot create the output beside it",
-                                      cfg->outdir));
-        }
-        /* mkdtemp makes it 0700; the finished directory gets the mode any new one would. */
-        mode_t um = umask(0);
-        umask(um);
-        chmod(p->tmpdir, 0777 & ~um);
+        const char *in[1] = {cfg->input};
+        LSL_TRY(lsl_i_out_create(cfg->outdir, 1, cfg->overwrite, cfg->quiet, in, 1, &p->out));
     }
     for (uint32_t s = 0; s < p->nshards; s++) {
         uint64_t n = 0, hl = 0, total = 0;
@@ -314,7 +287,8 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
                                         f->t[i].nbytes};
                 idx[n++] = i;
             }
-        uint64_t *ord = malloc((n ? n : 1) * sizeof *ord), *off = malloc((n ? n : 1) * sizeof *off);
+        uint64_t *ord = lsl_i_malloc((n ? n : 1) * sizeof *ord),
+                 *off = lsl_i_malloc((n ? n : 1) * sizeof *off);
         if (!ord || !off) {
             free(ord);
             free(off);
@@ -335,11 +309,11 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
         free(off);
         LSL_TRY(st);
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s", p->tmpdir, p->names[s]);
+        snprintf(path, sizeof path, "%s/%s", p->out.tmp, p->names[s]);
         int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (fd < 0)
             LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", path));
-        ssize_t w = pwrite(fd, head, hl, 0);
+        ssize_t w = lsl_i_pwrite(fd, head, hl, 0);
         int e = errno;
         if (w == (ssize_t)hl && ftruncate(fd, (off_t)(hl + total)) != 0)
             e = errno, w = -1;
@@ -364,32 +338,6 @@ fail:
     return rc;
 }
 
-static lsl_status publish_dir(const char *tmp, const char *outdir, int overwrite)
-{
-    if (rename(tmp, outdir) == 0)
-        return LSL_OK;
-    if (!(errno == ENOTEMPTY || errno == EEXIST) || !overwrite)
-        return lsl_i_fail_errno(errno == ENOTEMPTY || errno == EEXIST ? LSL_ERR_EXISTS : LSL_ERR_IO,
-                                errno, "%s: cannot move the finished checkpoint into place",
-                                outdir);
-    /* Replace a non-empty directory: move it aside, move ours in, then delete the old one. */
-    size_t n = strlen(outdir) + 32;
-    char *old = malloc(n);
-    if (!old)
-        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    snprintf(old, n, "%s.lsl-old-%d", outdir, (int)getpid());
-    lsl_status st = LSL_OK;
-    if (rename(outdir, old) != 0)
-        st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: cannot move the old directory aside", outdir);
-    else if (rename(tmp, outdir) != 0) {
-        st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: rename into place", outdir);
-        rename(old, outdir);
-    } else
-        lsl_i_rmtree(old);
-    free(old);
-    return st;
-}
-
 /* Write a side file into the checkpoint and record its CRC-32C for checksums.json. */
 static lsl_status add_side_file(const char *dir, const char *name, const char *text, json_t *files)
 {
@@ -403,16 +351,15 @@ static lsl_status add_side_file(const char *dir, const char *name, const char *t
     return st;
 }
 
-static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_file *f,
-                               const cplan *p, const uint32_t *shard_of, const uint64_t *hc,
-                               const uint32_t *crcs)
+static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_file *f, cplan *p,
+                               const uint32_t *shard_of, const uint64_t *hc, const uint32_t *crcs)
 {
     lsl_status rc = LSL_OK;
     json_t *files = json_object(), *wm = json_object(), *sums = json_object();
-    char *text = NULL, *pd = NULL, b64[9];
+    char *text = NULL, b64[9];
     uint64_t total = 0;
     /* Each shard's CRC from its header's and its tensors' (in data order = range order). */
-    uint32_t *fc = calloc(p->nshards, sizeof *fc);
+    uint32_t *fc = lsl_i_calloc(p->nshards, sizeof *fc);
     if (!fc)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t s = 0; s < p->nshards; s++)
@@ -436,12 +383,12 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
         json_decref(idx);
         if (!text)
             LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-        LSL_TRY(add_side_file(p->tmpdir, "model.safetensors.index.json", text, files));
+        LSL_TRY(add_side_file(p->out.tmp, "model.safetensors.index.json", text, files));
         free(text);
         text = NULL;
     }
     if (f->attrs[3]) {
-        LSL_TRY(add_side_file(p->tmpdir, "config.json", f->attrs[3], files));
+        LSL_TRY(add_side_file(p->out.tmp, "config.json", f->attrs[3], files));
     } else if (!cfg->quiet) {
         fprintf(stderr,
                 "loraslab: warning: %s carries no base config.json; the output needs one "
@@ -453,7 +400,7 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     json_decref(prov);
     if (!text)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(add_side_file(p->tmpdir, "loraslab.json", text, files));
+    LSL_TRY(add_side_file(p->out.tmp, "loraslab.json", text, files));
     free(text);
     json_object_set_new(sums, "algorithm", json_string("crc32c"));
     json_object_set_new(sums, "encoding",
@@ -463,17 +410,11 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     text = dumps(sums);
     if (!text)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_write_small(p->tmpdir, "checksums.json", text, NULL));
-    /* The directory's entries must be on disk before the rename publishes it, and the rename
+    LSL_TRY(lsl_i_write_small(p->out.tmp, "checksums.json", text, NULL));
+    /* The directory's entries are on disk before the rename publishes it, and the rename
      * before we report success. */
-    LSL_TRY(lsl_i_sync_path(p->tmpdir, O_RDONLY | O_DIRECTORY));
-    LSL_TRY(publish_dir(p->tmpdir, cfg->outdir, cfg->overwrite));
-    pd = lsl_i_strdup(cfg->outdir);
-    if (!pd)
-        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_sync_path(dirname(pd), O_RDONLY | O_DIRECTORY));
+    LSL_TRY(lsl_i_out_publish(&p->out, cfg->overwrite));
 fail:
-    free(pd);
     free(text);
     free(fc);
     json_decref(files);
@@ -506,57 +447,57 @@ lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job
         st = plan_rank0(cfg, &f, &p, &hc, &shard_of);
     int verify = cfg && !cfg->no_verify;
     for (uint64_t i = 0; st == LSL_OK && rank == 0 && i < f.n; i++)
-        if (!f.t[i].has_crc)
-            verify = 1; /* the files' checksums must come from somewhere */
-    LSL_TRY(lsl_i_agree(comm, st));
+        if (!f.t[i].has_crc && verify)
+            st = lsl_i_fail(LSL_ERR_FORMAT,
+                            "%s: tensor `%s` has no crc32c attribute, so its bytes cannot be "
+                            "verified (--no-verify converts it anyway, with checksums computed "
+                            "from the bytes as they are)",
+                            cfg->input, f.t[i].name);
+        else if (!f.t[i].has_crc)
+            verify = 1; /* the files' checksums must come from somewhere: computed, not checked */
+    if (st != LSL_OK && rank == 0)
+        lsl_i_out_discard(&p.out, rank);
     /* Everyone learns the plan: temporary dir, shard names, ranges. */
+    LSL_TRY(lsl_i_out_share(comm, &p.out, st));
     uint64_t hdr[4] = {p.nshards, p.nranges, (uint64_t)verify, f.n};
-    MPI_Bcast(hdr, 4, MPI_UINT64_T, 0, comm);
-    uint64_t tl = rank == 0 ? strlen(p.tmpdir) + 1 : 0;
-    MPI_Bcast(&tl, 1, MPI_UINT64_T, 0, comm);
+    in_path = rank == 0 ? lsl_i_strdup(cfg->input) : NULL;
+    char **strs[1] = {&in_path};
+    LSL_TRY(
+        lsl_i_bcast(comm, 1, strs, 4, hdr,
+                    rank == 0 && !in_path ? lsl_i_fail(LSL_ERR_NOMEM, "out of memory") : LSL_OK));
     if (rank != 0) {
         p.nshards = (uint32_t)hdr[0];
         p.nranges = hdr[1];
-        p.tmpdir = malloc(tl);
-        p.names = calloc(p.nshards, sizeof *p.names);
-        p.ranges = calloc(p.nranges ? p.nranges : 1, sizeof *p.ranges);
+        p.names = lsl_i_calloc(p.nshards, sizeof *p.names);
+        p.ranges = lsl_i_calloc(p.nranges ? p.nranges : 1, sizeof *p.ranges);
     }
     verify = (int)hdr[2];
-    st = p.tmpdir && p.names && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_agree(comm, st));
-    MPI_Bcast(p.tmpdir, (int)tl, MPI_CHAR, 0, comm);
-    MPI_Bcast(p.names, (int)(64 * p.nshards), MPI_CHAR, 0, comm);
-    MPI_Bcast(p.ranges, (int)(p.nranges * sizeof *p.ranges), MPI_BYTE, 0, comm);
-    tl = rank == 0 ? strlen(cfg->input) + 1 : 0;
-    MPI_Bcast(&tl, 1, MPI_UINT64_T, 0, comm);
-    in_path = malloc(tl);
-    if (in_path && rank == 0)
-        memcpy(in_path, cfg->input, tl);
-    if (in_path)
-        MPI_Bcast(in_path, (int)tl, MPI_CHAR, 0, comm);
+    st = p.names && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_bcast_bytes(comm, p.names, 64 * (uint64_t)p.nshards, st));
+    LSL_TRY(lsl_i_bcast_bytes(comm, p.ranges, p.nranges * sizeof *p.ranges, LSL_OK));
 
-    dst_fds = malloc(sizeof *dst_fds * p.nshards);
-    dst_paths = calloc(p.nshards, sizeof *dst_paths);
-    crcs = calloc(p.nranges ? p.nranges : 1, sizeof *crcs);
-    staging = malloc(staging_bytes);
+    dst_fds = lsl_i_malloc(sizeof *dst_fds * p.nshards);
+    dst_paths = lsl_i_calloc(p.nshards, sizeof *dst_paths);
+    crcs = lsl_i_calloc(p.nranges ? p.nranges : 1, sizeof *crcs);
+    staging = lsl_i_malloc(staging_bytes);
     st = dst_fds && dst_paths && crcs && staging && in_path
              ? LSL_OK
              : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t s = 0; st == LSL_OK && s < p.nshards; s++) {
-        size_t n = strlen(p.tmpdir) + 70;
-        dst_paths[s] = malloc(n);
+        size_t n = strlen(p.out.tmp) + 70;
+        dst_paths[s] = lsl_i_malloc(n);
         dst_fds[s] = -1;
         if (!dst_paths[s]) {
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
             break;
         }
-        snprintf(dst_paths[s], n, "%s/%s", p.tmpdir, p.names[s]);
+        snprintf(dst_paths[s], n, "%s/%s", p.out.tmp, p.names[s]);
         dst_fds[s] = open(dst_paths[s], O_WRONLY | O_CLOEXEC);
         if (dst_fds[s] < 0)
             st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", dst_paths[s]);
     }
-    if (st == LSL_OK && (src_fd = open(in_path, O_RDONLY | O_CLOEXEC)) < 0)
-        st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", in_path);
+    if (st == LSL_OK)
+        st = lsl_i_open_input(in_path, &src_fd, NULL);
     LSL_TRY(lsl_i_agree(comm, st));
     const char *src_paths[1] = {in_path};
     lsl_i_range_job job = {p.nranges,
@@ -591,7 +532,7 @@ lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job
     if (rank == 0 && !cfg->quiet)
         fprintf(stderr, "loraslab: wrote %s: %u safetensors file%s, %llu tensors%s\n", cfg->outdir,
                 p.nshards, p.nshards > 1 ? "s" : "", (unsigned long long)f.n,
-                verify ? ", every checksum verified" : "");
+                cfg->no_verify ? "" : ", every checksum verified");
     if (stats) {
         uint64_t bytes = 0;
         for (uint64_t k = 0; k < p.nranges; k++)
@@ -599,8 +540,7 @@ lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job
         lsl_i_fill_stats(comm, t0, rss0, hdr[3], 0, bytes, stats);
     }
 fail:
-    if (rc != LSL_OK && rank == 0 && p.tmpdir && p.tmpdir[0])
-        lsl_i_rmtree(p.tmpdir);
+    lsl_i_out_discard(&p.out, rank); /* removes the temporary unless it was published */
     if (src_fd >= 0)
         close(src_fd);
     for (uint32_t s = 0; dst_fds && dst_paths && s < p.nshards; s++) {

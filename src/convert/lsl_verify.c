@@ -45,10 +45,10 @@ static void vplan_free(vplan *p)
 
 static lsl_status grow(vplan *p, uint64_t n)
 {
-    p->r = realloc(p->r, n * sizeof *p->r);
-    p->what = realloc(p->what, n * sizeof *p->what);
-    p->has_expect = realloc(p->has_expect, n * sizeof *p->has_expect);
-    p->expect = realloc(p->expect, n * sizeof *p->expect);
+    p->r = lsl_i_realloc(p->r, n * sizeof *p->r);
+    p->what = lsl_i_realloc(p->what, n * sizeof *p->what);
+    p->has_expect = lsl_i_realloc(p->has_expect, n * sizeof *p->has_expect);
+    p->expect = lsl_i_realloc(p->expect, n * sizeof *p->expect);
     return p->r && p->what && p->has_expect && p->expect
                ? LSL_OK
                : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
@@ -74,7 +74,7 @@ static lsl_status plan_h5(const char *path, vplan *p)
     lsl_status rc = lsl_i_h5_list(path, &f);
     if (rc)
         return rc;
-    p->src = calloc(1, sizeof *p->src);
+    p->src = lsl_i_calloc(1, sizeof *p->src);
     if (!p->src || !(p->src[0] = lsl_i_strdup(path)))
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     p->nsrc = 1;
@@ -107,7 +107,7 @@ static lsl_status plan_dir(const char *dir, vplan *p)
     LSL_TRY(lsl_ckpt_open(dir, stderr, &ck));
     if (sums && json_is_object(json_object_get(sums, "files")))
         p->file_sums = json_incref(json_object_get(sums, "files"));
-    p->src = calloc(ck.nfiles, sizeof *p->src);
+    p->src = lsl_i_calloc(ck.nfiles, sizeof *p->src);
     if (!p->src)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t fi = 0; fi < ck.nfiles; fi++) {
@@ -176,6 +176,14 @@ static lsl_status judge(const char *path, bool is_dir, const vplan *p, const uin
     const char *name;
     json_t *v;
     json_object_foreach (p->file_sums, name, v) {
+        /* A name is a file of this directory: nothing that climbs out of it or hides in it. */
+        if (!*name || strchr(name, '/') || strchr(name, '\\') || name[0] == '.' ||
+            lsl_i_check_utf8(name, "a name in checksums.json") != LSL_OK)
+            return lsl_i_fail(LSL_ERR_FORMAT,
+                              "%s/checksums.json: lists \"%.200s\", which is not a file name of "
+                              "this directory",
+                              path,
+                              lsl_i_utf8_valid(name, strlen(name), &k) ? name : "(not UTF-8)");
         if (strstr(name, ".safetensors") && !strstr(name, ".index.json"))
             continue;
         char fp[4096], *text = NULL, b64[9];
@@ -225,14 +233,14 @@ lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_byte
     if (rank != 0) {
         p.nsrc = (uint32_t)hdr[0];
         p.n = hdr[1];
-        p.src = calloc(p.nsrc ? p.nsrc : 1, sizeof *p.src);
-        p.r = calloc(p.n ? p.n : 1, sizeof *p.r);
+        p.src = lsl_i_calloc(p.nsrc ? p.nsrc : 1, sizeof *p.src);
+        p.r = lsl_i_calloc(p.n ? p.n : 1, sizeof *p.r);
     }
-    fds = malloc(sizeof *fds * (p.nsrc ? p.nsrc : 1));
+    fds = lsl_i_malloc(sizeof *fds * (p.nsrc ? p.nsrc : 1));
     for (uint32_t i = 0; fds && i < p.nsrc; i++)
         fds[i] = -1;
-    crcs = calloc(p.n ? p.n : 1, sizeof *crcs);
-    staging = malloc(staging_bytes);
+    crcs = lsl_i_calloc(p.n ? p.n : 1, sizeof *crcs);
+    staging = lsl_i_malloc(staging_bytes);
     st = p.src && p.r && fds && crcs && staging ? LSL_OK
                                                 : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(lsl_i_agree(comm, st));
@@ -241,12 +249,13 @@ lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_byte
         uint64_t len = rank == 0 ? strlen(p.src[i]) + 1 : 0;
         MPI_Bcast(&len, 1, MPI_UINT64_T, 0, comm);
         if (rank != 0)
-            p.src[i] = malloc(len);
+            p.src[i] = lsl_i_malloc(len);
         if (p.src[i])
             MPI_Bcast(p.src[i], (int)len, MPI_CHAR, 0, comm);
-        fds[i] = p.src[i] ? open(p.src[i], O_RDONLY | O_CLOEXEC) : -1;
-        if (fds[i] < 0 && st == LSL_OK)
-            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", p.src[i] ? p.src[i] : "?");
+        fds[i] = -1;
+        if (st == LSL_OK)
+            st = p.src[i] ? lsl_i_open_input(p.src[i], &fds[i], NULL)
+                          : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     }
     LSL_TRY(lsl_i_agree(comm, st));
     lsl_i_range_job job = {

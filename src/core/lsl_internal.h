@@ -3,6 +3,7 @@
 #define LSL_INTERNAL_H
 
 #include "loraslab.h"
+#include "lsl_fault.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -31,6 +32,18 @@ void lsl_i_clear_error(void);
  * carry its message (prefixed with the rank when it is not rank 0).  Never hangs on
  * a local error because it is the only communication it does. */
 lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local);
+
+/* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank,
+ * replacing the others' (their old strings are freed).  Every rank makes the same collective
+ * calls whatever fails locally; local lets a rank that already failed join.  Agreed status. */
+lsl_status lsl_i_bcast(MPI_Comm comm, int nstr, char **const *strs, int nnum, uint64_t *nums,
+                       lsl_status local);
+/* Collective: agree on local (each rank's buffer of n bytes is allocated), then rank 0's n bytes
+ * reach every rank.  Agreed status. */
+lsl_status lsl_i_bcast_bytes(MPI_Comm comm, void *buf, uint64_t n, lsl_status local);
+/* lsl_i_bcast with at most one number (num may be NULL). */
+lsl_status lsl_i_bcast_strs(MPI_Comm comm, int nstr, char **const *strs, uint64_t *num,
+                            lsl_status local);
 
 /* Jump to the function's one cleanup label on failure. */
 #define LSL_TRY(expr)                                                                              \
@@ -84,11 +97,21 @@ static inline uint64_t lsl_i_row_elems(const lsl_tensor_info *t)
 }
 
 char *lsl_i_strdup(const char *s);
+/* Whether n bytes at s are UTF-8 (no overlongs, surrogates or code points past U+10FFFF);
+ * *bad_at gets the offset of the first bad sequence. */
+bool lsl_i_utf8_valid(const void *s, uint64_t n, uint64_t *bad_at);
+/* LSL_OK, or LSL_ERR_FORMAT "WHAT "s" is not valid UTF-8" with the bytes of s escaped: names
+ * and paths that go into JSON or safetensors headers must be UTF-8. */
+lsl_status lsl_i_check_utf8(const char *s, const char *what);
 /* "dir/name", malloc'ed; NULL when out of memory. */
 char *lsl_i_join(const char *dir, const char *name);
 /* Collective: fill stats from this rank's start time and RSS (max/min over ranks). */
 void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
                       uint64_t bytes, lsl_job_stats *stats);
+/* Open an input file read-only (*out the descriptor, *size its size, may be NULL).  Anything but
+ * a regular file is refused by name without blocking (a FIFO would wait for a writer forever, a
+ * device reads without end): LSL_ERR_INVALID_ARG; LSL_ERR_NOT_FOUND / LSL_ERR_IO otherwise. */
+lsl_status lsl_i_open_input(const char *path, int *out, uint64_t *size);
 /* Read a whole (small) file into a NUL-terminated buffer; caller frees. */
 lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len);
 /* pread exactly n bytes or fail with a message naming path. */

@@ -104,7 +104,7 @@ char *lsl_i_strdup(const char *s)
     if (!s)
         return NULL;
     size_t n = strlen(s) + 1;
-    char *d = malloc(n);
+    char *d = lsl_i_malloc(n);
     if (d)
         memcpy(d, s, n);
     return d;
@@ -113,7 +113,7 @@ char *lsl_i_strdup(const char *s)
 char *lsl_i_join(const char *dir, const char *name)
 {
     size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
+    char *p = lsl_i_malloc(n);
     if (p)
         snprintf(p, n, "%s/%s", dir, name);
     return p;
@@ -164,28 +164,56 @@ lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const c
     return err ? lsl_i_pread_error(err, at, path) : LSL_OK;
 }
 
+lsl_status lsl_i_open_input(const char *path, int *out, uint64_t *size)
+{
+    struct stat sb;
+    *out = -1;
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer forever. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s",
+                                path);
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: stat", path);
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: is %s, not a regular file", path,
+                          S_ISDIR(sb.st_mode)    ? "a directory"
+                          : S_ISFIFO(sb.st_mode) ? "a FIFO"
+                          : S_ISCHR(sb.st_mode)  ? "a character device"
+                          : S_ISBLK(sb.st_mode)  ? "a block device"
+                                                 : "a socket");
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *out = fd;
+    if (size)
+        *size = (uint64_t)sb.st_size;
+    return LSL_OK;
+}
+
 lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len)
 {
     lsl_status rc = LSL_OK;
     char *buf = NULL;
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s",
-                                path);
-    if (fstat(fd, &st) != 0)
-        LSL_FAIL(LSL_ERR_IO, "%s: stat failed", path);
-    if ((uint64_t)st.st_size > max_bytes)
-        LSL_FAIL(LSL_ERR_FORMAT, "%s: %lld bytes, more than the %llu allowed", path,
-                 (long long)st.st_size, (unsigned long long)max_bytes);
-    buf = malloc((size_t)st.st_size + 1);
+    uint64_t size = 0;
+    int fd;
+    rc = lsl_i_open_input(path, &fd, &size);
+    if (rc != LSL_OK)
+        return rc;
+    if (size > max_bytes)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: %llu bytes, more than the %llu allowed", path,
+                 (unsigned long long)size, (unsigned long long)max_bytes);
+    buf = lsl_i_malloc((size_t)size + 1);
     if (!buf)
         LSL_FAIL(LSL_ERR_NOMEM, "%s: out of memory", path);
-    LSL_TRY(lsl_i_pread_full(fd, buf, (uint64_t)st.st_size, 0, path));
-    buf[st.st_size] = '\0';
+    LSL_TRY(lsl_i_pread_full(fd, buf, size, 0, path));
+    buf[size] = '\0';
     *out = buf;
     if (len)
-        *len = (uint64_t)st.st_size;
+        *len = size;
     close(fd);
     return LSL_OK;
 fail:
@@ -242,11 +270,71 @@ lsl_status lsl_i_sync_path(const char *path, int flags)
     int fd = open(path, flags | O_CLOEXEC);
     if (fd < 0)
         return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: open for fsync", path);
-    int r = fsync(fd);
+    int r = lsl_i_fsync(fd);
     int e = errno;
     close(fd);
     /* Some filesystems refuse fsync on a directory; the rename is still atomic there. */
     if (r != 0 && !(flags & O_DIRECTORY && (e == EINVAL || e == EBADF)))
         return lsl_i_fail_errno(LSL_ERR_IO, e, "%s: fsync", path);
     return LSL_OK;
+}
+
+bool lsl_i_utf8_valid(const void *p, uint64_t n, uint64_t *bad_at)
+{
+    const unsigned char *s = p;
+    uint64_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        uint64_t len;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            len = 2;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            *bad_at = i;
+            return false;
+        }
+        if (i + len > n) {
+            *bad_at = i;
+            return false;
+        }
+        for (uint64_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) {
+                *bad_at = i;
+                return false;
+            }
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            *bad_at = i;
+            return false;
+        }
+        i += len;
+    }
+    return true;
+}
+
+lsl_status lsl_i_check_utf8(const char *s, const char *what)
+{
+    uint64_t bad = 0;
+    if (lsl_i_utf8_valid(s, strlen(s), &bad))
+        return LSL_OK;
+    /* print the name with its bytes escaped, so the message itself stays valid UTF-8 */
+    char shown[256];
+    size_t k = 0;
+    for (const unsigned char *c = (const unsigned char *)s; *c && k + 5 < sizeof shown; c++)
+        k += (size_t)snprintf(shown + k, sizeof shown - k,
+                              *c < 0x20 || *c >= 0x7F ? "\\x%02x" : "%c", *c);
+    return lsl_i_fail(LSL_ERR_FORMAT, "%s \"%s\" is not valid UTF-8 (byte %llu)", what, shown,
+                      (unsigned long long)bad);
 }

@@ -1,6 +1,7 @@
 #include "lsl_adapter.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,81 @@ static bool is_set(const json_t *v)
     return true;
 }
 
+/* Bounds on rank_pattern / alpha_pattern keys.  glibc compiles ERE into automata whose size can
+ * double with each stacked or nested quantifier (a key "q_pr" + "+" * 22 + "oj" took 3 GB and
+ * 17 s), so keys are refused before regcomp when they could cost more than their length: real
+ * keys are module names or short patterns (".*q_proj", "layers.[0-9]+.mlp"). */
+#define PATTERN_MAX_KEYS 4096
+#define PATTERN_MAX_LEN  256
+#define PATTERN_MAX_REP  16 /* largest count in {m,n} */
+#define PATTERN_MAX_NEST 8  /* deepest group nesting */
+
+/* NULL when key's cost is bounded by its length; else what is wrong with it. */
+static const char *pattern_risk(const char *k)
+{
+    int depth = 0, prev_quant = 0, group_q = 0; /* group_q: the atom just closed held one */
+    int inner[PATTERN_MAX_NEST + 1] = {0};      /* per open group: it holds a quantifier */
+    for (const char *c = k; *c; c++) {
+        if (*c == '[') { /* a bracket expression is one atom: skip to its closing ']' */
+            const char *e = c + 1;
+            if (*e == '^')
+                e++;
+            if (*e == ']')
+                e++;
+            while (*e && *e != ']') {
+                if (*e == '[' && (e[1] == ':' || e[1] == '.' || e[1] == '=')) {
+                    const char *q = strchr(e + 2, e[1]);
+                    e = q && q[1] == ']' ? q + 1 : e;
+                }
+                e++;
+            }
+            if (!*e)
+                return "has an unclosed [";
+            c = e;
+            prev_quant = group_q = 0;
+        } else if (*c == '(') {
+            if (++depth > PATTERN_MAX_NEST)
+                return "nests groups more than 8 deep";
+            inner[depth] = 0;
+            prev_quant = group_q = 0;
+        } else if (*c == ')') {
+            if (depth == 0)
+                return "has an unmatched )";
+            group_q = inner[depth--];
+            if (group_q && depth > 0)
+                inner[depth] = 1;
+            prev_quant = 0;
+        } else if (*c == '*' || *c == '+' || *c == '?' || *c == '{') {
+            if (prev_quant)
+                return "stacks quantifiers (like ++ or *?); write one";
+            if (group_q)
+                return "repeats a group that repeats inside (like (a+)+)";
+            if (*c == '{') {
+                char *end;
+                unsigned long m = strtoul(c + 1, &end, 10), n = m;
+                if (end == c + 1)
+                    return "has a { that is not a count";
+                if (*end == ',')
+                    n = end[1] == '}' ? ULONG_MAX : strtoul(end + 1, &end, 10);
+                else if (*end != '}')
+                    return "has a { that is not a count";
+                end = strchr(end, '}');
+                if (!end)
+                    return "has an unclosed {";
+                if (m > PATTERN_MAX_REP || (n != ULONG_MAX && n > PATTERN_MAX_REP))
+                    return "repeats more than 16 times ({m,n} past 16)";
+                c = end;
+            }
+            if (depth > 0)
+                inner[depth] = 1;
+            prev_quant = 1;
+        } else {
+            prev_quant = group_q = 0;
+        }
+    }
+    return depth ? "has an unclosed (" : NULL;
+}
+
 static lsl_status parse_patterns(const char *label, const char *field, json_t *obj, bool integer,
                                  lsl_pattern **out, uint64_t *n)
 {
@@ -47,7 +123,10 @@ static lsl_status parse_patterns(const char *label, const char *field, json_t *o
     if (!json_is_object(obj))
         return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s is not an object", label, field);
     size_t cnt = json_object_size(obj);
-    *out = calloc(cnt ? cnt : 1, sizeof **out);
+    if (cnt > PATTERN_MAX_KEYS)
+        return lsl_i_fail(LSL_ERR_UNSUPPORTED, "%s: %s has %zu keys; loraslab takes at most %d",
+                          label, field, cnt, PATTERN_MAX_KEYS);
+    *out = lsl_i_calloc(cnt ? cnt : 1, sizeof **out);
     if (!*out)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     const char *k;
@@ -64,8 +143,15 @@ static lsl_status parse_patterns(const char *label, const char *field, json_t *o
                               "%s: %s key \"%s\" uses Python-only regex syntax (\\ or (?...)), "
                               "which loraslab cannot match exactly",
                               label, field, k);
+        const char *risk =
+            strlen(k) > PATTERN_MAX_LEN ? "is longer than 256 bytes" : pattern_risk(k);
+        if (risk)
+            return lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                              "%s: %s key \"%.80s%s\" %s (loraslab bounds a pattern's cost by its "
+                              "length)",
+                              label, field, k, strlen(k) > 80 ? "..." : "", risk);
         size_t rl = strlen(k) + 16;
-        char *rx = malloc(rl);
+        char *rx = lsl_i_malloc(rl);
         if (!rx)
             return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
         snprintf(rx, rl, "^(.*\\.)?(%s)$", k);

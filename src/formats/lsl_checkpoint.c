@@ -47,7 +47,7 @@ static lsl_status fill_order(lsl_ckpt *c)
     uint64_t total = 0;
     for (uint32_t f = 0; f < c->nfiles; f++)
         total += c->files[f].ntensors;
-    c->order = calloc(total ? total : 1, sizeof *c->order);
+    c->order = lsl_i_calloc(total ? total : 1, sizeof *c->order);
     if (!c->order)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t f = 0; f < c->nfiles; f++)
@@ -76,7 +76,7 @@ static lsl_status open_index(const char *dir, const char *index_path, FILE *warn
         fprintf(warn, "loraslab: warning: %s has no \"metadata\" object\n", index_path);
     const char *k;
     json_t *v;
-    shards = calloc(json_object_size(wm) + 1, sizeof *shards);
+    shards = lsl_i_calloc(json_object_size(wm) + 1, sizeof *shards);
     if (!shards)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     json_object_foreach (wm, k, v) {
@@ -96,7 +96,7 @@ static lsl_status open_index(const char *dir, const char *index_path, FILE *warn
     for (size_t i = 0; i < nshards; i++)
         if (u == 0 || strcmp(shards[u - 1], shards[i]) != 0)
             shards[u++] = shards[i];
-    c->files = calloc(u ? u : 1, sizeof *c->files);
+    c->files = lsl_i_calloc(u ? u : 1, sizeof *c->files);
     if (!c->files)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < u; i++) {
@@ -158,7 +158,7 @@ lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *c)
         return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s", dir);
     if (S_ISREG(sb.st_mode)) {
         /* A single .safetensors file: a checkpoint of one shard, without config.json. */
-        c->files = calloc(1, sizeof *c->files);
+        c->files = lsl_i_calloc(1, sizeof *c->files);
         if (!c->files)
             return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
         c->nfiles = 1;
@@ -189,7 +189,7 @@ lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *c)
     if (has_index) {
         LSL_TRY(open_index(dir, index, warn, c));
     } else {
-        c->files = calloc(1, sizeof *c->files);
+        c->files = lsl_i_calloc(1, sizeof *c->files);
         if (!c->files)
             LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
         LSL_TRY(lsl_st_open(single, &c->files[0]));

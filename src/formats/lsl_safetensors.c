@@ -14,50 +14,6 @@
 /* Depth allowed inside an unknown field of a tensor entry (the Rust reader allows 128 overall). */
 #define UNKNOWN_FIELD_MAX_DEPTH 32
 
-static bool utf8_valid(const unsigned char *s, uint64_t n, uint64_t *bad_at)
-{
-    uint64_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        uint64_t len;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            *bad_at = i;
-            return false;
-        }
-        if (i + len > n) {
-            *bad_at = i;
-            return false;
-        }
-        for (uint64_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) {
-                *bad_at = i;
-                return false;
-            }
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-            *bad_at = i;
-            return false;
-        }
-        i += len;
-    }
-    return true;
-}
-
 static int json_depth(const json_t *v)
 {
     int best = 0;
@@ -201,7 +157,7 @@ lsl_status lsl_st_parse(const char *label, const unsigned char *bytes, uint64_t 
         LSL_FAIL(LSL_ERR_INVALID_ARG, "%s: header not fully read", label);
     const unsigned char *h = bytes + 8;
     uint64_t bad = 0;
-    if (!utf8_valid(h, n, &bad))
+    if (!lsl_i_utf8_valid(h, n, &bad))
         LSL_FAIL(LSL_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %llu of the header)", label,
                  (unsigned long long)bad);
     if (n >= 3 && h[0] == 0xEF && h[1] == 0xBB && h[2] == 0xBF)
@@ -218,7 +174,7 @@ lsl_status lsl_st_parse(const char *label, const unsigned char *bytes, uint64_t 
         LSL_FAIL(LSL_ERR_FORMAT, "%s: header JSON is not an object", label);
 
     size_t count = json_object_size(root);
-    out->tensors = calloc(count ? count : 1, sizeof *out->tensors);
+    out->tensors = lsl_i_calloc(count ? count : 1, sizeof *out->tensors);
     if (!out->tensors)
         LSL_FAIL(LSL_ERR_NOMEM, "%s: out of memory for %zu tensor entries", label, count);
     const char *key;
@@ -299,15 +255,12 @@ lsl_status lsl_st_open(const char *path, lsl_st_file *out)
 {
     lsl_status rc = LSL_OK;
     unsigned char *buf = NULL;
-    struct stat sb;
+    uint64_t size = 0;
+    int fd;
     memset(out, 0, sizeof *out);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s",
-                                path);
-    if (fstat(fd, &sb) != 0)
-        LSL_FAIL(LSL_ERR_IO, "%s: stat failed", path);
-    uint64_t size = (uint64_t)sb.st_size;
+    rc = lsl_i_open_input(path, &fd, &size);
+    if (rc != LSL_OK)
+        return rc;
     unsigned char head[8] = {0};
     uint64_t n = 0;
     if (size >= 8) {
@@ -320,7 +273,7 @@ lsl_status lsl_st_open(const char *path, lsl_st_file *out)
         rc = lsl_st_parse(path, head, size < 8 ? size : 8, size, out);
         goto fail;
     }
-    buf = malloc((size_t)(8 + n));
+    buf = lsl_i_malloc((size_t)(8 + n));
     if (!buf)
         LSL_FAIL(LSL_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
                  (unsigned long long)n);
@@ -360,7 +313,7 @@ static void sput(sbuf *b, const char *s, size_t n)
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n + 1)
             cap *= 2;
-        char *p = realloc(b->p, cap);
+        char *p = lsl_i_realloc(b->p, cap);
         if (!p) {
             b->bad = true;
             return;

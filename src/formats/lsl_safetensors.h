@@ -33,8 +33,6 @@ void lsl_st_free(lsl_st_file *f);
 /* Index of the tensor called name, or -1. */
 int64_t lsl_st_find(const lsl_st_file *f, const char *name);
 
-#endif
-
 /* ---- writing: headers byte-compatible with safetensors' serialize (formats.md 1.5) ---- */
 
 typedef struct lsl_st_entry {
@@ -52,3 +50,5 @@ typedef struct lsl_st_entry {
  * and duplicate names. */
 lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t *order,
                                uint64_t *data_off, unsigned char **head, uint64_t *head_len);
+
+#endif

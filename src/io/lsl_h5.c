@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static herr_t walk_first(unsigned n, const H5E_error2_t *e, void *data)
 {
@@ -135,42 +136,101 @@ lsl_status lsl_i_h5_put_f64(hid_t obj, const char *name, double value)
     return rc;
 }
 
-lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, char **out)
+/* Open attribute `name` of obj when it holds exactly one value (a scalar, or one element of
+ * rank 1): *a >= 0.  Absent: LSL_OK with *a < 0.  Anything else is refused before H5Aread, which
+ * would write every element into a buffer sized for one. */
+static lsl_status open_one(hid_t obj, const char *name, const char *where, hid_t *a)
 {
-    lsl_status rc = LSL_OK;
-    *out = NULL;
-    if (H5Aexists(obj, name) <= 0)
+    *a = H5I_INVALID_HID;
+    htri_t ex = H5Aexists(obj, name);
+    if (ex == 0)
         return LSL_OK;
-    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t ftype = H5Aget_type(attr);
-    if (H5Tget_class(ftype) != H5T_STRING) {
-        rc = lsl_i_fail(LSL_ERR_FORMAT, "attribute %s is not a string", name);
-    } else if (H5Tis_variable_str(ftype) > 0) {
-        char *v = NULL;
-        hid_t mt = H5Tcopy(H5T_C_S1);
-        H5Tset_size(mt, H5T_VARIABLE);
-        H5Tset_cset(mt, H5Tget_cset(ftype));
-        if (H5Aread(attr, mt, &v) < 0)
-            rc = lsl_i_h5_fail(LSL_ERR_HDF5, "reading attribute %s", name);
-        else if (!(*out = lsl_i_strdup(v ? v : "")))
-            rc = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-        if (v)
-            H5free_memory(v);
-        H5Tclose(mt);
-    } else {
-        size_t n = H5Tget_size(ftype);
-        char *v = calloc(n + 1, 1);
-        if (!v)
-            rc = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-        else if (H5Aread(attr, ftype, v) < 0)
-            rc = lsl_i_h5_fail(LSL_ERR_HDF5, "reading attribute %s", name);
-        if (rc)
-            free(v);
-        else
-            *out = v;
+    if (ex < 0 || (*a = H5Aopen(obj, name, H5P_DEFAULT)) < 0)
+        return lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: attribute %s cannot be opened", where, name);
+    hid_t sp = H5Aget_space(*a);
+    hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+    int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    H5S_class_t cls = sp >= 0 ? H5Sget_simple_extent_type(sp) : H5S_NO_CLASS;
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (cls == H5S_NULL || np != 1 || nd < 0 || nd > 1) {
+        H5Aclose(*a);
+        *a = H5I_INVALID_HID;
+        return lsl_i_fail(LSL_ERR_FORMAT,
+                          "%s: attribute %s holds %lld values (rank %d); loraslab files hold one",
+                          where, name, cls == H5S_NULL ? 0LL : (long long)np, nd);
     }
-    H5Tclose(ftype);
-    H5Aclose(attr);
+    return LSL_OK;
+}
+
+lsl_status lsl_i_h5_get_num(hid_t obj, const char *name, const char *where, int integer,
+                            hid_t mtype, void *out, int *present)
+{
+    hid_t a;
+    *present = 0;
+    lsl_status rc = open_one(obj, name, where, &a);
+    if (rc != LSL_OK || a < 0)
+        return rc;
+    hid_t ft = H5Aget_type(a);
+    H5T_class_t cls = ft >= 0 ? H5Tget_class(ft) : H5T_NO_CLASS;
+    if (cls != H5T_INTEGER && (integer || cls != H5T_FLOAT))
+        rc = lsl_i_fail(LSL_ERR_FORMAT, "%s: attribute %s is not %s", where, name,
+                        integer ? "an integer" : "a number");
+    else if (H5Aread(a, mtype, out) < 0)
+        rc = lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: reading attribute %s", where, name);
+    else
+        *present = 1;
+    if (ft >= 0)
+        H5Tclose(ft);
+    H5Aclose(a);
+    return rc;
+}
+
+lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, const char *where, char **out)
+{
+    hid_t a, mt = H5I_INVALID_HID;
+    char *v = NULL, *vl = NULL, what[LSL_MSG_MAX];
+    *out = NULL;
+    lsl_status rc = open_one(obj, name, where, &a);
+    if (rc != LSL_OK || a < 0)
+        return rc;
+    hid_t ft = H5Aget_type(a);
+    if (ft < 0 || H5Tget_class(ft) != H5T_STRING)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: attribute %s is not a string", where, name);
+    if (H5Tis_variable_str(ft) > 0) {
+        mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(ft));
+        if (H5Aread(a, mt, &vl) < 0)
+            LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: reading attribute %s", where, name));
+        if (vl && strlen(vl) > LSL_H5_STR_MAX)
+            LSL_FAIL(LSL_ERR_FORMAT, "%s: attribute %s is over %d MiB", where, name,
+                     LSL_H5_STR_MAX >> 20);
+        if (!(v = lsl_i_strdup(vl ? vl : "")))
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    } else {
+        size_t n = H5Tget_size(ft);
+        if (n > LSL_H5_STR_MAX)
+            LSL_FAIL(LSL_ERR_FORMAT, "%s: attribute %s is over %d MiB", where, name,
+                     LSL_H5_STR_MAX >> 20);
+        if (!(v = lsl_i_calloc(n + 1, 1)))
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        if (H5Aread(a, ft, v) < 0)
+            LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: reading attribute %s", where, name));
+    }
+    snprintf(what, sizeof what, "%s: attribute %s", where, name);
+    LSL_TRY(lsl_i_check_utf8(v, what));
+    *out = v;
+    v = NULL;
+fail:
+    free(v);
+    if (vl)
+        H5free_memory(vl);
+    if (mt >= 0)
+        H5Tclose(mt);
+    if (ft >= 0)
+        H5Tclose(ft);
+    H5Aclose(a);
     return rc;
 }
 
@@ -284,17 +344,6 @@ void lsl_i_h5_list_free(lsl_i_h5_file *f)
     memset(f, 0, sizeof *f);
 }
 
-static int read_num(hid_t obj, const char *name, hid_t mtype, void *out)
-{
-    if (H5Aexists(obj, name) <= 0)
-        return 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    int ok = a >= 0 && H5Aread(a, mtype, out) >= 0;
-    if (a >= 0)
-        H5Aclose(a);
-    return ok;
-}
-
 typedef struct list_ctx {
     lsl_i_h5_file *f;
     uint64_t cap;
@@ -302,14 +351,77 @@ typedef struct list_ctx {
     lsl_status st;
 } list_ctx;
 
+/* One dataset's geometry: contiguous, at most LSL_MAX_NDIM dimensions, an element count and a
+ * byte size that fit 64 bits, an HDF5 type equal to the one loraslab writes for its dtype, and
+ * bytes inside the file. */
+static lsl_status list_geometry(hid_t ds, const char *where, uint64_t file_size, lsl_i_h5_tensor *t)
+{
+    lsl_status rc = LSL_OK;
+    hid_t dcpl = H5Dget_create_plist(ds), sp = H5Dget_space(ds), type = H5Dget_type(ds);
+    hid_t want = lsl_i_h5_type(t->dtype);
+    int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    hsize_t dims[LSL_MAX_NDIM] = {0};
+    if (dcpl < 0 || sp < 0 || type < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: cannot read its layout", where));
+    if (H5Pget_layout(dcpl) != H5D_CONTIGUOUS)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: not stored contiguously", where);
+    if (nd < 0 || nd > LSL_MAX_NDIM)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: has %d dimensions (at most %d)", where, nd, LSL_MAX_NDIM);
+    if (want < 0 || H5Tequal(type, want) <= 0)
+        LSL_FAIL(LSL_ERR_FORMAT,
+                 "%s: its HDF5 type is not the one loraslab writes for dtype %s (the dtype "
+                 "attribute does not describe the data)",
+                 where, lsl_dtype_name(t->dtype));
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    t->ndim = nd;
+    uint64_t e = 1, end;
+    for (int d = 0; d < nd; d++) {
+        t->shape[d] = dims[d];
+        if (lsl_mul_overflow(e, dims[d], &e))
+            LSL_FAIL(LSL_ERR_FORMAT, "%s: its shape's element count overflows 64 bits", where);
+    }
+    if (!lsl_i_dtype_bytes(t->dtype, e, &t->nbytes))
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: its byte size overflows 64 bits", where);
+    haddr_t off = H5Dget_offset(ds);
+    if (t->nbytes &&
+        (off == HADDR_UNDEF || lsl_add_overflow((uint64_t)off, t->nbytes, &end) || end > file_size))
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: data lies outside the file (truncated?)", where);
+    t->offset = t->nbytes ? (uint64_t)off : 0;
+fail:
+    if (want >= 0)
+        H5Tclose(want);
+    if (type >= 0)
+        H5Tclose(type);
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    return rc;
+}
+
+static lsl_status list_attrs(hid_t ds, const char *where, lsl_i_h5_tensor *t)
+{
+    lsl_status rc = LSL_OK;
+    int has;
+    LSL_TRY(lsl_i_h5_get_num(ds, "crc32c", where, 1, H5T_NATIVE_UINT32, &t->crc32c, &t->has_crc));
+    LSL_TRY(lsl_i_h5_get_num(ds, "lora_rank", where, 1, H5T_NATIVE_UINT64, &t->lora_rank,
+                             &t->has_lora));
+    LSL_TRY(lsl_i_h5_get_num(ds, "lora_alpha", where, 0, H5T_NATIVE_DOUBLE, &t->lora_alpha, &has));
+    LSL_TRY(
+        lsl_i_h5_get_num(ds, "lora_scaling", where, 0, H5T_NATIVE_DOUBLE, &t->lora_scaling, &has));
+fail:
+    return rc;
+}
+
 static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void *data)
 {
     (void)info;
     list_ctx *c = data;
     lsl_i_h5_file *f = c->f;
+    char where[LSL_MSG_MAX], *dt = NULL;
     if (f->n == c->cap) {
         uint64_t cap = c->cap ? 2 * c->cap : 64;
-        lsl_i_h5_tensor *t = realloc(f->t, cap * sizeof *t);
+        lsl_i_h5_tensor *t = lsl_i_realloc(f->t, cap * sizeof *t);
         if (!t) {
             c->st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
             return -1;
@@ -319,9 +431,11 @@ static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void
     }
     lsl_i_h5_tensor *t = &f->t[f->n];
     memset(t, 0, sizeof *t);
+    snprintf(where, sizeof where, "%s: tensor name", c->path);
+    if ((c->st = lsl_i_check_utf8(name, where)) != LSL_OK)
+        return -1;
+    snprintf(where, sizeof where, "%s: tensor `%s`", c->path, name);
     hid_t ds = H5Dopen2(grp, name, H5P_DEFAULT);
-    char *dt = NULL;
-    hid_t dcpl = H5I_INVALID_HID, sp = H5I_INVALID_HID, type = H5I_INVALID_HID;
     if (ds < 0) {
         c->st = lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: /%s/%s is not a dataset", c->path, LSL_H5_GROUP,
                               name);
@@ -331,55 +445,17 @@ static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void
         c->st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     f->n++;
     if (c->st == LSL_OK)
-        c->st = lsl_i_h5_get_str(ds, "dtype", &dt);
+        c->st = lsl_i_h5_get_str(ds, "dtype", where, &dt);
     if (c->st == LSL_OK && (!dt || lsl_dtype_from_name(dt, &t->dtype) != LSL_OK))
-        c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s` has no valid dtype attribute (%s)",
-                           c->path, name, dt ? dt : "missing");
+        c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: no valid dtype attribute (%s)", where,
+                           dt ? dt : "missing");
+    if (c->st == LSL_OK && lsl_dtype_bits(t->dtype) % 8 != 0)
+        c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: dtype %s is not one loraslab stores", where, dt);
     free(dt);
-    if (c->st == LSL_OK) {
-        dcpl = H5Dget_create_plist(ds);
-        sp = H5Dget_space(ds);
-        type = H5Dget_type(ds);
-        int nd = H5Sget_simple_extent_ndims(sp);
-        hsize_t dims[LSL_MAX_NDIM] = {0};
-        if (H5Pget_layout(dcpl) != H5D_CONTIGUOUS)
-            c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s` is not stored contiguously",
-                               c->path, name);
-        else if (nd < 0 || nd > LSL_MAX_NDIM)
-            c->st =
-                lsl_i_fail(LSL_ERR_FORMAT, "%s: tensor `%s` has %d dimensions", c->path, name, nd);
-        else {
-            H5Sget_simple_extent_dims(sp, dims, NULL);
-            t->ndim = nd;
-            uint64_t e = 1;
-            for (int d = 0; d < nd; d++) {
-                t->shape[d] = dims[d];
-                e *= dims[d];
-            }
-            haddr_t off = H5Dget_offset(ds);
-            if (!lsl_i_dtype_bytes(t->dtype, e, &t->nbytes) ||
-                H5Tget_size(type) * 8 != lsl_dtype_bits(t->dtype))
-                c->st = lsl_i_fail(LSL_ERR_FORMAT,
-                                   "%s: tensor `%s`: HDF5 element size does not match dtype %s",
-                                   c->path, name, lsl_dtype_name(t->dtype));
-            else if (t->nbytes && (off == HADDR_UNDEF || (uint64_t)off + t->nbytes > f->file_size))
-                c->st = lsl_i_fail(LSL_ERR_FORMAT,
-                                   "%s: tensor `%s`: data lies outside the file (truncated?)",
-                                   c->path, name);
-            else
-                t->offset = t->nbytes ? (uint64_t)off : 0;
-        }
-        t->has_crc = read_num(ds, "crc32c", H5T_NATIVE_UINT32, &t->crc32c);
-        t->has_lora = read_num(ds, "lora_rank", H5T_NATIVE_UINT64, &t->lora_rank);
-        read_num(ds, "lora_alpha", H5T_NATIVE_DOUBLE, &t->lora_alpha);
-        read_num(ds, "lora_scaling", H5T_NATIVE_DOUBLE, &t->lora_scaling);
-    }
-    if (type >= 0)
-        H5Tclose(type);
-    if (sp >= 0)
-        H5Sclose(sp);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
+    if (c->st == LSL_OK)
+        c->st = list_geometry(ds, where, f->file_size, t);
+    if (c->st == LSL_OK)
+        c->st = list_attrs(ds, where, t);
     H5Dclose(ds);
     return c->st == LSL_OK ? 0 : -1;
 }
@@ -388,25 +464,23 @@ lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *f)
 {
     lsl_status rc = LSL_OK;
     hid_t fapl = lsl_i_h5_fapl(0), file = H5I_INVALID_HID, grp = H5I_INVALID_HID;
+    int fd = -1, has = 0;
     memset(f, 0, sizeof *f);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    FILE *probe = fopen(path, "rb");
-    if (!probe)
-        LSL_GOTO(
-            lsl_i_fail_errno(errno == ENOENT ? LSL_ERR_NOT_FOUND : LSL_ERR_IO, errno, "%s", path));
-    fseeko(probe, 0, SEEK_END);
-    f->file_size = (uint64_t)ftello(probe);
-    fclose(probe);
+    LSL_TRY(lsl_i_open_input(path, &fd, &f->file_size));
+    close(fd);
     file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (file < 0)
         LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: not an HDF5 file (or unreadable)", path));
-    if (!read_num(file, "loraslab_format_version", H5T_NATIVE_INT, &f->format_version))
+    LSL_TRY(lsl_i_h5_get_num(file, "loraslab_format_version", path, 1, H5T_NATIVE_INT,
+                             &f->format_version, &has));
+    if (!has)
         LSL_FAIL(LSL_ERR_FORMAT, "%s: not a loraslab file (no loraslab_format_version)", path);
     if (f->format_version != LSL_FORMAT_VERSION)
         LSL_FAIL(LSL_ERR_FORMAT, "%s: layout version %d; this loraslab reads version %d", path,
                  f->format_version, LSL_FORMAT_VERSION);
     for (int i = 0; i < 5; i++)
-        LSL_TRY(lsl_i_h5_get_str(file, lsl_i_h5_root_attrs[i], &f->attrs[i]));
+        LSL_TRY(lsl_i_h5_get_str(file, lsl_i_h5_root_attrs[i], path, &f->attrs[i]));
     grp = H5Gopen2(file, LSL_H5_GROUP, H5P_DEFAULT);
     if (grp < 0)
         LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: no /%s group", path, LSL_H5_GROUP));

@@ -42,10 +42,16 @@ lsl_status lsl_i_h5_finish(const char *path, uint64_t n, const lsl_tensor_info *
 lsl_status lsl_i_h5_put_str(hid_t obj, const char *name, const char *value);
 lsl_status lsl_i_h5_put_u64(hid_t obj, const char *name, hid_t type, uint64_t value);
 lsl_status lsl_i_h5_put_f64(hid_t obj, const char *name, double value);
-/* Read a string attribute (fixed or variable length); NULL with no error when absent. */
-lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, char **out);
-
-#endif
+/* The longest string attribute read back (a base config.json is a few KiB). */
+#define LSL_H5_STR_MAX (16 << 20)
+/* Read a string attribute (fixed or variable length, one value, valid UTF-8, at most
+ * LSL_H5_STR_MAX bytes); *out NULL with no error when absent.  `where` names the file and object
+ * in messages.  Anything else is LSL_ERR_FORMAT. */
+lsl_status lsl_i_h5_get_str(hid_t obj, const char *name, const char *where, char **out);
+/* Read a numeric attribute holding one value of an integer class (integer != 0) or an integer
+ * or float class into *out as mtype; *present 0 with no error when absent. */
+lsl_status lsl_i_h5_get_num(hid_t obj, const char *name, const char *where, int integer,
+                            hid_t mtype, void *out, int *present);
 
 /* ---- reading a loraslab file back (inspect, convert, verify) ---- */
 
@@ -76,3 +82,5 @@ extern const char *const lsl_i_h5_root_attrs[5];
  * and consistent with the HDF5 size, its bytes inside the file.  Not collective. */
 lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *out);
 void lsl_i_h5_list_free(lsl_i_h5_file *f);
+
+#endif

@@ -77,7 +77,10 @@ lsl_status lsl_inspect(const char *path, int as_json, FILE *out)
     lsl_i_clear_error();
     if (!path || !out)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_inspect: path or out is NULL");
-    lsl_status st = lsl_i_h5_list(path, &f);
+    /* the JSON document carries the path: it must be UTF-8 like everything else in it */
+    lsl_status st = as_json ? lsl_i_check_utf8(path, "the file path") : LSL_OK;
+    if (st == LSL_OK)
+        st = lsl_i_h5_list(path, &f);
     if (st != LSL_OK)
         return st;
     uint64_t total, merged;

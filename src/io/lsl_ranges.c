@@ -25,7 +25,7 @@ static lsl_status write_full(int fd, const void *buf, uint64_t n, uint64_t off, 
 {
     const unsigned char *p = buf;
     while (n > 0) {
-        ssize_t w = pwrite(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n, (off_t)off);
+        ssize_t w = lsl_i_pwrite(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n, (off_t)off);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -46,7 +46,10 @@ static lsl_status copy_kernel(int in, uint64_t ioff, int out, uint64_t ooff, uin
 {
     loff_t a = (loff_t)ioff, b = (loff_t)ooff;
     while (n > 0) {
-        ssize_t c = copy_file_range(in, &a, out, &b, n > (1u << 30) ? (1u << 30) : (size_t)n, 0);
+        ssize_t c =
+            lsl_i_fault(LSL_FAULT_WRITE)
+                ? (errno = EIO, -1)
+                : copy_file_range(in, &a, out, &b, n > (1u << 30) ? (1u << 30) : (size_t)n, 0);
         if (c < 0) {
             if (errno == EINTR)
                 continue;
@@ -77,8 +80,8 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
         total / (uint64_t)size * (uint64_t)rank +
         (total % (uint64_t)size < (uint64_t)rank ? total % (uint64_t)size : (uint64_t)rank);
     uint64_t hi = lo + total / (uint64_t)size + ((uint64_t)rank < total % (uint64_t)size);
-    uint64_t *pairs = calloc(job->n ? 2 * job->n : 2, sizeof(uint64_t));
-    unsigned char *touched = calloc(job->ndst ? job->ndst : 1, 1);
+    uint64_t *pairs = lsl_i_calloc(job->n ? 2 * job->n : 2, sizeof(uint64_t));
+    unsigned char *touched = lsl_i_calloc(job->ndst ? job->ndst : 1, 1);
     if (!pairs || !touched)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu ranges", (unsigned long long)job->n);
     bool kernel_copy = !job->checksum;
@@ -130,7 +133,7 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
     }
     for (uint32_t f = 0; st == LSL_OK && f < job->ndst; f++) {
         /* fsync what this rank wrote: on a parallel filesystem each client flushes its own. */
-        if (touched[f] && fsync(job->dst_fds[f]) != 0)
+        if (touched[f] && lsl_i_fsync(job->dst_fds[f]) != 0)
             st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: fsync", job->dst_paths[f]);
     }
     LSL_TRY(lsl_i_agree(comm, st));
@@ -140,7 +143,7 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
         MPI_Type_contiguous(2, MPI_UINT64_T, &pair);
         MPI_Type_commit(&pair);
         MPI_Op_create(crc_op, 0 /* not commutative: combine in rank order */, &op);
-        uint64_t *all = malloc((job->n ? job->n : 1) * 2 * sizeof(uint64_t));
+        uint64_t *all = lsl_i_malloc((job->n ? job->n : 1) * 2 * sizeof(uint64_t));
         int mrc = all ? MPI_Allreduce(pairs, all, (int)job->n, pair, op, comm) : MPI_ERR_NO_MEM;
         for (uint64_t i = 0; all && i < job->n; i++)
             crcs[i] = (uint32_t)all[2 * i];

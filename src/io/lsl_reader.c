@@ -41,7 +41,7 @@ static void *reader_main(void *arg)
 
 lsl_status lsl_i_reader_start(lsl_i_reader **out)
 {
-    lsl_i_reader *r = calloc(1, sizeof *r);
+    lsl_i_reader *r = lsl_i_calloc(1, sizeof *r);
     *out = NULL;
     if (!r)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");

@@ -7,6 +7,7 @@
 #include "lsl_fs.h"
 #include "lsl_gather.h"
 #include "lsl_h5.h"
+#include "lsl_publish.h"
 #include "lsl_merge.h"
 #include "lsl_reader.h"
 #ifdef LSL_HAVE_CUDA
@@ -129,7 +130,8 @@ struct lsl_writer {
     enum wstate state;
     lsl_writer_config cfg;
     uint64_t staging_bytes;
-    char *path, *tmp, *dir, *hints;
+    lsl_i_out out; /* the file: its path, temporary, directory */
+    char *hints;
     lsl_i_fsinfo fs;
     uint64_t nattrs;
     char **keys, **vals;
@@ -156,23 +158,6 @@ struct lsl_writer {
 #endif
 };
 
-static lsl_status bcast_str(MPI_Comm comm, char **s)
-{
-    int rank;
-    MPI_Comm_rank(comm, &rank);
-    uint64_t len = rank == 0 && *s ? strlen(*s) + 1 : 0;
-    MPI_Bcast(&len, 1, MPI_UINT64_T, 0, comm);
-    if (rank != 0) {
-        free(*s);
-        *s = NULL;
-        if (len && !(*s = malloc(len)))
-            return LSL_ERR_NOMEM; /* the MPI_Bcast below still runs on this rank's side */
-    }
-    if (len)
-        MPI_Bcast(*s, (int)len, MPI_CHAR, 0, comm);
-    return LSL_OK;
-}
-
 static void writer_free(lsl_writer *w)
 {
     if (!w)
@@ -192,9 +177,7 @@ static void writer_free(lsl_writer *w)
     free(w->fin);
     lsl_i_reader_stop(&w->reader); /* before the staging it may be reading into */
     free(w->staging);
-    free(w->path);
-    free(w->tmp);
-    free(w->dir);
+    lsl_i_out_discard(&w->out, w->rank);
     free(w->hints);
 #ifdef LSL_HAVE_CUDA
     lsl_i_cuda_close(&w->cuda);
@@ -205,8 +188,8 @@ static void writer_free(lsl_writer *w)
     free(w);
 }
 
-lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
-                                 lsl_writer **out)
+lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
+                               const char *const *inputs, uint64_t ninputs, lsl_writer **out)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
     lsl_writer *w = NULL;
@@ -214,10 +197,11 @@ lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writ
     if (!out)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_create_all: out is NULL");
     *out = NULL;
-    w = calloc(1, sizeof *w);
+    w = lsl_i_calloc(1, sizeof *w);
     if (!w)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     w->comm = MPI_COMM_NULL;
+    w->out.lock_fd = w->out.slot = -1;
     /* Our own communicator, so the library's messages never match the caller's traffic. */
     if (MPI_Comm_dup(comm, &w->comm) != MPI_SUCCESS) {
         free(w);
@@ -231,65 +215,23 @@ lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writ
     if (w->staging_bytes < 4096 || w->staging_bytes > ((uint64_t)1 << 30))
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "staging budget of %llu bytes: use 4 KiB to 1 GiB",
                         (unsigned long long)w->staging_bytes);
-    else if (!path || !*path)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "output path is empty");
+    else if (w->cfg.alignment > LSL_MAX_ALIGNMENT)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "alignment of %llu bytes: at most 1 GiB (each large tensor starts on a "
+                        "multiple of it, so the file's holes grow with it)",
+                        (unsigned long long)w->cfg.alignment);
     if (w->rank == 0 && st == LSL_OK) {
-        struct stat sb;
-        bool created = false;
-        char *d = lsl_i_strdup(path), *b = lsl_i_strdup(path);
-        w->path = lsl_i_strdup(path);
-        if (!d || !b || !w->path) {
+        st = lsl_i_out_create(path, 0, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
+        if (st == LSL_OK)
+            st = lsl_i_fs_probe(w->out.dir, &w->fs);
+        const char *h = getenv("LSL_MPIIO_HINTS");
+        if (st == LSL_OK && h && !(w->hints = lsl_i_strdup(h)))
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-        } else {
-            w->dir = lsl_i_strdup(dirname(d));
-            const char *base = basename(b);
-            size_t tl = strlen(w->dir) + strlen(base) + 32;
-            w->tmp = calloc(tl, 1);
-            if (!w->dir || !w->tmp)
-                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-            else if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-                st = lsl_i_fail(LSL_ERR_EXISTS, "%s: is a directory", path);
-            else if (stat(path, &sb) == 0 && !w->cfg.overwrite)
-                st = lsl_i_fail(LSL_ERR_EXISTS,
-                                "%s: already exists (pass --overwrite to replace it)", path);
-            else if (stat(w->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-                st = lsl_i_fail_errno(LSL_ERR_IO, errno ? errno : ENOTDIR, "%s: output directory",
-                                      w->dir);
-            else {
-                /* A hidden name in the same directory: rename() into place is atomic, and a
-                 * crashed job leaves nothing that looks like a finished file. */
-                snprintf(w->tmp, tl, "%s/.%s.lsl-tmp-XXXXXX", w->dir, base);
-                int fd = mkstemp(w->tmp);
-                if (fd < 0)
-                    st = lsl_i_fail_errno(LSL_ERR_IO, errno,
-                                          "%s: cannot create a file in the output directory",
-                                          w->dir);
-                else {
-                    /* mkstemp creates 0600; the finished file gets the mode any new file would. */
-                    mode_t um = umask(0);
-                    umask(um);
-                    fchmod(fd, 0666 & ~um);
-                    close(fd);
-                    created = true;
-                }
-            }
-            if (st == LSL_OK)
-                st = lsl_i_fs_probe(w->dir, &w->fs);
-            const char *h = getenv("LSL_MPIIO_HINTS");
-            if (h && !(w->hints = lsl_i_strdup(h)))
-                st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-        }
-        free(d);
-        free(b);
-        if (st != LSL_OK && created)
-            unlink(w->tmp);
     }
-    LSL_TRY(lsl_i_agree(w->comm, st));
+    LSL_TRY(lsl_i_out_share(w->comm, &w->out, st));
     /* Settings read on rank 0 only and broadcast, so ranks cannot disagree. */
-    LSL_TRY(bcast_str(w->comm, &w->path));
-    LSL_TRY(bcast_str(w->comm, &w->tmp));
-    LSL_TRY(bcast_str(w->comm, &w->dir));
-    LSL_TRY(bcast_str(w->comm, &w->hints));
+    char **hints[1] = {&w->hints};
+    LSL_TRY(lsl_i_bcast_strs(w->comm, 1, hints, NULL, LSL_OK));
     MPI_Bcast(&w->fs, (int)sizeof w->fs, MPI_BYTE, 0, w->comm);
     /* Rank 0's environment decides, so a variable set on some ranks only cannot leave the
      * others out of the closing reduction. */
@@ -306,16 +248,22 @@ fail:
     return rc;
 }
 
+lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
+                                 lsl_writer **out)
+{
+    return lsl_i_writer_create(comm, path, cfg, NULL, 0, out);
+}
+
 lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *value)
 {
     if (!w || !key || !*key || !value)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_set_attr_all: NULL or empty argument");
     if (w->state != W_CREATED)
         return lsl_i_fail(LSL_ERR_WRONG_STATE, "attributes must be set before define");
-    char **k = realloc(w->keys, (w->nattrs + 1) * sizeof *k);
+    char **k = lsl_i_realloc(w->keys, (w->nattrs + 1) * sizeof *k);
     if (k)
         w->keys = k;
-    char **v = realloc(w->vals, (w->nattrs + 1) * sizeof *v);
+    char **v = lsl_i_realloc(w->vals, (w->nattrs + 1) * sizeof *v);
     if (v)
         w->vals = v;
     if (!k || !v)
@@ -345,7 +293,7 @@ static lsl_status check_tensors(uint64_t n, const lsl_tensor_info *t, uint64_t *
                                 uint64_t *total)
 {
     lsl_status rc = LSL_OK;
-    const char **names = malloc((n ? n : 1) * sizeof *names);
+    const char **names = lsl_i_malloc((n ? n : 1) * sizeof *names);
     if (!names)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     *total = 0;
@@ -354,6 +302,8 @@ static lsl_status check_tensors(uint64_t n, const lsl_tensor_info *t, uint64_t *
         if (!nm || !*nm || strchr(nm, '/') || strcmp(nm, ".") == 0 || strcmp(nm, "..") == 0)
             LSL_FAIL(LSL_ERR_INVALID_ARG, "tensor %llu: name \"%s\" cannot name an HDF5 dataset",
                      (unsigned long long)i, nm ? nm : "(null)");
+        /* names go into safetensors headers and JSON, which are UTF-8 */
+        LSL_TRY(lsl_i_check_utf8(nm, "tensor name"));
         if (!lsl_dtype_name(t[i].dtype) || lsl_dtype_bits(t[i].dtype) % 8 != 0)
             LSL_FAIL(LSL_ERR_DTYPE, "tensor `%s`: dtype %s is not supported (sub-byte or invalid)",
                      nm, lsl_dtype_name(t[i].dtype) ? lsl_dtype_name(t[i].dtype) : "?");
@@ -389,12 +339,12 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
     else if (ntensors && !tensors)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_define_all: tensors is NULL");
     else {
-        w->t = calloc(ntensors ? ntensors : 1, sizeof *w->t);
-        w->offsets = calloc(ntensors ? ntensors : 1, sizeof *w->offsets);
-        w->nbytes = calloc(ntensors ? ntensors : 1, sizeof *w->nbytes);
-        w->done = calloc(ntensors ? ntensors : 1, 1);
-        w->fin = calloc(ntensors ? ntensors : 1, sizeof *w->fin);
-        w->staging = malloc(w->staging_bytes);
+        w->t = lsl_i_calloc(ntensors ? ntensors : 1, sizeof *w->t);
+        w->offsets = lsl_i_calloc(ntensors ? ntensors : 1, sizeof *w->offsets);
+        w->nbytes = lsl_i_calloc(ntensors ? ntensors : 1, sizeof *w->nbytes);
+        w->done = lsl_i_calloc(ntensors ? ntensors : 1, 1);
+        w->fin = lsl_i_calloc(ntensors ? ntensors : 1, sizeof *w->fin);
+        w->staging = lsl_i_malloc(w->staging_bytes);
         if (!w->t || !w->offsets || !w->nbytes || !w->done || !w->fin || !w->staging)
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu tensors and staging",
                             (unsigned long long)ntensors);
@@ -408,6 +358,9 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
         if (st == LSL_OK)
             st = check_tensors(ntensors, w->t, w->nbytes, &w->total_bytes);
     }
+    /* A local failure first: a rank that could not copy the list would otherwise look like one
+     * that defined a different list, and the others would report that instead. */
+    LSL_TRY(lsl_i_agree(w->comm, st));
     /* The list is logically collective: compare a digest of it with every other rank's. */
     uint64_t h = 14695981039346656037ull, hv[2], hmax[2];
     for (uint64_t i = 0; st == LSL_OK && i < ntensors; i++) {
@@ -433,18 +386,18 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
         const char *nocheck = getenv("LSL_NO_SPACE_CHECK");
         if (w->fs.avail_bytes < need && !(nocheck && strcmp(nocheck, "1") == 0))
             st = lsl_i_fail(LSL_ERR_NOSPACE, "%s: needs %s but the filesystem has %s available",
-                            w->dir, lsl_i_fmt_bytes(need, b1, sizeof b1),
+                            w->out.dir, lsl_i_fmt_bytes(need, b1, sizeof b1),
                             lsl_i_fmt_bytes(w->fs.avail_bytes, b2, sizeof b2));
         else
-            st =
-                lsl_i_h5_create(w->tmp, align, w->nattrs, w->keys, w->vals, w->n, w->t, w->offsets);
+            st = lsl_i_h5_create(w->out.tmp, align, w->nattrs, w->keys, w->vals, w->n, w->t,
+                                 w->offsets);
         if (st == LSL_OK && !w->cfg.quiet)
             fprintf(stderr,
                     "loraslab: %s %llu tensors (%s) to %s on %s%s%s, aligned to %s, %d rank%s, "
                     "staging %s per rank\n",
                     w->cfg.progress_label ? w->cfg.progress_label : "write",
                     (unsigned long long)w->n, lsl_i_fmt_bytes(w->total_bytes, b1, sizeof b1),
-                    w->path, w->fs.name, w->fs.parallel ? " stripe " : "",
+                    w->out.path, w->fs.name, w->fs.parallel ? " stripe " : "",
                     w->fs.parallel ? lsl_i_fmt_bytes(w->fs.stripe_size, b3, sizeof b3) : "",
                     lsl_i_fmt_bytes(align, b2, sizeof b2), w->size, w->size > 1 ? "s" : "",
                     lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
@@ -453,14 +406,14 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
     MPI_Bcast(w->offsets, (int)w->n, MPI_UINT64_T, 0, w->comm);
     st = lsl_i_fs_hints(&w->fs, w->hints, &info);
     if (st == LSL_OK) {
-        int mrc = MPI_File_open(w->comm, w->tmp, MPI_MODE_WRONLY, info, &w->fh);
+        int mrc = MPI_File_open(w->comm, w->out.tmp, MPI_MODE_WRONLY, info, &w->fh);
         if (mrc != MPI_SUCCESS)
             st = lsl_i_mpi_fail(mrc, "MPI_File_open of the output");
         else
             w->fh_open = 1;
     } else {
         /* MPI_File_open is collective: join it anyway so nobody waits for us. */
-        int mrc = MPI_File_open(w->comm, w->tmp, MPI_MODE_WRONLY, MPI_INFO_NULL, &w->fh);
+        int mrc = MPI_File_open(w->comm, w->out.tmp, MPI_MODE_WRONLY, MPI_INFO_NULL, &w->fh);
         w->fh_open = mrc == MPI_SUCCESS;
     }
     LSL_TRY(lsl_i_agree(w->comm, st));
@@ -652,6 +605,11 @@ static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, 
 {
     if (*st != LSL_OK)
         count = 0;
+    /* An injected write failure (LSL_FAULT=write:N) still joins the collective, as a real one
+     * would have: with nothing. */
+    bool injected = count && lsl_i_fault(LSL_FAULT_WRITE);
+    if (injected)
+        count = 0;
     bool async = !crc_done && count >= (1u << 20) && w->crc.running;
     if (async)
         crc_post(&w->crc, pc->crc, buf, count);
@@ -668,9 +626,12 @@ static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, 
         pc->crc = crc_wait(&w->crc);
         w->prof[P_CRC_WAIT] += lsl_i_now() - t1;
     }
-    if (mrc != MPI_SUCCESS && *st == LSL_OK) {
+    if (injected && *st == LSL_OK) {
+        *st = lsl_i_fail_errno(LSL_ERR_IO, EIO, "%s: writing tensor `%s` (LSL_FAULT)", w->out.path,
+                               pc->t->name);
+    } else if (mrc != MPI_SUCCESS && *st == LSL_OK) {
         char what[256];
-        snprintf(what, sizeof what, "%s: writing tensor `%s`", w->path, pc->t->name);
+        snprintf(what, sizeof what, "%s: writing tensor `%s`", w->out.path, pc->t->name);
         *st = lsl_i_mpi_fail(mrc, what);
     } else if (*st == LSL_OK && count) {
         int got = 0;
@@ -679,7 +640,7 @@ static void put_write(lsl_writer *w, putctx *pc, uint64_t off, const void *buf, 
             *st = lsl_i_fail(LSL_ERR_NOSPACE,
                              "%s: short write of tensor `%s` (%d of %llu bytes): filesystem full "
                              "or quota exceeded?",
-                             w->path, pc->t->name, got, (unsigned long long)count);
+                             w->out.path, pc->t->name, got, (unsigned long long)count);
     }
 }
 
@@ -700,7 +661,7 @@ static lsl_status put_end(lsl_writer *w, uint64_t index, putctx *pc, const lsl_l
     double t0 = lsl_i_now();
     LSL_TRY(lsl_i_agree(w->comm, st));
     uint64_t pair[2] = {pc->crc, pc->my_bytes}, *pairs = NULL;
-    if (w->rank == 0 && !(pairs = malloc(2 * sizeof(uint64_t) * (size_t)w->size)))
+    if (w->rank == 0 && !(pairs = lsl_i_malloc(2 * sizeof(uint64_t) * (size_t)w->size)))
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     static uint64_t dummy[2];
     MPI_Gather(pair, 2, MPI_UINT64_T, pairs ? pairs : dummy, pairs ? 2 : 0, MPI_UINT64_T, 0,
@@ -776,9 +737,9 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         r = lora->rank;
         uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, in = pc.relems, a_bytes = r * in * a_es;
         const int gathered = (lora->flags & LSL_I_LORA_A_FULL) != 0; /* by a batched put */
-        afull = gathered ? NULL : malloc(a_bytes ? a_bytes : 1);
-        aacc = malloc(r * in * acc + 1);
-        bacc = malloc(nrows * r * acc + 1);
+        afull = gathered ? NULL : lsl_i_malloc(a_bytes ? a_bytes : 1);
+        aacc = lsl_i_malloc(r * in * acc + 1);
+        bacc = lsl_i_malloc(nrows * r * acc + 1);
         if ((!gathered && !afull) || !aacc || !bacc)
             st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
         if (gathered) {
@@ -822,7 +783,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     if (lora && (lora->flags & LSL_LORA_DORA_COLUMNS)) {
         /* DoRA down the columns: the norm of a column spans every rank's rows.  Pass 1 sums this
          * rank's squares of V per column; the reduction gives every rank the norms. */
-        colf = calloc(pc.relems ? pc.relems : 1, sizeof *colf);
+        colf = lsl_i_calloc(pc.relems ? pc.relems : 1, sizeof *colf);
         if (!colf && st == LSL_OK)
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA column norms");
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
@@ -837,7 +798,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         static double none;
         MPI_Allreduce(MPI_IN_PLACE, colf ? colf : &none, colf ? (int)pc.relems : 0, MPI_DOUBLE,
                       MPI_SUM, w->comm);
-        double *mag = colf ? malloc(pc.relems * sizeof *mag + 1) : NULL;
+        double *mag = colf ? lsl_i_malloc(pc.relems * sizeof *mag + 1) : NULL;
         if (colf && !mag && st == LSL_OK)
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA magnitudes");
         if (mag) {
@@ -1122,8 +1083,8 @@ static lsl_status gather_batch_nccl(lsl_writer *w, uint64_t n, const uint64_t *i
     lsl_status rc = open_cuda(w);
     if (rc != LSL_OK)
         return rc;
-    const lsl_lora_part **l = calloc(n + 1, sizeof *l);
-    uint64_t *in = calloc(n + 1, sizeof *in);
+    const lsl_lora_part **l = lsl_i_calloc(n + 1, sizeof *l);
+    uint64_t *in = lsl_i_calloc(n + 1, sizeof *in);
     if ((!l || !in) && st == LSL_OK)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint64_t i = 0; st == LSL_OK && i < n; i++)
@@ -1151,8 +1112,8 @@ static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indice
     if (st != LSL_OK)
         return st; /* agreed */
 #endif
-    lsl_i_ashard *sh = calloc(n + 1, sizeof *sh);
-    void **dl = calloc(n + 1, sizeof *dl); /* host copies of device shards */
+    lsl_i_ashard *sh = lsl_i_calloc(n + 1, sizeof *sh);
+    void **dl = lsl_i_calloc(n + 1, sizeof *dl); /* host copies of device shards */
     uint64_t k = 0;
     if (!sh || !dl)
         st = st ? st : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
@@ -1167,7 +1128,6 @@ static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indice
         }
         sh[k] = lsl_i_ashard_of(l, lsl_i_row_elems(&w->t[indices[i]]));
         full[i] = sh[k].full;
-        uint64_t mine = lsl_i_ashard_bytes(&sh[k]);
         if (!full[i] || (l->a_count && !l->a)) {
             st = !full[i] ? lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A")
                           : lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A is NULL",
@@ -1176,7 +1136,8 @@ static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indice
         }
         if (parts[i].mem == LSL_MEM_DEVICE) {
 #ifdef LSL_HAVE_CUDA
-            if (!(dl[i] = malloc(mine + 1)))
+            uint64_t mine = lsl_i_ashard_bytes(&sh[k]);
+            if (!(dl[i] = lsl_i_malloc(mine + 1)))
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
             else
                 st = lsl_i_cuda_download(dl[i], l->a, mine);
@@ -1209,9 +1170,9 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: writer is NULL");
     lsl_i_clear_error();
     lsl_status rc = LSL_OK, st = LSL_OK;
-    void **full = calloc(n + 1, sizeof *full), **gpu = calloc(n + 1, sizeof *gpu);
-    lsl_lora_part *lp = calloc(n + 1, sizeof *lp);
-    lsl_part *pp = calloc(n + 1, sizeof *pp);
+    void **full = lsl_i_calloc(n + 1, sizeof *full), **gpu = lsl_i_calloc(n + 1, sizeof *gpu);
+    lsl_lora_part *lp = lsl_i_calloc(n + 1, sizeof *lp);
+    lsl_part *pp = lsl_i_calloc(n + 1, sizeof *pp);
     int64_t v[2] = {(int64_t)n, -(int64_t)n}, vmax[2];
     MPI_Allreduce(v, vmax, 2, MPI_INT64_T, MPI_MAX, w->comm);
     if (!full || !gpu || !lp || !pp)
@@ -1250,12 +1211,6 @@ fail:
     return rc;
 }
 
-static void remove_tmp(lsl_writer *w)
-{
-    if (w->rank == 0 && w->tmp)
-        unlink(w->tmp);
-}
-
 void lsl_writer_abort_all(lsl_writer **pw)
 {
     if (!pw || !*pw)
@@ -1264,34 +1219,14 @@ void lsl_writer_abort_all(lsl_writer **pw)
     if (w->fh_open)
         MPI_File_close(&w->fh);
     MPI_Barrier(w->comm);
-    remove_tmp(w);
-    writer_free(w);
+    writer_free(w); /* removes the temporary */
     *pw = NULL;
 }
 
 static lsl_status publish(lsl_writer *w)
 {
-    lsl_status rc = LSL_OK;
-    LSL_TRY(lsl_i_h5_finish(w->tmp, w->n, w->t, w->fin));
-    LSL_TRY(lsl_i_sync_path(w->tmp, O_RDONLY));
-    if (w->cfg.overwrite) {
-        if (rename(w->tmp, w->path) != 0)
-            LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(errno));
-    } else if (renameat2(AT_FDCWD, w->tmp, AT_FDCWD, w->path, RENAME_NOREPLACE) != 0) {
-        int e = errno;
-        if (e == EEXIST)
-            LSL_FAIL(LSL_ERR_EXISTS, "%s: appeared while the job ran; not replaced", w->path);
-        /* Filesystems without RENAME_NOREPLACE (some NFS): check, then rename. */
-        if ((e == EINVAL || e == ENOSYS) && access(w->path, F_OK) != 0) {
-            if (rename(w->tmp, w->path) != 0)
-                LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(errno));
-        } else {
-            LSL_FAIL(LSL_ERR_IO, "%s: rename into place failed: %s", w->path, strerror(e));
-        }
-    }
-    LSL_TRY(lsl_i_sync_path(w->dir, O_RDONLY | O_DIRECTORY));
-fail:
-    return rc;
+    lsl_status rc = lsl_i_h5_finish(w->out.tmp, w->n, w->t, w->fin);
+    return rc == LSL_OK ? lsl_i_out_publish(&w->out, w->cfg.overwrite) : rc;
 }
 
 /* Collective: the slowest rank's figure for each phase. */
@@ -1360,8 +1295,7 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     *pw = NULL;
     return LSL_OK;
 fail:
-    remove_tmp(w);
-    writer_free(w);
+    writer_free(w); /* removes the temporary */
     *pw = NULL;
     return rc;
 }

@@ -15,6 +15,11 @@ typedef struct lsl_i_src {
     const char *path;
 } lsl_i_src;
 
+/* Collective.  lsl_writer_create_all for a job that reads `inputs` (n paths, rank 0's count):
+ * the output may not be any of them (LSL_ERR_INVALID_ARG). */
+lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
+                               const char *const *inputs, uint64_t n, lsl_writer **out);
+
 /* Collective.  As lsl_writer_put_all, with the rows taken from src.  local_st != LSL_OK means
  * this rank already failed preparing its part: it joins every collective with nothing and the
  * agreed error is returned. */

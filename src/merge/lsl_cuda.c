@@ -164,7 +164,7 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
     int rank, size;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
-    lsl_i_cuda *c = calloc(1, sizeof *c);
+    lsl_i_cuda *c = lsl_i_calloc(1, sizeof *c);
     char id[160] = "", *all = NULL;
     *out = NULL;
     if (!c)
@@ -208,7 +208,7 @@ lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **o
         st = cuda_fail(e, "uploading the checksum operators");
     LSL_TRY(lsl_i_agree(comm, st));
     /* NCCL needs one GPU per rank: compare host/bus ids across ranks. */
-    all = calloc((size_t)size, sizeof id);
+    all = lsl_i_calloc((size_t)size, sizeof id);
     if (!all)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     MPI_Allgather(id, sizeof id, MPI_CHAR, all ? all : id, all ? (int)sizeof id : 0, MPI_CHAR,
@@ -387,13 +387,13 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
         uint64_t mine = l->a_shard == LSL_SHARD_ROWS ? l->a_count * in * es : l->a_count * r * es;
         if (st == LSL_OK && full > c->host_cap) {
             free(c->host_full);
-            c->host_full = malloc(full + 1);
+            c->host_full = lsl_i_malloc(full + 1);
             c->host_cap = c->host_full ? full : 0;
             if (!c->host_cap)
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
         }
         free(c->host_a);
-        c->host_a = a_on_host ? NULL : malloc(mine + 1);
+        c->host_a = a_on_host ? NULL : lsl_i_malloc(mine + 1);
         if (st == LSL_OK && !a_on_host && !c->host_a)
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA A");
         cudaError_t e;
@@ -423,7 +423,7 @@ lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
      * FSDP row shard on the GPU, else [-1, 1]: after MAX, a part goes over NCCL only where every
      * rank holds its shard and all agree on the count (a mismatch would hang NCCL; the host path
      * reports it). */
-    int64_t *v = calloc(4 * n + 2, sizeof *v), *vmax = v ? v + 2 * n + 1 : NULL;
+    int64_t *v = lsl_i_calloc(4 * n + 2, sizeof *v), *vmax = v ? v + 2 * n + 1 : NULL;
     if (!v && st == LSL_OK)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(lsl_i_agree(comm, st));

@@ -46,7 +46,7 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
     if (t->has_lora == LSL_LORA_BIAS) {
         /* b' = b + s * v: a rank-1 LoRA with A = [1] (held by rank 0) and B = v. */
         static const float one = 1.0f;
-        bufs[1] = malloc(nrows * b_es + 1);
+        bufs[1] = lsl_i_malloc(nrows * b_es + 1);
         if (!bufs[1])
             return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
         lp->a = &one;
@@ -55,9 +55,10 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
     }
     if (t->has_lora == LSL_LORA_TRANSPOSED) {
         /* W += s * (B @ A)^T = s * A^T @ B^T: b is (A's columns [row0, +nrows))^T, a is B^T. */
-        unsigned char *acols = malloc(r * nrows * a_es + 1), *bfull = malloc(cols * r * b_es + 1);
-        bufs[0] = malloc(an * cols * b_es + 1);
-        bufs[1] = malloc(nrows * r * a_es + 1);
+        unsigned char *acols = lsl_i_malloc(r * nrows * a_es + 1),
+                      *bfull = lsl_i_malloc(cols * r * b_es + 1);
+        bufs[0] = lsl_i_malloc(an * cols * b_es + 1);
+        bufs[1] = lsl_i_malloc(nrows * r * a_es + 1);
         bufs[2] = NULL;
         if (!acols || !bfull || !bufs[0] || !bufs[1])
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for LoRA factors");
@@ -68,7 +69,7 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
             st = lsl_i_pread_full(fds[t->b_file], bfull, cols * r * b_es, t->b_off, bp);
         if (st == LSL_OK) {
             transpose(acols, bufs[1], r, nrows, a_es);
-            unsigned char *bt = malloc(r * cols * b_es + 1);
+            unsigned char *bt = lsl_i_malloc(r * cols * b_es + 1);
             if (!bt) {
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
             } else {
@@ -85,7 +86,7 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
         lp->b = bufs[1];
         if (st == LSL_OK && t->has_dora) { /* every column's magnitude, on every rank */
             uint64_t m_es = lsl_dtype_bits(t->m_dtype) / 8;
-            if (!(bufs[2] = malloc(cols * m_es + 1)))
+            if (!(bufs[2] = lsl_i_malloc(cols * m_es + 1)))
                 return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
             st = lsl_i_pread_full(fds[t->a_file], bufs[2], cols * m_es, t->m_off, ap);
             lp->magnitude = bufs[2];
@@ -93,8 +94,8 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
         }
         return st;
     }
-    bufs[0] = malloc(an * cols * a_es + 1);
-    bufs[1] = malloc(nrows * r * b_es + 1);
+    bufs[0] = lsl_i_malloc(an * cols * a_es + 1);
+    bufs[1] = lsl_i_malloc(nrows * r * b_es + 1);
     if (!bufs[0] || !bufs[1])
         return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors",
                           t->info.name);
@@ -107,7 +108,7 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
     lp->b = bufs[1];
     if (st == LSL_OK && t->has_dora) {
         uint64_t m_es = lsl_dtype_bits(t->m_dtype) / 8;
-        if (!(bufs[2] = malloc(nrows * m_es + 1)))
+        if (!(bufs[2] = lsl_i_malloc(nrows * m_es + 1)))
             return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
         st = lsl_i_pread_full(fds[t->a_file], bufs[2], nrows * m_es, t->m_off + row0 * m_es, ap);
         lp->magnitude = bufs[2];
@@ -158,6 +159,7 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     lsl_writer *w = NULL;
     lsl_tensor_info *infos = NULL;
     int *fds = NULL, rank = 0, size = 1;
+    char **inputs = NULL;
     double t0 = lsl_i_now();
     uint64_t rss0 = lsl_i_rss_current();
     memset(&plan, 0, sizeof plan);
@@ -170,13 +172,13 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
         st = lsl_plan_build(cfg, &plan);
     LSL_TRY(lsl_plan_bcast(comm, &plan, st));
 
-    fds = malloc(sizeof *fds * (plan.nfiles ? plan.nfiles : 1));
-    infos = calloc(plan.n ? plan.n : 1, sizeof *infos);
+    fds = lsl_i_malloc(sizeof *fds * (plan.nfiles ? plan.nfiles : 1));
+    infos = lsl_i_calloc(plan.n ? plan.n : 1, sizeof *infos);
     st = fds && infos ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t f = 0; fds && f < plan.nfiles; f++) {
-        fds[f] = open(plan.files[f], O_RDONLY | O_CLOEXEC);
-        if (fds[f] < 0 && st == LSL_OK)
-            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: open", plan.files[f]);
+        fds[f] = -1;
+        if (st == LSL_OK)
+            st = lsl_i_open_input(plan.files[f], &fds[f], NULL);
     }
     for (uint64_t i = 0; infos && i < plan.n; i++)
         infos[i] = plan.t[i].info;
@@ -203,11 +205,27 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     wc.overwrite = cfg->overwrite;
     wc.quiet = cfg->quiet;
     wc.progress_label = cfg->adapter ? "merge" : "import";
-    LSL_TRY(lsl_writer_create_all(comm, cfg->output, &wc, &w));
+    /* Every file the job reads: the output may be none of them, even with --overwrite. */
+    inputs = lsl_i_calloc((size_t)plan.nfiles + 3, sizeof *inputs);
+    st = inputs ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (uint32_t f = 0; inputs && f < plan.nfiles; f++)
+        inputs[f] = plan.files[f];
+    if (inputs && rank == 0) {
+        inputs[plan.nfiles] = lsl_i_join(cfg->base, "config.json");
+        inputs[plan.nfiles + 1] = lsl_i_join(cfg->base, "model.safetensors.index.json");
+        inputs[plan.nfiles + 2] =
+            cfg->adapter ? lsl_i_join(cfg->adapter, "adapter_config.json") : NULL;
+    }
+    LSL_TRY(lsl_i_agree(comm, st));
+    st = lsl_i_writer_create(comm, cfg->output, &wc, (const char *const *)inputs,
+                             rank == 0 ? plan.nfiles + 3 : 0, &w);
+    for (int k = 0; k < 3 && inputs; k++)
+        free(inputs[plan.nfiles + k]);
+    LSL_TRY(st);
     for (uint64_t i = 0; i < plan.nattrs; i++)
         LSL_TRY(lsl_writer_set_attr_all(w, plan.keys[i], plan.vals[i]));
     LSL_TRY(lsl_writer_define_all(w, plan.n, infos));
-    lb = calloc(BATCH_MAX, sizeof *lb);
+    lb = lsl_i_calloc(BATCH_MAX, sizeof *lb);
     LSL_TRY(lsl_i_agree(comm, lb ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory")));
     for (uint64_t i = 0, j; i < plan.n; i = j) {
         j = batch_end(&plan, i, size,
@@ -268,6 +286,7 @@ lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats
     }
 fail:
     free(lb);
+    free(inputs);
     if (w)
         lsl_writer_abort_all(&w);
     for (uint32_t f = 0; fds && f < plan.nfiles; f++)

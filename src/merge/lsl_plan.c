@@ -34,10 +34,10 @@ void lsl_plan_free(lsl_plan *p)
 
 static lsl_status add_attr(lsl_plan *p, const char *k, const char *v)
 {
-    char **nk = realloc(p->keys, (p->nattrs + 1) * sizeof *nk);
+    char **nk = lsl_i_realloc(p->keys, (p->nattrs + 1) * sizeof *nk);
     if (nk)
         p->keys = nk;
-    char **nv = realloc(p->vals, (p->nattrs + 1) * sizeof *nv);
+    char **nv = lsl_i_realloc(p->vals, (p->nattrs + 1) * sizeof *nv);
     if (nv)
         p->vals = nv;
     if (!nk || !nv)
@@ -94,8 +94,8 @@ static lsl_status collect_modules(const lsl_st_file *ad, module_ref **out, uint6
                                   int64_t **repl, uint64_t *nrepl)
 {
     lsl_status rc = LSL_OK;
-    module_ref *m = calloc(ad->ntensors ? ad->ntensors : 1, sizeof *m);
-    int64_t *rp = calloc(ad->ntensors ? ad->ntensors : 1, sizeof *rp);
+    module_ref *m = lsl_i_calloc(ad->ntensors ? ad->ntensors : 1, sizeof *m);
+    int64_t *rp = lsl_i_calloc(ad->ntensors ? ad->ntensors : 1, sizeof *rp);
     uint64_t n = 0, nr = 0;
     if (!m || !rp)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
@@ -394,7 +394,7 @@ static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_
         LSL_FAIL(LSL_ERR_NOT_FOUND, "%s: not found", stp);
     }
     LSL_TRY(lsl_st_open(stp, &ad));
-    char **nf = realloc(p->files, (p->nfiles + 1) * sizeof *nf);
+    char **nf = lsl_i_realloc(p->files, (p->nfiles + 1) * sizeof *nf);
     if (!nf)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     p->files = nf;
@@ -421,6 +421,7 @@ static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_
     for (uint64_t i = 0; i < nmods; i++)
         LSL_TRY(attach_lora(p, &ad, adfile, &cfg, conv1d, &mods[i]));
     LSL_TRY(add_attr(p, "adapter_config_json", text));
+    LSL_TRY(lsl_i_check_utf8(jc->adapter, "the adapter path (recorded in the file)"));
     LSL_TRY(add_attr(p, "adapter_path", jc->adapter));
 fail:
     for (uint64_t i = 0; i < nmods; i++)
@@ -445,8 +446,8 @@ lsl_status lsl_plan_build(const lsl_job_config *jc, lsl_plan *p)
     if (!jc || !jc->base || !jc->output)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "base checkpoint and output are required");
     LSL_TRY(lsl_ckpt_open(jc->base, jc->quiet ? NULL : stderr, &ck));
-    p->files = calloc(ck.nfiles, sizeof *p->files);
-    p->t = calloc(ck.ntensors ? ck.ntensors : 1, sizeof *p->t);
+    p->files = lsl_i_calloc(ck.nfiles, sizeof *p->files);
+    p->t = lsl_i_calloc(ck.ntensors ? ck.ntensors : 1, sizeof *p->t);
     if (!p->files || !p->t)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t f = 0; f < ck.nfiles; f++) {
@@ -475,6 +476,7 @@ lsl_status lsl_plan_build(const lsl_job_config *jc, lsl_plan *p)
     }
     if (ck.config_json)
         LSL_TRY(add_attr(p, "base_config_json", ck.config_json));
+    LSL_TRY(lsl_i_check_utf8(jc->base, "the base path (recorded in the file)"));
     LSL_TRY(add_attr(p, "base_path", jc->base));
     if (jc->adapter)
         LSL_TRY(add_adapter(jc, &ck, p));
@@ -502,7 +504,7 @@ static void put(buf *b, const void *v, uint64_t n)
         uint64_t cap = b->cap ? b->cap * 2 : 4096;
         while (cap < b->len + n)
             cap *= 2;
-        unsigned char *np = realloc(b->p, cap);
+        unsigned char *np = lsl_i_realloc(b->p, cap);
         if (!np) {
             b->bad = true;
             return;
@@ -589,19 +591,19 @@ lsl_status lsl_plan_bcast(MPI_Comm comm, lsl_plan *p, lsl_status st)
     if (b.len > (uint64_t)INT_MAX)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "plan of %llu bytes is too large to broadcast",
                         (unsigned long long)b.len);
-    else if (rank != 0 && !(b.p = malloc(b.len ? b.len : 1)))
+    else if (rank != 0 && !(b.p = lsl_i_malloc(b.len ? b.len : 1)))
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for the plan");
     LSL_TRY(lsl_i_agree(comm, st));
     MPI_Bcast(b.p, (int)b.len, MPI_BYTE, 0, comm);
     if (rank != 0) {
         memset(p, 0, sizeof *p);
         p->nfiles = (uint32_t)get_u64(&b);
-        p->files = calloc(p->nfiles ? p->nfiles : 1, sizeof *p->files);
+        p->files = lsl_i_calloc(p->nfiles ? p->nfiles : 1, sizeof *p->files);
         for (uint32_t i = 0; p->files && i < p->nfiles; i++)
             p->files[i] = get_str(&b);
         uint64_t na = get_u64(&b);
-        p->keys = calloc(na ? na : 1, sizeof *p->keys);
-        p->vals = calloc(na ? na : 1, sizeof *p->vals);
+        p->keys = lsl_i_calloc(na ? na : 1, sizeof *p->keys);
+        p->vals = lsl_i_calloc(na ? na : 1, sizeof *p->vals);
         for (uint64_t i = 0; p->keys && p->vals && i < na; i++) {
             p->keys[i] = get_str(&b);
             p->vals[i] = get_str(&b);
@@ -609,7 +611,7 @@ lsl_status lsl_plan_bcast(MPI_Comm comm, lsl_plan *p, lsl_status st)
         }
         uint64_t n = get_u64(&b);
         p->nmerged = get_u64(&b);
-        p->t = calloc(n ? n : 1, sizeof *p->t);
+        p->t = lsl_i_calloc(n ? n : 1, sizeof *p->t);
         for (uint64_t i = 0; p->t && i < n && !b.bad; i++) {
             char *name = get_str(&b);
             get(&b, &p->t[i], sizeof p->t[i]);

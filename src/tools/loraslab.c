@@ -3,9 +3,11 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int g_rank = 0;
 
@@ -50,8 +52,8 @@ static const char *usage_merge =
     "                          whatever the model size\n"
     "                          (--device cuda pins at most 16 MiB of it: larger chunks wrote\n"
     "                          slower)\n"
-    "      --align BYTES       dataset alignment (default: Lustre stripe / GPFS block size,\n"
-    "                          1 MiB on NFS, 64 KiB on local filesystems)\n"
+    "      --align SIZE        dataset alignment, at most 1GiB (default: Lustre stripe / GPFS\n"
+    "                          block size, 1 MiB on NFS, 64 KiB on local filesystems)\n"
     "      --overwrite         replace FILE if it exists (atomically, at the end)\n"
     "      --strict            refuse an adapter whose base_model_name_or_path does not name\n"
     "                          the base directory\n"
@@ -186,8 +188,9 @@ static int cmd_job(int argc, char **argv, int with_adapter)
                 return usage_error(cmd, usage, "--staging-mib takes 1 to 1024");
             break;
         case O_ALIGN:
-            if (parse_u64(optarg, &v) || v == 0)
-                return usage_error(cmd, usage, "--align takes a positive byte count");
+            if (lsl_parse_size(optarg, &v) != LSL_OK || v == 0 || v > LSL_MAX_ALIGNMENT)
+                return usage_error(cmd, usage,
+                                   "--align takes a size from 1 byte to 1GiB (4MiB, 1048576)");
             cfg.alignment = v;
             break;
         case O_OVERWRITE: cfg.overwrite = 1; break;
@@ -355,9 +358,32 @@ static int cmd_inspect(int argc, char **argv)
     return 0;
 }
 
+/* SIGINT / SIGTERM / SIGHUP (Ctrl-C, scancel, mpiexec forwarding either): remove what this
+ * rank's job left under a temporary name, then exit with 128 + the signal, as a shell reports
+ * it.  Not re-raised: MPICH's mpiexec, seeing its ranks die of the signal it forwarded, exited 0
+ * in one run of three here; an exit status it always passes on. */
+static void on_signal(int sig)
+{
+    lsl_remove_temporaries();
+    _exit(128 + sig);
+}
+
+static void install_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
+    install_handlers();
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     int rc;
     const char *cmd = argc > 1 ? argv[1] : "";

@@ -1,0 +1,388 @@
+#define _GNU_SOURCE /* renameat2, getdents64 */
+#include "lsl_publish.h"
+
+#include "lsl_fs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- the registry a signal handler reads ----------------------------------------------------
+ * Fixed storage, no allocation: lsl_remove_temporaries() runs in a signal handler and may only
+ * call async-signal-safe functions.  A slot's path is written before its kind says it is live. */
+#define SLOTS 16
+static char g_path[SLOTS][PATH_MAX];
+static volatile sig_atomic_t g_kind[SLOTS]; /* 0 free, 1 file, 2 directory */
+
+static int watch(const char *tmp, int is_dir)
+{
+    if (strlen(tmp) >= PATH_MAX)
+        return -1;
+    for (int i = 0; i < SLOTS; i++)
+        if (!g_kind[i]) {
+            memcpy(g_path[i], tmp, strlen(tmp) + 1);
+            g_kind[i] = is_dir ? 2 : 1;
+            return i;
+        }
+    return -1;
+}
+
+static void unwatch(int slot)
+{
+    if (slot >= 0 && slot < SLOTS)
+        g_kind[slot] = 0;
+}
+
+/* Async-signal-safe: our temporary directories hold only files, so one getdents64 pass over
+ * the directory and unlinkat of each entry empties it. */
+static void remove_dir_signal_safe(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        char buf[4096];
+        long n;
+        while ((n = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
+            for (long off = 0; off < n;) {
+                struct {
+                    unsigned long long ino;
+                    long long off;
+                    unsigned short reclen;
+                    unsigned char type;
+                    char name[];
+                } *d = (void *)(buf + off);
+                if (strcmp(d->name, ".") != 0 && strcmp(d->name, "..") != 0)
+                    unlinkat(fd, d->name, 0);
+                off += d->reclen;
+            }
+        close(fd);
+    }
+    rmdir(dir);
+}
+
+void lsl_remove_temporaries(void)
+{
+    int saved = errno;
+    for (int i = 0; i < SLOTS; i++) {
+        if (g_kind[i] == 1)
+            unlink(g_path[i]);
+        else if (g_kind[i] == 2)
+            remove_dir_signal_safe(g_path[i]);
+        g_kind[i] = 0;
+    }
+    errno = saved;
+}
+
+/* ---- checks before anything is created ----------------------------------------------------- */
+
+char *lsl_i_strip_slashes(const char *path)
+{
+    char *p = lsl_i_strdup(path);
+    size_t n = p ? strlen(p) : 0;
+    while (n > 1 && p[n - 1] == '/')
+        p[--n] = '\0';
+    return p;
+}
+
+static const char *kind_of(mode_t m)
+{
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISREG(m)  ? "a regular file"
+           : S_ISLNK(m)  ? "a symbolic link"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+                         : "a socket";
+}
+
+/* Whether `inner` (a resolved path) is `outer` or lies below it. */
+static int under(const char *inner, const char *outer)
+{
+    size_t n = strlen(outer);
+    return strncmp(inner, outer, n) == 0 &&
+           (inner[n] == '\0' || inner[n] == '/' || (n == 1 && outer[0] == '/'));
+}
+
+static int dir_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)))
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    if (d)
+        closedir(d);
+    return d && n == 0;
+}
+
+static lsl_status check_output(const char *path, int is_dir, int overwrite,
+                               const char *const *inputs, uint64_t n)
+{
+    struct stat ls, is;
+    if (lstat(path, &ls) != 0)
+        return LSL_OK; /* nothing there yet: no input can be it or lie inside it */
+    if (S_ISLNK(ls.st_mode))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "%s: is a symbolic link%s; give the path it should be written at", path,
+                          stat(path, &is) != 0 ? " to nothing" : "");
+    if (is_dir ? !S_ISDIR(ls.st_mode) : !S_ISREG(ls.st_mode))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: is %s; loraslab replaces only %s", path,
+                          kind_of(ls.st_mode), is_dir ? "directories" : "regular files");
+    char *outer = is_dir ? realpath(path, NULL) : NULL;
+    lsl_status st = LSL_OK;
+    for (uint64_t i = 0; i < n && st == LSL_OK; i++) {
+        if (!inputs[i] || stat(inputs[i], &is) != 0)
+            continue;
+        if (!is_dir && is.st_dev == ls.st_dev && is.st_ino == ls.st_ino) {
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                            "%s: is an input of this job (%s); write the output elsewhere", path,
+                            inputs[i]);
+        } else if (is_dir && outer) {
+            char *inner = realpath(inputs[i], NULL);
+            if (inner && under(inner, outer))
+                st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                                "%s: holds an input of this job (%s); write the output elsewhere",
+                                path, inputs[i]);
+            free(inner);
+        }
+    }
+    free(outer);
+    if (st == LSL_OK && !overwrite && !(is_dir && dir_empty(path)))
+        st = lsl_i_fail(LSL_ERR_EXISTS, "%s: already exists%s (pass --overwrite to replace it)",
+                        path, is_dir ? " and is not empty" : "");
+    return st;
+}
+
+/* ---- temporaries of earlier runs ------------------------------------------------------------ */
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+/* A temporary is dead when nobody holds its lock.  That is proof only where every process that
+ * could hold it runs on this host: a local filesystem.  Lustre's `localflock`, NFS and others
+ * answer for this host alone, so there we only say what we found. */
+static void stale_scan(const char *dir, const char *prefix, int quiet)
+{
+    lsl_i_fsinfo fs;
+    memset(&fs, 0, sizeof fs);
+    lsl_i_fs_probe(dir, &fs);
+    int local = strcmp(fs.name, "ext4") == 0 || strcmp(fs.name, "xfs") == 0 ||
+                strcmp(fs.name, "btrfs") == 0 || strcmp(fs.name, "tmpfs") == 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    size_t pl = strlen(prefix);
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, pl) != 0)
+            continue;
+        char *p = lsl_i_join(dir, e->d_name);
+        int fd = p ? open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW) : -1;
+        int got = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0, busy = !got && errno == EWOULDBLOCK;
+        struct stat sb;
+        int is_dir = fd >= 0 && fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
+        if (got && local) {
+            int gone = is_dir ? nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS) == 0 : unlink(p) == 0;
+            if (!quiet && gone)
+                fprintf(stderr,
+                        "loraslab: removed %s, left by an interrupted run (no process holds its "
+                        "lock)\n",
+                        p);
+        } else if (!quiet && p) {
+            fprintf(stderr,
+                    busy ? "loraslab: warning: %s is being written by another run\n"
+                         : "loraslab: warning: %s was left by an earlier run (this filesystem "
+                           "cannot tell whether it is still being written); remove it once no "
+                           "job writes it\n",
+                    p);
+        }
+        if (fd >= 0)
+            close(fd); /* drops the lock we took */
+        free(p);
+    }
+    closedir(d);
+}
+
+/* ---- create, share, publish, discard -------------------------------------------------------- */
+
+/* A name no other run picks: time, pid and a counter through a 64-bit mix, 8 base-32 digits;
+ * O_EXCL settles the rare collision. */
+static void tmp_name(char *buf, size_t len, const char *dir, const char *base, unsigned attempt)
+{
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuv";
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 12) ^
+                 ((uint64_t)attempt * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 33, x *= 0xff51afd7ed558ccdull, x ^= x >> 33;
+    char s[9];
+    for (int i = 0; i < 8; i++, x >>= 5)
+        s[i] = digits[x & 31];
+    s[8] = '\0';
+    snprintf(buf, len, "%s/.%s.lsl-tmp-%s", dir, base, s);
+}
+
+lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int quiet,
+                            const char *const *inputs, uint64_t n, lsl_i_out *o)
+{
+    lsl_status rc = LSL_OK;
+    char *d = NULL, *b = NULL, prefix[NAME_MAX + 16];
+    struct stat sb;
+    memset(o, 0, sizeof *o);
+    o->lock_fd = o->slot = -1;
+    o->is_dir = is_dir;
+    if (!path || !*path)
+        LSL_FAIL(LSL_ERR_INVALID_ARG, "the output path is empty");
+    if (!(o->path = lsl_i_strip_slashes(path)) || !(d = lsl_i_strdup(o->path)) ||
+        !(b = lsl_i_strdup(o->path)))
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_check_utf8(o->path, "output path"));
+    const char *base = basename(b);
+    if (!(o->dir = lsl_i_strdup(dirname(d))))
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    if (stat(o->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        LSL_GOTO(
+            lsl_i_fail_errno(LSL_ERR_IO, errno ? errno : ENOTDIR, "%s: output directory", o->dir));
+    LSL_TRY(check_output(o->path, is_dir, overwrite, inputs, n));
+    snprintf(prefix, sizeof prefix, ".%s.lsl-tmp-", base);
+    stale_scan(o->dir, prefix, quiet);
+    size_t tl = strlen(o->dir) + strlen(base) + 32;
+    if (!(o->tmp = lsl_i_malloc(tl)))
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    int fd = -1, err = EEXIST;
+    /* No signal between creating the temporary and registering it for removal: a handler would
+     * find nothing to remove and the file would stay. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    for (unsigned k = 0; fd < 0 && err == EEXIST && k < 100; k++) {
+        tmp_name(o->tmp, tl, o->dir, base, k);
+        /* the kernel applies the umask: nothing process-wide changes under other threads */
+        if (is_dir)
+            fd = mkdir(o->tmp, 0777) == 0 ? open(o->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+        else
+            fd = open(o->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        err = fd < 0 ? errno : 0;
+    }
+    if (fd >= 0)
+        o->slot = watch(o->tmp, is_dir);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (fd < 0) {
+        o->tmp[0] = '\0';
+        LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, err, "%s: cannot create a %s in the output directory",
+                                  o->dir, is_dir ? "directory" : "file"));
+    }
+    /* Held until publish or discard; a filesystem without flock just cannot vouch for it. */
+    flock(fd, LOCK_EX | LOCK_NB);
+    o->lock_fd = fd;
+fail:
+    free(d);
+    free(b);
+    if (rc != LSL_OK)
+        lsl_i_out_discard(o, 0);
+    return rc;
+}
+
+lsl_status lsl_i_out_share(MPI_Comm comm, lsl_i_out *o, lsl_status st)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    if (rank != 0) /* only rank 0 created anything */
+        o->slot = o->lock_fd = -1;
+    uint64_t kind = (uint64_t)o->is_dir;
+    char **strs[3] = {&o->path, &o->tmp, &o->dir};
+    lsl_status rc = lsl_i_bcast_strs(comm, 3, strs, &kind, st);
+    o->is_dir = (int)kind;
+    if (rc == LSL_OK && o->slot < 0) /* rank 0 registered it at creation */
+        o->slot = watch(o->tmp, o->is_dir);
+    else if (rc != LSL_OK)
+        lsl_i_out_discard(o, rank);
+    return rc;
+}
+
+lsl_status lsl_i_out_publish(lsl_i_out *o, int overwrite)
+{
+    lsl_status rc = LSL_OK;
+    char *old = NULL;
+    LSL_TRY(lsl_i_sync_path(o->tmp, o->is_dir ? O_RDONLY | O_DIRECTORY : O_RDONLY));
+    if (o->is_dir) {
+        if (lsl_i_rename(o->tmp, o->path) != 0) {
+            int e = errno;
+            if (!(e == ENOTEMPTY || e == EEXIST) || !overwrite)
+                LSL_GOTO(
+                    lsl_i_fail_errno(e == ENOTEMPTY || e == EEXIST ? LSL_ERR_EXISTS : LSL_ERR_IO, e,
+                                     "%s: cannot move the finished output into place", o->path));
+            /* Replace a non-empty directory: move it aside, move ours in, delete the old one. */
+            size_t n = strlen(o->path) + 32;
+            if (!(old = lsl_i_malloc(n)))
+                LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+            snprintf(old, n, "%s.lsl-old-%d", o->path, (int)getpid());
+            if (rename(o->path, old) != 0)
+                LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno,
+                                          "%s: cannot move the old directory aside", o->path));
+            if (rename(o->tmp, o->path) != 0) {
+                int e2 = errno;
+                rename(old, o->path);
+                LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e2, "%s: rename into place", o->path));
+            }
+            nftw(old, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        }
+    } else if (overwrite) {
+        if (lsl_i_rename(o->tmp, o->path) != 0)
+            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: rename into place", o->path));
+    } else if (lsl_i_fault(LSL_FAULT_RENAME)
+                   ? (errno = EIO, 1)
+                   : renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->path, RENAME_NOREPLACE) != 0) {
+        int e = errno;
+        if (e == EEXIST)
+            LSL_FAIL(LSL_ERR_EXISTS, "%s: appeared while the job ran; not replaced", o->path);
+        /* Filesystems without RENAME_NOREPLACE (some NFS): check, then rename. */
+        if (!((e == EINVAL || e == ENOSYS) && access(o->path, F_OK) != 0))
+            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e, "%s: rename into place", o->path));
+        if (rename(o->tmp, o->path) != 0)
+            LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: rename into place", o->path));
+    }
+    o->tmp[0] = '\0'; /* published: nothing left to remove */
+    unwatch(o->slot);
+    o->slot = -1;
+    LSL_TRY(lsl_i_sync_path(o->dir, O_RDONLY | O_DIRECTORY));
+fail:
+    free(old);
+    return rc;
+}
+
+void lsl_i_out_discard(lsl_i_out *o, int rank)
+{
+    unwatch(o->slot);
+    if (rank == 0 && o->tmp && o->tmp[0]) {
+        if (o->is_dir)
+            nftw(o->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        else
+            unlink(o->tmp);
+    }
+    if (o->lock_fd >= 0)
+        close(o->lock_fd);
+    free(o->path);
+    free(o->tmp);
+    free(o->dir);
+    memset(o, 0, sizeof *o);
+    o->lock_fd = o->slot = -1;
+}
