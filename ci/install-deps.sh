@@ -12,6 +12,7 @@ pkgs=(
   libcmocka-dev                         # unit tests
   python3-h5py python3-numpy python3-jsonschema python3-crc32c  # external checks (/usr/bin/python3)
   clang-format bc                       # style check; bc sums the test counts
+  clang libclang-rt-14-dev              # libFuzzer targets (ci/fuzz.sh) and the clang build check
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -26,6 +26,8 @@ BUILD_DIR=build-asan BUILD_TYPE=Debug bash ci/build.sh -DLSL_WERROR=ON -DLSL_SAN
   ASAN_OPTIONS=detect_leaks=0 ctest -R '^cli\.(merge|convert)\.np2$|^cli\.(bad_input|hostile)$' \
     --output-on-failure --timeout 900) |
   tee build-asan/ctest.log
+echo "== fuzz targets: a short run of each from its seed corpus"
+bash ci/fuzz.sh 20
 total=$(cat build/ctest.log build-asan/ctest.log | sed -n 's/.*tests \(passed\|failed\) out of \([0-9]*\).*/\2/p' |
   paste -sd+ | bc)
 echo "ci: $total passed, 0 failed"

@@ -460,18 +460,13 @@ static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void
     return c->st == LSL_OK ? 0 : -1;
 }
 
-lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *f)
+lsl_status lsl_i_h5_list_open(hid_t file, uint64_t file_size, const char *path, lsl_i_h5_file *f)
 {
     lsl_status rc = LSL_OK;
-    hid_t fapl = lsl_i_h5_fapl(0), file = H5I_INVALID_HID, grp = H5I_INVALID_HID;
-    int fd = -1, has = 0;
+    hid_t grp = H5I_INVALID_HID;
+    int has = 0;
     memset(f, 0, sizeof *f);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    LSL_TRY(lsl_i_open_input(path, &fd, &f->file_size));
-    close(fd);
-    file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    if (file < 0)
-        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: not an HDF5 file (or unreadable)", path));
+    f->file_size = file_size;
     LSL_TRY(lsl_i_h5_get_num(file, "loraslab_format_version", path, 1, H5T_NATIVE_INT,
                              &f->format_version, &has));
     if (!has)
@@ -490,10 +485,28 @@ lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *f)
 fail:
     if (grp >= 0)
         H5Gclose(grp);
+    if (rc != LSL_OK)
+        lsl_i_h5_list_free(f);
+    return rc;
+}
+
+lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *f)
+{
+    lsl_status rc = LSL_OK;
+    hid_t fapl = lsl_i_h5_fapl(0), file = H5I_INVALID_HID;
+    int fd = -1;
+    uint64_t size = 0;
+    memset(f, 0, sizeof *f);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    LSL_TRY(lsl_i_open_input(path, &fd, &size));
+    close(fd);
+    file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (file < 0)
+        LSL_GOTO(lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: not an HDF5 file (or unreadable)", path));
+    rc = lsl_i_h5_list_open(file, size, path, f);
+fail:
     if (file >= 0)
         H5Fclose(file);
     H5Pclose(fapl);
-    if (rc != LSL_OK)
-        lsl_i_h5_list_free(f);
     return rc;
 }

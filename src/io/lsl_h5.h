@@ -81,6 +81,8 @@ extern const char *const lsl_i_h5_root_attrs[5];
 /* Open and validate a loraslab file's layout: every dataset contiguous, its dtype attribute known
  * and consistent with the HDF5 size, its bytes inside the file.  Not collective. */
 lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *out);
+/* The same for a file already open (file_size: its size in bytes; path names it in messages). */
+lsl_status lsl_i_h5_list_open(hid_t file, uint64_t file_size, const char *path, lsl_i_h5_file *out);
 void lsl_i_h5_list_free(lsl_i_h5_file *f);
 
 #endif
