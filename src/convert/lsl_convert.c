@@ -423,7 +423,7 @@ fail:
     return rc;
 }
 
-lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
+static lsl_status convert_impl(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
     int rank = 0, size = 1, src_fd = -1, *dst_fds = NULL;
@@ -558,4 +558,16 @@ fail:
     cplan_free(&p);
     lsl_i_h5_list_free(&f);
     return rc;
+}
+
+lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
+{
+    MPI_Comm own;
+    lsl_i_clear_error();
+    lsl_status st = lsl_i_comm_dup(comm, &own);
+    if (st == LSL_OK) {
+        st = convert_impl(own, cfg, stats);
+        MPI_Comm_free(&own);
+    }
+    return st;
 }

@@ -202,11 +202,12 @@ static lsl_status judge(const char *path, bool is_dir, const vplan *p, const uin
     return LSL_OK;
 }
 
-lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
-                          lsl_job_stats *stats)
+static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
+                              lsl_job_stats *stats)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
     int rank, size, *fds = NULL;
+    char ***srcs = NULL;
     vplan p;
     uint32_t *crcs = NULL;
     void *staging = NULL;
@@ -243,20 +244,16 @@ lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_byte
     staging = lsl_i_malloc(staging_bytes);
     st = p.src && p.r && fds && crcs && staging ? LSL_OK
                                                 : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_agree(comm, st));
-    MPI_Bcast(p.r, (int)(p.n * sizeof *p.r), MPI_BYTE, 0, comm);
-    for (uint32_t i = 0; i < p.nsrc; i++) {
-        uint64_t len = rank == 0 ? strlen(p.src[i]) + 1 : 0;
-        MPI_Bcast(&len, 1, MPI_UINT64_T, 0, comm);
-        if (rank != 0)
-            p.src[i] = lsl_i_malloc(len);
-        if (p.src[i])
-            MPI_Bcast(p.src[i], (int)len, MPI_CHAR, 0, comm);
-        fds[i] = -1;
-        if (st == LSL_OK)
-            st = p.src[i] ? lsl_i_open_input(p.src[i], &fds[i], NULL)
-                          : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    }
+    /* the source paths, in one broadcast sequence that a rank short of memory still joins */
+    srcs = lsl_i_calloc(p.nsrc ? p.nsrc : 1, sizeof *srcs);
+    if (!srcs && st == LSL_OK)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    LSL_TRY(lsl_i_bcast_bytes(comm, p.r, p.n * sizeof *p.r, st));
+    for (uint32_t i = 0; i < p.nsrc; i++)
+        srcs[i] = &p.src[i];
+    LSL_TRY(lsl_i_bcast(comm, (int)p.nsrc, srcs, 0, NULL, LSL_OK));
+    for (uint32_t i = 0; i < p.nsrc && st == LSL_OK; i++)
+        st = lsl_i_open_input(p.src[i], &fds[i], NULL);
     LSL_TRY(lsl_i_agree(comm, st));
     lsl_i_range_job job = {
         p.n, p.r,      fds,  (const char *const *)p.src, 0, NULL, NULL, staging, staging_bytes,
@@ -284,8 +281,22 @@ fail:
         if (fds[i] >= 0)
             close(fds[i]);
     free(fds);
+    free(srcs);
     free(crcs);
     free(staging);
     vplan_free(&p);
     return rc;
+}
+
+lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
+                          lsl_job_stats *stats)
+{
+    MPI_Comm own;
+    lsl_i_clear_error();
+    lsl_status st = lsl_i_comm_dup(comm, &own);
+    if (st == LSL_OK) {
+        st = verify_impl(own, path, staging_bytes, quiet, stats);
+        MPI_Comm_free(&own);
+    }
+    return st;
 }

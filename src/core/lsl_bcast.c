@@ -6,6 +6,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+lsl_status lsl_i_comm_dup(MPI_Comm user, MPI_Comm *out)
+{
+    *out = MPI_COMM_NULL;
+    int mrc = MPI_Comm_dup(user, out);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+    lsl_status st =
+        mrc == MPI_SUCCESS ? LSL_OK : lsl_i_mpi_fail(mrc, "duplicating the communicator");
+    /* one step on the caller's communicator: the duplicate may not exist everywhere */
+    st = lsl_i_agree(user, st);
+    if (st != LSL_OK && *out != MPI_COMM_NULL)
+        MPI_Comm_free(out);
+    return st;
+}
+
 /* MPI counts are int: move large buffers in pieces of at most 1 GiB. */
 static int bcast_bytes(MPI_Comm comm, void *buf, uint64_t n)
 {

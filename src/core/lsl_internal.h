@@ -33,6 +33,11 @@ void lsl_i_clear_error(void);
  * a local error because it is the only communication it does. */
 lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local);
 
+/* Collective on user: the library's own communicator for one job or writer, a duplicate of the
+ * caller's (so its messages never match the caller's traffic) that returns MPI errors as codes
+ * (MPI_ERRORS_RETURN) instead of aborting the job.  Agreed status; *out is MPI_COMM_NULL on
+ * failure.  The caller frees it with MPI_Comm_free. */
+lsl_status lsl_i_comm_dup(MPI_Comm user, MPI_Comm *out);
 /* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank,
  * replacing the others' (their old strings are freed).  Every rank makes the same collective
  * calls whatever fails locally; local lets a rank that already failed join.  Agreed status. */

@@ -82,7 +82,10 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
     uint64_t hi = lo + total / (uint64_t)size + ((uint64_t)rank < total % (uint64_t)size);
     uint64_t *pairs = lsl_i_calloc(job->n ? 2 * job->n : 2, sizeof(uint64_t));
     unsigned char *touched = lsl_i_calloc(job->ndst ? job->ndst : 1, 1);
-    if (!pairs || !touched)
+    /* allocated up front: a rank short of it must fail at the agreement below, not skip the
+     * reduction the others are in */
+    uint64_t *all = lsl_i_malloc((job->n ? job->n : 1) * 2 * sizeof(uint64_t));
+    if (!pairs || !touched || !all)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu ranges", (unsigned long long)job->n);
     bool kernel_copy = !job->checksum;
     double t0 = lsl_i_now(), last = t0;
@@ -143,11 +146,9 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
         MPI_Type_contiguous(2, MPI_UINT64_T, &pair);
         MPI_Type_commit(&pair);
         MPI_Op_create(crc_op, 0 /* not commutative: combine in rank order */, &op);
-        uint64_t *all = lsl_i_malloc((job->n ? job->n : 1) * 2 * sizeof(uint64_t));
-        int mrc = all ? MPI_Allreduce(pairs, all, (int)job->n, pair, op, comm) : MPI_ERR_NO_MEM;
-        for (uint64_t i = 0; all && i < job->n; i++)
+        int mrc = MPI_Allreduce(pairs, all, (int)job->n, pair, op, comm);
+        for (uint64_t i = 0; mrc == MPI_SUCCESS && i < job->n; i++)
             crcs[i] = (uint32_t)all[2 * i];
-        free(all);
         MPI_Op_free(&op);
         MPI_Type_free(&pair);
         LSL_TRY(lsl_i_agree(
@@ -160,6 +161,7 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
                 lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
     }
 fail:
+    free(all);
     free(pairs);
     free(touched);
     return rc;

@@ -197,16 +197,18 @@ lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer
     if (!out)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_create_all: out is NULL");
     *out = NULL;
+    MPI_Comm own;
+    LSL_TRY(lsl_i_comm_dup(comm, &own));
+    /* Every rank learns whether every rank has a writer before anything else happens. */
     w = lsl_i_calloc(1, sizeof *w);
-    if (!w)
-        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    w->comm = MPI_COMM_NULL;
-    w->out.lock_fd = w->out.slot = -1;
-    /* Our own communicator, so the library's messages never match the caller's traffic. */
-    if (MPI_Comm_dup(comm, &w->comm) != MPI_SUCCESS) {
+    st = lsl_i_agree(own, w ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory"));
+    if (st != LSL_OK) {
         free(w);
-        return lsl_i_fail(LSL_ERR_MPI, "MPI_Comm_dup failed");
+        MPI_Comm_free(&own);
+        return st;
     }
+    w->comm = own;
+    w->out.lock_fd = w->out.slot = -1;
     MPI_Comm_rank(w->comm, &w->rank);
     MPI_Comm_size(w->comm, &w->size);
     if (cfg)
@@ -248,6 +250,11 @@ fail:
     return rc;
 }
 
+MPI_Comm lsl_i_writer_comm(const lsl_writer *w)
+{
+    return w->comm;
+}
+
 lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
                                  lsl_writer **out)
 {
@@ -256,24 +263,28 @@ lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writ
 
 lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *value)
 {
-    if (!w || !key || !*key || !value)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_set_attr_all: NULL or empty argument");
-    if (w->state != W_CREATED)
-        return lsl_i_fail(LSL_ERR_WRONG_STATE, "attributes must be set before define");
-    char **k = lsl_i_realloc(w->keys, (w->nattrs + 1) * sizeof *k);
-    if (k)
-        w->keys = k;
-    char **v = lsl_i_realloc(w->vals, (w->nattrs + 1) * sizeof *v);
-    if (v)
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_set_attr_all: writer is NULL");
+    lsl_status st = LSL_OK;
+    char **k = NULL, **v = NULL;
+    if (!key || !*key || !value)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_set_attr_all: NULL or empty argument");
+    else if (w->state != W_CREATED)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "attributes must be set before define");
+    else if (!(k = lsl_i_realloc(w->keys, (w->nattrs + 1) * sizeof *k)))
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    else if (w->keys = k, !(v = lsl_i_realloc(w->vals, (w->nattrs + 1) * sizeof *v)))
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    else {
         w->vals = v;
-    if (!k || !v)
-        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    w->keys[w->nattrs] = lsl_i_strdup(key);
-    w->vals[w->nattrs] = lsl_i_strdup(value);
-    w->nattrs++;
-    if (!w->keys[w->nattrs - 1] || !w->vals[w->nattrs - 1])
-        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    return LSL_OK;
+        w->keys[w->nattrs] = lsl_i_strdup(key);
+        w->vals[w->nattrs] = lsl_i_strdup(value);
+        w->nattrs++;
+        if (!w->keys[w->nattrs - 1] || !w->vals[w->nattrs - 1])
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    }
+    /* collective, as documented: one rank's failure is every rank's */
+    return lsl_i_agree(w->comm, st);
 }
 
 static int cmp_names(const void *a, const void *b)

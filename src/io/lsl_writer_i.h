@@ -20,6 +20,9 @@ typedef struct lsl_i_src {
 lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
                                const char *const *inputs, uint64_t n, lsl_writer **out);
 
+/* The writer's own communicator (tests check its error handler). */
+MPI_Comm lsl_i_writer_comm(const lsl_writer *w);
+
 /* Collective.  As lsl_writer_put_all, with the rows taken from src.  local_st != LSL_OK means
  * this rank already failed preparing its part: it joins every collective with nothing and the
  * agreed error is returned. */

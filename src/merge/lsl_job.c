@@ -150,7 +150,7 @@ static uint64_t batch_end(const lsl_plan *p, uint64_t i, int nranks, uint64_t ca
     return j;
 }
 
-lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
+static lsl_status merge_impl(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
 {
     lsl_job_part *lb = NULL;
     lsl_i_ashard sh[BATCH_MAX];
@@ -296,4 +296,16 @@ fail:
     free(infos);
     lsl_plan_free(&plan);
     return rc;
+}
+
+lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
+{
+    MPI_Comm own;
+    lsl_i_clear_error();
+    lsl_status st = lsl_i_comm_dup(comm, &own);
+    if (st == LSL_OK) {
+        st = merge_impl(own, cfg, stats);
+        MPI_Comm_free(&own);
+    }
+    return st;
 }

@@ -70,5 +70,40 @@ for cmd in merge import convert; do
     done
   done
 done
+# Every allocation of one rank in turn, through a whole job at 2 ranks:
+# each must end every rank with an agreed error (or, past the last one, succeed).  This walks
+# the early-return paths that a fixed N never reaches (a rank returning before a collective
+# the others are in would hang here).
+for sweep in import@1 convert@1 merge@1 convert@0; do
+  cmd=${sweep%@*} who=${sweep#*@}
+  hung=0 bad_state=0 n=0 failed=0
+  for n in $(seq 1 400); do
+    o=$out/sweep-$cmd.out
+    case $cmd in
+    merge) args=(merge -q -b "$out/base" -a "$out/adapter" -o "$o") ;;
+    import) args=(import -q "$out/base" "$o") ;;
+    convert) args=(convert -q "$out/good.h5" "$o") ;;
+    esac
+    LSL_FAULT=malloc:$n LSL_FAULT_RANK=$who timeout 60 "$mpiexec" -n 2 "$lsl" "${args[@]}" \
+      >"$out/sweep.log" 2>&1
+    rc=$?
+    [ $rc -eq 124 ] && { hung=$((hung + 1)); echo "    malloc:$n hung"; }
+    if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
+      failed=$((failed + 1))
+      { [ ! -e "$o" ] && { [ "$who" = 0 ] || grep -q "rank $who:" "$out/sweep.log"; }; } ||
+        { bad_state=$((bad_state + 1)); echo "    malloc:$n: $(head -c 300 "$out/sweep.log")"; }
+    fi
+    rm -rf "$o" "$out"/.*lsl-tmp* 2>/dev/null
+    [ $rc -eq 0 ] && break # past rank 1's last allocation
+  done
+  if [ $hung -eq 0 ] && [ $bad_state -eq 0 ] && [ $failed -gt 0 ]; then
+    echo "ok - $cmd: malloc:1..$n on rank $who: $failed agreed failures, then success"
+    pass=$((pass + 1))
+  else
+    echo "FAIL - $cmd malloc sweep on rank $who: $hung hung, $bad_state without an agreed error or with output"
+    fail=$((fail + 1))
+  fi
+done
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

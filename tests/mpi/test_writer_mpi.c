@@ -14,6 +14,9 @@
 #include "lsl_crc32c.h"
 #include "lsl_fs.h"
 #include "lsl_numeric.h"
+#include "lsl_writer_i.h"
+
+#include <sys/syscall.h>
 
 #ifdef LSL_TEST_DEVICE
 /* The same checks with every part in GPU memory (the device path of the writer). */
@@ -53,6 +56,16 @@ static const void *dev(const void *host, size_t bytes)
 #endif
 
 static int rank, size, failures;
+
+/* The library is linked statically into this test, so its calls to umask() land here: the writer
+ * must never change the process-wide umask (another thread of an in-job caller would create
+ * files with the wrong mode meanwhile). */
+static int umask_calls;
+mode_t umask(mode_t mask)
+{
+    umask_calls++;
+    return (mode_t)syscall(SYS_umask, mask);
+}
 static char dir[512];
 
 #define CHECK(cond, ...)                                                                           \
@@ -563,6 +576,38 @@ static void test_define_checks(void)
     report("define and create checks (inconsistent lists, bad names, existing output)", before);
 }
 
+/* The writer's own communicator returns MPI errors as codes (they become agreed statuses) instead
+ * of aborting the job; creating and closing a writer leaves the umask alone. */
+static void test_own_comm(void)
+{
+    int before = failures;
+    char path[700];
+    snprintf(path, sizeof path, "%s/own-comm.h5", dir);
+    lsl_writer *w = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = 1;
+    umask_calls = 0;
+    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    CHECK(st == LSL_OK, "create: %s", lsl_last_error());
+    if (w) {
+        MPI_Errhandler eh = MPI_ERRHANDLER_NULL;
+        MPI_Comm_get_errhandler(lsl_i_writer_comm(w), &eh);
+        CHECK(eh == MPI_ERRORS_RETURN, "the writer's communicator does not return MPI errors");
+        if (eh != MPI_ERRHANDLER_NULL)
+            MPI_Errhandler_free(&eh);
+        lsl_tensor_info t = {"x", LSL_F32, 1, {4}};
+        float v[4] = {1, 2, 3, 4};
+        uint64_t r0, nr;
+        lsl_partition_rows(4, size, rank, &r0, &nr);
+        lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
+        CHECK(lsl_writer_define_all(w, 1, &t) == LSL_OK, "define: %s", lsl_last_error());
+        CHECK(lsl_writer_put_all(w, 0, &part) == LSL_OK, "put: %s", lsl_last_error());
+        CHECK(lsl_writer_close_all(&w) == LSL_OK, "close: %s", lsl_last_error());
+    }
+    CHECK(umask_calls == 0, "the writer called umask() %d times", umask_calls);
+    report("own communicator with MPI_ERRORS_RETURN, umask untouched", before);
+}
+
 /* The MPI-IO hints the writer opens its file with: the two-phase buffer is capped (OMPIO would
  * take 32 MiB of host memory per aggregator) at a multiple of the stripe size, and
  * LSL_MPIIO_HINTS overrides it. */
@@ -619,9 +664,11 @@ int main(int argc, char **argv)
 #ifndef LSL_TEST_DEVICE
     test_define_checks();
     test_hints();
+    test_own_comm();
 #else
     (void)test_define_checks; /* host-only checks: the host build runs them */
     (void)test_hints;
+    (void)test_own_comm;
 #endif
     int all = agree_failures();
     if (rank == 0)

@@ -11,6 +11,11 @@
 #include <cmocka.h>
 
 #include "lsl_adapter.h"
+/* Each internal header twice: a guard that closes early would redefine its structs here. */
+#include "lsl_h5.h"
+#include "lsl_h5.h"
+#include "lsl_safetensors.h"
+#include "lsl_safetensors.h"
 #include "lsl_crc32c.h"
 #include "lsl_merge.h"
 #include "lsl_numeric.h"
