@@ -26,8 +26,17 @@ BUILD_DIR=build-asan BUILD_TYPE=Debug bash ci/build.sh -DLSL_WERROR=ON -DLSL_SAN
   ASAN_OPTIONS=detect_leaks=0 ctest -R '^cli\.(merge|convert)\.np2$|^cli\.(bad_input|hostile)$' \
     --output-on-failure --timeout 900) |
   tee build-asan/ctest.log
+echo "== Release builds with gcc and clang, warnings as errors"
+BUILD_DIR=build-rel-gcc BUILD_TYPE=Release bash ci/build.sh -DLSL_WERROR=ON -DLSL_CUDA=OFF >/dev/null
+CC=clang BUILD_DIR=build-rel-clang BUILD_TYPE=Release bash ci/build.sh -DLSL_WERROR=ON \
+  -DLSL_CUDA=OFF >/dev/null
+echo "release builds: gcc and clang clean"
+
 echo "== fuzz targets: a short run of each from its seed corpus"
 bash ci/fuzz.sh 20
-total=$(cat build/ctest.log build-asan/ctest.log | sed -n 's/.*tests \(passed\|failed\) out of \([0-9]*\).*/\2/p' |
+echo "== a second MPI (Open MPI) beside MPICH"
+bash ci/two-mpis.sh
+
+total=$(cat build/ctest.log build-asan/ctest.log build-2mpi.ctest.log | sed -n 's/.*tests \(passed\|failed\) out of \([0-9]*\).*/\2/p' |
   paste -sd+ | bc)
 echo "ci: $total passed, 0 failed"

@@ -25,9 +25,7 @@
 extern "C" {
 #endif
 
-#define LSL_VERSION_MAJOR  0
-#define LSL_VERSION_MINOR  2
-#define LSL_VERSION_PATCH  0
+#include "loraslab_version.h" /* LSL_VERSION_MAJOR, _MINOR, _PATCH (from CMake) */
 #define LSL_VERSION_NUMBER (LSL_VERSION_MAJOR * 10000 + LSL_VERSION_MINOR * 100 + LSL_VERSION_PATCH)
 /* Version of the HDF5 layout written (root attribute `loraslab_format_version`). */
 #define LSL_FORMAT_VERSION 1
@@ -116,6 +114,17 @@ LSL_API lsl_status lsl_dtype_from_name(const char *name, lsl_dtype *out);
 /* Bits per element (4 for F4, 6 for F6_*, 16 for BF16, ...); 0 for an invalid value. */
 LSL_API unsigned lsl_dtype_bits(lsl_dtype dt);
 
+/* ---- progress ------------------------------------------------------------------------------
+ * The `quiet` field of the writer, job and convert configs (and lsl_verify_all's quiet): what
+ * rank 0 prints on stderr while a job runs. */
+#define LSL_PROGRESS_TEXT 0 /* human lines (the default) */
+#define LSL_PROGRESS_NONE 1 /* nothing but errors and warnings */
+/* One JSON object per line, at most every 2 s and once at the end ("done": true, tensors_done =
+ * tensors_total): event, command, tensors_done, tensors_total, bytes_done, bytes_total,
+ * rate_bytes_per_s, eta_s, elapsed_s, ranks.  For convert and verify, done counts on the way are
+ * extrapolated from rank 0's share of the bytes, as the text lines are. */
+#define LSL_PROGRESS_JSON 2
+
 /* ---- partition ------------------------------------------------------------------------------ */
 
 /* The rows [*row0, *row0 + *nrows) that `rank` of `nranks` owns under FSDP2 Shard(0) chunking
@@ -137,7 +146,7 @@ typedef struct lsl_writer_config {
     uint64_t alignment;         /* dataset alignment in bytes, at most LSL_MAX_ALIGNMENT; 0:
                                    detect from the filesystem */
     int overwrite;              /* nonzero: replace an existing file at path (atomically) */
-    int quiet;                  /* nonzero: no progress lines on stderr */
+    int quiet;                  /* LSL_PROGRESS_TEXT (0), _NONE (1) or _JSON (2) */
     const char *progress_label; /* verb shown in progress lines ("merge"); NULL: "write" */
 } lsl_writer_config;
 #define LSL_WRITER_CONFIG_INIT                                                                     \
@@ -270,7 +279,7 @@ typedef struct lsl_job_config {
     uint64_t staging_bytes; /* 0: 64 MiB */
     uint64_t alignment;     /* 0: detect; at most LSL_MAX_ALIGNMENT */
     int overwrite;
-    int quiet;
+    int quiet;  /* LSL_PROGRESS_TEXT (0), _NONE (1) or _JSON (2) */
     int strict; /* refuse an adapter whose base_model_name_or_path does not match */
     /* Where the merge runs.  LSL_MEM_HOST (default): on the CPU, in fp64.  LSL_MEM_DEVICE (a
      * build with CUDA): each rank uses GPU (node-local rank mod GPUs visible), fp32
@@ -306,7 +315,7 @@ typedef struct lsl_convert_config {
     uint64_t staging_bytes;   /* 0: 64 MiB */
     int no_verify;            /* nonzero: do not check each tensor's CRC-32C while copying */
     int overwrite;            /* nonzero: replace an existing non-empty outdir (at the end) */
-    int quiet;
+    int quiet;                /* LSL_PROGRESS_TEXT (0), _NONE (1) or _JSON (2) */
 } lsl_convert_config;
 #define LSL_CONVERT_CONFIG_INIT                                                                    \
     {                                                                                              \

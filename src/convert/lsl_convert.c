@@ -26,46 +26,6 @@
 
 #define DEFAULT_SHARD 5000000000ull
 
-lsl_status lsl_parse_size(const char *text, uint64_t *bytes)
-{
-    static const struct {
-        const char *unit;
-        double mult;
-    } units[] = {{"", 1},
-                 {"b", 1},
-                 {"kb", 1e3},
-                 {"mb", 1e6},
-                 {"gb", 1e9},
-                 {"tb", 1e12},
-                 {"kib", 1024.0},
-                 {"mib", 1048576.0},
-                 {"gib", 1073741824.0},
-                 {"tib", 1099511627776.0}};
-    char *end = NULL;
-    if (!text || !bytes)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "size is NULL");
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || errno || !(v > 0) || !isfinite(v))
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "\"%s\" is not a size (try 500MB, 5GB, 5GiB)", text);
-    char unit[8] = "";
-    size_t n = strlen(end);
-    if (n >= sizeof unit)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "\"%s\": unknown unit", text);
-    for (size_t i = 0; i <= n; i++)
-        unit[i] = (char)tolower((unsigned char)end[i]);
-    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
-        if (strcmp(unit, units[i].unit) == 0) {
-            double b = floor(v * units[i].mult);
-            if (b < 1 || b > 1.8e19)
-                break;
-            *bytes = (uint64_t)b;
-            return LSL_OK;
-        }
-    return lsl_i_fail(LSL_ERR_INVALID_ARG,
-                      "\"%s\": unknown unit (use KB MB GB TB, KiB MiB GiB TiB, or bytes)", text);
-}
-
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
@@ -389,7 +349,7 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     }
     if (f->attrs[3]) {
         LSL_TRY(add_side_file(p->out.tmp, "config.json", f->attrs[3], files));
-    } else if (!cfg->quiet) {
+    } else if (cfg->quiet != LSL_PROGRESS_NONE) { /* a warning: JSON mode keeps it */
         fprintf(stderr,
                 "loraslab: warning: %s carries no base config.json; the output needs one "
                 "before transformers can load it\n",
@@ -511,7 +471,8 @@ static lsl_status convert_impl(MPI_Comm comm, const lsl_convert_config *cfg, lsl
                            staging_bytes,
                            verify,
                            "convert",
-                           cfg->quiet};
+                           cfg->quiet,
+                           f.n};
     LSL_TRY(lsl_i_ranges_run_all(comm, &job, crcs));
     st = LSL_OK;
     if (rank == 0) {
@@ -529,7 +490,7 @@ static lsl_status convert_impl(MPI_Comm comm, const lsl_convert_config *cfg, lsl
             st = finish_rank0(cfg, &f, &p, shard_of, hc, crcs);
     }
     LSL_TRY(lsl_i_agree(comm, st));
-    if (rank == 0 && !cfg->quiet)
+    if (rank == 0 && cfg->quiet == LSL_PROGRESS_TEXT)
         fprintf(stderr, "loraslab: wrote %s: %u safetensors file%s, %llu tensors%s\n", cfg->outdir,
                 p.nshards, p.nshards > 1 ? "s" : "", (unsigned long long)f.n,
                 cfg->no_verify ? "" : ", every checksum verified");

@@ -255,15 +255,25 @@ static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_
     for (uint32_t i = 0; i < p.nsrc && st == LSL_OK; i++)
         st = lsl_i_open_input(p.src[i], &fds[i], NULL);
     LSL_TRY(lsl_i_agree(comm, st));
-    lsl_i_range_job job = {
-        p.n, p.r,      fds,  (const char *const *)p.src, 0, NULL, NULL, staging, staging_bytes,
-        1,   "verify", quiet};
+    lsl_i_range_job job = {p.n,
+                           p.r,
+                           fds,
+                           (const char *const *)p.src,
+                           0,
+                           NULL,
+                           NULL,
+                           staging,
+                           staging_bytes,
+                           1,
+                           "verify",
+                           quiet,
+                           p.ntensors};
     LSL_TRY(lsl_i_ranges_run_all(comm, &job, crcs));
     uint64_t checked = 0;
     if (rank == 0)
         st = judge(path, is_dir, &p, crcs, &checked);
     LSL_TRY(lsl_i_agree(comm, st));
-    if (rank == 0 && !quiet)
+    if (rank == 0 && quiet == LSL_PROGRESS_TEXT)
         fprintf(stderr, "loraslab: verified %s: %llu tensors, %llu checksums match%s\n", path,
                 (unsigned long long)p.ntensors, (unsigned long long)checked,
                 checked ? "" : " (it carries no checksums: only its structure was checked)");

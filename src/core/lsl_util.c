@@ -2,10 +2,12 @@
 #include "lsl_internal.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -337,4 +339,38 @@ lsl_status lsl_i_check_utf8(const char *s, const char *what)
                               *c < 0x20 || *c >= 0x7F ? "\\x%02x" : "%c", *c);
     return lsl_i_fail(LSL_ERR_FORMAT, "%s \"%s\" is not valid UTF-8 (byte %llu)", what, shown,
                       (unsigned long long)bad);
+}
+
+lsl_status lsl_parse_size(const char *text, uint64_t *bytes)
+{
+    static const struct {
+        const char *unit;
+        double mult;
+    } units[] = {{"", 1},
+                 {"b", 1},
+                 {"kb", 1e3},
+                 {"mb", 1e6},
+                 {"gb", 1e9},
+                 {"tb", 1e12},
+                 {"kib", 1024.0},
+                 {"mib", 1048576.0},
+                 {"gib", 1073741824.0},
+                 {"tib", 1099511627776.0}};
+    char *end = NULL;
+    if (!text || !bytes)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "size is NULL");
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || errno || !(v > 0) || !isfinite(v))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "\"%s\" is not a size (try 500MB, 5GB, 5GiB)", text);
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (strcasecmp(end, units[i].unit) == 0) {
+            double b = floor(v * units[i].mult);
+            if (b < 1 || b > 1.8e19)
+                break;
+            *bytes = (uint64_t)b;
+            return LSL_OK;
+        }
+    return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                      "\"%s\": unknown unit (use KB MB GB TB, KiB MiB GiB TiB, or bytes)", text);
 }

@@ -198,12 +198,12 @@ static void stale_scan(const char *dir, const char *prefix, int quiet)
         int is_dir = fd >= 0 && fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
         if (got && local) {
             int gone = is_dir ? nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS) == 0 : unlink(p) == 0;
-            if (!quiet && gone)
+            if (quiet != LSL_PROGRESS_NONE && gone)
                 fprintf(stderr,
                         "loraslab: removed %s, left by an interrupted run (no process holds its "
                         "lock)\n",
                         p);
-        } else if (!quiet && p) {
+        } else if (quiet != LSL_PROGRESS_NONE && p) {
             fprintf(stderr,
                     busy ? "loraslab: warning: %s is being written by another run\n"
                          : "loraslab: warning: %s was left by an earlier run (this filesystem "

@@ -2,6 +2,7 @@
 #include "lsl_ranges.h"
 
 #include "lsl_crc32c.h"
+#include "lsl_progress.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -88,7 +89,10 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
     if (!pairs || !touched || !all)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu ranges", (unsigned long long)job->n);
     bool kernel_copy = !job->checksum;
-    double t0 = lsl_i_now(), last = t0;
+    double t0 = lsl_i_now();
+    lsl_i_progress prog;
+    lsl_i_progress_start(&prog, job->label, job->label ? job->quiet : LSL_PROGRESS_NONE, size,
+                         job->tensors, total);
     uint64_t done = 0, pos = 0;
     for (uint64_t i = 0; st == LSL_OK && i < job->n; pos += job->r[i].len, i++) {
         const lsl_i_range *r = &job->r[i];
@@ -125,13 +129,16 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
         pairs[2 * i] = crc;
         pairs[2 * i + 1] = n;
     next:
-        if (rank == 0 && job->label && !job->quiet && lsl_i_now() - last > 2.0) {
-            last = lsl_i_now();
-            char b1[32], b2[32];
+        if (rank == 0 && lsl_i_progress_due(&prog, false)) {
             /* Rank 0 sees its own share; the others move at about the same pace. */
-            fprintf(stderr, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
-                    lsl_i_fmt_bytes(done * (uint64_t)size, b1, sizeof b1),
-                    lsl_i_fmt_bytes(total, b2, sizeof b2), (double)done * size / (last - t0) / 1e9);
+            uint64_t est = done * (uint64_t)size < total ? done * (uint64_t)size : total;
+            char b1[32], b2[32];
+            if (prog.mode == LSL_PROGRESS_JSON)
+                lsl_i_progress_json(&prog, total ? job->tensors * est / total : 0, est, false);
+            else
+                fprintf(stderr, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
+                        lsl_i_fmt_bytes(est, b1, sizeof b1), lsl_i_fmt_bytes(total, b2, sizeof b2),
+                        (double)est / (prog.last - t0) / 1e9);
         }
     }
     for (uint32_t f = 0; st == LSL_OK && f < job->ndst; f++) {
@@ -154,7 +161,9 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
         LSL_TRY(lsl_i_agree(
             comm, mrc == MPI_SUCCESS ? LSL_OK : lsl_i_fail(LSL_ERR_MPI, "CRC reduction failed")));
     }
-    if (rank == 0 && job->label && !job->quiet) {
+    if (rank == 0 && lsl_i_progress_due(&prog, true) && prog.mode == LSL_PROGRESS_JSON) {
+        lsl_i_progress_json(&prog, job->tensors, total, true);
+    } else if (rank == 0 && prog.mode == LSL_PROGRESS_TEXT) {
         char b[32];
         double el = lsl_i_now() - t0;
         fprintf(stderr, "loraslab: %s %s in %.2fs, %.2f GB/s\n", job->label,

@@ -27,7 +27,8 @@ typedef struct lsl_i_range_job {
     uint64_t staging_bytes;
     int checksum;      /* compute per-range CRC-32C (needs the bytes in user memory) */
     const char *label; /* progress verb; NULL for none */
-    int quiet;
+    int quiet;         /* LSL_PROGRESS_TEXT, _NONE, _JSON */
+    uint64_t tensors;  /* how many tensors the ranges hold (rank 0; JSON progress) */
 } lsl_i_range_job;
 
 /* Collective.  Copies (or reads) every range; crcs[i] receives range i's CRC-32C on every rank

@@ -7,6 +7,7 @@
 #include "lsl_fs.h"
 #include "lsl_gather.h"
 #include "lsl_h5.h"
+#include "lsl_progress.h"
 #include "lsl_publish.h"
 #include "lsl_merge.h"
 #include "lsl_reader.h"
@@ -27,8 +28,7 @@
 #include <unistd.h>
 
 /* Largest single write from caller memory: keeps MPI's int count safe. */
-#define ZERO_COPY_CHUNK  ((uint64_t)1 << 30)
-#define PROGRESS_EVERY_S 2.0
+#define ZERO_COPY_CHUNK ((uint64_t)1 << 30)
 
 enum wstate { W_CREATED, W_DEFINED, W_FAILED };
 
@@ -143,7 +143,8 @@ struct lsl_writer {
     MPI_File fh;
     int fh_open;
     unsigned char *staging;
-    double t0, last_print;
+    double t0;
+    lsl_i_progress prog;
     uint64_t bytes_done, tensors_done;
     crc_worker crc;
     lsl_i_reader *reader; /* started at the first put from a file */
@@ -240,7 +241,7 @@ lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer
     const char *prof = w->rank == 0 ? getenv("LSL_PROFILE") : NULL;
     w->profile = !prof ? 0 : strcmp(prof, "2") == 0 ? 2 : 1;
     MPI_Bcast(&w->profile, 1, MPI_INT, 0, w->comm);
-    w->t0 = w->last_print = lsl_i_now();
+    w->t0 = lsl_i_now();
     crc_start(&w->crc);
     w->state = W_CREATED;
     *out = w;
@@ -386,6 +387,9 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
     if (st == LSL_OK && (hmax[0] != h || hmax[1] != ~h))
         st = lsl_i_fail(LSL_ERR_INCONSISTENT, "ranks defined different tensor lists");
     LSL_TRY(lsl_i_agree(w->comm, st));
+    lsl_i_progress_start(&w->prog, w->cfg.progress_label ? w->cfg.progress_label : "write",
+                         w->cfg.quiet, w->size, w->n, w->total_bytes);
+    w->prog.t0 = w->t0;
 
     if (w->rank == 0) {
         uint64_t align = w->cfg.alignment ? w->cfg.alignment : w->fs.alignment;
@@ -402,7 +406,7 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
         else
             st = lsl_i_h5_create(w->out.tmp, align, w->nattrs, w->keys, w->vals, w->n, w->t,
                                  w->offsets);
-        if (st == LSL_OK && !w->cfg.quiet)
+        if (st == LSL_OK && w->cfg.quiet == LSL_PROGRESS_TEXT)
             fprintf(stderr,
                     "loraslab: %s %llu tensors (%s) to %s on %s%s%s, aligned to %s, %d rank%s, "
                     "staging %s per rank\n",
@@ -495,18 +499,17 @@ static lsl_status check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl
 
 static void progress(lsl_writer *w, bool last)
 {
-    if (w->rank != 0 || w->cfg.quiet)
+    if (w->rank != 0 || !lsl_i_progress_due(&w->prog, last))
         return;
-    double now = lsl_i_now();
-    if (!last && now - w->last_print < PROGRESS_EVERY_S)
+    if (w->prog.mode == LSL_PROGRESS_JSON) {
+        lsl_i_progress_json(&w->prog, w->tensors_done, w->bytes_done, last);
         return;
-    w->last_print = now;
-    double el = now - w->t0 > 1e-9 ? now - w->t0 : 1e-9;
+    }
+    double el = w->prog.last - w->t0 > 1e-9 ? w->prog.last - w->t0 : 1e-9;
     double rate = (double)w->bytes_done / el;
     char b1[32], b2[32];
     double eta = rate > 0 ? (double)(w->total_bytes - w->bytes_done) / rate : 0;
-    fprintf(stderr, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n",
-            w->cfg.progress_label ? w->cfg.progress_label : "write",
+    fprintf(stderr, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n", w->prog.verb,
             (unsigned long long)w->tensors_done, (unsigned long long)w->n,
             lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
             lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
@@ -896,7 +899,7 @@ static lsl_status open_cuda(lsl_writer *w)
     w->prof[P_GPU_OPEN] += lsl_i_now() - t0;
     if (st != LSL_OK)
         return st;
-    if (w->rank == 0 && !w->cfg.quiet)
+    if (w->rank == 0 && w->cfg.quiet == LSL_PROGRESS_TEXT)
         fprintf(
             stderr, "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
             lsl_i_cuda_gather_path(w->cuda), (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
@@ -1295,7 +1298,7 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     w->prof[P_CLOSE] = lsl_i_now() - tc;
     report_profile(w);
 #ifdef LSL_HAVE_CUDA
-    if (w->cuda && w->rank == 0 && !w->cfg.quiet) {
+    if (w->cuda && w->rank == 0 && w->cfg.quiet == LSL_PROGRESS_TEXT) {
         uint64_t nn, nm;
         lsl_i_cuda_gathers(w->cuda, &nn, &nm);
         fprintf(stderr, "loraslab: LoRA A gathers: %llu over NCCL, %llu through host memory\n",

@@ -188,7 +188,7 @@ static lsl_status merge_impl(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_s
     if (gpu) {
         int rpg = 0;
         LSL_TRY(lsl_i_cuda_select(comm, &rpg));
-        if (rank == 0 && !cfg->quiet)
+        if (rank == 0 && cfg->quiet == LSL_PROGRESS_TEXT)
             fprintf(stderr, "loraslab: merging on the GPU (%d rank%s per GPU)\n", rpg,
                     rpg == 1 ? "" : "s");
     }

@@ -58,7 +58,10 @@ static const char *usage_merge =
     "      --strict            refuse an adapter whose base_model_name_or_path does not name\n"
     "                          the base directory\n"
     "      --stats             print time, bytes and peak host memory per rank at the end\n"
-    "  -q, --quiet             no progress lines\n"
+    "      --progress MODE     text (default), json (one JSON object per line on stderr:\n"
+    "                          tensors and bytes done and total, rate, eta, ranks; the last\n"
+    "                          has \"done\": true), or none\n"
+    "  -q, --quiet             no progress lines (--progress none)\n"
     "\n"
     "Environment: LSL_MPIIO_HINTS=\"key=value;...\" adds MPI-IO hints (e.g. cb_nodes=8);\n"
     "LSL_PROFILE=1 prints where the time went (define, gathers, GPU waits, writes, close);\n"
@@ -82,7 +85,7 @@ static const char *usage_import =
     "Copies every tensor of an HF safetensors checkpoint (a directory with model.safetensors or\n"
     "an index and shards, or one .safetensors file) into the loraslab HDF5 layout, in parallel,\n"
     "with per-tensor CRC-32C checksums, for archiving checkpoints that merge did not write.\n"
-    "Options as for merge: --staging-mib, --align, --overwrite, --stats, --quiet.\n";
+    "Options as for merge: --staging-mib, --align, --overwrite, --stats, --progress, --quiet.\n";
 
 static const char *usage_convert =
     "usage: mpiexec -n N loraslab convert IN.h5 OUT_DIR [options]\n"
@@ -101,10 +104,12 @@ static const char *usage_convert =
     "      --staging-mib N        host buffer per rank, MiB (default 64)\n"
     "      --overwrite            replace an existing non-empty OUT_DIR\n"
     "      --stats                print time, bytes and peak host memory\n"
-    "  -q, --quiet                no progress lines\n";
+    "      --progress MODE        text (default), json (JSON lines on stderr), or none\n"
+    "  -q, --quiet                no progress lines (--progress none)\n";
 
 static const char *usage_verify =
-    "usage: mpiexec -n N loraslab verify FILE_OR_DIR [--staging-mib N] [--quiet]\n"
+    "usage: mpiexec -n N loraslab verify FILE_OR_DIR [--staging-mib N] [--progress MODE] "
+    "[--quiet]\n"
     "\n"
     "Re-reads a loraslab HDF5 file (every tensor against its crc32c attribute) or a directory\n"
     "written by convert (every shard's safetensors header rules, every tensor against\n"
@@ -142,6 +147,16 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
+/* --progress text|json|none */
+static int parse_progress(const char *s, int *mode)
+{
+    *mode = strcmp(s, "text") == 0   ? LSL_PROGRESS_TEXT
+            : strcmp(s, "json") == 0 ? LSL_PROGRESS_JSON
+            : strcmp(s, "none") == 0 ? LSL_PROGRESS_NONE
+                                     : -1;
+    return *mode < 0 ? -1 : 0;
+}
+
 /* --staging-mib N: 1 to 1024 MiB, in bytes. */
 static int parse_staging(const char *s, uint64_t *bytes)
 {
@@ -156,7 +171,7 @@ static int cmd_job(int argc, char **argv, int with_adapter)
 {
     const char *cmd = with_adapter ? "merge" : "import";
     const char *usage = with_adapter ? usage_merge : usage_import;
-    enum { O_STAGING = 1000, O_ALIGN, O_OVERWRITE, O_STRICT, O_STATS, O_DEVICE };
+    enum { O_STAGING = 1000, O_ALIGN, O_OVERWRITE, O_STRICT, O_STATS, O_DEVICE, O_PROGRESS };
     static const struct option opts[] = {{"base", required_argument, NULL, 'b'},
                                          {"device", required_argument, NULL, O_DEVICE},
                                          {"adapter", required_argument, NULL, 'a'},
@@ -166,6 +181,7 @@ static int cmd_job(int argc, char **argv, int with_adapter)
                                          {"overwrite", no_argument, NULL, O_OVERWRITE},
                                          {"strict", no_argument, NULL, O_STRICT},
                                          {"stats", no_argument, NULL, O_STATS},
+                                         {"progress", required_argument, NULL, O_PROGRESS},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -182,7 +198,11 @@ static int cmd_job(int argc, char **argv, int with_adapter)
             cfg.adapter = optarg;
             break;
         case 'o': cfg.output = optarg; break;
-        case 'q': cfg.quiet = 1; break;
+        case 'q': cfg.quiet = LSL_PROGRESS_NONE; break;
+        case O_PROGRESS:
+            if (parse_progress(optarg, &cfg.quiet))
+                return usage_error(cmd, usage, "--progress takes text, json or none");
+            break;
         case O_STAGING:
             if (parse_staging(optarg, &cfg.staging_bytes))
                 return usage_error(cmd, usage, "--staging-mib takes 1 to 1024");
@@ -231,7 +251,7 @@ static int cmd_job(int argc, char **argv, int with_adapter)
         err(cmd, st);
         return 1;
     }
-    if (g_rank == 0 && !cfg.quiet)
+    if (g_rank == 0 && cfg.quiet == LSL_PROGRESS_TEXT)
         fprintf(stderr, "loraslab: wrote %s: %llu tensors, %llu merged\n", cfg.output,
                 (unsigned long long)js.tensors, (unsigned long long)js.merged_tensors);
     if (g_rank == 0 && stats)
@@ -247,12 +267,13 @@ static int cmd_job(int argc, char **argv, int with_adapter)
 
 static int cmd_convert(int argc, char **argv)
 {
-    enum { O_SHARD = 1000, O_NOVERIFY, O_STAGING, O_OVERWRITE, O_STATS };
+    enum { O_SHARD = 1000, O_NOVERIFY, O_STAGING, O_OVERWRITE, O_STATS, O_PROGRESS };
     static const struct option opts[] = {{"max-shard-size", required_argument, NULL, O_SHARD},
                                          {"no-verify", no_argument, NULL, O_NOVERIFY},
                                          {"staging-mib", required_argument, NULL, O_STAGING},
                                          {"overwrite", no_argument, NULL, O_OVERWRITE},
                                          {"stats", no_argument, NULL, O_STATS},
+                                         {"progress", required_argument, NULL, O_PROGRESS},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -272,7 +293,11 @@ static int cmd_convert(int argc, char **argv)
             break;
         case O_OVERWRITE: cfg.overwrite = 1; break;
         case O_STATS: stats = 1; break;
-        case 'q': cfg.quiet = 1; break;
+        case 'q': cfg.quiet = LSL_PROGRESS_NONE; break;
+        case O_PROGRESS:
+            if (parse_progress(optarg, &cfg.quiet))
+                return usage_error("convert", usage_convert, "--progress takes text, json or none");
+            break;
         case 'h':
             if (g_rank == 0)
                 fputs(usage_convert, stdout);
@@ -300,6 +325,7 @@ static int cmd_convert(int argc, char **argv)
 static int cmd_verify(int argc, char **argv)
 {
     static const struct option opts[] = {{"staging-mib", required_argument, NULL, 's'},
+                                         {"progress", required_argument, NULL, 'p'},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -312,7 +338,11 @@ static int cmd_verify(int argc, char **argv)
             if (parse_staging(optarg, &staging))
                 return usage_error("verify", usage_verify, "--staging-mib takes 1 to 1024");
             break;
-        case 'q': quiet = 1; break;
+        case 'q': quiet = LSL_PROGRESS_NONE; break;
+        case 'p':
+            if (parse_progress(optarg, &quiet))
+                return usage_error("verify", usage_verify, "--progress takes text, json or none");
+            break;
         case 'h':
             if (g_rank == 0)
                 fputs(usage_verify, stdout);

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# --progress json on merge, import, convert and verify (2 ranks): every line on stderr is a JSON
+# object, the last says "done": true with tensors_done = tensors_total and bytes_done =
+# bytes_total; --quiet prints nothing; the text lines stay the default.
+#   progress.sh BUILD/loraslab
+set -uo pipefail
+lsl=$1
+py=${LSL_PYTHON:-/usr/bin/python3}
+mpiexec=${MPIEXEC:-mpiexec}
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${LSL_TESTOUTDIR:-/tmp}/progress
+rm -rf "$out" && mkdir -p "$out"
+pass=0 fail=0
+export PYTHONPATH=$here/py
+"$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" >/dev/null
+
+check_json() { # NAME LOG COMMAND
+  "$py" - "$2" "$3" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
+assert lines, "no progress lines"
+docs = [json.loads(l) for l in lines]  # every line parses
+keys = {"event", "command", "tensors_done", "tensors_total", "bytes_done", "bytes_total",
+        "rate_bytes_per_s", "eta_s", "elapsed_s", "ranks", "done"}
+for d in docs:
+    assert keys <= d.keys(), f"missing {keys - d.keys()}"
+    assert d["command"] == sys.argv[2] and d["ranks"] == 2, d
+last = docs[-1]
+assert last["done"] is True and last["tensors_done"] == last["tensors_total"] > 0, last
+assert last["bytes_done"] == last["bytes_total"] > 0, last
+assert all(not d["done"] for d in docs[:-1]), "done before the last line"
+print(f"{len(docs)} line(s), {last['tensors_total']} tensors")
+PY
+}
+run() { # NAME COMMAND args...
+  local name=$1 cmd=$2
+  shift 2
+  "$mpiexec" -n 2 "$lsl" "$cmd" --progress json "$@" 2>"$out/$name.err" >/dev/null
+  local rc=$? msg
+  if [ $rc -eq 0 ] && msg=$(check_json "$name" "$out/$name.err" "$cmd" 2>&1); then
+    echo "ok - $name --progress json: $msg"; pass=$((pass + 1))
+  else
+    echo "FAIL - $name: exit $rc; $msg"; sed 's/^/    /' "$out/$name.err" | head -5; fail=$((fail + 1))
+  fi
+}
+run merge merge -b "$out/base" -a "$out/adapter" -o "$out/m.h5"
+run import import "$out/base" "$out/i.h5"
+run convert convert "$out/m.h5" "$out/c"
+run verify-file verify "$out/m.h5"
+run verify-dir verify "$out/c"
+
+"$mpiexec" -n 2 "$lsl" merge -q -b "$out/base" -a "$out/adapter" -o "$out/q.h5" 2>"$out/q.err"
+[ $? -eq 0 ] && [ ! -s "$out/q.err" ] && { echo "ok - --quiet prints nothing"; pass=$((pass + 1)); } ||
+  { echo "FAIL - --quiet printed"; fail=$((fail + 1)); }
+"$mpiexec" -n 2 "$lsl" convert "$out/m.h5" "$out/t" 2>"$out/t.err"
+grep -q "^loraslab: wrote .*every checksum verified" "$out/t.err" && ! grep -q "^{" "$out/t.err" &&
+  { echo "ok - text lines stay the default"; pass=$((pass + 1)); } ||
+  { echo "FAIL - default output"; fail=$((fail + 1)); }
+"$mpiexec" -n 1 "$lsl" merge --progress yaml -b "$out/base" -a "$out/adapter" -o "$out/y.h5" 2>"$out/y.err"
+[ $? -eq 2 ] && grep -q "takes text, json or none" "$out/y.err" &&
+  { echo "ok - --progress yaml is a usage error"; pass=$((pass + 1)); } ||
+  { echo "FAIL - --progress yaml"; fail=$((fail + 1)); }
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
