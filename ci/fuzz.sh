@@ -3,6 +3,7 @@
 # their seed corpora, and runs each for SECONDS (default 20) or RUNS executions; a crash, leak,
 # sanitizer report or timeout fails it.  Prints each target's executions, coverage and corpus.
 #   ci/fuzz.sh [SECONDS] [RUNS]        (CI: the default smoke run; benchmark: 600)
+# FUZZ_TARGETS (words of: safetensors index adapter h5) picks targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -16,14 +17,14 @@ if ! command -v clang >/dev/null || ! clang -fsanitize=fuzzer "$probe/p.c" -o "$
 fi
 CC=clang BUILD_DIR=build-fuzz BUILD_TYPE=RelWithDebInfo bash ci/build.sh -DLSL_FUZZ=ON \
   -DLSL_CUDA=OFF >build-fuzz.build.log 2>&1 || { tail -30 build-fuzz.build.log; exit 1; }
-rm -rf build-fuzz/corpus
+rm -rf build-fuzz/corpus build-fuzz/seeds build-fuzz/findings
 # The seeds are written by the ordinary build's loraslab (the fuzz build's is instrumented).
 lsl=build/loraslab
 [ -x "$lsl" ] || lsl=build-fuzz/loraslab
 bash tests/fuzz/seeds.sh "$lsl" build-fuzz/seeds >/dev/null
 export TMPDIR=${TMPDIR:-/dev/shm}
 status=0
-for t in safetensors index adapter h5; do
+for t in ${FUZZ_TARGETS:-safetensors index adapter h5}; do
   mkdir -p "build-fuzz/corpus/$t" "build-fuzz/findings/$t"
   log=build-fuzz/fuzz_$t.log
   # detect_leaks: MPICH and HDF5 keep their allocations until exit, not ours to report.
