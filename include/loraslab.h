@@ -294,7 +294,8 @@ typedef struct lsl_job_config {
         NULL, NULL, NULL, 0, 0, 0, 0, 0, LSL_MEM_HOST                                              \
     }
 
-/* What a job measured; filled on every rank (min/max are over ranks). */
+/* What a job measured; filled on every rank (min/max are over ranks).  Filling it is collective:
+ * a job's stats pointer is NULL on every rank or on none. */
 typedef struct lsl_job_stats {
     double seconds;
     uint64_t tensors, merged_tensors, bytes;
@@ -352,6 +353,24 @@ LSL_API lsl_status lsl_parse_size(const char *text, uint64_t *bytes);
 /* Not collective.  Describes a loraslab HDF5 file on `out`: a table, or with json != 0 a JSON
  * document valid against schemas/loraslab-file.schema.json. */
 LSL_API lsl_status lsl_inspect(const char *path, int json, FILE *out);
+
+/* Not collective.  lsl_inspect's JSON document as a NUL-terminated string in *out, which the
+ * caller releases with lsl_free (NULL on failure). */
+LSL_API lsl_status lsl_inspect_json(const char *path, char **out);
+/* Releases memory loraslab allocated for the caller (lsl_inspect_json).  NULL is a no-op. */
+LSL_API void lsl_free(void *p);
+
+/* ---- without a communicator of one's own (the Python package, scripts) --------------------
+ * Collective over MPI_COMM_WORLD.  MPI is initialised at the first of these calls if nobody has
+ * (MPI_THREAD_FUNNELED; finalised at exit), never before: under mpiexec/srun each process joins
+ * its job, run alone it is a world of one.  Return as the _all functions. */
+LSL_API lsl_status lsl_merge_world(const lsl_job_config *cfg, lsl_job_stats *stats);
+LSL_API lsl_status lsl_convert_world(const lsl_convert_config *cfg, lsl_job_stats *stats);
+LSL_API lsl_status lsl_verify_world(const char *path, uint64_t staging_bytes, int quiet,
+                                    lsl_job_stats *stats);
+/* This process's rank and the world's size (starting MPI as above). */
+LSL_API int lsl_world_rank(void);
+LSL_API int lsl_world_size(void);
 
 #ifdef __cplusplus
 }

@@ -213,6 +213,7 @@ static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_
     void *staging = NULL;
     bool is_dir = false;
     double t0 = lsl_i_now();
+    uint64_t rss0 = lsl_i_rss_current();
     memset(&p, 0, sizeof p);
     lsl_i_clear_error();
     MPI_Comm_rank(comm, &rank);
@@ -281,10 +282,8 @@ static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_
         uint64_t bytes = 0;
         for (uint64_t i = 0; i < p.n; i++)
             bytes += p.r[i].len;
-        memset(stats, 0, sizeof *stats);
-        stats->seconds = lsl_i_now() - t0;
-        stats->tensors = p.ntensors;
-        stats->bytes = bytes;
+        /* p.ntensors is rank 0's (it planned); fill_stats gives every rank the figure */
+        lsl_i_fill_stats(comm, t0, rss0, p.ntensors, 0, bytes, stats);
     }
 fail:
     for (uint32_t i = 0; fds && i < p.nsrc; i++)

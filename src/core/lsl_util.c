@@ -125,10 +125,12 @@ void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors,
                       uint64_t bytes, lsl_job_stats *stats)
 {
     uint64_t peak = lsl_i_rss_peak(), growth = peak > rss0 ? peak - rss0 : 0;
-    uint64_t v[3] = {rss0, peak, growth}, mx[3], mn = 0;
-    MPI_Allreduce(v, mx, 3, MPI_UINT64_T, MPI_MAX, comm);
+    /* the counts are the job's, which only some jobs know on every rank (verify plans on rank
+     * 0): the maximum is that figure everywhere */
+    uint64_t v[6] = {rss0, peak, growth, tensors, merged, bytes}, mx[6], mn = 0;
+    MPI_Allreduce(v, mx, 6, MPI_UINT64_T, MPI_MAX, comm);
     MPI_Allreduce(&growth, &mn, 1, MPI_UINT64_T, MPI_MIN, comm);
-    *stats = (lsl_job_stats){lsl_i_now() - t0, tensors, merged, bytes, mx[0], mx[1], mn, mx[2]};
+    *stats = (lsl_job_stats){lsl_i_now() - t0, mx[3], mx[4], mx[5], mx[0], mx[1], mn, mx[2]};
 }
 
 int lsl_i_pread_raw(int fd, void *buf, uint64_t n, uint64_t off, uint64_t *at)

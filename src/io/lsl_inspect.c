@@ -95,3 +95,22 @@ lsl_status lsl_inspect(const char *path, int as_json, FILE *out)
     lsl_i_h5_list_free(&f);
     return LSL_OK;
 }
+
+lsl_status lsl_inspect_json(const char *path, char **out)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    if (!out)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_inspect_json: out is NULL");
+    *out = NULL;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    lsl_status st = lsl_inspect(path, 1, m);
+    fclose(m);
+    if (st == LSL_OK)
+        *out = buf;
+    else
+        free(buf);
+    return st;
+}

@@ -36,4 +36,19 @@ cc "$here/consumer.c" -o "$work/pc-consumer" $(pkg-config --cflags --libs lorasl
 cmp <(h5dump -d /tensors/model.w.weight "$work/cm.h5" | tail -n +3) \
   <(h5dump -d /tensors/model.w.weight "$work/pc.h5" | tail -n +3)
 echo "ok - pkg-config consumer at 2 ranks, same tensor"
-echo "3 passed, 0 failed"
+
+# The Python package, installed by the same step, imported from the prefix at 1 and 2 ranks.
+site=$prefix/lib/python3/site-packages
+for np in 1 2; do
+  PYTHONPATH=$site "$mpiexec" -n $np python3 "$here/check_python.py" "$work/cm.h5" "$work/py$np" |
+    tee "$work/py$np.log"
+  grep -q "library $prefix/lib/" "$work/py$np.log" || { echo "FAIL - not the installed library"; exit 1; }
+done
+# ... and by pip, with no network, finding the installed library through pkg-config.
+python3 -m pip install -q --no-build-isolation --no-index --no-deps --target "$work/pip" \
+  "$here/../../python" >"$work/pip.log" 2>&1 || { cat "$work/pip.log"; exit 1; }
+PYTHONPATH=$work/pip "$mpiexec" -n 2 python3 "$here/check_python.py" "$work/cm.h5" "$work/pip-out" |
+  tee "$work/pip-run.log"
+grep -q "library $prefix/lib/" "$work/pip-run.log" || { echo "FAIL - pip package did not find the installed library"; exit 1; }
+echo "ok - pip install ./python (no network) finds the installed library"
+echo "6 passed, 0 failed"

@@ -1,0 +1,12 @@
+"""loraslab: merged LoRA checkpoints in one parallel-HDF5 file, from Python.
+
+Importing this package loads nothing heavy and starts nothing: no torch, no MPI.  The
+collective functions (convert, verify) start MPI on first use and are collective over the MPI
+world: under mpiexec every process calls them; alone, the process is a world of one.  Every
+failure raises :class:`Error`, with the same status and message on every rank.
+"""
+from ._errors import Error
+from ._tools import convert, inspect, verify, version
+
+__all__ = ["Error", "convert", "inspect", "verify", "version"]
+__version__ = "0.2.0"

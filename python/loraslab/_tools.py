@@ -1,0 +1,79 @@
+"""convert, verify, inspect: the offline tools, collective over the MPI world."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from typing import Any, Optional, Union
+
+from ._errors import Error
+from ._lib import ConvertConfig, JobStats, lib
+
+PathLike = Union[str, "os.PathLike[str]"]
+PROGRESS = {"text": 0, "none": 1, "json": 2}
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        lb = lib()
+        raise Error(status, lb.lsl_status_name(status).decode(),
+                    lb.lsl_last_error().decode("utf-8", "replace"))
+
+
+def _path(p: PathLike) -> bytes:
+    return os.fsencode(os.fspath(p))
+
+
+def _progress(quiet: bool, progress: str) -> int:
+    if progress not in PROGRESS:
+        raise ValueError(f"progress must be one of {sorted(PROGRESS)}, not {progress!r}")
+    return PROGRESS["none"] if quiet else PROGRESS[progress]
+
+
+def _stats(s: JobStats) -> dict[str, Any]:
+    return {name: getattr(s, name) for name, _ in JobStats._fields_}
+
+
+def version() -> str:
+    """The loaded library's version ("0.2.0")."""
+    return lib().lsl_version_string().decode()
+
+
+def convert(input: PathLike, outdir: PathLike, *, max_shard_size: Optional[str] = None,
+            staging_mib: int = 64, no_verify: bool = False, overwrite: bool = False,
+            quiet: bool = False, progress: str = "text") -> dict[str, Any]:
+    """loraslab HDF5 file -> Hugging Face safetensors directory (`loraslab convert`).
+
+    Collective over the MPI world; returns the job's figures (seconds, tensors, bytes, peak host
+    memory over ranks).  Raises Error (on every rank alike) on any failure, with nothing left at
+    ``outdir``."""
+    cfg = ConvertConfig(_path(input), _path(outdir), 0, staging_mib << 20, int(no_verify),
+                        int(overwrite), _progress(quiet, progress))
+    if max_shard_size is not None:
+        b = ctypes.c_uint64()
+        _check(lib().lsl_parse_size(str(max_shard_size).encode(), ctypes.byref(b)))
+        cfg.max_shard_bytes = b.value
+    stats = JobStats()
+    _check(lib().lsl_convert_world(ctypes.byref(cfg), ctypes.byref(stats)))
+    return _stats(stats)
+
+
+def verify(path: PathLike, *, staging_mib: int = 64, quiet: bool = False,
+           progress: str = "text") -> dict[str, Any]:
+    """Re-read a loraslab file or a converted directory and check every checksum
+    (`loraslab verify`).  Collective; raises Error (LSL_ERR_CORRUPT names what differs)."""
+    stats = JobStats()
+    _check(lib().lsl_verify_world(_path(path), staging_mib << 20, _progress(quiet, progress),
+                                  ctypes.byref(stats)))
+    return _stats(stats)
+
+
+def inspect(path: PathLike) -> dict[str, Any]:
+    """The file's layout as `loraslab inspect --json` prints it (valid against
+    schemas/loraslab-file.schema.json).  Not collective."""
+    out = ctypes.c_void_p()
+    _check(lib().lsl_inspect_json(_path(path), ctypes.byref(out)))
+    try:
+        return json.loads(ctypes.string_at(out.value).decode("utf-8"))
+    finally:
+        lib().lsl_free(out)

@@ -1,0 +1,30 @@
+"""The installed Python package, against a file the C consumer wrote: inspect, verify and
+convert work, a failure raises loraslab.Error with the same status on every rank, and importing
+the package pulls in neither torch nor MPI.
+    [mpiexec -n N] python3 check_python.py FILE.h5 OUT_DIR"""
+import os
+import sys
+
+import loraslab
+
+assert "torch" not in sys.modules, "import loraslab imported torch"
+lib_path = loraslab._lib.lib()._name  # noqa: SLF001 - which library was found
+h5, out = sys.argv[1], sys.argv[2]
+rank = loraslab._lib.lib().lsl_world_rank()
+size = loraslab._lib.lib().lsl_world_size()
+assert loraslab.version() == loraslab.__version__, (loraslab.version(), loraslab.__version__)
+doc = loraslab.inspect(h5)
+assert [t["name"] for t in doc["tensors"]] == ["model.w.weight"], doc
+assert loraslab.verify(h5, quiet=True)["tensors"] == 1
+s = loraslab.convert(h5, out, overwrite=True, quiet=True)
+assert s["tensors"] == 1 and os.path.isfile(os.path.join(out, "model.safetensors")), s
+loraslab.verify(out, quiet=True)
+try:
+    loraslab.convert(h5 + ".missing", out + "-x", quiet=True)
+    raise SystemExit("no Error for a missing input")
+except loraslab.Error as e:
+    assert e.name == "LSL_ERR_NOT_FOUND" and ".missing" in e.message, (e.name, e.message)
+    assert not os.path.exists(out + "-x")
+if rank == 0:
+    print(f"ok - python package at {size} rank(s), library {lib_path}: inspect, verify, "
+          f"convert, Error on every rank")
