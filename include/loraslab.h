@@ -216,7 +216,10 @@ typedef struct lsl_part {
  * caller keeps its own).  cfg may be NULL for defaults; path and cfg are logically collective.
  * On success *out owns the writer (release with lsl_writer_close_all or lsl_writer_abort_all).
  * Returns LSL_OK, LSL_ERR_EXISTS (path exists, no overwrite), LSL_ERR_IO (directory not
- * writable), LSL_ERR_INVALID_ARG; on failure *out is NULL and nothing was created. */
+ * writable), LSL_ERR_INVALID_ARG (path is a symbolic link, or exists and is not a regular file,
+ * or is not UTF-8); on failure *out is NULL and nothing was created.  Temporaries of the same
+ * path left by interrupted runs are removed where provably dead (local filesystems), else
+ * reported on stderr. */
 LSL_API lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path,
                                          const lsl_writer_config *cfg, lsl_writer **out);
 
@@ -307,6 +310,8 @@ typedef struct lsl_job_stats {
 /* Collective on comm.  Merges the adapter into the base checkpoint and writes cfg->output.
  * Rank 0 reads the headers and configs and broadcasts the plan; each rank reads only its own
  * byte ranges.  stats may be NULL.  Every input error is reported before the output is created. */
+/* The output may not be any file the job reads (base shards, index, config.json, adapter
+ * files), even with overwrite: LSL_ERR_INVALID_ARG. */
 LSL_API lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats);
 
 typedef struct lsl_convert_config {
@@ -328,8 +333,10 @@ typedef struct lsl_convert_config {
  * model.safetensors.index.json; config.json from the file's base config; loraslab.json
  * (provenance, per-tensor checksums); checksums.json (each file's CRC-32C, base64).  Ranks copy
  * equal shares of the bytes without decoding, checking every tensor's CRC-32C against the file
- * (LSL_ERR_CORRUPT names the tensor).  Everything is written in a hidden sibling directory that is
- * renamed to outdir only when complete; on failure nothing appears. */
+ * (LSL_ERR_CORRUPT names the tensor; a tensor without a checksum is LSL_ERR_FORMAT unless
+ * no_verify).  Everything is written in a hidden sibling directory that is renamed to outdir only
+ * when complete; on failure nothing appears.  outdir may not hold the input at any depth, nor be
+ * a symbolic link or a non-directory (LSL_ERR_INVALID_ARG); trailing slashes are ignored. */
 LSL_API lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg,
                                    lsl_job_stats *stats);
 

@@ -173,16 +173,24 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
     return remove(p);
 }
 
-/* A temporary is dead when nobody holds its lock.  That is proof only where every process that
- * could hold it runs on this host: a local filesystem.  Lustre's `localflock`, NFS and others
- * answer for this host alone, so there we only say what we found. */
-static void stale_scan(const char *dir, const char *prefix, int quiet)
+/* Whether every process that could write into dir runs on this host, so that a flock() held
+ * by one of them is seen here.  Not NFS, Lustre or GPFS: there a lock (if the mount has them at
+ * all) may answer for this host alone (Lustre's `localflock`), and on NFS flock() is emulated
+ * with a whole-file POSIX lock that ROMIO's per-write fcntl locks from the other ranks would
+ * wait on forever. */
+static int local_fs(const char *dir)
 {
     lsl_i_fsinfo fs;
     memset(&fs, 0, sizeof fs);
     lsl_i_fs_probe(dir, &fs);
-    int local = strcmp(fs.name, "ext4") == 0 || strcmp(fs.name, "xfs") == 0 ||
-                strcmp(fs.name, "btrfs") == 0 || strcmp(fs.name, "tmpfs") == 0;
+    return strcmp(fs.name, "ext4") == 0 || strcmp(fs.name, "xfs") == 0 ||
+           strcmp(fs.name, "btrfs") == 0 || strcmp(fs.name, "tmpfs") == 0;
+}
+
+/* A temporary is dead when nobody holds its lock: proof only on a local filesystem (local_fs);
+ * elsewhere we only say what we found. */
+static void stale_scan(const char *dir, const char *prefix, int local, int quiet)
+{
     DIR *d = opendir(dir);
     if (!d)
         return;
@@ -260,7 +268,8 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
             lsl_i_fail_errno(LSL_ERR_IO, errno ? errno : ENOTDIR, "%s: output directory", o->dir));
     LSL_TRY(check_output(o->path, is_dir, overwrite, inputs, n));
     snprintf(prefix, sizeof prefix, ".%s.lsl-tmp-", base);
-    stale_scan(o->dir, prefix, quiet);
+    int local = local_fs(o->dir);
+    stale_scan(o->dir, prefix, local, quiet);
     size_t tl = strlen(o->dir) + strlen(base) + 32;
     if (!(o->tmp = lsl_i_malloc(tl)))
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
@@ -290,8 +299,10 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
         LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, err, "%s: cannot create a %s in the output directory",
                                   o->dir, is_dir ? "directory" : "file"));
     }
-    /* Held until publish or discard; a filesystem without flock just cannot vouch for it. */
-    flock(fd, LOCK_EX | LOCK_NB);
+    /* Held until publish or discard, where it proves something (local_fs says why not
+     * elsewhere); a filesystem without flock just cannot vouch for the temporary. */
+    if (local)
+        flock(fd, LOCK_EX | LOCK_NB);
     o->lock_fd = fd;
 fail:
     free(d);

@@ -12,8 +12,9 @@ typedef struct lsl_i_out {
     char *tmp;   /* the hidden temporary beside it: DIR/.NAME.lsl-tmp-XXXXXXXX */
     char *dir;   /* the directory holding both */
     int is_dir;  /* a directory (convert) rather than a file */
-    int lock_fd; /* rank 0: an open descriptor of tmp holding flock(LOCK_EX) while it is written,
-                    so a later run can tell a dead temporary from a live one; -1 if none */
+    int lock_fd; /* rank 0: an open descriptor of tmp, holding flock(LOCK_EX) while it is
+                    written on local filesystems, so a later run can tell a dead temporary from
+                    a live one; -1 if none */
     int slot;    /* registry slot for signal cleanup, -1 if none */
 } lsl_i_out;
 
