@@ -26,11 +26,14 @@ BUILD_DIR=build-asan BUILD_TYPE=Debug bash ci/build.sh -DLSL_WERROR=ON -DLSL_SAN
   ASAN_OPTIONS=detect_leaks=0 ctest -R '^cli\.(merge|convert)\.np2$|^cli\.(bad_input|hostile)$' \
     --output-on-failure --timeout 900) |
   tee build-asan/ctest.log
-echo "== Release builds with gcc and clang, warnings as errors"
+echo "== Release builds with gcc and clang, and a clang Debug build, warnings as errors"
+# (gcc's Debug build is the ASan one above, with -Werror)
 BUILD_DIR=build-rel-gcc BUILD_TYPE=Release bash ci/build.sh -DLSL_WERROR=ON -DLSL_CUDA=OFF >/dev/null
 CC=clang BUILD_DIR=build-rel-clang BUILD_TYPE=Release bash ci/build.sh -DLSL_WERROR=ON \
   -DLSL_CUDA=OFF >/dev/null
-echo "release builds: gcc and clang clean"
+CC=clang BUILD_DIR=build-dbg-clang BUILD_TYPE=Debug bash ci/build.sh -DLSL_WERROR=ON \
+  -DLSL_CUDA=OFF -DLSL_TESTS=OFF >/dev/null
+echo "builds: gcc Release, clang Release and Debug clean"
 
 echo "== fuzz targets: a short run of each from its seed corpus"
 bash ci/fuzz.sh 20
