@@ -285,11 +285,15 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
     for (unsigned k = 0; fd < 0 && err == EEXIST && k < 100; k++) {
         tmp_name(o->tmp, tl, o->dir, base, k);
         /* the kernel applies the umask: nothing process-wide changes under other threads */
-        if (is_dir)
-            fd = mkdir(o->tmp, 0777) == 0 ? open(o->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-        else
+        if (!is_dir) {
             fd = open(o->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        err = fd < 0 ? errno : 0;
+            err = fd < 0 ? errno : 0;
+        } else if (mkdir(o->tmp, 0777) != 0) {
+            err = errno;
+        } else if ((fd = open(o->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+            err = errno;
+            rmdir(o->tmp); /* made but not held: leave nothing behind */
+        }
     }
     if (fd >= 0)
         o->slot = watch(o->tmp, is_dir);
