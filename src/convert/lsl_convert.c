@@ -2,7 +2,7 @@
  * copy equal shares of the tensor bytes from the datasets' offsets to their places in the shards,
  * checking CRC-32C on the way; rank 0 writes the index and side files and renames the directory
  * into place. */
-#define _GNU_SOURCE /* mkdtemp, nftw */
+#define _GNU_SOURCE
 #include "lsl_convert.h"
 
 #include "lsl_crc32c.h"
@@ -14,7 +14,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <math.h>
@@ -25,20 +24,6 @@
 #include <unistd.h>
 
 #define DEFAULT_SHARD 5000000000ull
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
-void lsl_i_rmtree(const char *dir)
-{
-    if (dir && *dir)
-        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 lsl_status lsl_i_write_small(const char *dir, const char *name, const char *text, uint32_t *crc)
 {
@@ -415,9 +400,8 @@ static lsl_status convert_impl(MPI_Comm comm, const lsl_convert_config *cfg, lsl
                             cfg->input, f.t[i].name);
         else if (!f.t[i].has_crc)
             verify = 1; /* the files' checksums must come from somewhere: computed, not checked */
-    if (st != LSL_OK && rank == 0)
-        lsl_i_out_discard(&p.out, rank);
-    /* Everyone learns the plan: temporary dir, shard names, ranges. */
+    /* Everyone learns the plan: temporary dir, shard names, ranges (on failure, lsl_i_out_share
+     * removes rank 0's temporary). */
     LSL_TRY(lsl_i_out_share(comm, &p.out, st));
     uint64_t hdr[4] = {p.nshards, p.nranges, (uint64_t)verify, f.n};
     in_path = rank == 0 ? lsl_i_strdup(cfg->input) : NULL;

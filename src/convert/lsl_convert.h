@@ -4,8 +4,6 @@
 
 #include "lsl_internal.h"
 
-/* Remove a directory tree (best effort). */
-void lsl_i_rmtree(const char *dir);
 /* Create dir/name (must not exist) with text, fsync it; *crc gets its CRC-32C when not NULL. */
 lsl_status lsl_i_write_small(const char *dir, const char *name, const char *text, uint32_t *crc);
 /* Base64 of the big-endian CRC (8 characters + NUL), as GCS and S3 report CRC-32C. */

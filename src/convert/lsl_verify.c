@@ -177,8 +177,7 @@ static lsl_status judge(const char *path, bool is_dir, const vplan *p, const uin
     json_t *v;
     json_object_foreach (p->file_sums, name, v) {
         /* A name is a file of this directory: nothing that climbs out of it or hides in it. */
-        if (!*name || strchr(name, '/') || strchr(name, '\\') || name[0] == '.' ||
-            lsl_i_check_utf8(name, "a name in checksums.json") != LSL_OK)
+        if (!lsl_i_plain_name(name))
             return lsl_i_fail(LSL_ERR_FORMAT,
                               "%s/checksums.json: lists \"%.200s\", which is not a file name of "
                               "this directory",

@@ -1,6 +1,8 @@
+#define _GNU_SOURCE /* renameat2, copy_file_range */
 #include "lsl_fault.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -91,4 +93,22 @@ int lsl_i_rename(const char *from, const char *to)
     if (lsl_i_fault(LSL_FAULT_RENAME))
         return errno = EIO, -1;
     return rename(from, to);
+}
+
+int lsl_i_rename_noreplace(const char *from, const char *to)
+{
+    if (lsl_i_fault(LSL_FAULT_RENAME))
+        return errno = EIO, -1;
+    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+}
+
+ssize_t lsl_i_copy_file_range(int in, int64_t *in_off, int out, int64_t *out_off, size_t n)
+{
+    if (lsl_i_fault(LSL_FAULT_WRITE))
+        return errno = EIO, -1;
+    loff_t a = (loff_t)*in_off, b = (loff_t)*out_off;
+    ssize_t c = copy_file_range(in, &a, out, &b, n, 0);
+    *in_off = (int64_t)a;
+    *out_off = (int64_t)b;
+    return c;
 }

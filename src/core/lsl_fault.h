@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef enum lsl_i_fault_kind {
@@ -30,5 +31,8 @@ ssize_t lsl_i_pwrite(int fd, const void *buf, size_t n, off_t off);
 ssize_t lsl_i_write(int fd, const void *buf, size_t n);
 int lsl_i_fsync(int fd);
 int lsl_i_rename(const char *from, const char *to);
+/* renameat2(RENAME_NOREPLACE) under the rename hook; copy_file_range under the write hook. */
+int lsl_i_rename_noreplace(const char *from, const char *to);
+ssize_t lsl_i_copy_file_range(int in, int64_t *in_off, int out, int64_t *out_off, size_t n);
 
 #endif

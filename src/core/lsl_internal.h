@@ -108,6 +108,12 @@ bool lsl_i_utf8_valid(const void *s, uint64_t n, uint64_t *bad_at);
 /* LSL_OK, or LSL_ERR_FORMAT "WHAT "s" is not valid UTF-8" with the bytes of s escaped: names
  * and paths that go into JSON or safetensors headers must be UTF-8. */
 lsl_status lsl_i_check_utf8(const char *s, const char *what);
+/* Remove a file, or a directory and everything in it, without following links (nftw, depth
+ * first).  0 when all of it went. */
+int lsl_i_rmtree(const char *path);
+/* Whether s names a file directly inside a directory: not empty, no '/' or '\\', no leading
+ * '.' (nothing hidden, nothing that climbs out), valid UTF-8. */
+bool lsl_i_plain_name(const char *s);
 /* "dir/name", malloc'ed; NULL when out of memory. */
 char *lsl_i_join(const char *dir, const char *name);
 /* Collective: fill stats from this rank's start time and RSS (max/min over ranks). */

@@ -1,9 +1,11 @@
 /* Dtypes, the row partition, versions and small system helpers. */
+#define _GNU_SOURCE /* nftw */
 #include "lsl_internal.h"
 
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,4 +377,22 @@ lsl_status lsl_parse_size(const char *text, uint64_t *bytes)
         }
     return lsl_i_fail(LSL_ERR_INVALID_ARG,
                       "\"%s\": unknown unit (use KB MB GB TB, KiB MiB GiB TiB, or bytes)", text);
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+int lsl_i_rmtree(const char *path)
+{
+    return path && *path ? nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS) : -1;
+}
+
+bool lsl_i_plain_name(const char *s)
+{
+    uint64_t bad;
+    return *s && !strchr(s, '/') && !strchr(s, '\\') && s[0] != '.' &&
+           lsl_i_utf8_valid(s, strlen(s), &bad);
 }

@@ -21,8 +21,7 @@ static bool exists(const char *path)
 static bool safe_shard_name(const char *s)
 {
     size_t n = strlen(s);
-    return n > 12 && !strchr(s, '/') && !strchr(s, '\\') && strcmp(s, "..") != 0 && s[0] != '.' &&
-           strcmp(s + n - 12, ".safetensors") == 0;
+    return n > 12 && lsl_i_plain_name(s) && strcmp(s + n - 12, ".safetensors") == 0;
 }
 
 void lsl_ckpt_free(lsl_ckpt *c)

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
@@ -167,24 +166,15 @@ static lsl_status check_output(const char *path, int is_dir, int overwrite,
 
 /* ---- temporaries of earlier runs ------------------------------------------------------------ */
 
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 /* Whether every process that could write into dir runs on this host, so that a flock() held
  * by one of them is seen here.  Not NFS, Lustre or GPFS: there a lock (if the mount has them at
  * all) may answer for this host alone (Lustre's `localflock`), and on NFS flock() is emulated
  * with a whole-file POSIX lock that ROMIO's per-write fcntl locks from the other ranks would
  * wait on forever. */
-static int local_fs(const char *dir)
+static int local_fs(const lsl_i_fsinfo *fs)
 {
-    lsl_i_fsinfo fs;
-    memset(&fs, 0, sizeof fs);
-    lsl_i_fs_probe(dir, &fs);
-    return strcmp(fs.name, "ext4") == 0 || strcmp(fs.name, "xfs") == 0 ||
-           strcmp(fs.name, "btrfs") == 0 || strcmp(fs.name, "tmpfs") == 0;
+    return strcmp(fs->name, "ext4") == 0 || strcmp(fs->name, "xfs") == 0 ||
+           strcmp(fs->name, "btrfs") == 0 || strcmp(fs->name, "tmpfs") == 0;
 }
 
 /* A temporary is dead when nobody holds its lock: proof only on a local filesystem (local_fs);
@@ -202,10 +192,8 @@ static void stale_scan(const char *dir, const char *prefix, int local, int quiet
         char *p = lsl_i_join(dir, e->d_name);
         int fd = p ? open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW) : -1;
         int got = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0, busy = !got && errno == EWOULDBLOCK;
-        struct stat sb;
-        int is_dir = fd >= 0 && fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
         if (got && local) {
-            int gone = is_dir ? nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS) == 0 : unlink(p) == 0;
+            int gone = lsl_i_rmtree(p) == 0;
             if (quiet != LSL_PROGRESS_NONE && gone)
                 fprintf(stderr,
                         "loraslab: removed %s, left by an interrupted run (no process holds its "
@@ -267,8 +255,9 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
         LSL_GOTO(
             lsl_i_fail_errno(LSL_ERR_IO, errno ? errno : ENOTDIR, "%s: output directory", o->dir));
     LSL_TRY(check_output(o->path, is_dir, overwrite, inputs, n));
+    LSL_TRY(lsl_i_fs_probe(o->dir, &o->fs));
     snprintf(prefix, sizeof prefix, ".%s.lsl-tmp-", base);
-    int local = local_fs(o->dir);
+    int local = local_fs(&o->fs);
     stale_scan(o->dir, prefix, local, quiet);
     size_t tl = strlen(o->dir) + strlen(base) + 32;
     if (!(o->tmp = lsl_i_malloc(tl)))
@@ -358,14 +347,12 @@ lsl_status lsl_i_out_publish(lsl_i_out *o, int overwrite)
                 rename(old, o->path);
                 LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e2, "%s: rename into place", o->path));
             }
-            nftw(old, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+            lsl_i_rmtree(old);
         }
     } else if (overwrite) {
         if (lsl_i_rename(o->tmp, o->path) != 0)
             LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: rename into place", o->path));
-    } else if (lsl_i_fault(LSL_FAULT_RENAME)
-                   ? (errno = EIO, 1)
-                   : renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->path, RENAME_NOREPLACE) != 0) {
+    } else if (lsl_i_rename_noreplace(o->tmp, o->path) != 0) {
         int e = errno;
         if (e == EEXIST)
             LSL_FAIL(LSL_ERR_EXISTS, "%s: appeared while the job ran; not replaced", o->path);
@@ -387,12 +374,8 @@ fail:
 void lsl_i_out_discard(lsl_i_out *o, int rank)
 {
     unwatch(o->slot);
-    if (rank == 0 && o->tmp && o->tmp[0]) {
-        if (o->is_dir)
-            nftw(o->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-        else
-            unlink(o->tmp);
-    }
+    if (rank == 0 && o->tmp && o->tmp[0])
+        lsl_i_rmtree(o->tmp);
     if (o->lock_fd >= 0)
         close(o->lock_fd);
     free(o->path);

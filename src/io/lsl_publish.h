@@ -5,17 +5,18 @@
 #ifndef LSL_PUBLISH_H
 #define LSL_PUBLISH_H
 
-#include "lsl_internal.h"
+#include "lsl_fs.h"
 
 typedef struct lsl_i_out {
-    char *path;  /* the final path, trailing slashes removed */
-    char *tmp;   /* the hidden temporary beside it: DIR/.NAME.lsl-tmp-XXXXXXXX */
-    char *dir;   /* the directory holding both */
-    int is_dir;  /* a directory (convert) rather than a file */
-    int lock_fd; /* rank 0: an open descriptor of tmp, holding flock(LOCK_EX) while it is
-                    written on local filesystems, so a later run can tell a dead temporary from
-                    a live one; -1 if none */
-    int slot;    /* registry slot for signal cleanup, -1 if none */
+    char *path;      /* the final path, trailing slashes removed */
+    char *tmp;       /* the hidden temporary beside it: DIR/.NAME.lsl-tmp-XXXXXXXX */
+    char *dir;       /* the directory holding both */
+    int is_dir;      /* a directory (convert) rather than a file */
+    int lock_fd;     /* rank 0: an open descriptor of tmp, holding flock(LOCK_EX) while it is
+                        written on local filesystems, so a later run can tell a dead temporary from
+                        a live one; -1 if none */
+    int slot;        /* registry slot for signal cleanup, -1 if none */
+    lsl_i_fsinfo fs; /* rank 0: the filesystem of dir, probed at create */
 } lsl_i_out;
 
 /* Not collective (rank 0).  Fills o for `path` and creates its temporary: a file of mode 0666

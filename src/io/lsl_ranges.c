@@ -45,12 +45,9 @@ static lsl_status write_full(int fd, const void *buf, uint64_t n, uint64_t off, 
 static lsl_status copy_kernel(int in, uint64_t ioff, int out, uint64_t ooff, uint64_t n,
                               bool *unsupported)
 {
-    loff_t a = (loff_t)ioff, b = (loff_t)ooff;
+    int64_t a = (int64_t)ioff, b = (int64_t)ooff;
     while (n > 0) {
-        ssize_t c =
-            lsl_i_fault(LSL_FAULT_WRITE)
-                ? (errno = EIO, -1)
-                : copy_file_range(in, &a, out, &b, n > (1u << 30) ? (1u << 30) : (size_t)n, 0);
+        ssize_t c = lsl_i_copy_file_range(in, &a, out, &b, n > (1u << 30) ? (1u << 30) : (size_t)n);
         if (c < 0) {
             if (errno == EINTR)
                 continue;

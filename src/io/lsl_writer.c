@@ -225,8 +225,7 @@ lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer
                         (unsigned long long)w->cfg.alignment);
     if (w->rank == 0 && st == LSL_OK) {
         st = lsl_i_out_create(path, 0, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
-        if (st == LSL_OK)
-            st = lsl_i_fs_probe(w->out.dir, &w->fs);
+        w->fs = w->out.fs;
         const char *h = getenv("LSL_MPIIO_HINTS");
         if (st == LSL_OK && h && !(w->hints = lsl_i_strdup(h)))
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
