@@ -59,6 +59,7 @@ typedef enum lsl_status {
     LSL_ERR_CUDA = 42,
     LSL_ERR_BLAS = 43,
     LSL_ERR_NCCL = 44,
+    LSL_ERR_COMM = 45, /* a communicator callback (lsl_comm_ops) returned an error */
     LSL_ERR_NOMEM = 60,
     LSL_ERR_IO = 61,       /* read/write/rename failed (message carries errno text) */
     LSL_ERR_NOSPACE = 62,  /* filesystem full or quota exceeded */
@@ -132,6 +133,50 @@ LSL_API unsigned lsl_dtype_bits(lsl_dtype dt);
  * cannot fail (nranks <= 0 or rank out of range gives an empty range). */
 LSL_API void lsl_partition_rows(uint64_t rows, int nranks, int rank, uint64_t *row0,
                                 uint64_t *nrows);
+
+/* ---- communicators -------------------------------------------------------------------------
+ * Every collective of the library runs over one of two communicators: an MPI communicator (the
+ * `MPI_Comm` entry points; the library duplicates it and sets MPI_ERRORS_RETURN on the copy), or
+ * callbacks the caller supplies (the `_cb_all` entry points), so a job without an MPI world (a
+ * PyTorch job under torchrun) runs the same protocol.  With callbacks the output's data is
+ * written with positional writes (pwrite of each rank's byte ranges into the file rank 0 laid
+ * out, each rank fsyncs its own before the closing agreement) instead of collective MPI-IO: the
+ * same file, bytes and checksums.
+ *
+ * The contract for callbacks:
+ *  - They are called only from the thread that called the loraslab entry point, never from a
+ *    helper thread, and every rank makes the same calls in the same order with the same sizes
+ *    (the library guarantees it; the implementation may rely on it, as MPI does).
+ *  - Each returns 0 on success, anything else on failure.  A failed collective cannot be agreed
+ *    on: the entry point returns LSL_ERR_COMM on the rank that saw it, calls no callback again
+ *    for that job or writer, and expects the transport to fail the others too (a dead peer makes
+ *    torch.distributed raise on every rank, or time out).
+ *  - Buffers are host memory, owned by the library, valid for the call only.
+ *  - The table and ctx must outlive every object created with them (the writer keeps pointers).
+ */
+typedef enum lsl_reduce_op { LSL_OP_MAX = 0, LSL_OP_MIN = 1, LSL_OP_SUM = 2 } lsl_reduce_op;
+
+typedef struct lsl_comm_ops {
+    /* In place: count values of dtype (LSL_I64 or LSL_F64 only) reduced with op over all ranks;
+     * every rank receives the result in buf. */
+    int (*allreduce)(void *ctx, void *buf, uint64_t count, lsl_dtype dtype, lsl_reduce_op op);
+    /* root's bytes at buf reach every rank's buf. */
+    int (*bcast)(void *ctx, void *buf, uint64_t bytes, int root);
+    /* Each rank's `bytes` bytes at send land at recv + rank * bytes on every rank. */
+    int (*allgather)(void *ctx, const void *send, void *recv, uint64_t bytes);
+    /* Rank k's recv_bytes[k] bytes (its send, send_bytes == recv_bytes[rank]) land at recv + the
+     * sum of recv_bytes[0..k) on every rank; recv_bytes holds size entries, the same everywhere. */
+    int (*allgatherv)(void *ctx, const void *send, uint64_t send_bytes, void *recv,
+                      const uint64_t *recv_bytes);
+    int (*barrier)(void *ctx);
+} lsl_comm_ops;
+
+/* A callback communicator: ops and ctx as above, this process's rank in [0, size). */
+typedef struct lsl_comm_cb {
+    const lsl_comm_ops *ops;
+    void *ctx;
+    int rank, size;
+} lsl_comm_cb;
 
 /* ---- in-job writer ---------------------------------------------------------------------------
  * The path a training job uses: create the writer, define the tensor list once, put each tensor's
@@ -222,6 +267,12 @@ typedef struct lsl_part {
  * reported on stderr. */
 LSL_API lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path,
                                          const lsl_writer_config *cfg, lsl_writer **out);
+/* lsl_writer_create_all over callbacks (collective over comm's ranks; the data goes out with
+ * pwrite).  Every later call on the writer uses comm's callbacks.  A descriptor with a NULL
+ * callback or a rank outside [0, size) is LSL_ERR_INVALID_ARG on that rank, before any callback
+ * (a caller error: the others cannot know). */
+LSL_API lsl_status lsl_writer_create_cb_all(const lsl_comm_cb *comm, const char *path,
+                                            const lsl_writer_config *cfg, lsl_writer **out);
 
 /* Collective.  Adds a root string attribute (e.g. "base_config_json").  Call before define.
  * key and value are logically collective (rank 0's values are written). */
@@ -313,6 +364,9 @@ typedef struct lsl_job_stats {
 /* The output may not be any file the job reads (base shards, index, config.json, adapter
  * files), even with overwrite: LSL_ERR_INVALID_ARG. */
 LSL_API lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats);
+/* lsl_merge_all over callbacks (see "communicators"); the output is written with pwrite. */
+LSL_API lsl_status lsl_merge_cb_all(const lsl_comm_cb *comm, const lsl_job_config *cfg,
+                                    lsl_job_stats *stats);
 
 typedef struct lsl_convert_config {
     const char *input;        /* a loraslab HDF5 file */
@@ -339,12 +393,18 @@ typedef struct lsl_convert_config {
  * a symbolic link or a non-directory (LSL_ERR_INVALID_ARG); trailing slashes are ignored. */
 LSL_API lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg,
                                    lsl_job_stats *stats);
+/* lsl_convert_all over callbacks (see "communicators"). */
+LSL_API lsl_status lsl_convert_cb_all(const lsl_comm_cb *comm, const lsl_convert_config *cfg,
+                                      lsl_job_stats *stats);
 
 /* Collective on comm.  Re-reads a loraslab HDF5 file or a directory written by convert and checks
  * every checksum it carries (per tensor, per file) and the safetensors rules of every shard.
  * Returns LSL_OK, LSL_ERR_CORRUPT naming what differs, or LSL_ERR_FORMAT. */
 LSL_API lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes,
                                   int quiet, lsl_job_stats *stats);
+/* lsl_verify_all over callbacks (see "communicators"). */
+LSL_API lsl_status lsl_verify_cb_all(const lsl_comm_cb *comm, const char *path,
+                                     uint64_t staging_bytes, int quiet, lsl_job_stats *stats);
 
 /* Not collective, async-signal-safe.  Removes the temporary files and directories that loraslab
  * calls in this process have created and not yet published or removed (at most 16 at a time
@@ -375,6 +435,9 @@ LSL_API lsl_status lsl_merge_world(const lsl_job_config *cfg, lsl_job_stats *sta
 LSL_API lsl_status lsl_convert_world(const lsl_convert_config *cfg, lsl_job_stats *stats);
 LSL_API lsl_status lsl_verify_world(const char *path, uint64_t staging_bytes, int quiet,
                                     lsl_job_stats *stats);
+/* lsl_writer_create_all over MPI_COMM_WORLD (starting MPI as above). */
+LSL_API lsl_status lsl_writer_create_world(const char *path, const lsl_writer_config *cfg,
+                                           lsl_writer **out);
 /* This process's rank and the world's size (starting MPI as above). */
 LSL_API int lsl_world_rank(void);
 LSL_API int lsl_world_size(void);

@@ -63,6 +63,12 @@ lsl_status lsl_merge_world(const lsl_job_config *cfg, lsl_job_stats *stats)
     return st == LSL_OK ? lsl_merge_all(MPI_COMM_WORLD, cfg, stats) : st;
 }
 
+lsl_status lsl_writer_create_world(const char *path, const lsl_writer_config *cfg, lsl_writer **out)
+{
+    lsl_status st = world();
+    return st == LSL_OK ? lsl_writer_create_all(MPI_COMM_WORLD, path, cfg, out) : st;
+}
+
 void lsl_free(void *p)
 {
     free(p);

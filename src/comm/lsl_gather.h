@@ -1,4 +1,5 @@
-/* All-gather of LoRA A from its FSDP shards (rows or columns), over MPI. */
+/* All-gather of LoRA A from its FSDP shards (rows or columns), over the library's communicator (MPI
+ * or callbacks), through host memory. */
 #ifndef LSL_GATHER_H
 #define LSL_GATHER_H
 
@@ -23,16 +24,16 @@ uint64_t lsl_i_ashard_bytes(const lsl_i_ashard *s);
  * LSL_I_LORA_A_FULL so the put uses it as it is. */
 void lsl_i_lora_set_full(lsl_lora_part *l, void *full);
 
-/* Collective on comm.  Gathers the A of n tensors with one MPI_Allgather of the shard sizes and
- * one MPI_Allgatherv of all shards, whatever n: a batch costs the collective latency of one
+/* Collective on comm.  Gathers the A of n tensors with one all-gather of the shard sizes and
+ * one all-gatherv of all shards, whatever n: a batch costs the collective latency of one
  * tensor.  Every rank passes the same n, r, in and esize per tensor (checked); the shards of each
  * tensor must tile A in rank order.  local_st lets a rank that already failed join without
  * hanging; the return value is agreed across ranks. */
-lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s,
+lsl_status lsl_i_gather_a_batch(lsl_i_comm *comm, uint64_t n, const lsl_i_ashard *s,
                                 lsl_status local_st);
 
 /* Collective on comm.  lsl_i_gather_a_batch of one tensor. */
-lsl_status lsl_i_gather_a(MPI_Comm comm, lsl_shard_dim dim, const void *mine, uint64_t off,
+lsl_status lsl_i_gather_a(lsl_i_comm *comm, lsl_shard_dim dim, const void *mine, uint64_t off,
                           uint64_t count, uint64_t r, uint64_t in, uint64_t esize, void *full,
                           lsl_status local_st);
 

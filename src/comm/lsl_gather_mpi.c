@@ -67,13 +67,11 @@ void lsl_i_lora_set_full(lsl_lora_part *l, void *full)
     l->flags |= LSL_I_LORA_A_FULL;
 }
 
-lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s,
+lsl_status lsl_i_gather_a_batch(lsl_i_comm *comm, uint64_t n, const lsl_i_ashard *s,
                                 lsl_status local_st)
 {
     lsl_status rc = LSL_OK, st = local_st;
-    int rank = 0, size = 1;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    int size = comm->size;
     uint64_t total = 0, my_bytes = 0; /* all n full A's; this rank's shards */
     for (uint64_t i = 0; i < n; i++) {
         total += s[i].r * s[i].in * s[i].esize;
@@ -81,8 +79,8 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
     }
     uint64_t *mine = lsl_i_malloc((n * NF + 1) * sizeof *mine);
     uint64_t *all = lsl_i_malloc((n * NF + 1) * sizeof *all * (size_t)size);
-    int *counts = lsl_i_malloc(sizeof(int) * (size_t)size),
-        *displs = lsl_i_malloc(sizeof(int) * (size_t)size);
+    uint64_t *counts = lsl_i_malloc(sizeof *counts * (size_t)size),
+             *displs = lsl_i_malloc(sizeof *displs * (size_t)size);
     unsigned char *send = lsl_i_malloc(my_bytes + 1), *recv = lsl_i_malloc(total + 1);
     if (st == LSL_OK && (!mine || !all || !counts || !displs || !send || !recv))
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory gathering LoRA A");
@@ -101,10 +99,7 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
         p[F_ES] = s[i].esize;
         p[F_DIM] = s[i].dim == LSL_SHARD_COLS;
     }
-    int mrc =
-        MPI_Allgather(mine, (int)(n * NF), MPI_UINT64_T, all, (int)(n * NF), MPI_UINT64_T, comm);
-    if (mrc != MPI_SUCCESS)
-        LSL_GOTO(lsl_i_mpi_fail(mrc, "MPI_Allgather of LoRA A shard sizes"));
+    LSL_TRY(lsl_i_allgather(comm, mine, all, n * NF * sizeof *mine));
     for (uint64_t i = 0; i < n; i++)
         LSL_TRY(check_tiling(all, size, n, i));
     uint64_t d = 0;
@@ -112,8 +107,8 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
         uint64_t b = 0;
         for (uint64_t i = 0; i < n; i++)
             b += all[((uint64_t)k * n + i) * NF + F_COUNT] * unit_bytes(&s[i]);
-        counts[k] = (int)b;
-        displs[k] = (int)d;
+        counts[k] = b;
+        displs[k] = d;
         d += b;
     }
     unsigned char *q = send;
@@ -123,9 +118,7 @@ lsl_status lsl_i_gather_a_batch(MPI_Comm comm, uint64_t n, const lsl_i_ashard *s
             memcpy(q, s[i].mine, b);
         q += b;
     }
-    mrc = MPI_Allgatherv(send, counts[rank], MPI_BYTE, recv, counts, displs, MPI_BYTE, comm);
-    if (mrc != MPI_SUCCESS)
-        LSL_GOTO(lsl_i_mpi_fail(mrc, "MPI_Allgatherv of LoRA A"));
+    LSL_TRY(lsl_i_allgatherv(comm, send, recv, counts));
     for (int k = 0; k < size; k++) {
         const unsigned char *blk = recv + displs[k];
         for (uint64_t i = 0; i < n; i++) {
@@ -150,7 +143,7 @@ fail:
     return rc;
 }
 
-lsl_status lsl_i_gather_a(MPI_Comm comm, lsl_shard_dim dim, const void *mine, uint64_t off,
+lsl_status lsl_i_gather_a(lsl_i_comm *comm, lsl_shard_dim dim, const void *mine, uint64_t off,
                           uint64_t count, uint64_t r, uint64_t in, uint64_t esize, void *full,
                           lsl_status local_st)
 {

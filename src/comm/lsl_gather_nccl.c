@@ -34,11 +34,9 @@ int lsl_i_nccl_available(void)
     return 1;
 }
 
-int lsl_i_nccl_start(MPI_Comm comm, lsl_i_nccl **out)
+int lsl_i_nccl_start(lsl_i_comm *comm, lsl_i_nccl **out)
 {
-    int rank, size, ok = 0;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    int rank = comm->rank, size = comm->size;
     *out = NULL;
     lsl_i_nccl *c = lsl_i_calloc(1, sizeof *c);
     ncclUniqueId uid;
@@ -46,9 +44,11 @@ int lsl_i_nccl_start(MPI_Comm comm, lsl_i_nccl **out)
     ncclResult_t nr = ncclSuccess;
     if (rank == 0)
         nr = ncclGetUniqueId(&uid);
-    int root_ok = nr == ncclSuccess;
-    MPI_Bcast(&root_ok, 1, MPI_INT, 0, comm);
-    MPI_Bcast(&uid, sizeof uid, MPI_BYTE, 0, comm);
+    int64_t root_ok = nr == ncclSuccess;
+    /* a failed broadcast breaks the communicator: every later call fails on this rank */
+    if (lsl_i_bcast_raw(comm, &root_ok, sizeof root_ok, 0) != LSL_OK ||
+        lsl_i_bcast_raw(comm, &uid, sizeof uid, 0) != LSL_OK)
+        root_ok = 0;
     if (root_ok && c) {
         ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
         cfg.blocking = 0;
@@ -56,8 +56,9 @@ int lsl_i_nccl_start(MPI_Comm comm, lsl_i_nccl **out)
         if (c->comm)
             nr = settle(c->comm, nr, NCCL_LIMIT_S);
     }
-    int mine = c && root_ok && nr == ncclSuccess;
-    MPI_Allreduce(&mine, &ok, 1, MPI_INT, MPI_LAND, comm);
+    int64_t mine = c && root_ok && nr == ncclSuccess, ok = mine;
+    if (lsl_i_allreduce_i64(comm, &ok, 1, LSL_OP_MIN) != LSL_OK)
+        ok = 0;
     if (ok) {
         c->rank = rank;
         *out = c;
@@ -112,7 +113,7 @@ int lsl_i_nccl_available(void)
     return 0;
 }
 
-int lsl_i_nccl_start(MPI_Comm comm, lsl_i_nccl **out)
+int lsl_i_nccl_start(lsl_i_comm *comm, lsl_i_nccl **out)
 {
     (void)comm;
     *out = NULL;

@@ -15,7 +15,7 @@ int lsl_i_nccl_available(void);
  * thread's current device).  Every rank waits a bounded time for NCCL to start, then all agree:
  * returns 1 with *out set on every rank, or 0 with *out NULL on every rank (a rank where NCCL
  * failed says why on stderr).  Never hangs on one rank's failure. */
-int lsl_i_nccl_start(MPI_Comm comm, lsl_i_nccl **out);
+int lsl_i_nccl_start(lsl_i_comm *comm, lsl_i_nccl **out);
 
 /* Not collective in the MPI sense, but every rank of the communicator must call it with the same
  * k and bytes: k in-place all-gathers in one NCCL group on the default stream.  recv[i] holds

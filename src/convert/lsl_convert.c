@@ -368,10 +368,11 @@ fail:
     return rc;
 }
 
-static lsl_status convert_impl(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
+static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
+                               lsl_job_stats *stats)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
-    int rank = 0, size = 1, src_fd = -1, *dst_fds = NULL;
+    int rank = 0, src_fd = -1, *dst_fds = NULL;
     lsl_i_h5_file f;
     cplan p;
     uint64_t *hc = NULL;
@@ -383,8 +384,7 @@ static lsl_status convert_impl(MPI_Comm comm, const lsl_convert_config *cfg, lsl
     memset(&f, 0, sizeof f);
     memset(&p, 0, sizeof p);
     lsl_i_clear_error();
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    rank = comm->rank;
     uint64_t staging_bytes = cfg && cfg->staging_bytes ? cfg->staging_bytes : LSL_DEFAULT_STAGING;
     if (!cfg || !cfg->input || !cfg->outdir)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "convert needs an input file and an output directory");
@@ -505,14 +505,25 @@ fail:
     return rc;
 }
 
+static lsl_status convert_on(MPI_Comm mpi, const lsl_comm_cb *cb, const lsl_convert_config *cfg,
+                             lsl_job_stats *stats)
+{
+    lsl_i_comm *own = NULL;
+    lsl_i_clear_error();
+    lsl_status st = lsl_i_comm_open(mpi, cb, &own);
+    if (st == LSL_OK)
+        st = convert_impl(own, cfg, stats);
+    lsl_i_comm_free(&own);
+    return st;
+}
+
 lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
 {
-    MPI_Comm own;
-    lsl_i_clear_error();
-    lsl_status st = lsl_i_comm_dup(comm, &own);
-    if (st == LSL_OK) {
-        st = convert_impl(own, cfg, stats);
-        MPI_Comm_free(&own);
-    }
-    return st;
+    return convert_on(comm, NULL, cfg, stats);
+}
+
+lsl_status lsl_convert_cb_all(const lsl_comm_cb *comm, const lsl_convert_config *cfg,
+                              lsl_job_stats *stats)
+{
+    return convert_on(MPI_COMM_NULL, comm, cfg, stats);
 }

@@ -201,11 +201,11 @@ static lsl_status judge(const char *path, bool is_dir, const vplan *p, const uin
     return LSL_OK;
 }
 
-static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
+static lsl_status verify_impl(lsl_i_comm *comm, const char *path, uint64_t staging_bytes, int quiet,
                               lsl_job_stats *stats)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
-    int rank, size, *fds = NULL;
+    int rank, *fds = NULL;
     char ***srcs = NULL;
     vplan p;
     uint32_t *crcs = NULL;
@@ -215,8 +215,7 @@ static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_
     uint64_t rss0 = lsl_i_rss_current();
     memset(&p, 0, sizeof p);
     lsl_i_clear_error();
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    rank = comm->rank;
     if (!staging_bytes)
         staging_bytes = LSL_DEFAULT_STAGING;
     if (rank == 0) {
@@ -230,7 +229,7 @@ static lsl_status verify_impl(MPI_Comm comm, const char *path, uint64_t staging_
     }
     LSL_TRY(lsl_i_agree(comm, st));
     uint64_t hdr[2] = {p.nsrc, p.n};
-    MPI_Bcast(hdr, 2, MPI_UINT64_T, 0, comm);
+    LSL_TRY(lsl_i_bcast_raw(comm, hdr, sizeof hdr, 0));
     if (rank != 0) {
         p.nsrc = (uint32_t)hdr[0];
         p.n = hdr[1];
@@ -296,15 +295,26 @@ fail:
     return rc;
 }
 
+static lsl_status verify_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *path,
+                            uint64_t staging_bytes, int quiet, lsl_job_stats *stats)
+{
+    lsl_i_comm *own = NULL;
+    lsl_i_clear_error();
+    lsl_status st = lsl_i_comm_open(mpi, cb, &own);
+    if (st == LSL_OK)
+        st = verify_impl(own, path, staging_bytes, quiet, stats);
+    lsl_i_comm_free(&own);
+    return st;
+}
+
 lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
                           lsl_job_stats *stats)
 {
-    MPI_Comm own;
-    lsl_i_clear_error();
-    lsl_status st = lsl_i_comm_dup(comm, &own);
-    if (st == LSL_OK) {
-        st = verify_impl(own, path, staging_bytes, quiet, stats);
-        MPI_Comm_free(&own);
-    }
-    return st;
+    return verify_on(comm, NULL, path, staging_bytes, quiet, stats);
+}
+
+lsl_status lsl_verify_cb_all(const lsl_comm_cb *comm, const char *path, uint64_t staging_bytes,
+                             int quiet, lsl_job_stats *stats)
+{
+    return verify_on(MPI_COMM_NULL, comm, path, staging_bytes, quiet, stats);
 }

@@ -3,6 +3,7 @@
 #define LSL_INTERNAL_H
 
 #include "loraslab.h"
+#include "lsl_comm.h"
 #include "lsl_fault.h"
 
 #include <stdarg.h>
@@ -31,23 +32,18 @@ void lsl_i_clear_error(void);
 /* Collective: every rank passes its local status; all return the first failing rank's status and
  * carry its message (prefixed with the rank when it is not rank 0).  Never hangs on
  * a local error because it is the only communication it does. */
-lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local);
+lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local);
 
-/* Collective on user: the library's own communicator for one job or writer, a duplicate of the
- * caller's (so its messages never match the caller's traffic) that returns MPI errors as codes
- * (MPI_ERRORS_RETURN) instead of aborting the job.  Agreed status; *out is MPI_COMM_NULL on
- * failure.  The caller frees it with MPI_Comm_free. */
-lsl_status lsl_i_comm_dup(MPI_Comm user, MPI_Comm *out);
 /* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank,
  * replacing the others' (their old strings are freed).  Every rank makes the same collective
  * calls whatever fails locally; local lets a rank that already failed join.  Agreed status. */
-lsl_status lsl_i_bcast(MPI_Comm comm, int nstr, char **const *strs, int nnum, uint64_t *nums,
+lsl_status lsl_i_bcast(lsl_i_comm *comm, int nstr, char **const *strs, int nnum, uint64_t *nums,
                        lsl_status local);
 /* Collective: agree on local (each rank's buffer of n bytes is allocated), then rank 0's n bytes
  * reach every rank.  Agreed status. */
-lsl_status lsl_i_bcast_bytes(MPI_Comm comm, void *buf, uint64_t n, lsl_status local);
+lsl_status lsl_i_bcast_bytes(lsl_i_comm *comm, void *buf, uint64_t n, lsl_status local);
 /* lsl_i_bcast with at most one number (num may be NULL). */
-lsl_status lsl_i_bcast_strs(MPI_Comm comm, int nstr, char **const *strs, uint64_t *num,
+lsl_status lsl_i_bcast_strs(lsl_i_comm *comm, int nstr, char **const *strs, uint64_t *num,
                             lsl_status local);
 
 /* Jump to the function's one cleanup label on failure. */
@@ -117,7 +113,7 @@ bool lsl_i_plain_name(const char *s);
 /* "dir/name", malloc'ed; NULL when out of memory. */
 char *lsl_i_join(const char *dir, const char *name);
 /* Collective: fill stats from this rank's start time and RSS (max/min over ranks). */
-void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
+void lsl_i_fill_stats(lsl_i_comm *comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
                       uint64_t bytes, lsl_job_stats *stats);
 /* Open an input file read-only (*out the descriptor, *size its size, may be NULL).  Anything but
  * a regular file is refused by name without blocking (a FIFO would wait for a writer forever, a

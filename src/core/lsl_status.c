@@ -25,6 +25,7 @@ const char *lsl_status_name(lsl_status st)
     case LSL_ERR_CUDA: return "LSL_ERR_CUDA";
     case LSL_ERR_BLAS: return "LSL_ERR_BLAS";
     case LSL_ERR_NCCL: return "LSL_ERR_NCCL";
+    case LSL_ERR_COMM: return "LSL_ERR_COMM";
     case LSL_ERR_NOMEM: return "LSL_ERR_NOMEM";
     case LSL_ERR_IO: return "LSL_ERR_IO";
     case LSL_ERR_NOSPACE: return "LSL_ERR_NOSPACE";
@@ -52,6 +53,7 @@ const char *lsl_strerror(lsl_status st)
     case LSL_ERR_CUDA: return "CUDA error";
     case LSL_ERR_BLAS: return "BLAS error";
     case LSL_ERR_NCCL: return "NCCL error";
+    case LSL_ERR_COMM: return "communicator callback failed";
     case LSL_ERR_NOMEM: return "out of memory";
     case LSL_ERR_IO: return "I/O error";
     case LSL_ERR_NOSPACE: return "no space left on the output filesystem";
@@ -120,15 +122,13 @@ lsl_status lsl_i_mpi_fail(int mpi_rc, const char *what)
     return lsl_i_fail(st, "%s: %s", what, s);
 }
 
-lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local)
+lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
 {
-    int rank = 0, size = 1;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    int mine = local != LSL_OK ? rank : INT_MAX, first = INT_MAX;
-    if (MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS)
-        return lsl_i_fail(LSL_ERR_MPI, "MPI_Allreduce failed while agreeing on a status");
-    if (first == INT_MAX)
+    int64_t first = local != LSL_OK ? comm->rank : INT64_MAX;
+    lsl_status rc = lsl_i_allreduce_i64(comm, &first, 1, LSL_OP_MIN);
+    if (rc != LSL_OK)
+        return rc;
+    if (first == INT64_MAX)
         return LSL_OK;
     /* One message for everyone, so every rank (and a log that only shows rank 0) tells the same
      * story about what went wrong and where. */
@@ -136,14 +136,17 @@ lsl_status lsl_i_agree(MPI_Comm comm, lsl_status local)
         int st;
         char msg[LSL_MSG_MAX];
     } pkt;
+    memset(&pkt, 0, sizeof pkt);
     pkt.st = (int)local;
-    if (rank == first) {
-        if (rank != 0 && strncmp(last_msg, "rank ", 5) != 0)
-            snprintf(pkt.msg, sizeof pkt.msg, "rank %d: %s", rank, last_msg);
+    if (comm->rank == first) {
+        if (comm->rank != 0 && strncmp(last_msg, "rank ", 5) != 0)
+            snprintf(pkt.msg, sizeof pkt.msg, "rank %d: %s", comm->rank, last_msg);
         else
             snprintf(pkt.msg, sizeof pkt.msg, "%s", last_msg);
     }
-    MPI_Bcast(&pkt, (int)sizeof pkt, MPI_BYTE, first, comm);
+    rc = lsl_i_bcast_raw(comm, &pkt, sizeof pkt, (int)first);
+    if (rc != LSL_OK)
+        return rc;
     snprintf(last_msg, sizeof last_msg, "%s", pkt.msg);
     return (lsl_status)pkt.st;
 }

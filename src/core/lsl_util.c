@@ -123,15 +123,16 @@ char *lsl_i_join(const char *dir, const char *name)
     return p;
 }
 
-void lsl_i_fill_stats(MPI_Comm comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
+void lsl_i_fill_stats(lsl_i_comm *comm, double t0, uint64_t rss0, uint64_t tensors, uint64_t merged,
                       uint64_t bytes, lsl_job_stats *stats)
 {
     uint64_t peak = lsl_i_rss_peak(), growth = peak > rss0 ? peak - rss0 : 0;
     /* the counts are the job's, which only some jobs know on every rank (verify plans on rank
      * 0): the maximum is that figure everywhere */
-    uint64_t v[6] = {rss0, peak, growth, tensors, merged, bytes}, mx[6], mn = 0;
-    MPI_Allreduce(v, mx, 6, MPI_UINT64_T, MPI_MAX, comm);
-    MPI_Allreduce(&growth, &mn, 1, MPI_UINT64_T, MPI_MIN, comm);
+    uint64_t mx[6] = {rss0, peak, growth, tensors, merged, bytes}, mn = growth;
+    /* a failed reduction leaves this rank's own figures, which is all it can know */
+    if (lsl_i_allreduce_u64(comm, mx, 6, LSL_OP_MAX) == LSL_OK)
+        lsl_i_allreduce_u64(comm, &mn, 1, LSL_OP_MIN);
     *stats = (lsl_job_stats){lsl_i_now() - t0, mx[3], mx[4], mx[5], mx[0], mx[1], mn, mx[2]};
 }
 

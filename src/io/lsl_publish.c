@@ -305,10 +305,9 @@ fail:
     return rc;
 }
 
-lsl_status lsl_i_out_share(MPI_Comm comm, lsl_i_out *o, lsl_status st)
+lsl_status lsl_i_out_share(lsl_i_comm *comm, lsl_i_out *o, lsl_status st)
 {
-    int rank;
-    MPI_Comm_rank(comm, &rank);
+    int rank = comm->rank;
     if (rank != 0) /* only rank 0 created anything */
         o->slot = o->lock_fd = -1;
     uint64_t kind = (uint64_t)o->is_dir;

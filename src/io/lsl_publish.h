@@ -32,7 +32,7 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
 
 /* Collective on comm: rank 0's o (after lsl_i_out_create, with status st) reaches every rank and
  * is registered for signal cleanup there.  Agreed status; on failure every rank's o is freed. */
-lsl_status lsl_i_out_share(MPI_Comm comm, lsl_i_out *o, lsl_status st);
+lsl_status lsl_i_out_share(lsl_i_comm *comm, lsl_i_out *o, lsl_status st);
 
 /* Not collective (rank 0).  Syncs the temporary, renames it to the final path (replacing only
  * with overwrite; a path that appeared meanwhile is LSL_ERR_EXISTS), syncs the directory. */

@@ -10,16 +10,48 @@
 #include <string.h>
 #include <unistd.h>
 
-/* (crc, len) of consecutive byte runs; combined left to right, so MPI must keep rank order. */
-static void crc_op(void *in, void *inout, int *len, MPI_Datatype *dt)
+/* One range's part on one rank: the unit the ranks exchange to combine CRCs. */
+typedef struct part {
+    uint64_t range, crc, len;
+} part;
+
+/* Collective: each range's CRC from the ranks' parts, combined in rank (= byte) order.  A rank
+ * holds a contiguous share of the byte space, so the parts number at most n + size - 1 in all:
+ * the exchange stays small at any rank count. */
+static lsl_status combine_crcs(lsl_i_comm *comm, const lsl_i_range_job *job, const uint64_t *pairs,
+                               uint32_t *crcs)
 {
-    (void)dt;
-    uint64_t *a = in, *b = inout;
-    for (int i = 0; i < *len; i++) {
-        uint64_t ca = a[2 * i], la = a[2 * i + 1], cb = b[2 * i], lb = b[2 * i + 1];
-        b[2 * i] = lsl_crc32c_combine((uint32_t)ca, (uint32_t)cb, lb);
-        b[2 * i + 1] = la + lb;
+    lsl_status rc = LSL_OK, st = LSL_OK;
+    uint64_t mine = 0, total = 0;
+    for (uint64_t i = 0; i < job->n; i++)
+        mine += pairs[2 * i + 1] != 0;
+    uint64_t *counts = lsl_i_malloc(sizeof *counts * (size_t)comm->size);
+    part *send = lsl_i_malloc(sizeof *send * (mine + 1)), *all = NULL;
+    if (!counts || !send)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory combining checksums");
+    LSL_TRY(lsl_i_agree(comm, st));
+    for (uint64_t i = 0, k = 0; i < job->n; i++)
+        if (pairs[2 * i + 1])
+            send[k++] = (part){i, pairs[2 * i], pairs[2 * i + 1]};
+    LSL_TRY(lsl_i_allgather(comm, &mine, counts, sizeof mine));
+    for (int k = 0; k < comm->size; k++) {
+        total += counts[k];
+        counts[k] *= sizeof(part);
     }
+    all = lsl_i_malloc(sizeof *all * (total + 1));
+    LSL_TRY(lsl_i_agree(comm, all ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory")));
+    LSL_TRY(lsl_i_allgatherv(comm, send, all, counts));
+    for (uint64_t i = 0; i < job->n; i++)
+        crcs[i] = 0;
+    for (uint64_t k = 0; k < total; k++) /* rank order, and within a rank range order */
+        if (all[k].range < job->n)
+            crcs[all[k].range] =
+                lsl_crc32c_combine(crcs[all[k].range], (uint32_t)all[k].crc, all[k].len);
+fail:
+    free(counts);
+    free(send);
+    free(all);
+    return rc;
 }
 
 static lsl_status write_full(int fd, const void *buf, uint64_t n, uint64_t off, const char *path)
@@ -64,12 +96,10 @@ static lsl_status copy_kernel(int in, uint64_t ioff, int out, uint64_t ooff, uin
     return LSL_OK;
 }
 
-lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint32_t *crcs)
+lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, uint32_t *crcs)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
-    int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    int rank = comm->rank, size = comm->size;
     uint64_t total = 0;
     for (uint64_t i = 0; i < job->n; i++)
         total += job->r[i].len;
@@ -80,10 +110,7 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
     uint64_t hi = lo + total / (uint64_t)size + ((uint64_t)rank < total % (uint64_t)size);
     uint64_t *pairs = lsl_i_calloc(job->n ? 2 * job->n : 2, sizeof(uint64_t));
     unsigned char *touched = lsl_i_calloc(job->ndst ? job->ndst : 1, 1);
-    /* allocated up front: a rank short of it must fail at the agreement below, not skip the
-     * reduction the others are in */
-    uint64_t *all = lsl_i_malloc((job->n ? job->n : 1) * 2 * sizeof(uint64_t));
-    if (!pairs || !touched || !all)
+    if (!pairs || !touched)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for %llu ranges", (unsigned long long)job->n);
     bool kernel_copy = !job->checksum;
     double t0 = lsl_i_now();
@@ -144,20 +171,8 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
             st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: fsync", job->dst_paths[f]);
     }
     LSL_TRY(lsl_i_agree(comm, st));
-    if (job->checksum) {
-        MPI_Datatype pair;
-        MPI_Op op;
-        MPI_Type_contiguous(2, MPI_UINT64_T, &pair);
-        MPI_Type_commit(&pair);
-        MPI_Op_create(crc_op, 0 /* not commutative: combine in rank order */, &op);
-        int mrc = MPI_Allreduce(pairs, all, (int)job->n, pair, op, comm);
-        for (uint64_t i = 0; mrc == MPI_SUCCESS && i < job->n; i++)
-            crcs[i] = (uint32_t)all[2 * i];
-        MPI_Op_free(&op);
-        MPI_Type_free(&pair);
-        LSL_TRY(lsl_i_agree(
-            comm, mrc == MPI_SUCCESS ? LSL_OK : lsl_i_fail(LSL_ERR_MPI, "CRC reduction failed")));
-    }
+    if (job->checksum)
+        LSL_TRY(combine_crcs(comm, job, pairs, crcs));
     if (rank == 0 && lsl_i_progress_due(&prog, true) && prog.mode == LSL_PROGRESS_JSON) {
         lsl_i_progress_json(&prog, job->tensors, total, true);
     } else if (rank == 0 && prog.mode == LSL_PROGRESS_TEXT) {
@@ -167,7 +182,6 @@ lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint3
                 lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
     }
 fail:
-    free(all);
     free(pairs);
     free(touched);
     return rc;

@@ -1,7 +1,8 @@
 /* Parallel copy or read of many byte ranges: the ranges of all tensors form one byte space that
  * is cut into equal contiguous shares, one per rank; each rank streams its share through the
  * staging buffer, checksumming each tensor's part, and the parts' CRCs are combined in rank
- * (= byte) order with a non-commutative MPI reduction. */
+ * (= byte) order: an all-gather of each rank's
+ * (range, crc, length) triples. */
 #ifndef LSL_RANGES_H
 #define LSL_RANGES_H
 
@@ -34,6 +35,6 @@ typedef struct lsl_i_range_job {
 /* Collective.  Copies (or reads) every range; crcs[i] receives range i's CRC-32C on every rank
  * when checksum is set.  Destination files written by this rank are fsync'ed.  The status is
  * agreed across ranks. */
-lsl_status lsl_i_ranges_run_all(MPI_Comm comm, const lsl_i_range_job *job, uint32_t *crcs);
+lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, uint32_t *crcs);
 
 #endif

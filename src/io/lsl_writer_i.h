@@ -17,7 +17,7 @@ typedef struct lsl_i_src {
 
 /* Collective.  lsl_writer_create_all for a job that reads `inputs` (n paths, rank 0's count):
  * the output may not be any of them (LSL_ERR_INVALID_ARG). */
-lsl_status lsl_i_writer_create(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
+lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_writer_config *cfg,
                                const char *const *inputs, uint64_t n, lsl_writer **out);
 
 /* The writer's own communicator (tests check its error handler). */

@@ -11,7 +11,7 @@ typedef struct lsl_i_cuda lsl_i_cuda;
 /* Collective on comm.  Makes GPU (node-local rank mod visible GPUs) this rank's current device,
  * so ranks of one node spread over its GPUs.  Agreed status (LSL_ERR_CUDA when a rank sees no
  * GPU).  *ranks_per_gpu (rank 0's node) may be NULL. */
-lsl_status lsl_i_cuda_select(MPI_Comm comm, int *ranks_per_gpu);
+lsl_status lsl_i_cuda_select(lsl_i_comm *comm, int *ranks_per_gpu);
 
 /* The largest pinned slot.  Measured on one H100 node: 8 MiB slots wrote 5.9 GB to /dev/shm in
  * 2.39-2.57 s against 2.54-3.15 s with 32 MiB, and 1.4 s against 1.8 s into the page cache of a
@@ -27,7 +27,7 @@ lsl_status lsl_i_cuda_select(MPI_Comm comm, int *ranks_per_gpu);
  * and hundreds of MiB), NCCL after; "nccl", NCCL from the first gather; "mpi", never NCCL.
  * Anything else: LSL_ERR_INVALID_ARG.  The communicator is built at the first gather that uses
  * it.  Agreed status. */
-lsl_status lsl_i_cuda_open(MPI_Comm comm, uint64_t staging_bytes, lsl_i_cuda **out);
+lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda **out);
 void lsl_i_cuda_close(lsl_i_cuda **c);
 const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c);
 uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c);
@@ -38,7 +38,7 @@ void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi);
  * next gather).  l->a is device memory, or host memory when a_on_host (then A goes through the
  * MPI path); with LSL_I_LORA_A_FULL it is the whole of A in host memory, only uploaded, or with
  * LSL_I_LORA_A_GPU as well, on the device already (lsl_i_cuda_gather_a_batch).  Agreed status. */
-lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part *l, uint64_t in,
+lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_lora_part *l, uint64_t in,
                                int a_on_host, const void **a_dev, lsl_status local);
 /* Collective on comm.  The A of a batch of n tensors over NCCL, in one group: part i (l[i] NULL
  * for a tensor without LoRA; in[i] its row length) goes when every rank holds its FSDP row shard
@@ -46,7 +46,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, MPI_Comm comm, const lsl_lora_part
  * whole A of each part that went (device memory owned by c, valid until the next batch), NULL
  * for the others, which the caller gathers through host memory.  Agreed status; local lets a
  * rank that already failed join. */
-lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, MPI_Comm comm, uint64_t n,
+lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, lsl_i_comm *comm, uint64_t n,
                                      const lsl_lora_part *const *l, const uint64_t *in, void **full,
                                      lsl_status local);
 /* Copy `bytes` of device memory (the current device's) to host memory.  Not collective. */

@@ -150,7 +150,7 @@ static uint64_t batch_end(const lsl_plan *p, uint64_t i, int nranks, uint64_t ca
     return j;
 }
 
-static lsl_status merge_impl(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
+static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_job_stats *stats)
 {
     lsl_job_part *lb = NULL;
     lsl_i_ashard sh[BATCH_MAX];
@@ -164,8 +164,8 @@ static lsl_status merge_impl(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_s
     uint64_t rss0 = lsl_i_rss_current();
     memset(&plan, 0, sizeof plan);
     lsl_i_clear_error();
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    rank = comm->rank;
+    size = comm->size;
     if (!cfg)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_merge_all: cfg is NULL");
     else if (rank == 0)
@@ -298,14 +298,25 @@ fail:
     return rc;
 }
 
+static lsl_status merge_on(MPI_Comm mpi, const lsl_comm_cb *cb, const lsl_job_config *cfg,
+                           lsl_job_stats *stats)
+{
+    lsl_i_comm *own = NULL;
+    lsl_i_clear_error();
+    lsl_status st = lsl_i_comm_open(mpi, cb, &own);
+    if (st == LSL_OK)
+        st = merge_impl(own, cfg, stats);
+    lsl_i_comm_free(&own);
+    return st;
+}
+
 lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
 {
-    MPI_Comm own;
-    lsl_i_clear_error();
-    lsl_status st = lsl_i_comm_dup(comm, &own);
-    if (st == LSL_OK) {
-        st = merge_impl(own, cfg, stats);
-        MPI_Comm_free(&own);
-    }
-    return st;
+    return merge_on(comm, NULL, cfg, stats);
+}
+
+lsl_status lsl_merge_cb_all(const lsl_comm_cb *comm, const lsl_job_config *cfg,
+                            lsl_job_stats *stats)
+{
+    return merge_on(MPI_COMM_NULL, comm, cfg, stats);
 }

@@ -559,12 +559,11 @@ static char *get_str(buf *b)
     return s;
 }
 
-lsl_status lsl_plan_bcast(MPI_Comm comm, lsl_plan *p, lsl_status st)
+lsl_status lsl_plan_bcast(lsl_i_comm *comm, lsl_plan *p, lsl_status st)
 {
     lsl_status rc = LSL_OK;
-    int rank;
+    int rank = comm->rank;
     buf b = {0};
-    MPI_Comm_rank(comm, &rank);
     LSL_TRY(lsl_i_agree(comm, st));
     if (rank == 0) {
         put_u64(&b, p->nfiles);
@@ -586,15 +585,12 @@ lsl_status lsl_plan_bcast(MPI_Comm comm, lsl_plan *p, lsl_status st)
     }
     st = b.bad ? lsl_i_fail(LSL_ERR_NOMEM, "out of memory encoding the plan") : LSL_OK;
     LSL_TRY(lsl_i_agree(comm, st));
-    MPI_Bcast(&b.len, 1, MPI_UINT64_T, 0, comm);
+    LSL_TRY(lsl_i_bcast_raw(comm, &b.len, sizeof b.len, 0));
     st = LSL_OK;
-    if (b.len > (uint64_t)INT_MAX)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "plan of %llu bytes is too large to broadcast",
-                        (unsigned long long)b.len);
-    else if (rank != 0 && !(b.p = lsl_i_malloc(b.len ? b.len : 1)))
+    if (rank != 0 && !(b.p = lsl_i_malloc(b.len ? b.len : 1)))
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for the plan");
     LSL_TRY(lsl_i_agree(comm, st));
-    MPI_Bcast(b.p, (int)b.len, MPI_BYTE, 0, comm);
+    LSL_TRY(lsl_i_bcast_raw(comm, b.p, b.len, 0));
     if (rank != 0) {
         memset(p, 0, sizeof *p);
         p->nfiles = (uint32_t)get_u64(&b);

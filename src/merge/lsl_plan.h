@@ -44,7 +44,7 @@ typedef struct lsl_plan {
 lsl_status lsl_plan_build(const lsl_job_config *cfg, lsl_plan *out);
 /* Collective: rank 0's plan (built with status st) reaches every rank; returns the agreed
  * status. */
-lsl_status lsl_plan_bcast(MPI_Comm comm, lsl_plan *p, lsl_status st);
+lsl_status lsl_plan_bcast(lsl_i_comm *comm, lsl_plan *p, lsl_status st);
 void lsl_plan_free(lsl_plan *p);
 
 #endif

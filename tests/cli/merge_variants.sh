@@ -5,18 +5,28 @@
 # delta, and GPT-2 Conv1D layers with fan_in_fan_out; every output is checked by
 # tests/py/check_merge.py (h5py + float64 numpy reference) and its `inspect --json` against the
 # schema.
-#   merge_variants.sh BUILD/loraslab NP
+#   merge_variants.sh BUILD/loraslab NP [BUILD/jobs_cb]
+# With jobs_cb (tests/mpi/jobs_cb.c), every variant is merged a second time over a callback
+# communicator (callbacks calling MPI, data written with pwrite) and must give the same bytes.
 # LSL_MERGE_ARGS adds merge options to every variant (the GPU tests pass --device cuda; then the
 # check allows fp32 accumulation error where W0 and the delta nearly cancel, and the schema check,
 # which does not depend on where the merge ran, is left to the CPU runs).
 set -euo pipefail
-lsl=$1 np=$2
+lsl=$1 np=$2 jobs_cb=${3:-}
 py=${LSL_PYTHON:-/usr/bin/python3}
 mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/merge-np$np${LSL_MERGE_ARGS:+-gpu}
 rm -rf "$out" && mkdir -p "$out"
 pass=0 fail=0
+
+# The merge over callbacks: the same bytes as the MPI-IO file.
+same_over_callbacks() {
+  local d=$1 mergeargs=$2 mib=""
+  [[ "$mergeargs" =~ --staging-mib\ ([0-9]+) ]] && mib=${BASH_REMATCH[1]}
+  "$mpiexec" -n "$np" "$jobs_cb" merge "$d/base" "$d/adapter" "$d/merged-cb.h5" $mib &&
+    cmp "$d/merged.h5" "$d/merged-cb.h5" || { echo "  callbacks: the file differs from MPI-IO's"; return 1; }
+}
 
 variant() {
   local name=$1 mergeargs=$2
@@ -26,7 +36,8 @@ variant() {
   if "$mpiexec" -n "$np" "$lsl" merge -q -b "$d/base" -a "$d/adapter" -o "$d/merged.h5" $mergeargs ${LSL_MERGE_ARGS:-} &&
      "$py" "$here/py/check_merge.py" --base "$d/base" --adapter "$d/adapter" --merged "$d/merged.h5" \
        ${LSL_MERGE_ARGS:+--fp32-accumulation} &&
-     { [ -n "${LSL_MERGE_ARGS:-}" ] || "$lsl" inspect --json "$d/merged.h5" | "$py" "$here/py/check_schema.py"; }; then
+     { [ -n "${LSL_MERGE_ARGS:-}" ] || "$lsl" inspect --json "$d/merged.h5" | "$py" "$here/py/check_schema.py"; } &&
+     { [ -z "$jobs_cb" ] || same_over_callbacks "$d" "$mergeargs"; }; then
     echo "ok - $name (np=$np)"; pass=$((pass + 1))
   else
     echo "FAIL - $name (np=$np)"; fail=$((fail + 1))

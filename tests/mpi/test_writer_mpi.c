@@ -14,6 +14,7 @@
 #include "lsl_crc32c.h"
 #include "lsl_fs.h"
 #include "lsl_numeric.h"
+#include "lsl_test_cb.h"
 #include "lsl_writer_i.h"
 
 #include <sys/syscall.h>
@@ -67,6 +68,16 @@ mode_t umask(mode_t mask)
     return (mode_t)syscall(SYS_umask, mask);
 }
 static char dir[512];
+/* --callbacks: writers over the test's callback communicator (MPI underneath, pwrite data) */
+static int use_cb;
+
+static lsl_status create_writer(const char *path, const lsl_writer_config *cfg, lsl_writer **w)
+{
+    if (!use_cb)
+        return lsl_writer_create_all(MPI_COMM_WORLD, path, cfg, w);
+    lsl_comm_cb cb = lsl_test_cb_world();
+    return lsl_writer_create_cb_all(&cb, path, cfg, w);
+}
 
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
@@ -184,7 +195,8 @@ static void test_merge_and_copy(int big, int batch)
 {
     int before = agree_failures();
     char path[600];
-    snprintf(path, sizeof path, "%s/merge%s%s.h5", dir, big ? "-big" : "", batch ? "-batch" : "");
+    snprintf(path, sizeof path, "%s/merge%s%s%s.h5", dir, big ? "-big" : "", batch ? "-batch" : "",
+             use_cb ? "-cb" : "");
     lcase lc[] = {
         {"w.bf16", LSL_BF16, LSL_F32, LSL_F32, 37, 24, 8, LSL_SHARD_ROWS, 2.0},
         {"w.f16", LSL_F16, LSL_BF16, LSL_F16, 13, 40, 5, LSL_SHARD_COLS, 0.5},
@@ -215,7 +227,7 @@ static void test_merge_and_copy(int big, int batch)
     cfg.quiet = getenv("LSL_TEST_LOUD") == NULL; /* loud: the GPU tests check the gather path */
     /* several chunks per rank even for the small tensors */
     cfg.staging_bytes = big ? (uint64_t)3 << 20 : 4096;
-    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    lsl_status st = create_writer(path, &cfg, &w);
     CHECK(st == LSL_OK, "create: %s", lsl_last_error());
     CHECK(lsl_writer_set_attr_all(w, "note", "hello") == LSL_OK, "attr");
     st = lsl_writer_define_all(w, nt, t);
@@ -425,7 +437,7 @@ static void test_error_agreement(void)
         lsl_writer *w = NULL;
         lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
         cfg.quiet = 1;
-        lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+        lsl_status st = create_writer(path, &cfg, &w);
         if (st == LSL_OK)
             st = lsl_writer_define_all(w, 2, t);
         CHECK(st == LSL_OK, "setup: %s", lsl_last_error());
@@ -507,7 +519,7 @@ static void test_define_checks(void)
     cfg.quiet = 1;
     /* ranks disagreeing on the tensor list */
     lsl_tensor_info t = {"x", LSL_F32, 1, {(uint64_t)(size > 1 ? 4 + rank : 4)}};
-    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    lsl_status st = create_writer(path, &cfg, &w);
     CHECK(st == LSL_OK, "create: %s", lsl_last_error());
     st = lsl_writer_define_all(w, 1, &t);
     if (size > 1)
@@ -520,7 +532,7 @@ static void test_define_checks(void)
                                  {{"a", LSL_F4, 1, {2}}, {"c", LSL_F32, 1, {1}}}};
     lsl_status want[3] = {LSL_ERR_INVALID_ARG, LSL_ERR_INVALID_ARG, LSL_ERR_DTYPE};
     for (int i = 0; i < 3; i++) {
-        st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+        st = create_writer(path, &cfg, &w);
         st = st ? st : lsl_writer_define_all(w, 2, bad[i]);
         CHECK(st == want[i], "bad list %d: %s (%s)", i, lsl_status_name(st), lsl_last_error());
         lsl_writer_abort_all(&w);
@@ -532,12 +544,12 @@ static void test_define_checks(void)
         fclose(f);
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = create_writer(path, &cfg, &w);
     CHECK(st == LSL_ERR_EXISTS && w == NULL, "existing output: %s", lsl_status_name(st));
     cfg.overwrite = 1;
     lsl_tensor_info ok = {"x", LSL_F32, 1, {3}};
     float v[3] = {1, 2, 3};
-    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = create_writer(path, &cfg, &w);
     st = st ? st : lsl_writer_define_all(w, 1, &ok);
     uint64_t r0, n;
     lsl_partition_rows(3, size, rank, &r0, &n);
@@ -554,7 +566,7 @@ static void test_define_checks(void)
     lsl_lora_part odd = lora_f32(1, 1, 0, rank == 0, a1, b1 + r0);
     odd.flags = 0x80000000u;
     p.lora = &odd;
-    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = create_writer(path, &cfg, &w);
     st = st ? st : lsl_writer_define_all(w, 1, &ok);
     st = st ? st : lsl_writer_put_all(w, 0, &p);
     CHECK(st == LSL_ERR_INVALID_ARG && strstr(lsl_last_error(), "flags"), "unknown flags: %s %s",
@@ -563,14 +575,14 @@ static void test_define_checks(void)
     /* the same through a batch, with the internal "A already on the GPU" bit */
     odd.flags = 0x40000000u;
     uint64_t idx0 = 0;
-    st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    st = create_writer(path, &cfg, &w);
     st = st ? st : lsl_writer_define_all(w, 1, &ok);
     st = st ? st : lsl_writer_put_batch_all(w, 1, &idx0, &p);
     CHECK(st == LSL_ERR_INVALID_ARG && strstr(lsl_last_error(), "flags"),
           "unknown flags in a batch: %s %s", lsl_status_name(st), lsl_last_error());
     lsl_writer_abort_all(&w);
     /* unwritable directory */
-    st = lsl_writer_create_all(MPI_COMM_WORLD, "/proc/loraslab-test/x.h5", &cfg, &w);
+    st = create_writer("/proc/loraslab-test/x.h5", &cfg, &w);
     CHECK(st == LSL_ERR_IO && strstr(lsl_last_error(), "/proc/loraslab-test"),
           "unwritable dir: %s %s", lsl_status_name(st), lsl_last_error());
     report("define and create checks (inconsistent lists, bad names, existing output)", before);
@@ -587,7 +599,7 @@ static void test_own_comm(void)
     lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
     cfg.quiet = 1;
     umask_calls = 0;
-    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &w);
+    lsl_status st = create_writer(path, &cfg, &w);
     CHECK(st == LSL_OK, "create: %s", lsl_last_error());
     if (w) {
         MPI_Errhandler eh = MPI_ERRHANDLER_NULL;
@@ -639,6 +651,86 @@ static void test_hints(void)
     }
 }
 
+/* Rank 0: whether two files hold the same bytes. */
+static int same_bytes(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+/* The callback suite writes each merge file over MPI-IO too: the two must be the same bytes. */
+static void test_same_as_mpi(int big, int batch)
+{
+    int before = agree_failures();
+    use_cb = 0;
+    test_merge_and_copy(big, batch);
+    use_cb = 1;
+    test_merge_and_copy(big, batch);
+    if (rank == 0) {
+        char a[600], b[600];
+        snprintf(a, sizeof a, "%s/merge%s%s.h5", dir, big ? "-big" : "", batch ? "-batch" : "");
+        snprintf(b, sizeof b, "%s/merge%s%s-cb.h5", dir, big ? "-big" : "", batch ? "-batch" : "");
+        CHECK(same_bytes(a, b), "%s and %s differ", a, b);
+    }
+    report("callbacks + pwrite give the bytes MPI-IO gives", before);
+}
+
+/* One rank: the Nth callback fails, for every N a whole write makes.  Each failure comes back
+ * as LSL_ERR_COMM from some call, and nothing is left in the directory. */
+static void test_callback_failures(void)
+{
+    int before = failures;
+    char path[700];
+    snprintf(path, sizeof path, "%s/cb-fail.h5", dir);
+    lsl_tensor_info t[2] = {{"a", LSL_F32, 2, {6, 4}}, {"b", LSL_F32, 1, {5}}};
+    float a[24] = {0}, b[5] = {0}, la[8] = {1, 2, 3, 4, 5, 6, 7, 8}, lb[12] = {0};
+    int n_fail = 0, n_ok = 0;
+    for (long k = 1; k < 200 && n_ok == 0; k++) {
+        lsl_writer *w = NULL;
+        lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+        cfg.quiet = 1;
+        lsl_test_cb_calls = 0;
+        lsl_test_cb_fail_at = k;
+        lsl_lora_part lp = lora_f32(2, 1.0, 0, 2, la, lb);
+        lsl_part p0 = {0, 6, a, LSL_MEM_HOST, NULL, &lp}, p1 = {0, 5, b, LSL_MEM_HOST, NULL, NULL};
+        lsl_status st = create_writer(path, &cfg, &w);
+        if (st == LSL_OK)
+            st = lsl_writer_define_all(w, 2, t);
+        if (st == LSL_OK)
+            st = lsl_writer_put_all(w, 0, &p0);
+        if (st == LSL_OK)
+            st = lsl_writer_put_all(w, 1, &p1);
+        if (st == LSL_OK)
+            st = lsl_writer_close_all(&w);
+        else
+            lsl_writer_abort_all(&w);
+        if (lsl_test_cb_calls < k) { /* the write made fewer calls: it ran through */
+            CHECK(st == LSL_OK, "no failure injected, yet %s", lsl_status_name(st));
+            n_ok++;
+            remove(path);
+            continue;
+        }
+        n_fail++;
+        CHECK(st == LSL_ERR_COMM, "callback %ld failed: returned %s (%s)", k, lsl_status_name(st),
+              lsl_last_error());
+        CHECK(!file_exists(path) && !leftover_tmp(), "callback %ld failed: output left behind", k);
+    }
+    lsl_test_cb_fail_at = 0;
+    CHECK(n_fail > 10 && n_ok == 1, "%d failure points, %d clean runs", n_fail, n_ok);
+    report("a failing callback: LSL_ERR_COMM at every point, nothing left", before);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -649,7 +741,8 @@ int main(int argc, char **argv)
     pick_device();
 #endif
     const char *base = getenv("LSL_TESTOUTDIR") ? getenv("LSL_TESTOUTDIR") : "/tmp";
-    snprintf(dir, sizeof dir, "%s/writer-np%d", base, size);
+    use_cb = argc > 1 && strcmp(argv[1], "--callbacks") == 0;
+    snprintf(dir, sizeof dir, "%s/writer%s-np%d", base, use_cb ? "-cb" : "", size);
     if (rank == 0) {
         char cmd[700];
         snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
@@ -657,6 +750,16 @@ int main(int argc, char **argv)
             return 1;
     }
     MPI_Barrier(MPI_COMM_WORLD);
+    if (use_cb) {
+        test_same_as_mpi(0, 0);
+        test_same_as_mpi(1, 0);
+        test_same_as_mpi(0, 1);
+        test_error_agreement();
+        if (size == 1) /* with peers, a failed collective is the transport's to fail */
+            test_callback_failures();
+        test_define_checks();
+        goto done;
+    }
     test_merge_and_copy(0, 0);
     test_merge_and_copy(1, 0);
     test_merge_and_copy(0, 1);
@@ -670,9 +773,12 @@ int main(int argc, char **argv)
     (void)test_hints;
     (void)test_own_comm;
 #endif
+done:;
     int all = agree_failures();
     if (rank == 0)
         printf("%s: %d ranks, %d failed checks\n", all ? "FAILED" : "PASSED", size, all);
+    if (lsl_test_cb_comm != MPI_COMM_NULL)
+        MPI_Comm_free(&lsl_test_cb_comm);
     MPI_Finalize();
     return all ? 1 : 0;
 }

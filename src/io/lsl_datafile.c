@@ -1,0 +1,138 @@
+/* MPI-IO or pwrite: the choice follows the communicator (lsl_datafile.h). */
+#include "lsl_datafile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Largest single MPI write: keeps MPI's int count safe. */
+#define MPI_PIECE ((uint64_t)1 << 30)
+
+lsl_status lsl_i_datafile_open(lsl_i_comm *comm, const char *tmp, const char *path,
+                               const lsl_i_fsinfo *fs, const char *hints, lsl_i_datafile *f)
+{
+    memset(f, 0, sizeof *f);
+    f->comm = comm;
+    f->path = path;
+    f->fd = -1;
+    lsl_status st = LSL_OK;
+    if (!lsl_i_comm_is_mpi(comm)) {
+        /* no O_CREAT: rank 0 made and laid out the file; a rank that cannot see it says so */
+        f->fd = open(tmp, O_WRONLY | O_CLOEXEC);
+        if (f->fd < 0)
+            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: opening the temporary %s for writing",
+                                  path, tmp);
+        st = lsl_i_agree(comm, st);
+        if (st != LSL_OK && f->fd >= 0) {
+            close(f->fd);
+            f->fd = -1;
+        }
+        return st;
+    }
+    MPI_Info info = MPI_INFO_NULL;
+    st = lsl_i_fs_hints(fs, hints, &info);
+    /* MPI_File_open is collective: a rank without hints joins anyway so nobody waits for it. */
+    int mrc =
+        MPI_File_open(comm->mpi, tmp, MPI_MODE_WRONLY, st == LSL_OK ? info : MPI_INFO_NULL, &f->fh);
+    f->fh_open = mrc == MPI_SUCCESS;
+    if (st == LSL_OK && mrc != MPI_SUCCESS)
+        st = lsl_i_mpi_fail(mrc, "MPI_File_open of the output");
+    if (info != MPI_INFO_NULL)
+        MPI_Info_free(&info);
+    st = lsl_i_agree(comm, st);
+    if (st != LSL_OK && f->fh_open) {
+        MPI_File_close(&f->fh);
+        f->fh_open = 0;
+    }
+    return st;
+}
+
+static lsl_status write_mpi(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                            const char *what)
+{
+    /* An injected failure (LSL_FAULT=write:N) still joins the collective, as a real one would:
+     * with nothing. */
+    bool injected = count && lsl_i_fault(LSL_FAULT_WRITE);
+    static const unsigned char none = 0;
+    MPI_Status ms;
+    int mrc = MPI_File_write_at_all(f->fh, (MPI_Offset)off, injected || !count ? &none : buf,
+                                    injected ? 0 : (int)count, MPI_BYTE, &ms);
+    f->calls++;
+    if (injected)
+        return lsl_i_fail_errno(LSL_ERR_IO, EIO, "%s: writing %s (LSL_FAULT)", f->path, what);
+    if (mrc != MPI_SUCCESS) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s: writing %s", f->path, what);
+        return lsl_i_mpi_fail(mrc, msg);
+    }
+    int got = 0;
+    MPI_Get_count(&ms, MPI_BYTE, &got);
+    if (count && (uint64_t)got != count)
+        return lsl_i_fail(LSL_ERR_NOSPACE,
+                          "%s: short write of %s (%d of %llu bytes): filesystem full or quota "
+                          "exceeded?",
+                          f->path, what, got, (unsigned long long)count);
+    return LSL_OK;
+}
+
+static lsl_status write_pos(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                            const char *what)
+{
+    const unsigned char *p = buf;
+    f->calls++;
+    f->wrote |= count > 0;
+    while (count > 0) {
+        ssize_t w =
+            lsl_i_pwrite(f->fd, p, count > MPI_PIECE ? MPI_PIECE : (size_t)count, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return lsl_i_fail_errno(LSL_ERR_IO, w < 0 ? errno : ENOSPC,
+                                    "%s: writing %s at offset %llu", f->path, what,
+                                    (unsigned long long)off);
+        p += w;
+        off += (uint64_t)w;
+        count -= (uint64_t)w;
+    }
+    return LSL_OK;
+}
+
+lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                                const char *what)
+{
+    if (f->fh_open) {
+        /* one collective call moves at most MPI_PIECE (callers cut their parts): a larger one
+         * still joins the call, then fails */
+        lsl_status st = write_mpi(f, off, buf, count > MPI_PIECE ? MPI_PIECE : count, what);
+        if (st == LSL_OK && count > MPI_PIECE)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: a write of %llu bytes exceeds 1 GiB", f->path,
+                            (unsigned long long)count);
+        return st;
+    }
+    if (f->fd < 0)
+        return count ? lsl_i_fail(LSL_ERR_WRONG_STATE, "%s: the output is not open", f->path)
+                     : LSL_OK;
+    return write_pos(f, off, buf, count, what);
+}
+
+lsl_status lsl_i_datafile_close(lsl_i_datafile *f)
+{
+    lsl_status st = LSL_OK;
+    if (f->fh_open) {
+        int mrc = MPI_File_close(&f->fh);
+        f->fh_open = 0;
+        if (mrc != MPI_SUCCESS)
+            st = lsl_i_mpi_fail(mrc, "MPI_File_close of the output");
+    }
+    if (f->fd >= 0) {
+        /* every rank flushes its own writes: on a parallel filesystem each client holds its
+         * own dirty pages, and rank 0's fsync at publish covers only rank 0's */
+        if (f->wrote && lsl_i_fsync(f->fd) != 0)
+            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: fsync", f->path);
+        if (close(f->fd) != 0 && st == LSL_OK)
+            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: close", f->path);
+        f->fd = -1;
+    }
+    return st;
+}

@@ -1,0 +1,234 @@
+/* The put protocol every put path shares: agree on the tensor and the tiling, write each chunk
+ * through the data path while a helper thread checksums it, combine the ranks' checksums,
+ * report progress and the profile. */
+#include "lsl_writer_s.h"
+
+#include "lsl_crc32c.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static bool float_dtype(lsl_dtype d)
+{
+    return d == LSL_F32 || d == LSL_BF16 || d == LSL_F16;
+}
+
+lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_lora_part *l)
+{
+    if (t->ndim != 2 && t->ndim != 1)
+        return lsl_i_fail(LSL_ERR_SHAPE,
+                          "tensor `%s`: a LoRA delta needs a 2-D weight (or a 1-D bias), it has "
+                          "%d dims",
+                          t->name, t->ndim);
+    if (!float_dtype(t->dtype))
+        return lsl_i_fail(LSL_ERR_DTYPE,
+                          "tensor `%s`: LoRA target has dtype %s; only BF16, F16 and F32 weights "
+                          "can be merged",
+                          t->name, lsl_dtype_name(t->dtype));
+    if (!float_dtype(l->a_dtype) || !float_dtype(l->b_dtype))
+        return lsl_i_fail(LSL_ERR_DTYPE, "tensor `%s`: LoRA A/B dtypes must be F32, BF16 or F16",
+                          t->name);
+    if (l->rank == 0 || !isfinite(l->scaling))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA rank 0 or non-finite scaling",
+                          t->name);
+    if ((nrows && !l->b) || (l->a_count && !l->a))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A or B pointer is NULL", t->name);
+    if (l->a_shard != LSL_SHARD_ROWS && l->a_shard != LSL_SHARD_COLS)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: bad a_shard", t->name);
+    if ((l->flags & LSL_LORA_DORA_COLUMNS) && !l->magnitude)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "tensor `%s`: LSL_LORA_DORA_COLUMNS needs the magnitude vector", t->name);
+    if (l->magnitude && !float_dtype(l->magnitude_dtype))
+        return lsl_i_fail(LSL_ERR_DTYPE,
+                          "tensor `%s`: DoRA magnitude dtype must be F32, BF16 or F16", t->name);
+    return LSL_OK;
+}
+
+static void progress(lsl_writer *w, bool last)
+{
+    if (w->rank != 0 || !lsl_i_progress_due(&w->prog, last))
+        return;
+    if (w->prog.mode == LSL_PROGRESS_JSON) {
+        lsl_i_progress_json(&w->prog, w->tensors_done, w->bytes_done, last);
+        return;
+    }
+    double el = w->prog.last - w->t0 > 1e-9 ? w->prog.last - w->t0 : 1e-9;
+    double rate = (double)w->bytes_done / el;
+    char b1[32], b2[32];
+    double eta = rate > 0 ? (double)(w->total_bytes - w->bytes_done) / rate : 0;
+    fprintf(stderr, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n", w->prog.verb,
+            (unsigned long long)w->tensors_done, (unsigned long long)w->n,
+            lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
+            lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
+            last ? el : eta);
+}
+
+/* A put's time in none of the phases goes to P_PUT_REST; with LSL_PROFILE=2 rank 0 prints one
+ * line per put (its own figures: the slowest rank shows in the agreements of the others). */
+static void put_clock_start(lsl_writer *w)
+{
+    w->put_t0 = lsl_i_now();
+    memcpy(w->put_p0, w->prof, sizeof w->prof);
+    w->put_calls0 = w->file.calls;
+}
+
+static void put_clock_stop(lsl_writer *w, uint64_t index)
+{
+    double el = lsl_i_now() - w->put_t0, d[P_COUNT], in = 0;
+    for (int i = 0; i < P_COUNT; i++)
+        in += d[i] = w->prof[i] - w->put_p0[i];
+    w->prof[P_PUT_REST] += el - in;
+    if (w->profile < 2 || w->rank != 0)
+        return;
+    fprintf(stderr,
+            "loraslab: put %llu `%s` %.2f MB: %.2f ms (gather %.2f, launches %.2f, GPU waits %.2f, "
+            "%llu writes %.2f, checksum waits %.2f, agreements %.2f, rest %.2f)\n",
+            (unsigned long long)index, index < w->n ? w->t[index].name : "?",
+            index < w->n ? w->nbytes[index] / 1e6 : 0.0, el * 1e3, d[P_GATHER] * 1e3,
+            d[P_LAUNCH] * 1e3, d[P_GPU_WAIT] * 1e3,
+            (unsigned long long)(w->file.calls - w->put_calls0), d[P_WRITE] * 1e3,
+            d[P_CRC_WAIT] * 1e3, d[P_AGREE] * 1e3, (el - in) * 1e3);
+}
+
+lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                           bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                           lsl_i_putctx *pc)
+{
+    put_clock_start(w);
+    double t0 = lsl_i_now();
+    memset(pc, 0, sizeof *pc);
+    if (st == LSL_OK && w->state != W_DEFINED)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
+    else if (st == LSL_OK && index >= w->n)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
+                        (unsigned long long)index, (unsigned long long)w->n);
+    if (st == LSL_OK) {
+        const lsl_tensor_info *t = pc->t = &w->t[index];
+        pc->rows = lsl_i_rows(t);
+        pc->relems = lsl_i_row_elems(t);
+        pc->esize = lsl_dtype_bits(t->dtype) / 8;
+        pc->rbytes = pc->relems * pc->esize;
+        pc->row0 = row0;
+        pc->nrows = nrows;
+        if (w->done[index])
+            st = lsl_i_fail(LSL_ERR_WRONG_STATE, "tensor `%s` was already written", t->name);
+        else if (row0 > pc->rows || nrows > pc->rows - row0)
+            st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: rows [%llu, +%llu) outside [0, %llu)",
+                            t->name, (unsigned long long)row0, (unsigned long long)nrows,
+                            (unsigned long long)pc->rows);
+        else if (nrows && pc->rbytes && !has_data)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: data is NULL", t->name);
+        else if (lora)
+            st = lsl_i_check_lora(t, nrows, lora);
+    }
+    int64_t v[3] = {(int64_t)index, lora != NULL, mem};
+    uint64_t mine = st == LSL_OK ? nrows : 0, prefix = 0, total = 0;
+    lsl_status cs = LSL_OK;
+    int same = lsl_i_same_everywhere(w->comm, v, 3, &cs);
+    /* every rank's row count: the prefix is where this rank's rows must start */
+    if (cs == LSL_OK)
+        cs = lsl_i_allgather(w->comm, &mine, w->per_rank, sizeof mine);
+    if (cs != LSL_OK) {
+        w->prof[P_AGREE] += lsl_i_now() - t0;
+        return cs;
+    }
+    for (int k = 0; k < w->size; k++) {
+        prefix += k < w->rank ? w->per_rank[k] : 0;
+        total += w->per_rank[k];
+    }
+    if (st == LSL_OK && !same)
+        st = lsl_i_fail(LSL_ERR_INCONSISTENT,
+                        "ranks put different tensors, or mixed LoRA/no LoRA or host/device "
+                        "memory, in the same call");
+    else if (st == LSL_OK && nrows && row0 != prefix)
+        st = lsl_i_fail(LSL_ERR_SHAPE,
+                        "tensor `%s`: this rank's rows start at %llu but the ranks before it hold "
+                        "%llu rows (parts must tile the rows in rank order)",
+                        pc->t->name, (unsigned long long)row0, (unsigned long long)prefix);
+    else if (st == LSL_OK && total != pc->rows)
+        st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu rows",
+                        pc->t->name, (unsigned long long)total, (unsigned long long)pc->rows);
+    st = lsl_i_agree(w->comm, st);
+    if (st == LSL_OK) {
+        pc->my_bytes = nrows * pc->rbytes;
+        pc->base = w->offsets[index] + row0 * pc->rbytes;
+    }
+    w->prof[P_AGREE] += lsl_i_now() - t0;
+    return st;
+}
+
+void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *buf, uint64_t count,
+                     int crc_done, lsl_status *st)
+{
+    if (*st != LSL_OK)
+        count = 0;
+    bool async = !crc_done && count >= (1u << 20) && w->crc.running;
+    if (async)
+        lsl_i_crcw_post(&w->crc, pc->crc, buf, count);
+    else if (!crc_done && count)
+        pc->crc = lsl_crc32c_extend(pc->crc, buf, count);
+    char what[320];
+    snprintf(what, sizeof what, "tensor `%s`", pc->t->name);
+    double t0 = lsl_i_now();
+    lsl_status ws = lsl_i_datafile_write(&w->file, pc->base + off, buf, count, what);
+    double t1 = lsl_i_now();
+    w->prof[P_WRITE] += t1 - t0;
+    if (async) {
+        pc->crc = lsl_i_crcw_wait(&w->crc);
+        w->prof[P_CRC_WAIT] += lsl_i_now() - t1;
+    }
+    if (*st == LSL_OK)
+        *st = ws;
+}
+
+lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad)
+{
+    return lsl_i_fail(LSL_ERR_NONFINITE,
+                      "tensor `%s`: the merge produced NaN or Inf at row %llu, column %llu (check "
+                      "the adapter's scaling and weights)",
+                      pc->t->name, (unsigned long long)(pc->row0 + first_row + bad / pc->relems),
+                      (unsigned long long)(bad % pc->relems));
+}
+
+lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_lora_part *lora,
+                         lsl_status st)
+{
+    lsl_status rc = LSL_OK;
+    double t0 = lsl_i_now();
+    LSL_TRY(lsl_i_agree(w->comm, st));
+    uint64_t pair[2] = {pc->crc, pc->my_bytes}, *pairs = w->per_rank;
+    LSL_TRY(lsl_i_allgather(w->comm, pair, pairs, sizeof pair));
+    uint32_t all = 0;
+    for (int k = 0; k < w->size; k++)
+        all = lsl_crc32c_combine(all, (uint32_t)pairs[2 * k], pairs[2 * k + 1]);
+    w->fin[index].crc32c = all;
+    w->done[index] = 1;
+    if (lora) {
+        w->fin[index].has_lora = 1;
+        w->fin[index].lora_rank = lora->rank;
+        w->fin[index].lora_alpha = lora->alpha;
+        w->fin[index].lora_scaling = lora->scaling;
+        w->fin[index].rslora = (lora->flags & LSL_LORA_RSLORA) != 0;
+        w->fin[index].dora = lora->magnitude != NULL;
+    }
+    w->tensors_done++;
+    w->bytes_done += w->nbytes[index];
+    progress(w, w->tensors_done == w->n);
+fail:
+    w->prof[P_AGREE] += lsl_i_now() - t0;
+    put_clock_stop(w, index);
+    return rc;
+}
+
+uint64_t lsl_i_writer_max(lsl_writer *w, uint64_t v, lsl_status *st)
+{
+    uint64_t m = v;
+    lsl_status r = lsl_i_allreduce_u64(w->comm, &m, 1, LSL_OP_MAX);
+    if (r != LSL_OK) {
+        if (*st == LSL_OK)
+            *st = r;
+        return v;
+    }
+    return m;
+}

@@ -1,0 +1,145 @@
+/* The device put: rows on the GPU (the caller's device pointers, or W0 read from a file and
+ * copied up), merged by the kernel chunk by chunk into a pinned two-slot ring, each slot written
+ * while the next is merged and copied down. */
+#include "lsl_writer_s.h"
+
+#include <stdio.h>
+
+/* Opened at the first device put, collectively; its time is the profile's GPU setup. */
+lsl_status lsl_i_writer_open_cuda(lsl_writer *w)
+{
+    lsl_status st = LSL_OK;
+    uint64_t any = lsl_i_writer_max(w, w->cuda == NULL, &st);
+    if (st != LSL_OK)
+        return st;
+    if (!any || w->cuda)
+        return LSL_OK;
+    double t0 = lsl_i_now();
+    st = lsl_i_cuda_open(w->comm, w->staging_bytes, &w->cuda);
+    w->prof[P_GPU_OPEN] += lsl_i_now() - t0;
+    if (st != LSL_OK)
+        return st;
+    if (w->rank == 0 && w->cfg.quiet == LSL_PROGRESS_TEXT)
+        fprintf(
+            stderr, "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
+            lsl_i_cuda_gather_path(w->cuda), (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
+    return LSL_OK;
+}
+
+/* Rows on the GPU: merge (or copy) chunk c + 1 and copy it into the other pinned slot while
+ * chunk c is being written, so the kernel and the D2H copy hide behind the file I/O.  Two
+ * sources: device pointers (the in-job API: data on stream, lora's factors on the device), or
+ * W0 rows in a file (src; the offline merge on the GPU: lora's factors in host memory), which
+ * the staging thread reads into the free slot and copies up while the other is written. */
+lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const void *data, void *stream, const lsl_i_src *src,
+                            const lsl_lora_part *lora, lsl_status st0)
+{
+    lsl_status rc = LSL_OK, st = st0;
+    if (st == LSL_OK && lora && (lora->magnitude || (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)))
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE with device pointers are not "
+                        "supported in this version (pass host memory)");
+    lsl_i_putctx pc;
+    rc = lsl_i_writer_open_cuda(w);
+    if (rc != LSL_OK) {
+        w->state = W_FAILED;
+        return rc;
+    }
+    LSL_TRY(lsl_i_put_begin(w, index, st ? 0 : row0, st ? 0 : nrows, data || src, st ? NULL : lora,
+                            LSL_MEM_DEVICE, st, &pc));
+    const void *a_dev = NULL;
+    const unsigned char *b = NULL;
+    if (lora) {
+        double t0 = lsl_i_now();
+        LSL_TRY(
+            lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, src != NULL, &a_dev, LSL_OK));
+        w->prof[P_GATHER] += lsl_i_now() - t0;
+        b = lora->b;
+        if (src) {
+            const void *bd = NULL;
+            uint64_t bb = nrows * lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8);
+            LSL_TRY(lsl_i_agree(w->comm, lsl_i_cuda_upload_b(w->cuda, lora->b, bb, &bd)));
+            b = bd;
+        }
+    }
+    /* Chunk c covers units (rows when merging, bytes when copying) [first(c), first(c+1)): the
+     * first chunk of a tensor is an eighth of a slot so the GPU-to-host pipeline fills quickly,
+     * the rest fill a slot. */
+    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), unit = lora ? pc.rbytes : 1;
+    uint64_t units = lora ? pc.nrows : pc.my_bytes, full_u = unit ? slot / unit : 0;
+    uint64_t head_u = full_u / 8 ? full_u / 8 : full_u, nloc = 0;
+    st = LSL_OK;
+    if (full_u == 0)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "tensor `%s`: a row of %llu bytes exceeds the pinned slot of %llu bytes "
+                        "(half the staging budget, at most 8 MiB)",
+                        pc.t->name, (unsigned long long)pc.rbytes, (unsigned long long)slot);
+    else if (units)
+        nloc = units <= head_u ? 1 : 1 + (units - head_u + full_u - 1) / full_u;
+    if (st != LSL_OK)
+        nloc = 0;
+    uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
+    const unsigned char *w0 = data;
+    uint64_t rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0;
+#define FIRST(ch) ((ch) == 0 ? 0 : head_u + ((ch)-1) * full_u)
+#define COUNT(ch)                                                                                  \
+    (units - FIRST(ch) < ((ch) == 0 ? head_u : full_u) ? units - FIRST(ch)                         \
+                                                       : ((ch) == 0 ? head_u : full_u))
+    double t_launch = 0;
+    lsl_status st_launch = LSL_OK;
+#define LAUNCH(ch)                                                                                 \
+    (t_launch = lsl_i_now(), st_launch = LAUNCH_NOW(ch),                                           \
+     w->prof[P_LAUNCH] += lsl_i_now() - t_launch, st_launch)
+#define LAUNCH_NOW(ch)                                                                             \
+    (src ? lsl_i_cuda_stage(w->cuda, (int)((ch) % 2), src->fd, src->off + FIRST(ch) * unit,        \
+                            src->path, pc.t->dtype, COUNT(ch) * unit, lora, a_dev,                 \
+                            b ? b + FIRST(ch) * rb : NULL, lora ? COUNT(ch) : 0, pc.relems)        \
+         : lsl_i_cuda_launch(w->cuda, (int)((ch) % 2), stream, pc.t->dtype, w0 + FIRST(ch) * unit, \
+                             COUNT(ch) * unit, lora, a_dev, b ? b + FIRST(ch) * rb : NULL,         \
+                             lora ? COUNT(ch) : 0, pc.relems))
+    int pending[2] = {0, 0};
+    if (st == LSL_OK && nloc > 0)
+        pending[0] = (st = LAUNCH(0)) == LSL_OK;
+    for (uint64_t c = 0; c < nchunks; c++) {
+        const void *buf = NULL;
+        uint64_t bad = 0;
+        int crc_done = 0;
+        /* File chunks: the slot of chunk c + 1 is free only once chunk c - 1 is written, so the
+         * read of c + 1 is posted after c is ready and overlaps c's write.  Device chunks are
+         * queued one ahead on the caller's stream. */
+        if (!src && st == LSL_OK && c + 1 < nloc)
+            pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
+        if (pending[c % 2]) {
+            pending[c % 2] = 0;
+            double t0 = lsl_i_now();
+            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad, &pc.crc, &crc_done);
+            w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
+            ws = ws == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
+            st = st == LSL_OK ? ws : st;
+        }
+        if (src && st == LSL_OK && c + 1 < nloc)
+            pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
+        lsl_i_put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0,
+                        crc_done, &st);
+    }
+    for (int k = 0; k < 2; k++) /* a failure left a chunk in flight: it must land first */
+        if (pending[k])
+            lsl_i_cuda_drain(w->cuda, k);
+#undef LAUNCH
+#undef LAUNCH_NOW
+#undef FIRST
+#undef COUNT
+    LSL_TRY(lsl_i_put_end(w, index, &pc, lora, st));
+fail:
+    if (rc != LSL_OK)
+        w->state = W_FAILED;
+    return rc;
+}
+
+lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                                   const lsl_i_src *src, const lsl_lora_part *lora,
+                                   lsl_status local_st)
+{
+    return lsl_i_put_device(w, index, row0, nrows, NULL, NULL, src, lora, local_st);
+}

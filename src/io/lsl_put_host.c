@@ -1,0 +1,259 @@
+/* The host put: W0 rows from memory or a file, merged on the CPU (fp64, or PEFT's low-precision
+ * rule, or DoRA) chunk by chunk through the staging budget, each chunk written while the reader
+ * thread fetches the next. */
+#include "lsl_writer_s.h"
+
+#include "lsl_gather.h"
+#include "lsl_merge.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static lsl_status src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *dst)
+{
+    if (s->mem) {
+        memcpy(dst, s->mem + off, n);
+        return LSL_OK;
+    }
+    return lsl_i_pread_full(s->fd, dst, n, s->off + off, s->path);
+}
+
+/* Rows of chunk c when merging chunk_rows rows at a time: the first (local) row and how many. */
+static void chunk_rows_of(const lsl_i_putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t *lr,
+                          uint64_t *m)
+{
+    *lr = c * chunk_rows;
+    *m = pc->nrows - *lr < chunk_rows ? pc->nrows - *lr : chunk_rows;
+}
+
+/* Chunk c of this rank's part: its byte offset and length (chunk_rows rows when merging, else
+ * chunk_bytes bytes). */
+static void chunk_of(const lsl_i_putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t chunk_bytes,
+                     uint64_t *off, uint64_t *count)
+{
+    if (chunk_rows) {
+        uint64_t lr, m;
+        chunk_rows_of(pc, c, chunk_rows, &lr, &m);
+        *off = lr * pc->rbytes;
+        *count = m * pc->rbytes;
+    } else {
+        *off = c * chunk_bytes;
+        *count = pc->my_bytes - *off < chunk_bytes ? pc->my_bytes - *off : chunk_bytes;
+    }
+}
+
+lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+{
+    lsl_status rc = LSL_OK, st;
+    void *afull = NULL, *aacc = NULL, *bacc = NULL;
+    double *colf = NULL; /* DoRA down the columns: factor per column */
+    lsl_i_putctx pc;
+    LSL_TRY(lsl_i_put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora, LSL_MEM_HOST,
+                            local_st, &pc));
+    const lsl_tensor_info *t = pc.t;
+    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = sizeof(double);
+    /* Rows from a file are read one chunk ahead by the reader thread, into the other half of the
+     * staging budget, while this chunk is merged and written. */
+    const int ahead = src->mem == NULL;
+    st = LSL_OK;
+    if (ahead && !w->reader)
+        st = lsl_i_reader_start(&w->reader);
+    if (lora) {
+        r = lora->rank;
+        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, in = pc.relems, a_bytes = r * in * a_es;
+        const int gathered = (lora->flags & LSL_I_LORA_A_FULL) != 0; /* by a batched put */
+        afull = gathered ? NULL : lsl_i_malloc(a_bytes ? a_bytes : 1);
+        aacc = lsl_i_malloc(r * in * acc + 1);
+        bacc = lsl_i_malloc(nrows * r * acc + 1);
+        if ((!gathered && !afull) || !aacc || !bacc)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
+        if (gathered) {
+            LSL_TRY(lsl_i_agree(w->comm, st));
+        } else {
+            lsl_i_ashard sh = {lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
+                               a_es,          afull};
+            LSL_TRY(lsl_i_writer_gather(w, 1, &sh, st));
+        }
+        lsl_i_to_f64(lora->a_dtype, gathered ? lora->a : afull, r * in, aacc);
+        lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
+        if (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
+            lsl_i_round_to_dtype(t->dtype, aacc, r * in);
+            lsl_i_round_to_dtype(t->dtype, bacc, nrows * r);
+        }
+        /* The staging budget holds a block of W rows (two when reading ahead) and its fp64 delta,
+         * each 64-byte aligned: keep room for the alignment. */
+        uint64_t per_row = in * (pc.esize * (ahead ? 2 : 1) + acc);
+        chunk_rows =
+            w->staging_bytes > 128 ? (w->staging_bytes - 128) / (per_row ? per_row : 1) : 0;
+        if (st == LSL_OK && chunk_rows == 0)
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                            "tensor `%s`: one row needs %llu bytes of staging, more than the "
+                            "budget of %llu (raise the staging size)",
+                            t->name, (unsigned long long)per_row,
+                            (unsigned long long)w->staging_bytes);
+        else
+            nloc = (nrows + chunk_rows - 1) / chunk_rows;
+    } else {
+        chunk_bytes = src->mem ? LSL_I_ZERO_COPY_CHUNK : w->staging_bytes / 2;
+        nloc = chunk_bytes ? (pc.my_bytes + chunk_bytes - 1) / chunk_bytes : 0;
+    }
+    /* Where chunk c's rows are read (half c % 2 when reading ahead) and the fp64 work area. */
+    uint64_t half = lora ? (chunk_rows * pc.rbytes + 63) / 64 * 64 : chunk_bytes;
+    unsigned char *rbuf[2] = {w->staging, w->staging + (ahead ? half : 0)};
+    void *work = lora ? w->staging + (ahead ? 2 : 1) * half : NULL;
+    if (st != LSL_OK)
+        nloc = 0;
+    uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
+    if (lora && (lora->flags & LSL_LORA_DORA_COLUMNS)) {
+        /* DoRA down the columns: the norm of a column spans every rank's rows.  Pass 1 sums this
+         * rank's squares of V per column; the reduction gives every rank the norms.  Every rank
+         * needs the column buffer for it: agreed first. */
+        colf = lsl_i_calloc(pc.relems ? pc.relems : 1, sizeof *colf);
+        lsl_status cs = colf ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA norms");
+        LSL_TRY(lsl_i_agree(w->comm, cs));
+        for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
+            uint64_t lr, m;
+            chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
+            st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
+            if (st == LSL_OK)
+                st = lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
+                                          (unsigned char *)bacc + lr * r * acc, aacc, r,
+                                          lora->scaling, work, colf);
+        }
+        lsl_status rs = lsl_i_allreduce_f64(w->comm, colf, pc.relems, LSL_OP_SUM);
+        if (rs != LSL_OK)
+            LSL_GOTO(rs);
+        double *mag = lsl_i_malloc(pc.relems * sizeof *mag + 1);
+        if (!mag && st == LSL_OK)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA magnitudes");
+        if (mag) {
+            lsl_i_to_f64(lora->magnitude_dtype, lora->magnitude, pc.relems, mag);
+            for (uint64_t j = 0; j < pc.relems; j++)
+                colf[j] = mag[j] / sqrt(colf[j]);
+            free(mag);
+        }
+    }
+#define CHUNK(ch, o, n) chunk_of(&pc, (ch), lora ? chunk_rows : 0, chunk_bytes, &(o), &(n))
+    int posted = 0;
+    uint64_t off = 0, count = 0;
+    if (ahead && st == LSL_OK && nloc > 0) {
+        CHUNK(0, off, count);
+        lsl_i_reader_post(w->reader, src->fd, src->off + off, count, rbuf[0], src->path);
+        posted = 1;
+    }
+    for (uint64_t c = 0; c < nchunks; c++) {
+        unsigned char *rows = rbuf[c % 2];
+        const void *buf = rows;
+        off = count = 0;
+        if (c < nloc)
+            CHUNK(c, off, count);
+        if (posted) { /* chunk c's read; after a failure, only let it land */
+            lsl_status rs = lsl_i_reader_join(w->reader, st == LSL_OK);
+            posted = 0;
+            st = st == LSL_OK ? rs : st;
+        }
+        if (ahead && st == LSL_OK && c + 1 < nloc) { /* chunk c - 1 is written: its half is free */
+            uint64_t o2, n2;
+            CHUNK(c + 1, o2, n2);
+            lsl_i_reader_post(w->reader, src->fd, src->off + o2, n2, rbuf[(c + 1) % 2], src->path);
+            posted = 1;
+        }
+        if (st == LSL_OK && c < nloc && !ahead) {
+            if (lora)
+                st = src_read(src, off, count, rows);
+            else
+                buf = src->mem + off;
+        }
+        if (st == LSL_OK && c < nloc && lora) {
+            uint64_t lr, m, bad = 0;
+            chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
+            const void *brows = (unsigned char *)bacc + lr * r * acc;
+            lsl_status ms =
+                colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
+                                                      lora->scaling, colf, work, &bad)
+                : lora->magnitude ? lsl_i_merge_rows_dora_cpu(
+                                        t->dtype, rows, m, pc.relems, brows, aacc, r, lora->scaling,
+                                        (const unsigned char *)lora->magnitude +
+                                            lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
+                                        lora->magnitude_dtype, work, &bad)
+                : (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)
+                    ? lsl_i_merge_rows_lowp_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
+                                                lora->scaling, work, &bad)
+                    : lsl_i_merge_rows_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
+                                           lora->scaling, work, &bad);
+            st = ms == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lr, bad) : ms;
+        }
+        lsl_i_put_write(w, &pc, off, buf, c < nloc ? count : 0, 0, &st);
+    }
+#undef CHUNK
+    LSL_TRY(lsl_i_put_end(w, index, &pc, lora, st));
+fail:
+    if (rc != LSL_OK)
+        w->state = W_FAILED;
+    free(afull);
+    free(aacc);
+    free(bacc);
+    free(colf);
+    return rc;
+}
+
+lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st)
+{
+    lsl_i_src src = {NULL, -1, 0, NULL};
+    static const unsigned char empty = 0;
+    if (st == LSL_OK && !part)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
+#ifdef LSL_HAVE_CUDA
+    /* Every rank must take the same path: the memory space is logically collective. */
+    int dev = part && part->mem == LSL_MEM_DEVICE;
+    lsl_status cs = LSL_OK;
+    uint64_t any = lsl_i_writer_max(w, (uint64_t)dev, &cs);
+    if (cs != LSL_OK) {
+        w->state = W_FAILED;
+        return cs;
+    }
+    if (any)
+        return lsl_i_put_device(
+            w, index, part ? part->row0 : 0, part ? part->nrows : 0, part ? part->data : NULL,
+            part ? part->stream : NULL, NULL, part ? part->lora : NULL,
+            st ? st
+            : !dev
+                ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
+                : LSL_OK);
+#else
+    if (part && part->mem != LSL_MEM_HOST)
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "device pointers need a build with CUDA (this one has none)");
+#endif
+    if (st == LSL_OK)
+        src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
+    return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
+                            &src, part && !st ? part->lora : NULL, st);
+}
+
+lsl_status lsl_i_check_lora_flags(const lsl_part *part, const char *fn)
+{
+    if (part && part->lora && (part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: unknown LoRA flags 0x%x", fn,
+                          part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
+    return LSL_OK;
+}
+
+lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
+{
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
+    lsl_i_clear_error();
+    return lsl_i_put_one(w, index, part, lsl_i_check_lora_flags(part, "lsl_writer_put_all"));
+}
+
+lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,
+                               lsl_status local_st)
+{
+    double t0 = lsl_i_now();
+    lsl_status st = lsl_i_gather_a_batch(w->comm, n, s, local_st);
+    w->prof[P_GATHER] += lsl_i_now() - t0;
+    return st;
+}

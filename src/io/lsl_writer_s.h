@@ -1,0 +1,122 @@
+/* The writer's state, shared by the files that implement it: lsl_writer.c (create, define,
+ * close), lsl_put.c (the put protocol: agree, write, checksum, progress, profile),
+ * lsl_put_host.c (the host merge pipeline), lsl_put_device.c (GPU staging) and lsl_put_batch.c
+ * (batched A gathers).  Nothing outside src/io includes it. */
+#ifndef LSL_WRITER_S_H
+#define LSL_WRITER_S_H
+
+#include "lsl_crc_worker.h"
+#include "lsl_datafile.h"
+#include "lsl_fs.h"
+#include "lsl_h5.h"
+#include "lsl_progress.h"
+#include "lsl_publish.h"
+#include "lsl_reader.h"
+#include "lsl_writer_i.h"
+#ifdef LSL_HAVE_CUDA
+#include "lsl_cuda.h"
+#endif
+
+/* Largest single write from caller memory: one data-path call (lsl_datafile.h). */
+#define LSL_I_ZERO_COPY_CHUNK ((uint64_t)1 << 30)
+
+enum lsl_i_wstate { W_CREATED, W_DEFINED, W_FAILED };
+
+/* The phases LSL_PROFILE reports, in print order; what falls in none is printed as "other". */
+enum lsl_i_phase {
+    P_DEFINE,
+    P_GPU_OPEN,
+    P_GATHER,
+    P_LAUNCH,
+    P_GPU_WAIT,
+    P_WRITE,
+    P_CRC_WAIT,
+    P_AGREE,
+    P_PUT_REST,
+    P_CLOSE,
+    P_COUNT
+};
+
+struct lsl_writer {
+    lsl_i_comm *comm; /* the writer's own (a duplicate of the caller's) */
+    int rank, size;
+    enum lsl_i_wstate state;
+    lsl_writer_config cfg;
+    uint64_t staging_bytes;
+    lsl_i_out out; /* the file: its path, temporary, directory */
+    char *hints;
+    lsl_i_fsinfo fs;
+    uint64_t nattrs;
+    char **keys, **vals;
+    uint64_t n;
+    lsl_tensor_info *t;
+    uint64_t *offsets, *nbytes, total_bytes;
+    unsigned char *done;
+    lsl_i_h5_final *fin;
+    lsl_i_datafile file;
+    unsigned char *staging;
+    uint64_t *per_rank; /* 2 * size values: each put's all-gathers (rows, then crc + bytes) */
+    double t0;
+    lsl_i_progress prog;
+    uint64_t bytes_done, tensors_done;
+    lsl_i_crcw crc;
+    lsl_i_reader *reader; /* started at the first put from a file */
+    /* Where the time goes (seconds, this rank), printed at close when LSL_PROFILE is set: the
+     * benchmark's gap to the raw write ceiling is read from these. */
+    double prof[P_COUNT];
+    int profile;                    /* LSL_PROFILE on rank 0: 0 off, 1 at close, 2 per put */
+    double put_t0, put_p0[P_COUNT]; /* the put in progress: its start, the phases then */
+    uint64_t put_calls0;            /* and the data path's call count then */
+#ifdef LSL_HAVE_CUDA
+    lsl_i_cuda *cuda; /* opened at the first device put */
+#endif
+};
+
+/* One tensor's put, shared by the host and device paths. */
+typedef struct lsl_i_putctx {
+    const lsl_tensor_info *t;
+    uint64_t rows, relems, esize, rbytes, row0, nrows, my_bytes, base;
+    uint32_t crc;
+} lsl_i_putctx;
+
+/* Collective.  Local checks, then the collective ones (same tensor everywhere, parts tiling the
+ * rows in rank order), agreed before any I/O.  mem: LSL_MEM_HOST or _DEVICE (the same on every
+ * rank).  st: this rank's status so far. */
+lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                           bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                           lsl_i_putctx *pc);
+/* Collective over MPI-IO.  Writes count bytes at the part's offset + off; a rank that failed
+ * (*st) or has nothing left joins with zero bytes.  Checksums what it writes unless crc_done
+ * (the GPU did). */
+void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *buf, uint64_t count,
+                     int crc_done, lsl_status *st);
+/* Collective.  Agrees on st, combines the ranks' CRCs in rank (= byte) order into the tensor's,
+ * records it and the LoRA attributes, reports progress. */
+lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_lora_part *lora,
+                         lsl_status st);
+/* LSL_ERR_NONFINITE naming the tensor, row and column of element `bad` of the chunk whose
+ * first (local) row is first_row. */
+lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad);
+/* Validates a LoRA part against its tensor (local). */
+lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_lora_part *l);
+/* Collective: the same value on every rank (the maximum); a failed reduction keeps v and sets
+ * *st. */
+uint64_t lsl_i_writer_max(lsl_writer *w, uint64_t v, lsl_status *st);
+
+#ifdef LSL_HAVE_CUDA
+/* Collective.  Opens the writer's CUDA context at the first device put on any rank (agreed). */
+lsl_status lsl_i_writer_open_cuda(lsl_writer *w);
+/* Collective.  A device put: rows at data on stream (the in-job API), or read from src (the
+ * offline merge on the GPU). */
+lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const void *data, void *stream, const lsl_i_src *src,
+                            const lsl_lora_part *lora, lsl_status st0);
+#endif
+
+/* Collective: lsl_writer_put_all's body (host or device, by part->mem); st this rank's status. */
+lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st);
+/* A part whose LoRA carries flag bits the API does not define is refused (fn: the public call),
+ * so the library's internal bits cannot arrive from a caller. */
+lsl_status lsl_i_check_lora_flags(const lsl_part *part, const char *fn);
+
+#endif

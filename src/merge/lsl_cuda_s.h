@@ -1,0 +1,78 @@
+/* The CUDA context's state, shared by lsl_cuda.c (staging ring, kernels, checksums) and
+ * lsl_cuda_gather.c (the A gather: host memory or NCCL).  Private to src/merge. */
+#ifndef LSL_CUDA_S_H
+#define LSL_CUDA_S_H
+
+#include "lsl_cuda.h"
+#include "lsl_gather_nccl.h"
+
+#include <cuda_runtime_api.h>
+#include <pthread.h>
+
+/* One staging job: read a W0 chunk into a pinned slot, copy it up, merge, copy it back. */
+typedef struct stage_job {
+    int slot, fd, has_l;
+    uint64_t off, bytes, m, n;
+    lsl_dtype wt;
+    lsl_lora_part l;
+    const void *a_dev, *b_dev;
+    const char *path;
+    /* results: the thread cannot set this thread's error message (it is thread-local) */
+    int err; /* of the read, as lsl_i_pread_raw returns it */
+    uint64_t at;
+    cudaError_t cerr; /* of the copy up or the launch */
+    const char *what;
+} stage_job;
+
+struct lsl_i_cuda {
+    int device;
+    /* 0: MPI path only; 1: NCCL once the A traffic pays for a communicator (NCCL_AFTER_BYTES
+     * through host memory first); 2: NCCL from the first gather (LSL_GATHER=nccl). */
+    int want_nccl;
+    uint64_t host_gathered; /* bytes of A gathered through host memory, the same on every rank */
+    const char *why_mpi;
+    lsl_i_nccl *nccl;
+    uint64_t n_nccl, n_mpi; /* gathers per path, for the closing report */
+    uint64_t slot_bytes;
+    void *pinned[2], *dslot[2];
+    cudaEvent_t done[2];
+    unsigned long long *dbad[2];
+    unsigned long long *hbad; /* pinned: the flag's copy must not block the launch */
+    int merging[2];
+    void *a_dev;
+    uint64_t a_cap;
+    void *batch_dev; /* the A's of a batch gathered over NCCL */
+    uint64_t batch_cap;
+    void *host_a, *host_full;
+    uint64_t host_cap;
+    void *b_dev;
+    uint64_t b_cap;
+    /* Checksums on the GPU: per-slot block CRCs (device, and their pinned copy) over how many
+     * bytes, the tree operators, and the host's operator for one block. */
+    uint32_t *dcrc[2], *hcrc[2], *dshift, op_block[32];
+    uint64_t crc_bytes[2];
+    int crc_gpu[2];
+    /* File-sourced chunks: W0 lands in din[slot] before the merge writes dslot[slot]. */
+    void *din[2];
+    cudaStream_t stream;
+    pthread_t thr;
+    int thr_running, quit, state; /* state: 0 idle, 1 posted, 2 done */
+    int staged[2];                /* slot has a job to join */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    stage_job job;
+};
+
+/* A communicator costs about a second to start and ~350 MiB of host memory per rank (2 x H100,
+ * NCCL 2.28), while the host path moved A at ~1.3 GB/s there: below ~1 GiB of A per job (a
+ * typical LoRA has tens to hundreds of MB) the host path is both faster and lighter. */
+#define NCCL_AFTER_BYTES (1ull << 30)
+
+/* LSL_ERR_CUDA with the CUDA error's text. */
+lsl_status lsl_i_cuda_fail(cudaError_t e, const char *what);
+/* cudaMemcpy from pageable host memory, then a wait (see lsl_cuda_gather.c). */
+cudaError_t lsl_i_cuda_upload_sync(void *dev, const void *host, uint64_t bytes);
+/* A device buffer of at least `need` bytes in *p (grown, never shrunk; *cap its size). */
+lsl_status lsl_i_cuda_ensure(void **p, uint64_t *cap, uint64_t need, const char *what);
+
+#endif
