@@ -20,11 +20,24 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#pkgs[@]} packages present"
-  exit 0
+else
+  echo "install-deps: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-echo "install-deps: installing ${missing[*]}"
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo=sudo
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# The PyTorch front end's tests (tests/torch): PyPI's torch, PEFT, transformers, safetensors for
+# the python3 on PATH.  Pinned to the CPU build of torch 2.13 this machine carries (a plain
+# `pip install torch` would fetch a multi-GB CUDA build); Debian's python3-torch (1.13) cannot
+# import torch.distributed.fsdp on Python 3.11, and python3-mpi4py would switch the MPI
+# alternatives to Open MPI.
+torch_pkgs=(torch==2.13.0 peft transformers safetensors)
+if python3 -c "import torch, peft, transformers, safetensors" 2>/dev/null; then
+  echo "install-deps: torch $(python3 -c 'import torch; print(torch.__version__)') present"
+else
+  echo "install-deps: pip installing ${torch_pkgs[*]}"
+  python3 -m pip install -q "${torch_pkgs[@]}"
+fi

@@ -214,9 +214,10 @@ typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_
 
 /* Flags of an lsl_lora_part: recorded in the file's attributes. */
 #define LSL_LORA_RSLORA 1u /* scaling was alpha / sqrt(r) */
-/* Compute the delta at the weight's precision, as PEFT's Embedding layer merges: factors rounded
- * to the weight dtype, B @ A rounded to it, times scaling rounded to it, then added in it.  (PEFT's
- * Linear layers use an fp32 delta and one rounding: the default.)  Host memory only. */
+/* Round the delta to the weight's precision before adding it in that precision, as PEFT's
+ * Embedding layer merges (its Linear layers add an fp32 delta with one rounding: the default).
+ * The delta is evaluated in the factors' precision: with F32 factors B @ A and the scaling in
+ * fp32; with BF16/F16 factors each rounded to the weight dtype (factors too).  Host memory only. */
 #define LSL_LORA_DELTA_IN_WEIGHT_DTYPE 2u
 /* DoRA whose norm runs down the columns (fan_in_fan_out / GPT-2 Conv1D, W stored [in, out]):
  * `magnitude` holds one value per column, all of them on every rank, and the put reduces the

@@ -91,6 +91,10 @@ def lib() -> ctypes.CDLL:
         "lsl_inspect_json": (c.c_int, [c.c_char_p, c.POINTER(c.c_void_p)]),
         "lsl_free": (None, [c.c_void_p]),
         "lsl_parse_size": (c.c_int, [c.c_char_p, c.POINTER(c.c_uint64)]),
+        "lsl_convert_cb_all": (c.c_int, [c.c_void_p, c.POINTER(ConvertConfig),
+                                         c.POINTER(JobStats)]),
+        "lsl_verify_cb_all": (c.c_int, [c.c_void_p, c.c_char_p, c.c_uint64, c.c_int,
+                                        c.POINTER(JobStats)]),
         "lsl_world_rank": (c.c_int, []),
         "lsl_world_size": (c.c_int, []),
     }
@@ -98,5 +102,8 @@ def lib() -> ctypes.CDLL:
         f = getattr(handle, name)
         f.restype = res
         f.argtypes = args
+    from . import _capi
+
+    _capi.declare(handle)
     _lib = handle
     return handle

@@ -41,7 +41,7 @@ def version() -> str:
 
 def convert(input: PathLike, outdir: PathLike, *, max_shard_size: Optional[str] = None,
             staging_mib: int = 64, no_verify: bool = False, overwrite: bool = False,
-            quiet: bool = False, progress: str = "text") -> dict[str, Any]:
+            quiet: bool = False, progress: str = "text", _comm: Any = None) -> dict[str, Any]:
     """loraslab HDF5 file -> Hugging Face safetensors directory (`loraslab convert`).
 
     Collective over the MPI world; returns the job's figures (seconds, tensors, bytes, peak host
@@ -54,17 +54,25 @@ def convert(input: PathLike, outdir: PathLike, *, max_shard_size: Optional[str] 
         _check(lib().lsl_parse_size(str(max_shard_size).encode(), ctypes.byref(b)))
         cfg.max_shard_bytes = b.value
     stats = JobStats()
-    _check(lib().lsl_convert_world(ctypes.byref(cfg), ctypes.byref(stats)))
+    if _comm is not None:  # loraslab.torch: over torch.distributed callbacks
+        _check(lib().lsl_convert_cb_all(ctypes.addressof(_comm.cb), ctypes.byref(cfg),
+                                        ctypes.byref(stats)))
+    else:
+        _check(lib().lsl_convert_world(ctypes.byref(cfg), ctypes.byref(stats)))
     return _stats(stats)
 
 
 def verify(path: PathLike, *, staging_mib: int = 64, quiet: bool = False,
-           progress: str = "text") -> dict[str, Any]:
+           progress: str = "text", _comm: Any = None) -> dict[str, Any]:
     """Re-read a loraslab file or a converted directory and check every checksum
     (`loraslab verify`).  Collective; raises Error (LSL_ERR_CORRUPT names what differs)."""
     stats = JobStats()
-    _check(lib().lsl_verify_world(_path(path), staging_mib << 20, _progress(quiet, progress),
-                                  ctypes.byref(stats)))
+    if _comm is not None:
+        _check(lib().lsl_verify_cb_all(ctypes.addressof(_comm.cb), _path(path), staging_mib << 20,
+                                       _progress(quiet, progress), ctypes.byref(stats)))
+    else:
+        _check(lib().lsl_verify_world(_path(path), staging_mib << 20,
+                                      _progress(quiet, progress), ctypes.byref(stats)))
     return _stats(stats)
 
 

@@ -57,6 +57,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     /* Rows from a file are read one chunk ahead by the reader thread, into the other half of the
      * staging budget, while this chunk is merged and written. */
     const int ahead = src->mem == NULL;
+    const int f32_factors = lora && lora->a_dtype == LSL_F32 && lora->b_dtype == LSL_F32;
     st = LSL_OK;
     if (ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
@@ -78,7 +79,8 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         }
         lsl_i_to_f64(lora->a_dtype, gathered ? lora->a : afull, r * in, aacc);
         lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
-        if (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
+        /* fp32 factors keep their precision: PEFT evaluates the delta in them */
+        if ((lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) && !f32_factors) {
             lsl_i_round_to_dtype(t->dtype, aacc, r * in);
             lsl_i_round_to_dtype(t->dtype, bacc, nrows * r);
         }
@@ -179,8 +181,9 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
                                             lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
                                         lora->magnitude_dtype, work, &bad)
                 : (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)
-                    ? lsl_i_merge_rows_lowp_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
-                                                lora->scaling, work, &bad)
+                    ? lsl_i_merge_rows_lowp_cpu(t->dtype, f32_factors ? LSL_F32 : t->dtype, rows, m,
+                                                pc.relems, brows, aacc, r, lora->scaling, work,
+                                                &bad)
                     : lsl_i_merge_rows_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
                                            lora->scaling, work, &bad);
             st = ms == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lr, bad) : ms;

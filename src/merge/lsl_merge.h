@@ -30,11 +30,13 @@ lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uin
  * the weight's precision (LSL_LORA_DELTA_IN_WEIGHT_DTYPE). */
 void lsl_i_round_to_dtype(lsl_dtype dt, double *x, uint64_t n);
 
-/* As lsl_i_merge_rows_cpu, at the weight's precision: w = rd(w + rd(rd(b @ a) * s)) with rd the
- * rounding into dt and the product and the scaling evaluated in fp32, as PEFT's Embedding merge
- * does on a GPU (b and a already rounded with lsl_i_round_to_dtype). */
-lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
-                                     const void *a, uint64_t r, double s, void *work,
+/* As lsl_i_merge_rows_cpu, at the weight's precision, as PEFT's Embedding merge computes its
+ * delta in the factors' dtype and rounds it to the weight's before the add:
+ * w = rd(w + rd(rdp(rdp(b @ a) * s))) with rd the rounding into dt, rdp into pdt, the product and
+ * the scaling evaluated in fp32.  pdt is the factors' dtype: dt when they are low precision (b and
+ * a already rounded with lsl_i_round_to_dtype), LSL_F32 for fp32 factors. */
+lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, lsl_dtype pdt, void *w, uint64_t m, uint64_t in,
+                                     const void *b, const void *a, uint64_t r, double s, void *work,
                                      uint64_t *bad);
 
 /* DoRA on the same block: V = w + s * (b @ a); w[i] = round(mag[i] / |V[i]| * V[i]), all in

@@ -142,8 +142,9 @@ void lsl_i_round_to_dtype(lsl_dtype dt, double *x, uint64_t n)
     }
 }
 
-lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
-                                     const void *a, uint64_t r, double s, void *work, uint64_t *bad)
+lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, lsl_dtype pdt, void *w, uint64_t m, uint64_t in,
+                                     const void *b, const void *a, uint64_t r, double s, void *work,
+                                     uint64_t *bad)
 {
     if (m == 0 || in == 0)
         return LSL_OK;
@@ -154,11 +155,16 @@ lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
     uint64_t n = m * in;
     for (uint64_t i = 0; i < n; i++) {
         uint32_t h = 0;
-        /* product -> dtype; * scaling in fp32 (PyTorch's opmath) -> dtype; + W0 in fp32 -> dtype */
-        store_out(dt, &h, 0, d[i]);
-        double p = dt == LSL_F32 ? (double)(float)d[i] : to_double(dt, &h, 0);
-        store_out(dt, &h, 0, (double)((float)p * (float)s));
-        double q = dt == LSL_F32 ? (double)((float)p * (float)s) : to_double(dt, &h, 0);
+        /* product -> pdt; * scaling in fp32 (PyTorch's opmath) -> pdt -> dtype; + W0 in fp32 ->
+         * dtype */
+        store_out(pdt, &h, 0, d[i]);
+        double p = pdt == LSL_F32 ? (double)(float)d[i] : to_double(pdt, &h, 0);
+        store_out(pdt, &h, 0, (double)((float)p * (float)s));
+        double q = pdt == LSL_F32 ? (double)((float)p * (float)s) : to_double(pdt, &h, 0);
+        if (pdt != dt) {
+            store_out(dt, &h, 0, q);
+            q = dt == LSL_F32 ? (double)(float)q : to_double(dt, &h, 0);
+        }
         store_out(dt, w, i, (double)((float)q + (float)to_double(dt, w, i)));
         if (!isfinite(to_double(dt, w, i))) {
             *bad = i;

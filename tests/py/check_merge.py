@@ -104,11 +104,17 @@ def main():
         alpha = pick(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
         s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         if emb:
-            # PEFT's Embedding merge runs at the weight's precision: factors rounded to it, the
-            # product rounded to it, times scaling (fp32) rounded to it, added (fp32) and rounded.
+            # PEFT's Embedding merge rounds its delta to the weight dtype before adding it there
+            # (fp32 sum, rounded).  The delta is evaluated in the factors' precision: fp32
+            # factors keep product and scaling in fp32; low-precision ones are rounded to the
+            # weight dtype, the product rounded to it, times scaling (fp32) rounded to it.
             rd = lambda x: lsl_st.to_f64(dt, lsl_st.from_f64(dt, x))
-            prod = rd(rd(lsl_st.to_f64(bdt, B)) @ rd(lsl_st.to_f64(adt, A))).T
-            q = rd(prod.astype(np.float32) * np.float32(s))
+            if adt == "F32" and bdt == "F32":
+                prod = (lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A)).T.astype(np.float32)
+                q = rd((prod * np.float32(s)).astype(np.float64))
+            else:
+                prod = rd(rd(lsl_st.to_f64(bdt, B)) @ rd(lsl_st.to_f64(adt, A))).T
+                q = rd(prod.astype(np.float32) * np.float32(s))
             ref = rd(q.astype(np.float32) + lsl_st.to_f64(dt, w0).astype(np.float32))
         else:
             delta = lsl_st.to_f64(bdt, B) @ lsl_st.to_f64(adt, A)

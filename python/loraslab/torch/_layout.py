@@ -1,0 +1,89 @@
+"""Which rows of a tensor this rank writes, and from where: the local shard of an FSDP2 DTensor
+(Shard(0): torch.chunk's rows, trailing ranks short or empty), or, for a tensor every rank holds
+whole (DDP, no wrapper, a replicated DTensor), this rank's torch.chunk slice of it, so N ranks
+still write N slices in parallel."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+          torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
+          torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+
+
+class Unsupported(ValueError):
+    """A layout or wrapper loraslab refuses, by name, before anything is written."""
+
+
+def chunk_rows(rows: int, size: int, rank: int) -> tuple[int, int]:
+    """torch.chunk's rows of `rank`: ceil(rows / size) each, the tail short, trailing empty."""
+    per = -(-rows // size) if size else 0
+    r0 = min(rows, per * rank)
+    return r0, min(rows, r0 + per) - r0
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without DTensor: nothing is one
+        return False
+    return isinstance(t, DTensor)
+
+
+@dataclasses.dataclass
+class Rows:
+    """rows [row0, row0 + nrows) of the global tensor, as a contiguous tensor `local`."""
+    shape: tuple
+    row0: int
+    nrows: int
+    local: torch.Tensor
+
+
+def local_rows(t: torch.Tensor, name: str, rank: int, size: int) -> Rows:
+    """The rows of t this rank writes (rank/size: the writer's communicator)."""
+    t = t.detach()
+    if is_dtensor(t):
+        from torch.distributed.tensor import Replicate, Shard
+        pl = t.placements
+        if len(pl) != 1:
+            raise Unsupported(f"tensor `{name}`: a {len(pl)}-D device mesh ({pl}): HSDP and "
+                              "tensor parallelism are not supported in this version")
+        p = pl[0]
+        if isinstance(p, Replicate):
+            return _slice(t.to_local(), rank, size)
+        if type(p) is not Shard or p.dim != 0:
+            raise Unsupported(f"tensor `{name}`: placement {p}: only Shard(0) (FSDP2's "
+                              "default) and Replicate can be written")
+        if t.device_mesh.size() != size or t.device_mesh.get_local_rank() != rank:
+            raise Unsupported(f"tensor `{name}`: its mesh (rank {t.device_mesh.get_local_rank()}"
+                              f" of {t.device_mesh.size()}) is not the writer's group (rank "
+                              f"{rank} of {size}): pass the FSDP group as process_group")
+        local = t.to_local()
+        shape = tuple(t.shape)
+        r0, n = chunk_rows(shape[0] if shape else 1, size, rank)
+        if tuple(local.shape[1:]) != shape[1:] or (shape and local.shape[0] != n):
+            raise Unsupported(f"tensor `{name}`: local shard {tuple(local.shape)} is not "
+                              f"torch.chunk's {n} rows of {shape}")
+        return Rows(shape, r0, n, local.contiguous())
+    return _slice(t, rank, size)
+
+
+def _slice(full: torch.Tensor, rank: int, size: int) -> Rows:
+    shape = tuple(full.shape)
+    rows = shape[0] if shape else 1
+    r0, n = chunk_rows(rows, size, rank)
+    flat = full.reshape(1) if not shape else full
+    return Rows(shape, r0, n, flat[r0:r0 + n].contiguous())
+
+
+def full(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A LoRA factor whole on every rank (an all-gather of a DTensor; factors are small)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if is_dtensor(t):
+        t = t.full_tensor()
+    return t.contiguous()

@@ -1,0 +1,222 @@
+"""loraslab.torch.save_merged on a real PEFT model, wrapped as asked, at any rank count.
+
+Run under torchrun (callbacks, positional writes) or mpiexec (MPI; torch.distributed is started
+from the launcher's PMI variables), with gloo on the CPU or NCCL on one GPU:
+    torch_save.py --out DIR [--wrap fsdp2|ddp|none] [--model qwen2|gpt2] [--dora] ...
+Checks, on every rank or rank 0: the model's parameters bit-identical before and after; every
+tensor of the converted output against PEFT's own merge_and_unload() (within 1 ulp, at least
+99.99% exact, no tensor missing or extra); transformers loads the output and its logits match
+PEFT's merged model; a bad call raises loraslab.Error on every rank and leaves nothing.  Prints
+PASSED/FAILED and exits accordingly."""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> tuple[int, int]:
+    if "RANK" not in os.environ:  # mpiexec: torch's ranks from the launcher's
+        for rank_var, size_var in (("PMI_RANK", "PMI_SIZE"),
+                                   ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+            if rank_var in os.environ:
+                os.environ["RANK"], os.environ["WORLD_SIZE"] = (os.environ[rank_var],
+                                                                os.environ[size_var])
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", os.environ.get("LSL_TEST_PORT", "29577"))
+    backend = "nccl" if os.environ.get("LSL_TEST_DEVICE") == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def build(args: argparse.Namespace) -> tuple:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
+    torch.manual_seed(args.seed)  # the same model on every rank
+    if args.model == "gpt2":
+        cfg = GPT2Config(n_embd=48, n_head=4, n_layer=2, vocab_size=1001, n_positions=64)
+        targets = ["c_attn", "c_proj", "c_fc"]
+    else:
+        cfg = Qwen2Config(hidden_size=72, num_attention_heads=6, num_key_value_heads=2,
+                          intermediate_size=200, vocab_size=1001, num_hidden_layers=2,
+                          max_position_embeddings=64, tie_word_embeddings=args.tie)
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    if args.embed:
+        targets.append("embed_tokens")
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    for p in model.parameters():  # biases and norms away from their init values
+        p.data += 0.01 * torch.randn_like(p, dtype=torch.float32).to(p.dtype)
+    lcfg = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets,
+                      init_lora_weights=False, use_dora=args.dora, use_rslora=args.rslora,
+                      fan_in_fan_out=args.model == "gpt2", lora_bias=args.lora_bias,
+                      modules_to_save=["lm_head"] if args.modules_to_save else None,
+                      rank_pattern={"c_proj" if args.model == "gpt2" else "k_proj": 2},
+                      alpha_pattern={"c_fc" if args.model == "gpt2" else "v_proj": 5})
+    peft = get_peft_model(model, lcfg, adapter_name=args.adapter)
+    if args.second_adapter:  # only the named adapter is merged
+        peft.add_adapter("other", LoraConfig(r=4, target_modules=targets[:2],
+                                             init_lora_weights=False,
+                                             fan_in_fan_out=args.model == "gpt2"))
+        peft.set_adapter(args.adapter)
+    if args.modules_to_save:
+        with torch.no_grad():
+            for n, p in peft.named_parameters():
+                if "modules_to_save" in n:
+                    p.add_(0.05)
+    if args.device == "cuda":
+        peft = peft.cuda()
+    return peft, cfg
+
+
+def wrap(peft: torch.nn.Module, how: str, device: str) -> torch.nn.Module:
+    if how == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh(device, (dist.get_world_size(),))
+        inner = peft.base_model.model
+        layers = inner.transformer.h if hasattr(inner, "transformer") else inner.model.layers
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(peft, mesh=mesh)
+        return peft
+    if how == "fsdp1":
+        from peft.utils.other import fsdp_auto_wrap_policy
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        # PEFT's policy: the LoRA modules (fp32) are units of their own beside the bf16 base
+        return FullyShardedDataParallel(peft, use_orig_params=False, device_id=torch.device(device),
+                                        auto_wrap_policy=fsdp_auto_wrap_policy(peft))
+    if how == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(peft)
+    return peft
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
+    """(worst ulp distance, fraction exact) of two tensors of one float dtype."""
+    if not a.dtype.is_floating_point:
+        return (0 if torch.equal(a, b) else 1 << 30), float(torch.equal(a, b))
+    it = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+          torch.float64: torch.int64}[a.dtype]
+
+    def ordered(x: torch.Tensor) -> torch.Tensor:
+        i = x.contiguous().view(it).to(torch.int64)
+        top = 1 << (8 * x.element_size() - 1)
+        return torch.where(i < 0, -(i + top), i)
+    d = (ordered(a) - ordered(b)).abs()
+    return int(d.max().item()) if d.numel() else 0, float((d == 0).float().mean().item()) \
+        if d.numel() else 1.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--wrap", default="fsdp2", choices=["fsdp2", "fsdp1", "ddp", "none"])
+    ap.add_argument("--model", default="qwen2", choices=["qwen2", "gpt2"])
+    ap.add_argument("--lora-r", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adapter", default="default")
+    for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
+                 "second-adapter"):
+        ap.add_argument("--" + flag, action="store_true")
+    args = ap.parse_args()
+    args.device = os.environ.get("LSL_TEST_DEVICE", "cpu")
+    rank, size = init()
+    import loraslab
+    import loraslab.torch as lt
+    fails: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            fails.append(what)
+            print(f"[rank {rank}] FAIL: {what}", file=sys.stderr)
+
+    peft, _ = build(args)
+    ref = copy.deepcopy(peft).merge_and_unload()  # PEFT's own merge, before any wrapper
+    ref.eval()  # no dropout in the logits compared
+    ref_sd = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
+    if getattr(ref.config, "tie_word_embeddings", False):
+        ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
+    model = wrap(peft, args.wrap, args.device)
+
+    def local(p: torch.Tensor) -> torch.Tensor:
+        return (p.to_local() if hasattr(p, "to_local") else p).detach().clone()
+    before = {n: local(p) for n, p in model.named_parameters()}
+    path = os.path.join(args.out, "merged.h5")
+    if args.wrap == "fsdp1":  # refused by name on every rank, before anything is written
+        try:
+            lt.save_merged(model, path, overwrite=True, quiet=rank != 0)
+            check(False, "FSDP1 was accepted")
+        except loraslab.Error as e:
+            check(e.name == "LSL_ERR_UNSUPPORTED" and "FSDP1" in e.message, f"FSDP1: {e}")
+        dist.barrier()
+        check(not os.path.exists(path), "the refused call left a file")
+        return finish(rank, fails)
+    lt.save_merged(model, path, overwrite=True, quiet=rank != 0)
+    after = {n: local(p) for n, p in model.named_parameters()}
+    check(before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before),
+          "the model's parameters changed")
+    hf = os.path.join(args.out, "hf")
+    lt.convert(path, hf, overwrite=True, quiet=True)
+    lt.verify(hf, quiet=True)
+
+    # A bad call: an adapter the model lacks.  Every rank raises, nothing is left.
+    bad = os.path.join(args.out, "bad.h5")
+    try:
+        lt.save_merged(model, bad, adapter_name="no-such-adapter", quiet=True)
+        check(False, "an unknown adapter was accepted")
+    except loraslab.Error as e:
+        check("no-such-adapter" in e.message and e.name == "LSL_ERR_UNSUPPORTED",
+              f"unknown adapter: {e}")
+    dist.barrier()
+    check(not os.path.exists(bad), "the failed call left a file")
+
+    if rank == 0:
+        from safetensors.torch import load_file
+        got: dict[str, torch.Tensor] = {}
+        for f in sorted(os.listdir(hf)):
+            if f.endswith(".safetensors"):
+                got.update(load_file(os.path.join(hf, f)))
+        check(got.keys() == ref_sd.keys(),
+              f"tensor names differ: missing {sorted(ref_sd.keys() - got.keys())[:5]}, extra "
+              f"{sorted(got.keys() - ref_sd.keys())[:5]}")
+        worst, n_exact, n_all = 0, 0, 0
+        for k in sorted(got.keys() & ref_sd.keys()):
+            a, b = got[k], ref_sd[k]
+            if a.shape != b.shape or a.dtype != b.dtype:
+                check(False, f"{k}: {a.dtype}{tuple(a.shape)} vs PEFT's {b.dtype}{tuple(b.shape)}")
+                continue
+            u, ex = ulps(a, b)
+            worst, n_exact, n_all = max(worst, u), n_exact + ex * a.numel(), n_all + a.numel()
+            check(u <= 1, f"{k}: {u} ulp, {100 * ex:.3f}% exact")
+        exact = n_exact / max(1, n_all)
+        check(exact >= 0.9999, f"only {100 * exact:.4f}% of the elements exact")
+        from transformers import AutoModelForCausalLM
+        loaded = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16)
+        ids = torch.arange(1, 17).reshape(2, 8) * 37 % 1001
+        with torch.no_grad():
+            l1 = loaded(ids).logits.float()
+            l2 = ref.cpu()(ids).logits.float()
+        diff, top = float((l1 - l2).abs().max()), float(l2.abs().max())
+        check(diff <= 0.02 * max(1.0, top), f"logits differ by {diff} (largest {top})")
+        print(f"torch_save: {args.wrap} {args.model} at {size} ranks: {len(got)} tensors, worst "
+              f"{worst} ulp, {100 * exact:.4f}% exact, logits max diff {diff:.2e} of {top:.2e}")
+    return finish(rank, fails)
+
+
+def finish(rank: int, fails: list) -> int:
+    n = torch.tensor([len(fails)])
+    dist.all_reduce(n)
+    if rank == 0:
+        print("PASSED" if int(n) == 0 else f"FAILED ({int(n)} checks)")
+    dist.destroy_process_group()
+    return 0 if int(n) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
