@@ -14,7 +14,10 @@
 #   multi: build, in-job write at 1 and 2 ranks (one GPU each) on /dev/shm and disk, the whole
 #          CLI at the largest rank count (several GPUs);
 #   full (default): everything (more than the device tool's 10 minutes a call).
-# STEPS (words of: tests sanitizer kernel offline hf write peers pipeline) overrides the mode's.
+#   torch: the PyTorch front end (tests/torch): one rank with NCCL on the GPU (device pointers),
+#          then the CPU suite (gloo, 2-4 ranks, torchrun and mpiexec) on this machine's torch.
+# STEPS (words of: tests sanitizer kernel offline hf write peers pipeline torch) overrides the
+# mode's.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
 # WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark (LSL_PROFILE=1 adds each
 # loraslab run's phases; BENCH_ROUNDS, BENCH_STAGING_MIB, BENCH_BATCH pass to bench_gpu); PIPELINE
@@ -22,10 +25,10 @@
 set -uo pipefail
 mode=${1:-full}
 case $mode in
-  quick) steps="tests sanitizer kernel offline hf" ;;
+  quick) steps="tests sanitizer kernel offline hf torch" ;;
   bench) steps="kernel offline write peers" ;;
   multi) steps="write pipeline" ;;
-  full) steps="tests sanitizer kernel offline hf write peers pipeline" ;;
+  full) steps="tests sanitizer kernel offline hf write peers pipeline torch" ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
 steps=" ${STEPS:-$steps} "
@@ -83,6 +86,15 @@ if want hf; then
   python3 tests/gpu/check_hf.py "$lsl" /tmp/lsl-hf 2 >"$OUT/check_hf.log" 2>&1
   grep -E '^\|' "$OUT/check_hf.log"
   row "$(grep '^check_hf:' "$OUT/check_hf.log" || echo "check_hf: did not finish")"
+fi
+if want torch; then
+  log "PyTorch front end: GPU (1 rank, NCCL), then CPU (gloo, 2-4 ranks)"
+  for dev in cuda cpu; do
+    LSL_TEST_DEVICE=$dev LSL_TESTOUTDIR=$PWD/build-gpu/testout MPIEXEC=mpiexec \
+      bash tests/torch/torch_tests.sh "$PWD/build-gpu" >"$OUT/torch-$dev.log" 2>&1
+    grep -E '^(ok|FAIL)' "$OUT/torch-$dev.log" | while read -r l; do row "torch $dev: $l"; done
+    row "torch $dev: $(tail -1 "$OUT/torch-$dev.log")"
+  done
 fi
 if want write; then
   log "write benchmark"

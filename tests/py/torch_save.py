@@ -139,6 +139,11 @@ def main() -> int:
     peft, _ = build(args)
     ref = copy.deepcopy(peft).merge_and_unload()  # PEFT's own merge, before any wrapper
     ref.eval()  # no dropout in the logits compared
+    late = "transformer.ln_f.weight" if args.model == "gpt2" else "model.norm.weight"
+    bump = 1.0 / 64
+    if args.device == "cuda":  # the update queued on the stream just before the save (below)
+        with torch.no_grad():
+            ref.get_parameter(late).add_(bump)
     ref_sd = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
     if getattr(ref.config, "tie_word_embeddings", False):
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
@@ -157,6 +162,17 @@ def main() -> int:
         dist.barrier()
         check(not os.path.exists(path), "the refused call left a file")
         return finish(rank, fails)
+    if args.device == "cuda":
+        # Work queued on torch's stream right before the save: a slow matmul, then an update of
+        # a weight.  The file must hold the updated weight (the library waits on the stream).
+        x = torch.randn(4096, 4096, device="cuda")
+        for _ in range(8):
+            x = torch.tanh(x @ x)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith(late):
+                    (p.to_local() if hasattr(p, "to_local") else p).add_(bump + 0 * x[0, 0])
+        before = {n: local(p) for n, p in model.named_parameters()}
     lt.save_merged(model, path, overwrite=True, quiet=rank != 0)
     after = {n: local(p) for n, p in model.named_parameters()}
     check(before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before),
