@@ -30,7 +30,8 @@ def init() -> tuple[int, int]:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", os.environ.get("LSL_TEST_PORT", "29577"))
-    backend = "nccl" if os.environ.get("LSL_TEST_DEVICE") == "cuda" else "gloo"
+    # with NCCL for the GPU, gloo beside it for the test's own CPU-tensor collectives
+    backend = "cuda:nccl,cpu:gloo" if os.environ.get("LSL_TEST_DEVICE") == "cuda" else "gloo"
     dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
 
