@@ -303,6 +303,26 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * (write failed).  After a failure the writer accepts only lsl_writer_abort_all. */
 LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part);
 
+/* A part that is an element range of a tensor, as FSDP1 shards: each rank holds one contiguous
+ * row-major range of each parameter, which may start and end mid-row.  Merged in whole rows: the
+ * rows the range touches are merged from W0's elements the part holds (the others taken as 0),
+ * and only the part's own elements are written, at byte offset e0 * itemsize of the tensor; so
+ * the file, and its checksums, are the same as with row parts.  lora->b holds the rows
+ * [e0 / cols, ceil((e0 + nelems) / cols)) of B, those the range touches (cols: the product of
+ * the dimensions after the first); A as for lsl_part.  DoRA only on parts of whole rows. */
+typedef struct lsl_elem_part {
+    uint64_t e0, nelems; /* elements [e0, e0 + nelems); the ranks' ranges tile the tensor's
+                            elements in rank order (empty ranges anywhere) */
+    const void *data;    /* nelems elements of W0 (or of the tensor itself when lora is NULL) */
+    lsl_memspace mem;    /* LSL_MEM_HOST only in this version (else LSL_ERR_UNSUPPORTED) */
+    const lsl_lora_part *lora; /* NULL: copy the elements unchanged */
+} lsl_elem_part;
+
+/* Collective.  lsl_writer_put_all for an element-range part (FSDP1's FlatParameter pieces).
+ * Returns as lsl_writer_put_all; LSL_ERR_SHAPE when the ranges do not tile the elements. */
+LSL_API lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index,
+                                            const lsl_elem_part *part);
+
 /* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA A of all of them
  * gathered in one collective step (one MPI_Allgather of the shard sizes, one MPI_Allgatherv):
  * each gather costs a few collective latencies, which at a thousand ranks add up over a model's

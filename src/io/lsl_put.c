@@ -91,12 +91,16 @@ static void put_clock_stop(lsl_writer *w, uint64_t index)
             d[P_CRC_WAIT] * 1e3, d[P_AGREE] * 1e3, (el - in) * 1e3);
 }
 
-lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                           bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
-                           lsl_i_putctx *pc)
+/* Local checks, then the collective ones (same tensor everywhere, parts tiling the tensor in
+ * rank order, by rows or by elements), agreed before any I/O. */
+static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count, int elems,
+                        bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                        lsl_i_putctx *pc)
 {
     put_clock_start(w);
     double t0 = lsl_i_now();
+    const char *unit = elems ? "elements" : "rows";
+    uint64_t units = 0; /* the tensor's rows or elements */
     memset(pc, 0, sizeof *pc);
     if (st == LSL_OK && w->state != W_DEFINED)
         st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
@@ -109,24 +113,37 @@ lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_
         pc->relems = lsl_i_row_elems(t);
         pc->esize = lsl_dtype_bits(t->dtype) / 8;
         pc->rbytes = pc->relems * pc->esize;
-        pc->row0 = row0;
-        pc->nrows = nrows;
+        pc->elems = elems;
+        units = elems ? pc->rows * pc->relems : pc->rows;
         if (w->done[index])
             st = lsl_i_fail(LSL_ERR_WRONG_STATE, "tensor `%s` was already written", t->name);
-        else if (row0 > pc->rows || nrows > pc->rows - row0)
-            st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: rows [%llu, +%llu) outside [0, %llu)",
-                            t->name, (unsigned long long)row0, (unsigned long long)nrows,
-                            (unsigned long long)pc->rows);
-        else if (nrows && pc->rbytes && !has_data)
+        else if (first > units || count > units - first)
+            st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: %s [%llu, +%llu) outside [0, %llu)",
+                            t->name, unit, (unsigned long long)first, (unsigned long long)count,
+                            (unsigned long long)units);
+        else if (count && pc->rbytes && !has_data)
             st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: data is NULL", t->name);
-        else if (lora)
-            st = lsl_i_check_lora(t, nrows, lora);
+        if (st == LSL_OK && elems) {
+            /* the rows the range touches: the B rows a LoRA part brings */
+            pc->e0 = first;
+            pc->ne = count;
+            pc->row0 = pc->relems ? first / pc->relems : 0;
+            pc->nrows =
+                count && pc->relems ? (first + count + pc->relems - 1) / pc->relems - pc->row0 : 0;
+        } else if (st == LSL_OK) {
+            pc->row0 = first;
+            pc->nrows = count;
+            pc->e0 = first * pc->relems;
+            pc->ne = count * pc->relems;
+        }
+        if (st == LSL_OK && lora)
+            st = lsl_i_check_lora(t, pc->nrows, lora);
     }
-    int64_t v[3] = {(int64_t)index, lora != NULL, mem};
-    uint64_t mine = st == LSL_OK ? nrows : 0, prefix = 0, total = 0;
+    int64_t v[4] = {(int64_t)index, lora != NULL, mem, elems};
+    uint64_t mine = st == LSL_OK ? count : 0, prefix = 0, total = 0;
     lsl_status cs = LSL_OK;
-    int same = lsl_i_same_everywhere(w->comm, v, 3, &cs);
-    /* every rank's row count: the prefix is where this rank's rows must start */
+    int same = lsl_i_same_everywhere(w->comm, v, 4, &cs);
+    /* every rank's count: the prefix is where this rank's part must start */
     if (cs == LSL_OK)
         cs = lsl_i_allgather(w->comm, &mine, w->per_rank, sizeof mine);
     if (cs != LSL_OK) {
@@ -139,23 +156,38 @@ lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_
     }
     if (st == LSL_OK && !same)
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
-                        "ranks put different tensors, or mixed LoRA/no LoRA or host/device "
-                        "memory, in the same call");
-    else if (st == LSL_OK && nrows && row0 != prefix)
+                        "ranks put different tensors, or mixed LoRA/no LoRA, host/device memory "
+                        "or rows/elements, in the same call");
+    else if (st == LSL_OK && count && first != prefix)
         st = lsl_i_fail(LSL_ERR_SHAPE,
-                        "tensor `%s`: this rank's rows start at %llu but the ranks before it hold "
-                        "%llu rows (parts must tile the rows in rank order)",
-                        pc->t->name, (unsigned long long)row0, (unsigned long long)prefix);
-    else if (st == LSL_OK && total != pc->rows)
-        st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu rows",
-                        pc->t->name, (unsigned long long)total, (unsigned long long)pc->rows);
+                        "tensor `%s`: this rank's %s start at %llu but the ranks before it hold "
+                        "%llu %s (parts must tile the %s in rank order)",
+                        pc->t->name, unit, (unsigned long long)first, (unsigned long long)prefix,
+                        unit, unit);
+    else if (st == LSL_OK && total != units)
+        st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu %s",
+                        pc->t->name, (unsigned long long)total, (unsigned long long)units, unit);
     st = lsl_i_agree(w->comm, st);
     if (st == LSL_OK) {
-        pc->my_bytes = nrows * pc->rbytes;
-        pc->base = w->offsets[index] + row0 * pc->rbytes;
+        pc->my_bytes = pc->ne * pc->esize;
+        pc->base = w->offsets[index] + pc->e0 * pc->esize;
     }
     w->prof[P_AGREE] += lsl_i_now() - t0;
     return st;
+}
+
+lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                           bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                           lsl_i_putctx *pc)
+{
+    return begin(w, index, row0, nrows, 0, has_data, lora, mem, st, pc);
+}
+
+lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
+                                 bool has_data, const lsl_lora_part *lora, lsl_status st,
+                                 lsl_i_putctx *pc)
+{
+    return begin(w, index, e0, ne, 1, has_data, lora, LSL_MEM_HOST, st, pc);
 }
 
 void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *buf, uint64_t count,

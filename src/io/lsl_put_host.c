@@ -43,15 +43,17 @@ static void chunk_of(const lsl_i_putctx *pc, uint64_t c, uint64_t chunk_rows, ui
     }
 }
 
-lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+/* A put after its agreement (pc): merge or copy the part chunk by chunk.  An element-range part
+ * (pc->elems, from memory) is merged in whole rows: the partial first and last rows sit at their
+ * place in a zeroed row buffer, and only the part's own elements are written. */
+static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
+                           const lsl_i_src *src, const lsl_lora_part *lora)
 {
     lsl_status rc = LSL_OK, st;
     void *afull = NULL, *aacc = NULL, *bacc = NULL;
     double *colf = NULL; /* DoRA down the columns: factor per column */
-    lsl_i_putctx pc;
-    LSL_TRY(lsl_i_put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora, LSL_MEM_HOST,
-                            local_st, &pc));
+    lsl_i_putctx pc = *pcp;
+    uint64_t nrows = pc.nrows;
     const lsl_tensor_info *t = pc.t;
     uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = sizeof(double);
     /* Rows from a file are read one chunk ahead by the reader thread, into the other half of the
@@ -59,6 +61,12 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     const int ahead = src->mem == NULL;
     const int f32_factors = lora && lora->a_dtype == LSL_F32 && lora->b_dtype == LSL_F32;
     st = LSL_OK;
+    if (pc.elems && lora && lora->magnitude && pc.relems &&
+        (pc.e0 % pc.relems != 0 || pc.ne % pc.relems != 0))
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "tensor `%s`: DoRA on a part that starts or ends mid-row (its row norms "
+                        "span ranks) is not supported in this version",
+                        t->name);
     if (ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
     if (lora) {
@@ -148,6 +156,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     for (uint64_t c = 0; c < nchunks; c++) {
         unsigned char *rows = rbuf[c % 2];
         const void *buf = rows;
+        uint64_t pos = 0; /* where the part's first element of this chunk sits in the buffer */
         off = count = 0;
         if (c < nloc)
             CHUNK(c, off, count);
@@ -163,10 +172,23 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
             posted = 1;
         }
         if (st == LSL_OK && c < nloc && !ahead) {
-            if (lora)
-                st = src_read(src, off, count, rows);
-            else
+            if (lora) {
+                uint64_t lr, m;
+                chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
+                /* the chunk's rows, and the part's elements among them */
+                uint64_t rlo = (pc.row0 + lr) * pc.relems, rhi = rlo + m * pc.relems;
+                uint64_t lo = rlo > pc.e0 ? rlo : pc.e0;
+                uint64_t hi = rhi < pc.e0 + pc.ne ? rhi : pc.e0 + pc.ne;
+                if (lo != rlo || hi != rhi)
+                    memset(rows, 0, m * pc.rbytes);
+                pos = (lo - rlo) * pc.esize;
+                off = (lo - pc.e0) * pc.esize;
+                count = (hi - lo) * pc.esize;
+                st = src_read(src, off, count, rows + pos);
+                buf = rows + pos;
+            } else {
                 buf = src->mem + off;
+            }
         }
         if (st == LSL_OK && c < nloc && lora) {
             uint64_t lr, m, bad = 0;
@@ -200,6 +222,45 @@ fail:
     free(bacc);
     free(colf);
     return rc;
+}
+
+lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+{
+    lsl_i_putctx pc;
+    lsl_status rc = lsl_i_put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora,
+                                    LSL_MEM_HOST, local_st, &pc);
+    if (rc != LSL_OK) {
+        w->state = W_FAILED;
+        return rc;
+    }
+    return put_body(w, index, &pc, src, lora);
+}
+
+lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_elem_part *part)
+{
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: writer is NULL");
+    lsl_i_clear_error();
+    static const unsigned char empty = 0;
+    lsl_i_src src = {NULL, -1, 0, NULL};
+    lsl_status st = part
+                        ? lsl_i_check_lora_flags(part->lora, "lsl_writer_put_elems_all")
+                        : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
+    if (st == LSL_OK && part->mem != LSL_MEM_HOST)
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "element-range parts in device memory are not supported in this version "
+                        "(pass host memory)");
+    if (st == LSL_OK)
+        src.mem = part->data ? part->data : (part->nelems ? NULL : &empty);
+    lsl_i_putctx pc;
+    lsl_status rc = lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems,
+                                          src.mem != NULL, st ? NULL : part->lora, st, &pc);
+    if (rc != LSL_OK) {
+        w->state = W_FAILED;
+        return rc;
+    }
+    return put_body(w, index, &pc, &src, part->lora);
 }
 
 lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st)
@@ -236,11 +297,11 @@ lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, ls
                             &src, part && !st ? part->lora : NULL, st);
 }
 
-lsl_status lsl_i_check_lora_flags(const lsl_part *part, const char *fn)
+lsl_status lsl_i_check_lora_flags(const lsl_lora_part *l, const char *fn)
 {
-    if (part && part->lora && (part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS))
+    if (l && (l->flags & ~LSL_LORA_PUBLIC_FLAGS))
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: unknown LoRA flags 0x%x", fn,
-                          part->lora->flags & ~LSL_LORA_PUBLIC_FLAGS);
+                          l->flags & ~LSL_LORA_PUBLIC_FLAGS);
     return LSL_OK;
 }
 
@@ -249,7 +310,8 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
     if (!w)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
     lsl_i_clear_error();
-    return lsl_i_put_one(w, index, part, lsl_i_check_lora_flags(part, "lsl_writer_put_all"));
+    return lsl_i_put_one(w, index, part,
+                         lsl_i_check_lora_flags(part ? part->lora : NULL, "lsl_writer_put_all"));
 }
 
 lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,

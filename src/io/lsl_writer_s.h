@@ -75,7 +75,9 @@ struct lsl_writer {
 /* One tensor's put, shared by the host and device paths. */
 typedef struct lsl_i_putctx {
     const lsl_tensor_info *t;
-    uint64_t rows, relems, esize, rbytes, row0, nrows, my_bytes, base;
+    /* row0, nrows: the rows this part touches; e0, ne: its elements (whole rows unless elems) */
+    uint64_t rows, relems, esize, rbytes, row0, nrows, e0, ne, my_bytes, base;
+    int elems; /* an element-range part (lsl_writer_put_elems_all) */
     uint32_t crc;
 } lsl_i_putctx;
 
@@ -85,6 +87,11 @@ typedef struct lsl_i_putctx {
 lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                            bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
                            lsl_i_putctx *pc);
+/* Collective.  As lsl_i_put_begin for the elements [e0, e0 + ne) of the row-major tensor (host
+ * memory): the ranks' ranges must tile the tensor's elements in rank order. */
+lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
+                                 bool has_data, const lsl_lora_part *lora, lsl_status st,
+                                 lsl_i_putctx *pc);
 /* Collective over MPI-IO.  Writes count bytes at the part's offset + off; a rank that failed
  * (*st) or has nothing left joins with zero bytes.  Checksums what it writes unless crc_done
  * (the GPU did). */
@@ -117,6 +124,6 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64
 lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st);
 /* A part whose LoRA carries flag bits the API does not define is refused (fn: the public call),
  * so the library's internal bits cannot arrive from a caller. */
-lsl_status lsl_i_check_lora_flags(const lsl_part *part, const char *fn);
+lsl_status lsl_i_check_lora_flags(const lsl_lora_part *l, const char *fn);
 
 #endif

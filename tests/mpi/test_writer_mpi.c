@@ -669,6 +669,132 @@ static int same_bytes(const char *a, const char *b)
     return same;
 }
 
+/* Element-range parts (FSDP1's pieces): random rank-ordered cuts of each tensor's elements, mid-row
+ * starts and ends, empty ranks.  The merge of a row does not depend on W0's other elements, so
+ * the file must be the bytes the row-part file holds (that one is checked against float64). */
+static void test_elems(void)
+{
+    int before = agree_failures();
+    lsl_tensor_info t[4] = {{"w.bf16", LSL_BF16, 2, {37, 24}},
+                            {"w.f32", LSL_F32, 2, {11, 9}},
+                            {"plain", LSL_I64, 2, {5, 7}},
+                            {"vec", LSL_F16, 1, {13}}};
+    const uint64_t rr[2] = {8, 3};
+    void *w0[4], *A[2], *B[2];
+    for (int i = 0; i < 4; i++) {
+        uint64_t e = t[i].shape[0] * (t[i].ndim > 1 ? t[i].shape[1] : 1);
+        w0[i] = calloc(e * esz(t[i].dtype) + 1, 1);
+        if (t[i].dtype == LSL_I64)
+            for (uint64_t k = 0; k < e * 8; k++)
+                ((unsigned char *)w0[i])[k] = (unsigned char)(k * 13 + 1);
+        else
+            fill(t[i].dtype, w0[i], e, 0.05, 700 + (uint64_t)i);
+    }
+    for (int i = 0; i < 2; i++) {
+        A[i] = malloc(rr[i] * t[i].shape[1] * 4);
+        B[i] = malloc(t[i].shape[0] * rr[i] * 4);
+        fill(LSL_F32, A[i], rr[i] * t[i].shape[1], 0.1, 800 + (uint64_t)i);
+        fill(LSL_F32, B[i], t[i].shape[0] * rr[i], 0.1, 900 + (uint64_t)i);
+    }
+    for (int trial = 0; trial < 6; trial++) {
+        char pe[600], pr[600];
+        snprintf(pe, sizeof pe, "%s/elems-%d.h5", dir, trial);
+        snprintf(pr, sizeof pr, "%s/elems-rows.h5", dir);
+        for (int pass = 0; pass < 2; pass++) { /* 0: element parts, 1: row parts (once) */
+            if (pass == 1 && trial > 0)
+                break;
+            lsl_writer *w = NULL;
+            lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+            cfg.quiet = 1;
+            cfg.staging_bytes = 4096; /* several chunks, so windows meet chunk edges too */
+            lsl_status st = create_writer(pass ? pr : pe, &cfg, &w);
+            if (st == LSL_OK)
+                st = lsl_writer_define_all(w, 4, t);
+            CHECK(st == LSL_OK, "setup: %s", lsl_last_error());
+            for (uint64_t i = 0; i < 4 && st == LSL_OK; i++) {
+                uint64_t cols = t[i].ndim > 1 ? t[i].shape[1] : 1, e = t[i].shape[0] * cols;
+                /* the same cuts on every rank: sorted draws from one seed */
+                uint64_t seed = 31 * (uint64_t)trial + i + 1, cut[9] = {0};
+                for (int k = 1; k < size; k++)
+                    cut[k] = (uint64_t)(rnd(&seed) * (double)(e + 1)) % (e + 1);
+                for (int a = 1; a < size; a++) /* insertion sort */
+                    for (int b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
+                        uint64_t x = cut[b];
+                        cut[b] = cut[b - 1];
+                        cut[b - 1] = x;
+                    }
+                if (trial == 1 && size > 1)
+                    cut[1] = 0; /* rank 0 empty */
+                cut[size] = e;
+                uint64_t e0 = cut[rank], ne = cut[rank + 1] - cut[rank], es = esz(t[i].dtype);
+                uint64_t ra0, ran, r0 = cols ? e0 / cols : 0;
+                lsl_lora_part lp;
+                if (i < 2) {
+                    lsl_partition_rows(rr[i], size, rank, &ra0, &ran);
+                    lp = lora_f32(rr[i], 0.75, ra0, ran, (float *)A[i] + ra0 * cols,
+                                  (float *)B[i] + r0 * rr[i]);
+                }
+                if (pass == 0) {
+                    lsl_elem_part ep = {e0, ne, (unsigned char *)w0[i] + e0 * es, LSL_MEM_HOST,
+                                        i < 2 ? &lp : NULL};
+                    st = lsl_writer_put_elems_all(w, i, &ep);
+                } else {
+                    uint64_t q0, qn;
+                    lsl_partition_rows(t[i].shape[0], size, rank, &q0, &qn);
+                    if (i < 2)
+                        lp.b = (float *)B[i] + q0 * rr[i];
+                    lsl_part p = {q0,           qn,   (unsigned char *)w0[i] + q0 * cols * es,
+                                  LSL_MEM_HOST, NULL, i < 2 ? &lp : NULL};
+                    st = lsl_writer_put_all(w, i, &p);
+                }
+                CHECK(st == LSL_OK, "trial %d %s put of %s: %s", trial, pass ? "row" : "element",
+                      t[i].name, lsl_last_error());
+            }
+            if (st == LSL_OK)
+                st = lsl_writer_close_all(&w);
+            else
+                lsl_writer_abort_all(&w);
+            CHECK(st == LSL_OK, "close: %s", lsl_last_error());
+        }
+        if (rank == 0)
+            CHECK(same_bytes(pe, pr), "trial %d: element parts wrote other bytes than row parts",
+                  trial);
+    }
+    /* Refusals, alike on every rank: a range out of rank order; device memory. */
+    for (int c = 0; c < 2; c++) {
+        lsl_writer *w = NULL;
+        lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+        cfg.quiet = 1;
+        char p[600];
+        snprintf(p, sizeof p, "%s/elems-bad.h5", dir);
+        lsl_status st = create_writer(p, &cfg, &w);
+        if (st == LSL_OK)
+            st = lsl_writer_define_all(w, 4, t);
+        uint64_t e = 35, e0 = e * (uint64_t)rank / (uint64_t)size;
+        uint64_t ne = e * (uint64_t)(rank + 1) / (uint64_t)size - e0;
+        if (c == 0 && size > 1 && rank == size - 1 && ne)
+            e0 -= 1; /* overlaps the rank before */
+        lsl_elem_part ep = {e0, ne, (unsigned char *)w0[2] + e0 * 8,
+                            c == 1 ? LSL_MEM_DEVICE : LSL_MEM_HOST, NULL};
+        if (st == LSL_OK)
+            st = lsl_writer_put_elems_all(w, 2, &ep);
+        lsl_status want = c == 0 ? (size > 1 ? LSL_ERR_SHAPE : LSL_OK) : LSL_ERR_UNSUPPORTED;
+        CHECK(st == want, "refusal %d: %s (%s)", c, lsl_status_name(st), lsl_last_error());
+        lsl_writer_abort_all(&w);
+        MPI_Barrier(MPI_COMM_WORLD);
+        if (rank == 0)
+            CHECK(!file_exists(p) && !leftover_tmp(), "refusal %d left a file", c);
+    }
+    for (int i = 0; i < 4; i++)
+        free(w0[i]);
+    for (int i = 0; i < 2; i++) {
+        free(A[i]);
+        free(B[i]);
+    }
+    report("element-range parts (random mid-row cuts): the bytes of row parts; bad tilings refused",
+           before);
+}
+
 /* The callback suite writes each merge file over MPI-IO too: the two must be the same bytes. */
 static void test_same_as_mpi(int big, int batch)
 {
@@ -755,6 +881,7 @@ int main(int argc, char **argv)
         test_same_as_mpi(1, 0);
         test_same_as_mpi(0, 1);
         test_error_agreement();
+        test_elems();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
             test_callback_failures();
         test_define_checks();
@@ -765,11 +892,13 @@ int main(int argc, char **argv)
     test_merge_and_copy(0, 1);
     test_error_agreement();
 #ifndef LSL_TEST_DEVICE
+    test_elems();
     test_define_checks();
     test_hints();
     test_own_comm();
 #else
     (void)test_define_checks; /* host-only checks: the host build runs them */
+    (void)test_elems;
     (void)test_hints;
     (void)test_own_comm;
 #endif
