@@ -38,6 +38,11 @@ class Part(c.Structure):
                 ("mem", c.c_int), ("stream", c.c_void_p), ("lora", c.POINTER(LoraPart))]
 
 
+class ElemPart(c.Structure):
+    _fields_ = [("e0", c.c_uint64), ("nelems", c.c_uint64), ("data", c.c_void_p),
+                ("mem", c.c_int), ("lora", c.POINTER(LoraPart))]
+
+
 ALLREDUCE = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_void_p, c.c_uint64, c.c_int, c.c_int)
 BCAST = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_void_p, c.c_uint64, c.c_int)
 ALLGATHER = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_void_p, c.c_void_p, c.c_uint64)
@@ -67,6 +72,7 @@ def declare(lib: c.CDLL) -> None:
         "lsl_writer_set_attr_all": (c.c_int, [W, c.c_char_p, c.c_char_p]),
         "lsl_writer_define_all": (c.c_int, [W, c.c_uint64, c.POINTER(TensorInfo)]),
         "lsl_writer_put_all": (c.c_int, [W, c.c_uint64, c.POINTER(Part)]),
+        "lsl_writer_put_elems_all": (c.c_int, [W, c.c_uint64, c.POINTER(ElemPart)]),
         "lsl_writer_close_all": (c.c_int, [c.POINTER(W)]),
         "lsl_writer_abort_all": (None, [c.POINTER(W)]),
         "lsl_partition_rows": (None, [c.c_uint64, c.c_int, c.c_int, c.POINTER(c.c_uint64),

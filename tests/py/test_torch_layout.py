@@ -33,6 +33,23 @@ class ChunkRows(unittest.TestCase):
         self.assertEqual(_layout.local_rows(torch.tensor(3.0), "s", 1, 2).nrows, 0)
 
 
+class Fsdp1Pieces(unittest.TestCase):
+    def test_rows_touched(self) -> None:
+        from loraslab.torch._fsdp1 import Piece
+        mk = lambda e0, ne: Piece("w", (5, 8), torch.bfloat16, e0, ne, torch.empty(ne))  # noqa
+        self.assertEqual(_save._rows_touched(mk(23, 10)), (2, 3))  # mid-row to mid-row
+        self.assertEqual(_save._rows_touched(mk(16, 8)), (2, 1))   # one whole row
+        self.assertEqual(_save._rows_touched(mk(0, 40)), (0, 5))
+        self.assertEqual(_save._rows_touched(mk(7, 0)), (0, 0))    # an empty piece
+
+    def test_clean_names(self) -> None:
+        from loraslab.torch._fsdp1 import clean
+        self.assertEqual(clean("_fsdp_wrapped_module.base_model.model.model.layers.0."
+                               "_fsdp_wrapped_module.self_attn.q_proj.lora_A.default"),
+                         "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default")
+        self.assertEqual(clean(""), "")
+
+
 class Launch(unittest.TestCase):
     def choose(self, env: dict, world: int = 2, rank: int = 1) -> str:
         with mock.patch.dict(os.environ, env, clear=True), \

@@ -45,6 +45,7 @@ if [ "${LSL_TEST_DEVICE:-cpu}" = cuda ]; then
   run gpu-fsdp2-qwen2 torchrun 1
   run gpu-ddp-gpt2 torchrun 1 --wrap ddp --model gpt2 --lora-bias
   run gpu-none-qwen2 torchrun 1 --wrap none --rslora --modules-to-save --second-adapter
+  run gpu-fsdp1-qwen2 torchrun 1 --wrap fsdp1
 else
   run fsdp2-qwen2-np2 torchrun 2
   run fsdp2-qwen2-np4-r-below-world torchrun 4 --lora-r 3
@@ -60,7 +61,16 @@ else
   run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias
   run none-qwen2-options-np2 torchrun 2 --wrap none --rslora --modules-to-save --embed --tie \
     --second-adapter --adapter mine
-  run fsdp1-refused-np2 torchrun 2 --wrap fsdp1
+  run fsdp1-qwen2-np2 torchrun 2 --wrap fsdp1
+  if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp1-qwen2-np2/merged.h5"; then
+    echo "ok - FSDP1 and FSDP2 files byte-identical"; pass=$((pass + 1))
+  else
+    echo "FAIL - FSDP1 and FSDP2 files differ"; fail=$((fail + 1))
+  fi
+  run fsdp1-gpt2-uop-lora-bias-np3 torchrun 3 --wrap fsdp1 --use-orig-params --model gpt2 \
+    --lora-bias
+  run fsdp1-qwen2-mts-rslora-np4 torchrun 4 --wrap fsdp1 --modules-to-save --rslora --lora-r 3
+  run fsdp1-dora-mid-row-refused-np2 torchrun 2 --wrap fsdp1 --dora --expect-refusal
 fi
 if "$py" "$here/py/test_torch_layout.py" >"$out/unit.log" 2>&1; then
   echo "ok - layout and launch unit tests ($(grep -c ' ok$' "$out/unit.log" || true) passed)"

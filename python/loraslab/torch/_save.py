@@ -16,7 +16,8 @@ from .._errors import Error
 from .._lib import lib
 from . import _launch
 from ._layout import DTYPES, Rows, Unsupported, chunk_rows, full, local_rows
-from ._walk import Item, Lora, walk
+from . import _fsdp1
+from ._walk import FlatParams, Item, Lora, walk
 
 PathLike = Union[str, "os.PathLike[str]"]
 _FACTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -30,15 +31,8 @@ def _dtype(t: torch.Tensor, name: str) -> int:
 
 def _unwrap(model: torch.nn.Module, adapter_name: Optional[str]) -> tuple:
     """(the PEFT model, its base model, the adapter to merge)."""
-    inner = getattr(model, "module", model)  # DDP
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
-        if isinstance(inner, FSDP1) or any(isinstance(m, FSDP1) for m in inner.modules()):
-            raise Unsupported("FSDP1 (FullyShardedDataParallel): its FlatParameter shards are "
-                              "element ranges that this version cannot write yet; wrap with "
-                              "FSDP2 (fully_shard), or merge offline with `loraslab merge`")
-    except ImportError:
-        pass
+    inner = getattr(model, "module", model)  # DDP, and an FSDP1 root (its wrapped module)
+    inner = getattr(inner, "_fsdp_wrapped_module", inner)
     inner = getattr(inner, "_orig_mod", inner)  # torch.compile
     if not hasattr(inner, "peft_config") or not hasattr(inner, "base_model"):
         raise Unsupported(f"{type(inner).__name__} is not a PEFT model (peft.PeftModel)")
@@ -67,6 +61,12 @@ def _check_items(items: list[Item]) -> None:
                 raise Unsupported(f"tensor `{it.name}`: LoRA factor dtype {f.dtype}")
         if it.tensor.dtype not in _FACTOR_DTYPES:
             raise Unsupported(f"tensor `{it.name}`: a LoRA target of dtype {it.tensor.dtype}")
+        if isinstance(it.tensor, _fsdp1.Piece) and lo.magnitude is not None:
+            cols = it.tensor.numel() // max(1, it.tensor.shape[0]) if it.tensor.shape else 1
+            if cols and (it.tensor.e0 % cols or it.tensor.ne % cols):
+                raise Unsupported(f"tensor `{it.name}`: DoRA on an FSDP1 piece that starts or "
+                                  "ends mid-row (its row norms span ranks) is not supported in "
+                                  "this version; use FSDP2 (fully_shard)")
         if lo.kind == "embedding" and lo.magnitude is not None:
             raise Unsupported(f"tensor `{it.name}`: DoRA on an embedding (as `loraslab merge`, "
                               "this version refuses it)")
@@ -160,15 +160,21 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     `loraslab convert` turns into a directory `transformers` loads).
 
     Collective over the job (or `process_group`): every rank calls it.  `model` is a PEFT model
-    wrapped by FSDP2 (`fully_shard`), DDP, or nothing.  Each rank writes the rows it holds (its
-    FSDP2 shard, or its slice of a replicated tensor); only LoRA factors are gathered; GPU
-    tensors go in as device pointers, the work ordered after torch's current stream; the model
-    is not changed.  Host memory: the staging budget (`staging_mib`) plus small buffers.
+    wrapped by FSDP2 (`fully_shard`), FSDP1 (`FullyShardedDataParallel`), DDP, or nothing.  Each
+    rank writes what it holds: its FSDP2 rows, its FSDP1 element ranges, or its slice of a
+    replicated tensor; only LoRA factors are gathered; GPU tensors go in as device pointers, the
+    work ordered after torch's current stream (FSDP1 pieces on the GPU are copied to the host
+    first: one parameter's piece at a time); the model is not changed.  Host memory: the staging
+    budget (`staging_mib`) plus small buffers (plus, under FSDP1 on GPUs, the largest piece).
 
     Raises loraslab.Error on every rank alike, with nothing left at `path`."""
     try:
         _, base, adapter = _unwrap(model, adapter_name)
-        items = list(walk(base, adapter))
+        params = None
+        if _fsdp1.is_fsdp1(model):
+            size = dist.get_world_size(process_group) if dist.is_initialized() else 1
+            params = FlatParams(_fsdp1.index(model, size))
+        items = list(walk(base, adapter, params))
         _check_items(items)
         kind, why = _launch.choose(process_group)
         failed = ""
@@ -249,6 +255,10 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
         part_p: Any = None
         local_error: Optional[BaseException] = None
         try:
+            if isinstance(it.tensor, _fsdp1.Piece):
+                st = _put_piece(lb, w, i, it, rank, size, keep)
+                _check(st, comm)
+                continue
             rows = local_rows(it.tensor, it.name, rank, size)
             part = _capi.Part(rows.row0, rows.nrows, keep.ptr(rows.local),
                               _capi.MEM_DEVICE if rows.local.is_cuda else _capi.MEM_HOST, None,
@@ -299,3 +309,63 @@ def verify(path: PathLike, *, process_group: Optional[Any] = None, **kw: Any) ->
     """loraslab.verify collective over the torch job (see convert)."""
     from .._tools import verify as tool
     return _collective(tool, process_group, path, **kw)
+
+
+def _rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
+    cols = 1
+    for d in p.shape[1:]:
+        cols *= d
+    if not p.ne or not cols:
+        return 0, 0
+    r0 = p.e0 // cols
+    return r0, -(-(p.e0 + p.ne) // cols) - r0
+
+
+def _put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
+               keep: _Keep) -> int:
+    """An FSDP1 piece: an element-range put from host memory (a piece on the GPU is copied to
+    the host first: the element path has no device kernel yet).  Its LoRA factors are gathered
+    whole (they are small); B's rows are those the range touches."""
+    p: _fsdp1.Piece = it.tensor
+    lp = None
+    try:
+        data = p.local.detach().cpu().contiguous()
+        part = _capi.ElemPart(p.e0 if p.ne else 0, p.ne, keep.ptr(data), _capi.MEM_HOST, None)
+        lo = it.lora
+        if lo is not None:
+            r0, n = _rows_touched(p)
+            gat = lambda t: (_fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece)  # noqa: E731
+                             else full(t)).detach().cpu().contiguous()
+            a_full, b_full = gat(lo.a), gat(lo.b)
+            lp = _capi.LoraPart()
+            lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
+            lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
+            if lo.kind in ("linear", "bias"):
+                a0, an = chunk_rows(a_full.shape[0], size, rank)
+                a_t = a_full[a0:a0 + an]
+                b_rows = b_full.reshape(b_full.shape[0], -1)[r0:r0 + n]
+                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
+            else:
+                b_rows = a_full[:, r0:r0 + n].t()
+                c0, cn = chunk_rows(b_full.shape[0], size, rank)
+                a_t = b_full[c0:c0 + cn].t()
+                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, c0, cn
+                if lo.kind == "embedding":
+                    lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
+            a_t, b_rows = a_t.contiguous(), b_rows.contiguous()
+            lp.a_dtype, lp.b_dtype = _dtype(a_t, it.name), _dtype(b_rows, it.name)
+            lp.a, lp.b = keep.ptr(a_t), keep.ptr(b_rows)
+            if lo.magnitude is not None:
+                m = gat(lo.magnitude).float()
+                if lo.kind == "transposed":
+                    lp.flags |= _capi.LORA_DORA_COLUMNS
+                else:
+                    m = m[r0:r0 + n].contiguous()
+                lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
+            keep.append(lp)
+            part.lora = c.pointer(lp)
+        return lb.lsl_writer_put_elems_all(w, i, c.byref(part))
+    except (ValueError, RuntimeError) as e:
+        lb.lsl_writer_put_elems_all(w, i, None)  # join the collective with nothing
+        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
+                    f"tensor `{it.name}`: {e}") from e
