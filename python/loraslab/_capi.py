@@ -73,6 +73,8 @@ def declare(lib: c.CDLL) -> None:
         "lsl_writer_define_all": (c.c_int, [W, c.c_uint64, c.POINTER(TensorInfo)]),
         "lsl_writer_put_all": (c.c_int, [W, c.c_uint64, c.POINTER(Part)]),
         "lsl_writer_put_elems_all": (c.c_int, [W, c.c_uint64, c.POINTER(ElemPart)]),
+        "lsl_writer_put_batch_all": (c.c_int, [W, c.c_uint64, c.POINTER(c.c_uint64),
+                                               c.POINTER(Part)]),
         "lsl_writer_close_all": (c.c_int, [c.POINTER(W)]),
         "lsl_writer_abort_all": (None, [c.POINTER(W)]),
         "lsl_partition_rows": (None, [c.c_uint64, c.c_int, c.c_int, c.POINTER(c.c_uint64),

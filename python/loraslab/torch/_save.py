@@ -250,38 +250,58 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
         for d, s in enumerate(shape):
             infos[i].shape[d] = s
     _check(lb.lsl_writer_define_all(w, len(items), infos), comm)
-    for i, it in enumerate(items):
-        keep = _Keep()
-        part_p: Any = None
-        local_error: Optional[BaseException] = None
-        try:
-            if isinstance(it.tensor, _fsdp1.Piece):
-                st = _put_piece(lb, w, i, it, rank, size, keep)
-                _check(st, comm)
-                continue
+    i = 0
+    while i < len(items):
+        if isinstance(items[i].tensor, _fsdp1.Piece):
+            _check(_put_piece(lb, w, i, items[i], rank, size, _Keep()), comm)
+            i += 1
+            continue
+        j = i
+        while j < len(items) and j - i < _BATCH and not isinstance(items[j].tensor, _fsdp1.Piece):
+            j += 1
+        _put_batch(lb, w, items, range(i, j), rank, size, comm)
+        i = j
+
+
+# Tensors per batched put: their LoRA A's are gathered in one collective step (a few collective
+# latencies each would add up over a model's hundreds of tensors at a thousand ranks); every
+# rank holds the batch's whole A's (r x in each) until the call returns.
+_BATCH = 16
+
+
+def _put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: range, rank: int, size: int,
+               comm: Any) -> None:
+    keep = _Keep()
+    parts = (_capi.Part * len(idx))()
+    local_error: Optional[BaseException] = None
+    device: Optional[torch.device] = None
+    name = ""
+    try:
+        for k, i in enumerate(idx):
+            it = items[i]
+            name = it.name
             rows = local_rows(it.tensor, it.name, rank, size)
-            part = _capi.Part(rows.row0, rows.nrows, keep.ptr(rows.local),
-                              _capi.MEM_DEVICE if rows.local.is_cuda else _capi.MEM_HOST, None,
-                              None)
-            ctx: Any = contextlib.nullcontext()
+            part = parts[k]
+            part.row0, part.nrows, part.data = rows.row0, rows.nrows, keep.ptr(rows.local)
+            part.mem = _capi.MEM_DEVICE if rows.local.is_cuda else _capi.MEM_HOST
             if rows.local.is_cuda:
-                ctx = torch.cuda.device(rows.local.device)
-                part.stream = torch.cuda.current_stream(rows.local.device).cuda_stream
+                device = rows.local.device
+                part.stream = torch.cuda.current_stream(device).cuda_stream
             if it.lora is not None:
                 lp = _lora_part(it, rows, rank, size, keep)
                 keep.append(lp)
                 part.lora = c.pointer(lp)
-            part_p = c.byref(part)
-        except (Unsupported, ValueError, RuntimeError) as e:
-            # join the collective with nothing: the library fails every rank alike
-            local_error, ctx = e, contextlib.nullcontext()
-        with ctx:
-            st = lb.lsl_writer_put_all(w, i, part_p)
-        if local_error is not None:
-            raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
-                        f"tensor `{it.name}`: {local_error}") from local_error
-        _check(st, comm)
-        del keep
+    except (Unsupported, ValueError, RuntimeError) as e:
+        local_error = e  # join with an empty batch: the lengths differ, every rank fails
+    indices = (c.c_uint64 * len(idx))(*idx)
+    ctx: Any = torch.cuda.device(device) if device is not None else contextlib.nullcontext()
+    with ctx:
+        st = lb.lsl_writer_put_batch_all(w, 0 if local_error else len(idx), indices, parts)
+    if local_error is not None:
+        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
+                    f"tensor `{name}`: {local_error}") from local_error
+    _check(st, comm)
+    del keep
 
 
 def _collective(tool: Any, process_group: Optional[Any], *args: Any, **kw: Any) -> Any:
