@@ -505,25 +505,17 @@ fail:
     return rc;
 }
 
-static lsl_status convert_on(MPI_Comm mpi, const lsl_comm_cb *cb, const lsl_convert_config *cfg,
-                             lsl_job_stats *stats)
-{
-    lsl_i_comm *own = NULL;
-    lsl_i_clear_error();
-    lsl_status st = lsl_i_comm_open(mpi, cb, &own);
-    if (st == LSL_OK)
-        st = convert_impl(own, cfg, stats);
-    lsl_i_comm_free(&own);
-    return st;
-}
-
 lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
 {
-    return convert_on(comm, NULL, cfg, stats);
+    lsl_i_comm *c = NULL;
+    lsl_status st = lsl_i_comm_open(comm, NULL, &c);
+    return lsl_i_comm_close(&c, st == LSL_OK ? convert_impl(c, cfg, stats) : st);
 }
 
 lsl_status lsl_convert_cb_all(const lsl_comm_cb *comm, const lsl_convert_config *cfg,
                               lsl_job_stats *stats)
 {
-    return convert_on(MPI_COMM_NULL, comm, cfg, stats);
+    lsl_i_comm *c = NULL;
+    lsl_status st = lsl_i_comm_open(MPI_COMM_NULL, comm, &c);
+    return lsl_i_comm_close(&c, st == LSL_OK ? convert_impl(c, cfg, stats) : st);
 }

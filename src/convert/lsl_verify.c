@@ -295,26 +295,20 @@ fail:
     return rc;
 }
 
-static lsl_status verify_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *path,
-                            uint64_t staging_bytes, int quiet, lsl_job_stats *stats)
-{
-    lsl_i_comm *own = NULL;
-    lsl_i_clear_error();
-    lsl_status st = lsl_i_comm_open(mpi, cb, &own);
-    if (st == LSL_OK)
-        st = verify_impl(own, path, staging_bytes, quiet, stats);
-    lsl_i_comm_free(&own);
-    return st;
-}
-
 lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
                           lsl_job_stats *stats)
 {
-    return verify_on(comm, NULL, path, staging_bytes, quiet, stats);
+    lsl_i_comm *c = NULL;
+    lsl_status st = lsl_i_comm_open(comm, NULL, &c);
+    return lsl_i_comm_close(&c,
+                            st == LSL_OK ? verify_impl(c, path, staging_bytes, quiet, stats) : st);
 }
 
 lsl_status lsl_verify_cb_all(const lsl_comm_cb *comm, const char *path, uint64_t staging_bytes,
                              int quiet, lsl_job_stats *stats)
 {
-    return verify_on(MPI_COMM_NULL, comm, path, staging_bytes, quiet, stats);
+    lsl_i_comm *c = NULL;
+    lsl_status st = lsl_i_comm_open(MPI_COMM_NULL, comm, &c);
+    return lsl_i_comm_close(&c,
+                            st == LSL_OK ? verify_impl(c, path, staging_bytes, quiet, stats) : st);
 }

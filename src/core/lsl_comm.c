@@ -99,6 +99,7 @@ lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
 
 lsl_status lsl_i_comm_open(MPI_Comm mpi, const lsl_comm_cb *cb, lsl_i_comm **out)
 {
+    lsl_i_clear_error();
     if (cb)
         return lsl_i_comm_from_cb(cb, out);
     *out = NULL;
@@ -118,6 +119,12 @@ lsl_status lsl_i_comm_dup(lsl_i_comm *c, lsl_i_comm **out)
     st = lsl_i_agree(c, st);
     if (st != LSL_OK)
         lsl_i_comm_free(out);
+    return st;
+}
+
+lsl_status lsl_i_comm_close(lsl_i_comm **c, lsl_status st)
+{
+    lsl_i_comm_free(c);
     return st;
 }
 

@@ -22,8 +22,11 @@ lsl_status lsl_i_comm_from_mpi(MPI_Comm user, lsl_i_comm **out);
  * before any callback: a caller error the peers cannot see). */
 lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out);
 /* The library's communicator for one public entry point: over mpi when cb is NULL, else over
- * cb's callbacks.  Collective, agreed where it can be (see the two above). */
+ * cb's callbacks.  Clears the thread's error message first.  Collective, agreed where it can be
+ * (see the two above). */
 lsl_status lsl_i_comm_open(MPI_Comm mpi, const lsl_comm_cb *cb, lsl_i_comm **out);
+/* lsl_i_comm_free, then st: the tail of an entry point, return lsl_i_comm_close(&c, job(c)). */
+lsl_status lsl_i_comm_close(lsl_i_comm **c, lsl_status st);
 /* Collective: a communicator of the same ranks whose traffic never matches c's (MPI: a
  * duplicate; callbacks: the same callbacks, whose calls are ordered by contract).  Agreed. */
 lsl_status lsl_i_comm_dup(lsl_i_comm *c, lsl_i_comm **out);

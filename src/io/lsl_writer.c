@@ -119,14 +119,12 @@ static lsl_status create_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *pat
                             const lsl_writer_config *cfg, lsl_writer **out)
 {
     lsl_i_comm *c = NULL;
-    lsl_i_clear_error();
     if (out)
         *out = NULL;
     lsl_status st = lsl_i_comm_open(mpi, cb, &c);
-    if (st == LSL_OK)
-        st = lsl_i_writer_create(c, path, cfg, NULL, 0, out);
-    lsl_i_comm_free(&c); /* the writer made its own */
-    return st;
+    /* the writer makes its own */
+    return lsl_i_comm_close(&c,
+                            st == LSL_OK ? lsl_i_writer_create(c, path, cfg, NULL, 0, out) : st);
 }
 
 lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,

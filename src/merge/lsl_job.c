@@ -298,25 +298,17 @@ fail:
     return rc;
 }
 
-static lsl_status merge_on(MPI_Comm mpi, const lsl_comm_cb *cb, const lsl_job_config *cfg,
-                           lsl_job_stats *stats)
-{
-    lsl_i_comm *own = NULL;
-    lsl_i_clear_error();
-    lsl_status st = lsl_i_comm_open(mpi, cb, &own);
-    if (st == LSL_OK)
-        st = merge_impl(own, cfg, stats);
-    lsl_i_comm_free(&own);
-    return st;
-}
-
 lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats)
 {
-    return merge_on(comm, NULL, cfg, stats);
+    lsl_i_comm *c = NULL;
+    lsl_status st = lsl_i_comm_open(comm, NULL, &c);
+    return lsl_i_comm_close(&c, st == LSL_OK ? merge_impl(c, cfg, stats) : st);
 }
 
 lsl_status lsl_merge_cb_all(const lsl_comm_cb *comm, const lsl_job_config *cfg,
                             lsl_job_stats *stats)
 {
-    return merge_on(MPI_COMM_NULL, comm, cfg, stats);
+    lsl_i_comm *c = NULL;
+    lsl_status st = lsl_i_comm_open(MPI_COMM_NULL, comm, &c);
+    return lsl_i_comm_close(&c, st == LSL_OK ? merge_impl(c, cfg, stats) : st);
 }
