@@ -67,7 +67,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
                         "tensor `%s`: DoRA on a part that starts or ends mid-row (its row norms "
                         "span ranks) is not supported in this version",
                         t->name);
-    if (ahead && !w->reader)
+    if (st == LSL_OK && ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
     if (lora) {
         r = lora->rank;

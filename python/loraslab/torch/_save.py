@@ -168,8 +168,9 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     budget (`staging_mib`) plus small buffers (plus, under FSDP1 on GPUs, the largest piece).
 
     Raises loraslab.Error on every rank alike, with nothing left at `path`."""
+    peft_model = None
     try:
-        _, base, adapter = _unwrap(model, adapter_name)
+        peft_model, base, adapter = _unwrap(model, adapter_name)
         params = None
         if _fsdp1.is_fsdp1(model):
             size = dist.get_world_size(process_group) if dist.is_initialized() else 1
@@ -178,21 +179,22 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
         _check_items(items)
         kind, why = _launch.choose(process_group)
         failed = ""
-    except (Unsupported, ValueError) as e:
-        failed, items, kind, why, base, adapter = str(e), [], "", "", None, None
+    except Exception as e:  # noqa: BLE001 - any local failure must reach the agreement below
+        failed = str(e) if isinstance(e, (Unsupported, ValueError)) else f"{type(e).__name__}: {e}"
+        items, kind, why, base, adapter = [], "", "", None, None
     gloo = _gloo(process_group)
     try:
         _agree(not failed, failed, gloo)
-        _save(model, path, items, kind, why, adapter, base, gloo, overwrite, staging_mib, quiet)
+        _save(peft_model, path, items, kind, why, adapter, base, gloo, overwrite, staging_mib,
+              quiet)
     finally:
         if gloo is not None:
             dist.destroy_process_group(gloo)
 
 
-def _save(model: torch.nn.Module, path: PathLike, items: list[Item], kind: str, why: str,
+def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: str,
           adapter: str, base: torch.nn.Module, gloo: Optional[Any], overwrite: bool,
           staging_mib: int, quiet: bool) -> None:
-    peft_model = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
     lb = lib()
     comm = None
     if kind == "callbacks":
