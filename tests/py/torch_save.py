@@ -75,23 +75,29 @@ def build(args: argparse.Namespace) -> tuple:
     return peft, cfg
 
 
-def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False) -> torch.nn.Module:
+def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
+         mixed: bool = False) -> torch.nn.Module:
+    """mixed: compute in fp16 (MixedPrecision); the shards the save reads stay at their own
+    precision between steps."""
     if how == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mesh = init_device_mesh(device, (dist.get_world_size(),))
+        kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.float16)} if mixed else {}
         inner = peft.base_model.model
         layers = inner.transformer.h if hasattr(inner, "transformer") else inner.model.layers
         for layer in layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(peft, mesh=mesh)
+            fully_shard(layer, mesh=mesh, **kw)
+        fully_shard(peft, mesh=mesh, **kw)
         return peft
     if how == "fsdp1":
         from peft.utils.other import fsdp_auto_wrap_policy
-        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
         # PEFT's policy: the LoRA modules (fp32) are units of their own beside the bf16 base
-        return FullyShardedDataParallel(peft, use_orig_params=uop, device_id=torch.device(device),
-                                        auto_wrap_policy=fsdp_auto_wrap_policy(peft))
+        return FullyShardedDataParallel(
+            peft, use_orig_params=uop, device_id=torch.device(device),
+            auto_wrap_policy=fsdp_auto_wrap_policy(peft),
+            mixed_precision=MixedPrecision(param_dtype=torch.bfloat16) if mixed else None)
     if how == "ddp":
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(peft)
@@ -123,7 +129,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--adapter", default="default")
     for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
-                 "second-adapter", "use-orig-params", "expect-refusal"):
+                 "second-adapter", "use-orig-params", "expect-refusal", "mixed-precision",
+                 "step"):
         ap.add_argument("--" + flag, action="store_true")
     args = ap.parse_args()
     args.device = os.environ.get("LSL_TEST_DEVICE", "cpu")
@@ -151,7 +158,11 @@ def main() -> int:
     ref_sd = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
     if getattr(ref.config, "tie_word_embeddings", False):
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
-    model = wrap(peft, args.wrap, args.device, args.use_orig_params)
+    model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision)
+    if args.step:  # a forward and backward first, as a training job saves between steps
+        ids = (torch.arange(1, 17).reshape(2, 8) * 37 % 1001).to(args.device)
+        model(input_ids=ids).logits.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
 
     def local(p: torch.Tensor) -> torch.Tensor:
         return (p.to_local() if hasattr(p, "to_local") else p).detach().clone()

@@ -71,6 +71,10 @@ else
     --lora-bias
   run fsdp1-qwen2-mts-rslora-np4 torchrun 4 --wrap fsdp1 --modules-to-save --rslora --lora-r 3
   run fsdp1-dora-mid-row-refused-np2 torchrun 2 --wrap fsdp1 --dora --expect-refusal
+  # after a forward and backward (the state a training job saves in), with MixedPrecision
+  run fsdp2-mixed-precision-step-np2 torchrun 2 --mixed-precision --step
+  run fsdp1-uop-step-np2 torchrun 2 --wrap fsdp1 --use-orig-params --step
+  run fsdp1-mixed-precision-np3 torchrun 3 --wrap fsdp1 --mixed-precision
 fi
 if "$py" "$here/py/test_torch_layout.py" >"$out/unit.log" 2>&1; then
   echo "ok - layout and launch unit tests ($(grep -c ' ok$' "$out/unit.log" || true) passed)"
