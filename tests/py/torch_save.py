@@ -76,13 +76,15 @@ def build(args: argparse.Namespace) -> tuple:
 
 
 def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
-         mixed: bool = False) -> torch.nn.Module:
+         mixed: bool = False, hsdp: bool = False) -> torch.nn.Module:
     """mixed: compute in fp16 (MixedPrecision); the shards the save reads stay at their own
     precision between steps."""
     if how == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mesh = init_device_mesh(device, (dist.get_world_size(),))
+        world = dist.get_world_size()
+        mesh = init_device_mesh(device, (2, world // 2), mesh_dim_names=("replicate", "shard")) \
+            if hsdp else init_device_mesh(device, (world,))
         kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.float16)} if mixed else {}
         inner = peft.base_model.model
         layers = inner.transformer.h if hasattr(inner, "transformer") else inner.model.layers
@@ -130,7 +132,7 @@ def main() -> int:
     ap.add_argument("--adapter", default="default")
     for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
                  "second-adapter", "use-orig-params", "expect-refusal", "mixed-precision",
-                 "step"):
+                 "step", "hsdp"):
         ap.add_argument("--" + flag, action="store_true")
     args = ap.parse_args()
     args.device = os.environ.get("LSL_TEST_DEVICE", "cpu")
@@ -158,7 +160,8 @@ def main() -> int:
     ref_sd = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
     if getattr(ref.config, "tie_word_embeddings", False):
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
-    model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision)
+    model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision,
+                 args.hsdp)
     if args.step:  # a forward and backward first, as a training job saves between steps
         ids = (torch.arange(1, 17).reshape(2, 8) * 37 % 1001).to(args.device)
         model(input_ids=ids).logits.float().square().mean().backward()

@@ -56,6 +56,7 @@ else
     echo "FAIL - torchrun and mpiexec files differ"; fail=$((fail + 1))
   fi
   run fsdp2-gpt2-dora-np3 torchrun 3 --model gpt2 --dora
+  run fsdp2-hsdp-gpt2-dora-np4 torchrun 4 --hsdp --model gpt2 --dora
   run fsdp2-qwen2-dora-np3 torchrun 3 --dora
   run fsdp2-qwen2-embed-mts-np3 torchrun 3 --embed --modules-to-save --lora-r 2
   run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias

@@ -48,19 +48,26 @@ def local_rows(t: torch.Tensor, name: str, rank: int, size: int) -> Rows:
     if is_dtensor(t):
         from torch.distributed.tensor import Replicate, Shard
         pl = t.placements
+        mesh_rank, mesh_size = None, None
+        if hsdp(t):  # (Replicate(), Shard(0)): replica 0's shard group writes
+            pl = pl[1:]
+            mesh_rank, mesh_size = t.device_mesh.get_local_rank(1), t.device_mesh.size(1)
         if len(pl) != 1:
-            raise Unsupported(f"tensor `{name}`: a {len(pl)}-D device mesh ({pl}): HSDP and "
-                              "tensor parallelism are not supported in this version")
+            raise Unsupported(f"tensor `{name}`: a {len(t.placements)}-D device mesh "
+                              f"({t.placements}): only HSDP's (Replicate(), Shard(0)) is "
+                              "supported, not tensor parallelism")
         p = pl[0]
         if isinstance(p, Replicate):
             return _slice(t.to_local(), rank, size)
         if type(p) is not Shard or p.dim != 0:
             raise Unsupported(f"tensor `{name}`: placement {p}: only Shard(0) (FSDP2's "
                               "default) and Replicate can be written")
-        if t.device_mesh.size() != size or t.device_mesh.get_local_rank() != rank:
-            raise Unsupported(f"tensor `{name}`: its mesh (rank {t.device_mesh.get_local_rank()}"
-                              f" of {t.device_mesh.size()}) is not the writer's group (rank "
-                              f"{rank} of {size}): pass the FSDP group as process_group")
+        if mesh_size is None:
+            mesh_rank, mesh_size = t.device_mesh.get_local_rank(), t.device_mesh.size()
+        if mesh_size != size or mesh_rank != rank:
+            raise Unsupported(f"tensor `{name}`: its mesh (rank {mesh_rank} of {mesh_size}) is "
+                              f"not the writer's group (rank {rank} of {size}): pass the FSDP "
+                              "group as process_group")
         local = t.to_local()
         shape = tuple(t.shape)
         r0, n = chunk_rows(shape[0] if shape else 1, size, rank)
@@ -79,11 +86,31 @@ def _slice(full: torch.Tensor, rank: int, size: int) -> Rows:
     return Rows(shape, r0, n, flat[r0:r0 + n].contiguous())
 
 
+def hsdp(t: torch.Tensor) -> bool:
+    """Whether t is an HSDP DTensor: (Replicate(), Shard(0)) on a 2-D mesh."""
+    if not is_dtensor(t) or len(t.placements) != 2:
+        return False
+    from torch.distributed.tensor import Replicate, Shard
+    a, b = t.placements
+    return isinstance(a, Replicate) and type(b) is Shard and b.dim == 0
+
+
 def full(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """A LoRA factor whole on every rank (an all-gather of a DTensor; factors are small)."""
+    """A LoRA factor whole on every rank (an all-gather of a DTensor; factors are small).  Under
+    HSDP over the shard group only, so the other replicas need not take part."""
     if t is None:
         return None
     t = t.detach()
-    if is_dtensor(t):
+    if hsdp(t):
+        import torch.distributed as dist
+        group, local = t.device_mesh.get_group(1), t.to_local().contiguous()
+        n = dist.get_world_size(group)
+        most = -(-t.shape[0] // n)
+        pad = torch.zeros((most,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
+        pad[:local.shape[0]] = local
+        parts = [torch.empty_like(pad) for _ in range(n)]
+        dist.all_gather(parts, pad, group=group)
+        t = torch.cat(parts)[:t.shape[0]]
+    elif is_dtensor(t):
         t = t.full_tensor()
     return t.contiguous()

@@ -16,7 +16,7 @@ from .._errors import Error
 from .._lib import lib
 from . import _launch
 from ._layout import DTYPES, Rows, Unsupported, chunk_rows, full, local_rows
-from . import _fsdp1
+from . import _fsdp1, _layout
 from ._walk import FlatParams, Item, Lora, walk
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -183,13 +183,52 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
         failed = str(e) if isinstance(e, (Unsupported, ValueError)) else f"{type(e).__name__}: {e}"
         items, kind, why, base, adapter = [], "", "", None, None
     gloo = _gloo(process_group)
+    writers = _hsdp_writers(items)
     try:
         _agree(not failed, failed, gloo)
-        _save(peft_model, path, items, kind, why, adapter, base, gloo, overwrite, staging_mib,
-              quiet)
+        if writers is None:
+            _save(peft_model, path, items, kind, why, adapter, base, gloo, overwrite,
+                  staging_mib, quiet)
+        else:
+            _save_hsdp(writers, peft_model, path, items, adapter, base, gloo, overwrite,
+                       staging_mib, quiet)
     finally:
         if gloo is not None:
             dist.destroy_process_group(gloo)
+
+
+def _hsdp_writers(items: list[Item]) -> Optional[list[int]]:
+    """Under HSDP, the global ranks of replica 0's shard group (they write; the replicas hold
+    the same shards); else None."""
+    for it in items:
+        if _layout.hsdp(it.tensor):
+            return [int(r) for r in it.tensor.device_mesh.mesh[0].flatten().tolist()]
+    return None
+
+
+def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[Item],
+               adapter: str, base: torch.nn.Module, gloo: Any, overwrite: bool,
+               staging_mib: int, quiet: bool) -> None:
+    """Replica 0's shard group writes over callbacks on a gloo group of its own; every rank then
+    learns its status (the other replicas raise the same loraslab.Error)."""
+    sub = dist.new_group(ranks=writers, backend="gloo")  # every rank enters, torch's rule
+    result: list[Any] = [None]
+    try:
+        if dist.get_rank() in writers:
+            try:
+                _save(peft_model, path, items, "callbacks", "HSDP: replica 0 writes", adapter,
+                      base, sub, overwrite, staging_mib, quiet)
+                result = [(0, "", "")]
+            except Error as e:
+                result = [(e.status, e.name, e.message)]
+            except Exception as e:  # noqa: BLE001 - the other replicas wait for a status
+                result = [(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG", f"{type(e).__name__}: {e}")]
+        dist.broadcast_object_list(result, src=writers[0], group=gloo)
+    finally:
+        dist.destroy_process_group(sub)
+    status, name, message = result[0]
+    if status:
+        raise Error(status, name, message)
 
 
 def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: str,
