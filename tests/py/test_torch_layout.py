@@ -8,7 +8,7 @@ from unittest import mock
 
 import torch
 
-from loraslab.torch import _launch, _layout, _save, _walk
+from loraslab.torch import _launch, _layout, _parts, _save, _walk
 
 
 class ChunkRows(unittest.TestCase):
@@ -37,10 +37,10 @@ class Fsdp1Pieces(unittest.TestCase):
     def test_rows_touched(self) -> None:
         from loraslab.torch._fsdp1 import Piece
         mk = lambda e0, ne: Piece("w", (5, 8), torch.bfloat16, e0, ne, torch.empty(ne))  # noqa
-        self.assertEqual(_save._rows_touched(mk(23, 10)), (2, 3))  # mid-row to mid-row
-        self.assertEqual(_save._rows_touched(mk(16, 8)), (2, 1))   # one whole row
-        self.assertEqual(_save._rows_touched(mk(0, 40)), (0, 5))
-        self.assertEqual(_save._rows_touched(mk(7, 0)), (0, 0))    # an empty piece
+        self.assertEqual(_parts.rows_touched(mk(23, 10)), (2, 3))  # mid-row to mid-row
+        self.assertEqual(_parts.rows_touched(mk(16, 8)), (2, 1))   # one whole row
+        self.assertEqual(_parts.rows_touched(mk(0, 40)), (0, 5))
+        self.assertEqual(_parts.rows_touched(mk(7, 0)), (0, 0))    # an empty piece
 
     def test_clean_names(self) -> None:
         from loraslab.torch._fsdp1 import clean

@@ -1,7 +1,6 @@
 """save_merged: the walk, the layout and the writer put together."""
 from __future__ import annotations
 
-import contextlib
 import ctypes as c
 import json
 import os
@@ -14,19 +13,12 @@ import torch.distributed as dist
 from .. import _capi
 from .._errors import Error
 from .._lib import lib
-from . import _launch
-from ._layout import DTYPES, Rows, Unsupported, chunk_rows, full, local_rows
-from . import _fsdp1, _layout
-from ._walk import FlatParams, Item, Lora, walk
+from . import _fsdp1, _launch, _layout
+from ._layout import Unsupported
+from ._parts import BATCH, FACTOR_DTYPES, Keep, check, dtype_code, put_batch, put_piece
+from ._walk import FlatParams, Item, walk
 
 PathLike = Union[str, "os.PathLike[str]"]
-_FACTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _dtype(t: torch.Tensor, name: str) -> int:
-    if t.dtype not in DTYPES:
-        raise Unsupported(f"tensor `{name}`: dtype {t.dtype} has no safetensors equivalent here")
-    return _capi.DTYPES[DTYPES[t.dtype]]
 
 
 def _unwrap(model: torch.nn.Module, adapter_name: Optional[str]) -> tuple:
@@ -52,14 +44,14 @@ def _unwrap(model: torch.nn.Module, adapter_name: Optional[str]) -> tuple:
 def _check_items(items: list[Item]) -> None:
     """What the writer would refuse, refused here by name, before any output exists."""
     for it in items:
-        _dtype(it.tensor, it.name)
+        dtype_code(it.tensor, it.name)
         lo = it.lora
         if lo is None:
             continue
         for f in (lo.a, lo.b):
-            if f.dtype not in _FACTOR_DTYPES:
+            if f.dtype not in FACTOR_DTYPES:
                 raise Unsupported(f"tensor `{it.name}`: LoRA factor dtype {f.dtype}")
-        if it.tensor.dtype not in _FACTOR_DTYPES:
+        if it.tensor.dtype not in FACTOR_DTYPES:
             raise Unsupported(f"tensor `{it.name}`: a LoRA target of dtype {it.tensor.dtype}")
         if isinstance(it.tensor, _fsdp1.Piece) and lo.magnitude is not None:
             cols = it.tensor.numel() // max(1, it.tensor.shape[0]) if it.tensor.shape else 1
@@ -73,64 +65,6 @@ def _check_items(items: list[Item]) -> None:
         if it.tensor.is_cuda and (lo.magnitude is not None or lo.kind == "embedding"):
             raise Unsupported(f"tensor `{it.name}`: DoRA and LoRA on embeddings merge on the CPU "
                               "only in this version; the tensor is on the GPU")
-
-
-class _Keep(list):
-    """Tensors that must stay alive until the put returns."""
-
-    def ptr(self, t: Optional[torch.Tensor]) -> Optional[int]:
-        if t is None:
-            return None
-        self.append(t)
-        return t.data_ptr() if t.numel() else None
-
-
-def _lora_part(it: Item, rows: Rows, rank: int, size: int, keep: _Keep) -> _capi.LoraPart:
-    lo: Lora = it.lora  # type: ignore[assignment]
-    r0, n = rows.row0, rows.nrows
-    lp = _capi.LoraPart()
-    lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
-    lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
-    if lo.kind == "linear":
-        a = local_rows(lo.a, it.name + " lora_A", rank, size)
-        b = local_rows(lo.b, it.name + " lora_B", rank, size)
-        if b.row0 != r0 or b.nrows != n:  # B not chunked like W: take W's rows of it
-            b_rows = full(lo.b)[r0:r0 + n]
-        else:
-            b_rows = b.local
-        lp.a_shard, lp.a_off, lp.a_count, a_t = _capi.SHARD_ROWS, a.row0, a.nrows, a.local
-    elif lo.kind == "bias":
-        a0, an = chunk_rows(1, size, rank)
-        a_t = lo.a[a0:a0 + an].contiguous()
-        b_rows = full(lo.b)[r0:r0 + n].reshape(n, 1)
-        lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
-    else:  # W += s * (B @ A)^T: b = (W's rows as columns of A)^T, a = B^T by columns
-        a_full = full(lo.a)
-        b_rows = a_full[:, r0:r0 + n].t().contiguous()
-        bl = local_rows(lo.b, it.name + " lora_B", rank, size)
-        a_t = bl.local.t().contiguous()
-        lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, bl.row0, bl.nrows
-        if lo.kind == "embedding":  # PEFT rounds an Embedding's delta to W's dtype, then adds
-            lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
-    lp.a_dtype, lp.b_dtype = _dtype(a_t, it.name), _dtype(b_rows, it.name)
-    lp.a, lp.b = keep.ptr(a_t.contiguous()), keep.ptr(b_rows.contiguous())
-    if lo.magnitude is not None:
-        m = full(lo.magnitude).float().cpu()
-        if lo.kind == "transposed":  # the norm runs down the columns: every column's m
-            lp.flags |= _capi.LORA_DORA_COLUMNS
-        else:
-            m = m[r0:r0 + n].contiguous()
-        lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
-    return lp
-
-
-def _check(status: int, comm: Any = None) -> None:
-    if status != 0:
-        lb = lib()
-        err = Error(status, lb.lsl_status_name(status).decode(),
-                    lb.lsl_last_error().decode("utf-8", "replace"))
-        cause = getattr(comm, "error", None)
-        raise err from cause
 
 
 def _gloo(group: Optional[Any]) -> Optional[Any]:
@@ -245,11 +179,11 @@ def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: st
     p = os.fsencode(os.fspath(path))
     try:
         if comm is not None:
-            _check(lb.lsl_writer_create_cb_all(c.byref(comm.cb), p, c.byref(cfg), c.byref(w)),
+            check(lb.lsl_writer_create_cb_all(c.byref(comm.cb), p, c.byref(cfg), c.byref(w)),
                    comm)
             rank, size = comm.rank, comm.size
         else:
-            _check(lb.lsl_writer_create_world(p, c.byref(cfg), c.byref(w)))
+            check(lb.lsl_writer_create_world(p, c.byref(cfg), c.byref(w)))
             rank, size = lb.lsl_world_rank(), lb.lsl_world_size()
         if rank == 0 and not quiet:
             how = ("MPI (collective MPI-IO)" if comm is None else
@@ -257,7 +191,7 @@ def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: st
             print(f"loraslab: save_merged over {how}: {why}; adapter {adapter!r}, "
                   f"{len(items)} tensors, {size} rank{'s' if size > 1 else ''}", file=sys.stderr)
         _write(lb, w, items, peft_model, adapter, base, rank, size, comm)
-        _check(lb.lsl_writer_close_all(c.byref(w)), comm)
+        check(lb.lsl_writer_close_all(c.byref(w)), comm)
     except BaseException:
         if w.value:
             lb.lsl_writer_abort_all(c.byref(w))
@@ -276,73 +210,32 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
            base: torch.nn.Module, rank: int, size: int, comm: Any) -> None:
     config = getattr(base, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        _check(lb.lsl_writer_set_attr_all(w, b"base_config_json",
+        check(lb.lsl_writer_set_attr_all(w, b"base_config_json",
                                           config.to_json_string().encode()), comm)
     acfg = peft_model.peft_config[adapter].to_dict()
     text = json.dumps(acfg, default=_jsonable, sort_keys=True)  # the same bytes on every rank
-    _check(lb.lsl_writer_set_attr_all(w, b"adapter_config_json", text.encode()), comm)
+    check(lb.lsl_writer_set_attr_all(w, b"adapter_config_json", text.encode()), comm)
     infos = (_capi.TensorInfo * max(1, len(items)))()
     names = []
     for i, it in enumerate(items):
         shape = tuple(it.tensor.shape)
         names.append(it.name.encode())
-        infos[i].name, infos[i].dtype, infos[i].ndim = names[-1], _dtype(it.tensor, it.name), \
+        infos[i].name, infos[i].dtype, infos[i].ndim = names[-1], dtype_code(it.tensor, it.name), \
             len(shape)
         for d, s in enumerate(shape):
             infos[i].shape[d] = s
-    _check(lb.lsl_writer_define_all(w, len(items), infos), comm)
+    check(lb.lsl_writer_define_all(w, len(items), infos), comm)
     i = 0
     while i < len(items):
         if isinstance(items[i].tensor, _fsdp1.Piece):
-            _check(_put_piece(lb, w, i, items[i], rank, size, _Keep()), comm)
+            check(put_piece(lb, w, i, items[i], rank, size, Keep()), comm)
             i += 1
             continue
         j = i
-        while j < len(items) and j - i < _BATCH and not isinstance(items[j].tensor, _fsdp1.Piece):
+        while j < len(items) and j - i < BATCH and not isinstance(items[j].tensor, _fsdp1.Piece):
             j += 1
-        _put_batch(lb, w, items, range(i, j), rank, size, comm)
+        put_batch(lb, w, items, range(i, j), rank, size, comm)
         i = j
-
-
-# Tensors per batched put: their LoRA A's are gathered in one collective step (a few collective
-# latencies each would add up over a model's hundreds of tensors at a thousand ranks); every
-# rank holds the batch's whole A's (r x in each) until the call returns.
-_BATCH = 16
-
-
-def _put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: range, rank: int, size: int,
-               comm: Any) -> None:
-    keep = _Keep()
-    parts = (_capi.Part * len(idx))()
-    local_error: Optional[BaseException] = None
-    device: Optional[torch.device] = None
-    name = ""
-    try:
-        for k, i in enumerate(idx):
-            it = items[i]
-            name = it.name
-            rows = local_rows(it.tensor, it.name, rank, size)
-            part = parts[k]
-            part.row0, part.nrows, part.data = rows.row0, rows.nrows, keep.ptr(rows.local)
-            part.mem = _capi.MEM_DEVICE if rows.local.is_cuda else _capi.MEM_HOST
-            if rows.local.is_cuda:
-                device = rows.local.device
-                part.stream = torch.cuda.current_stream(device).cuda_stream
-            if it.lora is not None:
-                lp = _lora_part(it, rows, rank, size, keep)
-                keep.append(lp)
-                part.lora = c.pointer(lp)
-    except (Unsupported, ValueError, RuntimeError) as e:
-        local_error = e  # join with an empty batch: the lengths differ, every rank fails
-    indices = (c.c_uint64 * len(idx))(*idx)
-    ctx: Any = torch.cuda.device(device) if device is not None else contextlib.nullcontext()
-    with ctx:
-        st = lb.lsl_writer_put_batch_all(w, 0 if local_error else len(idx), indices, parts)
-    if local_error is not None:
-        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
-                    f"tensor `{name}`: {local_error}") from local_error
-    _check(st, comm)
-    del keep
 
 
 def _collective(tool: Any, process_group: Optional[Any], *args: Any, **kw: Any) -> Any:
@@ -370,63 +263,3 @@ def verify(path: PathLike, *, process_group: Optional[Any] = None, **kw: Any) ->
     """loraslab.verify collective over the torch job (see convert)."""
     from .._tools import verify as tool
     return _collective(tool, process_group, path, **kw)
-
-
-def _rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
-    cols = 1
-    for d in p.shape[1:]:
-        cols *= d
-    if not p.ne or not cols:
-        return 0, 0
-    r0 = p.e0 // cols
-    return r0, -(-(p.e0 + p.ne) // cols) - r0
-
-
-def _put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
-               keep: _Keep) -> int:
-    """An FSDP1 piece: an element-range put from host memory (a piece on the GPU is copied to
-    the host first: the element path has no device kernel yet).  Its LoRA factors are gathered
-    whole (they are small); B's rows are those the range touches."""
-    p: _fsdp1.Piece = it.tensor
-    lp = None
-    try:
-        data = p.local.detach().cpu().contiguous()
-        part = _capi.ElemPart(p.e0 if p.ne else 0, p.ne, keep.ptr(data), _capi.MEM_HOST, None)
-        lo = it.lora
-        if lo is not None:
-            r0, n = _rows_touched(p)
-            gat = lambda t: (_fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece)  # noqa: E731
-                             else full(t)).detach().cpu().contiguous()
-            a_full, b_full = gat(lo.a), gat(lo.b)
-            lp = _capi.LoraPart()
-            lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
-            lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
-            if lo.kind in ("linear", "bias"):
-                a0, an = chunk_rows(a_full.shape[0], size, rank)
-                a_t = a_full[a0:a0 + an]
-                b_rows = b_full.reshape(b_full.shape[0], -1)[r0:r0 + n]
-                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
-            else:
-                b_rows = a_full[:, r0:r0 + n].t()
-                c0, cn = chunk_rows(b_full.shape[0], size, rank)
-                a_t = b_full[c0:c0 + cn].t()
-                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, c0, cn
-                if lo.kind == "embedding":
-                    lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
-            a_t, b_rows = a_t.contiguous(), b_rows.contiguous()
-            lp.a_dtype, lp.b_dtype = _dtype(a_t, it.name), _dtype(b_rows, it.name)
-            lp.a, lp.b = keep.ptr(a_t), keep.ptr(b_rows)
-            if lo.magnitude is not None:
-                m = gat(lo.magnitude).float()
-                if lo.kind == "transposed":
-                    lp.flags |= _capi.LORA_DORA_COLUMNS
-                else:
-                    m = m[r0:r0 + n].contiguous()
-                lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
-            keep.append(lp)
-            part.lora = c.pointer(lp)
-        return lb.lsl_writer_put_elems_all(w, i, c.byref(part))
-    except (ValueError, RuntimeError) as e:
-        lb.lsl_writer_put_elems_all(w, i, None)  # join the collective with nothing
-        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
-                    f"tensor `{it.name}`: {e}") from e

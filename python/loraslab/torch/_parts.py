@@ -1,0 +1,185 @@
+"""The writer's parts from what a rank holds: rows (FSDP2, DDP, none) in batches, element ranges
+(FSDP1 pieces), and the LoRA factors each needs, as the C structs of _capi."""
+from __future__ import annotations
+
+import contextlib
+import ctypes as c
+from typing import Any, Optional
+
+import torch
+
+from .. import _capi
+from .._errors import Error
+from .._lib import lib
+from . import _fsdp1
+from ._layout import DTYPES, Rows, Unsupported, chunk_rows, full, local_rows
+from ._walk import Item, Lora
+
+FACTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def dtype_code(t: torch.Tensor, name: str) -> int:
+    if t.dtype not in DTYPES:
+        raise Unsupported(f"tensor `{name}`: dtype {t.dtype} has no safetensors equivalent here")
+    return _capi.DTYPES[DTYPES[t.dtype]]
+
+
+class Keep(list):
+    """Tensors that must stay alive until the put returns."""
+
+    def ptr(self, t: Optional[torch.Tensor]) -> Optional[int]:
+        if t is None:
+            return None
+        self.append(t)
+        return t.data_ptr() if t.numel() else None
+
+
+def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.LoraPart:
+    lo: Lora = it.lora  # type: ignore[assignment]
+    r0, n = rows.row0, rows.nrows
+    lp = _capi.LoraPart()
+    lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
+    lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
+    if lo.kind == "linear":
+        a = local_rows(lo.a, it.name + " lora_A", rank, size)
+        b = local_rows(lo.b, it.name + " lora_B", rank, size)
+        if b.row0 != r0 or b.nrows != n:  # B not chunked like W: take W's rows of it
+            b_rows = full(lo.b)[r0:r0 + n]
+        else:
+            b_rows = b.local
+        lp.a_shard, lp.a_off, lp.a_count, a_t = _capi.SHARD_ROWS, a.row0, a.nrows, a.local
+    elif lo.kind == "bias":
+        a0, an = chunk_rows(1, size, rank)
+        a_t = lo.a[a0:a0 + an].contiguous()
+        b_rows = full(lo.b)[r0:r0 + n].reshape(n, 1)
+        lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
+    else:  # W += s * (B @ A)^T: b = (W's rows as columns of A)^T, a = B^T by columns
+        a_full = full(lo.a)
+        b_rows = a_full[:, r0:r0 + n].t().contiguous()
+        bl = local_rows(lo.b, it.name + " lora_B", rank, size)
+        a_t = bl.local.t().contiguous()
+        lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, bl.row0, bl.nrows
+        if lo.kind == "embedding":  # PEFT rounds an Embedding's delta to W's dtype, then adds
+            lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
+    lp.a_dtype, lp.b_dtype = dtype_code(a_t, it.name), dtype_code(b_rows, it.name)
+    lp.a, lp.b = keep.ptr(a_t.contiguous()), keep.ptr(b_rows.contiguous())
+    if lo.magnitude is not None:
+        m = full(lo.magnitude).float().cpu()
+        if lo.kind == "transposed":  # the norm runs down the columns: every column's m
+            lp.flags |= _capi.LORA_DORA_COLUMNS
+        else:
+            m = m[r0:r0 + n].contiguous()
+        lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
+    return lp
+
+
+def check(status: int, comm: Any = None) -> None:
+    """Raise the library's last error as loraslab.Error (chained to a callback's exception)."""
+    if status != 0:
+        lb = lib()
+        err = Error(status, lb.lsl_status_name(status).decode(),
+                    lb.lsl_last_error().decode("utf-8", "replace"))
+        cause = getattr(comm, "error", None)
+        raise err from cause
+
+
+# Tensors per batched put: their LoRA A's are gathered in one collective step (a few collective
+# latencies each would add up over a model's hundreds of tensors at a thousand ranks); every
+# rank holds the batch's whole A's (r x in each) until the call returns.
+BATCH = 16
+
+
+def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: range, rank: int, size: int,
+              comm: Any) -> None:
+    """Collective: items[idx] (rows, not FSDP1 pieces) in one batched put."""
+    keep = Keep()
+    parts = (_capi.Part * len(idx))()
+    local_error: Optional[BaseException] = None
+    device: Optional[torch.device] = None
+    name = ""
+    try:
+        for k, i in enumerate(idx):
+            it = items[i]
+            name = it.name
+            rows = local_rows(it.tensor, it.name, rank, size)
+            part = parts[k]
+            part.row0, part.nrows, part.data = rows.row0, rows.nrows, keep.ptr(rows.local)
+            part.mem = _capi.MEM_DEVICE if rows.local.is_cuda else _capi.MEM_HOST
+            if rows.local.is_cuda:
+                device = rows.local.device
+                part.stream = torch.cuda.current_stream(device).cuda_stream
+            if it.lora is not None:
+                lp = lora_part(it, rows, rank, size, keep)
+                keep.append(lp)
+                part.lora = c.pointer(lp)
+    except (Unsupported, ValueError, RuntimeError) as e:
+        local_error = e  # join with an empty batch: the lengths differ, every rank fails
+    indices = (c.c_uint64 * len(idx))(*idx)
+    ctx: Any = torch.cuda.device(device) if device is not None else contextlib.nullcontext()
+    with ctx:
+        st = lb.lsl_writer_put_batch_all(w, 0 if local_error else len(idx), indices, parts)
+    if local_error is not None:
+        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
+                    f"tensor `{name}`: {local_error}") from local_error
+    check(st, comm)
+    del keep
+
+
+def rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
+    cols = 1
+    for d in p.shape[1:]:
+        cols *= d
+    if not p.ne or not cols:
+        return 0, 0
+    r0 = p.e0 // cols
+    return r0, -(-(p.e0 + p.ne) // cols) - r0
+
+
+def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
+               keep: Keep) -> int:
+    """An FSDP1 piece: an element-range put from host memory (a piece on the GPU is copied to
+    the host first: the element path has no device kernel yet).  Its LoRA factors are gathered
+    whole (they are small); B's rows are those the range touches."""
+    p: _fsdp1.Piece = it.tensor
+    lp = None
+    try:
+        data = p.local.detach().cpu().contiguous()
+        part = _capi.ElemPart(p.e0 if p.ne else 0, p.ne, keep.ptr(data), _capi.MEM_HOST, None)
+        lo = it.lora
+        if lo is not None:
+            r0, n = rows_touched(p)
+            gat = lambda t: (_fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece)  # noqa: E731
+                             else full(t)).detach().cpu().contiguous()
+            a_full, b_full = gat(lo.a), gat(lo.b)
+            lp = _capi.LoraPart()
+            lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
+            lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
+            if lo.kind in ("linear", "bias"):
+                a0, an = chunk_rows(a_full.shape[0], size, rank)
+                a_t = a_full[a0:a0 + an]
+                b_rows = b_full.reshape(b_full.shape[0], -1)[r0:r0 + n]
+                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
+            else:
+                b_rows = a_full[:, r0:r0 + n].t()
+                c0, cn = chunk_rows(b_full.shape[0], size, rank)
+                a_t = b_full[c0:c0 + cn].t()
+                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, c0, cn
+                if lo.kind == "embedding":
+                    lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
+            a_t, b_rows = a_t.contiguous(), b_rows.contiguous()
+            lp.a_dtype, lp.b_dtype = dtype_code(a_t, it.name), dtype_code(b_rows, it.name)
+            lp.a, lp.b = keep.ptr(a_t), keep.ptr(b_rows)
+            if lo.magnitude is not None:
+                m = gat(lo.magnitude).float()
+                if lo.kind == "transposed":
+                    lp.flags |= _capi.LORA_DORA_COLUMNS
+                else:
+                    m = m[r0:r0 + n].contiguous()
+                lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
+            keep.append(lp)
+            part.lora = c.pointer(lp)
+        return lb.lsl_writer_put_elems_all(w, i, c.byref(part))
+    except (ValueError, RuntimeError) as e:
+        lb.lsl_writer_put_elems_all(w, i, None)  # join the collective with nothing
+        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
+                    f"tensor `{it.name}`: {e}") from e
