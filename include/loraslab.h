@@ -144,6 +144,9 @@ LSL_API void lsl_partition_rows(uint64_t rows, int nranks, int rank, uint64_t *r
  * same file, bytes and checksums.
  *
  * The contract for callbacks:
+ *  - Who calls them: the `_cb_all` jobs, and every `lsl_writer_*_all` call (abort included) on a
+ *    writer made by lsl_writer_create_cb_all; nothing else (not lsl_inspect, not
+ *    lsl_remove_temporaries).
  *  - They are called only from the thread that called the loraslab entry point, never from a
  *    helper thread, and every rank makes the same calls in the same order with the same sizes
  *    (the library guarantees it; the implementation may rely on it, as MPI does).
