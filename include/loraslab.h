@@ -224,7 +224,8 @@ typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_
 #define LSL_LORA_DELTA_IN_WEIGHT_DTYPE 2u
 /* DoRA whose norm runs down the columns (fan_in_fan_out / GPT-2 Conv1D, W stored [in, out]):
  * `magnitude` holds one value per column, all of them on every rank, and the put reduces the
- * ranks' partial column norms with MPI before writing (two passes over this rank's rows). */
+ * ranks' partial column norms over the communicator before writing (two passes over this
+ * rank's rows). */
 #define LSL_LORA_DORA_COLUMNS 4u
 
 /* LoRA factors for one tensor's local part.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
@@ -327,7 +328,7 @@ LSL_API lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index,
                                             const lsl_elem_part *part);
 
 /* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA A of all of them
- * gathered in one collective step (one MPI_Allgather of the shard sizes, one MPI_Allgatherv):
+ * gathered in one collective step (one all-gather of the shard sizes, one all-gatherv):
  * each gather costs a few collective latencies, which at a thousand ranks add up over a model's
  * hundreds of LoRA tensors.  Put a layer's tensors at once, for example.  Where NCCL serves the
  * job (as for lsl_writer_put_all), the device A's held in FSDP row shards go in one NCCL group
