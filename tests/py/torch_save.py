@@ -76,7 +76,7 @@ def build(args: argparse.Namespace) -> tuple:
 
 
 def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
-         mixed: bool = False, hsdp: bool = False) -> torch.nn.Module:
+         mixed: bool = False, hsdp: bool = False, offload: bool = False) -> torch.nn.Module:
     """mixed: compute in fp16 (MixedPrecision); the shards the save reads stay at their own
     precision between steps."""
     if how == "fsdp2":
@@ -94,12 +94,13 @@ def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
         return peft
     if how == "fsdp1":
         from peft.utils.other import fsdp_auto_wrap_policy
-        from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
+        from torch.distributed.fsdp import CPUOffload, FullyShardedDataParallel, MixedPrecision
         # PEFT's policy: the LoRA modules (fp32) are units of their own beside the bf16 base
         return FullyShardedDataParallel(
             peft, use_orig_params=uop, device_id=torch.device(device),
             auto_wrap_policy=fsdp_auto_wrap_policy(peft),
-            mixed_precision=MixedPrecision(param_dtype=torch.bfloat16) if mixed else None)
+            mixed_precision=MixedPrecision(param_dtype=torch.bfloat16) if mixed else None,
+            cpu_offload=CPUOffload(offload_params=True) if offload else None)
     if how == "ddp":
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(peft)
@@ -132,7 +133,7 @@ def main() -> int:
     ap.add_argument("--adapter", default="default")
     for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
                  "second-adapter", "use-orig-params", "expect-refusal", "mixed-precision",
-                 "step", "hsdp"):
+                 "step", "hsdp", "cpu-offload"):
         ap.add_argument("--" + flag, action="store_true")
     args = ap.parse_args()
     args.device = os.environ.get("LSL_TEST_DEVICE", "cpu")
@@ -161,7 +162,7 @@ def main() -> int:
     if getattr(ref.config, "tie_word_embeddings", False):
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
     model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision,
-                 args.hsdp)
+                 args.hsdp, args.cpu_offload)
     if args.step:  # a forward and backward first, as a training job saves between steps
         ids = (torch.arange(1, 17).reshape(2, 8) * 37 % 1001).to(args.device)
         model(input_ids=ids).logits.float().square().mean().backward()

@@ -76,6 +76,8 @@ else
   run fsdp2-mixed-precision-step-np2 torchrun 2 --mixed-precision --step
   run fsdp1-uop-step-np2 torchrun 2 --wrap fsdp1 --use-orig-params --step
   run fsdp1-mixed-precision-np3 torchrun 3 --wrap fsdp1 --mixed-precision
+  # CPUOffload's configuration (without a step: its forward needs an accelerator)
+  run fsdp1-cpu-offload-np3 torchrun 3 --wrap fsdp1 --cpu-offload
 fi
 if "$py" "$here/py/test_torch_layout.py" >"$out/unit.log" 2>&1; then
   echo "ok - layout and launch unit tests ($(grep -c ' ok$' "$out/unit.log" || true) passed)"
