@@ -123,6 +123,9 @@ lsl_status lsl_i_open_input(const char *path, int *out, uint64_t *size);
 lsl_status lsl_i_read_text(const char *path, uint64_t max_bytes, char **out, uint64_t *len);
 /* pread exactly n bytes or fail with a message naming path. */
 lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const char *path);
+/* pwrite exactly n bytes (in pieces of at most 1 GiB, through the fault hook) or fail with
+ * LSL_ERR_IO / LSL_ERR_NOSPACE "WHAT at offset N: <errno text>" (a write of 0 bytes is ENOSPC). */
+lsl_status lsl_i_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off, const char *what);
 /* fsync a file, or a directory with flags O_RDONLY | O_DIRECTORY (where the filesystem refuses
  * fsync on directories, EINVAL / EBADF, that is not an error: renames there are atomic anyway).
  * LSL_ERR_IO naming path. */

@@ -171,6 +171,23 @@ lsl_status lsl_i_pread_full(int fd, void *buf, uint64_t n, uint64_t off, const c
     return err ? lsl_i_pread_error(err, at, path) : LSL_OK;
 }
 
+lsl_status lsl_i_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off, const char *what)
+{
+    const unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t w = lsl_i_pwrite(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return lsl_i_fail_errno(LSL_ERR_IO, w < 0 ? errno : ENOSPC, "%s at offset %llu", what,
+                                    (unsigned long long)off);
+        p += w;
+        off += (uint64_t)w;
+        n -= (uint64_t)w;
+    }
+    return LSL_OK;
+}
+
 lsl_status lsl_i_open_input(const char *path, int *out, uint64_t *size)
 {
     struct stat sb;

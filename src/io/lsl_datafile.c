@@ -79,23 +79,11 @@ static lsl_status write_mpi(lsl_i_datafile *f, uint64_t off, const void *buf, ui
 static lsl_status write_pos(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                             const char *what)
 {
-    const unsigned char *p = buf;
+    char msg[512];
     f->calls++;
     f->wrote |= count > 0;
-    while (count > 0) {
-        ssize_t w =
-            lsl_i_pwrite(f->fd, p, count > MPI_PIECE ? MPI_PIECE : (size_t)count, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return lsl_i_fail_errno(LSL_ERR_IO, w < 0 ? errno : ENOSPC,
-                                    "%s: writing %s at offset %llu", f->path, what,
-                                    (unsigned long long)off);
-        p += w;
-        off += (uint64_t)w;
-        count -= (uint64_t)w;
-    }
-    return LSL_OK;
+    snprintf(msg, sizeof msg, "%s: writing %s", f->path, what);
+    return lsl_i_pwrite_full(f->fd, buf, count, off, msg);
 }
 
 lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,

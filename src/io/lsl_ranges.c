@@ -54,22 +54,11 @@ fail:
     return rc;
 }
 
-static lsl_status write_full(int fd, const void *buf, uint64_t n, uint64_t off, const char *path)
+static lsl_status write_to(int fd, const void *buf, uint64_t n, uint64_t off, const char *path)
 {
-    const unsigned char *p = buf;
-    while (n > 0) {
-        ssize_t w = lsl_i_pwrite(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n, (off_t)off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: write at offset %llu", path,
-                                    (unsigned long long)off);
-        }
-        p += w;
-        off += (uint64_t)w;
-        n -= (uint64_t)w;
-    }
-    return LSL_OK;
+    char what[4200];
+    snprintf(what, sizeof what, "%s: write", path);
+    return lsl_i_pwrite_full(fd, buf, n, off, what);
 }
 
 /* Kernel-side copy when no checksum is needed; falls back to the staging path where the
@@ -147,7 +136,7 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
             if (st == LSL_OK && job->checksum)
                 crc = lsl_crc32c_extend(crc, job->staging, m);
             if (st == LSL_OK && out >= 0)
-                st = write_full(out, job->staging, m, r->dst_off + off + k, job->dst_paths[r->dst]);
+                st = write_to(out, job->staging, m, r->dst_off + off + k, job->dst_paths[r->dst]);
             done += m;
         }
         pairs[2 * i] = crc;
