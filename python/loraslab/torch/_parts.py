@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as c
+import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -141,41 +142,19 @@ def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
     the host first: the element path has no device kernel yet).  Its LoRA factors are gathered
     whole (they are small); B's rows are those the range touches."""
     p: _fsdp1.Piece = it.tensor
-    lp = None
     try:
         data = p.local.detach().cpu().contiguous()
         part = _capi.ElemPart(p.e0 if p.ne else 0, p.ne, keep.ptr(data), _capi.MEM_HOST, None)
-        lo = it.lora
-        if lo is not None:
+        if it.lora is not None:
+            # the factors whole, on the host, so the row path's rules cut them as for a
+            # replicated tensor; B's rows are those the range touches
+            gat = lambda t: None if t is None else (  # noqa: E731
+                _fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece) else full(t)).cpu()
+            lo = dataclasses.replace(it.lora, a=gat(it.lora.a), b=gat(it.lora.b),
+                                     magnitude=gat(it.lora.magnitude))
             r0, n = rows_touched(p)
-            gat = lambda t: (_fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece)  # noqa: E731
-                             else full(t)).detach().cpu().contiguous()
-            a_full, b_full = gat(lo.a), gat(lo.b)
-            lp = _capi.LoraPart()
-            lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
-            lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
-            if lo.kind in ("linear", "bias"):
-                a0, an = chunk_rows(a_full.shape[0], size, rank)
-                a_t = a_full[a0:a0 + an]
-                b_rows = b_full.reshape(b_full.shape[0], -1)[r0:r0 + n]
-                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
-            else:
-                b_rows = a_full[:, r0:r0 + n].t()
-                c0, cn = chunk_rows(b_full.shape[0], size, rank)
-                a_t = b_full[c0:c0 + cn].t()
-                lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, c0, cn
-                if lo.kind == "embedding":
-                    lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
-            a_t, b_rows = a_t.contiguous(), b_rows.contiguous()
-            lp.a_dtype, lp.b_dtype = dtype_code(a_t, it.name), dtype_code(b_rows, it.name)
-            lp.a, lp.b = keep.ptr(a_t), keep.ptr(b_rows)
-            if lo.magnitude is not None:
-                m = gat(lo.magnitude).float()
-                if lo.kind == "transposed":
-                    lp.flags |= _capi.LORA_DORA_COLUMNS
-                else:
-                    m = m[r0:r0 + n].contiguous()
-                lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
+            lp = lora_part(dataclasses.replace(it, lora=lo), Rows(p.shape, r0, n, data), rank,
+                           size, keep)
             keep.append(lp)
             part.lora = c.pointer(lp)
         return lb.lsl_writer_put_elems_all(w, i, c.byref(part))
