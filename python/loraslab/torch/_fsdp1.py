@@ -13,7 +13,6 @@ import dataclasses
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -87,18 +86,7 @@ def index(root: torch.nn.Module, size: int) -> dict[str, Piece]:
 
 
 def gather(p: Piece, group: Optional[Any]) -> torch.Tensor:
-    """The whole parameter (a LoRA factor: small) from every rank's piece."""
-    size = dist.get_world_size(group)
-    n = torch.tensor([p.e0, p.ne], dtype=torch.int64, device=p.local.device)
-    ns = [torch.empty_like(n) for _ in range(size)]
-    dist.all_gather(ns, n, group=group)
-    most = max(int(x[1]) for x in ns)
-    buf = torch.zeros(most, dtype=p.dtype, device=p.local.device)
-    buf[:p.ne] = p.local
-    parts = [torch.empty_like(buf) for _ in range(size)]
-    dist.all_gather(parts, buf, group=group)
-    full = torch.empty(p.numel(), dtype=p.dtype, device=p.local.device)
-    for x, part in zip(ns, parts):
-        e0, ne = int(x[0]), int(x[1])
-        full[e0:e0 + ne] = part[:ne]
-    return full.reshape(p.shape)
+    """The whole parameter (a LoRA factor: small) from every rank's piece: a FlatParameter is
+    sharded in rank order, so the pieces of a parameter tile it in rank order."""
+    from ._layout import gather_rows
+    return gather_rows(p.local, group).reshape(p.shape)
