@@ -37,6 +37,14 @@ class Piece:
     def is_cuda(self) -> bool:
         return self.local.is_cuda
 
+    @property
+    def cols(self) -> int:
+        """Elements per row (the product of the dimensions after the first)."""
+        n = 1
+        for s in self.shape[1:]:
+            n *= s
+        return n
+
     def numel(self) -> int:
         n = 1
         for s in self.shape:

@@ -127,9 +127,7 @@ def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: range, rank: int, 
 
 
 def rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
-    cols = 1
-    for d in p.shape[1:]:
-        cols *= d
+    cols = p.cols
     if not p.ne or not cols:
         return 0, 0
     r0 = p.e0 // cols

@@ -54,7 +54,7 @@ def _check_items(items: list[Item]) -> None:
         if it.tensor.dtype not in FACTOR_DTYPES:
             raise Unsupported(f"tensor `{it.name}`: a LoRA target of dtype {it.tensor.dtype}")
         if isinstance(it.tensor, _fsdp1.Piece) and lo.magnitude is not None:
-            cols = it.tensor.numel() // max(1, it.tensor.shape[0]) if it.tensor.shape else 1
+            cols = it.tensor.cols
             if cols and (it.tensor.e0 % cols or it.tensor.ne % cols):
                 raise Unsupported(f"tensor `{it.name}`: DoRA on an FSDP1 piece that starts or "
                                   "ends mid-row (its row norms span ranks) is not supported in "
