@@ -26,6 +26,22 @@ await_tmp() {
   for k in $(seq 1 500); do ls -a "$d" | grep -q "^\.$b\.lsl-tmp-" && return 0; sleep 0.01; done
   return 1
 }
+# Every one of the NP ranks writing output $1 holds its temporary open (at most 10 s): past the
+# broadcast of its name, so each rank's handler knows what to remove.  Signalled earlier, a rank
+# that has not learnt the name exits at once, and hydra may SIGKILL rank 0 before its handler
+# runs; the next run's stale scan removes what that leaves (the kill -9 case below).
+await_open() { # await_open OUTPUT NP PID: 0 once held, 1 when PID (the mpiexec) ended first
+  local p n b=$(basename "$1") end=$((SECONDS + 60))
+  while [ $SECONDS -lt $end ] && kill -0 "$3" 2>/dev/null; do
+    n=0
+    for p in $(pgrep -f -- "^[^ ]*loraslab merge .*-o $1"); do
+      ls -l "/proc/$p/fd" 2>/dev/null | grep -q "/\.$b\.lsl-tmp-" && n=$((n + 1))
+    done
+    [ $n -ge "$2" ] && return 0
+    sleep 0.01
+  done
+  return 1
+}
 # Signal the ranks of the job writing $2, not the mpiexec whose command line also names it.
 signal_ranks() { pkill "-$1" -f -- "^[^ ]*loraslab merge .*-o $2"; }
 
@@ -172,13 +188,17 @@ run "align-1TiB" "--align takes a size from 1 byte to 1GiB" "$out/al.h5" -- \
 
 # ---- 6: signals, stale temporaries ---------------------------------------------------------
 "$py" "$here/py/gen_model.py" --base "$out/big" --adapter "$out/bigad" --hidden 1024 \
-  --intermediate 4096 --layers 4 --vocab 16384 >/dev/null
+  --intermediate 4096 --layers 8 --vocab 16384 >/dev/null
 sig_case() { # sig_case NAME SIGNAL WHO(ranks|mpiexec) NP
   local name=$1 sig=$2 who=$3 np=$4 o=$out/sig-$1.h5
   "$mpiexec" -n "$np" "$lsl" merge -q --staging-mib 1 -b "$out/big" -a "$out/bigad" -o "$o" \
     >"$out/sig-$name.log" 2>&1 &
   local pid=$!
-  await_tmp "$o" || { bad "signal-$name" "no temporary appeared"; wait $pid; return; }
+  if ! await_open "$o" "$np" $pid; then
+    bad "signal-$name" "the job ended before its $np ranks all held the temporary" "$out/sig-$name.log"
+    wait $pid
+    return
+  fi
   if [ "$who" = ranks ]; then signal_ranks "$sig" "$o"; else kill "-$sig" $pid; fi
   wait $pid
   local rc=$? why=""
