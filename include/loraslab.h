@@ -313,12 +313,16 @@ LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_p
  * and only the part's own elements are written, at byte offset e0 * itemsize of the tensor; so
  * the file, and its checksums, are the same as with row parts.  lora->b holds the rows
  * [e0 / cols, ceil((e0 + nelems) / cols)) of B, those the range touches (cols: the product of
- * the dimensions after the first); A as for lsl_part.  DoRA only on parts of whole rows. */
+ * the dimensions after the first); A as for lsl_part.  DoRA only on parts of whole rows.
+ * Device parts as for lsl_part (the partial first and last rows are merged from a zeroed copy
+ * in the writer's device buffers, the rest in place); DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE
+ * only from host memory. */
 typedef struct lsl_elem_part {
     uint64_t e0, nelems; /* elements [e0, e0 + nelems); the ranks' ranges tile the tensor's
                             elements in rank order (empty ranges anywhere) */
     const void *data;    /* nelems elements of W0 (or of the tensor itself when lora is NULL) */
-    lsl_memspace mem;    /* LSL_MEM_HOST only in this version (else LSL_ERR_UNSUPPORTED) */
+    lsl_memspace mem;    /* where data, lora->a and lora->b live (the same on every rank) */
+    void *stream;        /* cudaStream_t for LSL_MEM_DEVICE (NULL: the default stream) */
     const lsl_lora_part *lora; /* NULL: copy the elements unchanged */
 } lsl_elem_part;
 

@@ -40,7 +40,7 @@ class Part(c.Structure):
 
 class ElemPart(c.Structure):
     _fields_ = [("e0", c.c_uint64), ("nelems", c.c_uint64), ("data", c.c_void_p),
-                ("mem", c.c_int), ("lora", c.POINTER(LoraPart))]
+                ("mem", c.c_int), ("stream", c.c_void_p), ("lora", c.POINTER(LoraPart))]
 
 
 ALLREDUCE = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_void_p, c.c_uint64, c.c_int, c.c_int)

@@ -184,10 +184,10 @@ lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_
 }
 
 lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
-                                 bool has_data, const lsl_lora_part *lora, lsl_status st,
+                                 bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
                                  lsl_i_putctx *pc)
 {
-    return begin(w, index, e0, ne, 1, has_data, lora, LSL_MEM_HOST, st, pc);
+    return begin(w, index, e0, ne, 1, has_data, lora, mem, st, pc);
 }
 
 void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *buf, uint64_t count,

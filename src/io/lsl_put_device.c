@@ -26,13 +26,56 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w)
     return LSL_OK;
 }
 
+/* Where chunk `ch` (units [first, first + n): rows when merging, bytes when copying) puts the
+ * part's own bytes: at byte *pos of the chunk's output, *count of them, at *off of the part.
+ * Whole rows of a row part are all its own; an element-range part's first and last rows may
+ * hold only some (returns 1: the chunk is merged from a zeroed copy of its rows). */
+static int own_span(const lsl_i_putctx *pc, int merging, uint64_t first, uint64_t n, uint64_t *pos,
+                    uint64_t *off, uint64_t *count)
+{
+    if (!merging) {
+        *pos = 0, *off = first, *count = n;
+        return 0;
+    }
+    uint64_t rlo = (pc->row0 + first) * pc->relems, rhi = rlo + n * pc->relems;
+    uint64_t lo = rlo > pc->e0 ? rlo : pc->e0, hi = rhi < pc->e0 + pc->ne ? rhi : pc->e0 + pc->ne;
+    *pos = (lo - rlo) * pc->esize;
+    *off = (lo - pc->e0) * pc->esize;
+    *count = (hi - lo) * pc->esize;
+    return lo != rlo || hi != rhi;
+}
+
+/* Queue chunk units [first, first + n) into ring slot `slot`: from the file (src) or from the
+ * caller's device memory (w0, the part's first own element), whole or, for a partial chunk of
+ * an element-range part, from a zeroed copy of its rows. */
+static lsl_status launch(lsl_writer *w, const lsl_i_putctx *pc, const lsl_i_src *src, int slot,
+                         void *stream, const unsigned char *w0, uint64_t first, uint64_t n,
+                         uint64_t unit, const lsl_lora_part *lora, const void *a_dev,
+                         const unsigned char *b, uint64_t rb)
+{
+    const unsigned char *bc = b ? b + first * rb : NULL;
+    uint64_t m = lora ? n : 0;
+    if (src)
+        return lsl_i_cuda_stage(w->cuda, slot, src->fd, src->off + first * unit, src->path,
+                                pc->t->dtype, n * unit, lora, a_dev, bc, m, pc->relems);
+    uint64_t pos, off, own;
+    if (own_span(pc, lora != NULL, first, lora ? n : n * unit, &pos, &off, &own))
+        return lsl_i_cuda_launch_rows_of(w->cuda, slot, stream, pc->t->dtype, w0 + off, pos, own,
+                                         n * unit, lora, a_dev, bc, m, pc->relems);
+    return lsl_i_cuda_launch(w->cuda, slot, stream, pc->t->dtype, w0 + off, n * unit, lora, a_dev,
+                             bc, m, pc->relems);
+}
+
 /* Rows on the GPU: merge (or copy) chunk c + 1 and copy it into the other pinned slot while
  * chunk c is being written, so the kernel and the D2H copy hide behind the file I/O.  Two
  * sources: device pointers (the in-job API: data on stream, lora's factors on the device), or
  * W0 rows in a file (src; the offline merge on the GPU: lora's factors in host memory), which
- * the staging thread reads into the free slot and copies up while the other is written. */
-lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                            const void *data, void *stream, const lsl_i_src *src,
+ * the staging thread reads into the free slot and copies up while the other is written.  With
+ * elems, [first, first + count) are elements (an FSDP1 piece, device pointers only): merged in
+ * whole rows as on the host (lsl_writer_put_elems_all), the partial first and last rows from a
+ * zeroed device copy. */
+lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
+                            int elems, const void *data, void *stream, const lsl_i_src *src,
                             const lsl_lora_part *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st = st0;
@@ -46,8 +89,14 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         w->state = W_FAILED;
         return rc;
     }
-    LSL_TRY(lsl_i_put_begin(w, index, st ? 0 : row0, st ? 0 : nrows, data || src, st ? NULL : lora,
-                            LSL_MEM_DEVICE, st, &pc));
+    const lsl_lora_part *pl = st ? NULL : lora;
+    if (elems)
+        rc = lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count, data != NULL, pl,
+                                   LSL_MEM_DEVICE, st, &pc);
+    else
+        rc = lsl_i_put_begin(w, index, st ? 0 : first, st ? 0 : count, data || src, pl,
+                             LSL_MEM_DEVICE, st, &pc);
+    LSL_TRY(rc);
     const void *a_dev = NULL;
     const unsigned char *b = NULL;
     if (lora) {
@@ -58,7 +107,7 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         b = lora->b;
         if (src) {
             const void *bd = NULL;
-            uint64_t bb = nrows * lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8);
+            uint64_t bb = pc.nrows * lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8);
             LSL_TRY(lsl_i_agree(w->comm, lsl_i_cuda_upload_b(w->cuda, lora->b, bb, &bd)));
             b = bd;
         }
@@ -89,21 +138,16 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     double t_launch = 0;
     lsl_status st_launch = LSL_OK;
 #define LAUNCH(ch)                                                                                 \
-    (t_launch = lsl_i_now(), st_launch = LAUNCH_NOW(ch),                                           \
+    (t_launch = lsl_i_now(),                                                                       \
+     st_launch = launch(w, &pc, src, (int)((ch) % 2), stream, w0, FIRST(ch), COUNT(ch), unit,      \
+                        lora, a_dev, b, rb),                                                       \
      w->prof[P_LAUNCH] += lsl_i_now() - t_launch, st_launch)
-#define LAUNCH_NOW(ch)                                                                             \
-    (src ? lsl_i_cuda_stage(w->cuda, (int)((ch) % 2), src->fd, src->off + FIRST(ch) * unit,        \
-                            src->path, pc.t->dtype, COUNT(ch) * unit, lora, a_dev,                 \
-                            b ? b + FIRST(ch) * rb : NULL, lora ? COUNT(ch) : 0, pc.relems)        \
-         : lsl_i_cuda_launch(w->cuda, (int)((ch) % 2), stream, pc.t->dtype, w0 + FIRST(ch) * unit, \
-                             COUNT(ch) * unit, lora, a_dev, b ? b + FIRST(ch) * rb : NULL,         \
-                             lora ? COUNT(ch) : 0, pc.relems))
     int pending[2] = {0, 0};
     if (st == LSL_OK && nloc > 0)
         pending[0] = (st = LAUNCH(0)) == LSL_OK;
     for (uint64_t c = 0; c < nchunks; c++) {
-        const void *buf = NULL;
-        uint64_t bad = 0;
+        const unsigned char *buf = NULL;
+        uint64_t bad = 0, pos = 0, off = 0, n = 0;
         int crc_done = 0;
         /* File chunks: the slot of chunk c + 1 is free only once chunk c - 1 is written, so the
          * read of c + 1 is posted after c is ready and overlaps c's write.  Device chunks are
@@ -113,21 +157,23 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         if (pending[c % 2]) {
             pending[c % 2] = 0;
             double t0 = lsl_i_now();
-            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &buf, &bad, &pc.crc, &crc_done);
+            const void *host = NULL;
+            lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &host, &bad, &pc.crc, &crc_done);
             w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
             ws = ws == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
             st = st == LSL_OK ? ws : st;
+            buf = host;
         }
         if (src && st == LSL_OK && c + 1 < nloc)
             pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
-        lsl_i_put_write(w, &pc, c < nloc ? FIRST(c) * unit : 0, buf, c < nloc ? COUNT(c) * unit : 0,
-                        crc_done, &st);
+        if (c < nloc)
+            own_span(&pc, lora != NULL, FIRST(c), COUNT(c) * (lora ? 1 : unit), &pos, &off, &n);
+        lsl_i_put_write(w, &pc, off, buf ? buf + pos : NULL, n, crc_done, &st);
     }
     for (int k = 0; k < 2; k++) /* a failure left a chunk in flight: it must land first */
         if (pending[k])
             lsl_i_cuda_drain(w->cuda, k);
 #undef LAUNCH
-#undef LAUNCH_NOW
 #undef FIRST
 #undef COUNT
     LSL_TRY(lsl_i_put_end(w, index, &pc, lora, st));
@@ -141,5 +187,5 @@ lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0,
                                    const lsl_i_src *src, const lsl_lora_part *lora,
                                    lsl_status local_st)
 {
-    return lsl_i_put_device(w, index, row0, nrows, NULL, NULL, src, lora, local_st);
+    return lsl_i_put_device(w, index, row0, nrows, 0, NULL, NULL, src, lora, local_st);
 }

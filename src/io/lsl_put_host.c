@@ -247,15 +247,34 @@ lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_ele
     lsl_status st = part
                         ? lsl_i_check_lora_flags(part->lora, "lsl_writer_put_elems_all")
                         : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
+#ifdef LSL_HAVE_CUDA
+    /* Every rank must take the same path: the memory space is logically collective. */
+    int dev = part && part->mem == LSL_MEM_DEVICE;
+    lsl_status cs = LSL_OK;
+    uint64_t any = lsl_i_writer_max(w, (uint64_t)dev, &cs);
+    if (cs != LSL_OK) {
+        w->state = W_FAILED;
+        return cs;
+    }
+    if (any)
+        return lsl_i_put_device(
+            w, index, part ? part->e0 : 0, part ? part->nelems : 0, 1, part ? part->data : NULL,
+            part ? part->stream : NULL, NULL, part ? part->lora : NULL,
+            st ? st
+            : !dev
+                ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
+                : LSL_OK);
+#else
     if (st == LSL_OK && part->mem != LSL_MEM_HOST)
         st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "element-range parts in device memory are not supported in this version "
-                        "(pass host memory)");
+                        "device pointers need a build with CUDA (this one has none)");
+#endif
     if (st == LSL_OK)
         src.mem = part->data ? part->data : (part->nelems ? NULL : &empty);
     lsl_i_putctx pc;
-    lsl_status rc = lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems,
-                                          src.mem != NULL, st ? NULL : part->lora, st, &pc);
+    lsl_status rc =
+        lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems, src.mem != NULL,
+                              st ? NULL : part->lora, LSL_MEM_HOST, st, &pc);
     if (rc != LSL_OK) {
         w->state = W_FAILED;
         return rc;
@@ -280,7 +299,7 @@ lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, ls
     }
     if (any)
         return lsl_i_put_device(
-            w, index, part ? part->row0 : 0, part ? part->nrows : 0, part ? part->data : NULL,
+            w, index, part ? part->row0 : 0, part ? part->nrows : 0, 0, part ? part->data : NULL,
             part ? part->stream : NULL, NULL, part ? part->lora : NULL,
             st ? st
             : !dev

@@ -87,10 +87,10 @@ typedef struct lsl_i_putctx {
 lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                            bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
                            lsl_i_putctx *pc);
-/* Collective.  As lsl_i_put_begin for the elements [e0, e0 + ne) of the row-major tensor (host
- * memory): the ranks' ranges must tile the tensor's elements in rank order. */
+/* Collective.  As lsl_i_put_begin for the elements [e0, e0 + ne) of the row-major tensor: the
+ * ranks' ranges must tile the tensor's elements in rank order. */
 lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
-                                 bool has_data, const lsl_lora_part *lora, lsl_status st,
+                                 bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
                                  lsl_i_putctx *pc);
 /* Collective over MPI-IO.  Writes count bytes at the part's offset + off; a rank that failed
  * (*st) or has nothing left joins with zero bytes.  Checksums what it writes unless crc_done
@@ -113,10 +113,11 @@ uint64_t lsl_i_writer_max(lsl_writer *w, uint64_t v, lsl_status *st);
 #ifdef LSL_HAVE_CUDA
 /* Collective.  Opens the writer's CUDA context at the first device put on any rank (agreed). */
 lsl_status lsl_i_writer_open_cuda(lsl_writer *w);
-/* Collective.  A device put: rows at data on stream (the in-job API), or read from src (the
- * offline merge on the GPU). */
-lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                            const void *data, void *stream, const lsl_i_src *src,
+/* Collective.  A device put: rows [first, first + count) at data on stream (the in-job API), or
+ * read from src (the offline merge on the GPU); with elems, elements [first, first + count) at
+ * data (lsl_writer_put_elems_all; no src). */
+lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
+                            int elems, const void *data, void *stream, const lsl_i_src *src,
                             const lsl_lora_part *lora, lsl_status st0);
 #endif
 

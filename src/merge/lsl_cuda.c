@@ -248,9 +248,11 @@ lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, 
 
 /* The work of one chunk, queued on stream; returns the first error and what failed (no error
  * message is set: the staging thread calls this too). */
+/* crc: checksum the whole slot on the GPU (a partial chunk's own bytes are a part of it: the
+ * caller checksums those on the host). */
 static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype wt, const void *src,
                            uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
-                           const void *b_dev, uint64_t m, uint64_t n, const char **what)
+                           const void *b_dev, uint64_t m, uint64_t n, int crc, const char **what)
 {
     cudaError_t e = cudaSuccess;
     const void *from = src;
@@ -271,9 +273,9 @@ static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype w
             return e;
         from = c->dslot[slot];
     }
-    c->crc_gpu[slot] = 1;
+    c->crc_gpu[slot] = crc;
     c->crc_bytes[slot] = bytes;
-    uint64_t nb = bytes / LSL_DEV_CRC_BLOCK;
+    uint64_t nb = crc ? bytes / LSL_DEV_CRC_BLOCK : 0;
     if (nb) {
         *what = "checksum kernel launch";
         if ((e = (cudaError_t)lsl_dev_crc32c_blocks(from, (int64_t)nb, c->dcrc[slot], c->dshift,
@@ -296,7 +298,40 @@ lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt
 {
     const char *what = "";
     cudaError_t e =
-        enqueue(c, slot, (cudaStream_t)stream, wt, src, bytes, l, a_dev, b_dev, m, n, &what);
+        enqueue(c, slot, (cudaStream_t)stream, wt, src, bytes, l, a_dev, b_dev, m, n, 1, &what);
+    return e == cudaSuccess ? LSL_OK : lsl_i_cuda_fail(e, what);
+}
+
+static cudaError_t alloc_din(lsl_i_cuda *c)
+{
+    cudaError_t e = cudaSuccess;
+    for (int s = 0; s < 2 && e == cudaSuccess; s++)
+        if (!c->din[s])
+            e = cudaMalloc(&c->din[s], c->slot_bytes);
+    return e;
+}
+
+lsl_status lsl_i_cuda_launch_rows_of(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt,
+                                     const void *own, uint64_t pos, uint64_t own_bytes,
+                                     uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                                     const void *b_dev, uint64_t m, uint64_t n)
+{
+    const char *what = "allocating the device input slots";
+    cudaStream_t st = (cudaStream_t)stream;
+    cudaError_t e =
+        bytes > c->slot_bytes || pos + own_bytes > bytes ? cudaErrorInvalidValue : alloc_din(c);
+    if (e == cudaSuccess) {
+        /* zeros for the elements the part does not hold: they are merged, never written */
+        what = "zeroing a partial chunk";
+        e = cudaMemsetAsync(c->din[slot], 0, bytes, st);
+    }
+    if (e == cudaSuccess) {
+        what = "copying a partial chunk's elements";
+        e = cudaMemcpyAsync((unsigned char *)c->din[slot] + pos, own, own_bytes,
+                            cudaMemcpyDeviceToDevice, st);
+    }
+    if (e == cudaSuccess)
+        e = enqueue(c, slot, st, wt, c->din[slot], bytes, l, a_dev, b_dev, m, n, 0, &what);
     return e == cudaSuccess ? LSL_OK : lsl_i_cuda_fail(e, what);
 }
 
@@ -311,7 +346,7 @@ static void run_job(lsl_i_cuda *c, stage_job *j)
     j->cerr = cudaMemcpyAsync(c->din[j->slot], dst, j->bytes, cudaMemcpyHostToDevice, c->stream);
     if (j->cerr == cudaSuccess)
         j->cerr = enqueue(c, j->slot, c->stream, j->wt, c->din[j->slot], j->bytes, &j->l, j->a_dev,
-                          j->b_dev, j->m, j->n, &j->what);
+                          j->b_dev, j->m, j->n, 1, &j->what);
 }
 
 static void *stage_main(void *arg)
@@ -341,9 +376,8 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
     cudaError_t e = cudaSuccess;
     if (!c->stream && (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)))
         return lsl_i_cuda_fail(e, "creating the staging stream");
-    for (int s = 0; s < 2 && l; s++)
-        if (!c->din[s] && (e = cudaMalloc(&c->din[s], c->slot_bytes)) != cudaSuccess)
-            return lsl_i_cuda_fail(e, "allocating the device input slots");
+    if (l && (e = alloc_din(c)) != cudaSuccess)
+        return lsl_i_cuda_fail(e, "allocating the device input slots");
     if (!c->thr_running) {
         if (pthread_mutex_init(&c->mu, NULL) || pthread_cond_init(&c->cv, NULL) ||
             pthread_create(&c->thr, NULL, stage_main, c))

@@ -59,6 +59,15 @@ lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, 
 lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt, const void *src,
                              uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
                              const void *b_dev, uint64_t m, uint64_t n);
+/* As lsl_i_cuda_launch for whole rows of which the caller holds only some elements (an
+ * element-range part's first or last chunk): the own_bytes at device pointer own are placed at
+ * byte pos of a zeroed chunk of `bytes` (at most a slot) in c's own device buffer, which is
+ * merged.  The GPU does not checksum it (lsl_i_cuda_wait says *crc_done = 0): the caller
+ * checksums the bytes it writes. */
+lsl_status lsl_i_cuda_launch_rows_of(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt,
+                                     const void *own, uint64_t pos, uint64_t own_bytes,
+                                     uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                                     const void *b_dev, uint64_t m, uint64_t n);
 /* As lsl_i_cuda_launch, but W0 comes from a file: a helper thread preads `bytes` at off of fd
  * into the slot's pinned buffer, copies it up and launches the merge (l != NULL) on c's own
  * stream, so the read overlaps whatever the caller does until lsl_i_cuda_wait.  A read error is

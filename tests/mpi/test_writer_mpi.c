@@ -729,22 +729,26 @@ static void test_elems(void)
                 uint64_t e0 = cut[rank], ne = cut[rank + 1] - cut[rank], es = esz(t[i].dtype);
                 uint64_t ra0, ran, r0 = cols ? e0 / cols : 0;
                 lsl_lora_part lp;
+                /* the rows the range touches, for B */
+                uint64_t nt = ne && cols ? (e0 + ne + cols - 1) / cols - r0 : 0;
                 if (i < 2) {
                     lsl_partition_rows(rr[i], size, rank, &ra0, &ran);
-                    lp = lora_f32(rr[i], 0.75, ra0, ran, (float *)A[i] + ra0 * cols,
-                                  (float *)B[i] + r0 * rr[i]);
+                    lp = lora_f32(rr[i], 0.75, ra0, ran,
+                                  dev((float *)A[i] + ra0 * cols, ran * cols * 4),
+                                  dev((float *)B[i] + r0 * rr[i], nt * rr[i] * 4));
                 }
                 if (pass == 0) {
-                    lsl_elem_part ep = {e0, ne, (unsigned char *)w0[i] + e0 * es, LSL_MEM_HOST,
-                                        i < 2 ? &lp : NULL};
+                    lsl_elem_part ep = {e0,  ne,   dev((unsigned char *)w0[i] + e0 * es, ne * es),
+                                        MEM, NULL, i < 2 ? &lp : NULL};
                     st = lsl_writer_put_elems_all(w, i, &ep);
                 } else {
                     uint64_t q0, qn;
                     lsl_partition_rows(t[i].shape[0], size, rank, &q0, &qn);
                     if (i < 2)
-                        lp.b = (float *)B[i] + q0 * rr[i];
-                    lsl_part p = {q0,           qn,   (unsigned char *)w0[i] + q0 * cols * es,
-                                  LSL_MEM_HOST, NULL, i < 2 ? &lp : NULL};
+                        lp.b = dev((float *)B[i] + q0 * rr[i], qn * rr[i] * 4);
+                    lsl_part p = {
+                        q0,  qn,   dev((unsigned char *)w0[i] + q0 * cols * es, qn * cols * es),
+                        MEM, NULL, i < 2 ? &lp : NULL};
                     st = lsl_writer_put_all(w, i, &p);
                 }
                 CHECK(st == LSL_OK, "trial %d %s put of %s: %s", trial, pass ? "row" : "element",
@@ -760,8 +764,14 @@ static void test_elems(void)
             CHECK(same_bytes(pe, pr), "trial %d: element parts wrote other bytes than row parts",
                   trial);
     }
-    /* Refusals, alike on every rank: a range out of rank order; device memory. */
-    for (int c = 0; c < 2; c++) {
+    /* Refusals, alike on every rank: a range out of rank order; device memory where the library
+     * has no CUDA; host memory on some ranks and device memory on others (a GPU build's test). */
+#if !defined(LSL_HAVE_CUDA) || defined(LSL_TEST_DEVICE)
+    const int ncases = 2;
+#else
+    const int ncases = 1; /* device memory goes to the GPU path, which needs a GPU */
+#endif
+    for (int c = 0; c < ncases; c++) {
         lsl_writer *w = NULL;
         lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
         cfg.quiet = 1;
@@ -774,11 +784,20 @@ static void test_elems(void)
         uint64_t ne = e * (uint64_t)(rank + 1) / (uint64_t)size - e0;
         if (c == 0 && size > 1 && rank == size - 1 && ne)
             e0 -= 1; /* overlaps the rank before */
-        lsl_elem_part ep = {e0, ne, (unsigned char *)w0[2] + e0 * 8,
-                            c == 1 ? LSL_MEM_DEVICE : LSL_MEM_HOST, NULL};
+#ifdef LSL_TEST_DEVICE
+        int on_dev = c == 1 && rank == 0; /* the others host */
+        lsl_status want1 = size > 1 ? LSL_ERR_INCONSISTENT : LSL_OK;
+#else
+        int on_dev = c == 1;
+        lsl_status want1 = LSL_ERR_UNSUPPORTED;
+#endif
+        const unsigned char *h = (unsigned char *)w0[2] + e0 * 8;
+        lsl_elem_part ep = {
+            e0,   ne,  on_dev ? dev(h, ne * 8) : h, on_dev ? LSL_MEM_DEVICE : LSL_MEM_HOST,
+            NULL, NULL};
         if (st == LSL_OK)
             st = lsl_writer_put_elems_all(w, 2, &ep);
-        lsl_status want = c == 0 ? (size > 1 ? LSL_ERR_SHAPE : LSL_OK) : LSL_ERR_UNSUPPORTED;
+        lsl_status want = c == 0 ? (size > 1 ? LSL_ERR_SHAPE : LSL_OK) : want1;
         CHECK(st == want, "refusal %d: %s (%s)", c, lsl_status_name(st), lsl_last_error());
         lsl_writer_abort_all(&w);
         MPI_Barrier(MPI_COMM_WORLD);

@@ -152,9 +152,8 @@ def main() -> int:
     ref.eval()  # no dropout in the logits compared
     late = "transformer.ln_f.weight" if args.model == "gpt2" else "model.norm.weight"
     bump = 1.0 / 64
-    # the update queued on the stream just before the save (below); FSDP1 hides its parameters
-    # in flat ones, so the check runs on the other wrappers
-    stream_check = args.device == "cuda" and args.wrap != "fsdp1"
+    # the update queued on the stream just before the save (below)
+    stream_check = args.device == "cuda"
     if stream_check:
         with torch.no_grad():
             ref.get_parameter(late).add_(bump)
@@ -190,6 +189,11 @@ def main() -> int:
         for _ in range(8):
             x = torch.tanh(x @ x)
         with torch.no_grad():
+            if args.wrap == "fsdp1":  # the weight's piece of its unit's flat parameter
+                from loraslab.torch import _fsdp1
+                for n, piece in _fsdp1.index(model, dist.get_world_size()).items():
+                    if n.endswith(late):
+                        piece.local.add_(bump + 0 * x[0, 0])
             for n, p in model.named_parameters():
                 if n.endswith(late):
                     (p.to_local() if hasattr(p, "to_local") else p).add_(bump + 0 * x[0, 0])

@@ -46,6 +46,12 @@ if [ "${LSL_TEST_DEVICE:-cpu}" = cuda ]; then
   run gpu-ddp-gpt2 torchrun 1 --wrap ddp --model gpt2 --lora-bias
   run gpu-none-qwen2 torchrun 1 --wrap none --rslora --modules-to-save --second-adapter
   run gpu-fsdp1-qwen2 torchrun 1 --wrap fsdp1
+  # FSDP1's element-range puts of device pointers merge with the same kernel as FSDP2's rows
+  if cmp -s "$out/gpu-fsdp2-qwen2/merged.h5" "$out/gpu-fsdp1-qwen2/merged.h5"; then
+    echo "ok - GPU FSDP1 and FSDP2 files byte-identical"; pass=$((pass + 1))
+  else
+    echo "FAIL - GPU FSDP1 and FSDP2 files differ"; fail=$((fail + 1))
+  fi
 else
   run fsdp2-qwen2-np2 torchrun 2
   run fsdp2-qwen2-np4-r-below-world torchrun 4 --lora-r 3

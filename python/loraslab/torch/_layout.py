@@ -100,6 +100,8 @@ def gather_rows(local: torch.Tensor, group: Optional[object]) -> torch.Tensor:
     rank of group: an all-gather padded to the longest."""
     import torch.distributed as dist
     local = local.contiguous()
+    if dist.get_world_size(group) == 1:
+        return local
     n = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
     ns = [torch.empty_like(n) for _ in range(dist.get_world_size(group))]
     dist.all_gather(ns, n, group=group)

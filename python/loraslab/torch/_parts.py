@@ -135,19 +135,26 @@ def rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
 
 
 def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
-               keep: Keep) -> int:
-    """An FSDP1 piece: an element-range put from host memory (a piece on the GPU is copied to
-    the host first: the element path has no device kernel yet).  Its LoRA factors are gathered
-    whole (they are small); B's rows are those the range touches."""
+              keep: Keep) -> int:
+    """An FSDP1 piece: an element-range put, of device pointers on torch's current stream for a
+    GPU piece (DoRA and embedding LoRA on the GPU are refused before), else from host memory.
+    Its LoRA factors are gathered whole (they are small) where the piece is; B's rows are those
+    the range touches."""
     p: _fsdp1.Piece = it.tensor
     try:
-        data = p.local.detach().cpu().contiguous()
-        part = _capi.ElemPart(p.e0 if p.ne else 0, p.ne, keep.ptr(data), _capi.MEM_HOST, None)
+        dev = p.is_cuda
+        data = p.local.detach().contiguous() if dev else p.local.detach().cpu().contiguous()
+        part = _capi.ElemPart(p.e0 if p.ne else 0, p.ne, keep.ptr(data),
+                              _capi.MEM_DEVICE if dev else _capi.MEM_HOST, None, None)
+        if dev:
+            part.stream = torch.cuda.current_stream(data.device).cuda_stream
         if it.lora is not None:
-            # the factors whole, on the host, so the row path's rules cut them as for a
-            # replicated tensor; B's rows are those the range touches
-            gat = lambda t: None if t is None else (  # noqa: E731
-                _fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece) else full(t)).cpu()
+            # the factors whole, so the row path's rules cut them as for a replicated tensor
+            def gat(t: Any) -> Optional[torch.Tensor]:
+                if t is None:
+                    return None
+                g = _fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece) else full(t)
+                return g.to(data.device) if dev else g.cpu()
             lo = dataclasses.replace(it.lora, a=gat(it.lora.a), b=gat(it.lora.b),
                                      magnitude=gat(it.lora.magnitude))
             r0, n = rows_touched(p)
@@ -155,7 +162,9 @@ def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
                            size, keep)
             keep.append(lp)
             part.lora = c.pointer(lp)
-        return lb.lsl_writer_put_elems_all(w, i, c.byref(part))
+        ctx: Any = torch.cuda.device(data.device) if dev else contextlib.nullcontext()
+        with ctx:
+            return lb.lsl_writer_put_elems_all(w, i, c.byref(part))
     except (ValueError, RuntimeError) as e:
         lb.lsl_writer_put_elems_all(w, i, None)  # join the collective with nothing
         raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",

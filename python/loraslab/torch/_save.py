@@ -96,10 +96,9 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     Collective over the job (or `process_group`): every rank calls it.  `model` is a PEFT model
     wrapped by FSDP2 (`fully_shard`), FSDP1 (`FullyShardedDataParallel`), DDP, or nothing.  Each
     rank writes what it holds: its FSDP2 rows, its FSDP1 element ranges, or its slice of a
-    replicated tensor; only LoRA factors are gathered; GPU tensors go in as device pointers, the
-    work ordered after torch's current stream (FSDP1 pieces on the GPU are copied to the host
-    first: one parameter's piece at a time); the model is not changed.  Host memory: the staging
-    budget (`staging_mib`) plus small buffers (plus, under FSDP1 on GPUs, the largest piece).
+    replicated tensor; only LoRA factors are gathered; GPU tensors (FSDP1 pieces too) go in as
+    device pointers, the work ordered after torch's current stream; the model is not changed.
+    Host memory: the staging budget (`staging_mib`) plus small buffers.
 
     Raises loraslab.Error on every rank alike, with nothing left at `path`."""
     peft_model = None
