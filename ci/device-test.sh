@@ -16,8 +16,13 @@
 #   full (default): everything (more than the device tool's 10 minutes a call).
 #   torch: the PyTorch front end (tests/torch): one rank with NCCL on the GPU (device pointers),
 #          then the CPU suite (gloo, 2-4 ranks, torchrun and mpiexec) on this machine's torch.
-# STEPS (words of: tests sanitizer kernel offline hf write peers pipeline torch) overrides the
-# mode's.
+#   scale: the scale benchmark (tests/bench/bench_scale.py: loraslab.torch against the ceiling,
+#          PEFT, DCP and the motivating report's recipe); SCALE=SHAPE:LAYERS[:ROWS] ... picks
+#          runs (default qwen7b:8; qwen32b:64 fits one call in two halves of rows), SCALE_DIR the
+#          output directory (/dev/shm/lsl-scale).
+# STEPS (words of: tests sanitizer kernel offline hf write peers pipeline torch scale) overrides
+# the mode's.
+# TORCH_DEVICES (cuda cpu) narrows the torch step.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
 # WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark (LSL_PROFILE=1 adds each
 # loraslab run's phases; BENCH_ROUNDS, BENCH_STAGING_MIB, BENCH_BATCH pass to bench_gpu); PIPELINE
@@ -28,6 +33,7 @@ case $mode in
   quick) steps="tests sanitizer kernel offline hf torch" ;;
   bench) steps="kernel offline write peers" ;;
   multi) steps="write pipeline" ;;
+  scale) steps="scale" ;;
   full) steps="tests sanitizer kernel offline hf write peers pipeline torch" ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
@@ -89,7 +95,7 @@ if want hf; then
 fi
 if want torch; then
   log "PyTorch front end: GPU (1 rank, NCCL), then CPU (gloo, 2-4 ranks)"
-  for dev in cuda cpu; do
+  for dev in ${TORCH_DEVICES:-cuda cpu}; do
     LSL_TEST_DEVICE=$dev LSL_TESTOUTDIR=$PWD/build-gpu/testout MPIEXEC=mpiexec \
       bash tests/torch/torch_tests.sh "$PWD/build-gpu" >"$OUT/torch-$dev.log" 2>&1
     grep -E '^(ok|FAIL)' "$OUT/torch-$dev.log" | while read -r l; do row "torch $dev: $l"; done
@@ -116,6 +122,24 @@ if want peers; then
   for p in recipe peft; do
     row "$(CUDA_VISIBLE_DEVICES=0 python3 tests/bench/bench_peers.py /dev/shm 8 $p 2>&1 |
       tee -a "$OUT/bench.log" | grep RESULT)"
+  done
+fi
+if want scale; then
+  # SCALE: SHAPE:LAYERS[:ROW,ROW...] ... (tests/bench/bench_scale.py; default all six rows)
+  sdir=${SCALE_DIR:-/dev/shm/lsl-scale}
+  log "scale benchmark into $sdir ($(df -h --output=size,avail "$(dirname "$sdir")" | tail -1))"
+  for cfg in ${SCALE:-qwen7b:8}; do
+    IFS=: read -r shp L rows <<<"$cfg"
+    LSL_PROFILE=1 PYTHONPATH=$PWD/python LORASLAB_LIBRARY=$PWD/build-gpu/libloraslab.so.0 \
+      python3 tests/bench/bench_scale.py --shape "$shp" --layers "$L" --out "$sdir" --lsl "$lsl" \
+      ${rows:+--rows "$rows"} --json "$OUT/scale.jsonl" >"$OUT/scale-$shp-$L.log" 2>&1
+    grep -E '^(\||ratio|convert:)' "$OUT/scale-$shp-$L.log" | while read -r l; do row "scale $shp x$L: $l"; done
+    for f in "$sdir"/*.log; do # where loraslab's time went, and why a row failed
+      [ -f "$f" ] || continue
+      grep -h '^loraslab: profile' "$f" | while read -r l; do row "  $(basename "$f" .log): $l"; done
+      { echo "== $f"; tail -15 "$f"; } >>"$OUT/scale-rows.log"
+      rm -f "$f"
+    done
   done
 fi
 if want pipeline; then

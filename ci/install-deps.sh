@@ -33,9 +33,9 @@ fi
 # the python3 on PATH.  Pinned to the CPU build of torch 2.13 this machine carries (a plain
 # `pip install torch` would fetch a multi-GB CUDA build); Debian's python3-torch (1.13) cannot
 # import torch.distributed.fsdp on Python 3.11, and python3-mpi4py would switch the MPI
-# alternatives to Open MPI.
-torch_pkgs=(torch==2.13.0 peft transformers safetensors)
-if python3 -c "import torch, peft, transformers, safetensors" 2>/dev/null; then
+# alternatives to Open MPI.  h5py: the scale benchmark's read-back of a tensor (bench.scale).
+torch_pkgs=(torch==2.13.0 peft transformers safetensors h5py)
+if python3 -c "import torch, peft, transformers, safetensors, h5py" 2>/dev/null; then
   echo "install-deps: torch $(python3 -c 'import torch; print(torch.__version__)') present"
 else
   echo "install-deps: pip installing ${torch_pkgs[*]}"

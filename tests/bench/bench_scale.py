@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""The scale benchmark: a Qwen2.5-shaped PEFT LoRA model exported five ways at one rank, each
+row in its own process (scale_row.py) so that a row that dies does not take the run with it.
+
+  bench_scale.py --shape qwen32b --layers 64 --out /dev/shm/lsl-scale [--rows R,R,...]
+                 [--device cuda] [--lsl build-gpu/loraslab] [--floor-gib 8] [--json FILE]
+
+Rows: ceiling (pwrite of 8 MiB pieces from a pinned buffer, fsync), loraslab-fsdp2,
+loraslab-fsdp1 (loraslab.torch.save_merged), peft (merge_and_unload + save_pretrained), dcp
+(PEFT's merge, then DCP's HuggingFaceStorageWriter with consolidation), recipe (the motivating
+report's summon-merge-pin, then save_file), convert (loraslab-fsdp2, then `loraslab convert`,
+`verify`, one tensor read back by safetensors against the HDF5 file).
+
+Memory cap: while a row runs, the host's MemAvailable is sampled every 20 ms; below --floor-gib
+the row is killed and reported as a host-OOM failure, before the kernel's OOM killer would pick
+a process of its own.  Prints one line per row, then a table with each loraslab row's GB/s
+against the ceiling's and its speed against every peer row that completed."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROWS = ["ceiling", "loraslab-fsdp2", "loraslab-fsdp1", "peft", "dcp", "recipe"]
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def why_failed(rc: int, tail: str) -> str:
+    t = tail.lower()
+    if "cuda out of memory" in t or "outofmemoryerror" in t:
+        return "GPU OOM"
+    if "pin" in t and ("memory" in t or "alloc" in t) and "error" in t:
+        return "pinned allocation failure"
+    if "no space left" in t or "enospc" in t or "nospace" in t:
+        return "filesystem full"
+    if rc == -9:
+        return "killed by SIGKILL (the kernel's OOM killer?)"
+    if "memoryerror" in t or "cannot allocate memory" in t:
+        return "host OOM"
+    last = [x for x in tail.strip().splitlines() if x.strip()]
+    return f"exit {rc}: {last[-1][:160] if last else ''}"
+
+
+def run_row(row: str, a: argparse.Namespace) -> dict:
+    out = os.path.join(a.out, row)
+    cmd = [sys.executable, os.path.join(HERE, "scale_row.py"), row, "--shape", a.shape,
+           "--layers", str(a.layers), "--device", a.device, "--out", out, "--lsl", a.lsl]
+    log = open(os.path.join(a.out, f"{row}.log"), "w+")
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    floor, low, peak = a.floor_gib * 2**30, None, 0
+    while p.poll() is None:
+        peak = max(peak, rss_of(p.pid))
+        avail = mem_available()
+        if avail < floor:
+            low = avail
+            p.kill()
+            p.wait()
+            break
+        time.sleep(0.02)
+    wall = time.time() - t0
+    subprocess.run(["rm", "-rf", out])  # a killed row leaves its files
+    log.seek(0)
+    text = log.read()
+    log.close()
+    res = {"row": row, "shape": a.shape, "layers": a.layers, "process_seconds": round(wall, 1),
+           "process_peak_rss_gib": round(peak / 2**30, 2)}
+    lines = [x for x in text.splitlines() if x.startswith("RESULT ")]
+    if low is not None:
+        res["status"] = (f"failed: host OOM (MemAvailable {low / 2**30:.1f} GiB < "
+                         f"{a.floor_gib} GiB floor; row at {peak / 2**30:.1f} GiB RSS), killed")
+    elif p.returncode == 0 and lines:
+        res.update(json.loads(lines[-1][7:]))
+        res["status"] = "completed"
+    else:
+        res["status"] = "failed: " + why_failed(p.returncode, text[-3000:])
+    return res
+
+
+def table(results: list[dict]) -> list[str]:
+    by = {r["row"]: r for r in results}
+    ok = {k: r for k, r in by.items() if r["status"] == "completed"}
+    out = ["| row | status | seconds | GB/s | RSS growth MiB | pinned peak GiB |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        done = r["status"] == "completed"
+        gbs = r["payload_bytes"] / r["seconds"] / 1e9 if done and r["seconds"] > 0 else None
+        r["gbs"] = round(gbs, 3) if gbs else None
+        pin = r.get("pinned_peak_bytes")
+        out.append(f"| {r['row']} | {r['status']} | {r['seconds'] if done else '-'} | "
+                   f"{r['gbs'] if gbs else '-'} | {r['rss_growth_mib'] if done else '-'} | "
+                   f"{round(pin / 2**30, 2) if pin else '-'} |")
+    ceil = ok.get("ceiling")
+    for k in ("loraslab-fsdp2", "loraslab-fsdp1", "convert"):
+        if k not in ok:
+            continue
+        r = ok[k]
+        bits = []
+        if ceil and ceil.get("gbs"):
+            bits.append(f"{r['gbs'] / ceil['gbs']:.2f}x the ceiling's GB/s")
+        for peer in ("peft", "dcp", "recipe"):
+            if peer in ok:
+                bits.append(f"{ok[peer]['seconds'] / r['seconds']:.2f}x {peer}'s speed")
+            elif peer in by:
+                bits.append(f"{peer} did not complete")
+        out.append(f"ratio {k} ({r['shape']}, {r['layers']} layers): " + "; ".join(bits))
+        if "readback" in r:
+            out.append(f"convert: {r['convert_bytes']} bytes in {r['convert_seconds']} s, "
+                       f"verify {r['verify']}, readback {r['readback']}")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="qwen32b")
+    p.add_argument("--layers", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--lsl", default="loraslab")
+    p.add_argument("--floor-gib", type=float, default=8.0)
+    p.add_argument("--json", default="")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    results = []
+    for row in a.rows.split(","):
+        r = run_row(row, a)
+        print("scale: " + json.dumps(r), flush=True)
+        results.append(r)
+    for line in table(results):
+        print(line)
+    if a.json:
+        with open(a.json, "a") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+    return 0 if all(r["status"] == "completed" for r in results
+                    if r["row"].startswith(("loraslab", "ceiling", "convert"))) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
