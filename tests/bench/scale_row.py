@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scale_model  # noqa: E402
+from scale_shapes import SHAPES, merged_bytes  # noqa: E402
 
 PIECE = 8 << 20
 
@@ -74,7 +75,7 @@ def tree_bytes(d: str, skip: str = "") -> int:
 
 def ceiling(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], int]]:
     """One process, one file, pwrite of 8 MiB pieces from a pinned buffer, then fsync."""
-    total = scale_model.merged_bytes(scale_model.SHAPES[a.shape], a.layers)
+    total = merged_bytes(SHAPES[a.shape], a.layers)
     buf = torch.empty(PIECE, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
     buf.random_(0, 256)
     path = os.path.join(a.out, "ceiling.bin")
@@ -154,7 +155,7 @@ def check_convert(a: argparse.Namespace, h5: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("row")
-    p.add_argument("--shape", default="qwen32b", choices=sorted(scale_model.SHAPES))
+    p.add_argument("--shape", default="qwen32b", choices=sorted(SHAPES))
     p.add_argument("--layers", type=int, default=64)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", required=True)
@@ -170,7 +171,7 @@ def main() -> int:
         t = time.time() - t0
     res = {"row": a.row, "shape": a.shape, "layers": a.layers, "seconds": round(t, 3),
            "bytes": size(),  # on disk: headers, and an HDF5 file's alignment gaps, included
-           "payload_bytes": scale_model.merged_bytes(scale_model.SHAPES[a.shape], a.layers),
+           "payload_bytes": merged_bytes(SHAPES[a.shape], a.layers),
            "rss_growth_mib": round((pk.peak - pk.base) / 2**20, 1),
            "pinned_peak_bytes": pinned_peak()}
     if a.row == "convert":
