@@ -14,9 +14,10 @@ _STRIP = ((".base_layer.", "."), ("_fsdp_wrapped_module.", ""), ("base_model.", 
           (".model.", "."))
 
 
-def export(model: torch.nn.Module, path: str, adapter: str = "default") -> None:
+def state_dict(model: torch.nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """The report's merged state dict of an FSDP1-wrapped PEFT model, on the host (collective:
+    every rank summons, every rank holds it all)."""
     from peft.tuners.lora.layer import LoraLayer
-    from safetensors.torch import save_file
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     pin = torch.cuda.is_available()
     sd: dict[str, torch.Tensor] = {}
@@ -37,15 +38,19 @@ def export(model: torch.nn.Module, path: str, adapter: str = "default") -> None:
                     w = (base.weight.data + m.get_delta_weight(adapter)).to(base.weight.dtype)
                     sd[full + ".weight"] = pinned_copy(w)
                     if base.bias is not None:
-                        sd[full + ".bias"] = pinned_copy(base.bias.data)
+                        bias = base.bias.data
+                        if m.lora_bias.get(adapter):  # PEFT's rule (the report has no bias LoRA)
+                            bias = bias + m.lora_B[adapter].bias * m.scaling[adapter]
+                        sd[full + ".bias"] = pinned_copy(bias.to(base.bias.dtype))
             elif isinstance(m, FSDP):  # its own parameters only, as the report: recurse=False
                 with FSDP.summon_full_params(m, recurse=False, writeback=False):
                     walk(m, full)
             else:
                 walk(m, full)
         if not kids:
-            for n, t in mod.state_dict().items():
-                sd[f"{prefix}.{n}"] = t.cpu()
+            for n, t in mod.state_dict().items():  # (on the CPU, .cpu() would keep a view
+                # of the summoned storage, which FSDP frees on exit)
+                sd[f"{prefix}.{n}"] = t.cpu() if t.is_cuda else t.clone()
 
     with FSDP.summon_full_params(model, recurse=False, writeback=False):
         walk(model, "")
@@ -56,5 +61,10 @@ def export(model: torch.nn.Module, path: str, adapter: str = "default") -> None:
         for a, b in _STRIP:
             k = k.replace(a, b)
         out[k] = v
-    save_file(out, path, metadata={"format": "pt"})
+    return out
+
+
+def export(model: torch.nn.Module, path: str, adapter: str = "default") -> None:
+    from safetensors.torch import save_file
+    save_file(state_dict(model, adapter), path, metadata={"format": "pt"})
     os.sync()

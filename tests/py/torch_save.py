@@ -216,6 +216,12 @@ def main() -> int:
               f"unknown adapter: {e}")
     dist.barrier()
     check(not os.path.exists(bad), "the failed call left a file")
+    # FSDP1: the motivating report's own method (summon, merge, pinned copy) on this model, where
+    # the model is one it handles (no modules_to_save, embeddings, tying, DoRA, second adapter;
+    # summoning an offloaded model needs an accelerator)
+    plain = not (args.modules_to_save or args.embed or args.tie or args.dora or args.second_adapter
+                 or (args.cpu_offload and args.device == "cpu"))
+    recipe = report_method(model, args.adapter) if args.wrap == "fsdp1" and plain else None
 
     if rank == 0:
         from safetensors.torch import load_file
@@ -237,6 +243,23 @@ def main() -> int:
             check(u <= 1, f"{k}: {u} ulp, {100 * ex:.3f}% exact")
         exact = n_exact / max(1, n_all)
         check(exact >= 0.9999, f"only {100 * exact:.4f}% of the elements exact")
+        if recipe is not None:  # the same tensors as the file, within 1 ulp
+            worst_r = 0
+            for k, v in recipe.items():
+                k = k if k in got or not k.startswith("model.") else k[len("model."):]
+                if k == "lm_head.weight" and getattr(ref.config, "tie_word_embeddings", False):
+                    continue  # the file writes a tied weight once, as save_pretrained
+                if k not in got or v.shape != got[k].shape or v.dtype != got[k].dtype:
+                    check(False, f"report's method: {k} not in the file, or another shape")
+                    continue
+                u = ulps(v, got[k])[0]
+                if u > 1:
+                    print(f"report-method {k}: {u} ulp", file=sys.stderr)
+                worst_r = max(worst_r, u)
+            check(worst_r <= 1 and len(recipe) >= len(got),
+                  f"the report's method: worst {worst_r} ulp over {len(recipe)} tensors")
+            print(f"torch_save: the report's summon/merge/pin method: {len(recipe)} tensors, "
+                  f"worst {worst_r} ulp against the file")
         from transformers import AutoModelForCausalLM
         loaded = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16)
         ids = torch.arange(1, 17).reshape(2, 8) * 37 % 1001
@@ -248,6 +271,12 @@ def main() -> int:
         print(f"torch_save: {args.wrap} {args.model} at {size} ranks: {len(got)} tensors, worst "
               f"{worst} ulp, {100 * exact:.4f}% exact, logits max diff {diff:.2e} of {top:.2e}")
     return finish(rank, fails)
+
+
+def report_method(model: torch.nn.Module, adapter: str) -> dict:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+    import scale_recipe
+    return scale_recipe.state_dict(model, adapter)
 
 
 def finish(rank: int, fails: list) -> int:
