@@ -126,6 +126,18 @@ LSL_API unsigned lsl_dtype_bits(lsl_dtype dt);
  * extrapolated from rank 0's share of the bytes, as the text lines are. */
 #define LSL_PROGRESS_JSON 2
 
+/* ---- messages -------------------------------------------------------------------------------
+ * What the library says besides its errors (progress lines, notes such as the GPU path taken,
+ * warnings such as a stale temporary removed, the LSL_PROFILE report) goes, one complete line
+ * per call without its newline, to stderr, or to the sink set here.  Only rank 0 (or the rank
+ * that has something to say) calls it, from the thread that called into the library. */
+#define LSL_LOG_INFO 0 /* progress, notes, the profile */
+#define LSL_LOG_WARN 1 /* something the user should look at; the call goes on */
+typedef void (*lsl_log_fn)(int level, const char *line, void *ctx);
+/* Not collective; process-wide.  fn NULL restores stderr.  fn must not call into loraslab; set
+ * the sink while no loraslab call is running in another thread. */
+LSL_API void lsl_set_log(lsl_log_fn fn, void *ctx);
+
 /* ---- partition ------------------------------------------------------------------------------ */
 
 /* The rows [*row0, *row0 + *nrows) that `rank` of `nranks` owns under FSDP2 Shard(0) chunking

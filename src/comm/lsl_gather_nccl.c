@@ -68,13 +68,13 @@ int lsl_i_nccl_start(lsl_i_comm *comm, lsl_i_nccl **out)
         ncclCommAbort(c->comm);
     free(c);
     if (!mine)
-        fprintf(stderr,
-                "loraslab: rank %d: NCCL failed to start (%s); LoRA A goes through host "
-                "memory (MPI) instead\n",
-                rank,
-                !c                     ? "out of memory"
-                : nr == ncclInProgress ? "timed out"
-                                       : ncclGetErrorString(nr));
+        lsl_i_log(LSL_LOG_WARN,
+                  "loraslab: rank %d: NCCL failed to start (%s); LoRA A goes through host "
+                  "memory (MPI) instead\n",
+                  rank,
+                  !c                     ? "out of memory"
+                  : nr == ncclInProgress ? "timed out"
+                                         : ncclGetErrorString(nr));
     return 0;
 }
 

@@ -335,10 +335,10 @@ static lsl_status finish_rank0(const lsl_convert_config *cfg, const lsl_i_h5_fil
     if (f->attrs[3]) {
         LSL_TRY(add_side_file(p->out.tmp, "config.json", f->attrs[3], files));
     } else if (cfg->quiet != LSL_PROGRESS_NONE) { /* a warning: JSON mode keeps it */
-        fprintf(stderr,
-                "loraslab: warning: %s carries no base config.json; the output needs one "
-                "before transformers can load it\n",
-                cfg->input);
+        lsl_i_log(LSL_LOG_WARN,
+                  "loraslab: warning: %s carries no base config.json; the output needs one "
+                  "before transformers can load it\n",
+                  cfg->input);
     }
     json_t *prov = provenance(f, cfg->input);
     text = dumps(prov);
@@ -475,9 +475,9 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     }
     LSL_TRY(lsl_i_agree(comm, st));
     if (rank == 0 && cfg->quiet == LSL_PROGRESS_TEXT)
-        fprintf(stderr, "loraslab: wrote %s: %u safetensors file%s, %llu tensors%s\n", cfg->outdir,
-                p.nshards, p.nshards > 1 ? "s" : "", (unsigned long long)f.n,
-                cfg->no_verify ? "" : ", every checksum verified");
+        lsl_i_log(LSL_LOG_INFO, "loraslab: wrote %s: %u safetensors file%s, %llu tensors%s\n",
+                  cfg->outdir, p.nshards, p.nshards > 1 ? "s" : "", (unsigned long long)f.n,
+                  cfg->no_verify ? "" : ", every checksum verified");
     if (stats) {
         uint64_t bytes = 0;
         for (uint64_t k = 0; k < p.nranges; k++)

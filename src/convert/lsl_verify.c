@@ -104,7 +104,7 @@ static lsl_status plan_dir(const char *dir, vplan *p)
     lsl_ckpt ck;
     json_t *prov = load_json(dir, "loraslab.json"), *sums = load_json(dir, "checksums.json");
     json_t *tcrc = prov ? json_object_get(prov, "tensors") : NULL;
-    LSL_TRY(lsl_ckpt_open(dir, stderr, &ck));
+    LSL_TRY(lsl_ckpt_open(dir, 1, &ck));
     if (sums && json_is_object(json_object_get(sums, "files")))
         p->file_sums = json_incref(json_object_get(sums, "files"));
     p->src = lsl_i_calloc(ck.nfiles, sizeof *p->src);
@@ -273,9 +273,9 @@ static lsl_status verify_impl(lsl_i_comm *comm, const char *path, uint64_t stagi
         st = judge(path, is_dir, &p, crcs, &checked);
     LSL_TRY(lsl_i_agree(comm, st));
     if (rank == 0 && quiet == LSL_PROGRESS_TEXT)
-        fprintf(stderr, "loraslab: verified %s: %llu tensors, %llu checksums match%s\n", path,
-                (unsigned long long)p.ntensors, (unsigned long long)checked,
-                checked ? "" : " (it carries no checksums: only its structure was checked)");
+        lsl_i_log(LSL_LOG_INFO, "loraslab: verified %s: %llu tensors, %llu checksums match%s\n",
+                  path, (unsigned long long)p.ntensors, (unsigned long long)checked,
+                  checked ? "" : " (it carries no checksums: only its structure was checked)");
     if (stats) {
         uint64_t bytes = 0;
         for (uint64_t i = 0; i < p.n; i++)

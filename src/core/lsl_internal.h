@@ -28,6 +28,9 @@ lsl_status lsl_i_fail(lsl_status st, const char *fmt, ...) __attribute__((format
 lsl_status lsl_i_fail_errno(lsl_status st, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void lsl_i_clear_error(void);
+/* One line (a trailing newline is dropped) to the sink of lsl_set_log, or stderr; level
+ * LSL_LOG_INFO or LSL_LOG_WARN. */
+void lsl_i_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Collective: every rank passes its local status; all return the first failing rank's status and
  * carry its message (prefixed with the rank when it is not rank 0).  Never hangs on

@@ -30,13 +30,12 @@ void lsl_i_progress_json(const lsl_i_progress *p, uint64_t tensors_done, uint64_
     double el = p->last - p->t0 > 1e-9 ? p->last - p->t0 : 1e-9;
     double rate = (double)bytes_done / el;
     double eta = last || rate <= 0 ? 0 : (double)(p->bytes_total - bytes_done) / rate;
-    /* one fprintf per line: stderr is unbuffered, and a line must not be torn */
-    fprintf(stderr,
-            "{\"event\":\"progress\",\"command\":\"%s\",\"tensors_done\":%llu,"
-            "\"tensors_total\":%llu,\"bytes_done\":%llu,\"bytes_total\":%llu,"
-            "\"rate_bytes_per_s\":%.0f,\"eta_s\":%.1f,\"elapsed_s\":%.3f,\"ranks\":%d,"
-            "\"done\":%s}\n",
-            p->verb, (unsigned long long)tensors_done, (unsigned long long)p->tensors_total,
-            (unsigned long long)bytes_done, (unsigned long long)p->bytes_total, rate, eta, el,
-            p->ranks, last ? "true" : "false");
+    lsl_i_log(LSL_LOG_INFO,
+              "{\"event\":\"progress\",\"command\":\"%s\",\"tensors_done\":%llu,"
+              "\"tensors_total\":%llu,\"bytes_done\":%llu,\"bytes_total\":%llu,"
+              "\"rate_bytes_per_s\":%.0f,\"eta_s\":%.1f,\"elapsed_s\":%.3f,\"ranks\":%d,"
+              "\"done\":%s}\n",
+              p->verb, (unsigned long long)tensors_done, (unsigned long long)p->tensors_total,
+              (unsigned long long)bytes_done, (unsigned long long)p->bytes_total, rate, eta, el,
+              p->ranks, last ? "true" : "false");
 }

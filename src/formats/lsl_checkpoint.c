@@ -55,7 +55,7 @@ static lsl_status fill_order(lsl_ckpt *c)
     return LSL_OK;
 }
 
-static lsl_status open_index(const char *dir, const char *index_path, FILE *warn, lsl_ckpt *c)
+static lsl_status open_index(const char *dir, const char *index_path, int warn, lsl_ckpt *c)
 {
     lsl_status rc = LSL_OK;
     char *text = NULL, **shards = NULL, *p = NULL;
@@ -72,7 +72,7 @@ static lsl_status open_index(const char *dir, const char *index_path, FILE *warn
         LSL_FAIL(LSL_ERR_FORMAT, "%s: \"weight_map\" is missing or not an object", index_path);
     json_t *meta = json_object_get(root, "metadata");
     if (!json_is_object(meta) && warn)
-        fprintf(warn, "loraslab: warning: %s has no \"metadata\" object\n", index_path);
+        lsl_i_log(LSL_LOG_WARN, "loraslab: warning: %s has no \"metadata\" object\n", index_path);
     const char *k;
     json_t *v;
     shards = lsl_i_calloc(json_object_size(wm) + 1, sizeof *shards);
@@ -134,10 +134,10 @@ static lsl_status open_index(const char *dir, const char *index_path, FILE *warn
     }
     json_t *ts = json_is_object(meta) ? json_object_get(meta, "total_size") : NULL;
     if (warn && json_is_integer(ts) && (uint64_t)json_integer_value(ts) != sum)
-        fprintf(warn,
-                "loraslab: warning: %s: metadata.total_size is %lld but the shards hold %llu "
-                "bytes of tensors\n",
-                index_path, (long long)json_integer_value(ts), (unsigned long long)sum);
+        lsl_i_log(LSL_LOG_WARN,
+                  "loraslab: warning: %s: metadata.total_size is %lld but the shards hold %llu "
+                  "bytes of tensors\n",
+                  index_path, (long long)json_integer_value(ts), (unsigned long long)sum);
     LSL_TRY(fill_order(c));
 fail:
     free(p);
@@ -147,7 +147,7 @@ fail:
     return rc;
 }
 
-lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *c)
+lsl_status lsl_ckpt_open(const char *dir, int warn, lsl_ckpt *c)
 {
     lsl_status rc = LSL_OK;
     char *index = NULL, *single = NULL, *cfg = NULL;

@@ -19,8 +19,8 @@ typedef struct lsl_ckpt {
 } lsl_ckpt;
 
 /* Load and validate every header; warnings (missing index metadata, total_size mismatch) go to
- * `warn` when it is not NULL.  Not collective (rank 0 calls it). */
-lsl_status lsl_ckpt_open(const char *dir, FILE *warn, lsl_ckpt *out);
+ * the log (lsl_i_log) when `warn` is set.  Not collective (rank 0 calls it). */
+lsl_status lsl_ckpt_open(const char *dir, int warn, lsl_ckpt *out);
 void lsl_ckpt_free(lsl_ckpt *c);
 /* Find a tensor by name: its reference, or false. */
 bool lsl_ckpt_find(const lsl_ckpt *c, const char *name, lsl_ckpt_ref *ref);

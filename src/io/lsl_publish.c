@@ -195,17 +195,17 @@ static void stale_scan(const char *dir, const char *prefix, int local, int quiet
         if (got && local) {
             int gone = lsl_i_rmtree(p) == 0;
             if (quiet != LSL_PROGRESS_NONE && gone)
-                fprintf(stderr,
-                        "loraslab: removed %s, left by an interrupted run (no process holds its "
-                        "lock)\n",
-                        p);
+                lsl_i_log(LSL_LOG_WARN,
+                          "loraslab: removed %s, left by an interrupted run (no process holds its "
+                          "lock)\n",
+                          p);
         } else if (quiet != LSL_PROGRESS_NONE && p) {
-            fprintf(stderr,
-                    busy ? "loraslab: warning: %s is being written by another run\n"
-                         : "loraslab: warning: %s was left by an earlier run (this filesystem "
-                           "cannot tell whether it is still being written); remove it once no "
-                           "job writes it\n",
-                    p);
+            lsl_i_log(LSL_LOG_WARN,
+                      busy ? "loraslab: warning: %s is being written by another run\n"
+                           : "loraslab: warning: %s was left by an earlier run (this filesystem "
+                             "cannot tell whether it is still being written); remove it once no "
+                             "job writes it\n",
+                      p);
         }
         if (fd >= 0)
             close(fd); /* drops the lock we took */

@@ -57,11 +57,11 @@ static void progress(lsl_writer *w, bool last)
     double rate = (double)w->bytes_done / el;
     char b1[32], b2[32];
     double eta = rate > 0 ? (double)(w->total_bytes - w->bytes_done) / rate : 0;
-    fprintf(stderr, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n", w->prog.verb,
-            (unsigned long long)w->tensors_done, (unsigned long long)w->n,
-            lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
-            lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
-            last ? el : eta);
+    lsl_i_log(LSL_LOG_INFO, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n",
+              w->prog.verb, (unsigned long long)w->tensors_done, (unsigned long long)w->n,
+              lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
+              lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
+              last ? el : eta);
 }
 
 /* A put's time in none of the phases goes to P_PUT_REST; with LSL_PROFILE=2 rank 0 prints one
@@ -81,14 +81,14 @@ static void put_clock_stop(lsl_writer *w, uint64_t index)
     w->prof[P_PUT_REST] += el - in;
     if (w->profile < 2 || w->rank != 0)
         return;
-    fprintf(stderr,
-            "loraslab: put %llu `%s` %.2f MB: %.2f ms (gather %.2f, launches %.2f, GPU waits %.2f, "
-            "%llu writes %.2f, checksum waits %.2f, agreements %.2f, rest %.2f)\n",
-            (unsigned long long)index, index < w->n ? w->t[index].name : "?",
-            index < w->n ? w->nbytes[index] / 1e6 : 0.0, el * 1e3, d[P_GATHER] * 1e3,
-            d[P_LAUNCH] * 1e3, d[P_GPU_WAIT] * 1e3,
-            (unsigned long long)(w->file.calls - w->put_calls0), d[P_WRITE] * 1e3,
-            d[P_CRC_WAIT] * 1e3, d[P_AGREE] * 1e3, (el - in) * 1e3);
+    lsl_i_log(
+        LSL_LOG_INFO,
+        "loraslab: put %llu `%s` %.2f MB: %.2f ms (gather %.2f, launches %.2f, GPU waits %.2f, "
+        "%llu writes %.2f, checksum waits %.2f, agreements %.2f, rest %.2f)\n",
+        (unsigned long long)index, index < w->n ? w->t[index].name : "?",
+        index < w->n ? w->nbytes[index] / 1e6 : 0.0, el * 1e3, d[P_GATHER] * 1e3, d[P_LAUNCH] * 1e3,
+        d[P_GPU_WAIT] * 1e3, (unsigned long long)(w->file.calls - w->put_calls0), d[P_WRITE] * 1e3,
+        d[P_CRC_WAIT] * 1e3, d[P_AGREE] * 1e3, (el - in) * 1e3);
 }
 
 /* Local checks, then the collective ones (same tensor everywhere, parts tiling the tensor in

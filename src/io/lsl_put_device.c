@@ -20,9 +20,10 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w)
     if (st != LSL_OK)
         return st;
     if (w->rank == 0 && w->cfg.quiet == LSL_PROGRESS_TEXT)
-        fprintf(
-            stderr, "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
-            lsl_i_cuda_gather_path(w->cuda), (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
+        lsl_i_log(LSL_LOG_INFO,
+                  "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
+                  lsl_i_cuda_gather_path(w->cuda),
+                  (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
     return LSL_OK;
 }
 

@@ -149,9 +149,10 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
             if (prog.mode == LSL_PROGRESS_JSON)
                 lsl_i_progress_json(&prog, total ? job->tensors * est / total : 0, est, false);
             else
-                fprintf(stderr, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
-                        lsl_i_fmt_bytes(est, b1, sizeof b1), lsl_i_fmt_bytes(total, b2, sizeof b2),
-                        (double)est / (prog.last - t0) / 1e9);
+                lsl_i_log(LSL_LOG_INFO, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
+                          lsl_i_fmt_bytes(est, b1, sizeof b1),
+                          lsl_i_fmt_bytes(total, b2, sizeof b2),
+                          (double)est / (prog.last - t0) / 1e9);
         }
     }
     for (uint32_t f = 0; st == LSL_OK && f < job->ndst; f++) {
@@ -167,8 +168,8 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
     } else if (rank == 0 && prog.mode == LSL_PROGRESS_TEXT) {
         char b[32];
         double el = lsl_i_now() - t0;
-        fprintf(stderr, "loraslab: %s %s in %.2fs, %.2f GB/s\n", job->label,
-                lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
+        lsl_i_log(LSL_LOG_INFO, "loraslab: %s %s in %.2fs, %.2f GB/s\n", job->label,
+                  lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
     }
 fail:
     free(pairs);

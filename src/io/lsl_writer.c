@@ -281,15 +281,15 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
             st = lsl_i_h5_create(w->out.tmp, align, w->nattrs, w->keys, w->vals, w->n, w->t,
                                  w->offsets);
         if (st == LSL_OK && w->cfg.quiet == LSL_PROGRESS_TEXT)
-            fprintf(stderr,
-                    "loraslab: %s %llu tensors (%s) to %s on %s%s%s, aligned to %s, %d rank%s, "
-                    "staging %s per rank\n",
-                    w->cfg.progress_label ? w->cfg.progress_label : "write",
-                    (unsigned long long)w->n, lsl_i_fmt_bytes(w->total_bytes, b1, sizeof b1),
-                    w->out.path, w->fs.name, w->fs.parallel ? " stripe " : "",
-                    w->fs.parallel ? lsl_i_fmt_bytes(w->fs.stripe_size, b3, sizeof b3) : "",
-                    lsl_i_fmt_bytes(align, b2, sizeof b2), w->size, w->size > 1 ? "s" : "",
-                    lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
+            lsl_i_log(LSL_LOG_INFO,
+                      "loraslab: %s %llu tensors (%s) to %s on %s%s%s, aligned to %s, %d rank%s, "
+                      "staging %s per rank\n",
+                      w->cfg.progress_label ? w->cfg.progress_label : "write",
+                      (unsigned long long)w->n, lsl_i_fmt_bytes(w->total_bytes, b1, sizeof b1),
+                      w->out.path, w->fs.name, w->fs.parallel ? " stripe " : "",
+                      w->fs.parallel ? lsl_i_fmt_bytes(w->fs.stripe_size, b3, sizeof b3) : "",
+                      lsl_i_fmt_bytes(align, b2, sizeof b2), w->size, w->size > 1 ? "s" : "",
+                      lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
     }
     LSL_TRY(lsl_i_agree(w->comm, st));
     LSL_TRY(lsl_i_bcast_raw(w->comm, w->offsets, w->n * sizeof *w->offsets, 0));
@@ -345,7 +345,7 @@ static void report_profile(lsl_writer *w)
     for (int i = 0; i <= P_COUNT && n > 0 && (size_t)n < sizeof line; i++)
         n += snprintf(line + n, sizeof line - (size_t)n, " %s %.3f,",
                       i < P_COUNT ? phase_name[i] : "other", mx[i]);
-    fprintf(stderr, "%s total %.3f\n", line, total);
+    lsl_i_log(LSL_LOG_INFO, "%s total %.3f\n", line, total);
 }
 
 lsl_status lsl_writer_close_all(lsl_writer **pw)
@@ -389,8 +389,9 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     if (w->cuda && w->rank == 0 && w->cfg.quiet == LSL_PROGRESS_TEXT) {
         uint64_t nn, nm;
         lsl_i_cuda_gathers(w->cuda, &nn, &nm);
-        fprintf(stderr, "loraslab: LoRA A gathers: %llu over NCCL, %llu through host memory\n",
-                (unsigned long long)nn, (unsigned long long)nm);
+        lsl_i_log(LSL_LOG_INFO,
+                  "loraslab: LoRA A gathers: %llu over NCCL, %llu through host memory\n",
+                  (unsigned long long)nn, (unsigned long long)nm);
     }
 #endif
     writer_free(w);

@@ -189,8 +189,8 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
         int rpg = 0;
         LSL_TRY(lsl_i_cuda_select(comm, &rpg));
         if (rank == 0 && cfg->quiet == LSL_PROGRESS_TEXT)
-            fprintf(stderr, "loraslab: merging on the GPU (%d rank%s per GPU)\n", rpg,
-                    rpg == 1 ? "" : "s");
+            lsl_i_log(LSL_LOG_INFO, "loraslab: merging on the GPU (%d rank%s per GPU)\n", rpg,
+                      rpg == 1 ? "" : "s");
     }
 #else
     if (gpu)

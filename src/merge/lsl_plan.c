@@ -410,10 +410,10 @@ static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_
         const char *mt = json_string_value(json_object_get(bc, "model_type"));
         conv1d = mt && strcmp(mt, "gpt2") == 0;
         if (!conv1d && jc->quiet != LSL_PROGRESS_NONE)
-            fprintf(stderr,
-                    "loraslab: warning: fan_in_fan_out is set but the base model (%s) has no "
-                    "Conv1D layers; ignored, as PEFT does\n",
-                    mt ? mt : "model_type unknown");
+            lsl_i_log(LSL_LOG_WARN,
+                      "loraslab: warning: fan_in_fan_out is set but the base model (%s) has no "
+                      "Conv1D layers; ignored, as PEFT does\n",
+                      mt ? mt : "model_type unknown");
         json_decref(bc);
     }
     for (uint64_t i = 0; i < nrepl; i++)
@@ -445,7 +445,7 @@ lsl_status lsl_plan_build(const lsl_job_config *jc, lsl_plan *p)
     memset(&ck, 0, sizeof ck);
     if (!jc || !jc->base || !jc->output)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "base checkpoint and output are required");
-    LSL_TRY(lsl_ckpt_open(jc->base, jc->quiet == LSL_PROGRESS_NONE ? NULL : stderr, &ck));
+    LSL_TRY(lsl_ckpt_open(jc->base, jc->quiet != LSL_PROGRESS_NONE, &ck));
     p->files = lsl_i_calloc(ck.nfiles, sizeof *p->files);
     p->t = lsl_i_calloc(ck.ntensors ? ck.ntensors : 1, sizeof *p->t);
     if (!p->files || !p->t)

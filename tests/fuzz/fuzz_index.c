@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fwrite(data, 1, size, f);
     fclose(f);
     lsl_ckpt c;
-    if (lsl_ckpt_open(dir, NULL, &c) == LSL_OK)
+    if (lsl_ckpt_open(dir, 0, &c) == LSL_OK)
         lsl_ckpt_free(&c);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include "loraslab.h"
 #include "lsl_crc32c.h"
 #include "lsl_fs.h"
+#include "lsl_internal.h"
 #include "lsl_numeric.h"
 #include "lsl_test_cb.h"
 #include "lsl_writer_i.h"
@@ -620,6 +621,70 @@ static void test_own_comm(void)
     report("own communicator with MPI_ERRORS_RETURN, umask untouched", before);
 }
 
+/* lsl_set_log: the library's lines go to the caller's sink, whole and without their newline;
+ * NULL restores stderr. */
+struct log_seen {
+    int lines, warn, named, newline, longest;
+    const char *path;
+};
+static void log_sink(int level, const char *line, void *ctx)
+{
+    struct log_seen *s = ctx;
+    size_t n = strlen(line);
+    s->lines++;
+    s->warn += level == LSL_LOG_WARN;
+    s->named += strstr(line, s->path) != NULL;
+    s->newline += n && line[n - 1] == '\n';
+    s->longest = (int)n > s->longest ? (int)n : s->longest;
+}
+
+static void test_log_sink(void)
+{
+    int before = failures;
+    char path[700];
+    snprintf(path, sizeof path, "%s/log-sink.h5", dir);
+    struct log_seen seen = {0, 0, 0, 0, 0, path};
+    lsl_set_log(log_sink, &seen);
+    lsl_writer *w = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = LSL_PROGRESS_TEXT;
+    lsl_status st = create_writer(path, &cfg, &w);
+    lsl_tensor_info t = {"x", LSL_F32, 1, {4}};
+    float v[4] = {1, 2, 3, 4};
+    uint64_t r0, nr;
+    lsl_partition_rows(4, size, rank, &r0, &nr);
+    lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
+    if (st == LSL_OK)
+        st = lsl_writer_define_all(w, 1, &t);
+    if (st == LSL_OK)
+        st = lsl_writer_put_all(w, 0, &part);
+    if (st == LSL_OK)
+        st = lsl_writer_close_all(&w);
+    else
+        lsl_writer_abort_all(&w);
+    CHECK(st == LSL_OK, "write: %s", lsl_last_error());
+    char big[3000];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    lsl_i_log(LSL_LOG_WARN, "%s\n", big); /* longer than the sink's stack buffer */
+    lsl_set_log(NULL, NULL);
+    int lines = seen.lines;
+    lsl_i_log(LSL_LOG_INFO, "loraslab: test_log_sink: this line goes to stderr\n");
+    CHECK(seen.lines == lines, "the sink was called after lsl_set_log(NULL)");
+    CHECK(seen.longest == (int)sizeof big - 1, "a long line reached the sink as %d bytes",
+          seen.longest);
+    CHECK(seen.warn == 1 && seen.newline == 0, "%d warnings, %d lines with a newline", seen.warn,
+          seen.newline);
+    if (rank == 0) /* the writer's lines (rank 0 speaks): what it writes, progress, done */
+        CHECK(seen.lines >= 3 && seen.named >= 1, "rank 0's sink saw %d lines, %d naming %s",
+              seen.lines, seen.named, path);
+    else
+        CHECK(seen.lines == 1, "rank %d's sink saw %d lines (only rank 0 reports)", rank,
+              seen.lines);
+    report("lsl_set_log: every line to the sink, whole, without its newline; NULL restores stderr",
+           before);
+}
+
 /* The MPI-IO hints the writer opens its file with: the two-phase buffer is capped (OMPIO would
  * take 32 MiB of host memory per aggregator) at a multiple of the stripe size, and
  * LSL_MPIIO_HINTS overrides it. */
@@ -910,15 +975,16 @@ int main(int argc, char **argv)
     test_merge_and_copy(1, 0);
     test_merge_and_copy(0, 1);
     test_error_agreement();
+    test_elems(); /* device pointers in the GPU build: the partial rows' device path */
 #ifndef LSL_TEST_DEVICE
-    test_elems();
     test_define_checks();
     test_hints();
     test_own_comm();
+    test_log_sink();
 #else
     (void)test_define_checks; /* host-only checks: the host build runs them */
-    (void)test_elems;
     (void)test_hints;
+    (void)test_log_sink;
     (void)test_own_comm;
 #endif
 done:;
