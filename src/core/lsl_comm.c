@@ -100,12 +100,14 @@ lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
 lsl_status lsl_i_comm_open(MPI_Comm mpi, const lsl_comm_cb *cb, lsl_i_comm **out)
 {
     lsl_i_clear_error();
-    if (cb)
-        return lsl_i_comm_from_cb(cb, out);
     *out = NULL;
-    if (mpi == MPI_COMM_NULL)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "the communicator is MPI_COMM_NULL");
-    return lsl_i_comm_from_mpi(mpi, out);
+    lsl_status st = cb ? lsl_i_comm_from_cb(cb, out)
+                    : mpi == MPI_COMM_NULL
+                        ? lsl_i_fail(LSL_ERR_INVALID_ARG, "the communicator is MPI_COMM_NULL")
+                        : lsl_i_comm_from_mpi(mpi, out);
+    if (st == LSL_OK && (*out)->rank == 0) /* every collective entry point starts here */
+        lsl_i_env_check();
+    return st;
 }
 
 lsl_status lsl_i_comm_dup(lsl_i_comm *c, lsl_i_comm **out)

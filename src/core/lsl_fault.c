@@ -1,5 +1,6 @@
 #define _GNU_SOURCE /* renameat2, copy_file_range */
 #include "lsl_fault.h"
+#include "lsl_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,7 +29,7 @@ static long env_rank(void)
 
 static void arm(void)
 {
-    const char *spec = getenv("LSL_FAULT"), *who = getenv("LSL_FAULT_RANK");
+    const char *spec = lsl_i_env(LSL_ENV_FAULT), *who = lsl_i_env(LSL_ENV_FAULT_RANK);
     if (!spec || !*spec || (who && *who && strtol(who, NULL, 10) != env_rank()))
         return;
     for (const char *p = spec; *p;) {

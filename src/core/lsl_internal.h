@@ -28,6 +28,19 @@ lsl_status lsl_i_fail(lsl_status st, const char *fmt, ...) __attribute__((format
 lsl_status lsl_i_fail_errno(lsl_status st, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void lsl_i_clear_error(void);
+/* The environment variables the library reads (src/core/lsl_env.c), each through lsl_i_env. */
+typedef enum {
+    LSL_ENV_FAULT,
+    LSL_ENV_FAULT_RANK,
+    LSL_ENV_GATHER,
+    LSL_ENV_MPIIO_HINTS,
+    LSL_ENV_NO_SPACE_CHECK,
+    LSL_ENV_PROFILE,
+    LSL_ENV_COUNT
+} lsl_i_env_var;
+const char *lsl_i_env(lsl_i_env_var v);
+/* Once per process (rank 0 calls it): a warning for each LSL_ variable set that nothing reads. */
+void lsl_i_env_check(void);
 /* One line (a trailing newline is dropped) to the sink of lsl_set_log, or stderr; level
  * LSL_LOG_INFO or LSL_LOG_WARN. */
 void lsl_i_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

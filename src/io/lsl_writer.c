@@ -85,7 +85,7 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
     if (w->rank == 0 && st == LSL_OK) {
         st = lsl_i_out_create(path, 0, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
         w->fs = w->out.fs;
-        const char *h = getenv("LSL_MPIIO_HINTS");
+        const char *h = lsl_i_env(LSL_ENV_MPIIO_HINTS);
         if (st == LSL_OK && h && !(w->hints = lsl_i_strdup(h)))
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     }
@@ -96,7 +96,7 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
     LSL_TRY(lsl_i_bcast_raw(w->comm, &w->fs, sizeof w->fs, 0));
     /* Rank 0's environment decides, so a variable set on some ranks only cannot leave the
      * others out of the closing reduction. */
-    const char *prof = w->rank == 0 ? getenv("LSL_PROFILE") : NULL;
+    const char *prof = w->rank == 0 ? lsl_i_env(LSL_ENV_PROFILE) : NULL;
     int64_t profile = !prof ? 0 : strcmp(prof, "2") == 0 ? 2 : 1;
     LSL_TRY(lsl_i_bcast_raw(w->comm, &profile, sizeof profile, 0));
     w->profile = (int)profile;
@@ -272,7 +272,7 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
         char b1[32], b2[32], b3[32], b4[32];
         /* statvfs can overstate what a job may write (Lustre OSTs fill one by one, quotas):
          * LSL_NO_SPACE_CHECK=1 skips this and relies on the write errors alone. */
-        const char *nocheck = getenv("LSL_NO_SPACE_CHECK");
+        const char *nocheck = lsl_i_env(LSL_ENV_NO_SPACE_CHECK);
         if (w->fs.avail_bytes < need && !(nocheck && strcmp(nocheck, "1") == 0))
             st = lsl_i_fail(LSL_ERR_NOSPACE, "%s: needs %s but the filesystem has %s available",
                             w->out.dir, lsl_i_fmt_bytes(need, b1, sizeof b1),

@@ -179,7 +179,7 @@ lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda 
     for (int i = 0; i < size; i++)
         for (int j = i + 1; j < size; j++)
             shared |= strcmp(all + i * sizeof id, all + j * sizeof id) == 0;
-    const char *force = getenv("LSL_GATHER");
+    const char *force = lsl_i_env(LSL_ENV_GATHER);
     int64_t mode = !force || !*force            ? 1
                    : strcmp(force, "mpi") == 0  ? 0
                    : strcmp(force, "nccl") == 0 ? 2

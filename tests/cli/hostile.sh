@@ -241,6 +241,14 @@ else bad "live temporary" "removed or not reported" "$out/live.log"; fi
 exec 9>&-
 rm -f "$live"
 
+# A misspelt setting is named, not silently ignored; other LSL_ variables are left alone.
+LSL_PROFIL=1 LSL_NP=3 "$mpiexec" -n 2 "$lsl" verify -q "$out/good.h5" >"$out/env.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && grep -q "LSL_PROFIL is set, which loraslab does not read; did you mean LSL_PROFILE" \
+  "$out/env.log" && [ "$(grep -c warning "$out/env.log")" = 1 ]; then
+  ok "a misspelt LSL_PROFILE is named once, LSL_NP left alone"
+else bad "misspelt variable" "rc $rc, not named or named more than once" "$out/env.log"; fi
+
 [ "$(sum_inputs)" = "$before" ] && ok "inputs unchanged at the end" || bad "inputs" "an input changed"
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
