@@ -15,6 +15,7 @@ static const char *const g_names[LSL_ENV_COUNT] = {
     [LSL_ENV_MPIIO_HINTS] = "LSL_MPIIO_HINTS",       /* key=value;... added to the file's */
     [LSL_ENV_NO_SPACE_CHECK] = "LSL_NO_SPACE_CHECK", /* 1: skip the free-space pre-check */
     [LSL_ENV_PROFILE] = "LSL_PROFILE",               /* 1 | 2: where the time went */
+    [LSL_ENV_TRACE] = "LSL_TRACE",                   /* FILE: every data write (lsl_trace.h) */
 };
 
 /* Edit distance of a (n bytes) and b, capped at 3: a misspelling is 1 or 2 edits away from a

@@ -36,6 +36,7 @@ typedef enum {
     LSL_ENV_MPIIO_HINTS,
     LSL_ENV_NO_SPACE_CHECK,
     LSL_ENV_PROFILE,
+    LSL_ENV_TRACE,
     LSL_ENV_COUNT
 } lsl_i_env_var;
 const char *lsl_i_env(lsl_i_env_var v);

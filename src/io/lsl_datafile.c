@@ -1,5 +1,6 @@
 /* MPI-IO or pwrite: the choice follows the communicator (lsl_datafile.h). */
 #include "lsl_datafile.h"
+#include "lsl_trace.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -86,8 +87,23 @@ static lsl_status write_pos(lsl_i_datafile *f, uint64_t off, const void *buf, ui
     return lsl_i_pwrite_full(f->fd, buf, count, off, msg);
 }
 
+static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                            const char *what);
+
 lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                                 const char *what)
+{
+    if (!lsl_i_trace_on() || !count)
+        return write_any(f, off, buf, count, what);
+    uint64_t call = f->calls;
+    double t0 = lsl_i_wall();
+    lsl_status st = write_any(f, off, buf, count, what);
+    lsl_i_trace_write(f->comm->rank, f->path, call, off, count, t0, lsl_i_wall());
+    return st;
+}
+
+static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                            const char *what)
 {
     if (f->fh_open) {
         /* one collective call moves at most MPI_PIECE (callers cut their parts): a larger one
@@ -107,6 +123,8 @@ lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf
 lsl_status lsl_i_datafile_close(lsl_i_datafile *f)
 {
     lsl_status st = LSL_OK;
+    if (f->comm)
+        lsl_i_trace_flush(f->comm->rank);
     if (f->fh_open) {
         int mrc = MPI_File_close(&f->fh);
         f->fh_open = 0;

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE /* copy_file_range */
 #include "lsl_ranges.h"
+#include "lsl_trace.h"
 
 #include "lsl_crc32c.h"
 #include "lsl_progress.h"
@@ -106,7 +107,7 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
     lsl_i_progress prog;
     lsl_i_progress_start(&prog, job->label, job->label ? job->quiet : LSL_PROGRESS_NONE, size,
                          job->tensors, total);
-    uint64_t done = 0, pos = 0;
+    uint64_t done = 0, pos = 0, calls = 0;
     for (uint64_t i = 0; st == LSL_OK && i < job->n; pos += job->r[i].len, i++) {
         const lsl_i_range *r = &job->r[i];
         uint64_t a = pos > lo ? pos : lo, b = pos + r->len < hi ? pos + r->len : hi;
@@ -119,7 +120,11 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
         uint32_t crc = 0;
         if (kernel_copy && out >= 0) {
             bool unsupported = false;
+            double w0 = lsl_i_trace_on() ? lsl_i_wall() : 0;
             st = copy_kernel(in, r->src_off + off, out, r->dst_off + off, n, &unsupported);
+            if (w0 && !unsupported)
+                lsl_i_trace_write(rank, job->dst_paths[r->dst], calls++, r->dst_off + off, n, w0,
+                                  lsl_i_wall());
             if (st != LSL_OK)
                 st = lsl_i_fail(st, "%s -> %s: %s", job->src_paths[r->src], job->dst_paths[r->dst],
                                 lsl_last_error());
@@ -135,8 +140,13 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
                 lsl_i_pread_full(in, job->staging, m, r->src_off + off + k, job->src_paths[r->src]);
             if (st == LSL_OK && job->checksum)
                 crc = lsl_crc32c_extend(crc, job->staging, m);
-            if (st == LSL_OK && out >= 0)
+            if (st == LSL_OK && out >= 0) {
+                double w0 = lsl_i_trace_on() ? lsl_i_wall() : 0;
                 st = write_to(out, job->staging, m, r->dst_off + off + k, job->dst_paths[r->dst]);
+                if (w0)
+                    lsl_i_trace_write(rank, job->dst_paths[r->dst], calls++, r->dst_off + off + k,
+                                      m, w0, lsl_i_wall());
+            }
             done += m;
         }
         pairs[2 * i] = crc;
@@ -172,6 +182,7 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
                   lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
     }
 fail:
+    lsl_i_trace_flush(rank);
     free(pairs);
     free(touched);
     return rc;
