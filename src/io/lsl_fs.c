@@ -9,34 +9,85 @@
 #include <sys/vfs.h>
 #include <sys/xattr.h>
 
-#define LUSTRE_SUPER_MAGIC 0x0BD00BD0u
-#define GPFS_SUPER_MAGIC   0x47504653u
-#define NFS_SUPER_MAGIC    0x6969u
-#define TMPFS_MAGIC        0x01021994u
-#define EXT4_SUPER_MAGIC   0xEF53u
-#define XFS_SUPER_MAGIC    0x58465342u
-#define BTRFS_SUPER_MAGIC  0x9123683Eu
-#define LOV_USER_MAGIC_V1  0x0BD10BD0u
-#define LOV_USER_MAGIC_V3  0x0BD30BD0u
+#define LUSTRE_SUPER_MAGIC     0x0BD00BD0u
+#define GPFS_SUPER_MAGIC       0x47504653u
+#define NFS_SUPER_MAGIC        0x6969u
+#define TMPFS_MAGIC            0x01021994u
+#define EXT4_SUPER_MAGIC       0xEF53u
+#define XFS_SUPER_MAGIC        0x58465342u
+#define BTRFS_SUPER_MAGIC      0x9123683Eu
+#define LOV_USER_MAGIC_V1      0x0BD10BD0u
+#define LOV_USER_MAGIC_V3      0x0BD30BD0u
+#define LOV_USER_MAGIC_COMP_V1 0x0BD60BD0u
 
-/* Lustre's default layout of a directory lives in the "lustre.lov" xattr as a lov_user_md:
- * {u32 magic; u32 pattern; u8 oi[16]; u32 stripe_size; u16 stripe_count; ...}.  Composite (PFL)
- * layouts have another magic; for those we keep the 1 MiB default. */
+static uint32_t u32_at(const unsigned char *b)
+{
+    uint32_t v;
+    memcpy(&v, b, 4);
+    return v;
+}
+
+/* A plain layout (lov_user_md v1/v3, packed, little-endian as the client returns it):
+ * {u32 magic; u32 pattern; u8 oi[16]; u32 stripe_size; u16 stripe_count; ...}. */
+static int plain_layout(const unsigned char *b, size_t n, uint64_t *size, uint64_t *count)
+{
+    if (n < 30)
+        return 0;
+    uint32_t magic = u32_at(b), ss = u32_at(b + 24);
+    uint16_t sc;
+    memcpy(&sc, b + 28, 2);
+    if ((magic != LOV_USER_MAGIC_V1 && magic != LOV_USER_MAGIC_V3) || ss == 0)
+        return 0;
+    *size = ss;
+    *count = sc == 0xFFFF ? 0 : sc; /* -1: every OST, a number the client does not say */
+    return 1;
+}
+
+int lsl_i_lustre_layout(const unsigned char *b, size_t n, uint64_t *size, uint64_t *count)
+{
+    if (n >= 4 && u32_at(b) != LOV_USER_MAGIC_COMP_V1)
+        return plain_layout(b, n, size, count);
+    /* Composite (PFL): a 32-byte header {u32 magic; u32 size; u32 gen; u16 flags; u16 entries;
+     * ...}, then 48-byte entries {u32 id; u32 flags; u64 start; u64 end; u32 offset; u32 size;
+     * ...}, each pointing at a plain layout blob.  The component reaching the end of the file
+     * stripes the bulk of a checkpoint; its blob must lie inside the buffer. */
+    if (n < 32)
+        return 0;
+    uint16_t entries;
+    memcpy(&entries, b + 14, 2);
+    int found = 0;
+    uint64_t best_end = 0;
+    for (uint32_t i = 0; i < entries && 32 + (uint64_t)(i + 1) * 48 <= n; i++) {
+        const unsigned char *e = b + 32 + (size_t)i * 48;
+        uint64_t start, end;
+        memcpy(&start, e + 8, 8);
+        memcpy(&end, e + 16, 8);
+        uint32_t off = u32_at(e + 24), len = u32_at(e + 28);
+        uint64_t s = 0, c = 0;
+        if (end < start || off < 32 || (uint64_t)off + len > n ||
+            !plain_layout(b + off, len, &s, &c))
+            continue;
+        if (!found || end > best_end) {
+            *size = s, *count = c;
+            best_end = end;
+            found = 1;
+        }
+    }
+    return found;
+}
+
+/* Lustre's default layout of a directory lives in the "lustre.lov" xattr. */
 static void lustre_stripe(const char *dir, lsl_i_fsinfo *fs)
 {
-    unsigned char buf[512];
-    ssize_t n = getxattr(dir, "lustre.lov", buf, sizeof buf);
-    if (n < 30)
-        return;
-    uint32_t magic, size;
-    uint16_t count;
-    memcpy(&magic, buf, 4);
-    memcpy(&size, buf + 24, 4);
-    memcpy(&count, buf + 28, 2);
-    if ((magic == LOV_USER_MAGIC_V1 || magic == LOV_USER_MAGIC_V3) && size > 0) {
+    const size_t cap = 65536; /* a PFL template of many components, or 2000 stripes */
+    unsigned char *buf = malloc(cap);
+    ssize_t n = buf ? getxattr(dir, "lustre.lov", buf, cap) : -1;
+    uint64_t size = 0, count = 0;
+    if (n > 0 && lsl_i_lustre_layout(buf, (size_t)n, &size, &count)) {
         fs->stripe_size = size;
         fs->stripe_count = count;
     }
+    free(buf);
 }
 
 lsl_status lsl_i_fs_probe(const char *dir, lsl_i_fsinfo *fs)

@@ -16,6 +16,11 @@ typedef struct lsl_i_fsinfo {
 
 /* Probe the directory that will hold the output.  Not collective. */
 lsl_status lsl_i_fs_probe(const char *dir, lsl_i_fsinfo *out);
+/* The stripe size and count of a Lustre layout blob (the "lustre.lov" xattr): a plain v1/v3
+ * layout, or a composite (PFL) one, whose component reaching furthest into the file counts.
+ * Returns 0 (outputs untouched) for anything else, a blob cut short or lying about its
+ * offsets included; a count of 0 means "not said" (-1: every OST). */
+int lsl_i_lustre_layout(const unsigned char *blob, size_t n, uint64_t *size, uint64_t *count);
 
 /* The two-phase aggregation buffer the writer asks for (cb_buffer_size), before rounding up to
  * a multiple of the stripe size. */

@@ -12,6 +12,7 @@
 
 #include "lsl_adapter.h"
 /* Each internal header twice: a guard that closes early would redefine its structs here. */
+#include "lsl_fs.h"
 #include "lsl_h5.h"
 #include "lsl_h5.h"
 #include "lsl_safetensors.h"
@@ -296,13 +297,91 @@ static void test_adapter_config(void **s)
     lsl_adapter_cfg_free(&c);
 }
 
+/* Lustre layout blobs as the "lustre.lov" xattr returns them: plain v1 and v3, a composite
+ * (PFL) layout whose last component stripes the bulk, and blobs cut short or lying. */
+static size_t plain(unsigned char *b, uint32_t magic, uint32_t ss, uint16_t sc)
+{
+    memset(b, 0, 48);
+    memcpy(b, &magic, 4);
+    memcpy(b + 24, &ss, 4);
+    memcpy(b + 28, &sc, 2);
+    return magic == 0x0BD30BD0u ? 48 : 32;
+}
+
+static size_t pfl(unsigned char *b, int ncomp, const uint64_t *ends, const uint32_t *ss,
+                  const uint16_t *sc)
+{
+    uint32_t magic = 0x0BD60BD0u;
+    uint16_t n16 = (uint16_t)ncomp;
+    memset(b, 0, 32 + 48 * (size_t)ncomp);
+    memcpy(b, &magic, 4);
+    memcpy(b + 14, &n16, 2);
+    size_t at = 32 + 48 * (size_t)ncomp;
+    for (int i = 0; i < ncomp; i++) {
+        unsigned char *e = b + 32 + 48 * (size_t)i;
+        uint64_t start = i ? ends[i - 1] : 0;
+        uint32_t off = (uint32_t)at, len = (uint32_t)plain(b + at, 0x0BD10BD0u, ss[i], sc[i]);
+        memcpy(e + 8, &start, 8);
+        memcpy(e + 16, &ends[i], 8);
+        memcpy(e + 24, &off, 4);
+        memcpy(e + 28, &len, 4);
+        at += len;
+    }
+    return at;
+}
+
+static void test_lustre_layout(void **s)
+{
+    (void)s;
+    unsigned char b[1024];
+    uint64_t size = 0, count = 0;
+    size_t n = plain(b, 0x0BD10BD0u, 4u << 20, 8);
+    assert_true(lsl_i_lustre_layout(b, n, &size, &count));
+    assert_int_equal(size, 4u << 20);
+    assert_int_equal(count, 8);
+    n = plain(b, 0x0BD30BD0u, 1u << 20, 0xFFFF); /* v3 (a pool), every OST */
+    assert_true(lsl_i_lustre_layout(b, n, &size, &count));
+    assert_int_equal(size, 1u << 20);
+    assert_int_equal(count, 0);
+    /* PFL: [0, 64 MiB) one 1 MiB stripe, [64 MiB, 8 GiB) 4 x 4 MiB, [8 GiB, EOF) 16 x 16 MiB */
+    const uint64_t ends[3] = {64ull << 20, 8ull << 30, ~0ull};
+    const uint32_t ss[3] = {1u << 20, 4u << 20, 16u << 20};
+    const uint16_t sc[3] = {1, 4, 16};
+    n = pfl(b, 3, ends, ss, sc);
+    assert_true(lsl_i_lustre_layout(b, n, &size, &count));
+    assert_int_equal(size, 16u << 20);
+    assert_int_equal(count, 16);
+    /* cut short: the last component's blob is gone, the one before it counts */
+    size = count = 0;
+    assert_true(lsl_i_lustre_layout(b, n - 16, &size, &count));
+    assert_int_equal(size, 4u << 20);
+    /* lying: an entry pointing outside the blob, or inside the header */
+    uint32_t far = 100000, inside = 8;
+    memcpy(b + 32 + 24, &far, 4);
+    memcpy(b + 32 + 48 + 24, &inside, 4);
+    memcpy(b + 32 + 96 + 24, &far, 4);
+    size = count = 7;
+    assert_false(lsl_i_lustre_layout(b, n, &size, &count));
+    assert_int_equal(size, 7); /* untouched */
+    /* not a layout at all, and too short to be one */
+    memset(b, 0xAB, 64);
+    assert_false(lsl_i_lustre_layout(b, 64, &size, &count));
+    assert_false(lsl_i_lustre_layout(b, 3, &size, &count));
+    uint16_t many = 0xFFFF; /* a header claiming more entries than it holds */
+    n = pfl(b, 1, ends + 2, ss + 2, sc + 2);
+    memcpy(b + 14, &many, 2);
+    assert_true(lsl_i_lustre_layout(b, n, &size, &count));
+    assert_int_equal(size, 16u << 20);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_partition), cmocka_unit_test(test_bf16),
-        cmocka_unit_test(test_f16),       cmocka_unit_test(test_crc32c),
-        cmocka_unit_test(test_dtypes),    cmocka_unit_test(test_merge_rows),
-        cmocka_unit_test(test_reader),    cmocka_unit_test(test_adapter_config),
+        cmocka_unit_test(test_partition),     cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_f16),           cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_dtypes),        cmocka_unit_test(test_merge_rows),
+        cmocka_unit_test(test_reader),        cmocka_unit_test(test_adapter_config),
+        cmocka_unit_test(test_lustre_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
