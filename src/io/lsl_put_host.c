@@ -237,6 +237,40 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
     return put_body(w, index, &pc, src, lora);
 }
 
+/* Collective: the path of a put (the memory space is logically collective).  Returns 1 when
+ * the put went down the device path (*rc its status, or the agreement's failure), 0 for the
+ * host path; without CUDA, device memory is refused into *st. */
+static int on_device(lsl_writer *w, uint64_t index, int mem, uint64_t first, uint64_t count,
+                     int elems, const void *data, void *stream, const lsl_lora_part *lora,
+                     lsl_status *st, lsl_status *rc)
+{
+#ifdef LSL_HAVE_CUDA
+    int dev = mem == LSL_MEM_DEVICE;
+    lsl_status cs = LSL_OK;
+    uint64_t any = lsl_i_writer_max(w, (uint64_t)dev, &cs);
+    if (cs != LSL_OK) {
+        w->state = W_FAILED;
+        *rc = cs;
+        return 1;
+    }
+    if (!any)
+        return 0;
+    *rc = lsl_i_put_device(
+        w, index, first, count, elems, data, stream, NULL, lora,
+        *st    ? *st
+        : !dev ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
+               : LSL_OK);
+    return 1;
+#else
+    (void)w, (void)index, (void)first, (void)count, (void)elems, (void)data, (void)stream;
+    (void)lora, (void)rc;
+    if (*st == LSL_OK && mem != LSL_MEM_HOST)
+        *st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                         "device pointers need a build with CUDA (this one has none)");
+    return 0;
+#endif
+}
+
 lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_elem_part *part)
 {
     if (!w)
@@ -247,34 +281,16 @@ lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_ele
     lsl_status st = part
                         ? lsl_i_check_lora_flags(part->lora, "lsl_writer_put_elems_all")
                         : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
-#ifdef LSL_HAVE_CUDA
-    /* Every rank must take the same path: the memory space is logically collective. */
-    int dev = part && part->mem == LSL_MEM_DEVICE;
-    lsl_status cs = LSL_OK;
-    uint64_t any = lsl_i_writer_max(w, (uint64_t)dev, &cs);
-    if (cs != LSL_OK) {
-        w->state = W_FAILED;
-        return cs;
-    }
-    if (any)
-        return lsl_i_put_device(
-            w, index, part ? part->e0 : 0, part ? part->nelems : 0, 1, part ? part->data : NULL,
-            part ? part->stream : NULL, NULL, part ? part->lora : NULL,
-            st ? st
-            : !dev
-                ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
-                : LSL_OK);
-#else
-    if (st == LSL_OK && part->mem != LSL_MEM_HOST)
-        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "device pointers need a build with CUDA (this one has none)");
-#endif
+    lsl_status rc = LSL_OK;
+    if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->e0 : 0,
+                  part ? part->nelems : 0, 1, part ? part->data : NULL, part ? part->stream : NULL,
+                  part ? part->lora : NULL, &st, &rc))
+        return rc;
     if (st == LSL_OK)
         src.mem = part->data ? part->data : (part->nelems ? NULL : &empty);
     lsl_i_putctx pc;
-    lsl_status rc =
-        lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems, src.mem != NULL,
-                              st ? NULL : part->lora, LSL_MEM_HOST, st, &pc);
+    rc = lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems, src.mem != NULL,
+                               st ? NULL : part->lora, LSL_MEM_HOST, st, &pc);
     if (rc != LSL_OK) {
         w->state = W_FAILED;
         return rc;
@@ -288,28 +304,11 @@ lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, ls
     static const unsigned char empty = 0;
     if (st == LSL_OK && !part)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
-#ifdef LSL_HAVE_CUDA
-    /* Every rank must take the same path: the memory space is logically collective. */
-    int dev = part && part->mem == LSL_MEM_DEVICE;
-    lsl_status cs = LSL_OK;
-    uint64_t any = lsl_i_writer_max(w, (uint64_t)dev, &cs);
-    if (cs != LSL_OK) {
-        w->state = W_FAILED;
-        return cs;
-    }
-    if (any)
-        return lsl_i_put_device(
-            w, index, part ? part->row0 : 0, part ? part->nrows : 0, 0, part ? part->data : NULL,
-            part ? part->stream : NULL, NULL, part ? part->lora : NULL,
-            st ? st
-            : !dev
-                ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
-                : LSL_OK);
-#else
-    if (part && part->mem != LSL_MEM_HOST)
-        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "device pointers need a build with CUDA (this one has none)");
-#endif
+    lsl_status rc = LSL_OK;
+    if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->row0 : 0,
+                  part ? part->nrows : 0, 0, part ? part->data : NULL, part ? part->stream : NULL,
+                  part ? part->lora : NULL, &st, &rc))
+        return rc;
     if (st == LSL_OK)
         src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
     return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
