@@ -50,6 +50,10 @@ void lsl_i_log(int level, const char *fmt, ...) __attribute__((format(printf, 2,
  * carry its message (prefixed with the rank when it is not rank 0).  Never hangs on
  * a local error because it is the only communication it does. */
 lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local);
+/* Collective: lsl_i_agree's second half, for callers that learnt the first failing rank from a
+ * collective of their own (INT64_MAX: none failed; no communication then).  Every rank must pass
+ * the same `first`. */
+lsl_status lsl_i_agree_first(lsl_i_comm *comm, int64_t first, lsl_status local);
 
 /* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank,
  * replacing the others' (their old strings are freed).  Every rank makes the same collective

@@ -128,6 +128,12 @@ lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
     lsl_status rc = lsl_i_allreduce_i64(comm, &first, 1, LSL_OP_MIN);
     if (rc != LSL_OK)
         return rc;
+    return lsl_i_agree_first(comm, first, local);
+}
+
+lsl_status lsl_i_agree_first(lsl_i_comm *comm, int64_t first, lsl_status local)
+{
+    lsl_status rc;
     if (first == INT64_MAX)
         return LSL_OK;
     /* One message for everyone, so every rank (and a log that only shows rank 0) tells the same

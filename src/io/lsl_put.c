@@ -91,6 +91,9 @@ static void put_clock_stop(lsl_writer *w, uint64_t index)
         d[P_CRC_WAIT] * 1e3, d[P_AGREE] * 1e3, (el - in) * 1e3);
 }
 
+/* int64 values per rank in a put's opening all-gather (see begin) */
+#define REC 8
+
 /* Local checks, then the collective ones (same tensor everywhere, parts tiling the tensor in
  * rank order, by rows or by elements), agreed before any I/O. */
 static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count, int elems,
@@ -139,35 +142,51 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
         if (st == LSL_OK && lora)
             st = lsl_i_check_lora(t, pc->nrows, lora);
     }
-    int64_t v[4] = {(int64_t)index, lora != NULL, mem, elems};
-    uint64_t mine = st == LSL_OK ? count : 0, prefix = 0, total = 0;
-    lsl_status cs = LSL_OK;
-    int same = lsl_i_same_everywhere(w->comm, v, 4, &cs);
-    /* every rank's count: the prefix is where this rank's part must start */
-    if (cs == LSL_OK)
-        cs = lsl_i_allgather(w->comm, &mine, w->per_rank, sizeof mine);
+    /* One all-gather of every rank's record says all a put must agree on: the same tensor,
+     * kind and memory everywhere, the parts tiling it in rank order, and who failed first
+     * (whose message then goes to everyone). */
+    int64_t rec[REC] = {(int64_t)index,
+                        lora != NULL,
+                        mem,
+                        elems,
+                        st == LSL_OK ? (int64_t)first : 0,
+                        st == LSL_OK ? (int64_t)count : 0,
+                        st != LSL_OK,
+                        0};
+    lsl_status cs = lsl_i_allgather(w->comm, rec, w->per_rank, sizeof rec);
     if (cs != LSL_OK) {
         w->prof[P_AGREE] += lsl_i_now() - t0;
         return cs;
     }
+    const int64_t *all = (const int64_t *)w->per_rank;
+    int64_t failed = INT64_MAX;
+    int same = 1, bad_k = -1;
+    uint64_t prefix = 0, bad_at = 0, bad_prefix = 0;
     for (int k = 0; k < w->size; k++) {
-        prefix += k < w->rank ? w->per_rank[k] : 0;
-        total += w->per_rank[k];
+        const int64_t *r = all + (size_t)k * REC;
+        if (r[6] && failed == INT64_MAX)
+            failed = k;
+        for (int i = 0; i < 4; i++) /* against rank 0's: every rank reaches the same verdict */
+            same &= r[i] == all[i];
+        if (r[5] && (uint64_t)r[4] != prefix && bad_k < 0)
+            bad_k = k, bad_at = (uint64_t)r[4], bad_prefix = prefix;
+        prefix += (uint64_t)r[5];
     }
-    if (st == LSL_OK && !same)
+    if (failed != INT64_MAX)
+        st = lsl_i_agree_first(w->comm, failed, st);
+    else if (!same)
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
                         "ranks put different tensors, or mixed LoRA/no LoRA, host/device memory "
                         "or rows/elements, in the same call");
-    else if (st == LSL_OK && count && first != prefix)
+    else if (bad_k >= 0)
         st = lsl_i_fail(LSL_ERR_SHAPE,
-                        "tensor `%s`: this rank's %s start at %llu but the ranks before it hold "
+                        "tensor `%s`: rank %d's %s start at %llu but the ranks before it hold "
                         "%llu %s (parts must tile the %s in rank order)",
-                        pc->t->name, unit, (unsigned long long)first, (unsigned long long)prefix,
-                        unit, unit);
-    else if (st == LSL_OK && total != units)
+                        pc->t->name, bad_k, unit, (unsigned long long)bad_at,
+                        (unsigned long long)bad_prefix, unit, unit);
+    else if (prefix != units)
         st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu %s",
-                        pc->t->name, (unsigned long long)total, (unsigned long long)units, unit);
-    st = lsl_i_agree(w->comm, st);
+                        pc->t->name, (unsigned long long)prefix, (unsigned long long)units, unit);
     if (st == LSL_OK) {
         pc->my_bytes = pc->ne * pc->esize;
         pc->base = w->offsets[index] + pc->e0 * pc->esize;
@@ -228,12 +247,17 @@ lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const 
 {
     lsl_status rc = LSL_OK;
     double t0 = lsl_i_now();
-    LSL_TRY(lsl_i_agree(w->comm, st));
-    uint64_t pair[2] = {pc->crc, pc->my_bytes}, *pairs = w->per_rank;
-    LSL_TRY(lsl_i_allgather(w->comm, pair, pairs, sizeof pair));
+    /* the ranks' checksums and who failed first, in one all-gather */
+    uint64_t trio[3] = {pc->crc, pc->my_bytes, st != LSL_OK}, *trios = w->per_rank;
+    LSL_TRY(lsl_i_allgather(w->comm, trio, trios, sizeof trio));
+    int64_t failed = INT64_MAX;
+    for (int k = 0; k < w->size && failed == INT64_MAX; k++)
+        if (trios[3 * k + 2])
+            failed = k;
+    LSL_TRY(lsl_i_agree_first(w->comm, failed, st));
     uint32_t all = 0;
     for (int k = 0; k < w->size; k++)
-        all = lsl_crc32c_combine(all, (uint32_t)pairs[2 * k], pairs[2 * k + 1]);
+        all = lsl_crc32c_combine(all, (uint32_t)trios[3 * k], trios[3 * k + 1]);
     w->fin[index].crc32c = all;
     w->done[index] = 1;
     if (lora) {

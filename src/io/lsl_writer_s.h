@@ -55,7 +55,7 @@ struct lsl_writer {
     lsl_i_h5_final *fin;
     lsl_i_datafile file;
     unsigned char *staging;
-    uint64_t *per_rank; /* 2 * size values: each put's all-gathers (rows, then crc + bytes) */
+    uint64_t *per_rank; /* 8 * size values: each put's two all-gathers (lsl_put.c) */
     double t0;
     lsl_i_progress prog;
     uint64_t bytes_done, tensors_done;

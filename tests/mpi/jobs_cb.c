@@ -3,7 +3,8 @@
  *   jobs_cb merge BASE ADAPTER OUT [STAGING_MIB]   (ADAPTER "-": a plain import)
  *   jobs_cb convert IN OUTDIR
  *   jobs_cb verify PATH
- * LSL_TEST_CB_FAIL=N makes the Nth callback fail.  Exit 0, or 1 with the error on stderr. */
+ * LSL_TEST_CB_FAIL=N makes the Nth callback fail; LSL_TEST_CB_COUNT=1 prints how many there
+ * were.  Exit 0, or 1 with the error on stderr. */
 #include "lsl_test_cb.h"
 
 #include <stdio.h>
@@ -38,6 +39,8 @@ int main(int argc, char **argv)
     if (st != LSL_OK && cb.rank == 0)
         fprintf(stderr, "jobs_cb %s: %s [%s]\n", argc > 1 ? argv[1] : "?", lsl_last_error(),
                 lsl_status_name(st));
+    if (getenv("LSL_TEST_CB_COUNT") && cb.rank == 0) /* how many collectives the job made */
+        fprintf(stderr, "jobs_cb: %ld callbacks on rank 0\n", lsl_test_cb_calls);
     MPI_Comm_free(&lsl_test_cb_comm);
     MPI_Finalize();
     return st == LSL_OK ? 0 : 1;

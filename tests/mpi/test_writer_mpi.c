@@ -898,6 +898,54 @@ static void test_same_as_mpi(int big, int batch)
 
 /* One rank: the Nth callback fails, for every N a whole write makes.  Each failure comes back
  * as LSL_ERR_COMM from some call, and nothing is left in the directory. */
+/* What a put costs in collectives (callbacks): each is a round of latency, and at a thousand
+ * ranks times a model's hundreds of tensors they add up.  A plain put: the opening all-gather,
+ * the chunk count, the closing all-gather (+ the memory-space agreement of a CUDA build); a
+ * LoRA put adds the A gather (sizes, the buffers' agreement, the data).  Before the opening and
+ * closing agreements were folded into those all-gathers: 6 and 9 (+1). */
+static void test_put_collectives(void)
+{
+    int before = failures;
+    char path[700];
+    snprintf(path, sizeof path, "%s/collectives.h5", dir);
+    lsl_writer *w = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = 1;
+    lsl_status st = create_writer(path, &cfg, &w);
+    lsl_tensor_info t[2] = {{"plain", LSL_F32, 2, {8, 4}}, {"lora", LSL_F32, 2, {8, 4}}};
+    float v[32] = {0}, a[8] = {0}, b[16] = {0};
+    uint64_t r0, nr, a0, an;
+    lsl_partition_rows(8, size, rank, &r0, &nr);
+    lsl_partition_rows(2, size, rank, &a0, &an);
+    if (st == LSL_OK)
+        st = lsl_writer_define_all(w, 2, t);
+    lsl_lora_part lp = lora_f32(2, 0.5, a0, an, a + a0 * 4, b + r0 * 2);
+    lsl_part plain = {r0, nr, v + r0 * 4, LSL_MEM_HOST, NULL, NULL};
+    lsl_part lora = {r0, nr, v + r0 * 4, LSL_MEM_HOST, NULL, &lp};
+    long c0 = lsl_test_cb_calls;
+    if (st == LSL_OK)
+        st = lsl_writer_put_all(w, 0, &plain);
+    long c1 = lsl_test_cb_calls;
+    if (st == LSL_OK)
+        st = lsl_writer_put_all(w, 1, &lora);
+    long c2 = lsl_test_cb_calls;
+    if (st == LSL_OK)
+        st = lsl_writer_close_all(&w);
+    else
+        lsl_writer_abort_all(&w);
+    CHECK(st == LSL_OK, "write: %s", lsl_last_error());
+#ifdef LSL_HAVE_CUDA
+    const long extra = 1;
+#else
+    const long extra = 0;
+#endif
+    CHECK(c1 - c0 <= 3 + extra && c2 - c1 <= 6 + extra,
+          "a plain put made %ld collectives, a LoRA put %ld", c1 - c0, c2 - c1);
+    if (rank == 0)
+        printf("put collectives: %ld plain, %ld with LoRA\n", c1 - c0, c2 - c1);
+    report("a put's collectives: at most 3 plain, 6 with LoRA (+1 in a CUDA build)", before);
+}
+
 static void test_callback_failures(void)
 {
     int before = failures;
@@ -966,6 +1014,7 @@ int main(int argc, char **argv)
         test_same_as_mpi(0, 1);
         test_error_agreement();
         test_elems();
+        test_put_collectives();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
             test_callback_failures();
         test_define_checks();
