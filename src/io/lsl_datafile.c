@@ -88,21 +88,6 @@ static lsl_status write_pos(lsl_i_datafile *f, uint64_t off, const void *buf, ui
 }
 
 static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
-                            const char *what);
-
-lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
-                                const char *what)
-{
-    if (!lsl_i_trace_on() || !count)
-        return write_any(f, off, buf, count, what);
-    uint64_t call = f->calls;
-    double t0 = lsl_i_wall();
-    lsl_status st = write_any(f, off, buf, count, what);
-    lsl_i_trace_write(f->comm->rank, f->path, call, off, count, t0, lsl_i_wall());
-    return st;
-}
-
-static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                             const char *what)
 {
     if (f->fh_open) {
@@ -118,6 +103,18 @@ static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, ui
         return count ? lsl_i_fail(LSL_ERR_WRONG_STATE, "%s: the output is not open", f->path)
                      : LSL_OK;
     return write_pos(f, off, buf, count, what);
+}
+
+lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                                const char *what)
+{
+    if (!lsl_i_trace_on() || !count)
+        return write_any(f, off, buf, count, what);
+    uint64_t call = f->calls;
+    double t0 = lsl_i_wall();
+    lsl_status st = write_any(f, off, buf, count, what);
+    lsl_i_trace_write(f->comm->rank, f->path, call, off, count, t0, lsl_i_wall());
+    return st;
 }
 
 lsl_status lsl_i_datafile_close(lsl_i_datafile *f)

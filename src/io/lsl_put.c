@@ -233,6 +233,17 @@ void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *
         *st = ws;
 }
 
+int lsl_i_put_span(const lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows, uint64_t *pos,
+                   uint64_t *off, uint64_t *count)
+{
+    uint64_t rlo = (pc->row0 + first_row) * pc->relems, rhi = rlo + nrows * pc->relems;
+    uint64_t lo = rlo > pc->e0 ? rlo : pc->e0, hi = rhi < pc->e0 + pc->ne ? rhi : pc->e0 + pc->ne;
+    *pos = (lo - rlo) * pc->esize;
+    *off = (lo - pc->e0) * pc->esize;
+    *count = (hi - lo) * pc->esize;
+    return lo != rlo || hi != rhi;
+}
+
 lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad)
 {
     return lsl_i_fail(LSL_ERR_NONFINITE,

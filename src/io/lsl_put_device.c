@@ -27,23 +27,15 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w)
     return LSL_OK;
 }
 
-/* Where chunk `ch` (units [first, first + n): rows when merging, bytes when copying) puts the
- * part's own bytes: at byte *pos of the chunk's output, *count of them, at *off of the part.
- * Whole rows of a row part are all its own; an element-range part's first and last rows may
- * hold only some (returns 1: the chunk is merged from a zeroed copy of its rows). */
+/* Where chunk units [first, first + n) (rows when merging, bytes when copying) put the part's
+ * own bytes (lsl_i_put_span); a copy's chunks are all its own.  Returns 1 for a partial chunk. */
 static int own_span(const lsl_i_putctx *pc, int merging, uint64_t first, uint64_t n, uint64_t *pos,
                     uint64_t *off, uint64_t *count)
 {
-    if (!merging) {
-        *pos = 0, *off = first, *count = n;
-        return 0;
-    }
-    uint64_t rlo = (pc->row0 + first) * pc->relems, rhi = rlo + n * pc->relems;
-    uint64_t lo = rlo > pc->e0 ? rlo : pc->e0, hi = rhi < pc->e0 + pc->ne ? rhi : pc->e0 + pc->ne;
-    *pos = (lo - rlo) * pc->esize;
-    *off = (lo - pc->e0) * pc->esize;
-    *count = (hi - lo) * pc->esize;
-    return lo != rlo || hi != rhi;
+    if (merging)
+        return lsl_i_put_span(pc, first, n, pos, off, count);
+    *pos = 0, *off = first, *count = n;
+    return 0;
 }
 
 /* Queue chunk units [first, first + n) into ring slot `slot`: from the file (src) or from the

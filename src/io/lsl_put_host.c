@@ -176,14 +176,8 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
                 uint64_t lr, m;
                 chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
                 /* the chunk's rows, and the part's elements among them */
-                uint64_t rlo = (pc.row0 + lr) * pc.relems, rhi = rlo + m * pc.relems;
-                uint64_t lo = rlo > pc.e0 ? rlo : pc.e0;
-                uint64_t hi = rhi < pc.e0 + pc.ne ? rhi : pc.e0 + pc.ne;
-                if (lo != rlo || hi != rhi)
+                if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count))
                     memset(rows, 0, m * pc.rbytes);
-                pos = (lo - rlo) * pc.esize;
-                off = (lo - pc.e0) * pc.esize;
-                count = (hi - lo) * pc.esize;
                 st = src_read(src, off, count, rows + pos);
                 buf = rows + pos;
             } else {

@@ -101,6 +101,12 @@ void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *
  * records it and the LoRA attributes, reports progress. */
 lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_lora_part *lora,
                          lsl_status st);
+/* Rows [first_row, first_row + nrows) of the part (local rows): where the part's own elements
+ * among them sit, at byte *pos of those rows and byte *off of the part, *count bytes.  Returns
+ * 1 when they are not all the rows' elements (an element-range part's first or last row: the
+ * rows are merged from a zeroed copy, and only the own bytes written). */
+int lsl_i_put_span(const lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows, uint64_t *pos,
+                   uint64_t *off, uint64_t *count);
 /* LSL_ERR_NONFINITE naming the tensor, row and column of element `bad` of the chunk whose
  * first (local) row is first_row. */
 lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad);

@@ -247,9 +247,8 @@ lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, 
 }
 
 /* The work of one chunk, queued on stream; returns the first error and what failed (no error
- * message is set: the staging thread calls this too). */
-/* crc: checksum the whole slot on the GPU (a partial chunk's own bytes are a part of it: the
- * caller checksums those on the host). */
+ * message is set: the staging thread calls this too).  crc: checksum the slot on the GPU (not
+ * for a partial chunk: its own bytes are only a part of it, which the caller checksums). */
 static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype wt, const void *src,
                            uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
                            const void *b_dev, uint64_t m, uint64_t n, int crc, const char **what)
