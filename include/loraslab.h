@@ -482,6 +482,12 @@ LSL_API lsl_status lsl_writer_create_world(const char *path, const lsl_writer_co
 /* This process's rank and the world's size (starting MPI as above). */
 LSL_API int lsl_world_rank(void);
 LSL_API int lsl_world_size(void);
+/* Collective over the world.  Finalises MPI now if one of the calls above started it and it is
+ * not finalised yet; otherwise does nothing (MPI someone else started is theirs to finish).
+ * For a caller that leaves without running exit handlers (Python's os._exit): Open MPI's
+ * launcher fails a job whose process exits with MPI initialised.  No lsl_*_world call may
+ * follow it in this process. */
+LSL_API void lsl_world_finalize(void);
 
 #ifdef __cplusplus
 }

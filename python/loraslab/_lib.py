@@ -66,6 +66,11 @@ def _candidates() -> list[str]:
 _lib: Optional[ctypes.CDLL] = None
 
 
+def loaded() -> bool:
+    """Whether the library has been loaded in this process (nothing of it runs before)."""
+    return _lib is not None
+
+
 def lib() -> ctypes.CDLL:
     """The loaded library, with its prototypes declared (loaded on first use)."""
     global _lib
@@ -97,6 +102,7 @@ def lib() -> ctypes.CDLL:
                                         c.POINTER(JobStats)]),
         "lsl_world_rank": (c.c_int, []),
         "lsl_world_size": (c.c_int, []),
+        "lsl_world_finalize": (None, []),
     }
     for name, (res, args) in protos.items():
         f = getattr(handle, name)

@@ -7,7 +7,7 @@ import os
 from typing import Any, Optional, Union
 
 from ._errors import Error
-from ._lib import ConvertConfig, JobStats, lib
+from ._lib import ConvertConfig, JobStats, lib, loaded
 
 PathLike = Union[str, "os.PathLike[str]"]
 PROGRESS = {"text": 0, "none": 1, "json": 2}
@@ -32,6 +32,16 @@ def _progress(quiet: bool, progress: str) -> int:
 
 def _stats(s: JobStats) -> dict[str, Any]:
     return {name: getattr(s, name) for name, _ in JobStats._fields_}
+
+
+def finalize() -> None:
+    """Finish MPI now if loraslab started it; otherwise do nothing.  Collective over the world.
+
+    MPI started by loraslab is finished at interpreter exit anyway; call this before leaving
+    with ``os._exit`` (which runs no exit handlers), since Open MPI's launcher fails a job whose
+    process exits with MPI still initialised.  No collective loraslab call may follow."""
+    if loaded():
+        lib().lsl_world_finalize()
 
 
 def version() -> str:

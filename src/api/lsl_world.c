@@ -5,11 +5,13 @@
 
 #include <stdlib.h>
 
+static int started; /* MPI was initialised here: it is ours to finalise */
+
 static void finish(void)
 {
     int fin = 0;
     MPI_Finalized(&fin);
-    if (!fin)
+    if (started && !fin)
         MPI_Finalize();
 }
 
@@ -24,8 +26,14 @@ static lsl_status world(void)
     /* helper threads never call MPI: the calling thread is the only one that does */
     if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
         return LSL_ERR_MPI;
+    started = 1;
     atexit(finish);
     return LSL_OK;
+}
+
+void lsl_world_finalize(void)
+{
+    finish();
 }
 
 int lsl_world_rank(void)
