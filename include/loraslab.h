@@ -208,11 +208,19 @@ typedef struct lsl_writer_config {
     int overwrite;              /* nonzero: replace an existing file at path (atomically) */
     int quiet;                  /* LSL_PROGRESS_TEXT (0), _NONE (1) or _JSON (2) */
     const char *progress_label; /* verb shown in progress lines ("merge"); NULL: "write" */
+    /* The new file's Lustre layout (0: the I/O plan's choice; see lsl_writer_create_all).
+     * stripe_count 1 to LSL_MAX_STRIPE_COUNT or LSL_STRIPE_ALL; stripe_size a multiple of
+     * 64 KiB up to 4 GiB - 64 KiB.  On other filesystems stripe_size still sets the alignment
+     * and the size write pieces are cut to. */
+    uint64_t stripe_count, stripe_size;
+    int print_plan; /* nonzero: rank 0 logs the I/O plan (LSL_LOG_INFO) at define */
 } lsl_writer_config;
 #define LSL_WRITER_CONFIG_INIT                                                                     \
     {                                                                                              \
-        0, 0, 0, 0, NULL                                                                           \
+        0, 0, 0, 0, NULL, 0, 0, 0                                                                  \
     }
+#define LSL_STRIPE_ALL       UINT64_MAX /* stripe over every OST (lfs setstripe -c -1) */
+#define LSL_MAX_STRIPE_COUNT 2000u      /* Lustre's LOV_MAX_STRIPE_COUNT */
 
 typedef struct lsl_tensor_info {
     const char *name; /* the HF tensor name; no '/', not empty */
@@ -297,6 +305,13 @@ LSL_API lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const
 
 /* Collective.  Defines the file's tensors, in order; creates the temporary file and all its
  * datasets.  The list is logically collective (checked against rank 0's: LSL_ERR_INCONSISTENT).
+ * Here rank 0 makes the file's I/O plan from the filesystem, the file's size and the ranks and
+ * nodes: on Lustre a directory layout of one stripe (the default) gives a file of 4 GiB or more
+ * a layout of one 4 MiB stripe per GiB (2 to 64), a layout chosen on purpose (several stripes,
+ * PFL) or the config's stripe_count/stripe_size is kept; datasets are aligned to the stripe
+ * (GPFS: block) size; each rank's writes are cut at its multiples; the MPI-IO hints follow
+ * (collective buffering on, one aggregator per stripe, only where the pieces are small).
+ * LSL_IOPLAN=off keeps the directory's layout and MPI's choices, and cuts nothing.
  * Fails with LSL_ERR_NOSPACE when the filesystem lacks room for the whole file.  The writer
  * copies what it needs; `tensors` may be freed after the call. */
 LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
@@ -383,10 +398,17 @@ typedef struct lsl_job_config {
      * CPU either way (their exact formulas have no device kernel yet).  LSL_ERR_CUDA (agreed)
      * when a rank has no GPU; LSL_ERR_UNSUPPORTED in a build without CUDA. */
     lsl_memspace merge_on;
+    uint64_t stripe_count, stripe_size; /* as lsl_writer_config's */
+    /* LSL_PLAN_PRINT: log the I/O plan (filesystem, layout, aggregators, alignment, per-rank
+     * extents, stripes shared between ranks) before writing; LSL_PLAN_ONLY: log it and stop,
+     * leaving nothing at the output path (the job returns LSL_OK). */
+    int plan;
 } lsl_job_config;
+#define LSL_PLAN_PRINT 1
+#define LSL_PLAN_ONLY  2
 #define LSL_JOB_CONFIG_INIT                                                                        \
     {                                                                                              \
-        NULL, NULL, NULL, 0, 0, 0, 0, 0, LSL_MEM_HOST                                              \
+        NULL, NULL, NULL, 0, 0, 0, 0, 0, LSL_MEM_HOST, 0, 0, 0                                     \
     }
 
 /* What a job measured; filled on every rank (min/max are over ranks).  Filling it is collective:
@@ -417,10 +439,15 @@ typedef struct lsl_convert_config {
     int no_verify;            /* nonzero: do not check each tensor's CRC-32C while copying */
     int overwrite;            /* nonzero: replace an existing non-empty outdir (at the end) */
     int quiet;                /* LSL_PROGRESS_TEXT (0), _NONE (1) or _JSON (2) */
+    /* Each shard file's Lustre layout and the I/O plan, as lsl_job_config's: a shard of 4 GiB
+     * or more in a one-stripe directory gets one stripe per GiB.  LSL_PLAN_ONLY prints the
+     * shards, their layouts and each rank's share, and leaves nothing at outdir. */
+    uint64_t stripe_count, stripe_size;
+    int plan;
 } lsl_convert_config;
 #define LSL_CONVERT_CONFIG_INIT                                                                    \
     {                                                                                              \
-        NULL, NULL, 0, 0, 0, 0, 0                                                                  \
+        NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0                                                         \
     }
 
 /* Collective on comm.  Writes outdir as a Hugging Face checkpoint: model.safetensors, or shards

@@ -17,7 +17,9 @@ ERR_INVALID_ARG, ERR_UNSUPPORTED = 1, 5
 
 class WriterConfig(c.Structure):
     _fields_ = [("staging_bytes", c.c_uint64), ("alignment", c.c_uint64),
-                ("overwrite", c.c_int), ("quiet", c.c_int), ("progress_label", c.c_char_p)]
+                ("overwrite", c.c_int), ("quiet", c.c_int), ("progress_label", c.c_char_p),
+                ("stripe_count", c.c_uint64), ("stripe_size", c.c_uint64),
+                ("print_plan", c.c_int)]
 
 
 class TensorInfo(c.Structure):

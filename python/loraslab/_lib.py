@@ -22,6 +22,9 @@ class ConvertConfig(ctypes.Structure):
         ("no_verify", ctypes.c_int),
         ("overwrite", ctypes.c_int),
         ("quiet", ctypes.c_int),
+        ("stripe_count", ctypes.c_uint64),
+        ("stripe_size", ctypes.c_uint64),
+        ("plan", ctypes.c_int),
     ]
 
 

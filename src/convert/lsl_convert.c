@@ -4,6 +4,7 @@
  * into place. */
 #define _GNU_SOURCE
 #include "lsl_convert.h"
+#include "lsl_ioplan.h"
 
 #include "lsl_crc32c.h"
 #include "lsl_h5.h"
@@ -191,8 +192,42 @@ static char *dumps(json_t *j)
 }
 
 /* Rank 0: plan, create the temporary directory and the shard files with their headers. */
+/* Rank 0: shard s's I/O plan (a file of `bytes` holding n tensors): on Lustre its layout is
+ * given to the empty file before the header is written; with cfg->plan it is logged. */
+static void plan_shard(const lsl_convert_config *cfg, const cplan *p, uint32_t s, int fd,
+                       uint64_t bytes, uint64_t n, int ranks, int nodes)
+{
+    const char *off = lsl_i_env(LSL_ENV_IOPLAN);
+    lsl_i_ioplan_in in = {bytes,
+                          n,
+                          ranks,
+                          nodes,
+                          cfg->stripe_count,
+                          cfg->stripe_size,
+                          0,
+                          off && strcmp(off, "off") == 0};
+    lsl_i_ioplan plan;
+    lsl_i_ioplan_make(&p->out.fs, &in, &plan);
+    int e = lsl_i_ioplan_apply(&plan, fd);
+    if (e)
+        lsl_i_log(LSL_LOG_WARN,
+                  "loraslab: warning: %s/%s: Lustre refused the layout (%s); it keeps the "
+                  "directory's\n",
+                  cfg->outdir, p->names[s], strerror(e));
+    if (!cfg->plan)
+        return;
+    char text[1024], b[32];
+    if (s == 0) {
+        lsl_i_ioplan_describe(&plan, text, sizeof text);
+        lsl_i_log(LSL_LOG_INFO, "%s", text);
+    }
+    lsl_i_log(LSL_LOG_INFO, "plan: %s: %s, %llu tensors, layout %s\n", p->names[s],
+              lsl_i_fmt_bytes(bytes, b, sizeof b), (unsigned long long)n,
+              e ? "the directory's (refused)" : plan.why);
+}
+
 static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cplan *p,
-                             uint64_t **head_crc_len, uint32_t **shard_of_out)
+                             uint64_t **head_crc_len, uint32_t **shard_of_out, int ranks, int nodes)
 {
     lsl_status rc = LSL_OK;
     uint64_t max = cfg->max_shard_bytes ? cfg->max_shard_bytes : DEFAULT_SHARD;
@@ -255,9 +290,12 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
         LSL_TRY(st);
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", p->out.tmp, p->names[s]);
-        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        /* on Lustre with no objects yet, so the plan can still choose the shard's layout */
+        int lazy = strcmp(p->out.fs.name, "lustre") == 0 ? LSL_I_O_LOV_DELAY_CREATE : 0;
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | lazy, 0666);
         if (fd < 0)
             LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s", path));
+        plan_shard(cfg, p, s, fd, hl + total, n, ranks, nodes);
         ssize_t w = lsl_i_pwrite(fd, head, hl, 0);
         int e = errno;
         if (w == (ssize_t)hl && ftruncate(fd, (off_t)(hl + total)) != 0)
@@ -386,10 +424,20 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     lsl_i_clear_error();
     rank = comm->rank;
     uint64_t staging_bytes = cfg && cfg->staging_bytes ? cfg->staging_bytes : LSL_DEFAULT_STAGING;
+    int nodes = 1;
     if (!cfg || !cfg->input || !cfg->outdir)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "convert needs an input file and an output directory");
-    else if (rank == 0)
-        st = plan_rank0(cfg, &f, &p, &hc, &shard_of);
+    else if (cfg->stripe_count > LSL_MAX_STRIPE_COUNT && cfg->stripe_count != LSL_STRIPE_ALL)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "stripe count %llu: 1 to %u OSTs (or all)",
+                        (unsigned long long)cfg->stripe_count, LSL_MAX_STRIPE_COUNT);
+    else if (cfg->stripe_size % (64u << 10) != 0 || cfg->stripe_size > 0xFFFF0000ull)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "stripe size of %llu bytes: a multiple of 64 KiB up to 4 GiB - 64 KiB",
+                        (unsigned long long)cfg->stripe_size);
+    LSL_TRY(lsl_i_agree(comm, st));
+    LSL_TRY(lsl_i_comm_nodes(comm, &nodes)); /* for the shards' I/O plans */
+    if (rank == 0)
+        st = plan_rank0(cfg, &f, &p, &hc, &shard_of, comm->size, nodes);
     int verify = cfg && !cfg->no_verify;
     for (uint64_t i = 0; st == LSL_OK && rank == 0 && i < f.n; i++)
         if (!f.t[i].has_crc && verify)
@@ -419,6 +467,22 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     st = p.names && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(lsl_i_bcast_bytes(comm, p.names, 64 * (uint64_t)p.nshards, st));
     LSL_TRY(lsl_i_bcast_bytes(comm, p.ranges, p.nranges * sizeof *p.ranges, LSL_OK));
+    if (cfg->plan == LSL_PLAN_ONLY) { /* the plan was the job: the temporary goes */
+        if (rank == 0) {
+            uint64_t total = 0;
+            char b[32];
+            for (uint64_t k = 0; k < p.nranges; k++)
+                total += p.ranges[k].len;
+            lsl_i_log(LSL_LOG_INFO,
+                      "plan: each of %d rank%s copies %s (equal shares of the tensors' bytes, "
+                      "cut across the shards)\n",
+                      comm->size, comm->size == 1 ? "" : "s",
+                      lsl_i_fmt_bytes(total / (uint64_t)comm->size, b, sizeof b));
+        }
+        if (stats)
+            memset(stats, 0, sizeof *stats);
+        goto fail;
+    }
 
     dst_fds = lsl_i_malloc(sizeof *dst_fds * p.nshards);
     dst_paths = lsl_i_calloc(p.nshards, sizeof *dst_paths);

@@ -49,6 +49,9 @@ lsl_status lsl_i_allgather(lsl_i_comm *c, const void *send, void *recv, uint64_t
 /* counts[k] bytes from rank k, packed in rank order into recv (counts the same everywhere). */
 lsl_status lsl_i_allgatherv(lsl_i_comm *c, const void *send, void *recv, const uint64_t *counts);
 lsl_status lsl_i_barrier(lsl_i_comm *c);
+/* Collective: how many hosts the ranks run on (distinct host names), the same on every rank.
+ * Agreed; *nodes is 1 on failure. */
+lsl_status lsl_i_comm_nodes(lsl_i_comm *c, int *nodes);
 
 /* Whether the values v[0..n) are the same on every rank (the [v, -v] MAX agreement); a failed
  * reduction counts as disagreement, its error in *st when st is LSL_OK. */

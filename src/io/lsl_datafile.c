@@ -11,7 +11,7 @@
 #define MPI_PIECE ((uint64_t)1 << 30)
 
 lsl_status lsl_i_datafile_open(lsl_i_comm *comm, const char *tmp, const char *path,
-                               const lsl_i_fsinfo *fs, const char *hints, lsl_i_datafile *f)
+                               const lsl_i_ioplan *plan, const char *hints, lsl_i_datafile *f)
 {
     memset(f, 0, sizeof *f);
     f->comm = comm;
@@ -32,7 +32,7 @@ lsl_status lsl_i_datafile_open(lsl_i_comm *comm, const char *tmp, const char *pa
         return st;
     }
     MPI_Info info = MPI_INFO_NULL;
-    st = lsl_i_fs_hints(fs, hints, &info);
+    st = lsl_i_ioplan_hints(plan, hints, &info);
     /* MPI_File_open is collective: a rank without hints joins anyway so nobody waits for it. */
     int mrc =
         MPI_File_open(comm->mpi, tmp, MPI_MODE_WRONLY, st == LSL_OK ? info : MPI_INFO_NULL, &f->fh);
@@ -113,7 +113,7 @@ lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf
     uint64_t call = f->calls;
     double t0 = lsl_i_wall();
     lsl_status st = write_any(f, off, buf, count, what);
-    lsl_i_trace_write(f->comm->rank, f->path, call, off, count, t0, lsl_i_wall());
+    lsl_i_trace_write(f->comm->rank, f->path, call, off, count, what, t0, lsl_i_wall());
     return st;
 }
 

@@ -5,7 +5,7 @@
 #ifndef LSL_DATAFILE_H
 #define LSL_DATAFILE_H
 
-#include "lsl_fs.h"
+#include "lsl_ioplan.h"
 #include "lsl_internal.h"
 
 typedef struct lsl_i_datafile {
@@ -18,10 +18,11 @@ typedef struct lsl_i_datafile {
     uint64_t calls; /* write calls made */
 } lsl_i_datafile;
 
-/* Collective: opens `tmp` (the laid-out temporary) for writing on every rank.  hints: rank 0's
- * LSL_MPIIO_HINTS (MPI-IO only).  Agreed status; on failure the file is closed everywhere. */
+/* Collective: opens `tmp` (the laid-out temporary) for writing on every rank, with the plan's
+ * MPI-IO hints and hints, rank 0's LSL_MPIIO_HINTS (MPI-IO only).  Agreed status; on failure
+ * the file is closed everywhere. */
 lsl_status lsl_i_datafile_open(lsl_i_comm *comm, const char *tmp, const char *path,
-                               const lsl_i_fsinfo *fs, const char *hints, lsl_i_datafile *f);
+                               const lsl_i_ioplan *plan, const char *hints, lsl_i_datafile *f);
 
 /* Collective over MPI (every rank calls it, a rank with nothing or a failure passes count 0),
  * local with positional writes.  count bytes at buf to offset off.  buf may be NULL only when

@@ -76,43 +76,33 @@ int lsl_i_lustre_layout(const unsigned char *b, size_t n, uint64_t *size, uint64
     return found;
 }
 
-/* Lustre's default layout of a directory lives in the "lustre.lov" xattr. */
-static void lustre_stripe(const char *dir, lsl_i_fsinfo *fs)
+void lsl_i_fs_classify(uint32_t magic, uint64_t blksize, const unsigned char *lov, size_t n,
+                       lsl_i_fsinfo *fs)
 {
-    const size_t cap = 65536; /* a PFL template of many components, or 2000 stripes */
-    unsigned char *buf = malloc(cap);
-    ssize_t n = buf ? getxattr(dir, "lustre.lov", buf, cap) : -1;
-    uint64_t size = 0, count = 0;
-    if (n > 0 && lsl_i_lustre_layout(buf, (size_t)n, &size, &count)) {
-        fs->stripe_size = size;
-        fs->stripe_count = count;
-    }
-    free(buf);
-}
-
-lsl_status lsl_i_fs_probe(const char *dir, lsl_i_fsinfo *fs)
-{
-    struct statfs sf;
-    struct statvfs sv;
-    struct stat st;
+    uint64_t avail = fs->avail_bytes;
     memset(fs, 0, sizeof *fs);
-    if (statfs(dir, &sf) != 0 || statvfs(dir, &sv) != 0 || stat(dir, &st) != 0)
-        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: cannot query the filesystem", dir);
-    uint32_t magic = (uint32_t)((unsigned long)sf.f_type & 0xFFFFFFFFul);
-    fs->avail_bytes = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    fs->avail_bytes = avail;
     fs->alignment = 64 << 10; /* local filesystems: page-cache friendly, few sparse holes */
     switch (magic) {
-    case LUSTRE_SUPER_MAGIC:
+    case LUSTRE_SUPER_MAGIC: {
         snprintf(fs->name, sizeof fs->name, "lustre");
         fs->parallel = 1;
-        fs->stripe_size = 1 << 20;
-        lustre_stripe(dir, fs);
+        fs->stripe_size = 1 << 20; /* Lustre's own default when the directory says nothing */
+        uint64_t size = 0, count = 0;
+        if (lov && lsl_i_lustre_layout(lov, n, &size, &count)) {
+            fs->stripe_size = size;
+            fs->stripe_count = count;
+            fs->dir_layout = n >= 4 && u32_at(lov) == LOV_USER_MAGIC_COMP_V1
+                                 ? LSL_I_LAYOUT_COMPOSITE
+                                 : LSL_I_LAYOUT_PLAIN;
+        }
         fs->alignment = fs->stripe_size;
         break;
+    }
     case GPFS_SUPER_MAGIC:
         snprintf(fs->name, sizeof fs->name, "gpfs");
         fs->parallel = 1;
-        fs->stripe_size = st.st_blksize > 0 ? (uint64_t)st.st_blksize : (1u << 20);
+        fs->stripe_size = blksize > 0 ? blksize : (1u << 20);
         fs->alignment = fs->stripe_size;
         break;
     case NFS_SUPER_MAGIC:
@@ -125,51 +115,26 @@ lsl_status lsl_i_fs_probe(const char *dir, lsl_i_fsinfo *fs)
     case BTRFS_SUPER_MAGIC: snprintf(fs->name, sizeof fs->name, "btrfs"); break;
     default: snprintf(fs->name, sizeof fs->name, "other"); break;
     }
-    return LSL_OK;
 }
 
-lsl_status lsl_i_fs_hints(const lsl_i_fsinfo *fs, const char *extra, MPI_Info *out)
+lsl_status lsl_i_fs_probe(const char *dir, lsl_i_fsinfo *fs)
 {
-    char v[32];
-    MPI_Info info;
-    if (MPI_Info_create(&info) != MPI_SUCCESS)
-        return lsl_i_fail(LSL_ERR_MPI, "MPI_Info_create failed");
-    /* Our writes never interleave, so data sieving would only add fcntl locks (which fail on
-     * Lustre mounted without flock) and read-modify-write traffic. */
-    MPI_Info_set(info, "romio_ds_write", "disable");
-    MPI_Info_set(info, "romio_ds_read", "disable");
-    if (fs->parallel && fs->stripe_size) {
-        snprintf(v, sizeof v, "%llu", (unsigned long long)fs->stripe_size);
-        MPI_Info_set(info, "striping_unit", v);
-    }
-    /* The two-phase buffer is host memory outside the staging budget on every aggregator:
-     * OMPIO (Open MPI's default MPI-IO) takes 32 MiB unless told, which put 4 ranks sharing a
-     * node 15 MiB over the budget + 64 MiB; 8 MiB measured as fast.  A multiple of the stripe
-     * size, as aggregation on Lustre wants (parallel-io.md a.5); a user's hint wins. */
-    uint64_t cb = LSL_I_CB_BUFFER;
-    if (fs->parallel && fs->stripe_size)
-        cb = (cb + fs->stripe_size - 1) / fs->stripe_size * fs->stripe_size;
-    snprintf(v, sizeof v, "%llu", (unsigned long long)cb);
-    MPI_Info_set(info, "cb_buffer_size", v);
-    if (extra && *extra) {
-        char *copy = lsl_i_strdup(extra), *save = NULL;
-        if (!copy) {
-            MPI_Info_free(&info);
-            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-        }
-        for (char *kv = strtok_r(copy, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
-            char *eq = strchr(kv, '=');
-            if (!eq || eq == kv) {
-                free(copy);
-                MPI_Info_free(&info);
-                return lsl_i_fail(LSL_ERR_INVALID_ARG, "LSL_MPIIO_HINTS: \"%s\" is not key=value",
-                                  kv);
-            }
-            *eq = '\0';
-            MPI_Info_set(info, kv, eq + 1);
-        }
-        free(copy);
-    }
-    *out = info;
+    struct statfs sf;
+    struct statvfs sv;
+    struct stat st;
+    memset(fs, 0, sizeof *fs);
+    if (statfs(dir, &sf) != 0 || statvfs(dir, &sv) != 0 || stat(dir, &st) != 0)
+        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: cannot query the filesystem", dir);
+    uint32_t magic = (uint32_t)((unsigned long)sf.f_type & 0xFFFFFFFFul);
+    fs->avail_bytes = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    /* Lustre's default layout of a directory lives in the "lustre.lov" xattr */
+    const size_t cap = 65536; /* a PFL template of many components, or 2000 stripes */
+    unsigned char *lov = NULL;
+    ssize_t n = -1;
+    if (magic == LUSTRE_SUPER_MAGIC && (lov = malloc(cap)))
+        n = getxattr(dir, "lustre.lov", lov, cap);
+    lsl_i_fs_classify(magic, st.st_blksize > 0 ? (uint64_t)st.st_blksize : 0, n > 0 ? lov : NULL,
+                      n > 0 ? (size_t)n : 0, fs);
+    free(lov);
     return LSL_OK;
 }

@@ -2,6 +2,7 @@
 #include "lsl_publish.h"
 
 #include "lsl_fs.h"
+#include "lsl_ioplan.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -275,7 +276,9 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
         tmp_name(o->tmp, tl, o->dir, base, k);
         /* the kernel applies the umask: nothing process-wide changes under other threads */
         if (!is_dir) {
-            fd = open(o->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+            /* on Lustre with no objects yet, so the I/O plan can still choose its layout */
+            int lazy = strcmp(o->fs.name, "lustre") == 0 ? LSL_I_O_LOV_DELAY_CREATE : 0;
+            fd = open(o->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | lazy, 0666);
             err = fd < 0 ? errno : 0;
         } else if (mkdir(o->tmp, 0777) != 0) {
             err = errno;

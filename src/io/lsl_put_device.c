@@ -106,28 +106,27 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
         }
     }
     /* Chunk c covers units (rows when merging, bytes when copying) [first(c), first(c+1)): the
-     * first chunk of a tensor is an eighth of a slot so the GPU-to-host pipeline fills quickly,
-     * the rest fill a slot. */
+     * first chunk of a tensor is about an eighth of a slot so the GPU-to-host pipeline fills
+     * quickly, the rest fill a slot, each cut where the plan's pieces allow (lsl_i_tiles_make). */
     uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), unit = lora ? pc.rbytes : 1;
     uint64_t units = lora ? pc.nrows : pc.my_bytes, full_u = unit ? slot / unit : 0;
     uint64_t head_u = full_u / 8 ? full_u / 8 : full_u, nloc = 0;
+    lsl_i_tiles tl = {0};
     st = LSL_OK;
     if (full_u == 0)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG,
                         "tensor `%s`: a row of %llu bytes exceeds the pinned slot of %llu bytes "
                         "(half the staging budget, at most 8 MiB)",
                         pc.t->name, (unsigned long long)pc.rbytes, (unsigned long long)slot);
-    else if (units)
-        nloc = units <= head_u ? 1 : 1 + (units - head_u + full_u - 1) / full_u;
-    if (st != LSL_OK)
-        nloc = 0;
+    else
+        lsl_i_tiles_make(units, unit, pc.base - (pc.e0 - pc.row0 * pc.relems) * pc.esize,
+                         w->plan.piece, head_u, full_u, &tl);
+    nloc = st == LSL_OK ? tl.n : 0;
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
     const unsigned char *w0 = data;
     uint64_t rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0;
-#define FIRST(ch) ((ch) == 0 ? 0 : head_u + ((ch)-1) * full_u)
-#define COUNT(ch)                                                                                  \
-    (units - FIRST(ch) < ((ch) == 0 ? head_u : full_u) ? units - FIRST(ch)                         \
-                                                       : ((ch) == 0 ? head_u : full_u))
+#define FIRST(ch) lsl_i_tile_first(&tl, (ch))
+#define COUNT(ch) lsl_i_tile_count(&tl, (ch))
     double t_launch = 0;
     lsl_status st_launch = LSL_OK;
 #define LAUNCH(ch)                                                                                 \

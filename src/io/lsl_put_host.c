@@ -19,28 +19,21 @@ static lsl_status src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *d
     return lsl_i_pread_full(s->fd, dst, n, s->off + off, s->path);
 }
 
-/* Rows of chunk c when merging chunk_rows rows at a time: the first (local) row and how many. */
-static void chunk_rows_of(const lsl_i_putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t *lr,
-                          uint64_t *m)
+/* Chunk c of this rank's part in tiles tl (units: rows when merging, bytes when copying): its
+ * first unit and count, and its byte offset in the part and length. */
+static void chunk_rows_of(const lsl_i_tiles *tl, uint64_t c, uint64_t *lr, uint64_t *m)
 {
-    *lr = c * chunk_rows;
-    *m = pc->nrows - *lr < chunk_rows ? pc->nrows - *lr : chunk_rows;
+    *lr = lsl_i_tile_first(tl, c);
+    *m = lsl_i_tile_count(tl, c);
 }
 
-/* Chunk c of this rank's part: its byte offset and length (chunk_rows rows when merging, else
- * chunk_bytes bytes). */
-static void chunk_of(const lsl_i_putctx *pc, uint64_t c, uint64_t chunk_rows, uint64_t chunk_bytes,
+static void chunk_of(const lsl_i_putctx *pc, const lsl_i_tiles *tl, int rows, uint64_t c,
                      uint64_t *off, uint64_t *count)
 {
-    if (chunk_rows) {
-        uint64_t lr, m;
-        chunk_rows_of(pc, c, chunk_rows, &lr, &m);
-        *off = lr * pc->rbytes;
-        *count = m * pc->rbytes;
-    } else {
-        *off = c * chunk_bytes;
-        *count = pc->my_bytes - *off < chunk_bytes ? pc->my_bytes - *off : chunk_bytes;
-    }
+    uint64_t first, m, unit = rows ? pc->rbytes : 1;
+    chunk_rows_of(tl, c, &first, &m);
+    *off = first * unit;
+    *count = m * unit;
 }
 
 /* A put after its agreement (pc): merge or copy the part chunk by chunk.  An element-range part
@@ -56,6 +49,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
     uint64_t nrows = pc.nrows;
     const lsl_tensor_info *t = pc.t;
     uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = sizeof(double);
+    lsl_i_tiles tl = {0};
     /* Rows from a file are read one chunk ahead by the reader thread, into the other half of the
      * staging budget, while this chunk is merged and written. */
     const int ahead = src->mem == NULL;
@@ -104,11 +98,15 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
                             t->name, (unsigned long long)per_row,
                             (unsigned long long)w->staging_bytes);
         else
-            nloc = (nrows + chunk_rows - 1) / chunk_rows;
+            /* whole rows, cut where the plan's pieces allow (lsl_i_tiles_make); local row 0
+             * sits at the part's first element's row start */
+            lsl_i_tiles_make(nrows, pc.rbytes, pc.base - (pc.e0 - pc.row0 * pc.relems) * pc.esize,
+                             w->plan.piece, chunk_rows, chunk_rows, &tl);
     } else {
         chunk_bytes = src->mem ? LSL_I_ZERO_COPY_CHUNK : w->staging_bytes / 2;
-        nloc = chunk_bytes ? (pc.my_bytes + chunk_bytes - 1) / chunk_bytes : 0;
+        lsl_i_tiles_make(pc.my_bytes, 1, pc.base, w->plan.piece, chunk_bytes, chunk_bytes, &tl);
     }
+    nloc = tl.n;
     /* Where chunk c's rows are read (half c % 2 when reading ahead) and the fp64 work area. */
     uint64_t half = lora ? (chunk_rows * pc.rbytes + 63) / 64 * 64 : chunk_bytes;
     unsigned char *rbuf[2] = {w->staging, w->staging + (ahead ? half : 0)};
@@ -125,7 +123,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
         LSL_TRY(lsl_i_agree(w->comm, cs));
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
             uint64_t lr, m;
-            chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
+            chunk_rows_of(&tl, c, &lr, &m);
             st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
             if (st == LSL_OK)
                 st = lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
@@ -145,7 +143,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
             free(mag);
         }
     }
-#define CHUNK(ch, o, n) chunk_of(&pc, (ch), lora ? chunk_rows : 0, chunk_bytes, &(o), &(n))
+#define CHUNK(ch, o, n) chunk_of(&pc, &tl, lora != NULL, (ch), &(o), &(n))
     int posted = 0;
     uint64_t off = 0, count = 0;
     if (ahead && st == LSL_OK && nloc > 0) {
@@ -174,7 +172,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
         if (st == LSL_OK && c < nloc && !ahead) {
             if (lora) {
                 uint64_t lr, m;
-                chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
+                chunk_rows_of(&tl, c, &lr, &m);
                 /* the chunk's rows, and the part's elements among them */
                 if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count))
                     memset(rows, 0, m * pc.rbytes);
@@ -186,7 +184,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
         }
         if (st == LSL_OK && c < nloc && lora) {
             uint64_t lr, m, bad = 0;
-            chunk_rows_of(&pc, c, chunk_rows, &lr, &m);
+            chunk_rows_of(&tl, c, &lr, &m);
             const void *brows = (unsigned char *)bacc + lr * r * acc;
             lsl_status ms =
                 colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,

@@ -123,8 +123,8 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
             double w0 = lsl_i_trace_on() ? lsl_i_wall() : 0;
             st = copy_kernel(in, r->src_off + off, out, r->dst_off + off, n, &unsupported);
             if (w0 && !unsupported)
-                lsl_i_trace_write(rank, job->dst_paths[r->dst], calls++, r->dst_off + off, n, w0,
-                                  lsl_i_wall());
+                lsl_i_trace_write(rank, job->dst_paths[r->dst], calls++, r->dst_off + off, n, NULL,
+                                  w0, lsl_i_wall());
             if (st != LSL_OK)
                 st = lsl_i_fail(st, "%s -> %s: %s", job->src_paths[r->src], job->dst_paths[r->dst],
                                 lsl_last_error());
@@ -145,7 +145,7 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
                 st = write_to(out, job->staging, m, r->dst_off + off + k, job->dst_paths[r->dst]);
                 if (w0)
                     lsl_i_trace_write(rank, job->dst_paths[r->dst], calls++, r->dst_off + off + k,
-                                      m, w0, lsl_i_wall());
+                                      m, NULL, w0, lsl_i_wall());
             }
             done += m;
         }

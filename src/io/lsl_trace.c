@@ -52,15 +52,20 @@ static size_t escaped(char *out, size_t cap, const char *s)
 }
 
 void lsl_i_trace_write(int rank, const char *file, uint64_t call, uint64_t off, uint64_t len,
-                       double t0, double t1)
+                       const char *what, double t0, double t1)
 {
-    char name[1024], line[1400];
+    char name[1024], w[600] = "", line[2000];
     escaped(name, sizeof name, file ? file : "");
+    if (what) {
+        char e[560];
+        escaped(e, sizeof e, what);
+        snprintf(w, sizeof w, ",\"what\":\"%s\"", e);
+    }
     int n = snprintf(line, sizeof line,
-                     "{\"rank\":%d,\"file\":\"%s\",\"call\":%llu,\"offset\":%llu,\"length\":%llu,"
+                     "{\"rank\":%d,\"file\":\"%s\",\"call\":%llu,\"offset\":%llu,\"length\":%llu%s,"
                      "\"t0\":%.6f,\"t1\":%.6f}\n",
                      rank, name, (unsigned long long)call, (unsigned long long)off,
-                     (unsigned long long)len, t0, t1);
+                     (unsigned long long)len, w, t0, t1);
     if (n <= 0 || (size_t)n >= sizeof line)
         return;
     pthread_mutex_lock(&g_mu);

@@ -82,6 +82,15 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
                         "alignment of %llu bytes: at most 1 GiB (each large tensor starts on a "
                         "multiple of it, so the file's holes grow with it)",
                         (unsigned long long)w->cfg.alignment);
+    else if (w->cfg.stripe_count > LSL_MAX_STRIPE_COUNT && w->cfg.stripe_count != LSL_STRIPE_ALL)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "stripe count %llu: Lustre stripes a file over 1 to %u OSTs (or all)",
+                        (unsigned long long)w->cfg.stripe_count, LSL_MAX_STRIPE_COUNT);
+    else if (w->cfg.stripe_size % (64u << 10) != 0 || w->cfg.stripe_size > 0xFFFF0000ull)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "stripe size of %llu bytes: Lustre takes a multiple of 64 KiB up to "
+                        "4 GiB - 64 KiB",
+                        (unsigned long long)w->cfg.stripe_size);
     if (w->rank == 0 && st == LSL_OK) {
         st = lsl_i_out_create(path, 0, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
         w->fs = w->out.fs;
@@ -94,6 +103,7 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
     char **hints[1] = {&w->hints};
     LSL_TRY(lsl_i_bcast_strs(w->comm, 1, hints, NULL, LSL_OK));
     LSL_TRY(lsl_i_bcast_raw(w->comm, &w->fs, sizeof w->fs, 0));
+    LSL_TRY(lsl_i_comm_nodes(w->comm, &w->nodes)); /* for the I/O plan's aggregators */
     /* Rank 0's environment decides, so a variable set on some ranks only cannot leave the
      * others out of the closing reduction. */
     const char *prof = w->rank == 0 ? lsl_i_env(LSL_ENV_PROFILE) : NULL;
@@ -216,6 +226,36 @@ fail:
     return rc;
 }
 
+/* Rank 0: the file's I/O plan, and its Lustre layout given to the empty temporary before
+ * HDF5 writes a byte (a refusal keeps the directory's layout, with a warning). */
+static void plan_file(lsl_writer *w)
+{
+    const char *off = lsl_i_env(LSL_ENV_IOPLAN);
+    lsl_i_ioplan_in in = {w->total_bytes,
+                          w->n,
+                          w->size,
+                          w->nodes,
+                          w->cfg.stripe_count,
+                          w->cfg.stripe_size,
+                          w->cfg.alignment,
+                          off && strcmp(off, "off") == 0};
+    lsl_i_ioplan_make(&w->fs, &in, &w->plan);
+    int e = w->out.lock_fd >= 0 ? lsl_i_ioplan_apply(&w->plan, w->out.lock_fd) : 0;
+    if (e) {
+        char b[32];
+        lsl_i_log(LSL_LOG_WARN,
+                  "loraslab: warning: %s: Lustre refused the layout %llu x %s (%s); the file "
+                  "keeps the directory's\n",
+                  w->out.path, (unsigned long long)w->plan.stripe_count,
+                  lsl_i_fmt_bytes(w->plan.stripe_size, b, sizeof b), strerror(e));
+        snprintf(w->plan.why, sizeof w->plan.why, "the directory's: setting one failed (%s)",
+                 strerror(e));
+        w->plan.layout = LSL_I_LAYOUT_INHERIT;
+        w->plan.stripe_size = w->fs.stripe_size;
+        w->plan.stripe_count = w->fs.stripe_count;
+    }
+}
+
 static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
@@ -266,10 +306,11 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
     w->prog.t0 = w->t0;
 
     if (w->rank == 0) {
-        uint64_t align = w->cfg.alignment ? w->cfg.alignment : w->fs.alignment;
+        plan_file(w);
+        uint64_t align = w->plan.alignment;
         /* Alignment holes stay sparse; what must fit is the data plus the metadata. */
         uint64_t need = w->total_bytes + (1u << 20) + w->n * 4096u;
-        char b1[32], b2[32], b3[32], b4[32];
+        char b1[32], b2[32], b4[32];
         /* statvfs can overstate what a job may write (Lustre OSTs fill one by one, quotas):
          * LSL_NO_SPACE_CHECK=1 skips this and relies on the write errors alone. */
         const char *nocheck = lsl_i_env(LSL_ENV_NO_SPACE_CHECK);
@@ -282,23 +323,46 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
                                  w->offsets);
         if (st == LSL_OK && w->cfg.quiet == LSL_PROGRESS_TEXT)
             lsl_i_log(LSL_LOG_INFO,
-                      "loraslab: %s %llu tensors (%s) to %s on %s%s%s, aligned to %s, %d rank%s, "
+                      "loraslab: %s %llu tensors (%s) to %s on %s, aligned to %s, %d rank%s, "
                       "staging %s per rank\n",
                       w->cfg.progress_label ? w->cfg.progress_label : "write",
                       (unsigned long long)w->n, lsl_i_fmt_bytes(w->total_bytes, b1, sizeof b1),
-                      w->out.path, w->fs.name, w->fs.parallel ? " stripe " : "",
-                      w->fs.parallel ? lsl_i_fmt_bytes(w->fs.stripe_size, b3, sizeof b3) : "",
-                      lsl_i_fmt_bytes(align, b2, sizeof b2), w->size, w->size > 1 ? "s" : "",
-                      lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
+                      w->out.path, w->fs.name, lsl_i_fmt_bytes(align, b2, sizeof b2), w->size,
+                      w->size > 1 ? "s" : "", lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
+        if (st == LSL_OK && w->cfg.print_plan) {
+            char text[1024];
+            lsl_i_ioplan_describe(&w->plan, text, sizeof text);
+            lsl_i_log(LSL_LOG_INFO, "%s", text);
+        }
     }
     LSL_TRY(lsl_i_agree(w->comm, st));
     LSL_TRY(lsl_i_bcast_raw(w->comm, w->offsets, w->n * sizeof *w->offsets, 0));
-    LSL_TRY(lsl_i_datafile_open(w->comm, w->out.tmp, w->out.path, &w->fs, w->hints, &w->file));
+    LSL_TRY(lsl_i_bcast_raw(w->comm, &w->plan, sizeof w->plan, 0));
+    LSL_TRY(lsl_i_datafile_open(w->comm, w->out.tmp, w->out.path, &w->plan, w->hints, &w->file));
     w->state = W_DEFINED;
     return LSL_OK;
 fail:
     w->state = W_FAILED;
     return rc;
+}
+
+void lsl_i_writer_log_extents(const lsl_writer *w)
+{
+    if (!w || w->rank != 0 || w->state != W_DEFINED)
+        return;
+    uint64_t *rows = lsl_i_calloc(w->n + 1, sizeof *rows), *rb = lsl_i_calloc(w->n + 1, sizeof *rb);
+    char *text = lsl_i_malloc(4096);
+    if (rows && rb && text) {
+        for (uint64_t i = 0; i < w->n; i++) {
+            rows[i] = lsl_i_rows(&w->t[i]);
+            rb[i] = rows[i] ? w->nbytes[i] / rows[i] : 0;
+        }
+        lsl_i_ioplan_extents(&w->plan, w->n, w->offsets, rows, rb, text, 4096);
+        lsl_i_log(LSL_LOG_INFO, "%s", text);
+    }
+    free(rows);
+    free(rb);
+    free(text);
 }
 
 lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)

@@ -20,6 +20,10 @@ typedef struct lsl_i_src {
 lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_writer_config *cfg,
                                const char *const *inputs, uint64_t n, lsl_writer **out);
 
+/* Not collective (rank 0 logs, the others return).  After define: the I/O plan's per-rank
+ * extents and shared stripes for the offline jobs' even row split (lsl_i_ioplan_extents). */
+void lsl_i_writer_log_extents(const lsl_writer *w);
+
 /* The writer's own communicator (tests check its error handler). */
 MPI_Comm lsl_i_writer_comm(const lsl_writer *w);
 

@@ -9,6 +9,7 @@
 #include "lsl_datafile.h"
 #include "lsl_fs.h"
 #include "lsl_h5.h"
+#include "lsl_ioplan.h"
 #include "lsl_progress.h"
 #include "lsl_publish.h"
 #include "lsl_reader.h"
@@ -46,6 +47,8 @@ struct lsl_writer {
     lsl_i_out out; /* the file: its path, temporary, directory */
     char *hints;
     lsl_i_fsinfo fs;
+    lsl_i_ioplan plan; /* made by rank 0 at define, the same everywhere */
+    int nodes;
     uint64_t nattrs;
     char **keys, **vals;
     uint64_t n;

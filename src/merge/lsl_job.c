@@ -205,6 +205,9 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
     wc.overwrite = cfg->overwrite;
     wc.quiet = cfg->quiet;
     wc.progress_label = cfg->adapter ? "merge" : "import";
+    wc.stripe_count = cfg->stripe_count;
+    wc.stripe_size = cfg->stripe_size;
+    wc.print_plan = cfg->plan != 0;
     /* Every file the job reads: the output may be none of them, even with --overwrite. */
     inputs = lsl_i_calloc((size_t)plan.nfiles + 3, sizeof *inputs);
     st = inputs ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
@@ -225,6 +228,14 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
     for (uint64_t i = 0; i < plan.nattrs; i++)
         LSL_TRY(lsl_writer_set_attr_all(w, plan.keys[i], plan.vals[i]));
     LSL_TRY(lsl_writer_define_all(w, plan.n, infos));
+    if (cfg->plan)
+        lsl_i_writer_log_extents(w);
+    if (cfg->plan == LSL_PLAN_ONLY) { /* the plan was the job: nothing appears at the path */
+        lsl_writer_abort_all(&w);
+        if (stats)
+            memset(stats, 0, sizeof *stats);
+        goto fail;
+    }
     lb = lsl_i_calloc(BATCH_MAX, sizeof *lb);
     LSL_TRY(lsl_i_agree(comm, lb ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory")));
     for (uint64_t i = 0, j; i < plan.n; i = j) {

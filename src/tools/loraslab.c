@@ -54,16 +54,27 @@ static const char *usage_merge =
     "                          slower)\n"
     "      --align SIZE        dataset alignment, at most 1GiB (default: Lustre stripe / GPFS\n"
     "                          block size, 1 MiB on NFS, 64 KiB on local filesystems)\n"
+    "      --stripe-count N    Lustre: stripe the new file over N OSTs (1-2000, or -1 for all)\n"
+    "      --stripe-size SIZE  Lustre: stripe size (a multiple of 64KiB); elsewhere it still sets\n"
+    "                          the alignment and where write pieces are cut.  Without either,\n"
+    "                          the I/O plan keeps the directory's layout unless it is the\n"
+    "                          one-stripe default and FILE is 4 GiB or more: then one 4 MiB\n"
+    "                          stripe per GiB (2 to 64)\n"
+    "      --plan              print the I/O plan (filesystem, layout, aggregators, alignment,\n"
+    "                          per-rank extents, stripes shared between ranks) and stop: no\n"
+    "                          tensor is read, nothing appears at FILE\n"
     "      --overwrite         replace FILE if it exists (atomically, at the end)\n"
     "      --strict            refuse an adapter whose base_model_name_or_path does not name\n"
     "                          the base directory\n"
     "      --stats             print time, bytes and peak host memory per rank at the end\n"
+    "                          (and the I/O plan at the start)\n"
     "      --progress MODE     text (default), json (one JSON object per line on stderr:\n"
     "                          tensors and bytes done and total, rate, eta, ranks; the last\n"
     "                          has \"done\": true), or none\n"
     "  -q, --quiet             no progress lines (--progress none)\n"
     "\n"
-    "Environment: LSL_MPIIO_HINTS=\"key=value;...\" adds MPI-IO hints (e.g. cb_nodes=8);\n"
+    "Environment: LSL_MPIIO_HINTS=\"key=value;...\" adds MPI-IO hints (e.g. cb_nodes=8), over\n"
+    "the plan's; LSL_IOPLAN=off keeps the directory's layout and MPI's choices, cuts nothing;\n"
     "LSL_PROFILE=1 prints where the time went (define, gathers, GPU waits, writes, close);\n"
     "LSL_PROFILE=2 adds a line per tensor.\n"
     "Also merged as PEFT does: DoRA (use_dora), lora_bias, LoRA on embeddings, fan_in_fan_out\n"
@@ -85,7 +96,8 @@ static const char *usage_import =
     "Copies every tensor of an HF safetensors checkpoint (a directory with model.safetensors or\n"
     "an index and shards, or one .safetensors file) into the loraslab HDF5 layout, in parallel,\n"
     "with per-tensor CRC-32C checksums, for archiving checkpoints that merge did not write.\n"
-    "Options as for merge: --staging-mib, --align, --overwrite, --stats, --progress, --quiet.\n";
+    "Options as for merge: --staging-mib, --align, --stripe-count, --stripe-size, --plan,\n"
+    "--overwrite, --stats, --progress, --quiet.\n";
 
 static const char *usage_convert =
     "usage: mpiexec -n N loraslab convert IN.h5 OUT_DIR [options]\n"
@@ -103,7 +115,13 @@ static const char *usage_convert =
     "      --no-verify            do not check checksums while copying (copy_file_range path)\n"
     "      --staging-mib N        host buffer per rank, MiB (default 64)\n"
     "      --overwrite            replace an existing non-empty OUT_DIR\n"
-    "      --stats                print time, bytes and peak host memory\n"
+    "      --stripe-count N, --stripe-size SIZE\n"
+    "                             Lustre layout of each shard (as for merge; without them a\n"
+    "                             shard of 4 GiB or more in a one-stripe directory gets one\n"
+    "                             4 MiB stripe per GiB)\n"
+    "      --plan                 print the shards, their layouts and each rank's share, and\n"
+    "                             stop: nothing appears at OUT_DIR\n"
+    "      --stats                print time, bytes and peak host memory (and the plan)\n"
     "      --progress MODE        text (default), json (JSON lines on stderr), or none\n"
     "  -q, --quiet                no progress lines (--progress none)\n";
 
@@ -167,12 +185,52 @@ static int parse_staging(const char *s, uint64_t *bytes)
     return 0;
 }
 
+#define STRIPE_COUNT_RULE "--stripe-count takes 1 to 2000, or -1 (all OSTs)"
+#define STRIPE_SIZE_RULE  "--stripe-size takes a multiple of 64KiB up to 4GiB-64KiB (1MiB, 4MiB)"
+
+static int parse_stripe_count(const char *s, uint64_t *count)
+{
+    uint64_t v;
+    if (strcmp(s, "-1") == 0 || strcmp(s, "all") == 0) {
+        *count = LSL_STRIPE_ALL;
+        return 0;
+    }
+    if (!*s || strspn(s, "0123456789") != strlen(s) || lsl_parse_size(s, &v) != LSL_OK || v == 0 ||
+        v > LSL_MAX_STRIPE_COUNT)
+        return -1;
+    *count = v;
+    return 0;
+}
+
+static int parse_stripe_size(const char *s, uint64_t *size)
+{
+    uint64_t v;
+    if (lsl_parse_size(s, &v) != LSL_OK || v == 0 || v % (64u << 10) != 0 || v > 0xFFFF0000ull)
+        return -1;
+    *size = v;
+    return 0;
+}
+
 static int cmd_job(int argc, char **argv, int with_adapter)
 {
     const char *cmd = with_adapter ? "merge" : "import";
     const char *usage = with_adapter ? usage_merge : usage_import;
-    enum { O_STAGING = 1000, O_ALIGN, O_OVERWRITE, O_STRICT, O_STATS, O_DEVICE, O_PROGRESS };
+    enum {
+        O_STAGING = 1000,
+        O_ALIGN,
+        O_OVERWRITE,
+        O_STRICT,
+        O_STATS,
+        O_DEVICE,
+        O_PROGRESS,
+        O_SCOUNT,
+        O_SSIZE,
+        O_PLAN
+    };
     static const struct option opts[] = {{"base", required_argument, NULL, 'b'},
+                                         {"stripe-count", required_argument, NULL, O_SCOUNT},
+                                         {"stripe-size", required_argument, NULL, O_SSIZE},
+                                         {"plan", no_argument, NULL, O_PLAN},
                                          {"device", required_argument, NULL, O_DEVICE},
                                          {"adapter", required_argument, NULL, 'a'},
                                          {"output", required_argument, NULL, 'o'},
@@ -213,6 +271,15 @@ static int cmd_job(int argc, char **argv, int with_adapter)
                                    "--align takes a size from 1 byte to 1GiB (4MiB, 1048576)");
             cfg.alignment = v;
             break;
+        case O_SCOUNT:
+            if (parse_stripe_count(optarg, &cfg.stripe_count))
+                return usage_error(cmd, usage, STRIPE_COUNT_RULE);
+            break;
+        case O_SSIZE:
+            if (parse_stripe_size(optarg, &cfg.stripe_size))
+                return usage_error(cmd, usage, STRIPE_SIZE_RULE);
+            break;
+        case O_PLAN: cfg.plan = LSL_PLAN_ONLY; break;
         case O_OVERWRITE: cfg.overwrite = 1; break;
         case O_STRICT: cfg.strict = 1; break;
         case O_STATS: stats = 1; break;
@@ -245,12 +312,16 @@ static int cmd_job(int argc, char **argv, int with_adapter)
         return usage_error(cmd, usage,
                            with_adapter ? "--base, --adapter and --output are required"
                                         : "--base and --output are required");
+    if (stats && !cfg.plan)
+        cfg.plan = LSL_PLAN_PRINT;
     lsl_job_stats js;
     lsl_status st = lsl_merge_all(MPI_COMM_WORLD, &cfg, &js);
     if (st != LSL_OK) {
         err(cmd, st);
         return 1;
     }
+    if (cfg.plan == LSL_PLAN_ONLY)
+        return 0;
     if (g_rank == 0 && cfg.quiet == LSL_PROGRESS_TEXT)
         fprintf(stderr, "loraslab: wrote %s: %llu tensors, %llu merged\n", cfg.output,
                 (unsigned long long)js.tensors, (unsigned long long)js.merged_tensors);
@@ -267,8 +338,21 @@ static int cmd_job(int argc, char **argv, int with_adapter)
 
 static int cmd_convert(int argc, char **argv)
 {
-    enum { O_SHARD = 1000, O_NOVERIFY, O_STAGING, O_OVERWRITE, O_STATS, O_PROGRESS };
+    enum {
+        O_SHARD = 1000,
+        O_NOVERIFY,
+        O_STAGING,
+        O_OVERWRITE,
+        O_STATS,
+        O_PROGRESS,
+        O_SCOUNT,
+        O_SSIZE,
+        O_PLAN
+    };
     static const struct option opts[] = {{"max-shard-size", required_argument, NULL, O_SHARD},
+                                         {"stripe-count", required_argument, NULL, O_SCOUNT},
+                                         {"stripe-size", required_argument, NULL, O_SSIZE},
+                                         {"plan", no_argument, NULL, O_PLAN},
                                          {"no-verify", no_argument, NULL, O_NOVERIFY},
                                          {"staging-mib", required_argument, NULL, O_STAGING},
                                          {"overwrite", no_argument, NULL, O_OVERWRITE},
@@ -287,6 +371,15 @@ static int cmd_convert(int argc, char **argv)
                 return usage_error("convert", usage_convert, lsl_last_error());
             break;
         case O_NOVERIFY: cfg.no_verify = 1; break;
+        case O_SCOUNT:
+            if (parse_stripe_count(optarg, &cfg.stripe_count))
+                return usage_error("convert", usage_convert, STRIPE_COUNT_RULE);
+            break;
+        case O_SSIZE:
+            if (parse_stripe_size(optarg, &cfg.stripe_size))
+                return usage_error("convert", usage_convert, STRIPE_SIZE_RULE);
+            break;
+        case O_PLAN: cfg.plan = LSL_PLAN_ONLY; break;
         case O_STAGING:
             if (parse_staging(optarg, &cfg.staging_bytes))
                 return usage_error("convert", usage_convert, "--staging-mib takes 1 to 1024");
@@ -309,12 +402,16 @@ static int cmd_convert(int argc, char **argv)
         return usage_error("convert", usage_convert, "IN.h5 and OUT_DIR are required");
     cfg.input = argv[optind];
     cfg.outdir = argv[optind + 1];
+    if (stats && !cfg.plan)
+        cfg.plan = LSL_PLAN_PRINT;
     lsl_job_stats js;
     lsl_status st = lsl_convert_all(MPI_COMM_WORLD, &cfg, &js);
     if (st != LSL_OK) {
         err("convert", st);
         return 1;
     }
+    if (cfg.plan == LSL_PLAN_ONLY)
+        return 0;
     if (g_rank == 0 && stats)
         printf("stats: seconds=%.3f bytes=%llu GB/s=%.3f tensors=%llu rss_growth_max_mib=%.1f\n",
                js.seconds, (unsigned long long)js.bytes, (double)js.bytes / js.seconds / 1e9,

@@ -8,7 +8,10 @@ k % count): the bytes each OST receives, the stripes written by more than one ra
 ping-pong between clients) overall and within one collective call (the same call index on
 every rank: writes of one MPI_File_write_at_all), bytes written twice (overlaps: a bug), and the
 fraction of bytes in stripe-aligned pieces (a piece starting on a stripe boundary and ending on
-one, or at the end of the file).  Plain Python, no Lustre needed: tests/fs/trace_test.sh checks
+one, or at the end of the file).  A rank's contiguous pieces form runs (its part of a tensor);
+a cut between two pieces of a run is interior, and should fall on a stripe boundary
+(unaligned_interior_cuts), and a stripe two ranks write in one call should be one that a run
+boundary cuts (conflicts_off_boundary counts the others).  Plain Python, no Lustre needed: tests/fs/trace_test.sh checks
 the trace and this model against a real run."""
 from __future__ import annotations
 
@@ -45,6 +48,40 @@ def model(writes: list[dict], ss: int, sc: int) -> dict:
             by_call_stripe[(w["call"], s)].add(r)
         if o % ss == 0 and ((o + n) % ss == 0 or o + n == end):
             aligned += n
+    # runs: each rank's pieces that continue one another
+    starts, ends = set(), set()  # (rank, offset) of run starts / run ends
+    cuts = unaligned = 0
+    by_rank: dict[tuple, list] = collections.defaultdict(list)
+    for w in writes:  # a run is one rank's pieces of one tensor ("what"), where traced
+        if w["length"]:
+            by_rank[(w["rank"], w.get("what"))].append((w["offset"], w["offset"] + w["length"]))
+    for (r, _), ps in by_rank.items():
+        ps.sort()
+        for i, (lo, hi) in enumerate(ps):
+            if i == 0 or ps[i - 1][1] != lo:
+                starts.add((r, lo))
+            if i + 1 == len(ps) or ps[i + 1][0] != hi:
+                ends.add((r, hi))
+            else:
+                cuts += 1
+                unaligned += hi % ss != 0
+    off_boundary = 0
+    in_call: dict[int, list] = collections.defaultdict(list)
+    for w in writes:
+        in_call[w["call"]].append(w)
+    for (call, s), ranks in by_call_stripe.items():
+        if len(ranks) < 2:
+            continue
+        lo_s, hi_s = s * ss, (s + 1) * ss
+        for w in in_call[call]:
+            if w["rank"] not in ranks or not w["length"]:
+                continue
+            o, e, r = w["offset"], w["offset"] + w["length"], w["rank"]
+            if e <= lo_s or o >= hi_s:
+                continue
+            if (lo_s < o < hi_s and (r, o) not in starts) or (lo_s < e < hi_s and (r, e) not in ends):
+                off_boundary += 1
+                break
     spans.sort()
     overlap, reach = 0, 0
     for lo, hi, _ in spans:
@@ -57,7 +94,9 @@ def model(writes: list[dict], ss: int, sc: int) -> dict:
             "stripes": len(by_stripe),
             "shared_stripes": sum(1 for v in by_stripe.values() if len(v) > 1),
             "conflicting_stripes_in_a_call": sum(1 for v in by_call_stripe.values() if len(v) > 1),
-            "overlap_bytes": overlap, "aligned_fraction": round(aligned / total, 4) if total else 1.0}
+            "overlap_bytes": overlap, "aligned_fraction": round(aligned / total, 4) if total else 1.0,
+            "interior_cuts": cuts, "unaligned_interior_cuts": unaligned,
+            "conflicts_off_boundary": off_boundary}
 
 
 def main() -> int:
@@ -83,7 +122,9 @@ def main() -> int:
               f"(max/mean {m['ost_imbalance']}); {m['shared_stripes']} of {m['stripes']} stripes "
               f"written by several ranks, {m['conflicting_stripes_in_a_call']} within one call; "
               f"{100 * m['aligned_fraction']:.1f}% of bytes in stripe-aligned pieces; "
-              f"{m['overlap_bytes']} bytes written twice")
+              f"{m['overlap_bytes']} bytes written twice; {m['unaligned_interior_cuts']} of "
+              f"{m['interior_cuts']} cuts inside a rank's run off a stripe boundary; "
+              f"{m['conflicts_off_boundary']} shared stripes in a call away from run boundaries")
     return 0
 
 

@@ -12,7 +12,7 @@
 
 #include "loraslab.h"
 #include "lsl_crc32c.h"
-#include "lsl_fs.h"
+#include "lsl_ioplan.h"
 #include "lsl_internal.h"
 #include "lsl_numeric.h"
 #include "lsl_test_cb.h"
@@ -685,33 +685,57 @@ static void test_log_sink(void)
            before);
 }
 
-/* The MPI-IO hints the writer opens its file with: the two-phase buffer is capped (OMPIO would
- * take 32 MiB of host memory per aggregator) at a multiple of the stripe size, and
- * LSL_MPIIO_HINTS overrides it. */
+/* The MPI-IO hints the writer opens its file with, from its I/O plan: the two-phase buffer is
+ * capped (OMPIO would take 32 MiB of host memory per aggregator) at a multiple of the stripe
+ * size; on Lustre small pieces get collective buffering with one aggregator per stripe spread
+ * over the nodes, large ones none; LSL_MPIIO_HINTS overrides any of it. */
 static void test_hints(void)
 {
     struct {
-        int parallel;
-        uint64_t stripe;
-        const char *extra, *want;
-    } c[] = {{0, 0, NULL, "8388608"},
-             {1, 3 << 20, NULL, "9437184"},
-             {1, 16 << 20, NULL, "16777216"},
-             {0, 0, "cb_buffer_size=1048576;romio_cb_write=enable", "1048576"}};
-    for (int i = 0; i < 4; i++) {
+        const char *fs;
+        uint64_t stripe, count, total, ntensors;
+        int ranks, nodes;
+        const char *extra, *key, *want;
+    } c[] = {
+        {"ext4", 0, 0, 1 << 20, 1, 2, 1, NULL, "cb_buffer_size", "8388608"},
+        {"ext4", 0, 0, 1 << 20, 1, 2, 1, NULL, "romio_cb_write", "disable"},
+        {"lustre", 3 << 20, 4, 1 << 30, 1, 4, 1, NULL, "cb_buffer_size", "9437184"},
+        {"lustre", 16 << 20, 4, 1 << 30, 1, 4, 1, NULL, "cb_buffer_size", "16777216"},
+        {"ext4", 0, 0, 1 << 20, 1, 2, 1, "cb_buffer_size=1048576;romio_cb_write=enable",
+         "cb_buffer_size", "1048576"},
+        /* 64 ranks on 8 nodes, 1 MiB pieces, 16 stripes: 16 aggregators, 2 per node */
+        {"lustre", 1 << 20, 16, 1ull << 30, 16, 64, 8, NULL, "romio_cb_write", "enable"},
+        {"lustre", 1 << 20, 16, 1ull << 30, 16, 64, 8, NULL, "cb_nodes", "16"},
+        {"lustre", 1 << 20, 16, 1ull << 30, 16, 64, 8, NULL, "cb_config_list", "*:2"},
+        {"lustre", 1 << 20, 16, 1ull << 30, 16, 64, 8, NULL, "striping_unit", "1048576"},
+        /* 4 ranks, 64 MiB pieces: each writes its own */
+        {"lustre", 1 << 20, 16, 1ull << 30, 4, 4, 1, NULL, "romio_cb_write", "disable"},
+        {"gpfs", 16 << 20, 0, 1ull << 30, 4, 4, 1, NULL, "IBM_largeblock_io", "true"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
         lsl_i_fsinfo fs = {0};
-        fs.parallel = c[i].parallel;
-        fs.stripe_size = c[i].stripe;
+        uint32_t magic = strcmp(c[i].fs, "lustre") == 0 ? 0x0BD00BD0u
+                         : strcmp(c[i].fs, "gpfs") == 0 ? 0x47504653u
+                                                        : 0xEF53u;
+        lsl_i_fs_classify(magic, c[i].stripe, NULL, 0, &fs);
+        if (magic == 0x0BD00BD0u) { /* a directory layout chosen on purpose */
+            fs.stripe_size = c[i].stripe;
+            fs.stripe_count = c[i].count;
+            fs.dir_layout = LSL_I_LAYOUT_PLAIN;
+        }
+        lsl_i_ioplan_in in = {c[i].total, c[i].ntensors, c[i].ranks, c[i].nodes, 0, 0, 0, 0};
+        lsl_i_ioplan plan;
+        lsl_i_ioplan_make(&fs, &in, &plan);
         MPI_Info info = MPI_INFO_NULL;
         char v[64] = "";
         int flag = 0;
-        CHECK(lsl_i_fs_hints(&fs, c[i].extra, &info) == LSL_OK, "hints %d: %s", i,
+        CHECK(lsl_i_ioplan_hints(&plan, c[i].extra, &info) == LSL_OK, "hints %zu: %s", i,
               lsl_last_error());
         if (info != MPI_INFO_NULL) {
-            MPI_Info_get(info, "cb_buffer_size", (int)sizeof v - 1, v, &flag);
+            MPI_Info_get(info, c[i].key, (int)sizeof v - 1, v, &flag);
             MPI_Info_free(&info);
         }
-        CHECK(flag && strcmp(v, c[i].want) == 0, "hints %d: cb_buffer_size \"%s\", want %s", i, v,
+        CHECK(flag && strcmp(v, c[i].want) == 0, "hints %zu: %s \"%s\", want %s", i, c[i].key, v,
               c[i].want);
     }
 }
