@@ -3,15 +3,13 @@
 #ifndef LSL_CRC_WORKER_H
 #define LSL_CRC_WORKER_H
 
-#include <pthread.h>
+#include "lsl_worker.h"
+
 #include <stdint.h>
 
 typedef struct lsl_i_crcw {
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int state; /* 0 idle, 1 job posted, 2 result ready, 3 quit */
-    int running;
+    lsl_i_worker w;
+    int running; /* the thread runs: otherwise callers checksum inline */
     const void *buf;
     uint64_t n;
     uint32_t crc;

@@ -39,15 +39,7 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     if (!pc || !*pc)
         return;
     lsl_i_cuda *c = *pc;
-    if (c->thr_running) {
-        pthread_mutex_lock(&c->mu);
-        c->quit = 1;
-        pthread_cond_broadcast(&c->cv);
-        pthread_mutex_unlock(&c->mu);
-        pthread_join(c->thr, NULL); /* it finishes a posted job first */
-        pthread_mutex_destroy(&c->mu);
-        pthread_cond_destroy(&c->cv);
-    }
+    lsl_i_worker_stop(&c->stager); /* it finishes a posted job first */
     if (c->stream)
         cudaStreamSynchronize(c->stream), cudaStreamDestroy(c->stream);
     for (int s = 0; s < 2; s++) {
@@ -348,24 +340,11 @@ static void run_job(lsl_i_cuda *c, stage_job *j)
                           j->b_dev, j->m, j->n, 1, &j->what);
 }
 
-static void *stage_main(void *arg)
+static void stage_run(void *arg)
 {
     lsl_i_cuda *c = arg;
-    cudaSetDevice(c->device); /* a new thread starts on device 0 */
-    pthread_mutex_lock(&c->mu);
-    for (;;) {
-        while (c->state != 1 && !c->quit)
-            pthread_cond_wait(&c->cv, &c->mu);
-        if (c->state != 1)
-            break;
-        pthread_mutex_unlock(&c->mu);
-        run_job(c, &c->job);
-        pthread_mutex_lock(&c->mu);
-        c->state = 2;
-        pthread_cond_broadcast(&c->cv);
-    }
-    pthread_mutex_unlock(&c->mu);
-    return NULL;
+    cudaSetDevice(c->device); /* the thread starts on device 0; cheap when already set */
+    run_job(c, &c->job);
 }
 
 lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const char *path,
@@ -377,14 +356,11 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
         return lsl_i_cuda_fail(e, "creating the staging stream");
     if (l && (e = alloc_din(c)) != cudaSuccess)
         return lsl_i_cuda_fail(e, "allocating the device input slots");
-    if (!c->thr_running) {
-        if (pthread_mutex_init(&c->mu, NULL) || pthread_cond_init(&c->cv, NULL) ||
-            pthread_create(&c->thr, NULL, stage_main, c))
-            return lsl_i_fail(LSL_ERR_NOMEM, "cannot start the staging thread");
-        c->thr_running = 1;
-    }
-    c->crc_gpu[slot] = 0; /* a plain copy from the file never reaches the GPU */
-    pthread_mutex_lock(&c->mu);
+    int te = c->stager.running ? 0 : lsl_i_worker_start(&c->stager);
+    if (te)
+        return lsl_i_fail_errno(LSL_ERR_NOMEM, te, "cannot start the staging thread");
+    c->crc_gpu[slot] = 0;          /* a plain copy from the file never reaches the GPU */
+    lsl_i_worker_wait(&c->stager); /* the job is the thread's until then */
     c->job = (stage_job){.slot = slot,
                          .fd = fd,
                          .has_l = l != NULL,
@@ -398,22 +374,16 @@ lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const
     c->job.path = path;
     if (l)
         c->job.l = *l;
-    c->state = 1;
     c->staged[slot] = 1;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
+    lsl_i_worker_post(&c->stager, stage_run, c);
     return LSL_OK;
 }
 
 /* Wait for slot's posted job and take its results. */
 static stage_job take_job(lsl_i_cuda *c, int slot)
 {
-    pthread_mutex_lock(&c->mu);
-    while (c->state == 1)
-        pthread_cond_wait(&c->cv, &c->mu);
-    c->state = 0;
+    lsl_i_worker_wait(&c->stager);
     stage_job j = c->job;
-    pthread_mutex_unlock(&c->mu);
     c->staged[slot] = 0;
     return j;
 }

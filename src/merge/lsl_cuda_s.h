@@ -7,7 +7,7 @@
 #include "lsl_gather_nccl.h"
 
 #include <cuda_runtime_api.h>
-#include <pthread.h>
+#include "lsl_worker.h"
 
 /* One staging job: read a W0 chunk into a pinned slot, copy it up, merge, copy it back. */
 typedef struct stage_job {
@@ -55,11 +55,8 @@ struct lsl_i_cuda {
     /* File-sourced chunks: W0 lands in din[slot] before the merge writes dslot[slot]. */
     void *din[2];
     cudaStream_t stream;
-    pthread_t thr;
-    int thr_running, quit, state; /* state: 0 idle, 1 posted, 2 done */
-    int staged[2];                /* slot has a job to join */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    lsl_i_worker stager; /* reads a file chunk into a pinned slot and copies it up */
+    int staged[2];       /* slot has a job to join */
     stage_job job;
 };
 
