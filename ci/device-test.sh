@@ -25,7 +25,9 @@
 # TORCH_DEVICES (cuda cpu) narrows the torch step.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
 # WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark (LSL_PROFILE=1 adds each
-# loraslab run's phases; BENCH_ROUNDS, BENCH_STAGING_MIB, BENCH_BATCH pass to bench_gpu); PIPELINE
+# loraslab run's phases; BENCH_ROUNDS, BENCH_STAGING_MIB, BENCH_BATCH, BENCH_STRIPE_MIB pass to
+# bench_gpu; WRITE_PLAN_AB=1 runs each config with the I/O plan off, on, and cutting 1 MiB
+# pieces, in alternating order); PIPELINE
 # (RANKS:LAYERS) sets the CLI run's size (default: one rank per GPU, 2 layers).
 set -uo pipefail
 mode=${1:-full}
@@ -107,14 +109,24 @@ if want write; then
   # 4 ranks on one GPU: CUDA_VISIBLE_DEVICES=0 (the GPU-path issue's shared-GPU rows).
   def="/dev/shm:1:8 /dev/shm:4:8 /dev/shm:1:16 /dev/shm:4:16 /tmp:1:8 /tmp:4:8"
   [ "$mode" = multi ] && def="/dev/shm:1:8 /dev/shm:$ngpu:8 /tmp:1:8 /tmp:$ngpu:8"
+  # WRITE_PLAN_AB=1: each config with the I/O plan off (LSL_IOPLAN=off), on, and on with pieces
+  # cut at 1 MiB (BENCH_STRIPE_MIB=1), twice each in alternating order, in the same call.
+  variants="on"
+  [ "${WRITE_PLAN_AB:-0}" = 1 ] && variants="off on cut1 cut1 on off"
   for cfg in ${WRITE_CONFIGS:-$def}; do
     IFS=: read -r d np L <<<"$cfg"
     vis=(); [ "$np" -gt "$ngpu" ] && vis=(env CUDA_VISIBLE_DEVICES=0)
-    "${vis[@]}" mpiexec -n "$np" build-gpu/bench_gpu write "$d" "$L" >"$OUT/write.log" 2>&1
-    cat "$OUT/write.log" >>"$OUT/bench.log"
-    row "$(grep '^write:' "$OUT/write.log" || { echo "write: np=$np L=$L $d: FAILED"; tail -3 "$OUT/write.log"; })"
-    # with LSL_PROFILE=1: where each loraslab round's time went
-    grep '^loraslab: profile' "$OUT/write.log" | while read -r l; do row "  $l"; done
+    for v in $variants; do
+      envs=()
+      [ "$v" = off ] && envs=(LSL_IOPLAN=off)
+      [ "$v" = cut1 ] && envs=(BENCH_STRIPE_MIB=1)
+      env "${envs[@]}" "${vis[@]}" mpiexec -n "$np" build-gpu/bench_gpu write "$d" "$L" \
+        >"$OUT/write.log" 2>&1
+      cat "$OUT/write.log" >>"$OUT/bench.log"
+      row "$(grep '^write:' "$OUT/write.log" || { echo "write: np=$np L=$L $d ($v): FAILED"; tail -3 "$OUT/write.log"; })"
+      # with LSL_PROFILE=1: where each loraslab round's time went
+      grep '^loraslab: profile' "$OUT/write.log" | while read -r l; do row "  $l"; done
+    done
   done
 fi
 if want peers; then

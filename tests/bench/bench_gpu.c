@@ -401,7 +401,8 @@ typedef struct wbench {
     uint64_t *r0, *nr;
     lsl_tensor_info *ti;
     uint64_t staging, raw_pool;
-    int batch; /* tensors per put call */
+    uint64_t stripe; /* BENCH_STRIPE_MIB: the writer's stripe_size (pieces cut there) */
+    int batch;       /* tensors per put call */
 } wbench;
 
 /* The in-job API: device pointers, merge on the GPU, pinned ring, collective writes. */
@@ -416,6 +417,7 @@ static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
     cfg.quiet = 1;
     cfg.overwrite = 1;
     cfg.staging_bytes = B->staging;
+    cfg.stripe_size = B->stripe;
     double t0 = MPI_Wtime();
     lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &wr);
     if (!st)
@@ -517,6 +519,8 @@ static int bench_write(const char *dir, int layers)
                *rp = getenv("BENCH_RAW_POOL_MIB");
     B.staging = (sm ? strtoull(sm, NULL, 10) : 64) << 20;
     B.raw_pool = (rp ? strtoull(rp, NULL, 10) : 64) << 20;
+    const char *ss = getenv("BENCH_STRIPE_MIB");
+    B.stripe = (ss ? strtoull(ss, NULL, 10) : 0) << 20;
     const char *bb = getenv("BENCH_BATCH");
     B.batch = bb ? atoi(bb) : 1;
     B.batch = B.batch < 1 ? 1 : B.batch > 9 ? 9 : B.batch;
@@ -575,15 +579,19 @@ static int bench_write(const char *dir, int layers)
         printf("write: np=%d L=%d %s: %.2f GB | loraslab %.3f s %.2f GB/s | raw MPI-IO %.3f s "
                "%.2f GB/s | loraslab/raw time %.3f (best of %d rounds, alternating order; "
                "loraslab/raw per round %s) | RSS growth max %.1f MiB (staging %llu MiB)%s | raw "
-               "source %llu MiB | %d tensor(s) per put | %d GPU(s)\n",
+               "source %llu MiB | %d tensor(s) per put | %d GPU(s) | plan %s%s\n",
                size, layers, dir, total / 1e9, bl, total / bl / 1e9, br, total / br / 1e9, bl / br,
                rounds, per, gmax / 1048576.0, (unsigned long long)(B.staging >> 20),
                hwm_ok ? "" : " [VmHWM not resettable: growth is since process start]",
-               (unsigned long long)(B.raw_pool >> 20), B.batch, ndev < size ? ndev : size);
+               (unsigned long long)(B.raw_pool >> 20), B.batch, ndev < size ? ndev : size,
+               getenv("LSL_IOPLAN") ? getenv("LSL_IOPLAN") : "on",
+               B.stripe ? ", pieces cut at BENCH_STRIPE_MIB" : "");
         printf("RESULT write np=%d L=%d dir=%s bytes=%llu lsl_s=%.3f raw_s=%.3f ratio=%.3f "
-               "rss_growth_mib=%.1f staging_mib=%llu\n",
+               "rss_growth_mib=%.1f staging_mib=%llu plan=%s stripe_mib=%llu\n",
                size, layers, dir, (unsigned long long)total, bl, br, bl / br, gmax / 1048576.0,
-               (unsigned long long)(B.staging >> 20));
+               (unsigned long long)(B.staging >> 20),
+               getenv("LSL_IOPLAN") ? getenv("LSL_IOPLAN") : "on",
+               (unsigned long long)(B.stripe >> 20));
     }
     return 0;
 }
