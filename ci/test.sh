@@ -11,6 +11,8 @@ files=$(git ls-files '*.c' '*.h' '*.cu' 2>/dev/null || find src include tests -n
 if ! clang-format --dry-run --Werror $files; then
   echo "clang-format: run 'clang-format -i' on the files above"; exit 1
 fi
+echo "== floors (docs/ARCHITECTURE.md)"
+python3 ci/floors.py
 
 echo "== build (warnings are errors)"
 BUILD_DIR=build bash ci/build.sh -DLSL_WERROR=ON

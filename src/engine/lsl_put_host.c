@@ -6,7 +6,6 @@
 #include "lsl_gather.h"
 #include "lsl_merge.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,17 +42,16 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
                            const lsl_i_src *src, const lsl_lora_part *lora)
 {
     lsl_status rc = LSL_OK, st;
-    void *afull = NULL, *aacc = NULL, *bacc = NULL;
-    double *colf = NULL; /* DoRA down the columns: factor per column */
+    void *afull = NULL;
+    lsl_i_cpu_part cp = {0}; /* the CPU backend's view of this part */
     lsl_i_putctx pc = *pcp;
     uint64_t nrows = pc.nrows;
     const lsl_tensor_info *t = pc.t;
-    uint64_t r = 0, chunk_rows = 0, chunk_bytes = 0, nloc = 0, acc = sizeof(double);
+    uint64_t chunk_rows = 0, chunk_bytes = 0, nloc = 0;
     lsl_i_tiles tl = {0};
     /* Rows from a file are read one chunk ahead by the reader thread, into the other half of the
      * staging budget, while this chunk is merged and written. */
     const int ahead = src->mem == NULL;
-    const int f32_factors = lora && lora->a_dtype == LSL_F32 && lora->b_dtype == LSL_F32;
     st = LSL_OK;
     if (pc.elems && lora && lora->magnitude && pc.relems &&
         (pc.e0 % pc.relems != 0 || pc.ne % pc.relems != 0))
@@ -64,14 +62,16 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
     if (st == LSL_OK && ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
     if (lora) {
-        r = lora->rank;
-        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, in = pc.relems, a_bytes = r * in * a_es;
+        uint64_t r = lora->rank, in = pc.relems;
+        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, a_bytes = r * in * a_es;
         const int gathered = (lora->flags & LSL_I_LORA_A_FULL) != 0; /* by a batched put */
         afull = gathered ? NULL : lsl_i_malloc(a_bytes ? a_bytes : 1);
-        aacc = lsl_i_malloc(r * in * acc + 1);
-        bacc = lsl_i_malloc(nrows * r * acc + 1);
-        if ((!gathered && !afull) || !aacc || !bacc)
+        lsl_status as = lsl_i_cpu_part_alloc(&cp, t->name, t->dtype, lora, nrows, in);
+        if (st == LSL_OK && as != LSL_OK)
+            st = as;
+        else if (st == LSL_OK && !gathered && !afull)
             st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
+        /* every rank holds its buffers (the column sums too) once this is agreed */
         if (gathered) {
             LSL_TRY(lsl_i_agree(w->comm, st));
         } else {
@@ -79,16 +79,10 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
                                a_es,          afull};
             LSL_TRY(lsl_i_writer_gather(w, 1, &sh, st));
         }
-        lsl_i_to_f64(lora->a_dtype, gathered ? lora->a : afull, r * in, aacc);
-        lsl_i_to_f64(lora->b_dtype, lora->b, nrows * r, bacc);
-        /* fp32 factors keep their precision: PEFT evaluates the delta in them */
-        if ((lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) && !f32_factors) {
-            lsl_i_round_to_dtype(t->dtype, aacc, r * in);
-            lsl_i_round_to_dtype(t->dtype, bacc, nrows * r);
-        }
-        /* The staging budget holds a block of W rows (two when reading ahead) and its fp64 delta,
-         * each 64-byte aligned: keep room for the alignment. */
-        uint64_t per_row = in * (pc.esize * (ahead ? 2 : 1) + acc);
+        lsl_i_cpu_part_load(&cp, gathered ? lora->a : afull);
+        /* The staging budget holds a block of W rows (two when reading ahead) and its fp64 work
+         * area, each 64-byte aligned: keep room for the alignment. */
+        uint64_t per_row = in * pc.esize * (ahead ? 2 : 1) + lsl_i_cpu_part_work_row(&cp);
         chunk_rows =
             w->staging_bytes > 128 ? (w->staging_bytes - 128) / (per_row ? per_row : 1) : 0;
         if (st == LSL_OK && chunk_rows == 0)
@@ -114,34 +108,21 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
     if (st != LSL_OK)
         nloc = 0;
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
-    if (lora && (lora->flags & LSL_LORA_DORA_COLUMNS)) {
+    if (lora && lsl_i_cpu_part_by_columns(&cp)) {
         /* DoRA down the columns: the norm of a column spans every rank's rows.  Pass 1 sums this
-         * rank's squares of V per column; the reduction gives every rank the norms.  Every rank
-         * needs the column buffer for it: agreed first. */
-        colf = lsl_i_calloc(pc.relems ? pc.relems : 1, sizeof *colf);
-        lsl_status cs = colf ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA norms");
-        LSL_TRY(lsl_i_agree(w->comm, cs));
+         * rank's squares of V per column; the reduction gives every rank the norms. */
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
             uint64_t lr, m;
             chunk_rows_of(&tl, c, &lr, &m);
             st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
             if (st == LSL_OK)
-                st = lsl_i_dora_colsq_cpu(t->dtype, rbuf[0], m, pc.relems,
-                                          (unsigned char *)bacc + lr * r * acc, aacc, r,
-                                          lora->scaling, work, colf);
+                st = lsl_i_cpu_part_colsq(&cp, rbuf[0], lr, m, work);
         }
-        lsl_status rs = lsl_i_allreduce_f64(w->comm, colf, pc.relems, LSL_OP_SUM);
+        lsl_status rs = lsl_i_allreduce_f64(w->comm, cp.colf, pc.relems, LSL_OP_SUM);
         if (rs != LSL_OK)
             LSL_GOTO(rs);
-        double *mag = lsl_i_malloc(pc.relems * sizeof *mag + 1);
-        if (!mag && st == LSL_OK)
-            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA magnitudes");
-        if (mag) {
-            lsl_i_to_f64(lora->magnitude_dtype, lora->magnitude, pc.relems, mag);
-            for (uint64_t j = 0; j < pc.relems; j++)
-                colf[j] = mag[j] / sqrt(colf[j]);
-            free(mag);
-        }
+        if (st == LSL_OK)
+            st = lsl_i_cpu_part_columns(&cp);
     }
 #define CHUNK(ch, o, n) chunk_of(&pc, &tl, lora != NULL, (ch), &(o), &(n))
     int posted = 0;
@@ -185,21 +166,7 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
         if (st == LSL_OK && c < nloc && lora) {
             uint64_t lr, m, bad = 0;
             chunk_rows_of(&tl, c, &lr, &m);
-            const void *brows = (unsigned char *)bacc + lr * r * acc;
-            lsl_status ms =
-                colf ? lsl_i_merge_rows_dora_cols_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
-                                                      lora->scaling, colf, work, &bad)
-                : lora->magnitude ? lsl_i_merge_rows_dora_cpu(
-                                        t->dtype, rows, m, pc.relems, brows, aacc, r, lora->scaling,
-                                        (const unsigned char *)lora->magnitude +
-                                            lr * (lsl_dtype_bits(lora->magnitude_dtype) / 8),
-                                        lora->magnitude_dtype, work, &bad)
-                : (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)
-                    ? lsl_i_merge_rows_lowp_cpu(t->dtype, f32_factors ? LSL_F32 : t->dtype, rows, m,
-                                                pc.relems, brows, aacc, r, lora->scaling, work,
-                                                &bad)
-                    : lsl_i_merge_rows_cpu(t->dtype, rows, m, pc.relems, brows, aacc, r,
-                                           lora->scaling, work, &bad);
+            lsl_status ms = lsl_i_cpu_part_merge(&cp, rows, lr, m, work, &bad);
             st = ms == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lr, bad) : ms;
         }
         lsl_i_put_write(w, &pc, off, buf, c < nloc ? count : 0, 0, &st);
@@ -210,9 +177,7 @@ fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
     free(afull);
-    free(aacc);
-    free(bacc);
-    free(colf);
+    lsl_i_cpu_part_free(&cp);
     return rc;
 }
 

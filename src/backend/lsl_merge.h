@@ -8,6 +8,51 @@
 
 #include "lsl_internal.h"
 
+/* ---- the CPU backend as the put engine sees it: one tensor part -------------------------- */
+
+/* One rank's part of one LoRA tensor on the CPU: its factors in fp64 (A whole, its own rows of
+ * B) and, for DoRA down the columns, one value per column (the sums of squares, then the
+ * factor).  Which kernel runs (fp64 with one rounding, PEFT's low-precision rule, DoRA by rows
+ * or by columns) follows lora's flags; the engine only says which rows. */
+typedef struct lsl_i_cpu_part {
+    lsl_dtype wt;
+    const lsl_lora_part *lora;
+    uint64_t r, in, nrows;
+    double *a, *b, *colf;
+} lsl_i_cpu_part;
+
+/* Not collective.  Allocates p's factors for a part of nrows rows of `in` columns of dtype wt
+ * (LSL_ERR_NOMEM naming `name`; p then owns nothing but is safe to free).  Before A is
+ * gathered, so a failure can join the gather's agreement. */
+lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype wt,
+                                const lsl_lora_part *lora, uint64_t nrows, uint64_t in);
+/* Takes A (r x in of lora->a_dtype, gathered) and lora->b into fp64, rounded to wt where the
+ * merge runs at the weight's precision. */
+void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a);
+/* fp64 work area bytes per row the merges below need. */
+static inline uint64_t lsl_i_cpu_part_work_row(const lsl_i_cpu_part *p)
+{
+    return p->in * sizeof(double);
+}
+/* DoRA down the columns (LSL_LORA_DORA_COLUMNS): whether a first pass is needed; pass 1 adds the
+ * squares of V over rows [first, first + n) of the part (w, not modified) into p->colf; after
+ * the ranks' sums are reduced into p->colf, lsl_i_cpu_part_columns turns them into factors
+ * (LSL_ERR_NOMEM). */
+static inline int lsl_i_cpu_part_by_columns(const lsl_i_cpu_part *p)
+{
+    return p->lora && (p->lora->flags & LSL_LORA_DORA_COLUMNS);
+}
+lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first, uint64_t n,
+                                void *work);
+lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p);
+/* Merges rows [first, first + n) of the part in place at w.  LSL_ERR_NONFINITE with *bad the
+ * first offending element (of these rows). */
+lsl_status lsl_i_cpu_part_merge(const lsl_i_cpu_part *p, void *w, uint64_t first, uint64_t n,
+                                void *work, uint64_t *bad);
+void lsl_i_cpu_part_free(lsl_i_cpu_part *p);
+
+/* ---- the kernels ------------------------------------------------------------------------- */
+
 /* dst[i] = (double)src[i] for a float dtype (F32, F16, BF16). */
 void lsl_i_to_f64(lsl_dtype dt, const void *src, uint64_t n, double *dst);
 

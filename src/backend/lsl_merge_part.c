@@ -1,0 +1,87 @@
+/* The CPU backend's one entry for the put engine (lsl_merge.h): a tensor part's factors, and
+ * the choice of kernel its LoRA options make. */
+#include "lsl_merge.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype wt,
+                                const lsl_lora_part *lora, uint64_t nrows, uint64_t in)
+{
+    memset(p, 0, sizeof *p);
+    p->wt = wt;
+    p->lora = lora;
+    p->r = lora->rank;
+    p->in = in;
+    p->nrows = nrows;
+    p->a = lsl_i_malloc(p->r * in * sizeof(double) + 1);
+    p->b = lsl_i_malloc(nrows * p->r * sizeof(double) + 1);
+    if (lsl_i_cpu_part_by_columns(p))
+        p->colf = lsl_i_calloc(in ? in : 1, sizeof *p->colf);
+    if (p->a && p->b && (p->colf || !lsl_i_cpu_part_by_columns(p)))
+        return LSL_OK;
+    lsl_i_cpu_part_free(p);
+    return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", name);
+}
+
+void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a)
+{
+    const lsl_lora_part *l = p->lora;
+    lsl_i_to_f64(l->a_dtype, a, p->r * p->in, p->a);
+    lsl_i_to_f64(l->b_dtype, l->b, p->nrows * p->r, p->b);
+    /* fp32 factors keep their precision: PEFT evaluates the delta in them */
+    int f32 = l->a_dtype == LSL_F32 && l->b_dtype == LSL_F32;
+    if ((l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) && !f32) {
+        lsl_i_round_to_dtype(p->wt, p->a, p->r * p->in);
+        lsl_i_round_to_dtype(p->wt, p->b, p->nrows * p->r);
+    }
+}
+
+lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first, uint64_t n,
+                                void *work)
+{
+    return lsl_i_dora_colsq_cpu(p->wt, w, n, p->in, p->b + first * p->r, p->a, p->r,
+                                p->lora->scaling, work, p->colf);
+}
+
+lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p)
+{
+    double *mag = lsl_i_malloc(p->in * sizeof *mag + 1);
+    if (!mag)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA magnitudes");
+    lsl_i_to_f64(p->lora->magnitude_dtype, p->lora->magnitude, p->in, mag);
+    for (uint64_t j = 0; j < p->in; j++)
+        p->colf[j] = mag[j] / sqrt(p->colf[j]);
+    free(mag);
+    return LSL_OK;
+}
+
+lsl_status lsl_i_cpu_part_merge(const lsl_i_cpu_part *p, void *w, uint64_t first, uint64_t n,
+                                void *work, uint64_t *bad)
+{
+    const lsl_lora_part *l = p->lora;
+    const double *b = p->b + first * p->r;
+    if (p->colf)
+        return lsl_i_merge_rows_dora_cols_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling,
+                                              p->colf, work, bad);
+    if (l->magnitude)
+        return lsl_i_merge_rows_dora_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling,
+                                         (const unsigned char *)l->magnitude +
+                                             first * (lsl_dtype_bits(l->magnitude_dtype) / 8),
+                                         l->magnitude_dtype, work, bad);
+    if (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
+        int f32 = l->a_dtype == LSL_F32 && l->b_dtype == LSL_F32;
+        return lsl_i_merge_rows_lowp_cpu(p->wt, f32 ? LSL_F32 : p->wt, w, n, p->in, b, p->a, p->r,
+                                         l->scaling, work, bad);
+    }
+    return lsl_i_merge_rows_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling, work, bad);
+}
+
+void lsl_i_cpu_part_free(lsl_i_cpu_part *p)
+{
+    free(p->a);
+    free(p->b);
+    free(p->colf);
+    p->a = p->b = p->colf = NULL;
+}
