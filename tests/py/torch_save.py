@@ -95,9 +95,16 @@ def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
     if how == "fsdp1":
         from peft.utils.other import fsdp_auto_wrap_policy
         from torch.distributed.fsdp import CPUOffload, FullyShardedDataParallel, MixedPrecision
+        from torch.distributed.fsdp import ShardingStrategy
+        kw = {}
+        if hsdp:  # HYBRID_SHARD: shard within a group of world / 2, replicate across two
+            from torch.distributed.device_mesh import init_device_mesh
+            world = dist.get_world_size()
+            kw = {"sharding_strategy": ShardingStrategy.HYBRID_SHARD,
+                  "device_mesh": init_device_mesh(device, (2, world // 2))}
         # PEFT's policy: the LoRA modules (fp32) are units of their own beside the bf16 base
         return FullyShardedDataParallel(
-            peft, use_orig_params=uop, device_id=torch.device(device),
+            peft, use_orig_params=uop, device_id=torch.device(device), **kw,
             auto_wrap_policy=fsdp_auto_wrap_policy(peft),
             mixed_precision=MixedPrecision(param_dtype=torch.bfloat16) if mixed else None,
             cpu_offload=CPUOffload(offload_params=True) if offload else None)
@@ -220,7 +227,7 @@ def main() -> int:
     # the model is one it handles (no modules_to_save, embeddings, tying, DoRA, second adapter;
     # summoning an offloaded model needs an accelerator)
     plain = not (args.modules_to_save or args.embed or args.tie or args.dora or args.second_adapter
-                 or (args.cpu_offload and args.device == "cpu"))
+                 or (args.cpu_offload and args.device == "cpu") or args.hsdp)
     recipe = report_method(model, args.adapter) if args.wrap == "fsdp1" and plain else None
 
     if rank == 0:

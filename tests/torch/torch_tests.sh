@@ -2,7 +2,8 @@
 # loraslab.torch.save_merged on real PEFT models (tests/py/torch_save.py) under torchrun (gloo on
 # the CPU: callbacks over torch.distributed, positional writes) at 2-4 ranks and under mpiexec
 # (the MPI path), FSDP2 / DDP / no wrapper, the PEFT options the CLI merges; the torchrun and
-# mpiexec files must be byte-identical; FSDP1 is refused by name.  Then the layout unit tests.
+# mpiexec files must be byte-identical; FSDP1 (also HYBRID_SHARD) writes the same bytes as
+# FSDP2.  Then the layout unit tests.
 #   torch_tests.sh BUILD_DIR
 # LSL_TEST_DEVICE=cuda runs the GPU variants instead (one rank, NCCL; see ci/device-test.sh).
 set -uo pipefail
@@ -78,6 +79,13 @@ else
     --lora-bias
   run fsdp1-qwen2-mts-rslora-np4 torchrun 4 --wrap fsdp1 --modules-to-save --rslora --lora-r 3
   run fsdp1-dora-mid-row-refused-np2 torchrun 2 --wrap fsdp1 --dora --expect-refusal
+  # HYBRID_SHARD (2 replicas x 2 shards): replica 0's shard group writes; the same bytes
+  run fsdp1-hybrid-qwen2-np4 torchrun 4 --wrap fsdp1 --hsdp
+  if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp1-hybrid-qwen2-np4/merged.h5"; then
+    echo "ok - FSDP1 HYBRID_SHARD and FSDP2 files byte-identical"; pass=$((pass + 1))
+  else
+    echo "FAIL - FSDP1 HYBRID_SHARD and FSDP2 files differ"; fail=$((fail + 1))
+  fi
   # after a forward and backward (the state a training job saves in), with MixedPrecision
   run fsdp2-mixed-precision-step-np2 torchrun 2 --mixed-precision --step
   run fsdp1-uop-step-np2 torchrun 2 --wrap fsdp1 --use-orig-params --step

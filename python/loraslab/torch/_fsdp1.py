@@ -32,6 +32,7 @@ class Piece:
     e0: int
     ne: int
     local: torch.Tensor
+    group: Optional[Any] = None  # the unit's shard group: the ranks whose pieces tile it
 
     @property
     def is_cuda(self) -> bool:
@@ -60,9 +61,34 @@ def is_fsdp1(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDP) or any(isinstance(m, FSDP) for m in model.modules())
 
 
+def hybrid_writers(root: torch.nn.Module) -> Optional[list[int]]:
+    """Under HYBRID_SHARD (or _HYBRID_SHARD_ZERO2), the global ranks of the shard group that
+    holds inter-node rank 0 (replica 0: it writes, the replicas hold the same pieces), in shard
+    group order; None otherwise.  Collective over the default group (an all-gather of each
+    rank's place) when hybrid: every rank calls it."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy as S
+    hybrid = (S.HYBRID_SHARD, S._HYBRID_SHARD_ZERO2)
+    unit = next((m for m in root.modules() if isinstance(m, FSDP)
+                 and getattr(m, "sharding_strategy", None) in hybrid), None)
+    if unit is None or not dist.is_initialized():
+        return None
+    inter = dist.get_rank(unit._inter_node_pg)
+    shard = dist.get_process_group_ranks(unit.process_group)
+    places: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(places, (inter, shard))
+    writers = next(sh for r, sh in places if r == 0)
+    if writers != sorted(writers):
+        raise ValueError(f"HYBRID_SHARD: replica 0's shard group {writers} is not in rank order; "
+                         "its pieces could not be written in order")
+    return writers
+
+
 def index(root: torch.nn.Module, size: int) -> dict[str, Piece]:
     """Every original parameter's piece, by its name relative to the wrapped model (wrapper names
-    removed), in flat-parameter order.  size: the writer's rank count (HSDP is refused)."""
+    removed), in flat-parameter order.  size: the writer's rank count (under HYBRID_SHARD, one
+    shard group's)."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     out: dict[str, Piece] = {}
     for uname, unit in root.named_modules():
@@ -77,7 +103,7 @@ def index(root: torch.nn.Module, size: int) -> dict[str, Piece]:
                 raise ValueError(f"FSDP1 unit {uname!r}: this torch's FlatParameter has no {attr}")
         if handle.world_size != size:
             raise ValueError(f"FSDP1 unit {uname!r} is sharded over {handle.world_size} ranks, "
-                             f"the writer has {size} (HYBRID_SHARD is not supported)")
+                             f"the writer has {size}: pass the FSDP group as process_group")
         data = fp.data  # when idle: this rank's full-precision shard (host with CPU offload)
         prefix = clean(uname)
         for fqn, shape, info in zip(fp._fqns, fp._shapes, fp._shard_param_infos):
@@ -89,12 +115,13 @@ def index(root: torch.nn.Module, size: int) -> dict[str, Piece]:
                 local = data[off:off + ne]
             else:
                 e0, ne, local = 0, 0, data[:0]
-            out[name] = Piece(name, shape, data.dtype, e0, ne, local)
+            out[name] = Piece(name, shape, data.dtype, e0, ne, local, unit.process_group)
     return out
 
 
-def gather(p: Piece, group: Optional[Any]) -> torch.Tensor:
-    """The whole parameter (a LoRA factor: small) from every rank's piece: a FlatParameter is
-    sharded in rank order, so the pieces of a parameter tile it in rank order."""
+def gather(p: Piece) -> torch.Tensor:
+    """The whole parameter (a LoRA factor: small) from the pieces of its unit's shard group (the
+    world, or one replica's group under HYBRID_SHARD): a FlatParameter is sharded in rank
+    order, so the pieces of a parameter tile it in rank order."""
     from ._layout import gather_rows
-    return gather_rows(p.local, group).reshape(p.shape)
+    return gather_rows(p.local, p.group).reshape(p.shape)

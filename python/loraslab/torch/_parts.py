@@ -153,7 +153,7 @@ def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
             def gat(t: Any) -> Optional[torch.Tensor]:
                 if t is None:
                     return None
-                g = _fsdp1.gather(t, None) if isinstance(t, _fsdp1.Piece) else full(t)
+                g = _fsdp1.gather(t) if isinstance(t, _fsdp1.Piece) else full(t)
                 return g.to(data.device) if dev else g.cpu()
             lo = dataclasses.replace(it.lora, a=gat(it.lora.a), b=gat(it.lora.b),
                                      magnitude=gat(it.lora.magnitude))

@@ -104,19 +104,20 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     peft_model = None
     try:
         peft_model, base, adapter = _unwrap(model, adapter_name)
-        params = None
+        params, hybrid = None, None
         if _fsdp1.is_fsdp1(model):
             size = dist.get_world_size(process_group) if dist.is_initialized() else 1
-            params = FlatParams(_fsdp1.index(model, size))
+            hybrid = _fsdp1.hybrid_writers(model) if process_group is None else None
+            params = FlatParams(_fsdp1.index(model, len(hybrid) if hybrid else size))
         items = list(walk(base, adapter, params))
         _check_items(items)
         kind, why = _launch.choose(process_group)
         failed = ""
     except Exception as e:  # noqa: BLE001 - any local failure must reach the agreement below
         failed = str(e) if isinstance(e, (Unsupported, ValueError)) else f"{type(e).__name__}: {e}"
-        items, kind, why, base, adapter = [], "", "", None, None
+        items, kind, why, base, adapter, hybrid = [], "", "", None, None, None
     gloo = _gloo(process_group)
-    writers = _hsdp_writers(items)
+    writers = hybrid or _hsdp_writers(items)
     try:
         _agree(not failed, failed, gloo)
         if writers is None:
@@ -131,8 +132,8 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
 
 
 def _hsdp_writers(items: list[Item]) -> Optional[list[int]]:
-    """Under HSDP, the global ranks of replica 0's shard group (they write; the replicas hold
-    the same shards); else None."""
+    """Under FSDP2's HSDP, the global ranks of replica 0's shard group (they write; the replicas
+    hold the same shards); else None.  (FSDP1's HYBRID_SHARD: _fsdp1.hybrid_writers.)"""
     for it in items:
         if _layout.hsdp(it.tensor):
             return [int(r) for r in it.tensor.device_mesh.mesh[0].flatten().tolist()]
