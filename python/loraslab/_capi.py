@@ -15,6 +15,9 @@ I64, F64 = DTYPES["I64"], DTYPES["F64"]
 ERR_INVALID_ARG, ERR_UNSUPPORTED = 1, 5
 
 
+STRIPE_ALL = (1 << 64) - 1  # LSL_STRIPE_ALL: every OST
+
+
 class WriterConfig(c.Structure):
     _fields_ = [("staging_bytes", c.c_uint64), ("alignment", c.c_uint64),
                 ("overwrite", c.c_int), ("quiet", c.c_int), ("progress_label", c.c_char_p),

@@ -138,6 +138,7 @@ def main() -> int:
     ap.add_argument("--lora-r", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--adapter", default="default")
+    ap.add_argument("--stripe-mib", type=int, default=0)  # save_merged(stripe_size=): alignment
     for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
                  "second-adapter", "use-orig-params", "expect-refusal", "mixed-precision",
                  "step", "hsdp", "cpu-offload"):
@@ -205,7 +206,14 @@ def main() -> int:
                 if n.endswith(late):
                     (p.to_local() if hasattr(p, "to_local") else p).add_(bump + 0 * x[0, 0])
         before = {n: local(p) for n, p in model.named_parameters()}
-    lt.save_merged(model, path, overwrite=True, quiet=rank != 0)
+    lt.save_merged(model, path, overwrite=True, quiet=rank != 0,
+                   stripe_size=args.stripe_mib << 20)
+    if args.stripe_mib and rank == 0:  # off Lustre a stripe size still aligns the datasets
+        import h5py
+        with h5py.File(path, "r") as f:
+            big = [d for d in f["tensors"].values() if d.id.get_storage_size() >= 64 << 10]
+            check(big and all(d.id.get_offset() % (args.stripe_mib << 20) == 0 for d in big),
+                  f"datasets not aligned to --stripe-mib {args.stripe_mib}")
     after = {n: local(p) for n, p in model.named_parameters()}
     check(before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before),
           "the model's parameters changed")

@@ -66,7 +66,7 @@ else
   run fsdp2-hsdp-gpt2-dora-np4 torchrun 4 --hsdp --model gpt2 --dora
   run fsdp2-qwen2-dora-np3 torchrun 3 --dora
   run fsdp2-qwen2-embed-mts-np3 torchrun 3 --embed --modules-to-save --lora-r 2
-  run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias
+  run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias --stripe-mib 1
   run none-qwen2-options-np2 torchrun 2 --wrap none --rslora --modules-to-save --embed --tie \
     --second-adapter --adapter mine
   run fsdp1-qwen2-np2 torchrun 2 --wrap fsdp1

@@ -89,7 +89,8 @@ def _agree(ok: bool, why: str, gloo: Optional[Any]) -> None:
 
 def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optional[str] = None,
                 overwrite: bool = False, staging_mib: int = 64, quiet: bool = False,
-                process_group: Optional[Any] = None) -> None:
+                process_group: Optional[Any] = None, stripe_count: int = 0,
+                stripe_size: int = 0) -> None:
     """Write the merged checkpoint of a PEFT LoRA model to `path` (a loraslab HDF5 file that
     `loraslab convert` turns into a directory `transformers` loads).
 
@@ -98,9 +99,14 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     rank writes what it holds: its FSDP2 rows, its FSDP1 element ranges, or its slice of a
     replicated tensor; only LoRA factors are gathered; GPU tensors (FSDP1 pieces too) go in as
     device pointers, the work ordered after torch's current stream; the model is not changed.
-    Host memory: the staging budget (`staging_mib`) plus small buffers.
+    Host memory: the staging budget (`staging_mib`) plus small buffers.  `stripe_count` (-1: every
+    OST) and `stripe_size` (bytes, a multiple of 64 KiB) set the file's Lustre layout, as
+    `loraslab merge --stripe-count/--stripe-size` do; 0 leaves it to the I/O plan.
 
     Raises loraslab.Error on every rank alike, with nothing left at `path`."""
+    cfg = _capi.WriterConfig(staging_mib << 20, 0, int(overwrite), 1 if quiet else 0,
+                             b"save_merged", _capi.STRIPE_ALL if stripe_count == -1 else
+                             max(0, stripe_count), stripe_size, 0)
     peft_model = None
     try:
         peft_model, base, adapter = _unwrap(model, adapter_name)
@@ -121,11 +127,9 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     try:
         _agree(not failed, failed, gloo)
         if writers is None:
-            _save(peft_model, path, items, kind, why, adapter, base, gloo, overwrite,
-                  staging_mib, quiet)
+            _save(peft_model, path, items, kind, why, adapter, base, gloo, cfg)
         else:
-            _save_hsdp(writers, peft_model, path, items, adapter, base, gloo, overwrite,
-                       staging_mib, quiet)
+            _save_hsdp(writers, peft_model, path, items, adapter, base, gloo, cfg)
     finally:
         if gloo is not None:
             dist.destroy_process_group(gloo)
@@ -141,8 +145,8 @@ def _hsdp_writers(items: list[Item]) -> Optional[list[int]]:
 
 
 def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[Item],
-               adapter: str, base: torch.nn.Module, gloo: Any, overwrite: bool,
-               staging_mib: int, quiet: bool) -> None:
+               adapter: str, base: torch.nn.Module, gloo: Any,
+               cfg: _capi.WriterConfig) -> None:
     """Replica 0's shard group writes over callbacks on a gloo group of its own; every rank then
     learns its status (the other replicas raise the same loraslab.Error)."""
     sub = dist.new_group(ranks=writers, backend="gloo")  # every rank enters, torch's rule
@@ -151,7 +155,7 @@ def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[
         if dist.get_rank() in writers:
             try:
                 _save(peft_model, path, items, "callbacks", "HSDP: replica 0 writes", adapter,
-                      base, sub, overwrite, staging_mib, quiet)
+                      base, sub, cfg)
                 result = [(0, "", "")]
             except Error as e:
                 result = [(e.status, e.name, e.message)]
@@ -166,15 +170,13 @@ def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[
 
 
 def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: str,
-          adapter: str, base: torch.nn.Module, gloo: Optional[Any], overwrite: bool,
-          staging_mib: int, quiet: bool) -> None:
+          adapter: str, base: torch.nn.Module, gloo: Optional[Any],
+          cfg: _capi.WriterConfig) -> None:
     lb = lib()
     comm = None
     if kind == "callbacks":
         from ._comm import TorchComm
         comm = TorchComm(gloo)
-    cfg = _capi.WriterConfig(staging_mib << 20, 0, int(overwrite), 1 if quiet else 0,
-                             b"save_merged")
     w = c.c_void_p()
     p = os.fsencode(os.fspath(path))
     try:
@@ -185,7 +187,7 @@ def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: st
         else:
             check(lb.lsl_writer_create_world(p, c.byref(cfg), c.byref(w)))
             rank, size = lb.lsl_world_rank(), lb.lsl_world_size()
-        if rank == 0 and not quiet:
+        if rank == 0 and not cfg.quiet:
             how = ("MPI (collective MPI-IO)" if comm is None else
                    "torch.distributed callbacks (gloo), positional writes")
             print(f"loraslab: save_merged over {how}: {why}; adapter {adapter!r}, "
