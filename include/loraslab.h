@@ -340,7 +340,10 @@ LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_p
  * and only the part's own elements are written, at byte offset e0 * itemsize of the tensor; so
  * the file, and its checksums, are the same as with row parts.  lora->b holds the rows
  * [e0 / cols, ceil((e0 + nelems) / cols)) of B, those the range touches (cols: the product of
- * the dimensions after the first); A as for lsl_part.  DoRA only on parts of whole rows.
+ * the dimensions after the first); A as for lsl_part.  DoRA by rows: lora->magnitude holds the
+ * same touched rows' values; a row split between ranks takes its norm from every holder's
+ * elements (one more all-gather in the put), so within 1 ulp of row parts, not always the same
+ * bytes.  DoRA down the columns (LSL_LORA_DORA_COLUMNS) only on parts of whole rows.
  * Device parts as for lsl_part (the partial first and last rows are merged from a zeroed copy
  * in the writer's device buffers, the rest in place); DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE
  * only from host memory. */

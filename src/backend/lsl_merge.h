@@ -14,11 +14,20 @@
  * B) and, for DoRA down the columns, one value per column (the sums of squares, then the
  * factor).  Which kernel runs (fp64 with one rounding, PEFT's low-precision rule, DoRA by rows
  * or by columns) follows lora's flags; the engine only says which rows. */
+/* DoRA by rows on a part whose first or last row it shares with other ranks: those rows' sums
+ * of squares of V over the whole row (the ranks' partial sums, added), by row of the block. */
+typedef struct lsl_i_row_norms {
+    uint64_t row[2];
+    double norm2[2];
+    int n;
+} lsl_i_row_norms;
+
 typedef struct lsl_i_cpu_part {
     lsl_dtype wt;
     const lsl_lora_part *lora;
     uint64_t r, in, nrows;
     double *a, *b, *colf;
+    lsl_i_row_norms shared; /* by local row of the part (lsl_i_cpu_part_row_norm) */
 } lsl_i_cpu_part;
 
 /* Not collective.  Allocates p's factors for a part of nrows rows of `in` columns of dtype wt
@@ -44,6 +53,13 @@ static inline int lsl_i_cpu_part_by_columns(const lsl_i_cpu_part *p)
 }
 lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first, uint64_t n,
                                 void *work);
+/* DoRA by rows on an element-range part: this rank's sum of squares of V over columns
+ * [c0, c1) of its local row `row` (w: that whole row, the missing elements zero), and, once the
+ * ranks' partial sums are added, the row's whole sum for the merge to use (at most two rows:
+ * the part's first and last). */
+lsl_status lsl_i_cpu_part_rowsq(const lsl_i_cpu_part *p, const void *w, uint64_t row, uint64_t c0,
+                                uint64_t c1, void *work, double *out);
+void lsl_i_cpu_part_row_norm(lsl_i_cpu_part *p, uint64_t row, double norm2);
 lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p);
 /* Merges rows [first, first + n) of the part in place at w.  LSL_ERR_NONFINITE with *bad the
  * first offending element (of these rows). */
@@ -85,10 +101,17 @@ lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, lsl_dtype pdt, void *w, uint6
                                      uint64_t *bad);
 
 /* DoRA on the same block: V = w + s * (b @ a); w[i] = round(mag[i] / |V[i]| * V[i]), all in
- * fp64.  mag holds m values of dtype mag_dt.  A zero norm or a non-finite result gives
+ * fp64.  mag holds m values of dtype mag_dt; given (or NULL) replaces the sums of squares of the
+ * rows it names (by row of the block).  A zero norm or a non-finite result gives
  * LSL_ERR_NONFINITE with *bad set. */
 lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
                                      const void *a, uint64_t r, double s, const void *mag,
-                                     lsl_dtype mag_dt, void *work, uint64_t *bad);
+                                     lsl_dtype mag_dt, const lsl_i_row_norms *given, void *work,
+                                     uint64_t *bad);
+/* One row's sum of squares of V = w + s * (b @ a) over columns [c0, c1) (w: in elements, b: r
+ * doubles); work holds in doubles. */
+lsl_status lsl_i_dora_rowsq_cpu(lsl_dtype dt, const void *w, uint64_t in, const void *b,
+                                const void *a, uint64_t r, double s, uint64_t c0, uint64_t c1,
+                                double *work, double *out);
 
 #endif

@@ -105,7 +105,8 @@ lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, 
 
 lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, const void *b,
                                      const void *a, uint64_t r, double s, const void *mag,
-                                     lsl_dtype mag_dt, void *work, uint64_t *bad)
+                                     lsl_dtype mag_dt, const lsl_i_row_norms *given, void *work,
+                                     uint64_t *bad)
 {
     if (m == 0 || in == 0)
         return LSL_OK;
@@ -120,6 +121,9 @@ lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
             v[k] = fma(s, v[k], to_double(dt, w, k));
             norm2 += v[k] * v[k];
         }
+        for (int q = 0; given && q < given->n; q++) /* a row whose elements span ranks */
+            if (given->row[q] == i)
+                norm2 = given->norm2[q];
         double factor = to_double(mag_dt, mag, i) / sqrt(norm2);
         for (uint64_t j = 0; j < in; j++) {
             uint64_t k = i * in + j;
@@ -131,6 +135,21 @@ lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
         }
     }
     return LSL_OK;
+}
+
+lsl_status lsl_i_dora_rowsq_cpu(lsl_dtype dt, const void *w, uint64_t in, const void *b,
+                                const void *a, uint64_t r, double s, uint64_t c0, uint64_t c1,
+                                double *work, double *out)
+{
+    *out = 0;
+    if (in == 0)
+        return LSL_OK;
+    lsl_status st = block_delta(1, in, b, a, r, work);
+    for (uint64_t j = c0; st == LSL_OK && j < c1 && j < in; j++) {
+        double v = fma(s, work[j], to_double(dt, w, j));
+        *out += v * v;
+    }
+    return st;
 }
 
 void lsl_i_round_to_dtype(lsl_dtype dt, double *x, uint64_t n)

@@ -65,17 +65,39 @@ lsl_status lsl_i_cpu_part_merge(const lsl_i_cpu_part *p, void *w, uint64_t first
     if (p->colf)
         return lsl_i_merge_rows_dora_cols_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling,
                                               p->colf, work, bad);
-    if (l->magnitude)
+    if (l->magnitude) {
+        lsl_i_row_norms given = {{0, 0}, {0, 0}, 0}; /* the shared rows among these */
+        for (int q = 0; q < p->shared.n; q++)
+            if (p->shared.row[q] >= first && p->shared.row[q] < first + n) {
+                given.row[given.n] = p->shared.row[q] - first;
+                given.norm2[given.n++] = p->shared.norm2[q];
+            }
         return lsl_i_merge_rows_dora_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling,
                                          (const unsigned char *)l->magnitude +
                                              first * (lsl_dtype_bits(l->magnitude_dtype) / 8),
-                                         l->magnitude_dtype, work, bad);
+                                         l->magnitude_dtype, &given, work, bad);
+    }
     if (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) {
         int f32 = l->a_dtype == LSL_F32 && l->b_dtype == LSL_F32;
         return lsl_i_merge_rows_lowp_cpu(p->wt, f32 ? LSL_F32 : p->wt, w, n, p->in, b, p->a, p->r,
                                          l->scaling, work, bad);
     }
     return lsl_i_merge_rows_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling, work, bad);
+}
+
+lsl_status lsl_i_cpu_part_rowsq(const lsl_i_cpu_part *p, const void *w, uint64_t row, uint64_t c0,
+                                uint64_t c1, void *work, double *out)
+{
+    return lsl_i_dora_rowsq_cpu(p->wt, w, p->in, p->b + row * p->r, p->a, p->r, p->lora->scaling,
+                                c0, c1, work, out);
+}
+
+void lsl_i_cpu_part_row_norm(lsl_i_cpu_part *p, uint64_t row, double norm2)
+{
+    if (p->shared.n < 2) {
+        p->shared.row[p->shared.n] = row;
+        p->shared.norm2[p->shared.n++] = norm2;
+    }
 }
 
 void lsl_i_cpu_part_free(lsl_i_cpu_part *p)

@@ -152,7 +152,7 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
                         st == LSL_OK ? (int64_t)first : 0,
                         st == LSL_OK ? (int64_t)count : 0,
                         st != LSL_OK,
-                        0};
+                        lora && lora->magnitude}; /* DoRA: row norms may span ranks */
     lsl_status cs = lsl_i_allgather(w->comm, rec, w->per_rank, sizeof rec);
     if (cs != LSL_OK) {
         w->prof[P_AGREE] += lsl_i_now() - t0;
@@ -161,6 +161,7 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
     const int64_t *all = (const int64_t *)w->per_rank;
     int64_t failed = INT64_MAX;
     int same = 1, bad_k = -1;
+    int64_t dora = -1; /* a part with data brings a magnitude (an empty one may pass NULL) */
     uint64_t prefix = 0, bad_at = 0, bad_prefix = 0;
     for (int k = 0; k < w->size; k++) {
         const int64_t *r = all + (size_t)k * REC;
@@ -168,6 +169,10 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
             failed = k;
         for (int i = 0; i < 4; i++) /* against rank 0's: every rank reaches the same verdict */
             same &= r[i] == all[i];
+        if (r[5] && r[7] != dora && dora >= 0) /* the parts holding data agree on DoRA */
+            same = 0;
+        if (r[5] && dora < 0)
+            dora = r[7];
         if (r[5] && (uint64_t)r[4] != prefix && bad_k < 0)
             bad_k = k, bad_at = (uint64_t)r[4], bad_prefix = prefix;
         prefix += (uint64_t)r[5];
@@ -176,8 +181,8 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
         st = lsl_i_agree_first(w->comm, failed, st);
     else if (!same)
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
-                        "ranks put different tensors, or mixed LoRA/no LoRA, host/device memory "
-                        "or rows/elements, in the same call");
+                        "ranks put different tensors, or mixed LoRA/no LoRA, DoRA/no DoRA, "
+                        "host/device memory or rows/elements, in the same call");
     else if (bad_k >= 0)
         st = lsl_i_fail(LSL_ERR_SHAPE,
                         "tensor `%s`: rank %d's %s start at %llu but the ranks before it hold "
@@ -188,6 +193,7 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
         st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu %s",
                         pc->t->name, (unsigned long long)prefix, (unsigned long long)units, unit);
     if (st == LSL_OK) {
+        pc->dora = dora > 0;
         pc->my_bytes = pc->ne * pc->esize;
         pc->base = w->offsets[index] + pc->e0 * pc->esize;
     }
@@ -277,7 +283,7 @@ lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const 
         w->fin[index].lora_alpha = lora->alpha;
         w->fin[index].lora_scaling = lora->scaling;
         w->fin[index].rslora = (lora->flags & LSL_LORA_RSLORA) != 0;
-        w->fin[index].dora = lora->magnitude != NULL;
+        w->fin[index].dora = pc->dora; /* agreed: rank 0's own part may be empty */
     }
     w->tensors_done++;
     w->bytes_done += w->nbytes[index];

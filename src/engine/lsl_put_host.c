@@ -35,6 +35,49 @@ static void chunk_of(const lsl_i_putctx *pc, const lsl_i_tiles *tl, int rows, ui
     *count = m * unit;
 }
 
+/* DoRA by rows on an element-range part: the norm of a row two or more ranks share needs every
+ * holder's elements.  Each rank sums the squares of V over its own columns of its first and
+ * last rows where it holds them in part; one all-gather of (row, sum) pairs gives every holder
+ * the whole row's sum, added in rank order.  Collective: a rank that failed (st) sends none.
+ * Returns a local status, or the all-gather's failure. */
+static lsl_status shared_row_norms(lsl_writer *w, const lsl_i_putctx *pc, const lsl_i_src *src,
+                                   lsl_i_cpu_part *cp, unsigned char *row, void *work,
+                                   lsl_status st)
+{
+    double mine[4] = {-1, 0, -1, 0}; /* (global row, partial sum) x 2; -1: none */
+    uint64_t lr[2] = {0, pc->nrows ? pc->nrows - 1 : 0};
+    int nmine = 0;
+    for (int q = 0; st == LSL_OK && q < 2 && pc->nrows && pc->relems; q++) {
+        if (q == 1 && lr[1] == lr[0])
+            break;
+        uint64_t g = pc->row0 + lr[q], rs = g * pc->relems, re = rs + pc->relems;
+        uint64_t lo = pc->e0 > rs ? pc->e0 : rs;
+        uint64_t hi = pc->e0 + pc->ne < re ? pc->e0 + pc->ne : re;
+        if (lo == rs && hi == re)
+            continue; /* the whole row is this rank's */
+        memset(row, 0, pc->rbytes);
+        memcpy(row + (lo - rs) * pc->esize, src->mem + (lo - pc->e0) * pc->esize,
+               (hi - lo) * pc->esize);
+        double sum = 0;
+        st = lsl_i_cpu_part_rowsq(cp, row, lr[q], lo - rs, hi - rs, work, &sum);
+        mine[2 * nmine] = (double)g;
+        mine[2 * nmine++ + 1] = sum;
+    }
+    double *all = (double *)w->per_rank; /* 8 values a rank: room for these 4 */
+    lsl_status gs = lsl_i_allgather(w->comm, mine, all, sizeof mine);
+    if (gs != LSL_OK)
+        return gs;
+    for (int q = 0; st == LSL_OK && q < nmine; q++) {
+        double total = 0;
+        for (int k = 0; k < w->size; k++)
+            for (int j = 0; j < 2; j++)
+                if (all[4 * k + 2 * j] == mine[2 * q])
+                    total += all[4 * k + 2 * j + 1];
+        lsl_i_cpu_part_row_norm(cp, (uint64_t)mine[2 * q] - pc->row0, total);
+    }
+    return st;
+}
+
 /* A put after its agreement (pc): merge or copy the part chunk by chunk.  An element-range part
  * (pc->elems, from memory) is merged in whole rows: the partial first and last rows sit at their
  * place in a zeroed row buffer, and only the part's own elements are written. */
@@ -53,11 +96,11 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
      * staging budget, while this chunk is merged and written. */
     const int ahead = src->mem == NULL;
     st = LSL_OK;
-    if (pc.elems && lora && lora->magnitude && pc.relems &&
+    if (pc.elems && lora && (lora->flags & LSL_LORA_DORA_COLUMNS) && pc.relems &&
         (pc.e0 % pc.relems != 0 || pc.ne % pc.relems != 0))
         st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "tensor `%s`: DoRA on a part that starts or ends mid-row (its row norms "
-                        "span ranks) is not supported in this version",
+                        "tensor `%s`: DoRA down the columns (fan_in_fan_out) on a part that "
+                        "starts or ends mid-row is not supported in this version",
                         t->name);
     if (st == LSL_OK && ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
@@ -123,6 +166,14 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
             LSL_GOTO(rs);
         if (st == LSL_OK)
             st = lsl_i_cpu_part_columns(&cp);
+    }
+    if (pc.elems && lora && pc.dora && !lsl_i_cpu_part_by_columns(&cp)) {
+        /* DoRA by rows on element ranges (every rank: agreed in the put's record) */
+        lsl_status ns = shared_row_norms(w, &pc, src, &cp, rbuf[0], work, st);
+        if (ns != LSL_OK && ns != st && st == LSL_OK)
+            st = ns;
+        if (ns == LSL_ERR_MPI || ns == LSL_ERR_COMM)
+            LSL_GOTO(ns);
     }
 #define CHUNK(ch, o, n) chunk_of(&pc, &tl, lora != NULL, (ch), &(o), &(n))
     int posted = 0;

@@ -81,6 +81,7 @@ typedef struct lsl_i_putctx {
     /* row0, nrows: the rows this part touches; e0, ne: its elements (whole rows unless elems) */
     uint64_t rows, relems, esize, rbytes, row0, nrows, e0, ne, my_bytes, base;
     int elems; /* an element-range part (lsl_writer_put_elems_all) */
+    int dora;  /* DoRA, agreed among the parts that hold data */
     uint32_t crc;
 } lsl_i_putctx;
 

@@ -740,6 +740,105 @@ static void test_hints(void)
     }
 }
 
+#ifndef LSL_TEST_DEVICE
+/* DoRA by rows on element-range parts (FSDP1 pieces split mid-row): a row shared by two or more
+ * ranks takes its norm from every holder's elements.  Random cuts, cuts that leave several
+ * ranks inside one row, and an empty rank 0; the values must match the row-part file's within
+ * one ulp (the shared rows' sums of squares are added in another order). */
+static void test_elems_dora(void)
+{
+    int before = agree_failures();
+    lsl_tensor_info t = {"d.bf16", LSL_BF16, 2, {29, 40}};
+    const uint64_t rows = 29, cols = 40, e = rows * cols, r = 4;
+    uint16_t *w0 = malloc(e * 2);
+    float *A = malloc(r * cols * 4), *B = malloc(rows * r * 4), *mag = malloc(rows * 4);
+    fill(LSL_BF16, w0, e, 0.05, 71);
+    fill(LSL_F32, A, r * cols, 0.1, 72);
+    fill(LSL_F32, B, rows * r, 0.1, 73);
+    for (uint64_t i = 0; i < rows; i++)
+        mag[i] = 0.5f + 0.01f * (float)i;
+    int worst = 0;
+    for (int trial = 0; trial < 4; trial++) {
+        char pe[600], pr[600];
+        snprintf(pe, sizeof pe, "%s/dora-elems-%d.h5", dir, trial);
+        snprintf(pr, sizeof pr, "%s/dora-rows.h5", dir);
+        for (int pass = 0; pass < 2; pass++) { /* 0: element parts, 1: row parts (once) */
+            if (pass == 1 && trial > 0)
+                break;
+            lsl_writer *w = NULL;
+            lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+            cfg.quiet = 1;
+            cfg.staging_bytes = 4096;
+            lsl_status st = create_writer(pass ? pr : pe, &cfg, &w);
+            if (st == LSL_OK)
+                st = lsl_writer_define_all(w, 1, &t);
+            uint64_t seed = 17 * (uint64_t)trial + 5, cut[9] = {0};
+            for (int k = 1; k < size; k++)
+                cut[k] = trial == 2 ? 5 * cols + 3 + 7 * (uint64_t)k /* all inside row 5 */
+                                    : (uint64_t)(rnd(&seed) * (double)(e + 1)) % (e + 1);
+            for (int a = 1; a < size; a++)
+                for (int b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
+                    uint64_t x = cut[b];
+                    cut[b] = cut[b - 1];
+                    cut[b - 1] = x;
+                }
+            if (trial == 3 && size > 1)
+                cut[1] = 0; /* rank 0 empty */
+            cut[size] = e;
+            uint64_t e0 = cut[rank], ne = cut[rank + 1] - cut[rank], r0 = e0 / cols;
+            uint64_t nt = ne ? (e0 + ne + cols - 1) / cols - r0 : 0, ra0, ran, q0, qn;
+            lsl_partition_rows(r, size, rank, &ra0, &ran);
+            lsl_partition_rows(rows, size, rank, &q0, &qn);
+            uint64_t b0 = pass ? q0 : r0, bn = pass ? qn : nt;
+            lsl_lora_part lp = lora_f32(r, 0.75, ra0, ran, A + ra0 * cols, B + b0 * r);
+            lp.magnitude = bn ? mag + b0 : NULL; /* an empty part may pass none */
+            lp.magnitude_dtype = LSL_F32;
+            if (st == LSL_OK && pass == 0) {
+                lsl_elem_part ep = {e0, ne, w0 + e0, LSL_MEM_HOST, NULL, &lp};
+                st = lsl_writer_put_elems_all(w, 0, &ep);
+            } else if (st == LSL_OK) {
+                lsl_part p = {q0, qn, w0 + q0 * cols, LSL_MEM_HOST, NULL, &lp};
+                st = lsl_writer_put_all(w, 0, &p);
+            }
+            CHECK(st == LSL_OK, "DoRA trial %d %s put: %s", trial, pass ? "row" : "element",
+                  lsl_last_error());
+            if (st == LSL_OK)
+                st = lsl_writer_close_all(&w);
+            else
+                lsl_writer_abort_all(&w);
+            CHECK(st == LSL_OK, "DoRA close: %s", lsl_last_error());
+        }
+        if (rank != 0)
+            continue;
+        hid_t fe = H5Fopen(pe, H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t fr = H5Fopen(pr, H5F_ACC_RDONLY, H5P_DEFAULT);
+        uint64_t ne_ = 0, nr_ = 0;
+        uint32_t ce = 0, cr = 0;
+        uint16_t *ve = fe >= 0 ? read_ds(fe, t.name, &ne_, &ce) : NULL;
+        uint16_t *vr = fr >= 0 ? read_ds(fr, t.name, &nr_, &cr) : NULL;
+        CHECK(ve && vr && ne_ == e * 2 && nr_ == e * 2, "DoRA trial %d: files unreadable", trial);
+        for (uint64_t k = 0; ve && vr && ne_ == nr_ && k < e; k++) {
+            int d = abs((int)(int16_t)ve[k] - (int)(int16_t)vr[k]);
+            worst = d > worst ? d : worst;
+        }
+        free(ve);
+        free(vr);
+        if (fe >= 0)
+            H5Fclose(fe);
+        if (fr >= 0)
+            H5Fclose(fr);
+    }
+    if (rank == 0)
+        CHECK(worst <= 1, "DoRA on element parts: %d ulp from the row parts' file", worst);
+    free(w0);
+    free(A);
+    free(B);
+    free(mag);
+    report("DoRA by rows on element ranges split mid-row (norms of shared rows across ranks)",
+           before);
+}
+#endif
+
 /* Rank 0: whether two files hold the same bytes. */
 static int same_bytes(const char *a, const char *b)
 {
@@ -1038,6 +1137,9 @@ int main(int argc, char **argv)
         test_same_as_mpi(0, 1);
         test_error_agreement();
         test_elems();
+#ifndef LSL_TEST_DEVICE
+        test_elems_dora();
+#endif
         test_put_collectives();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
             test_callback_failures();
@@ -1050,6 +1152,7 @@ int main(int argc, char **argv)
     test_error_agreement();
     test_elems(); /* device pointers in the GPU build: the partial rows' device path */
 #ifndef LSL_TEST_DEVICE
+    test_elems_dora();
     test_define_checks();
     test_hints();
     test_own_comm();

@@ -78,7 +78,12 @@ else
   run fsdp1-gpt2-uop-lora-bias-np3 torchrun 3 --wrap fsdp1 --use-orig-params --model gpt2 \
     --lora-bias
   run fsdp1-qwen2-mts-rslora-np4 torchrun 4 --wrap fsdp1 --modules-to-save --rslora --lora-r 3
-  run fsdp1-dora-mid-row-refused-np2 torchrun 2 --wrap fsdp1 --dora --expect-refusal
+  # DoRA by rows on pieces split mid-row: the shared rows' norms summed across ranks
+  run fsdp1-dora-mid-row-np2 torchrun 2 --wrap fsdp1 --dora
+  run fsdp1-dora-mid-row-np3 torchrun 3 --wrap fsdp1 --dora --lora-r 3
+  # fan_in_fan_out DoRA (GPT-2) on pieces split mid-row is still refused by name
+  run fsdp1-gpt2-dora-mid-row-refused-np2 torchrun 2 --wrap fsdp1 --model gpt2 --dora \
+    --expect-refusal
   # HYBRID_SHARD (2 replicas x 2 shards): replica 0's shard group writes; the same bytes
   run fsdp1-hybrid-qwen2-np4 torchrun 4 --wrap fsdp1 --hsdp
   if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp1-hybrid-qwen2-np4/merged.h5"; then
