@@ -37,7 +37,7 @@ expect() {
   [ $rc -ne 0 ] || why="exit status 0"
   grep -qF -- "$text" "$log" || why="$why; message lacks '$text'"
   [ ! -e "$o" ] || why="$why; $o exists"
-  ! ls -a "$out" | grep -q "lsl-tmp" || why="$why; temporary file left behind"
+  ! ls -a "$out" | grep "lsl-tmp" >/dev/null || why="$why; temporary file left behind"
   if [ -z "$why" ]; then
     echo "ok - $name: $(grep -m1 error "$log" | cut -c1-150)"
     pass=$((pass + 1))

@@ -110,7 +110,7 @@ with open(p, "r+b") as f:
 PY
 run convert -q "$out/bad.h5" "$out/bad-out" 2>"$out/bad.log"
 [ $? -ne 0 ] && grep -q "tensor \`model.layers.1.mlp.up_proj.weight\`: CRC-32C" "$out/bad.log" &&
-  [ ! -e "$out/bad-out" ] && ! ls -a "$out" | grep -q lsl-tmp &&
+  [ ! -e "$out/bad-out" ] && ! ls -a "$out" | grep lsl-tmp >/dev/null &&
   ok "convert refuses a corrupted tensor, leaves nothing" || { no "corrupted .h5 in convert"; cat "$out/bad.log"; }
 run verify -q "$out/bad.h5" 2>"$out/badv.log"
 [ $? -ne 0 ] && grep -q "up_proj.weight" "$out/badv.log" && ok "verify catches it in the .h5" || no "verify .h5"

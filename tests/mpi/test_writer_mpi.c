@@ -740,6 +740,27 @@ static void test_hints(void)
     }
 }
 
+/* The ranks' element cuts of a tensor of e elements, the same on every rank (sorted draws
+ * from seed): cut[k] is rank k's first element, cut[size] = e.  inside: the inner cuts all fall
+ * in [inside, inside + 7 * size) (several ranks within one row) when nonzero; empty0: rank 0
+ * holds nothing. */
+static void elem_cuts(uint64_t seed, uint64_t e, uint64_t inside, int empty0, uint64_t cut[9])
+{
+    memset(cut, 0, 9 * sizeof *cut);
+    for (int k = 1; k < size; k++)
+        cut[k] =
+            inside ? inside + 7 * (uint64_t)k : (uint64_t)(rnd(&seed) * (double)(e + 1)) % (e + 1);
+    for (int a = 1; a < size; a++) /* insertion sort */
+        for (int b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
+            uint64_t x = cut[b];
+            cut[b] = cut[b - 1];
+            cut[b - 1] = x;
+        }
+    if (empty0 && size > 1)
+        cut[1] = 0;
+    cut[size] = e;
+}
+
 #ifndef LSL_TEST_DEVICE
 /* DoRA by rows on element-range parts (FSDP1 pieces split mid-row): a row shared by two or more
  * ranks takes its norm from every holder's elements.  Random cuts, cuts that leave several
@@ -772,19 +793,8 @@ static void test_elems_dora(void)
             lsl_status st = create_writer(pass ? pr : pe, &cfg, &w);
             if (st == LSL_OK)
                 st = lsl_writer_define_all(w, 1, &t);
-            uint64_t seed = 17 * (uint64_t)trial + 5, cut[9] = {0};
-            for (int k = 1; k < size; k++)
-                cut[k] = trial == 2 ? 5 * cols + 3 + 7 * (uint64_t)k /* all inside row 5 */
-                                    : (uint64_t)(rnd(&seed) * (double)(e + 1)) % (e + 1);
-            for (int a = 1; a < size; a++)
-                for (int b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
-                    uint64_t x = cut[b];
-                    cut[b] = cut[b - 1];
-                    cut[b - 1] = x;
-                }
-            if (trial == 3 && size > 1)
-                cut[1] = 0; /* rank 0 empty */
-            cut[size] = e;
+            uint64_t cut[9]; /* trial 2: the inner cuts all inside row 5; trial 3: rank 0 empty */
+            elem_cuts(17 * (uint64_t)trial + 5, e, trial == 2 ? 5 * cols + 3 : 0, trial == 3, cut);
             uint64_t e0 = cut[rank], ne = cut[rank + 1] - cut[rank], r0 = e0 / cols;
             uint64_t nt = ne ? (e0 + ne + cols - 1) / cols - r0 : 0, ra0, ran, q0, qn;
             lsl_partition_rows(r, size, rank, &ra0, &ran);
@@ -902,18 +912,8 @@ static void test_elems(void)
             for (uint64_t i = 0; i < 4 && st == LSL_OK; i++) {
                 uint64_t cols = t[i].ndim > 1 ? t[i].shape[1] : 1, e = t[i].shape[0] * cols;
                 /* the same cuts on every rank: sorted draws from one seed */
-                uint64_t seed = 31 * (uint64_t)trial + i + 1, cut[9] = {0};
-                for (int k = 1; k < size; k++)
-                    cut[k] = (uint64_t)(rnd(&seed) * (double)(e + 1)) % (e + 1);
-                for (int a = 1; a < size; a++) /* insertion sort */
-                    for (int b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
-                        uint64_t x = cut[b];
-                        cut[b] = cut[b - 1];
-                        cut[b - 1] = x;
-                    }
-                if (trial == 1 && size > 1)
-                    cut[1] = 0; /* rank 0 empty */
-                cut[size] = e;
+                uint64_t cut[9]; /* trial 1: rank 0 empty */
+                elem_cuts(31 * (uint64_t)trial + i + 1, e, 0, trial == 1, cut);
                 uint64_t e0 = cut[rank], ne = cut[rank + 1] - cut[rank], es = esz(t[i].dtype);
                 uint64_t ra0, ran, r0 = cols ? e0 / cols : 0;
                 lsl_lora_part lp;
