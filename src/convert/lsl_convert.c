@@ -191,29 +191,16 @@ static char *dumps(json_t *j)
     return t;
 }
 
-/* Rank 0: plan, create the temporary directory and the shard files with their headers. */
 /* Rank 0: shard s's I/O plan (a file of `bytes` holding n tensors): on Lustre its layout is
  * given to the empty file before the header is written; with cfg->plan it is logged. */
 static void plan_shard(const lsl_convert_config *cfg, const cplan *p, uint32_t s, int fd,
                        uint64_t bytes, uint64_t n, int ranks, int nodes)
 {
-    const char *off = lsl_i_env(LSL_ENV_IOPLAN);
-    lsl_i_ioplan_in in = {bytes,
-                          n,
-                          ranks,
-                          nodes,
-                          cfg->stripe_count,
-                          cfg->stripe_size,
-                          0,
-                          off && strcmp(off, "off") == 0};
+    char path[4160];
+    snprintf(path, sizeof path, "%s/%s", cfg->outdir, p->names[s]);
+    lsl_i_ioplan_in in = {bytes, n, ranks, nodes, cfg->stripe_count, cfg->stripe_size, 0, 0};
     lsl_i_ioplan plan;
-    lsl_i_ioplan_make(&p->out.fs, &in, &plan);
-    int e = lsl_i_ioplan_apply(&plan, fd);
-    if (e)
-        lsl_i_log(LSL_LOG_WARN,
-                  "loraslab: warning: %s/%s: Lustre refused the layout (%s); it keeps the "
-                  "directory's\n",
-                  cfg->outdir, p->names[s], strerror(e));
+    lsl_i_ioplan_for_file(&p->out.fs, in, fd, path, &plan);
     if (!cfg->plan)
         return;
     char text[1024], b[32];
@@ -222,8 +209,7 @@ static void plan_shard(const lsl_convert_config *cfg, const cplan *p, uint32_t s
         lsl_i_log(LSL_LOG_INFO, "%s", text);
     }
     lsl_i_log(LSL_LOG_INFO, "plan: %s: %s, %llu tensors, layout %s\n", p->names[s],
-              lsl_i_fmt_bytes(bytes, b, sizeof b), (unsigned long long)n,
-              e ? "the directory's (refused)" : plan.why);
+              lsl_i_fmt_bytes(bytes, b, sizeof b), (unsigned long long)n, plan.why);
 }
 
 static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cplan *p,
@@ -427,13 +413,8 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     int nodes = 1;
     if (!cfg || !cfg->input || !cfg->outdir)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "convert needs an input file and an output directory");
-    else if (cfg->stripe_count > LSL_MAX_STRIPE_COUNT && cfg->stripe_count != LSL_STRIPE_ALL)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "stripe count %llu: 1 to %u OSTs (or all)",
-                        (unsigned long long)cfg->stripe_count, LSL_MAX_STRIPE_COUNT);
-    else if (cfg->stripe_size % (64u << 10) != 0 || cfg->stripe_size > 0xFFFF0000ull)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
-                        "stripe size of %llu bytes: a multiple of 64 KiB up to 4 GiB - 64 KiB",
-                        (unsigned long long)cfg->stripe_size);
+    else
+        st = lsl_i_ioplan_check(cfg->stripe_count, cfg->stripe_size);
     LSL_TRY(lsl_i_agree(comm, st));
     LSL_TRY(lsl_i_comm_nodes(comm, &nodes)); /* for the shards' I/O plans */
     if (rank == 0)

@@ -275,31 +275,18 @@ int lsl_i_same_everywhere(lsl_i_comm *c, const int64_t *v, int n, lsl_status *st
     return 1;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
 lsl_status lsl_i_comm_nodes(lsl_i_comm *c, int *nodes)
 {
     *nodes = 1;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
-    uint64_t h = 14695981039346656037ull; /* FNV-1a of the host name */
-    for (const char *p = host; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    uint64_t h = lsl_i_fnv1a(LSL_I_FNV_SEED, host, strlen(host));
     uint64_t *all = lsl_i_malloc((size_t)c->size * sizeof *all);
     lsl_status st = lsl_i_agree(c, all ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory"));
     if (st == LSL_OK)
         st = lsl_i_allgather(c, &h, all, sizeof h);
-    if (st == LSL_OK) {
-        qsort(all, (size_t)c->size, sizeof *all, cmp_u64);
-        int n = 1;
-        for (int k = 1; k < c->size; k++)
-            n += all[k] != all[k - 1];
-        *nodes = n;
-    }
+    if (st == LSL_OK)
+        *nodes = (int)lsl_i_distinct_u64(all, (uint64_t)c->size);
     free(all);
     return st;
 }

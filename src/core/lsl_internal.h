@@ -164,5 +164,11 @@ double lsl_i_now(void);
 
 /* "1.5 GiB" into buf. */
 const char *lsl_i_fmt_bytes(uint64_t n, char *buf, size_t len);
+/* FNV-1a over n bytes at p, continuing from h (start from LSL_I_FNV_SEED): digests ranks
+ * compare (tensor lists, host names). */
+#define LSL_I_FNV_SEED 14695981039346656037ull
+uint64_t lsl_i_fnv1a(uint64_t h, const void *p, size_t n);
+/* How many distinct values v[0..n) holds (sorts v in place). */
+uint64_t lsl_i_distinct_u64(uint64_t *v, uint64_t n);
 
 #endif

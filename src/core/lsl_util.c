@@ -414,3 +414,26 @@ bool lsl_i_plain_name(const char *s)
     return *s && !strchr(s, '/') && !strchr(s, '\\') && s[0] != '.' &&
            lsl_i_utf8_valid(s, strlen(s), &bad);
 }
+
+uint64_t lsl_i_fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+uint64_t lsl_i_distinct_u64(uint64_t *v, uint64_t n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_u64);
+    uint64_t d = 0;
+    for (uint64_t i = 0; i < n; i++)
+        d += i == 0 || v[i] != v[i - 1];
+    return d;
+}

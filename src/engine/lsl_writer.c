@@ -82,15 +82,8 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
                         "alignment of %llu bytes: at most 1 GiB (each large tensor starts on a "
                         "multiple of it, so the file's holes grow with it)",
                         (unsigned long long)w->cfg.alignment);
-    else if (w->cfg.stripe_count > LSL_MAX_STRIPE_COUNT && w->cfg.stripe_count != LSL_STRIPE_ALL)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
-                        "stripe count %llu: Lustre stripes a file over 1 to %u OSTs (or all)",
-                        (unsigned long long)w->cfg.stripe_count, LSL_MAX_STRIPE_COUNT);
-    else if (w->cfg.stripe_size % (64u << 10) != 0 || w->cfg.stripe_size > 0xFFFF0000ull)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
-                        "stripe size of %llu bytes: Lustre takes a multiple of 64 KiB up to "
-                        "4 GiB - 64 KiB",
-                        (unsigned long long)w->cfg.stripe_size);
+    else
+        st = lsl_i_ioplan_check(w->cfg.stripe_count, w->cfg.stripe_size);
     if (w->rank == 0 && st == LSL_OK) {
         st = lsl_i_out_create(path, 0, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
         w->fs = w->out.fs;
@@ -180,14 +173,6 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *c = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ c[i]) * 1099511628211ull;
-    return h;
-}
-
 static lsl_status check_tensors(uint64_t n, const lsl_tensor_info *t, uint64_t *nbytes,
                                 uint64_t *total)
 {
@@ -226,36 +211,6 @@ fail:
     return rc;
 }
 
-/* Rank 0: the file's I/O plan, and its Lustre layout given to the empty temporary before
- * HDF5 writes a byte (a refusal keeps the directory's layout, with a warning). */
-static void plan_file(lsl_writer *w)
-{
-    const char *off = lsl_i_env(LSL_ENV_IOPLAN);
-    lsl_i_ioplan_in in = {w->total_bytes,
-                          w->n,
-                          w->size,
-                          w->nodes,
-                          w->cfg.stripe_count,
-                          w->cfg.stripe_size,
-                          w->cfg.alignment,
-                          off && strcmp(off, "off") == 0};
-    lsl_i_ioplan_make(&w->fs, &in, &w->plan);
-    int e = w->out.lock_fd >= 0 ? lsl_i_ioplan_apply(&w->plan, w->out.lock_fd) : 0;
-    if (e) {
-        char b[32];
-        lsl_i_log(LSL_LOG_WARN,
-                  "loraslab: warning: %s: Lustre refused the layout %llu x %s (%s); the file "
-                  "keeps the directory's\n",
-                  w->out.path, (unsigned long long)w->plan.stripe_count,
-                  lsl_i_fmt_bytes(w->plan.stripe_size, b, sizeof b), strerror(e));
-        snprintf(w->plan.why, sizeof w->plan.why, "the directory's: setting one failed (%s)",
-                 strerror(e));
-        w->plan.layout = LSL_I_LAYOUT_INHERIT;
-        w->plan.stripe_size = w->fs.stripe_size;
-        w->plan.stripe_count = w->fs.stripe_count;
-    }
-}
-
 static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor_info *tensors)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
@@ -290,12 +245,12 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
      * that defined a different list, and the others would report that instead. */
     LSL_TRY(lsl_i_agree(w->comm, st));
     /* The list is logically collective: compare a digest of it with every other rank's. */
-    uint64_t h = 14695981039346656037ull;
+    uint64_t h = LSL_I_FNV_SEED;
     for (uint64_t i = 0; st == LSL_OK && i < ntensors; i++) {
-        h = fnv(h, w->t[i].name, strlen(w->t[i].name) + 1);
-        h = fnv(h, &w->t[i].dtype, sizeof w->t[i].dtype);
-        h = fnv(h, &w->t[i].ndim, sizeof w->t[i].ndim);
-        h = fnv(h, w->t[i].shape, sizeof(uint64_t) * (size_t)w->t[i].ndim);
+        h = lsl_i_fnv1a(h, w->t[i].name, strlen(w->t[i].name) + 1);
+        h = lsl_i_fnv1a(h, &w->t[i].dtype, sizeof w->t[i].dtype);
+        h = lsl_i_fnv1a(h, &w->t[i].ndim, sizeof w->t[i].ndim);
+        h = lsl_i_fnv1a(h, w->t[i].shape, sizeof(uint64_t) * (size_t)w->t[i].ndim);
     }
     int64_t hv = (int64_t)h;
     if (!lsl_i_same_everywhere(w->comm, &hv, 1, &st) && st == LSL_OK)
@@ -306,7 +261,10 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
     w->prog.t0 = w->t0;
 
     if (w->rank == 0) {
-        plan_file(w);
+        lsl_i_ioplan_in in = {
+            w->total_bytes,   w->n, w->size, w->nodes, w->cfg.stripe_count, w->cfg.stripe_size,
+            w->cfg.alignment, 0};
+        lsl_i_ioplan_for_file(&w->fs, in, w->out.lock_fd, w->out.path, &w->plan);
         uint64_t align = w->plan.alignment;
         /* Alignment holes stay sparse; what must fit is the data plus the metadata. */
         uint64_t need = w->total_bytes + (1u << 20) + w->n * 4096u;

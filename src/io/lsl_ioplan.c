@@ -231,6 +231,41 @@ int lsl_i_ioplan_apply(const lsl_i_ioplan *p, int fd)
     return e ? e : errno;
 }
 
+lsl_status lsl_i_ioplan_check(uint64_t stripe_count, uint64_t stripe_size)
+{
+    if (stripe_count > LSL_MAX_STRIPE_COUNT && stripe_count != LSL_STRIPE_ALL)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "stripe count %llu: Lustre stripes a file over 1 to %u OSTs (or all)",
+                          (unsigned long long)stripe_count, LSL_MAX_STRIPE_COUNT);
+    if (stripe_size % (64u << 10) != 0 || stripe_size > 0xFFFF0000ull)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "stripe size of %llu bytes: Lustre takes a multiple of 64 KiB up to "
+                          "4 GiB - 64 KiB",
+                          (unsigned long long)stripe_size);
+    return LSL_OK;
+}
+
+void lsl_i_ioplan_for_file(const lsl_i_fsinfo *fs, lsl_i_ioplan_in in, int fd, const char *name,
+                           lsl_i_ioplan *p)
+{
+    const char *off = lsl_i_env(LSL_ENV_IOPLAN);
+    in.legacy = off && strcmp(off, "off") == 0;
+    lsl_i_ioplan_make(fs, &in, p);
+    int e = fd >= 0 ? lsl_i_ioplan_apply(p, fd) : 0;
+    if (!e)
+        return;
+    char b[32];
+    lsl_i_log(LSL_LOG_WARN,
+              "loraslab: warning: %s: Lustre refused the layout %llu x %s (%s); the file keeps "
+              "the directory's\n",
+              name, (unsigned long long)p->stripe_count,
+              lsl_i_fmt_bytes(p->stripe_size, b, sizeof b), strerror(e));
+    snprintf(p->why, sizeof p->why, "the directory's: setting one failed (%s)", strerror(e));
+    p->layout = LSL_I_LAYOUT_INHERIT;
+    p->stripe_size = fs->stripe_size;
+    p->stripe_count = fs->stripe_count;
+}
+
 static const char *cb_name(int cb)
 {
     return cb == LSL_I_CB_ENABLE ? "on" : cb == LSL_I_CB_DISABLE ? "off" : "MPI's choice";
@@ -263,22 +298,6 @@ void lsl_i_ioplan_describe(const lsl_i_ioplan *p, char *buf, size_t n)
              lsl_i_fmt_bytes(p->alignment, c, sizeof c),
              p->piece ? lsl_i_fmt_bytes(p->piece, b, sizeof b) : "nothing (no stripes)",
              cb_name(p->cb_write), agg, lsl_i_fmt_bytes(p->cb_buffer, cb, sizeof cb));
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Distinct values of v[0..n) (sorted in place). */
-static uint64_t distinct(uint64_t *v, uint64_t n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_u64);
-    uint64_t d = 0;
-    for (uint64_t i = 0; i < n; i++)
-        d += i == 0 || v[i] != v[i - 1];
-    return d;
 }
 
 void lsl_i_ioplan_extents(const lsl_i_ioplan *p, uint64_t n, const uint64_t *offsets,
@@ -330,7 +349,8 @@ void lsl_i_ioplan_extents(const lsl_i_ioplan *p, uint64_t n, const uint64_t *off
         snprintf(buf + k, cap - k,
                  "plan: %llu of %llu stripes shared by two ranks (row boundaries inside a "
                  "stripe)\n",
-                 (unsigned long long)distinct(bound, nb), (unsigned long long)distinct(all, ns));
+                 (unsigned long long)lsl_i_distinct_u64(bound, nb),
+                 (unsigned long long)lsl_i_distinct_u64(all, ns));
     else if (k < cap && !unit)
         snprintf(buf + k, cap - k, "plan: no stripes, so none shared\n");
     free(bound);

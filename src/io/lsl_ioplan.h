@@ -57,6 +57,18 @@ typedef struct lsl_i_ioplan {
  * make falls back to what the directory gives. */
 void lsl_i_ioplan_make(const lsl_i_fsinfo *fs, const lsl_i_ioplan_in *in, lsl_i_ioplan *out);
 
+/* Not collective.  The user's stripe settings (0: not given): a count of 1 to
+ * LSL_MAX_STRIPE_COUNT or LSL_STRIPE_ALL, a size that is a multiple of 64 KiB up to
+ * 4 GiB - 64 KiB; else LSL_ERR_INVALID_ARG saying so. */
+lsl_status lsl_i_ioplan_check(uint64_t stripe_count, uint64_t stripe_size);
+
+/* Not collective (rank 0).  The plan for the new file `name` (in with legacy read from
+ * LSL_IOPLAN), and its Lustre layout given to the empty file fd (created with
+ * LSL_I_O_LOV_DELAY_CREATE; -1: none) before anything is written.  A refusal is warned about
+ * and the plan then says the file keeps the directory's layout. */
+void lsl_i_ioplan_for_file(const lsl_i_fsinfo *fs, lsl_i_ioplan_in in, int fd, const char *name,
+                           lsl_i_ioplan *out);
+
 /* Not collective.  MPI_Info for the plan's collective writes: data sieving off (no fcntl locks,
  * no read-modify-write), striping_unit, cb_buffer_size, romio_cb_write, cb_nodes and
  * cb_config_list as planned, IBM_largeblock_io on GPFS; then "key=value;..." from
