@@ -240,7 +240,8 @@ typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_
 /* Round the delta to the weight's precision before adding it in that precision, as PEFT's
  * Embedding layer merges (its Linear layers add an fp32 delta with one rounding: the default).
  * The delta is evaluated in the factors' precision: with F32 factors B @ A and the scaling in
- * fp32; with BF16/F16 factors each rounded to the weight dtype (factors too).  Host memory only. */
+ * fp32; with BF16/F16 factors each rounded to the weight dtype (factors too).  Merged on the CPU
+ * (device parts too: see lsl_writer_put_all). */
 #define LSL_LORA_DELTA_IN_WEIGHT_DTYPE 2u
 /* DoRA whose norm runs down the columns (fan_in_fan_out / GPT-2 Conv1D, W stored [in, out]):
  * `magnitude` holds one value per column, all of them on every rank, and the put reduces the
@@ -269,7 +270,7 @@ typedef struct lsl_lora_part {
     const void *a;             /* this rank's shard of A, row-major, contiguous */
     const void *b;             /* rows [row0, row0 + nrows) of B ([out, r]), row-major */
     const void *magnitude;     /* DoRA: rows [row0, row0 + nrows) of the magnitude vector, or
-                                  NULL; host memory only in this version */
+                                  NULL; where data lives (the part's mem) */
     lsl_dtype magnitude_dtype; /* F32, BF16 or F16 */
     unsigned flags;            /* LSL_LORA_*; other bits: LSL_ERR_INVALID_ARG */
 } lsl_lora_part;
@@ -277,7 +278,7 @@ typedef struct lsl_lora_part {
 typedef struct lsl_part {
     uint64_t row0, nrows; /* this rank's rows; the ranks' parts must tile [0, rows) in rank order */
     const void *data;     /* nrows rows of W0 (or of the tensor itself when lora is NULL) */
-    lsl_memspace mem;     /* where data, lora->a and lora->b live */
+    lsl_memspace mem;     /* where data and lora's a, b and magnitude live */
     void *stream;         /* cudaStream_t for LSL_MEM_DEVICE (NULL: the default stream) */
     const lsl_lora_part *lora; /* NULL: copy the rows unchanged */
 } lsl_part;
@@ -327,11 +328,14 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * LoRA A is all-gathered through host memory, or over NCCL when every rank has its own GPU and A
  * arrives in FSDP row shards: environment variable LSL_GATHER unset starts NCCL only after 1 GiB
  * of A has been gathered (a communicator costs seconds and hundreds of MiB of host memory per
- * rank), "nccl" from the first put, "mpi" never.  LSL_PROFILE=1 prints at close where the time
- * went (define, gathers, GPU waits, writes; the slowest rank's figure per phase), LSL_PROFILE=2
- * also one line per put on rank 0.  Returns LSL_ERR_SHAPE (parts do not tile the rows),
- * LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge produced NaN/Inf), LSL_ERR_IO / LSL_ERR_NOSPACE
- * (write failed).  After a failure the writer accepts only lsl_writer_abort_all. */
+ * rank), "nccl" from the first put, "mpi" never.  DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE have
+ * no kernel: their device parts are merged on the CPU, W0 copied down on part->stream chunk by
+ * chunk through the staging budget and the factors whole, so the file holds the bytes host
+ * parts give (host memory stays at the staging budget plus the factors).  LSL_PROFILE=1 prints at
+ * close where the time went (define, gathers, GPU waits, writes; the slowest rank's figure per
+ * phase), LSL_PROFILE=2 also one line per put on rank 0.  Returns LSL_ERR_SHAPE (parts do not tile
+ * the rows), LSL_ERR_DTYPE, LSL_ERR_NONFINITE (the merge produced NaN/Inf), LSL_ERR_IO /
+ * LSL_ERR_NOSPACE (write failed).  After a failure the writer accepts only lsl_writer_abort_all. */
 LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part);
 
 /* A part that is an element range of a tensor, as FSDP1 shards: each rank holds one contiguous
@@ -345,13 +349,14 @@ LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_p
  * elements (one more all-gather in the put), so within 1 ulp of row parts, not always the same
  * bytes.  DoRA down the columns (LSL_LORA_DORA_COLUMNS) only on parts of whole rows.
  * Device parts as for lsl_part (the partial first and last rows are merged from a zeroed copy
- * in the writer's device buffers, the rest in place); DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE
- * only from host memory. */
+ * in the writer's device buffers, the rest in place; DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE on
+ * the CPU, as lsl_writer_put_all says). */
 typedef struct lsl_elem_part {
     uint64_t e0, nelems; /* elements [e0, e0 + nelems); the ranks' ranges tile the tensor's
                             elements in rank order (empty ranges anywhere) */
     const void *data;    /* nelems elements of W0 (or of the tensor itself when lora is NULL) */
-    lsl_memspace mem;    /* where data, lora->a and lora->b live (the same on every rank) */
+    lsl_memspace mem;    /* where data and lora's a, b and magnitude live (the same on every
+                            rank) */
     void *stream;        /* cudaStream_t for LSL_MEM_DEVICE (NULL: the default stream) */
     const lsl_lora_part *lora; /* NULL: copy the elements unchanged */
 } lsl_elem_part;

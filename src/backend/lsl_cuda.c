@@ -228,6 +228,17 @@ lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes)
     return e == cudaSuccess ? LSL_OK : lsl_i_cuda_fail(e, "copying a LoRA A shard to the host");
 }
 
+lsl_status lsl_i_cuda_download_on(void *host, const void *dev, uint64_t bytes, void *stream,
+                                  const char *what)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    cudaError_t e =
+        bytes ? cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, st) : cudaSuccess;
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(st);
+    return e == cudaSuccess ? LSL_OK : lsl_i_cuda_fail(e, what);
+}
+
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev)
 {
     lsl_status st = lsl_i_cuda_ensure(&c->b_dev, &c->b_cap, bytes, "device buffer for LoRA B");

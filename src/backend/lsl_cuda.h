@@ -51,6 +51,11 @@ lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, lsl_i_comm *comm, uint64_t n
                                      lsl_status local);
 /* Copy `bytes` of device memory (the current device's) to host memory.  Not collective. */
 lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes);
+/* Copy `bytes` of device memory to host memory on `stream` (a cudaStream_t, NULL: the default
+ * stream), after the work queued there, and wait.  what: the failure's context.  Not
+ * collective. */
+lsl_status lsl_i_cuda_download_on(void *host, const void *dev, uint64_t bytes, void *stream,
+                                  const char *what);
 /* Copy `bytes` of host memory to a device buffer owned by c (valid until the next call). */
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev);
 

@@ -28,8 +28,11 @@ static lsl_status gather_batch_nccl(lsl_writer *w, uint64_t n, const uint64_t *i
     uint64_t *in = lsl_i_calloc(n + 1, sizeof *in);
     if ((!l || !in) && st == LSL_OK)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    /* A part merged on the CPU keeps its A on the host path: a rank that leaves a part out
+     * leaves it out everywhere (lsl_i_cuda_gather_a_batch's agreement). */
     for (uint64_t i = 0; st == LSL_OK && i < n; i++)
-        if (parts[i].mem == LSL_MEM_DEVICE && indices[i] < w->n) {
+        if (parts[i].mem == LSL_MEM_DEVICE && indices[i] < w->n &&
+            !lsl_i_lora_on_cpu(parts[i].lora)) {
             l[i] = parts[i].lora;
             in[i] = lsl_i_row_elems(&w->t[indices[i]]);
         }

@@ -74,8 +74,8 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
     lsl_status rc = LSL_OK, st = st0;
     if (st == LSL_OK && lora && (lora->magnitude || (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)))
         st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE with device pointers are not "
-                        "supported in this version (pass host memory)");
+                        "internal: DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE reached the device "
+                        "kernels, which do not merge them (the CPU merge does)");
     lsl_i_putctx pc;
     rc = lsl_i_writer_open_cuda(w);
     if (rc != LSL_OK) {

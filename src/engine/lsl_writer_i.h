@@ -7,12 +7,15 @@
 #include "lsl_gather.h"
 #include "lsl_internal.h"
 
-/* Where a rank's W0 rows come from: host memory (mem != NULL) or a file (fd, off). */
+/* Where a rank's W0 rows come from: host memory (mem != NULL), a file (fd, off), or device
+ * memory copied down chunk by chunk on stream (dev != NULL: a device part merged on the CPU). */
 typedef struct lsl_i_src {
     const unsigned char *mem;
     int fd;
     uint64_t off;
     const char *path;
+    const unsigned char *dev;
+    void *stream;
 } lsl_i_src;
 
 /* Collective.  lsl_writer_create_all for a job that reads `inputs` (n paths, rank 0's count):

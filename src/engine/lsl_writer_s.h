@@ -131,6 +131,13 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
                             const lsl_lora_part *lora, lsl_status st0);
 #endif
 
+/* Whether a LoRA part's merge has no device kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE): its
+ * device parts are merged on the CPU. */
+static inline bool lsl_i_lora_on_cpu(const lsl_lora_part *l)
+{
+    return l && (l->magnitude || (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE));
+}
+
 /* Collective: lsl_writer_put_all's body (host or device, by part->mem); st this rank's status. */
 lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st);
 /* A part whose LoRA carries flag bits the API does not define is refused (fn: the public call),

@@ -262,7 +262,8 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
             const lsl_plan_tensor *t = &plan.t[x];
             lsl_job_part *b = &lb[x - i];
             uint64_t rb = lsl_i_row_elems(&t->info) * (lsl_dtype_bits(t->info.dtype) / 8);
-            lsl_i_src src = {NULL, fds[t->file], t->off + b->row0 * rb, plan.files[t->file]};
+            lsl_i_src src = {NULL, fds[t->file], t->off + b->row0 * rb, plan.files[t->file],
+                             NULL, NULL};
             if (t->has_lora)
                 lsl_i_lora_set_full(&b->lp, b->full);
 #ifdef LSL_HAVE_CUDA

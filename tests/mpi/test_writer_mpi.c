@@ -761,11 +761,35 @@ static void elem_cuts(uint64_t seed, uint64_t e, uint64_t inside, int empty0, ui
     cut[size] = e;
 }
 
-#ifndef LSL_TEST_DEVICE
+/* Rank 0: whether two files hold the same bytes. */
+static int same_bytes(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+#ifdef LSL_TEST_DEVICE
+#define NMEM 2 /* each file from device parts, then from host parts: the same bytes */
+#else
+#define NMEM 1
+#endif
+
 /* DoRA by rows on element-range parts (FSDP1 pieces split mid-row): a row shared by two or more
  * ranks takes its norm from every holder's elements.  Random cuts, cuts that leave several
  * ranks inside one row, and an empty rank 0; the values must match the row-part file's within
- * one ulp (the shared rows' sums of squares are added in another order). */
+ * one ulp (the shared rows' sums of squares are added in another order).  In the GPU build the
+ * parts are device memory (merged on the CPU), and each file must equal the host parts' file. */
 static void test_elems_dora(void)
 {
     int before = agree_failures();
@@ -780,17 +804,22 @@ static void test_elems_dora(void)
         mag[i] = 0.5f + 0.01f * (float)i;
     int worst = 0;
     for (int trial = 0; trial < 4; trial++) {
-        char pe[600], pr[600];
-        snprintf(pe, sizeof pe, "%s/dora-elems-%d.h5", dir, trial);
-        snprintf(pr, sizeof pr, "%s/dora-rows.h5", dir);
-        for (int pass = 0; pass < 2; pass++) { /* 0: element parts, 1: row parts (once) */
-            if (pass == 1 && trial > 0)
-                break;
+        char pe[NMEM][600], pr[NMEM][600];
+        for (int k = 0; k < NMEM; k++) { /* k = 1: host parts */
+            snprintf(pe[k], sizeof pe[k], "%s/dora-elems-%d%s.h5", dir, trial, k ? "-host" : "");
+            snprintf(pr[k], sizeof pr[k], "%s/dora-rows%s.h5", dir, k ? "-host" : "");
+        }
+        for (int pass = 0; pass < 2 * NMEM; pass++) { /* even: element parts, odd: row parts */
+            int rowp = pass % 2, host = pass / 2;
+            lsl_memspace mem = host ? LSL_MEM_HOST : MEM;
+#define ON(p, n) (host ? (const void *)(p) : dev((p), (n)))
+            if (rowp && trial > 0)
+                continue; /* the row parts' file once */
             lsl_writer *w = NULL;
             lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
             cfg.quiet = 1;
             cfg.staging_bytes = 4096;
-            lsl_status st = create_writer(pass ? pr : pe, &cfg, &w);
+            lsl_status st = create_writer(rowp ? pr[host] : pe[host], &cfg, &w);
             if (st == LSL_OK)
                 st = lsl_writer_define_all(w, 1, &t);
             uint64_t cut[9]; /* trial 2: the inner cuts all inside row 5; trial 3: rank 0 empty */
@@ -799,18 +828,20 @@ static void test_elems_dora(void)
             uint64_t nt = ne ? (e0 + ne + cols - 1) / cols - r0 : 0, ra0, ran, q0, qn;
             lsl_partition_rows(r, size, rank, &ra0, &ran);
             lsl_partition_rows(rows, size, rank, &q0, &qn);
-            uint64_t b0 = pass ? q0 : r0, bn = pass ? qn : nt;
-            lsl_lora_part lp = lora_f32(r, 0.75, ra0, ran, A + ra0 * cols, B + b0 * r);
-            lp.magnitude = bn ? mag + b0 : NULL; /* an empty part may pass none */
+            uint64_t b0 = rowp ? q0 : r0, bn = rowp ? qn : nt;
+            lsl_lora_part lp = lora_f32(r, 0.75, ra0, ran, ON(A + ra0 * cols, ran * cols * 4),
+                                        ON(B + b0 * r, bn * r * 4));
+            lp.magnitude = bn ? ON(mag + b0, bn * 4) : NULL; /* an empty part may pass none */
             lp.magnitude_dtype = LSL_F32;
-            if (st == LSL_OK && pass == 0) {
-                lsl_elem_part ep = {e0, ne, w0 + e0, LSL_MEM_HOST, NULL, &lp};
+            if (st == LSL_OK && !rowp) {
+                lsl_elem_part ep = {e0, ne, ON(w0 + e0, ne * 2), mem, NULL, &lp};
                 st = lsl_writer_put_elems_all(w, 0, &ep);
             } else if (st == LSL_OK) {
-                lsl_part p = {q0, qn, w0 + q0 * cols, LSL_MEM_HOST, NULL, &lp};
+                lsl_part p = {q0, qn, ON(w0 + q0 * cols, qn * cols * 2), mem, NULL, &lp};
                 st = lsl_writer_put_all(w, 0, &p);
             }
-            CHECK(st == LSL_OK, "DoRA trial %d %s put: %s", trial, pass ? "row" : "element",
+#undef ON
+            CHECK(st == LSL_OK, "DoRA trial %d %s put: %s", trial, rowp ? "row" : "element",
                   lsl_last_error());
             if (st == LSL_OK)
                 st = lsl_writer_close_all(&w);
@@ -820,8 +851,16 @@ static void test_elems_dora(void)
         }
         if (rank != 0)
             continue;
-        hid_t fe = H5Fopen(pe, H5F_ACC_RDONLY, H5P_DEFAULT);
-        hid_t fr = H5Fopen(pr, H5F_ACC_RDONLY, H5P_DEFAULT);
+        for (int k = 1; k < NMEM; k++) {
+            CHECK(same_bytes(pe[0], pe[k]),
+                  "DoRA trial %d: device and host element parts "
+                  "wrote other bytes",
+                  trial);
+            CHECK(trial > 0 || same_bytes(pr[0], pr[k]),
+                  "DoRA: device and host row parts wrote other bytes");
+        }
+        hid_t fe = H5Fopen(pe[0], H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t fr = H5Fopen(pr[0], H5F_ACC_RDONLY, H5P_DEFAULT);
         uint64_t ne_ = 0, nr_ = 0;
         uint32_t ce = 0, cr = 0;
         uint16_t *ve = fe >= 0 ? read_ds(fe, t.name, &ne_, &ce) : NULL;
@@ -847,24 +886,129 @@ static void test_elems_dora(void)
     report("DoRA by rows on element ranges split mid-row (norms of shared rows across ranks)",
            before);
 }
-#endif
 
-/* Rank 0: whether two files hold the same bytes. */
-static int same_bytes(const char *a, const char *b)
+/* The merges with no device kernel, from device parts in the GPU build (the CPU merge, W0 copied
+ * down chunk by chunk): DoRA by rows, DoRA down the columns, and PEFT's Embedding rule
+ * (LSL_LORA_DELTA_IN_WEIGHT_DTYPE), beside a plain LoRA tensor the kernel merges, put one by one
+ * and in one batch.  Every file must hold the bytes host parts write (whose values the CLI and
+ * torch tests check against their references). */
+static void test_cpu_formulas(void)
 {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        same = ca == cb;
-        if (ca == EOF || cb == EOF)
-            break;
+    int before = agree_failures();
+    enum { NT = 4 };
+    lsl_tensor_info t[NT] = {{"dora.rows", LSL_BF16, 2, {19, 16}},
+                             {"dora.cols", LSL_F16, 2, {23, 12}},
+                             {"embed", LSL_BF16, 2, {31, 10}},
+                             {"plain", LSL_F32, 2, {7, 5}}};
+    const uint64_t rr[NT] = {3, 5, 2, 4};
+    const lsl_dtype fdt[NT] = {LSL_F32, LSL_BF16, LSL_BF16, LSL_F16};
+    const unsigned flags[NT] = {0, LSL_LORA_DORA_COLUMNS, LSL_LORA_DELTA_IN_WEIGHT_DTYPE, 0};
+    void *w0[NT], *A[NT], *B[NT], *M[NT];
+    for (int i = 0; i < NT; i++) {
+        uint64_t out = t[i].shape[0], in = t[i].shape[1], r = rr[i];
+        w0[i] = malloc(out * in * esz(t[i].dtype));
+        A[i] = malloc(r * in * esz(fdt[i]));
+        B[i] = malloc(out * r * esz(fdt[i]));
+        M[i] = malloc((out > in ? out : in) * 2);
+        fill(t[i].dtype, w0[i], out * in, 0.05, 1100 + (uint64_t)i);
+        fill(fdt[i], A[i], r * in, 0.2, 1200 + (uint64_t)i);
+        fill(fdt[i], B[i], out * r, 0.1, 1300 + (uint64_t)i);
+        fill(LSL_BF16, M[i], out > in ? out : in, 0.3, 1400 + (uint64_t)i);
+        for (uint64_t k = 0; k < (out > in ? out : in); k++) /* positive magnitudes */
+            ((uint16_t *)M[i])[k] &= 0x7FFFu;
     }
-    if (fa)
-        fclose(fa);
-    if (fb)
-        fclose(fb);
-    return same;
+    char path[2][NMEM][600];
+    for (int batch = 0; batch < 2; batch++)
+        for (int host = 0; host < NMEM; host++) {
+            snprintf(path[batch][host], sizeof path[batch][host], "%s/cpu-formulas%s%s.h5", dir,
+                     batch ? "-batch" : "", host ? "-host" : "");
+            lsl_memspace mem = host ? LSL_MEM_HOST : MEM;
+#define ON(p, n) (host ? (const void *)(p) : dev((p), (n)))
+            lsl_writer *w = NULL;
+            lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+            cfg.quiet = 1;
+            cfg.staging_bytes = 4096; /* several chunks a tensor */
+            lsl_status st = create_writer(path[batch][host], &cfg, &w);
+            if (st == LSL_OK)
+                st = lsl_writer_define_all(w, NT, t);
+            CHECK(st == LSL_OK, "setup: %s", lsl_last_error());
+            lsl_part parts[NT];
+            lsl_lora_part lp[NT];
+            void *cols[NT] = {0};
+            uint64_t order[NT];
+            for (int i = 0; i < NT && st == LSL_OK; i++) {
+                uint64_t out = t[i].shape[0], in = t[i].shape[1], r = rr[i], es = esz(fdt[i]);
+                uint64_t q0, qn, a0, an;
+                lsl_partition_rows(out, size, rank, &q0, &qn);
+                /* A by rows for the row-wise tensors, by columns for the transposed ones */
+                int bycols = flags[i] != 0;
+                lsl_partition_rows(bycols ? in : r, size, rank, &a0, &an);
+                const void *ash = (unsigned char *)A[i] + a0 * in * es;
+                if (bycols) {
+                    cols[i] = malloc(r * an * es + 1);
+                    for (uint64_t row = 0; row < r; row++)
+                        memcpy((unsigned char *)cols[i] + row * an * es,
+                               (unsigned char *)A[i] + (row * in + a0) * es, an * es);
+                    ash = cols[i];
+                }
+                lp[i] = (lsl_lora_part){.rank = r,
+                                        .alpha = 2.0 * (double)r,
+                                        .scaling = 2.0,
+                                        .a_dtype = fdt[i],
+                                        .b_dtype = fdt[i],
+                                        .a_shard = bycols ? LSL_SHARD_COLS : LSL_SHARD_ROWS,
+                                        .a_off = a0,
+                                        .a_count = an,
+                                        .a = ON(ash, (bycols ? r * an : an * in) * es),
+                                        .b = ON((unsigned char *)B[i] + q0 * r * es, qn * r * es),
+                                        .flags = flags[i]};
+                if (i < 2) { /* DoRA: rows' magnitudes, or every column's on every rank */
+                    uint64_t m0 = i == 1 ? 0 : q0, mn = i == 1 ? in : qn;
+                    lp[i].magnitude = ON((uint16_t *)M[i] + m0, mn * 2);
+                    lp[i].magnitude_dtype = LSL_BF16;
+                }
+                uint64_t rb = in * esz(t[i].dtype);
+                parts[i] = (lsl_part){q0,  qn,   ON((unsigned char *)w0[i] + q0 * rb, qn * rb),
+                                      mem, NULL, &lp[i]};
+                order[i] = (uint64_t)i;
+                if (!batch) {
+                    st = lsl_writer_put_all(w, (uint64_t)i, &parts[i]);
+                    CHECK(st == LSL_OK, "put %s: %s", t[i].name, lsl_last_error());
+                }
+            }
+#undef ON
+            if (batch && st == LSL_OK) {
+                st = lsl_writer_put_batch_all(w, NT, order, parts);
+                CHECK(st == LSL_OK, "batched put: %s", lsl_last_error());
+            }
+            for (int i = 0; i < NT; i++)
+                free(cols[i]);
+            if (st == LSL_OK)
+                st = lsl_writer_close_all(&w);
+            else
+                lsl_writer_abort_all(&w);
+            CHECK(st == LSL_OK, "close: %s", lsl_last_error());
+        }
+    if (rank == 0) {
+        for (int host = 1; host < NMEM; host++)
+            for (int batch = 0; batch < 2; batch++)
+                CHECK(same_bytes(path[batch][0], path[batch][host]),
+                      "%s: device parts wrote other bytes than host parts",
+                      batch ? "batched" : "single puts");
+        /* a batch's A arrives whole: the same merge, the same bytes */
+        CHECK(same_bytes(path[0][NMEM - 1], path[1][NMEM - 1]),
+              "the batched put wrote other bytes than single puts");
+    }
+    for (int i = 0; i < NT; i++) {
+        free(w0[i]);
+        free(A[i]);
+        free(B[i]);
+        free(M[i]);
+    }
+    report(NMEM > 1 ? "DoRA (rows, columns) and the Embedding rule from device parts: the host "
+                      "parts' bytes, single and batched"
+                    : "DoRA (rows, columns) and the Embedding rule, single and batched puts",
+           before);
 }
 
 /* Element-range parts (FSDP1's pieces): random rank-ordered cuts of each tensor's elements, mid-row
@@ -1137,9 +1281,8 @@ int main(int argc, char **argv)
         test_same_as_mpi(0, 1);
         test_error_agreement();
         test_elems();
-#ifndef LSL_TEST_DEVICE
         test_elems_dora();
-#endif
+        test_cpu_formulas();
         test_put_collectives();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
             test_callback_failures();
@@ -1151,8 +1294,9 @@ int main(int argc, char **argv)
     test_merge_and_copy(0, 1);
     test_error_agreement();
     test_elems(); /* device pointers in the GPU build: the partial rows' device path */
-#ifndef LSL_TEST_DEVICE
     test_elems_dora();
+    test_cpu_formulas();
+#ifndef LSL_TEST_DEVICE
     test_define_checks();
     test_hints();
     test_own_comm();

@@ -47,6 +47,14 @@ if [ "${LSL_TEST_DEVICE:-cpu}" = cuda ]; then
   run gpu-ddp-gpt2 torchrun 1 --wrap ddp --model gpt2 --lora-bias
   run gpu-none-qwen2 torchrun 1 --wrap none --rslora --modules-to-save --second-adapter
   run gpu-fsdp1-qwen2 torchrun 1 --wrap fsdp1
+  # DoRA (by rows; down the columns for GPT-2's Conv1D) and LoRA on embeddings from GPU tensors:
+  # merged on the CPU from chunks copied down (no kernel for their formulas)
+  run gpu-fsdp2-qwen2-dora torchrun 1 --dora
+  run gpu-fsdp2-gpt2-dora torchrun 1 --model gpt2 --dora
+  run gpu-fsdp2-qwen2-embed-mts torchrun 1 --embed --modules-to-save --lora-r 2
+  run gpu-fsdp1-qwen2-dora torchrun 1 --wrap fsdp1 --dora
+  # CPUOffload: the shards live in host memory while the step runs on the GPU
+  run gpu-fsdp1-cpu-offload-step torchrun 1 --wrap fsdp1 --cpu-offload --step
   # FSDP1's element-range puts of device pointers merge with the same kernel as FSDP2's rows
   if cmp -s "$out/gpu-fsdp2-qwen2/merged.h5" "$out/gpu-fsdp1-qwen2/merged.h5"; then
     echo "ok - GPU FSDP1 and FSDP2 files byte-identical"; pass=$((pass + 1))

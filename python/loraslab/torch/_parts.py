@@ -65,7 +65,7 @@ def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.L
     lp.a_dtype, lp.b_dtype = dtype_code(a_t, it.name), dtype_code(b_rows, it.name)
     lp.a, lp.b = keep.ptr(a_t.contiguous()), keep.ptr(b_rows.contiguous())
     if lo.magnitude is not None:
-        m = full(lo.magnitude).float().cpu()
+        m = full(lo.magnitude).float().to(b_rows.device)  # where the part's data lives
         if lo.kind == "transposed":  # the norm runs down the columns: every column's m
             lp.flags |= _capi.LORA_DORA_COLUMNS
         else:
@@ -137,7 +137,7 @@ def rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
 def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
               keep: Keep) -> int:
     """An FSDP1 piece: an element-range put, of device pointers on torch's current stream for a
-    GPU piece (DoRA and embedding LoRA on the GPU are refused before), else from host memory.
+    GPU piece, else from host memory.
     Its LoRA factors are gathered whole (they are small) where the piece is; B's rows are those
     the range touches."""
     p: _fsdp1.Piece = it.tensor

@@ -64,9 +64,6 @@ def _check_items(items: list[Item]) -> None:
         if lo.kind == "embedding" and lo.magnitude is not None:
             raise Unsupported(f"tensor `{it.name}`: DoRA on an embedding (as `loraslab merge`, "
                               "this version refuses it)")
-        if it.tensor.is_cuda and (lo.magnitude is not None or lo.kind == "embedding"):
-            raise Unsupported(f"tensor `{it.name}`: DoRA and LoRA on embeddings merge on the CPU "
-                              "only in this version; the tensor is on the GPU")
 
 
 def _gloo(group: Optional[Any]) -> Optional[Any]:
@@ -100,7 +97,9 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     wrapped by FSDP2 (`fully_shard`), FSDP1 (`FullyShardedDataParallel`), DDP, or nothing.  Each
     rank writes what it holds: its FSDP2 rows, its FSDP1 element ranges, or its slice of a
     replicated tensor; only LoRA factors are gathered; GPU tensors (FSDP1 pieces too) go in as
-    device pointers, the work ordered after torch's current stream; the model is not changed.
+    device pointers, the work ordered after torch's current stream (DoRA and LoRA on embeddings
+    have no GPU kernel: their tensors are copied down chunk by chunk through the staging budget
+    and merged on the CPU, to the bytes a CPU job writes); the model is not changed.
     Host memory: the staging budget (`staging_mib`) plus small buffers.  `stripe_count` (-1: every
     OST) and `stripe_size` (bytes, a multiple of 64 KiB) set the file's Lustre layout, as
     `loraslab merge --stripe-count/--stripe-size` do; 0 leaves it to the I/O plan.
