@@ -347,7 +347,8 @@ LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_p
  * the dimensions after the first); A as for lsl_part.  DoRA by rows: lora->magnitude holds the
  * same touched rows' values; a row split between ranks takes its norm from every holder's
  * elements (one more all-gather in the put), so within 1 ulp of row parts, not always the same
- * bytes.  DoRA down the columns (LSL_LORA_DORA_COLUMNS) only on parts of whole rows.
+ * bytes.  DoRA down the columns (LSL_LORA_DORA_COLUMNS): each rank's pass over its rows counts
+ * only its own elements, so the reduced column norms are those of row parts.
  * Device parts as for lsl_part (the partial first and last rows are merged from a zeroed copy
  * in the writer's device buffers, the rest in place; DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE on
  * the CPU, as lsl_writer_put_all says). */

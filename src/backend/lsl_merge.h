@@ -44,15 +44,16 @@ static inline uint64_t lsl_i_cpu_part_work_row(const lsl_i_cpu_part *p)
     return p->in * sizeof(double);
 }
 /* DoRA down the columns (LSL_LORA_DORA_COLUMNS): whether a first pass is needed; pass 1 adds the
- * squares of V over rows [first, first + n) of the part (w, not modified) into p->colf; after
- * the ranks' sums are reduced into p->colf, lsl_i_cpu_part_columns turns them into factors
- * (LSL_ERR_NOMEM). */
+ * squares of V over rows [first, first + n) of the part (w, not modified) into p->colf, only
+ * those of the block's elements [k0, k1) (an element-range part's own: its first and last rows
+ * may be partial, the rest of them zero in w); after the ranks' sums are reduced into p->colf,
+ * every element counted once, lsl_i_cpu_part_columns turns them into factors (LSL_ERR_NOMEM). */
 static inline int lsl_i_cpu_part_by_columns(const lsl_i_cpu_part *p)
 {
     return p->lora && (p->lora->flags & LSL_LORA_DORA_COLUMNS);
 }
 lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first, uint64_t n,
-                                void *work);
+                                uint64_t k0, uint64_t k1, void *work);
 /* DoRA by rows on an element-range part: this rank's sum of squares of V over columns
  * [c0, c1) of its local row `row` (w: that whole row, the missing elements zero), and, once the
  * ranks' partial sums are added, the row's whole sum for the merge to use (at most two rows:
@@ -80,9 +81,11 @@ lsl_status lsl_i_merge_rows_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in, 
                                 const void *a, uint64_t r, double s, void *work, uint64_t *bad);
 
 /* DoRA down the columns, pass 1: adds the squares of V = w + s * (b @ a) (m x in) into
- * colsq[in]; w is not modified.  Pass 2: w = round(factor[j] * V). */
+ * colsq[in], over the block's row-major elements [k0, k1) only; w is not modified.  Pass 2:
+ * w = round(factor[j] * V). */
 lsl_status lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
-                                const void *a, uint64_t r, double s, double *work, double *colsq);
+                                const void *a, uint64_t r, double s, uint64_t k0, uint64_t k1,
+                                double *work, double *colsq);
 lsl_status lsl_i_merge_rows_dora_cols_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t in,
                                           const void *b, const void *a, uint64_t r, double s,
                                           const double *factor, double *work, uint64_t *bad);

@@ -194,18 +194,18 @@ lsl_status lsl_i_merge_rows_lowp_cpu(lsl_dtype dt, lsl_dtype pdt, void *w, uint6
 }
 
 lsl_status lsl_i_dora_colsq_cpu(lsl_dtype dt, const void *w, uint64_t m, uint64_t in, const void *b,
-                                const void *a, uint64_t r, double s, double *work, double *colsq)
+                                const void *a, uint64_t r, double s, uint64_t k0, uint64_t k1,
+                                double *work, double *colsq)
 {
     if (m == 0 || in == 0)
         return LSL_OK;
     lsl_status st = block_delta(m, in, b, a, r, work);
     if (st != LSL_OK)
         return st;
-    for (uint64_t i = 0; i < m; i++)
-        for (uint64_t j = 0; j < in; j++) {
-            double v = fma(s, work[i * in + j], to_double(dt, w, i * in + j));
-            colsq[j] += v * v;
-        }
+    for (uint64_t k = k0, j = k0 % in; k < k1 && k < m * in; k++, j = j + 1 < in ? j + 1 : 0) {
+        double v = fma(s, work[k], to_double(dt, w, k));
+        colsq[j] += v * v;
+    }
     return LSL_OK;
 }
 

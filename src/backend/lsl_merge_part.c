@@ -39,10 +39,10 @@ void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a)
 }
 
 lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first, uint64_t n,
-                                void *work)
+                                uint64_t k0, uint64_t k1, void *work)
 {
     return lsl_i_dora_colsq_cpu(p->wt, w, n, p->in, p->b + first * p->r, p->a, p->r,
-                                p->lora->scaling, work, p->colf);
+                                p->lora->scaling, k0, k1, work, p->colf);
 }
 
 lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p)

@@ -103,12 +103,6 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
      * staging budget, while this chunk is merged and written. */
     const int ahead = src->mem == NULL && src->dev == NULL;
     st = st0;
-    if (st == LSL_OK && pc.elems && lora && (lora->flags & LSL_LORA_DORA_COLUMNS) && pc.relems &&
-        (pc.e0 % pc.relems != 0 || pc.ne % pc.relems != 0))
-        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "tensor `%s`: DoRA down the columns (fan_in_fan_out) on a part that "
-                        "starts or ends mid-row is not supported in this version",
-                        t->name);
     if (st == LSL_OK && ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
     if (lora) {
@@ -160,13 +154,17 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
     if (lora && lsl_i_cpu_part_by_columns(&cp)) {
         /* DoRA down the columns: the norm of a column spans every rank's rows.  Pass 1 sums this
-         * rank's squares of V per column; the reduction gives every rank the norms. */
+         * rank's squares of V per column over its own elements (an element-range part's first
+         * and last rows may be partial); the reduction gives every rank the norms. */
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
-            uint64_t lr, m;
+            uint64_t lr, m, pos, off, count;
             chunk_rows_of(&tl, c, &lr, &m);
-            st = src_read(src, lr * pc.rbytes, m * pc.rbytes, rbuf[0]);
+            if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count))
+                memset(rbuf[0], 0, m * pc.rbytes);
+            st = src_read(src, off, count, rbuf[0] + pos);
             if (st == LSL_OK)
-                st = lsl_i_cpu_part_colsq(&cp, rbuf[0], lr, m, work);
+                st = lsl_i_cpu_part_colsq(&cp, rbuf[0], lr, m, pos / pc.esize,
+                                          (pos + count) / pc.esize, work);
         }
         lsl_status rs = lsl_i_allreduce_f64(w->comm, cp.colf, pc.relems, LSL_OP_SUM);
         if (rs != LSL_OK)

@@ -785,29 +785,32 @@ static int same_bytes(const char *a, const char *b)
 #define NMEM 1
 #endif
 
-/* DoRA by rows on element-range parts (FSDP1 pieces split mid-row): a row shared by two or more
- * ranks takes its norm from every holder's elements.  Random cuts, cuts that leave several
+/* DoRA on element-range parts (FSDP1 pieces split mid-row).  By rows, a row shared by two or
+ * more ranks takes its norm from every holder's elements; down the columns (fan_in_fan_out),
+ * each rank's column sums count only its own elements.  Random cuts, cuts that leave several
  * ranks inside one row, and an empty rank 0; the values must match the row-part file's within
- * one ulp (the shared rows' sums of squares are added in another order).  In the GPU build the
- * parts are device memory (merged on the CPU), and each file must equal the host parts' file. */
-static void test_elems_dora(void)
+ * one ulp (the sums of squares are added in another order).  In the GPU build the parts are
+ * device memory (merged on the CPU), and each file must equal the host parts' file. */
+static void test_elems_dora(int bycol)
 {
     int before = agree_failures();
     lsl_tensor_info t = {"d.bf16", LSL_BF16, 2, {29, 40}};
     const uint64_t rows = 29, cols = 40, e = rows * cols, r = 4;
     uint16_t *w0 = malloc(e * 2);
-    float *A = malloc(r * cols * 4), *B = malloc(rows * r * 4), *mag = malloc(rows * 4);
+    float *A = malloc(r * cols * 4), *B = malloc(rows * r * 4), *mag = malloc(cols * 4);
     fill(LSL_BF16, w0, e, 0.05, 71);
     fill(LSL_F32, A, r * cols, 0.1, 72);
     fill(LSL_F32, B, rows * r, 0.1, 73);
-    for (uint64_t i = 0; i < rows; i++)
+    for (uint64_t i = 0; i < cols; i++) /* rows' magnitudes, or every column's */
         mag[i] = 0.5f + 0.01f * (float)i;
     int worst = 0;
     for (int trial = 0; trial < 4; trial++) {
         char pe[NMEM][600], pr[NMEM][600];
+        const char *kind = bycol ? "cols" : "rows";
         for (int k = 0; k < NMEM; k++) { /* k = 1: host parts */
-            snprintf(pe[k], sizeof pe[k], "%s/dora-elems-%d%s.h5", dir, trial, k ? "-host" : "");
-            snprintf(pr[k], sizeof pr[k], "%s/dora-rows%s.h5", dir, k ? "-host" : "");
+            snprintf(pe[k], sizeof pe[k], "%s/dora-%s-elems-%d%s.h5", dir, kind, trial,
+                     k ? "-host" : "");
+            snprintf(pr[k], sizeof pr[k], "%s/dora-%s-rows%s.h5", dir, kind, k ? "-host" : "");
         }
         for (int pass = 0; pass < 2 * NMEM; pass++) { /* even: element parts, odd: row parts */
             int rowp = pass % 2, host = pass / 2;
@@ -831,7 +834,12 @@ static void test_elems_dora(void)
             uint64_t b0 = rowp ? q0 : r0, bn = rowp ? qn : nt;
             lsl_lora_part lp = lora_f32(r, 0.75, ra0, ran, ON(A + ra0 * cols, ran * cols * 4),
                                         ON(B + b0 * r, bn * r * 4));
-            lp.magnitude = bn ? ON(mag + b0, bn * 4) : NULL; /* an empty part may pass none */
+            if (bycol) { /* every column's magnitude on every rank */
+                lp.magnitude = ON(mag, cols * 4);
+                lp.flags = LSL_LORA_DORA_COLUMNS;
+            } else {
+                lp.magnitude = bn ? ON(mag + b0, bn * 4) : NULL; /* an empty part may pass none */
+            }
             lp.magnitude_dtype = LSL_F32;
             if (st == LSL_OK && !rowp) {
                 lsl_elem_part ep = {e0, ne, ON(w0 + e0, ne * 2), mem, NULL, &lp};
@@ -878,12 +886,15 @@ static void test_elems_dora(void)
             H5Fclose(fr);
     }
     if (rank == 0)
-        CHECK(worst <= 1, "DoRA on element parts: %d ulp from the row parts' file", worst);
+        CHECK(worst <= 1, "DoRA (%s) on element parts: %d ulp from the row parts' file",
+              bycol ? "columns" : "rows", worst);
     free(w0);
     free(A);
     free(B);
     free(mag);
-    report("DoRA by rows on element ranges split mid-row (norms of shared rows across ranks)",
+    report(bycol ? "DoRA down the columns (fan_in_fan_out) on element ranges split mid-row"
+                 : "DoRA by rows on element ranges split mid-row (norms of shared rows across "
+                   "ranks)",
            before);
 }
 
@@ -1281,7 +1292,8 @@ int main(int argc, char **argv)
         test_same_as_mpi(0, 1);
         test_error_agreement();
         test_elems();
-        test_elems_dora();
+        test_elems_dora(0);
+        test_elems_dora(1);
         test_cpu_formulas();
         test_put_collectives();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
@@ -1294,7 +1306,8 @@ int main(int argc, char **argv)
     test_merge_and_copy(0, 1);
     test_error_agreement();
     test_elems(); /* device pointers in the GPU build: the partial rows' device path */
-    test_elems_dora();
+    test_elems_dora(0);
+    test_elems_dora(1);
     test_cpu_formulas();
 #ifndef LSL_TEST_DEVICE
     test_define_checks();

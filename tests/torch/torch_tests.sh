@@ -74,6 +74,8 @@ else
   run fsdp2-hsdp-gpt2-dora-np4 torchrun 4 --hsdp --model gpt2 --dora
   run fsdp2-qwen2-dora-np3 torchrun 3 --dora
   run fsdp2-qwen2-embed-mts-np3 torchrun 3 --embed --modules-to-save --lora-r 2
+  # DoRA on an embedding: refused by name on every rank, as `loraslab merge` refuses it
+  run fsdp2-qwen2-embed-dora-refused-np2 torchrun 2 --embed --dora --expect-refusal
   run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias --stripe-mib 1
   run none-qwen2-options-np2 torchrun 2 --wrap none --rslora --modules-to-save --embed --tie \
     --second-adapter --adapter mine
@@ -89,9 +91,9 @@ else
   # DoRA by rows on pieces split mid-row: the shared rows' norms summed across ranks
   run fsdp1-dora-mid-row-np2 torchrun 2 --wrap fsdp1 --dora
   run fsdp1-dora-mid-row-np3 torchrun 3 --wrap fsdp1 --dora --lora-r 3
-  # fan_in_fan_out DoRA (GPT-2) on pieces split mid-row is still refused by name
-  run fsdp1-gpt2-dora-mid-row-refused-np2 torchrun 2 --wrap fsdp1 --model gpt2 --dora \
-    --expect-refusal
+  # fan_in_fan_out DoRA (GPT-2 Conv1D) on pieces split mid-row: column norms from own elements
+  run fsdp1-gpt2-dora-mid-row-np2 torchrun 2 --wrap fsdp1 --model gpt2 --dora
+  run fsdp1-gpt2-dora-mid-row-np3 torchrun 3 --wrap fsdp1 --model gpt2 --dora --lora-r 3
   # HYBRID_SHARD (2 replicas x 2 shards): replica 0's shard group writes; the same bytes
   run fsdp1-hybrid-qwen2-np4 torchrun 4 --wrap fsdp1 --hsdp
   if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp1-hybrid-qwen2-np4/merged.h5"; then

@@ -53,14 +53,6 @@ def _check_items(items: list[Item]) -> None:
                 raise Unsupported(f"tensor `{it.name}`: LoRA factor dtype {f.dtype}")
         if it.tensor.dtype not in FACTOR_DTYPES:
             raise Unsupported(f"tensor `{it.name}`: a LoRA target of dtype {it.tensor.dtype}")
-        if isinstance(it.tensor, _fsdp1.Piece) and lo.magnitude is not None \
-                and lo.kind == "transposed":
-            cols = it.tensor.cols
-            if cols and (it.tensor.e0 % cols or it.tensor.ne % cols):
-                raise Unsupported(f"tensor `{it.name}`: DoRA with fan_in_fan_out on an FSDP1 "
-                                  "piece that starts or ends mid-row (its column norms run "
-                                  "across split rows) is not supported in this version; use "
-                                  "FSDP2 (fully_shard)")
         if lo.kind == "embedding" and lo.magnitude is not None:
             raise Unsupported(f"tensor `{it.name}`: DoRA on an embedding (as `loraslab merge`, "
                               "this version refuses it)")
