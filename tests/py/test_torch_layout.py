@@ -50,6 +50,31 @@ class Fsdp1Pieces(unittest.TestCase):
         self.assertEqual(clean(""), "")
 
 
+class Batches(unittest.TestCase):
+    def test_cut_by_count_bytes_and_pieces(self) -> None:
+        from loraslab.torch._fsdp1 import Piece
+
+        def lora(r: int, cols: int) -> _walk.Item:
+            lo = _walk.Lora(r, 8.0, 1.0, False, "linear", torch.empty(r, cols),
+                            torch.empty(3, r))
+            return _walk.Item("w", torch.empty(3, cols), lo)
+        plain = _walk.Item("norm", torch.empty(4))
+        piece = _walk.Item("p", Piece("p", (5, 8), torch.bfloat16, 0, 40, torch.empty(40)))
+        big = lora(32, 27648)  # a 32B model's down_proj A: 3.5 MB
+        small = lora(32, 5120)  # its q_proj's: 0.66 MB
+        self.assertEqual(_parts.a_bytes(big), 32 * 27648 * 4)
+        self.assertEqual(_parts.a_bytes(plain), 0)
+        got = _parts.batches([small] * 6 + [big] * 3 + [plain] * 20 + [piece, plain])
+        # six q_proj's (3.9 MB); each 3.5 MB A in a batch of its own, the last with tensors of
+        # no LoRA up to 16; a piece alone
+        self.assertEqual([(r.start, r.stop) for r in got],
+                         [(0, 6), (6, 7), (7, 8), (8, 24), (24, 29), (29, 30), (30, 31)])
+        for r in got:
+            self.assertLessEqual(sum(_parts.a_bytes(x) for x in
+                                     ([small] * 6 + [big] * 3 + [plain] * 20 + [piece, plain])
+                                     [r.start:r.stop]), max(_parts.BATCH_A_BYTES, 32 * 27648 * 4))
+
+
 class Launch(unittest.TestCase):
     def choose(self, env: dict, world: int = 2, rank: int = 1) -> str:
         with mock.patch.dict(os.environ, env, clear=True), \

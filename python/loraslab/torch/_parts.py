@@ -86,8 +86,39 @@ def check(status: int, comm: Any = None) -> None:
 
 # Tensors per batched put: their LoRA A's are gathered in one collective step (a few collective
 # latencies each would add up over a model's hundreds of tensors at a thousand ranks); every
-# rank holds the batch's whole A's (r x in each) until the call returns.
+# rank holds the batch's whole A's (r x in each) in host memory until the call returns, up to
+# four copies of them inside the gather (the shards copied down, the send and receive buffers,
+# the whole A's).  So a batch also stops at BATCH_A_BYTES of whole A's: 16 tensors of a 32B
+# model's were 17 MB, and four copies of them were most of FSDP2's host memory above the
+# staging budget (docs/history.md, issue 16).
 BATCH = 16
+BATCH_A_BYTES = 4 << 20
+
+
+def a_bytes(it: Item) -> int:
+    """Bytes of the whole A a batched put gathers for this item (the same on every rank)."""
+    lo = it.lora
+    if lo is None:
+        return 0
+    f = lo.a if lo.kind in ("linear", "bias") else lo.b  # transposed: B^T is gathered
+    return int(f.numel()) * f.element_size()
+
+
+def batches(items: list[Item]) -> list[range]:
+    """The puts, in order: an FSDP1 piece alone, the other items in batches of at most BATCH
+    tensors and BATCH_A_BYTES of whole A's (a larger A alone).  The same on every rank."""
+    out, i = [], 0
+    while i < len(items):
+        j, held = i + 1, a_bytes(items[i])
+        if not isinstance(items[i].tensor, _fsdp1.Piece):
+            while j < len(items) and j - i < BATCH \
+                    and not isinstance(items[j].tensor, _fsdp1.Piece) \
+                    and held + a_bytes(items[j]) <= BATCH_A_BYTES:
+                held += a_bytes(items[j])
+                j += 1
+        out.append(range(i, j))
+        i = j
+    return out
 
 
 def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: range, rank: int, size: int,

@@ -15,7 +15,7 @@ from .._errors import Error
 from .._lib import lib
 from . import _fsdp1, _launch, _layout
 from ._layout import Unsupported
-from ._parts import BATCH, FACTOR_DTYPES, Keep, check, dtype_code, put_batch, put_piece
+from ._parts import FACTOR_DTYPES, Keep, batches, check, dtype_code, put_batch, put_piece
 from ._walk import FlatParams, Item, walk
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -220,17 +220,11 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
         for d, s in enumerate(shape):
             infos[i].shape[d] = s
     check(lb.lsl_writer_define_all(w, len(items), infos), comm)
-    i = 0
-    while i < len(items):
-        if isinstance(items[i].tensor, _fsdp1.Piece):
-            check(put_piece(lb, w, i, items[i], rank, size, Keep()), comm)
-            i += 1
-            continue
-        j = i
-        while j < len(items) and j - i < BATCH and not isinstance(items[j].tensor, _fsdp1.Piece):
-            j += 1
-        put_batch(lb, w, items, range(i, j), rank, size, comm)
-        i = j
+    for idx in batches(items):
+        if isinstance(items[idx.start].tensor, _fsdp1.Piece):
+            check(put_piece(lb, w, idx.start, items[idx.start], rank, size, Keep()), comm)
+        else:
+            put_batch(lb, w, items, idx, rank, size, comm)
 
 
 def _collective(tool: Any, process_group: Optional[Any], *args: Any, **kw: Any) -> Any:
