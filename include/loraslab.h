@@ -463,7 +463,8 @@ typedef struct lsl_convert_config {
  * model-0000i-of-0000N.safetensors split as huggingface_hub splits them plus
  * model.safetensors.index.json; config.json from the file's base config; loraslab.json
  * (provenance, per-tensor checksums); checksums.json (each file's CRC-32C, base64).  Ranks copy
- * equal shares of the bytes without decoding, checking every tensor's CRC-32C against the file
+ * equal shares of the bytes without decoding (each share ends on a multiple of its shard's
+ * stripe, so no two ranks write one stripe), checking every tensor's CRC-32C against the file
  * (LSL_ERR_CORRUPT names the tensor; a tensor without a checksum is LSL_ERR_FORMAT unless
  * no_verify).  Everything is written in a hidden sibling directory that is renamed to outdir only
  * when complete; on failure nothing appears.  outdir may not hold the input at any depth, nor be

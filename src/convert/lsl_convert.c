@@ -1,7 +1,7 @@
 /* HDF5 -> Hugging Face safetensors: rank 0 plans the shards and writes their headers; all ranks
- * copy equal shares of the tensor bytes from the datasets' offsets to their places in the shards,
- * checking CRC-32C on the way; rank 0 writes the index and side files and renames the directory
- * into place. */
+ * copy equal shares of the tensor bytes (cut at the shards' write pieces) from the datasets'
+ * offsets to their places in the shards, checking CRC-32C on the way; rank 0 writes the index and
+ * side files and renames the directory into place. */
 #define _GNU_SOURCE
 #include "lsl_convert.h"
 #include "lsl_ioplan.h"
@@ -77,6 +77,7 @@ typedef struct cplan {
     lsl_i_out out; /* the directory, its temporary */
     uint32_t nshards;
     char (*names)[64];
+    uint64_t *piece; /* per shard: the plan's write piece, where the ranks' shares are cut */
     uint64_t nranges;
     lsl_i_range *ranges;
     uint64_t *tensor; /* rank 0: the tensor each range copies */
@@ -85,6 +86,7 @@ typedef struct cplan {
 static void cplan_free(cplan *p)
 {
     free(p->names);
+    free(p->piece);
     free(p->ranges);
     free(p->tensor);
     memset(p, 0, sizeof *p);
@@ -192,15 +194,17 @@ static char *dumps(json_t *j)
 }
 
 /* Rank 0: shard s's I/O plan (a file of `bytes` holding n tensors): on Lustre its layout is
- * given to the empty file before the header is written; with cfg->plan it is logged. */
-static void plan_shard(const lsl_convert_config *cfg, const cplan *p, uint32_t s, int fd,
-                       uint64_t bytes, uint64_t n, int ranks, int nodes)
+ * given to the empty file before the header is written; its write piece cuts the ranks' shares
+ * (p->piece[s]); with cfg->plan it is logged. */
+static void plan_shard(const lsl_convert_config *cfg, cplan *p, uint32_t s, int fd, uint64_t bytes,
+                       uint64_t n, int ranks, int nodes)
 {
     char path[4160];
     snprintf(path, sizeof path, "%s/%s", cfg->outdir, p->names[s]);
     lsl_i_ioplan_in in = {bytes, n, ranks, nodes, cfg->stripe_count, cfg->stripe_size, 0, 0};
     lsl_i_ioplan plan;
     lsl_i_ioplan_for_file(&p->out.fs, in, fd, path, &plan);
+    p->piece[s] = plan.piece;
     if (!cfg->plan)
         return;
     char text[1024], b[32];
@@ -232,8 +236,9 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(split(f, max, shard_of, &p->nshards));
     p->names = lsl_i_calloc(p->nshards, sizeof *p->names);
+    p->piece = lsl_i_calloc(p->nshards, sizeof *p->piece);
     hc = lsl_i_calloc(2 * (size_t)p->nshards, sizeof *hc);
-    if (!p->names || !hc)
+    if (!p->names || !p->piece || !hc)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     {
         const char *in[1] = {cfg->input};
@@ -442,11 +447,13 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
         p.nshards = (uint32_t)hdr[0];
         p.nranges = hdr[1];
         p.names = lsl_i_calloc(p.nshards, sizeof *p.names);
+        p.piece = lsl_i_calloc(p.nshards ? p.nshards : 1, sizeof *p.piece);
         p.ranges = lsl_i_calloc(p.nranges ? p.nranges : 1, sizeof *p.ranges);
     }
     verify = (int)hdr[2];
-    st = p.names && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    st = p.names && p.piece && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     LSL_TRY(lsl_i_bcast_bytes(comm, p.names, 64 * (uint64_t)p.nshards, st));
+    LSL_TRY(lsl_i_bcast_bytes(comm, p.piece, sizeof *p.piece * p.nshards, LSL_OK));
     LSL_TRY(lsl_i_bcast_bytes(comm, p.ranges, p.nranges * sizeof *p.ranges, LSL_OK));
     if (cfg->plan == LSL_PLAN_ONLY) { /* the plan was the job: the temporary goes */
         if (rank == 0) {
@@ -455,8 +462,8 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
             for (uint64_t k = 0; k < p.nranges; k++)
                 total += p.ranges[k].len;
             lsl_i_log(LSL_LOG_INFO,
-                      "plan: each of %d rank%s copies %s (equal shares of the tensors' bytes, "
-                      "cut across the shards)\n",
+                      "plan: each of %d rank%s copies about %s (equal shares of the tensors' "
+                      "bytes, cut across the shards at the nearest write piece)\n",
                       comm->size, comm->size == 1 ? "" : "s",
                       lsl_i_fmt_bytes(total / (uint64_t)comm->size, b, sizeof b));
         }
@@ -501,7 +508,8 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
                            verify,
                            "convert",
                            cfg->quiet,
-                           f.n};
+                           f.n,
+                           p.piece};
     LSL_TRY(lsl_i_ranges_run_all(comm, &job, crcs));
     st = LSL_OK;
     if (rank == 0) {

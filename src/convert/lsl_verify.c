@@ -266,7 +266,8 @@ static lsl_status verify_impl(lsl_i_comm *comm, const char *path, uint64_t stagi
                            1,
                            "verify",
                            quiet,
-                           p.ntensors};
+                           p.ntensors,
+                           NULL};
     LSL_TRY(lsl_i_ranges_run_all(comm, &job, crcs));
     uint64_t checked = 0;
     if (rank == 0)

@@ -86,6 +86,41 @@ static lsl_status copy_kernel(int in, uint64_t ioff, int out, uint64_t ooff, uin
     return LSL_OK;
 }
 
+/* Whether range i continues range i - 1 in the same destination file. */
+static int continues(const lsl_i_range_job *job, uint64_t i)
+{
+    const lsl_i_range *a = &job->r[i - 1], *b = &job->r[i];
+    return a->dst == b->dst && a->dst >= 0 && a->dst_off + a->len == b->dst_off;
+}
+
+/* Cut k of `size` in the byte space (total bytes): the even split's, moved to the nearest byte
+ * whose destination offset is a multiple of its file's piece, within the run of ranges that go
+ * contiguously through that file (a run's ends are file boundaries, never shared).  Rounding to
+ * a lattice within a run, and runs in order, keep the cuts in order: the shares tile. */
+static uint64_t share_cut(const lsl_i_range_job *job, uint64_t total, int size, int k)
+{
+    uint64_t s = (uint64_t)size, q = total / s, m = total % s, kk = (uint64_t)k;
+    uint64_t c = q * kk + (m < kk ? m : kk);
+    if (!job->dst_piece || c == 0 || c >= total)
+        return c;
+    uint64_t pos = 0, i = 0;
+    while (i < job->n && pos + job->r[i].len <= c) /* the range holding byte c */
+        pos += job->r[i++].len;
+    const lsl_i_range *r = &job->r[i];
+    uint64_t piece = r->dst >= 0 ? job->dst_piece[r->dst] : 0;
+    uint64_t rem = piece ? (r->dst_off + (c - pos)) % piece : 0;
+    if (rem == 0)
+        return c;
+    uint64_t run_lo = pos, run_hi = pos + r->len;
+    for (uint64_t j = i; j > 0 && continues(job, j); j--)
+        run_lo -= job->r[j - 1].len;
+    for (uint64_t j = i + 1; j < job->n && continues(job, j); j++)
+        run_hi += job->r[j].len;
+    uint64_t down = c - run_lo < rem ? run_lo : c - rem;
+    uint64_t up = run_hi - c < piece - rem ? run_hi : c + (piece - rem);
+    return c - down <= up - c ? down : up;
+}
+
 lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, uint32_t *crcs)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
@@ -94,10 +129,7 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
     for (uint64_t i = 0; i < job->n; i++)
         total += job->r[i].len;
     /* This rank's share of the byte space. */
-    uint64_t lo =
-        total / (uint64_t)size * (uint64_t)rank +
-        (total % (uint64_t)size < (uint64_t)rank ? total % (uint64_t)size : (uint64_t)rank);
-    uint64_t hi = lo + total / (uint64_t)size + ((uint64_t)rank < total % (uint64_t)size);
+    uint64_t lo = share_cut(job, total, size, rank), hi = share_cut(job, total, size, rank + 1);
     uint64_t *pairs = lsl_i_calloc(job->n ? 2 * job->n : 2, sizeof(uint64_t));
     unsigned char *touched = lsl_i_calloc(job->ndst ? job->ndst : 1, 1);
     if (!pairs || !touched)

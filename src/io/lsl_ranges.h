@@ -1,5 +1,7 @@
 /* Parallel copy or read of many byte ranges: the ranges of all tensors form one byte space that
- * is cut into equal contiguous shares, one per rank; each rank streams its share through the
+ * is cut into equal contiguous shares, one per rank (each cut moved to the nearest multiple of
+ * its destination file's write piece, so no two ranks write one stripe); each rank streams its
+ * share through the
  * staging buffer, checksumming each tensor's part, and the parts' CRCs are combined in rank
  * (= byte) order: an all-gather of each rank's
  * (range, crc, length) triples. */
@@ -30,6 +32,10 @@ typedef struct lsl_i_range_job {
     const char *label; /* progress verb; NULL for none */
     int quiet;         /* LSL_PROGRESS_TEXT, _NONE, _JSON */
     uint64_t tensors;  /* how many tensors the ranges hold (rank 0; JSON progress) */
+    /* Per destination file: the shares are cut at multiples of this file offset where the
+     * ranges run contiguously through the file (0, or NULL for all: anywhere).  The ranges of
+     * one file must come in file order. */
+    const uint64_t *dst_piece;
 } lsl_i_range_job;
 
 /* Collective.  Copies (or reads) every range; crcs[i] receives range i's CRC-32C on every rank

@@ -82,6 +82,29 @@ rm -rf "$out/hf"
   [ -z "$(ls -A "$out" | grep lsl-tmp)" ] &&
   ok "convert --plan prints each shard's plan and the ranks' shares, leaves nothing" ||
   bad "convert --plan: $(cat "$out/cplan.log")"
+# convert's shares: each rank's share of the shards' bytes ends on a multiple of the write piece,
+# so no stripe of a shard is written by two ranks (LSL_IOPLAN=off: the even split shares some)
+shared() { # TRACE -> the stripes of 1 MiB written by more than one rank, over every shard
+  python3 "$here/fs/lustre_model.py" "$1" --stripe-size 1MiB --json |
+    python3 -c 'import json,sys; print(sum(m["shared_stripes"] for m in json.load(sys.stdin).values()))'
+}
+okay=1 split=0
+for np in 2 3 4; do
+  for mode in on off; do
+    rm -rf "$out/hf" "$out/cv.jsonl"
+    if ! LSL_IOPLAN=$mode LSL_TRACE="$out/cv.jsonl" "$mpiexec" -n "$np" "$lsl" convert -q \
+      --stripe-size 1MiB --max-shard-size 30MB "$out/c.h5" "$out/hf" ||
+      ! "$lsl" verify -q "$out/hf"; then
+      okay=0; bad "convert at $np ranks ($mode)"; continue
+    fi
+    n=$(shared "$out/cv.jsonl")
+    if [ "$mode" = on ] && [ "$n" != 0 ]; then okay=0; bad "convert at $np ranks: $n stripes shared"; fi
+    [ "$mode" = off ] && split=$((split + n))
+  done
+done
+[ $okay = 1 ] && [ $split -gt 0 ] &&
+  ok "convert at 2-4 ranks: no 1 MiB stripe of a shard written by two ranks ($split with LSL_IOPLAN=off)" ||
+  { [ $okay = 1 ] && bad "convert with LSL_IOPLAN=off shared no stripe (the check saw nothing)"; }
 for a in "--stripe-count 0" "--stripe-count 2001" "--stripe-count x" "--stripe-size 1000" "--stripe-size 5GiB"; do
   # shellcheck disable=SC2086
   if "$mpiexec" -n 1 "$lsl" merge $a -b "$out/base" -a "$out/adapter" -o "$out/r.h5" 2>"$out/r.log"; then
