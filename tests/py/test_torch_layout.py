@@ -59,12 +59,17 @@ class Batches(unittest.TestCase):
                             torch.empty(3, r))
             return _walk.Item("w", torch.empty(3, cols), lo)
         plain = _walk.Item("norm", torch.empty(4))
-        piece = _walk.Item("p", Piece("p", (5, 8), torch.bfloat16, 0, 40, torch.empty(40)))
+        pa = Piece("p.A", (4, 8), torch.float32, 0, 32, torch.empty(32))  # FSDP1: factors too
+        piece = _walk.Item("p", Piece("p", (5, 8), torch.bfloat16, 0, 40, torch.empty(40)),
+                           _walk.Lora(4, 8.0, 1.0, False, "linear", pa, pa))
+        self.assertEqual(_parts.a_bytes(piece), 4 * 8 * 4)
         big = lora(32, 27648)  # a 32B model's down_proj A: 3.5 MB
         small = lora(32, 5120)  # its q_proj's: 0.66 MB
         self.assertEqual(_parts.a_bytes(big), 32 * 27648 * 4)
         self.assertEqual(_parts.a_bytes(plain), 0)
         got = _parts.batches([small] * 6 + [big] * 3 + [plain] * 20 + [piece, plain])
+        self.assertEqual([(r.start, r.stop) for r in _parts.batches([piece, piece, plain])],
+                         [(0, 1), (1, 2), (2, 3)])
         # six q_proj's (3.9 MB); each 3.5 MB A in a batch of its own, the last with tensors of
         # no LoRA up to 16; a piece alone
         self.assertEqual([(r.start, r.stop) for r in got],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as c
 import dataclasses
+import math
 from typing import Any, Optional
 
 import torch
@@ -96,12 +97,13 @@ BATCH_A_BYTES = 4 << 20
 
 
 def a_bytes(it: Item) -> int:
-    """Bytes of the whole A a batched put gathers for this item (the same on every rank)."""
+    """Bytes of the whole A a batched put gathers for this item (the same on every rank), from
+    the global shape: of a DTensor, a plain tensor or an FSDP1 piece."""
     lo = it.lora
     if lo is None:
         return 0
     f = lo.a if lo.kind in ("linear", "bias") else lo.b  # transposed: B^T is gathered
-    return int(f.numel()) * f.element_size()
+    return math.prod(f.shape) * torch.empty((), dtype=f.dtype).element_size()
 
 
 def batches(items: list[Item]) -> list[range]:
@@ -109,8 +111,9 @@ def batches(items: list[Item]) -> list[range]:
     tensors and BATCH_A_BYTES of whole A's (a larger A alone).  The same on every rank."""
     out, i = [], 0
     while i < len(items):
-        j, held = i + 1, a_bytes(items[i])
+        j = i + 1
         if not isinstance(items[i].tensor, _fsdp1.Piece):
+            held = a_bytes(items[i])
             while j < len(items) and j - i < BATCH \
                     and not isinstance(items[j].tensor, _fsdp1.Piece) \
                     and held + a_bytes(items[j]) <= BATCH_A_BYTES:
