@@ -10,10 +10,6 @@
 
 /* ---- the CPU backend as the put engine sees it: one tensor part -------------------------- */
 
-/* One rank's part of one LoRA tensor on the CPU: its factors in fp64 (A whole, its own rows of
- * B) and, for DoRA down the columns, one value per column (the sums of squares, then the
- * factor).  Which kernel runs (fp64 with one rounding, PEFT's low-precision rule, DoRA by rows
- * or by columns) follows lora's flags; the engine only says which rows. */
 /* DoRA by rows on a part whose first or last row it shares with other ranks: those rows' sums
  * of squares of V over the whole row (the ranks' partial sums, added), by row of the block. */
 typedef struct lsl_i_row_norms {
@@ -22,6 +18,10 @@ typedef struct lsl_i_row_norms {
     int n;
 } lsl_i_row_norms;
 
+/* One rank's part of one LoRA tensor on the CPU: its factors in fp64 (A whole, its own rows of
+ * B) and, for DoRA down the columns, one value per column (the sums of squares, then the
+ * factor).  Which kernel runs (fp64 with one rounding, PEFT's low-precision rule, DoRA by rows
+ * or by columns) follows lora's flags; the engine only says which rows. */
 typedef struct lsl_i_cpu_part {
     lsl_dtype wt;
     const lsl_lora_part *lora;
