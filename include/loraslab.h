@@ -61,11 +61,13 @@ typedef enum lsl_status {
     LSL_ERR_NCCL = 44,
     LSL_ERR_COMM = 45, /* a communicator callback (lsl_comm_ops) returned an error */
     LSL_ERR_NOMEM = 60,
-    LSL_ERR_IO = 61,       /* read/write/rename failed (message carries errno text) */
-    LSL_ERR_NOSPACE = 62,  /* filesystem full or quota exceeded */
-    LSL_ERR_FORMAT = 80,   /* malformed safetensors / JSON / index / HDF5 layout */
-    LSL_ERR_CORRUPT = 81,  /* checksum mismatch */
-    LSL_ERR_NONFINITE = 82 /* a merge produced NaN or Inf */
+    LSL_ERR_IO = 61,          /* read/write/rename failed (message carries errno text) */
+    LSL_ERR_NOSPACE = 62,     /* filesystem full or quota exceeded */
+    LSL_ERR_INTERRUPTED = 63, /* a signal reached a handler of lsl_signals_install during the
+                                 call: its temporary output was removed */
+    LSL_ERR_FORMAT = 80,      /* malformed safetensors / JSON / index / HDF5 layout */
+    LSL_ERR_CORRUPT = 81,     /* checksum mismatch */
+    LSL_ERR_NONFINITE = 82    /* a merge produced NaN or Inf */
 } lsl_status;
 
 /* Symbol name of a status ("LSL_ERR_SHAPE"); static storage, never NULL. Not collective. */
@@ -485,11 +487,30 @@ LSL_API lsl_status lsl_verify_cb_all(const lsl_comm_cb *comm, const char *path,
                                      uint64_t staging_bytes, int quiet, lsl_job_stats *stats);
 
 /* Not collective, async-signal-safe.  Removes the temporary files and directories that loraslab
- * calls in this process have created and not yet published or removed (at most 16 at a time
- * are tracked), so a SIGINT or SIGTERM handler can leave nothing behind before the process
- * ends; the `loraslab` command installs one.  The calls that owned them must not go on
- * afterwards: end the process (re-raise the signal). */
+ * calls in this process have created or joined and not yet published or removed (at most 16 at
+ * a time are tracked; every rank tracks the outputs it writes into), so a SIGINT or SIGTERM
+ * handler can leave nothing behind.  The calls that owned them cannot finish afterwards: end the
+ * process, or let lsl_signals_install's handler make them fail with LSL_ERR_INTERRUPTED. */
 LSL_API void lsl_remove_temporaries(void);
+
+/* Not collective; process-wide.  Installs, for SIGINT, SIGTERM and SIGHUP, a handler that passes
+ * each signal on to the disposition it replaces, after loraslab's temporaries are removed:
+ *  - the default action (terminate) becomes _exit(128 + signal): the exit status says the
+ *    process was killed, to a shell, torchrun and mpiexec alike (MPICH's mpiexec does not always
+ *    pass on a death by a signal it forwarded);
+ *  - an ignored signal stays ignored, and nothing is removed;
+ *  - a handler of the caller's (Python's, a training job's) is called as it would have been;
+ *    the loraslab call under way then fails on every rank with LSL_ERR_INTERRUPTED at its next
+ *    agreement, leaving nothing at its output.
+ * Calls nest: the outermost lsl_signals_restore puts back the dispositions replaced, except
+ * where someone installed another handler in between (it stays).  The `loraslab` command and
+ * Python's save_merged install it for the time of their calls.  LSL_OK or LSL_ERR_IO. */
+LSL_API lsl_status lsl_signals_install(void);
+/* Not collective.  Undoes one lsl_signals_install (see there). */
+LSL_API void lsl_signals_restore(void);
+/* Not collective.  The signal (SIGINT, SIGTERM, SIGHUP) that reached an lsl_signals_install
+ * handler since the outermost install, or 0. */
+LSL_API int lsl_signal_received(void);
 
 /* Not collective.  Parses "5GB" (decimal units KB MB GB TB), "5GiB" (binary KiB MiB GiB TiB),
  * "1.5GB" or a plain byte count; units are case-insensitive.  LSL_OK or LSL_ERR_INVALID_ARG. */

@@ -421,6 +421,18 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     else
         st = lsl_i_ioplan_check(cfg->stripe_count, cfg->stripe_size);
     LSL_TRY(lsl_i_agree(comm, st));
+    const lsl_i_arg args[] = {
+        LSL_I_ARG_STR("input", cfg->input),
+        LSL_I_ARG_STR("outdir", cfg->outdir),
+        LSL_I_ARG_NUM("max_shard_bytes", cfg->max_shard_bytes),
+        LSL_I_ARG_NUM("staging_bytes", cfg->staging_bytes),
+        LSL_I_ARG_NUM("no_verify", cfg->no_verify != 0),
+        LSL_I_ARG_NUM("overwrite", cfg->overwrite != 0),
+        LSL_I_ARG_NUM("stripe_count", cfg->stripe_count),
+        LSL_I_ARG_NUM("stripe_size", cfg->stripe_size),
+        LSL_I_ARG_NUM("plan", cfg->plan),
+    };
+    LSL_TRY(lsl_i_agree_args(comm, "convert", (int)(sizeof args / sizeof *args), args));
     LSL_TRY(lsl_i_comm_nodes(comm, &nodes)); /* for the shards' I/O plans */
     if (rank == 0)
         st = plan_rank0(cfg, &f, &p, &hc, &shard_of, comm->size, nodes);
@@ -538,7 +550,8 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
         lsl_i_fill_stats(comm, t0, rss0, hdr[3], 0, bytes, stats);
     }
 fail:
-    lsl_i_out_discard(&p.out, rank); /* removes the temporary unless it was published */
+    /* removes the temporary unless it was published (any rank, if rank 0 may be gone) */
+    lsl_i_out_discard(&p.out, rank, comm->broken);
     if (src_fd >= 0)
         close(src_fd);
     for (uint32_t s = 0; dst_fds && dst_paths && s < p.nshards; s++) {

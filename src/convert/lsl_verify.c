@@ -216,6 +216,9 @@ static lsl_status verify_impl(lsl_i_comm *comm, const char *path, uint64_t stagi
     memset(&p, 0, sizeof p);
     lsl_i_clear_error();
     rank = comm->rank;
+    const lsl_i_arg args[] = {LSL_I_ARG_STR("path", path),
+                              LSL_I_ARG_NUM("staging_bytes", staging_bytes)};
+    LSL_TRY(lsl_i_agree_args(comm, "verify", 2, args));
     if (!staging_bytes)
         staging_bytes = LSL_DEFAULT_STAGING;
     if (rank == 0) {

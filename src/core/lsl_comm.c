@@ -98,11 +98,31 @@ lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
     return LSL_OK;
 }
 
+/* lsl_i_comm_from_cb, then, once the descriptor is known to be usable, an agreement on the
+ * allocation over a communicator on the stack: a rank whose memory ran out here must not leave
+ * its peers in their next collective with a transport error in place of its own message. */
+static lsl_status open_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
+{
+    lsl_status st = lsl_i_comm_from_cb(cb, out);
+    if (st != LSL_OK && st != LSL_ERR_NOMEM)
+        return st;
+    lsl_i_comm tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.mpi = MPI_COMM_NULL;
+    tmp.cb = *cb;
+    tmp.rank = cb->rank;
+    tmp.size = cb->size;
+    st = lsl_i_agree(&tmp, st);
+    if (st != LSL_OK)
+        lsl_i_comm_free(out);
+    return st;
+}
+
 lsl_status lsl_i_comm_open(MPI_Comm mpi, const lsl_comm_cb *cb, lsl_i_comm **out)
 {
     lsl_i_clear_error();
     *out = NULL;
-    lsl_status st = cb ? lsl_i_comm_from_cb(cb, out)
+    lsl_status st = cb ? open_cb(cb, out)
                     : mpi == MPI_COMM_NULL
                         ? lsl_i_fail(LSL_ERR_INVALID_ARG, "the communicator is MPI_COMM_NULL")
                         : lsl_i_comm_from_mpi(mpi, out);

@@ -103,6 +103,13 @@ int lsl_i_rename_noreplace(const char *from, const char *to)
     return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
 }
 
+int lsl_i_rename_exchange(const char *a, const char *b)
+{
+    if (lsl_i_fault(LSL_FAULT_RENAME))
+        return errno = EIO, -1;
+    return renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE);
+}
+
 ssize_t lsl_i_copy_file_range(int in, int64_t *in_off, int out, int64_t *out_off, size_t n)
 {
     if (lsl_i_fault(LSL_FAULT_WRITE))

@@ -33,6 +33,8 @@ int lsl_i_fsync(int fd);
 int lsl_i_rename(const char *from, const char *to);
 /* renameat2(RENAME_NOREPLACE) under the rename hook; copy_file_range under the write hook. */
 int lsl_i_rename_noreplace(const char *from, const char *to);
+/* Swaps the two names atomically (renameat2 RENAME_EXCHANGE; EINVAL where unsupported). */
+int lsl_i_rename_exchange(const char *a, const char *b);
 ssize_t lsl_i_copy_file_range(int in, int64_t *in_off, int out, int64_t *out_off, size_t n);
 
 #endif

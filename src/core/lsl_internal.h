@@ -56,6 +56,32 @@ lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local);
  * the same `first`. */
 lsl_status lsl_i_agree_first(lsl_i_comm *comm, int64_t first, lsl_status local);
 
+/* One logically collective argument of an entry point: its name as the caller spells it in C
+ * and Python (path, overwrite, staging_bytes), and its value: a string (str, with is_str set
+ * even when str is NULL) or a number. */
+typedef struct lsl_i_arg {
+    const char *name;
+    const char *str;
+    uint64_t num;
+    int is_str;
+} lsl_i_arg;
+#define LSL_I_MAX_ARGS 16
+#define LSL_I_ARG_STR(n, s)                                                                        \
+    (lsl_i_arg)                                                                                    \
+    {                                                                                              \
+        .name = (n), .str = (s), .is_str = 1                                                       \
+    }
+#define LSL_I_ARG_NUM(n, v)                                                                        \
+    (lsl_i_arg)                                                                                    \
+    {                                                                                              \
+        .name = (n), .num = (uint64_t)(v)                                                          \
+    }
+/* Collective: whether every rank passed rank 0's values of the n (at most LSL_I_MAX_ARGS)
+ * arguments; LSL_ERR_INCONSISTENT on every rank alike otherwise, naming the first argument that
+ * differs with rank 0's value and the first differing rank's.  Two collectives when they agree.
+ * A failed collective is returned as it is (the communicator is then broken). */
+lsl_status lsl_i_agree_args(lsl_i_comm *c, const char *call, int n, const lsl_i_arg *args);
+
 /* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank,
  * replacing the others' (their old strings are freed).  Every rank makes the same collective
  * calls whatever fails locally; local lets a rank that already failed join.  Agreed status. */

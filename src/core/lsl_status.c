@@ -1,8 +1,10 @@
 /* Status names, messages and cross-rank agreement on a status. */
 #include "lsl_internal.h"
+#include "lsl_signal.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -29,6 +31,7 @@ const char *lsl_status_name(lsl_status st)
     case LSL_ERR_NOMEM: return "LSL_ERR_NOMEM";
     case LSL_ERR_IO: return "LSL_ERR_IO";
     case LSL_ERR_NOSPACE: return "LSL_ERR_NOSPACE";
+    case LSL_ERR_INTERRUPTED: return "LSL_ERR_INTERRUPTED";
     case LSL_ERR_FORMAT: return "LSL_ERR_FORMAT";
     case LSL_ERR_CORRUPT: return "LSL_ERR_CORRUPT";
     case LSL_ERR_NONFINITE: return "LSL_ERR_NONFINITE";
@@ -57,6 +60,7 @@ const char *lsl_strerror(lsl_status st)
     case LSL_ERR_NOMEM: return "out of memory";
     case LSL_ERR_IO: return "I/O error";
     case LSL_ERR_NOSPACE: return "no space left on the output filesystem";
+    case LSL_ERR_INTERRUPTED: return "interrupted by a signal";
     case LSL_ERR_FORMAT: return "malformed input file";
     case LSL_ERR_CORRUPT: return "checksum mismatch";
     case LSL_ERR_NONFINITE: return "merge produced NaN or Inf";
@@ -124,6 +128,15 @@ lsl_status lsl_i_mpi_fail(int mpi_rc, const char *what)
 
 lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
 {
+    /* A signal whose handler (lsl_signals_install) removed this call's temporaries and then let
+     * the process go on: the call cannot finish, and every rank must learn it here. */
+    int sig = lsl_i_signal_seen();
+    if (local == LSL_OK && sig)
+        local = lsl_i_fail(LSL_ERR_INTERRUPTED,
+                           "interrupted by %s; loraslab removed its temporary output",
+                           sig == SIGINT    ? "SIGINT"
+                           : sig == SIGTERM ? "SIGTERM"
+                                            : "SIGHUP");
     int64_t first = local != LSL_OK ? comm->rank : INT64_MAX;
     lsl_status rc = lsl_i_allreduce_i64(comm, &first, 1, LSL_OP_MIN);
     if (rc != LSL_OK)

@@ -34,7 +34,7 @@ static void writer_free(lsl_writer *w)
     free(w->per_rank);
     lsl_i_reader_stop(&w->reader); /* before the staging it may be reading into */
     free(w->staging);
-    lsl_i_out_discard(&w->out, w->rank);
+    lsl_i_out_discard(&w->out, w->rank, w->comm && w->comm->broken);
     free(w->hints);
 #ifdef LSL_HAVE_CUDA
     lsl_i_cuda_close(&w->cuda);
@@ -125,6 +125,20 @@ static lsl_status create_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *pat
     if (out)
         *out = NULL;
     lsl_status st = lsl_i_comm_open(mpi, cb, &c);
+    if (st == LSL_OK) {
+        lsl_writer_config d = LSL_WRITER_CONFIG_INIT;
+        const lsl_writer_config *k = cfg ? cfg : &d;
+        const lsl_i_arg args[] = {
+            LSL_I_ARG_STR("path", path),
+            LSL_I_ARG_NUM("overwrite", k->overwrite != 0),
+            LSL_I_ARG_NUM("staging_bytes", k->staging_bytes),
+            LSL_I_ARG_NUM("alignment", k->alignment),
+            LSL_I_ARG_NUM("stripe_count", k->stripe_count),
+            LSL_I_ARG_NUM("stripe_size", k->stripe_size),
+            LSL_I_ARG_NUM("print_plan", k->print_plan != 0),
+        };
+        st = lsl_i_agree_args(c, "lsl_writer_create_all", (int)(sizeof args / sizeof *args), args);
+    }
     /* the writer makes its own */
     return lsl_i_comm_close(&c,
                             st == LSL_OK ? lsl_i_writer_create(c, path, cfg, NULL, 0, out) : st);

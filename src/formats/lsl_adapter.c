@@ -6,10 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void names_free(lsl_names *n)
+{
+    if (n->is_regex)
+        regfree(&n->re);
+    for (uint64_t i = 0; i < n->n; i++)
+        free(n->names[i]);
+    free(n->names);
+    memset(n, 0, sizeof *n);
+}
+
 void lsl_adapter_cfg_free(lsl_adapter_cfg *c)
 {
     if (!c)
         return;
+    names_free(&c->targets);
+    names_free(&c->excludes);
+    names_free(&c->layer_pats);
+    free(c->layers);
     for (uint64_t i = 0; i < c->nrank_pat; i++) {
         free(c->rank_pat[i].key);
         regfree(&c->rank_pat[i].re);
@@ -113,9 +127,79 @@ static const char *pattern_risk(const char *k)
     return depth ? "has an unclosed (" : NULL;
 }
 
+/* A Python regex as POSIX ERE: the escapes PEFT configs use (\. and other escaped punctuation,
+ * \d, \w, \s) become their ERE spelling; other Python-only syntax ((?...) groups, \b, back
+ * references) would silently change meaning, so it is refused (NULL, *why set). */
+static char *python_to_ere(const char *k, const char **why)
+{
+    size_t n = strlen(k);
+    char *out = lsl_i_malloc(n * 14 + 1), *o = out;
+    *why = out ? NULL : "out of memory";
+    if (!out)
+        return NULL;
+    if (strstr(k, "(?")) {
+        *why = "uses a (?...) group, Python-only regex syntax";
+        free(out);
+        return NULL;
+    }
+    for (const char *c = k; *c; c++) {
+        if (*c != '\\') {
+            *o++ = *c;
+            continue;
+        }
+        const char *rep = c[1] == 'd'   ? "[0-9]"
+                          : c[1] == 'w' ? "[[:alnum:]_]"
+                          : c[1] == 's' ? "[[:space:]]"
+                                        : NULL;
+        if (rep) {
+            o += sprintf(o, "%s", rep);
+        } else if (c[1] && !((c[1] >= 'a' && c[1] <= 'z') || (c[1] >= 'A' && c[1] <= 'Z') ||
+                             (c[1] >= '0' && c[1] <= '9'))) {
+            *o++ = '\\';
+            *o++ = c[1];
+        } else {
+            *why = "uses a \\ escape that is Python-only regex syntax";
+            free(out);
+            return NULL;
+        }
+        c++;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* A Python regex as POSIX ERE, wrapped by fmt (which holds one %s), under the same bounds and
+ * refusals as the pattern keys. */
+static lsl_status compile_bounded(const char *label, const char *field, const char *k,
+                                  const char *fmt, regex_t *re)
+{
+    const char *why = NULL;
+    char *ere = python_to_ere(k, &why), *rx = NULL;
+    lsl_status rc = LSL_OK;
+    if (!ere)
+        LSL_FAIL(why[0] == 'o' ? LSL_ERR_NOMEM : LSL_ERR_UNSUPPORTED,
+                 "%s: %s \"%.80s\" %s, which loraslab cannot match exactly", label, field, k, why);
+    const char *risk = strlen(k) > PATTERN_MAX_LEN ? "is longer than 256 bytes" : pattern_risk(ere);
+    if (risk)
+        LSL_FAIL(LSL_ERR_UNSUPPORTED,
+                 "%s: %s \"%.80s%s\" %s (loraslab bounds a pattern's cost by its length)", label,
+                 field, k, strlen(k) > 80 ? "..." : "", risk);
+    size_t rl = strlen(ere) + strlen(fmt) + 1;
+    if (!(rx = lsl_i_malloc(rl)))
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    snprintf(rx, rl, fmt, ere);
+    if (regcomp(re, rx, REG_EXTENDED) != 0)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: %s \"%s\" is not a valid regex", label, field, k);
+fail:
+    free(ere);
+    free(rx);
+    return rc;
+}
+
 static lsl_status parse_patterns(const char *label, const char *field, json_t *obj, bool integer,
                                  lsl_pattern **out, uint64_t *n)
 {
+    lsl_status rc = LSL_OK;
     *out = NULL;
     *n = 0;
     if (!obj || json_is_null(obj))
@@ -136,37 +220,87 @@ static lsl_status parse_patterns(const char *label, const char *field, json_t *o
         if (integer ? !json_is_integer(v) || json_integer_value(v) <= 0 : !json_is_number(v))
             return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s[\"%s\"] must be a %s", label, field, k,
                               integer ? "positive integer" : "number");
-        /* PEFT matches these as Python regexes; POSIX ERE agrees on the common subset.  Python-only
-         * syntax (escapes like \d, (?...) groups) would silently change meaning, so refuse it. */
-        if (strchr(k, '\\') || strstr(k, "(?"))
-            return lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                              "%s: %s key \"%s\" uses Python-only regex syntax (\\ or (?...)), "
-                              "which loraslab cannot match exactly",
-                              label, field, k);
-        const char *risk =
-            strlen(k) > PATTERN_MAX_LEN ? "is longer than 256 bytes" : pattern_risk(k);
-        if (risk)
-            return lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                              "%s: %s key \"%.80s%s\" %s (loraslab bounds a pattern's cost by its "
-                              "length)",
-                              label, field, k, strlen(k) > 80 ? "..." : "", risk);
-        size_t rl = strlen(k) + 16;
-        char *rx = lsl_i_malloc(rl);
-        if (!rx)
-            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-        snprintf(rx, rl, "^(.*\\.)?(%s)$", k);
-        int e = regcomp(&p->re, rx, REG_EXTENDED | REG_NOSUB);
-        free(rx);
-        if (e != 0)
-            return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s key \"%s\" is not a valid regex", label,
-                              field, k);
+        LSL_TRY(compile_bounded(label, field, k, "^(.*\\.)?(%s)$", &p->re));
         p->key = lsl_i_strdup(k);
         p->value = integer ? (double)json_integer_value(v) : json_number_value(v);
         (*n)++;
         if (!p->key)
             return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     }
+fail:
+    return rc;
+}
+
+/* target_modules / exclude_modules / layers_pattern: a string (a regex matched whole; for
+ * layers_pattern a name) or a list of names. */
+static lsl_status parse_names(const char *label, const char *field, const json_t *v,
+                              bool string_is_regex, lsl_names *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!is_set(v))
+        return LSL_OK;
+    out->set = 1;
+    if (json_is_string(v) && string_is_regex) {
+        lsl_status st = compile_bounded(label, field, json_string_value(v), "^(%s)$", &out->re);
+        out->is_regex = st == LSL_OK;
+        return st;
+    }
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (!json_is_array(v) && !json_is_string(v))
+        return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s is neither a string nor a list", label, field);
+    if (n > PATTERN_MAX_KEYS)
+        return lsl_i_fail(LSL_ERR_UNSUPPORTED, "%s: %s has %zu entries; loraslab takes at most %d",
+                          label, field, n, PATTERN_MAX_KEYS);
+    if (!(out->names = lsl_i_calloc(n, sizeof *out->names)))
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_string(e))
+            return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s[%zu] is not a string", label, field, i);
+        if (!(out->names[out->n++] = lsl_i_strdup(json_string_value(e))))
+            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    }
     return LSL_OK;
+}
+
+static lsl_status parse_targets(const char *label, json_t *root, lsl_adapter_cfg *c)
+{
+    lsl_status rc = LSL_OK;
+    json_t *t = json_object_get(root, "target_modules");
+    /* "all-linear" is expanded by PEFT to the model's linear layers before it saves; a file
+     * that still says it gets every module its factors name */
+    if (!(json_is_string(t) && strcmp(json_string_value(t), "all-linear") == 0))
+        LSL_TRY(parse_names(label, "target_modules", t, true, &c->targets));
+    LSL_TRY(parse_names(label, "exclude_modules", json_object_get(root, "exclude_modules"), true,
+                        &c->excludes));
+    json_t *lp = json_object_get(root, "layers_pattern");
+    if (json_is_string(lp) || json_is_array(lp))
+        LSL_TRY(parse_names(label, "layers_pattern", lp, false, &c->layer_pats));
+    for (uint64_t i = 0; i < c->layer_pats.n; i++) {
+        regex_t probe;
+        LSL_TRY(compile_bounded(label, "layers_pattern", c->layer_pats.names[i],
+                                "^.*\\.(%s)\\.([0-9]+)\\.", &probe));
+        regfree(&probe);
+    }
+    json_t *lt = json_object_get(root, "layers_to_transform");
+    if (json_is_integer(lt) || (json_is_array(lt) && json_array_size(lt) > 0)) {
+        size_t n = json_is_array(lt) ? json_array_size(lt) : 1;
+        if (n > PATTERN_MAX_KEYS)
+            LSL_FAIL(LSL_ERR_UNSUPPORTED, "%s: layers_to_transform has %zu entries", label, n);
+        if (!(c->layers = lsl_i_calloc(n, sizeof *c->layers)))
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            const json_t *e = json_is_array(lt) ? json_array_get(lt, i) : lt;
+            if (!json_is_integer(e))
+                LSL_FAIL(LSL_ERR_FORMAT, "%s: layers_to_transform[%zu] is not an integer", label,
+                         i);
+            c->layers[c->nlayers++] = json_integer_value(e);
+        }
+    } else if (lt && !json_is_null(lt) && !json_is_array(lt)) {
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: layers_to_transform is neither an integer nor a list", label);
+    }
+fail:
+    return rc;
 }
 
 lsl_status lsl_adapter_cfg_parse(const char *label, const char *text, lsl_adapter_cfg *c)
@@ -233,6 +367,7 @@ lsl_status lsl_adapter_cfg_parse(const char *label, const char *text, lsl_adapte
                            &c->rank_pat, &c->nrank_pat));
     LSL_TRY(parse_patterns(label, "alpha_pattern", json_object_get(root, "alpha_pattern"), false,
                            &c->alpha_pat, &c->nalpha_pat));
+    LSL_TRY(parse_targets(label, root, c));
     json_t *bm = json_object_get(root, "base_model_name_or_path");
     if (json_is_string(bm) && !(c->base_model = lsl_i_strdup(json_string_value(bm))))
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
@@ -267,4 +402,63 @@ double lsl_adapter_alpha_for(const lsl_adapter_cfg *c, const char *module)
 double lsl_adapter_scaling(const lsl_adapter_cfg *c, uint64_t r, double alpha)
 {
     return c->rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+}
+
+/* A list entry matches a module by its whole name or as its last dotted components. */
+static bool names_match(const lsl_names *n, const char *module)
+{
+    if (n->is_regex)
+        return regexec(&n->re, module, 0, NULL, 0) == 0;
+    size_t ml = strlen(module);
+    for (uint64_t i = 0; i < n->n; i++) {
+        size_t kl = strlen(n->names[i]);
+        if (strcmp(module, n->names[i]) == 0 ||
+            (ml > kl && module[ml - kl - 1] == '.' && strcmp(module + ml - kl, n->names[i]) == 0))
+            return true;
+    }
+    return false;
+}
+
+/* The layer index PEFT reads from a module name: re.match(r".*\.[^.]*\.(\d+)\.", key), or with
+ * layers_pattern re.match(rf".*\.{pattern}\.(\d+)\.", key) for the first pattern that matches;
+ * -1 when none does. */
+static int64_t layer_index(const lsl_adapter_cfg *c, const char *module)
+{
+    uint64_t n = c->layer_pats.n ? c->layer_pats.n : 1;
+    for (uint64_t i = 0; i < n; i++) {
+        regex_t re;
+        regmatch_t m[3];
+        char rx[PATTERN_MAX_LEN + 64];
+        snprintf(rx, sizeof rx, "^.*\\.(%s)\\.([0-9]+)\\.",
+                 c->layer_pats.n ? c->layer_pats.names[i] : "[^.]*");
+        if (regcomp(&re, rx, REG_EXTENDED) != 0)
+            continue;
+        int hit = regexec(&re, module, 3, m, 0) == 0 && m[2].rm_so >= 0;
+        regfree(&re);
+        if (hit)
+            return strtoll(module + m[2].rm_so, NULL, 10);
+    }
+    return -1;
+}
+
+bool lsl_adapter_targets(const lsl_adapter_cfg *c, const char *module)
+{
+    if (c->excludes.set && names_match(&c->excludes, module))
+        return false;
+    if (!c->targets.set)
+        return true;
+    if (c->targets.is_regex)
+        return names_match(&c->targets, module);
+    for (uint64_t i = 0; i < c->targets.n; i++)
+        if (strcmp(module, c->targets.names[i]) == 0)
+            return true; /* named whole: PEFT skips the layer check */
+    if (!names_match(&c->targets, module))
+        return false;
+    if (!c->nlayers)
+        return true;
+    int64_t k = layer_index(c, module);
+    for (uint64_t i = 0; k >= 0 && i < c->nlayers; i++)
+        if (c->layers[i] == k)
+            return true;
+    return false;
 }

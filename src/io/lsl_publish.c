@@ -1,8 +1,9 @@
-#define _GNU_SOURCE /* renameat2, getdents64 */
+#define _GNU_SOURCE /* renameat2 */
 #include "lsl_publish.h"
 
 #include "lsl_fs.h"
 #include "lsl_ioplan.h"
+#include "lsl_signal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,74 +17,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-/* ---- the registry a signal handler reads ----------------------------------------------------
- * Fixed storage, no allocation: lsl_remove_temporaries() runs in a signal handler and may only
- * call async-signal-safe functions.  A slot's path is written before its kind says it is live. */
-#define SLOTS 16
-static char g_path[SLOTS][PATH_MAX];
-static volatile sig_atomic_t g_kind[SLOTS]; /* 0 free, 1 file, 2 directory */
-
-static int watch(const char *tmp, int is_dir)
-{
-    if (strlen(tmp) >= PATH_MAX)
-        return -1;
-    for (int i = 0; i < SLOTS; i++)
-        if (!g_kind[i]) {
-            memcpy(g_path[i], tmp, strlen(tmp) + 1);
-            g_kind[i] = is_dir ? 2 : 1;
-            return i;
-        }
-    return -1;
-}
-
-static void unwatch(int slot)
-{
-    if (slot >= 0 && slot < SLOTS)
-        g_kind[slot] = 0;
-}
-
-/* Async-signal-safe: our temporary directories hold only files, so one getdents64 pass over
- * the directory and unlinkat of each entry empties it. */
-static void remove_dir_signal_safe(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        char buf[4096];
-        long n;
-        while ((n = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
-            for (long off = 0; off < n;) {
-                struct {
-                    unsigned long long ino;
-                    long long off;
-                    unsigned short reclen;
-                    unsigned char type;
-                    char name[];
-                } *d = (void *)(buf + off);
-                if (strcmp(d->name, ".") != 0 && strcmp(d->name, "..") != 0)
-                    unlinkat(fd, d->name, 0);
-                off += d->reclen;
-            }
-        close(fd);
-    }
-    rmdir(dir);
-}
-
-void lsl_remove_temporaries(void)
-{
-    int saved = errno;
-    for (int i = 0; i < SLOTS; i++) {
-        if (g_kind[i] == 1)
-            unlink(g_path[i]);
-        else if (g_kind[i] == 2)
-            remove_dir_signal_safe(g_path[i]);
-        g_kind[i] = 0;
-    }
-    errno = saved;
-}
 
 /* ---- checks before anything is created ----------------------------------------------------- */
 
@@ -260,6 +195,9 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
     snprintf(prefix, sizeof prefix, ".%s.lsl-tmp-", base);
     int local = local_fs(&o->fs);
     stale_scan(o->dir, prefix, local, quiet);
+    /* where versions before 0.3 moved an old directory aside when replacing it */
+    snprintf(prefix, sizeof prefix, "%s.lsl-old-", base);
+    stale_scan(o->dir, prefix, local, quiet);
     size_t tl = strlen(o->dir) + strlen(base) + 32;
     if (!(o->tmp = lsl_i_malloc(tl)))
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
@@ -288,7 +226,7 @@ lsl_status lsl_i_out_create(const char *path, int is_dir, int overwrite, int qui
         }
     }
     if (fd >= 0)
-        o->slot = watch(o->tmp, is_dir);
+        o->slot = lsl_i_watch(o->tmp, is_dir);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (fd < 0) {
         o->tmp[0] = '\0';
@@ -304,7 +242,7 @@ fail:
     free(d);
     free(b);
     if (rc != LSL_OK)
-        lsl_i_out_discard(o, 0);
+        lsl_i_out_discard(o, 0, 0);
     return rc;
 }
 
@@ -318,9 +256,26 @@ lsl_status lsl_i_out_share(lsl_i_comm *comm, lsl_i_out *o, lsl_status st)
     lsl_status rc = lsl_i_bcast_strs(comm, 3, strs, &kind, st);
     o->is_dir = (int)kind;
     if (rc == LSL_OK && o->slot < 0) /* rank 0 registered it at creation */
-        o->slot = watch(o->tmp, o->is_dir);
-    else if (rc != LSL_OK)
-        lsl_i_out_discard(o, rank);
+        o->slot = lsl_i_watch(o->tmp, o->is_dir);
+    if (rc == LSL_OK) {
+        /* Every rank writes into what rank 0 created: a path each node resolves on a
+         * filesystem of its own (/tmp, /dev/shm, a local disk) cannot hold one output. */
+        struct stat sb;
+        char host[256] = "?";
+        lsl_status seen = LSL_OK;
+        if (rank != 0 && lstat(o->tmp, &sb) != 0) {
+            gethostname(host, sizeof host - 1);
+            seen = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                              "%s: rank %d (host %s) cannot see the temporary %s that rank 0 "
+                              "created: every rank must reach the output on one shared "
+                              "filesystem (a node-local path such as /tmp or /dev/shm cannot "
+                              "take one output written from several nodes)",
+                              o->path, rank, host, o->tmp);
+        }
+        rc = lsl_i_agree(comm, seen);
+    }
+    if (rc != LSL_OK)
+        lsl_i_out_discard(o, rank, 0);
     return rc;
 }
 
@@ -336,20 +291,34 @@ lsl_status lsl_i_out_publish(lsl_i_out *o, int overwrite)
                 LSL_GOTO(
                     lsl_i_fail_errno(e == ENOTEMPTY || e == EEXIST ? LSL_ERR_EXISTS : LSL_ERR_IO, e,
                                      "%s: cannot move the finished output into place", o->path));
-            /* Replace a non-empty directory: move it aside, move ours in, delete the old one. */
-            size_t n = strlen(o->path) + 32;
-            if (!(old = lsl_i_malloc(n)))
-                LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-            snprintf(old, n, "%s.lsl-old-%d", o->path, (int)getpid());
-            if (rename(o->path, old) != 0)
-                LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno,
-                                          "%s: cannot move the old directory aside", o->path));
-            if (rename(o->tmp, o->path) != 0) {
-                int e2 = errno;
-                rename(old, o->path);
-                LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e2, "%s: rename into place", o->path));
+            /* Replace a non-empty directory by swapping the two names in one step: the path
+             * never names nothing, a racing run's swap only reorders the copies, and the old
+             * copy lands under our temporary's name, which we remove next and which a later
+             * run removes (or reports) if we are killed first. */
+            if (lsl_i_rename_exchange(o->tmp, o->path) != 0) {
+                e = errno;
+                if (e != EINVAL && e != ENOSYS)
+                    LSL_GOTO(
+                        lsl_i_fail_errno(LSL_ERR_IO, e, "%s: cannot swap in the output", o->path));
+                /* No RENAME_EXCHANGE here (some NFS): move the old copy aside under a name of
+                 * our temporaries' pattern, so that it is never stranded out of sight. */
+                size_t n = strlen(o->tmp) + 8;
+                if (!(old = lsl_i_malloc(n)))
+                    LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+                snprintf(old, n, "%s-old", o->tmp);
+                if (rename(o->path, old) != 0)
+                    LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno,
+                                              "%s: cannot move the old directory aside", o->path));
+                if (rename(o->tmp, o->path) != 0) {
+                    int e2 = errno;
+                    rename(old, o->path);
+                    LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, e2, "%s: rename into place", o->path));
+                }
+                lsl_i_rmtree(old);
+            } else {
+                /* the old copy, now at our temporary's name (still watched for signals) */
+                lsl_i_rmtree(o->tmp);
             }
-            lsl_i_rmtree(old);
         }
     } else if (overwrite) {
         if (lsl_i_rename(o->tmp, o->path) != 0)
@@ -365,7 +334,7 @@ lsl_status lsl_i_out_publish(lsl_i_out *o, int overwrite)
             LSL_GOTO(lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: rename into place", o->path));
     }
     o->tmp[0] = '\0'; /* published: nothing left to remove */
-    unwatch(o->slot);
+    lsl_i_unwatch(o->slot);
     o->slot = -1;
     LSL_TRY(lsl_i_sync_path(o->dir, O_RDONLY | O_DIRECTORY));
 fail:
@@ -373,10 +342,10 @@ fail:
     return rc;
 }
 
-void lsl_i_out_discard(lsl_i_out *o, int rank)
+void lsl_i_out_discard(lsl_i_out *o, int rank, int any_rank)
 {
-    unwatch(o->slot);
-    if (rank == 0 && o->tmp && o->tmp[0])
+    lsl_i_unwatch(o->slot);
+    if ((rank == 0 || any_rank) && o->tmp && o->tmp[0])
         lsl_i_rmtree(o->tmp);
     if (o->lock_fd >= 0)
         close(o->lock_fd);

@@ -38,9 +38,10 @@ lsl_status lsl_i_out_share(lsl_i_comm *comm, lsl_i_out *o, lsl_status st);
  * with overwrite; a path that appeared meanwhile is LSL_ERR_EXISTS), syncs the directory. */
 lsl_status lsl_i_out_publish(lsl_i_out *o, int overwrite);
 
-/* Removes the temporary (rank 0; other ranks only forget it) and frees o.  Safe on a zeroed o
- * and after publish. */
-void lsl_i_out_discard(lsl_i_out *o, int rank);
+/* Removes the temporary (rank 0, or any rank with any_rank: after a broken communicator rank 0
+ * may be gone; other ranks otherwise only forget it) and frees o.  Safe on a zeroed o and after
+ * publish (the temporary's name is then cleared). */
+void lsl_i_out_discard(lsl_i_out *o, int rank, int any_rank);
 
 /* "PATH" without trailing slashes (keeps "/"), malloc'ed; NULL when out of memory. */
 char *lsl_i_strip_slashes(const char *path);

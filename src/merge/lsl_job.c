@@ -168,7 +168,23 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
     size = comm->size;
     if (!cfg)
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_merge_all: cfg is NULL");
-    else if (rank == 0)
+    LSL_TRY(lsl_i_agree(comm, st));
+    const lsl_i_arg args[] = {
+        LSL_I_ARG_STR("base", cfg->base),
+        LSL_I_ARG_STR("adapter", cfg->adapter),
+        LSL_I_ARG_STR("output", cfg->output),
+        LSL_I_ARG_NUM("staging_bytes", cfg->staging_bytes),
+        LSL_I_ARG_NUM("alignment", cfg->alignment),
+        LSL_I_ARG_NUM("overwrite", cfg->overwrite != 0),
+        LSL_I_ARG_NUM("strict", cfg->strict != 0),
+        LSL_I_ARG_NUM("merge_on (--device)", cfg->merge_on),
+        LSL_I_ARG_NUM("stripe_count", cfg->stripe_count),
+        LSL_I_ARG_NUM("stripe_size", cfg->stripe_size),
+        LSL_I_ARG_NUM("plan", cfg->plan),
+    };
+    LSL_TRY(lsl_i_agree_args(comm, cfg->adapter ? "merge" : "import",
+                             (int)(sizeof args / sizeof *args), args));
+    if (rank == 0)
         st = lsl_plan_build(cfg, &plan);
     LSL_TRY(lsl_plan_bcast(comm, &plan, st));
 

@@ -418,8 +418,24 @@ static lsl_status add_adapter(const lsl_job_config *jc, const lsl_ckpt *ck, lsl_
     }
     for (uint64_t i = 0; i < nrepl; i++)
         LSL_TRY(attach_replacement(p, &ad, adfile, &ad.tensors[repl[i]]));
-    for (uint64_t i = 0; i < nmods; i++)
+    /* PEFT gives a LoRA layer only to the modules the config selects and never loads factors
+     * for the others: they are not merged here either, and the user hears which. */
+    uint64_t skipped = 0;
+    const char *first_skipped = NULL;
+    for (uint64_t i = 0; i < nmods; i++) {
+        if (!lsl_adapter_targets(&cfg, mods[i].name)) {
+            first_skipped = first_skipped ? first_skipped : mods[i].name;
+            skipped++;
+            continue;
+        }
         LSL_TRY(attach_lora(p, &ad, adfile, &cfg, conv1d, &mods[i]));
+    }
+    if (skipped && jc->quiet != LSL_PROGRESS_NONE)
+        lsl_i_log(LSL_LOG_WARN,
+                  "loraslab: warning: %s holds LoRA factors for %llu module%s that the config's "
+                  "target_modules / exclude_modules / layers_to_transform do not select (first: "
+                  "%s); not merged, as PEFT does not load them\n",
+                  stp, (unsigned long long)skipped, skipped == 1 ? "" : "s", first_skipped);
     LSL_TRY(add_attr(p, "adapter_config_json", text));
     LSL_TRY(lsl_i_check_utf8(jc->adapter, "the adapter path (recorded in the file)"));
     LSL_TRY(add_attr(p, "adapter_path", jc->adapter));

@@ -486,32 +486,12 @@ static int cmd_inspect(int argc, char **argv)
     return 0;
 }
 
-/* SIGINT / SIGTERM / SIGHUP (Ctrl-C, scancel, mpiexec forwarding either): remove what this
- * rank's job left under a temporary name, then exit with 128 + the signal, as a shell reports
- * it.  Not re-raised: MPICH's mpiexec, seeing its ranks die of the signal it forwarded, exited 0
- * in one run of three here; an exit status it always passes on. */
-static void on_signal(int sig)
-{
-    lsl_remove_temporaries();
-    _exit(128 + sig);
-}
-
-static void install_handlers(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-}
-
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    install_handlers();
+    /* SIGINT / SIGTERM / SIGHUP (Ctrl-C, scancel, mpiexec forwarding either): what this rank's
+     * job left under a temporary name goes, and the exit status is 128 + the signal. */
+    lsl_signals_install();
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     int rc;
     const char *cmd = argc > 1 ? argv[1] : "";

@@ -94,6 +94,12 @@ expect missing-tensor 2 "shard lacks it" -- -b "$out/idx/base" -a "$out/idx/adap
 
 fresh nomod; st_edit "$out/nomod/adapter/adapter_model.safetensors" \
   't = {k.replace("layers.1.mlp.up_proj", "layers.1.mlp.upx_proj"): v for k, v in t.items()}'
+# selected by target_modules (else PEFT, and so loraslab, would not load it at all)
+"$py" - "$out/nomod/adapter/adapter_config.json" <<'PY'
+import sys, json
+p = sys.argv[1]; j = json.load(open(p)); j["target_modules"].append("upx_proj")
+json.dump(j, open(p, "w"))
+PY
 expect module-not-in-base 3 "has no tensor model.layers.1.mlp.upx_proj.weight" -- \
   -b "$out/nomod/base" -a "$out/nomod/adapter"
 

@@ -240,15 +240,59 @@ static void expect_refused(const char *text, const char *needle)
                  lsl_last_error(), needle);
 }
 
+/* target_modules, exclude_modules, layers_to_transform and layers_pattern select modules as
+ * PEFT's check_target_module_exists does. */
+static void test_adapter_targets(void **s)
+{
+    (void)s;
+    lsl_adapter_cfg c;
+    const char *q = "model.layers.0.self_attn.q_proj", *k = "model.layers.0.self_attn.k_proj",
+               *q3 = "model.layers.3.self_attn.q_proj";
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":4}", &c), LSL_OK);
+    assert_true(lsl_adapter_targets(&c, q) && lsl_adapter_targets(&c, k)); /* no list: all */
+    lsl_adapter_cfg_free(&c);
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q_proj\"]}", &c),
+                     LSL_OK);
+    assert_true(lsl_adapter_targets(&c, q) && !lsl_adapter_targets(&c, k));
+    assert_false(lsl_adapter_targets(&c, "model.layers.0.self_attn.xq_proj")); /* suffix by dot */
+    lsl_adapter_cfg_free(&c);
+    /* a string is a regex matched whole; \\. and \\d are taken */
+    assert_int_equal(
+        cfg("{\"peft_type\":\"LORA\",\"r\":4,"
+            "\"target_modules\":\".*\\\\.layers\\\\.\\\\d\\\\.self_attn\\\\.(q|v)_proj\"}",
+            &c),
+        LSL_OK);
+    assert_true(lsl_adapter_targets(&c, q) && !lsl_adapter_targets(&c, k));
+    assert_true(lsl_adapter_targets(&c, q3));
+    assert_false(lsl_adapter_targets(&c, "model.layers.10.self_attn.q_proj"));
+    lsl_adapter_cfg_free(&c);
+    assert_int_equal(
+        cfg("{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q_proj\","
+            "\"k_proj\"],\"exclude_modules\":[\"k_proj\"],\"layers_to_transform\":[3]}",
+            &c),
+        LSL_OK);
+    assert_true(!lsl_adapter_targets(&c, q) && lsl_adapter_targets(&c, q3));
+    assert_false(lsl_adapter_targets(&c, "model.layers.3.self_attn.k_proj"));
+    lsl_adapter_cfg_free(&c);
+    assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q_proj\"],"
+                         "\"layers_to_transform\":0,\"layers_pattern\":\"layers\"}",
+                         &c),
+                     LSL_OK);
+    assert_true(lsl_adapter_targets(&c, q) && !lsl_adapter_targets(&c, q3));
+    assert_false(lsl_adapter_targets(&c, "model.blocks.0.q_proj")); /* no "layers" list */
+    lsl_adapter_cfg_free(&c);
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":\"(?i)q_proj\"}", "(?...)");
+}
+
 static void test_adapter_config(void **s)
 {
     (void)s;
     lsl_adapter_cfg c;
     assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":16,\"lora_alpha\":32,"
-                         "\"rank_pattern\":{\"q_proj\":4,\"layers\\\\.1\\\\.mlp\":2},"
+                         "\"rank_pattern\":{\"q_proj\":4,\"layers\\\\b1\\\\.mlp\":2},"
                          "\"alpha_pattern\":{\"model.layers.0.self_attn.v_proj\":7}}",
                          &c),
-                     LSL_ERR_UNSUPPORTED); /* Python-only escapes are refused */
+                     LSL_ERR_UNSUPPORTED); /* Python-only escapes (\b) are refused */
     assert_int_equal(cfg("{\"peft_type\":\"LORA\",\"r\":16,\"lora_alpha\":32,"
                          "\"rank_pattern\":{\"q_proj\":4,\"layers.1.mlp.(up|down)_proj\":2},"
                          "\"alpha_pattern\":{\"model.layers.0.self_attn.v_proj\":7}}",
@@ -377,10 +421,15 @@ static void test_lustre_layout(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_partition),     cmocka_unit_test(test_bf16),
-        cmocka_unit_test(test_f16),           cmocka_unit_test(test_crc32c),
-        cmocka_unit_test(test_dtypes),        cmocka_unit_test(test_merge_rows),
-        cmocka_unit_test(test_reader),        cmocka_unit_test(test_adapter_config),
+        cmocka_unit_test(test_partition),
+        cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_f16),
+        cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_dtypes),
+        cmocka_unit_test(test_merge_rows),
+        cmocka_unit_test(test_reader),
+        cmocka_unit_test(test_adapter_config),
+        cmocka_unit_test(test_adapter_targets),
         cmocka_unit_test(test_lustre_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
