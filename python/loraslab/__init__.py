@@ -8,7 +8,8 @@ and warnings go to stderr, or to a `logging.Logger` given to :func:`log_to`.
 """
 from ._errors import Error
 from ._log import log_to
-from ._tools import convert, finalize, inspect, verify, version
+from ._tools import convert, finalize, inspect, remove_temporaries, verify, version
 
-__all__ = ["Error", "convert", "finalize", "inspect", "verify", "log_to", "version"]
+__all__ = ["Error", "convert", "finalize", "inspect", "remove_temporaries", "verify", "log_to",
+           "version"]
 __version__ = "0.2.0"

@@ -12,7 +12,7 @@ OP_MAX, OP_MIN, OP_SUM = 0, 1, 2
 DTYPES = {"BOOL": 0, "U8": 4, "I8": 5, "F8_E5M2": 6, "F8_E4M3": 7, "I16": 11, "U16": 12,
           "F16": 13, "BF16": 14, "I32": 15, "U32": 16, "F32": 17, "F64": 19, "I64": 20, "U64": 21}
 I64, F64 = DTYPES["I64"], DTYPES["F64"]
-ERR_INVALID_ARG, ERR_UNSUPPORTED = 1, 5
+ERR_INVALID_ARG, ERR_UNSUPPORTED, ERR_COMM = 1, 5, 45
 
 
 STRIPE_ALL = (1 << 64) - 1  # LSL_STRIPE_ALL: every OST
@@ -82,6 +82,8 @@ def declare(lib: c.CDLL) -> None:
                                                c.POINTER(Part)]),
         "lsl_writer_close_all": (c.c_int, [c.POINTER(W)]),
         "lsl_writer_abort_all": (None, [c.POINTER(W)]),
+        "lsl_signals_install": (c.c_int, []),
+        "lsl_signals_restore": (None, []),
         "lsl_partition_rows": (None, [c.c_uint64, c.c_int, c.c_int, c.POINTER(c.c_uint64),
                                       c.POINTER(c.c_uint64)]),
     }

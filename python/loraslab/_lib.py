@@ -106,6 +106,7 @@ def lib() -> ctypes.CDLL:
         "lsl_world_rank": (c.c_int, []),
         "lsl_world_size": (c.c_int, []),
         "lsl_world_finalize": (None, []),
+        "lsl_remove_temporaries": (None, []),
     }
     for name, (res, args) in protos.items():
         f = getattr(handle, name)

@@ -6,18 +6,16 @@ import json
 import os
 from typing import Any, Optional, Union
 
-from ._errors import Error
+from ._errors import raise_status
 from ._lib import ConvertConfig, JobStats, lib, loaded
 
 PathLike = Union[str, "os.PathLike[str]"]
 PROGRESS = {"text": 0, "none": 1, "json": 2}
 
 
-def _check(status: int) -> None:
+def _check(status: int, comm: Any = None) -> None:
     if status != 0:
-        lb = lib()
-        raise Error(status, lb.lsl_status_name(status).decode(),
-                    lb.lsl_last_error().decode("utf-8", "replace"))
+        raise_status(lib(), status, getattr(comm, "error", None))
 
 
 def _path(p: PathLike) -> bytes:
@@ -44,6 +42,13 @@ def finalize() -> None:
         lib().lsl_world_finalize()
 
 
+def remove_temporaries() -> None:
+    """Remove the temporary outputs of loraslab calls under way in this process (async-signal
+    safe in C; `lsl_remove_temporaries`).  For a job's own signal handler that ends the process:
+    save_merged already installs one that does this for the time of the call."""
+    lib().lsl_remove_temporaries()
+
+
 def version() -> str:
     """The loaded library's version ("0.2.0")."""
     return lib().lsl_version_string().decode()
@@ -66,7 +71,7 @@ def convert(input: PathLike, outdir: PathLike, *, max_shard_size: Optional[str] 
     stats = JobStats()
     if _comm is not None:  # loraslab.torch: over torch.distributed callbacks
         _check(lib().lsl_convert_cb_all(ctypes.addressof(_comm.cb), ctypes.byref(cfg),
-                                        ctypes.byref(stats)))
+                                        ctypes.byref(stats)), _comm)
     else:
         _check(lib().lsl_convert_world(ctypes.byref(cfg), ctypes.byref(stats)))
     return _stats(stats)
@@ -79,7 +84,7 @@ def verify(path: PathLike, *, staging_mib: int = 64, quiet: bool = False,
     stats = JobStats()
     if _comm is not None:
         _check(lib().lsl_verify_cb_all(ctypes.addressof(_comm.cb), _path(path), staging_mib << 20,
-                                       _progress(quiet, progress), ctypes.byref(stats)))
+                                       _progress(quiet, progress), ctypes.byref(stats)), _comm)
     else:
         _check(lib().lsl_verify_world(_path(path), staging_mib << 20,
                                       _progress(quiet, progress), ctypes.byref(stats)))

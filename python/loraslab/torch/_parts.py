@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from .. import _capi
-from .._errors import Error
+from .._errors import Error, raise_status
 from .._lib import lib
 from . import _fsdp1
 from ._layout import DTYPES, Rows, Unsupported, chunk_rows, full, local_rows
@@ -76,13 +76,10 @@ def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.L
 
 
 def check(status: int, comm: Any = None) -> None:
-    """Raise the library's last error as loraslab.Error (chained to a callback's exception)."""
+    """Raise the library's last error as loraslab.Error (chained to a callback's exception; a
+    KeyboardInterrupt in a callback is re-raised as itself)."""
     if status != 0:
-        lb = lib()
-        err = Error(status, lb.lsl_status_name(status).decode(),
-                    lb.lsl_last_error().decode("utf-8", "replace"))
-        cause = getattr(comm, "error", None)
-        raise err from cause
+        raise_status(lib(), status, getattr(comm, "error", None))
 
 
 # Tensors per batched put: their LoRA A's are gathered in one collective step (a few collective

@@ -1,11 +1,15 @@
 """save_merged: the walk, the layout and the writer put together."""
 from __future__ import annotations
 
+import contextlib
 import ctypes as c
+import datetime
 import json
 import os
+import signal
 import sys
-from typing import Any, Optional, Union
+import threading
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -28,11 +32,13 @@ def _unwrap(model: torch.nn.Module, adapter_name: Optional[str]) -> tuple:
     inner = getattr(inner, "_orig_mod", inner)  # torch.compile
     if not hasattr(inner, "peft_config") or not hasattr(inner, "base_model"):
         raise Unsupported(f"{type(inner).__name__} is not a PEFT model (peft.PeftModel)")
-    adapter = adapter_name or inner.active_adapter
-    if isinstance(adapter, (list, tuple)):
-        if len(adapter) != 1:
-            raise Unsupported(f"several active adapters {list(adapter)}: name one")
-        adapter = adapter[0]
+    # PEFT's active_adapter is the first of active_adapters; merge_and_unload() merges them all
+    active = getattr(inner, "active_adapters", None)
+    active = [active] if isinstance(active, str) else list(active or [inner.active_adapter])
+    if adapter_name is None and len(active) != 1:
+        raise Unsupported(f"several active adapters {active}: pass adapter_name= to merge one "
+                          "(loraslab merges one adapter at a time)")
+    adapter = adapter_name or active[0]
     if adapter not in inner.peft_config:
         raise Unsupported(f"adapter {adapter!r} not in the model ({sorted(inner.peft_config)})")
     cfg = inner.peft_config[adapter]
@@ -41,11 +47,23 @@ def _unwrap(model: torch.nn.Module, adapter_name: Optional[str]) -> tuple:
     return inner, inner.base_model.model, adapter
 
 
+def _is_meta(t: Any) -> bool:
+    t = getattr(t, "local", t)  # an FSDP1 piece
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return bool(getattr(t, "is_meta", False))
+
+
 def _check_items(items: list[Item]) -> None:
     """What the writer would refuse, refused here by name, before any output exists."""
     for it in items:
-        dtype_code(it.tensor, it.name)
         lo = it.lora
+        for what, t in (("the weight", it.tensor), ("LoRA A", lo and lo.a), ("LoRA B", lo and lo.b),
+                        ("the DoRA magnitude", lo and lo.magnitude)):
+            if t is not None and _is_meta(t):
+                raise Unsupported(f"tensor `{it.name}`: {what} is on the meta device (never "
+                                  "materialised: load or initialise the weights first, e.g. "
+                                  "FSDP's param_init_fn or to_empty() and a load)")
+        dtype_code(it.tensor, it.name)
         if lo is None:
             continue
         for f in (lo.a, lo.b):
@@ -58,14 +76,75 @@ def _check_items(items: list[Item]) -> None:
                               "this version refuses it)")
 
 
+def _timeout(group: Optional[Any]) -> datetime.timedelta:
+    """The job's own collective timeout (init_process_group(timeout=)): a group made without one
+    gets torch's 30-minute default, so a rank that never calls save_merged would hold the others
+    that long."""
+    from torch.distributed import distributed_c10d as c10d
+    pg = group if group is not None else c10d._get_default_group()
+    for dev in ("cpu", "cuda"):
+        try:
+            return pg._get_backend(torch.device(dev)).options._timeout
+        except Exception:  # noqa: BLE001 - no backend for that device, or an older torch
+            continue
+    return c10d.default_pg_timeout
+
+
 def _gloo(group: Optional[Any]) -> Optional[Any]:
     """A gloo group over the writing ranks (None without torch.distributed): the host-side
-    collectives run there whatever backend the training uses.  Every rank of the world must
-    enter (torch's rule for new_group)."""
+    collectives run there whatever backend the training uses, with the job's timeout.  Every rank
+    of the world must enter (torch's rule for new_group)."""
     if not (dist.is_available() and dist.is_initialized()):
         return None
-    return dist.new_group(backend="gloo", ranks=None if group is None else
-                          dist.get_process_group_ranks(group))
+    timeout = _timeout(group)
+    try:
+        return dist.new_group(backend="gloo", timeout=timeout, ranks=None if group is None else
+                              dist.get_process_group_ranks(group))
+    except Exception as e:  # noqa: BLE001 - a missing rank surfaces as a store or backend error
+        raise Error(_capi.ERR_COMM, "LSL_ERR_COMM",
+                    f"save_merged: rank {dist.get_rank()}: not every rank of the job entered "
+                    f"save_merged within the job's timeout ({timeout.total_seconds():g} s); it is "
+                    "collective: every rank must call it (one that raised earlier or skipped the "
+                    f"call leaves the others waiting) ({type(e).__name__}: {e})") from e
+
+
+def _check_world() -> None:
+    """A launcher's world without torch.distributed (never started, or destroyed): each rank would
+    take its shards for whole tensors."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
+                    f"save_merged: this process is rank {os.environ.get('RANK', '?')} of "
+                    f"WORLD_SIZE={size}, but torch.distributed is not initialised (or "
+                    "destroy_process_group already ran): call save_merged on every rank while "
+                    "the process group is up")
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP during the save: loraslab's temporaries go, and the signal then
+    does what it would have done (lsl_signals_install: a default action exits 128 + signal).  A
+    Python handler (Ctrl-C's KeyboardInterrupt, a job's own) is deferred to the end of the call,
+    so every rank first fails the save alike (LSL_ERR_INTERRUPTED); then it runs, and
+    KeyboardInterrupt reaches the caller as itself."""
+    lb = lib()
+    saved: dict[int, Any] = {}
+    pending: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            h = signal.getsignal(s)
+            if callable(h):
+                saved[s] = h
+                signal.signal(s, lambda sig, _frame: pending.append(sig))
+    lb.lsl_signals_install()  # over Python's own C handler, which it calls on
+    try:
+        yield
+    finally:
+        lb.lsl_signals_restore()
+        for s, h in saved.items():
+            signal.signal(s, h)
+        for sig in pending:
+            saved[sig](sig, None)
 
 
 def _agree(ok: bool, why: str, gloo: Optional[Any]) -> None:
@@ -96,7 +175,20 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     OST) and `stripe_size` (bytes, a multiple of 64 KiB) set the file's Lustre layout, as
     `loraslab merge --stripe-count/--stripe-size` do; 0 leaves it to the I/O plan.
 
+    A signal during the call (SIGINT, SIGTERM, SIGHUP) removes what it wrote: with no handler of
+    the job's the process exits 128 + signal; with one (Ctrl-C's KeyboardInterrupt included) every
+    rank raises loraslab.Error LSL_ERR_INTERRUPTED and the handler runs after.
+
     Raises loraslab.Error on every rank alike, with nothing left at `path`."""
+    with _signals():
+        _save_merged(model, path, adapter_name, overwrite, staging_mib, quiet, process_group,
+                     stripe_count, stripe_size)
+
+
+def _save_merged(model: torch.nn.Module, path: PathLike, adapter_name: Optional[str],
+                 overwrite: bool, staging_mib: int, quiet: bool, process_group: Optional[Any],
+                 stripe_count: int, stripe_size: int) -> None:
+    _check_world()
     cfg = _capi.WriterConfig(staging_mib << 20, 0, int(overwrite), 1 if quiet else 0,
                              b"save_merged", _capi.STRIPE_ALL if stripe_count == -1 else
                              max(0, stripe_count), stripe_size, 0)
@@ -193,6 +285,15 @@ def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: st
         raise
 
 
+def _config_text(base: torch.nn.Module) -> str:
+    """config.json as save_pretrained writes it: with "architectures" naming the model's class
+    (vLLM picks the model class by it), which a model built with from_config lacks."""
+    d = json.loads(base.config.to_json_string())
+    if not d.get("architectures"):
+        d["architectures"] = [type(base).__name__]
+    return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
 def _jsonable(o: Any) -> Any:
     """A set as a sorted list (as PEFT's save_pretrained writes target_modules; a set's order
     varies between processes), anything else as its text."""
@@ -205,8 +306,8 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
            base: torch.nn.Module, rank: int, size: int, comm: Any) -> None:
     config = getattr(base, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        check(lb.lsl_writer_set_attr_all(w, b"base_config_json",
-                                          config.to_json_string().encode()), comm)
+        check(lb.lsl_writer_set_attr_all(w, b"base_config_json", _config_text(base).encode()),
+              comm)
     acfg = peft_model.peft_config[adapter].to_dict()
     text = json.dumps(acfg, default=_jsonable, sort_keys=True)  # the same bytes on every rank
     check(lb.lsl_writer_set_attr_all(w, b"adapter_config_json", text.encode()), comm)
