@@ -286,7 +286,10 @@ typedef struct lsl_part {
 } lsl_part;
 
 /* Collective on comm.  Starts a writer for the file `path` (the communicator is duplicated; the
- * caller keeps its own).  cfg may be NULL for defaults; path and cfg are logically collective.
+ * caller keeps its own).  cfg may be NULL for defaults; path and cfg are logically collective:
+ * ranks given different values (quiet and progress_label excepted) all fail with
+ * LSL_ERR_INCONSISTENT naming the argument, and so does a rank that cannot see the temporary
+ * file rank 0 created (a node-local path under a job of several nodes).
  * On success *out owns the writer (release with lsl_writer_close_all or lsl_writer_abort_all).
  * Returns LSL_OK, LSL_ERR_EXISTS (path exists, no overwrite), LSL_ERR_IO (directory not
  * writable), LSL_ERR_INVALID_ARG (path is a symbolic link, or exists and is not a regular file,
@@ -433,6 +436,10 @@ typedef struct lsl_job_stats {
 } lsl_job_stats;
 
 /* Collective on comm.  Merges the adapter into the base checkpoint and writes cfg->output.
+ * cfg is logically collective (all but quiet; LSL_ERR_INCONSISTENT names what differs).  The
+ * modules merged are those PEFT gives a LoRA layer: target_modules, exclude_modules,
+ * layers_to_transform and layers_pattern select them; factors of other modules in the file are
+ * left out, with a warning naming them.
  * Rank 0 reads the headers and configs and broadcasts the plan; each rank reads only its own
  * byte ranges.  stats may be NULL.  Every input error is reported before the output is created. */
 /* The output may not be any file the job reads (base shards, index, config.json, adapter
@@ -461,7 +468,10 @@ typedef struct lsl_convert_config {
         NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0                                                         \
     }
 
-/* Collective on comm.  Writes outdir as a Hugging Face checkpoint: model.safetensors, or shards
+/* Collective on comm; cfg logically collective, as for lsl_merge_all.  An existing outdir is
+ * replaced (overwrite) by swapping the names in one step where the filesystem can
+ * (RENAME_EXCHANGE), so outdir never names nothing and a concurrent convert strands nothing.
+ * Writes outdir as a Hugging Face checkpoint: model.safetensors, or shards
  * model-0000i-of-0000N.safetensors split as huggingface_hub splits them plus
  * model.safetensors.index.json; config.json from the file's base config; loraslab.json
  * (provenance, per-tensor checksums); checksums.json (each file's CRC-32C, base64).  Ranks copy
