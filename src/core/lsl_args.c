@@ -11,7 +11,7 @@
 
 static void arg_text(const lsl_i_arg *a, char *buf, size_t len)
 {
-    if (a->str || a->is_str)
+    if (a->is_str)
         snprintf(buf, len, "'%s'", a->str ? a->str : "(none)");
     else
         snprintf(buf, len, "%" PRIu64, a->num);

@@ -141,8 +141,3 @@ int lsl_signal_received(void)
 {
     return g_seen;
 }
-
-int lsl_i_signal_seen(void)
-{
-    return g_seen;
-}

@@ -1,8 +1,8 @@
 /* Temporaries a signal must not leave behind, and the handlers that remove them.  The registry
  * is fixed storage read by a signal handler; a rank registers each temporary output it knows of
  * (rank 0 created it, the others learnt its name), so whichever rank a signal reaches removes
- * it.  The agreement (lsl_i_agree) turns a signal seen during a call into that call's failure on
- * every rank. */
+ * it.  The agreement (lsl_i_agree) turns a signal seen during a call (lsl_signal_received)
+ * into that call's failure on every rank. */
 #ifndef LSL_SIGNAL_H
 #define LSL_SIGNAL_H
 
@@ -12,7 +12,5 @@
 int lsl_i_watch(const char *tmp, int is_dir);
 /* Forgets a slot (published or removed); -1 is a no-op. */
 void lsl_i_unwatch(int slot);
-/* The signal a handler of lsl_signals_install saw since the outermost install (0 if none). */
-int lsl_i_signal_seen(void);
 
 #endif

@@ -1,6 +1,5 @@
 /* Status names, messages and cross-rank agreement on a status. */
 #include "lsl_internal.h"
-#include "lsl_signal.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -130,7 +129,7 @@ lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
 {
     /* A signal whose handler (lsl_signals_install) removed this call's temporaries and then let
      * the process go on: the call cannot finish, and every rank must learn it here. */
-    int sig = lsl_i_signal_seen();
+    int sig = lsl_signal_received();
     if (local == LSL_OK && sig)
         local = lsl_i_fail(LSL_ERR_INTERRUPTED,
                            "interrupted by %s; loraslab removed its temporary output",

@@ -22,7 +22,9 @@ void lsl_adapter_cfg_free(lsl_adapter_cfg *c)
         return;
     names_free(&c->targets);
     names_free(&c->excludes);
-    names_free(&c->layer_pats);
+    for (uint64_t i = 0; i < c->nlayer_re; i++)
+        regfree(&c->layer_re[i]);
+    free(c->layer_re);
     free(c->layers);
     for (uint64_t i = 0; i < c->nrank_pat; i++) {
         free(c->rank_pat[i].key);
@@ -266,6 +268,8 @@ static lsl_status parse_names(const char *label, const char *field, const json_t
 static lsl_status parse_targets(const char *label, json_t *root, lsl_adapter_cfg *c)
 {
     lsl_status rc = LSL_OK;
+    lsl_names pats; /* layers_pattern, until compiled into c->layer_re */
+    memset(&pats, 0, sizeof pats);
     json_t *t = json_object_get(root, "target_modules");
     /* "all-linear" is expanded by PEFT to the model's linear layers before it saves; a file
      * that still says it gets every module its factors name */
@@ -275,13 +279,14 @@ static lsl_status parse_targets(const char *label, json_t *root, lsl_adapter_cfg
                         &c->excludes));
     json_t *lp = json_object_get(root, "layers_pattern");
     if (json_is_string(lp) || json_is_array(lp))
-        LSL_TRY(parse_names(label, "layers_pattern", lp, false, &c->layer_pats));
-    for (uint64_t i = 0; i < c->layer_pats.n; i++) {
-        regex_t probe;
-        LSL_TRY(compile_bounded(label, "layers_pattern", c->layer_pats.names[i],
-                                "^.*\\.(%s)\\.([0-9]+)\\.", &probe));
-        regfree(&probe);
-    }
+        LSL_TRY(parse_names(label, "layers_pattern", lp, false, &pats));
+    /* PEFT's re.match(rf".*\.{pattern}\.(\d+)\.", key), or r".*\.[^.]*\.(\d+)\." without one */
+    uint64_t npats = pats.n ? pats.n : 1;
+    if (!(c->layer_re = lsl_i_calloc(npats, sizeof *c->layer_re)))
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < npats; i++, c->nlayer_re++)
+        LSL_TRY(compile_bounded(label, "layers_pattern", pats.n ? pats.names[i] : "[^.]*",
+                                "^.*\\.(%s)\\.([0-9]+)\\.", &c->layer_re[i]));
     json_t *lt = json_object_get(root, "layers_to_transform");
     if (json_is_integer(lt) || (json_is_array(lt) && json_array_size(lt) > 0)) {
         size_t n = json_is_array(lt) ? json_array_size(lt) : 1;
@@ -300,6 +305,7 @@ static lsl_status parse_targets(const char *label, json_t *root, lsl_adapter_cfg
         LSL_FAIL(LSL_ERR_FORMAT, "%s: layers_to_transform is neither an integer nor a list", label);
     }
 fail:
+    names_free(&pats);
     return rc;
 }
 
@@ -424,20 +430,10 @@ static bool names_match(const lsl_names *n, const char *module)
  * -1 when none does. */
 static int64_t layer_index(const lsl_adapter_cfg *c, const char *module)
 {
-    uint64_t n = c->layer_pats.n ? c->layer_pats.n : 1;
-    for (uint64_t i = 0; i < n; i++) {
-        regex_t re;
-        regmatch_t m[3];
-        char rx[PATTERN_MAX_LEN + 64];
-        snprintf(rx, sizeof rx, "^.*\\.(%s)\\.([0-9]+)\\.",
-                 c->layer_pats.n ? c->layer_pats.names[i] : "[^.]*");
-        if (regcomp(&re, rx, REG_EXTENDED) != 0)
-            continue;
-        int hit = regexec(&re, module, 3, m, 0) == 0 && m[2].rm_so >= 0;
-        regfree(&re);
-        if (hit)
+    regmatch_t m[3];
+    for (uint64_t i = 0; i < c->nlayer_re; i++)
+        if (regexec(&c->layer_re[i], module, 3, m, 0) == 0 && m[2].rm_so >= 0)
             return strtoll(module + m[2].rm_so, NULL, 10);
-    }
     return -1;
 }
 

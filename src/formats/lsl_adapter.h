@@ -36,7 +36,9 @@ typedef struct lsl_adapter_cfg {
     lsl_names targets, excludes; /* a list (any: absent or "all-linear"), or one regex */
     int64_t *layers;             /* layers_to_transform (nlayers of them; 0: every layer) */
     uint64_t nlayers;
-    lsl_names layer_pats; /* layers_pattern: names of the layer lists; none: any */
+    regex_t *layer_re; /* where a layer index is read: one per layers_pattern name, or one
+                          for any name; compiled once at parse */
+    uint64_t nlayer_re;
 } lsl_adapter_cfg;
 
 /* Parse and vet the config text; label names the file in messages.  Options loraslab cannot
