@@ -22,10 +22,10 @@ echo "== tests"
 echo "== ASan + UBSan build: unit, MPI and CLI (2 ranks, bad input) tests"
 BUILD_DIR=build-asan BUILD_TYPE=Debug bash ci/build.sh -DLSL_WERROR=ON -DLSL_SANITIZE=ON
 # MPICH and UCX keep allocations until exit; leak reports are for our own unit tests only.  The
-# CLI tests run the reader thread, the plan and the CPU merge on real files.
+# CLI tests run the reader thread, the plan, the CPU merge and the I/O pool on real files.
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest -L unit --output-on-failure &&
   ASAN_OPTIONS=detect_leaks=0 ctest -j"$(nproc)" -L mpi -LE cli --output-on-failure --timeout 900 &&
-  ASAN_OPTIONS=detect_leaks=0 ctest -R '^cli\.(merge|convert)\.np2$|^cli\.(bad_input|hostile)$' \
+  ASAN_OPTIONS=detect_leaks=0 ctest -R '^cli\.(merge|convert)\.np2$|^cli\.(bad_input|hostile|hfdir)$' \
     --output-on-failure --timeout 900) |
   tee build-asan/ctest.log
 echo "== Release builds with gcc and clang, and a clang Debug build, warnings as errors"

@@ -27,8 +27,9 @@ extern "C" {
 
 #include "loraslab_version.h" /* LSL_VERSION_MAJOR, _MINOR, _PATCH (from CMake) */
 #define LSL_VERSION_NUMBER (LSL_VERSION_MAJOR * 10000 + LSL_VERSION_MINOR * 100 + LSL_VERSION_PATCH)
-/* Version of the HDF5 layout written (root attribute `loraslab_format_version`). */
-#define LSL_FORMAT_VERSION 1
+/* Version of the HDF5 layout written (root attribute `loraslab_format_version`): 2 adds the
+ * serving files under /files; version 1 files are still read. */
+#define LSL_FORMAT_VERSION 2
 /* Largest dataset alignment (lsl_writer_config.alignment, --align): 1 GiB. */
 #define LSL_MAX_ALIGNMENT ((uint64_t)1 << 30)
 /* Most dimensions a tensor may have. */
@@ -197,11 +198,33 @@ typedef struct lsl_comm_cb {
 
 /* ---- in-job writer ---------------------------------------------------------------------------
  * The path a training job uses: create the writer, define the tensor list once, put each tensor's
- * local row slice (with optional LoRA factors, merged on the fly), close.  The file appears at
+ * local row slice (with optional LoRA factors, merged on the fly), close.  The output appears at
  * `path` only when close succeeds; until then it lives under a hidden temporary name in the same
- * directory, and any failure removes it. */
+ * directory, and any failure removes it.
+ *
+ * The output is one HDF5 file (the archive: `loraslab convert` makes a directory of it) or, by
+ * the path or cfg->format, a Hugging Face safetensors directory that transformers and vLLM load,
+ * written in one pass:
+ *  - model.safetensors, or model-0000i-of-0000K.safetensors split as huggingface_hub splits the
+ *    tensors in define order under max_shard_bytes, with model.safetensors.index.json
+ *    (metadata.total_size, every tensor once); each header carries {"format": "pt"} and is
+ *    padded with spaces so the data section starts on the I/O plan's alignment;
+ *  - config.json (the "base_config_json" attribute), the files of lsl_writer_add_files_all,
+ *    loraslab.json (the adapter config, each tensor's CRC-32C and LoRA attributes: the same
+ *    for any rank count) and checksums.json (each file's CRC-32C), which lsl_verify_all checks.
+ * Rank 0 plans the shards and writes every header at define; each rank then writes its own bytes
+ * into the shards with positional writes (under MPI too) from a pool of threads, one per shard
+ * being written, so a rank writes several files at once (LSL_IO_THREADS, default 8).  The
+ * directory's bytes are those `loraslab convert` makes of the HDF5 output of the same call. */
 
 typedef struct lsl_writer lsl_writer;
+
+/* What an output is (lsl_writer_config.format, lsl_job_config.format). */
+#define LSL_OUTPUT_AUTO                                                                            \
+    0                            /* by the path: ending in .h5 or .hdf5 an HDF5 file, else a       \
+                                    safetensors directory */
+#define LSL_OUTPUT_HDF5        1 /* one HDF5 file, a dataset per tensor: the archive */
+#define LSL_OUTPUT_SAFETENSORS 2 /* a Hugging Face checkpoint directory (see below) */
 
 typedef struct lsl_writer_config {
     uint64_t staging_bytes;     /* host staging budget per rank; 0: 64 MiB */
@@ -213,13 +236,17 @@ typedef struct lsl_writer_config {
     /* The new file's Lustre layout (0: the I/O plan's choice; see lsl_writer_create_all).
      * stripe_count 1 to LSL_MAX_STRIPE_COUNT or LSL_STRIPE_ALL; stripe_size a multiple of
      * 64 KiB up to 4 GiB - 64 KiB.  On other filesystems stripe_size still sets the alignment
-     * and the size write pieces are cut to. */
+     * and the size write pieces are cut to.  A directory's shards each get their own plan. */
     uint64_t stripe_count, stripe_size;
     int print_plan; /* nonzero: rank 0 logs the I/O plan (LSL_LOG_INFO) at define */
+    int format;     /* LSL_OUTPUT_AUTO (0), _HDF5 or _SAFETENSORS */
+    /* A directory's shard size: at most this many data bytes a shard (a larger tensor gets one
+     * of its own), as save_pretrained's max_shard_size; 0: 5 GB (5,000,000,000 bytes). */
+    uint64_t max_shard_bytes;
 } lsl_writer_config;
 #define LSL_WRITER_CONFIG_INIT                                                                     \
     {                                                                                              \
-        0, 0, 0, 0, NULL, 0, 0, 0                                                                  \
+        0, 0, 0, 0, NULL, 0, 0, 0, LSL_OUTPUT_AUTO, 0                                              \
     }
 #define LSL_STRIPE_ALL       UINT64_MAX /* stripe over every OST (lfs setstripe -c -1) */
 #define LSL_MAX_STRIPE_COUNT 2000u      /* Lustre's LOV_MAX_STRIPE_COUNT */
@@ -285,17 +312,17 @@ typedef struct lsl_part {
     const lsl_lora_part *lora; /* NULL: copy the rows unchanged */
 } lsl_part;
 
-/* Collective on comm.  Starts a writer for the file `path` (the communicator is duplicated; the
- * caller keeps its own).  cfg may be NULL for defaults; path and cfg are logically collective:
- * ranks given different values (quiet and progress_label excepted) all fail with
- * LSL_ERR_INCONSISTENT naming the argument, and so does a rank that cannot see the temporary
- * file rank 0 created (a node-local path under a job of several nodes).
- * On success *out owns the writer (release with lsl_writer_close_all or lsl_writer_abort_all).
- * Returns LSL_OK, LSL_ERR_EXISTS (path exists, no overwrite), LSL_ERR_IO (directory not
- * writable), LSL_ERR_INVALID_ARG (path is a symbolic link, or exists and is not a regular file,
- * or is not UTF-8); on failure *out is NULL and nothing was created.  Temporaries of the same
- * path left by interrupted runs are removed where provably dead (local filesystems), else
- * reported on stderr. */
+/* Collective on comm.  Starts a writer for the output `path` (an HDF5 file or a directory: see
+ * the section's head; the communicator is duplicated; the caller keeps its own).  cfg may be NULL
+ * for defaults; path and cfg are logically collective: ranks given different values (quiet and
+ * progress_label excepted) all fail with LSL_ERR_INCONSISTENT naming the argument, and so does a
+ * rank that cannot see the temporary file rank 0 created (a node-local path under a job of several
+ * nodes). On success *out owns the writer (release with lsl_writer_close_all or
+ * lsl_writer_abort_all). Returns LSL_OK, LSL_ERR_EXISTS (path exists, no overwrite), LSL_ERR_IO
+ * (directory not writable), LSL_ERR_INVALID_ARG (path is a symbolic link, or exists and is not a
+ * regular file (a directory, for a directory output), or is not UTF-8, or format is unknown); on
+ * failure *out is NULL and nothing was created.  Temporaries of the same path left by interrupted
+ * runs are removed where provably dead (local filesystems), else reported on stderr. */
 LSL_API lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path,
                                          const lsl_writer_config *cfg, lsl_writer **out);
 /* lsl_writer_create_all over callbacks (collective over comm's ranks; the data goes out with
@@ -306,8 +333,24 @@ LSL_API lsl_status lsl_writer_create_cb_all(const lsl_comm_cb *comm, const char 
                                             const lsl_writer_config *cfg, lsl_writer **out);
 
 /* Collective.  Adds a root string attribute (e.g. "base_config_json").  Call before define.
- * key and value are logically collective (rank 0's values are written). */
+ * key and value are logically collective (rank 0's values are written).  A directory output
+ * writes "base_config_json" as config.json and keeps the others in loraslab.json. */
 LSL_API lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *value);
+
+/* Collective; only rank 0's arguments are read (the others may pass 0 and NULLs).  Files a
+ * server needs besides the weights (tokenizer files, generation_config.json, a chat template,
+ * *.py for remote code): n names and their bytes, copied.  A directory output holds each as
+ * DIR/name; an HDF5 file under /files, from which `loraslab convert` restores them.  Call before
+ * define, at most once.  A name must be a plain file name, not hidden, none of the output's own
+ * (config.json, *.safetensors, the index, loraslab.json, checksums.json), at most 256 MiB and
+ * 256 files (LSL_ERR_INVALID_ARG naming it). */
+LSL_API lsl_status lsl_writer_add_files_all(lsl_writer *w, uint64_t n, const char *const *names,
+                                            const void *const *data, const uint64_t *len);
+
+/* Not collective; after define.  An order to put the tensors in that keeps several shards of a
+ * directory output busy at once: consecutive entries lie in different shards where the sizes
+ * allow (for HDF5 output, define order).  order: the writer's tensor count of indices. */
+LSL_API lsl_status lsl_writer_put_order(const lsl_writer *w, uint64_t *order);
 
 /* Collective.  Defines the file's tensors, in order; creates the temporary file and all its
  * datasets.  The list is logically collective (checked against rank 0's: LSL_ERR_INCONSISTENT).
@@ -399,7 +442,7 @@ LSL_API void lsl_writer_abort_all(lsl_writer **w);
 typedef struct lsl_job_config {
     const char *base;       /* HF checkpoint directory (model.safetensors or an index + shards) */
     const char *adapter;    /* PEFT adapter directory; NULL for a plain import */
-    const char *output;     /* the HDF5 file to write */
+    const char *output;     /* the output: an HDF5 file, or a safetensors directory (format) */
     uint64_t staging_bytes; /* 0: 64 MiB */
     uint64_t alignment;     /* 0: detect; at most LSL_MAX_ALIGNMENT */
     int overwrite;
@@ -417,12 +460,14 @@ typedef struct lsl_job_config {
      * extents, stripes shared between ranks) before writing; LSL_PLAN_ONLY: log it and stop,
      * leaving nothing at the output path (the job returns LSL_OK). */
     int plan;
+    int format;               /* LSL_OUTPUT_AUTO (0: by the path), _HDF5 or _SAFETENSORS */
+    uint64_t max_shard_bytes; /* a directory's shards, as lsl_writer_config's; 0: 5 GB */
 } lsl_job_config;
 #define LSL_PLAN_PRINT 1
 #define LSL_PLAN_ONLY  2
 #define LSL_JOB_CONFIG_INIT                                                                        \
     {                                                                                              \
-        NULL, NULL, NULL, 0, 0, 0, 0, 0, LSL_MEM_HOST, 0, 0, 0                                     \
+        NULL, NULL, NULL, 0, 0, 0, 0, 0, LSL_MEM_HOST, 0, 0, 0, LSL_OUTPUT_AUTO, 0                 \
     }
 
 /* What a job measured; filled on every rank (min/max are over ranks).  Filling it is collective:
@@ -435,7 +480,11 @@ typedef struct lsl_job_stats {
     uint64_t rss_growth_min, rss_growth_max; /* peak minus start, over ranks */
 } lsl_job_stats;
 
-/* Collective on comm.  Merges the adapter into the base checkpoint and writes cfg->output.
+/* Collective on comm.  Merges the adapter into the base checkpoint and writes cfg->output: an
+ * HDF5 file or a safetensors directory (see "in-job writer"); either carries the base
+ * directory's serving files: every regular file at its top level but weights (*.safetensors,
+ * *.bin, *.pt, *.pth, *.ckpt, *.h5, *.hdf5, *.msgpack, *.gguf, *.onnx, indexes), adapter_*,
+ * config.json (written from the base's), hidden files and files over 256 MiB (warned about).
  * cfg is logically collective (all but quiet; LSL_ERR_INCONSISTENT names what differs).  The
  * modules merged are those PEFT gives a LoRA layer: target_modules, exclude_modules,
  * layers_to_transform and layers_pattern select them; factors of other modules in the file are
@@ -468,7 +517,9 @@ typedef struct lsl_convert_config {
         NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0                                                         \
     }
 
-/* Collective on comm; cfg logically collective, as for lsl_merge_all.  An existing outdir is
+/* Collective on comm; cfg logically collective, as for lsl_merge_all.  The directory holds the
+ * bytes a direct write of the same merge gives (the same shard plan and headers), and the
+ * serving files the HDF5 file carries (version 2).  An existing outdir is
  * replaced (overwrite) by swapping the names in one step where the filesystem can
  * (RENAME_EXCHANGE), so outdir never names nothing and a concurrent convert strands nothing.
  * Writes outdir as a Hugging Face checkpoint: model.safetensors, or shards

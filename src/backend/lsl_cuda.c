@@ -42,7 +42,7 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     lsl_i_worker_stop(&c->stager); /* it finishes a posted job first */
     if (c->stream)
         cudaStreamSynchronize(c->stream), cudaStreamDestroy(c->stream);
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < LSL_I_RING_MAX; s++) {
         if (c->done[s])
             cudaEventSynchronize(c->done[s]), cudaEventDestroy(c->done[s]);
         cudaFreeHost(c->pinned[s]);
@@ -57,6 +57,7 @@ void lsl_i_cuda_close(lsl_i_cuda **pc)
     cudaFreeHost(c->hbad);
     cudaFree(c->a_dev);
     cudaFree(c->batch_dev);
+    cudaFree(c->stash);
     free(c->host_a);
     free(c->host_full);
     lsl_i_nccl_close(&c->nccl);
@@ -115,7 +116,7 @@ lsl_status lsl_i_cuda_select(lsl_i_comm *comm, int *ranks_per_gpu)
     return lsl_i_agree(comm, st);
 }
 
-lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda **out)
+lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, int nslots, lsl_i_cuda **out)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
     int rank = comm->rank, size = comm->size;
@@ -127,8 +128,9 @@ lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda 
         free(all);
         return lsl_i_agree(comm, lsl_i_fail(LSL_ERR_NOMEM, "out of memory"));
     }
-    c->slot_bytes = staging_bytes / 2 < LSL_I_RING_SLOT_MAX ? staging_bytes / 2 / 256 * 256
-                                                            : LSL_I_RING_SLOT_MAX;
+    c->nslots = nslots < 2 ? 2 : nslots > LSL_I_RING_MAX ? LSL_I_RING_MAX : nslots;
+    uint64_t share = staging_bytes / (uint64_t)c->nslots;
+    c->slot_bytes = share < LSL_I_RING_SLOT_MAX ? share / 256 * 256 : LSL_I_RING_SLOT_MAX;
     cudaError_t e = cudaGetDevice(&c->device);
     if (e == cudaSuccess) {
         char bus[64] = "", host[96] = "";
@@ -137,10 +139,11 @@ lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda 
         snprintf(id, sizeof id, "%s/%s", host, bus);
     }
     if (e == cudaSuccess)
-        e = cudaHostAlloc((void **)&c->hbad, 2 * sizeof *c->hbad, cudaHostAllocDefault);
+        e = cudaHostAlloc((void **)&c->hbad, LSL_I_RING_MAX * sizeof *c->hbad,
+                          cudaHostAllocDefault);
     if (e != cudaSuccess)
         st = lsl_i_cuda_fail(e, "no usable CUDA device");
-    for (int s = 0; st == LSL_OK && s < 2; s++) {
+    for (int s = 0; st == LSL_OK && s < c->nslots; s++) {
         /* Exact size: cudaHostAlloc does not round up the way a caching allocator does. */
         if ((e = cudaHostAlloc(&c->pinned[s], c->slot_bytes, cudaHostAllocDefault)) !=
                 cudaSuccess ||
@@ -155,7 +158,7 @@ lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda 
         lsl_crc32c_zeros_op((uint64_t)LSL_DEV_CRC_BLOCK >> (LSL_DEV_CRC_LEVELS - l),
                             shifts + 32 * l);
     lsl_crc32c_zeros_op(LSL_DEV_CRC_BLOCK, c->op_block);
-    for (int s = 0; st == LSL_OK && s < 2; s++)
+    for (int s = 0; st == LSL_OK && s < c->nslots; s++)
         if ((e = cudaMalloc((void **)&c->dcrc[s], ncrc * 4)) != cudaSuccess ||
             (e = cudaHostAlloc((void **)&c->hcrc[s], ncrc * 4, cudaHostAllocDefault)) !=
                 cudaSuccess)
@@ -222,6 +225,16 @@ uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c)
     return c->slot_bytes;
 }
 
+int lsl_i_cuda_slots(const lsl_i_cuda *c)
+{
+    return c->nslots;
+}
+
+const void *lsl_i_cuda_slot_host(const lsl_i_cuda *c, int slot)
+{
+    return c->pinned[slot];
+}
+
 lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes)
 {
     cudaError_t e = bytes ? cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost) : cudaSuccess;
@@ -237,6 +250,28 @@ lsl_status lsl_i_cuda_download_on(void *host, const void *dev, uint64_t bytes, v
     if (e == cudaSuccess)
         e = cudaStreamSynchronize(st);
     return e == cudaSuccess ? LSL_OK : lsl_i_cuda_fail(e, what);
+}
+
+lsl_status lsl_i_cuda_upload_many(lsl_i_cuda *c, uint64_t n, const void *const *host,
+                                  const uint64_t *bytes, const void **dev)
+{
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < n; i++)
+        total += host[i] ? (bytes[i] + 255) / 256 * 256 : 0;
+    lsl_status st = lsl_i_cuda_ensure(&c->stash, &c->stash_cap, total ? total : 1,
+                                      "device memory for a batch's LoRA A");
+    for (uint64_t i = 0, off = 0; st == LSL_OK && i < n; i++) {
+        dev[i] = NULL;
+        if (!host[i])
+            continue;
+        void *d = (unsigned char *)c->stash + off;
+        cudaError_t e = lsl_i_cuda_upload_sync(d, host[i], bytes[i]);
+        if (e != cudaSuccess)
+            st = lsl_i_cuda_fail(e, "uploading a batch's LoRA A");
+        dev[i] = d;
+        off += (bytes[i] + 255) / 256 * 256;
+    }
+    return st;
 }
 
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev)
@@ -307,7 +342,7 @@ lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt
 static cudaError_t alloc_din(lsl_i_cuda *c)
 {
     cudaError_t e = cudaSuccess;
-    for (int s = 0; s < 2 && e == cudaSuccess; s++)
+    for (int s = 0; s < c->nslots && e == cudaSuccess; s++)
         if (!c->din[s])
             e = cudaMalloc(&c->din[s], c->slot_bytes);
     return e;

@@ -19,18 +19,25 @@ lsl_status lsl_i_cuda_select(lsl_i_comm *comm, int *ranks_per_gpu);
  * copies land in, so the write's memcpy reads them from cache.  A larger budget buys nothing on
  * this path. */
 #define LSL_I_RING_SLOT_MAX ((uint64_t)8 << 20)
+/* The most ring slots: a directory output keeps this many chunks in flight across its shards
+ * (lsl_put_interleave.c), each slot's write on the I/O pool while the next ones are merged. */
+#define LSL_I_RING_MAX 16
 
-/* Collective on comm.  Pins a ring of two slots of staging_bytes / 2 each, at most
- * LSL_I_RING_SLOT_MAX (exact size, once), allocates the matching device slots, and picks the
- * gather path.  NCCL needs one GPU per rank and A on the GPU in FSDP row shards; then LSL_GATHER
- * decides: unset, A goes through host memory until 1 GiB of it has (a communicator costs seconds
- * and hundreds of MiB), NCCL after; "nccl", NCCL from the first gather; "mpi", never NCCL.
- * Anything else: LSL_ERR_INVALID_ARG.  The communicator is built at the first gather that uses
- * it.  Agreed status. */
-lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, lsl_i_cuda **out);
+/* Collective on comm.  Pins a ring of nslots slots (2 to LSL_I_RING_MAX) of staging_bytes /
+ * nslots each, at most LSL_I_RING_SLOT_MAX (exact size, once), allocates the matching device
+ * slots, and picks the gather path.  NCCL needs one GPU per rank and A on the GPU in FSDP row
+ * shards; then LSL_GATHER decides: unset, A goes through host memory until 1 GiB of it has (a
+ * communicator costs seconds and hundreds of MiB), NCCL after; "nccl", NCCL from the first gather;
+ * "mpi", never NCCL. Anything else: LSL_ERR_INVALID_ARG.  The communicator is built at the first
+ * gather that uses it.  Agreed status. */
+lsl_status lsl_i_cuda_open(lsl_i_comm *comm, uint64_t staging_bytes, int nslots, lsl_i_cuda **out);
 void lsl_i_cuda_close(lsl_i_cuda **c);
 const char *lsl_i_cuda_gather_path(const lsl_i_cuda *c);
 uint64_t lsl_i_cuda_slot_bytes(const lsl_i_cuda *c);
+int lsl_i_cuda_slots(const lsl_i_cuda *c);
+/* Ring slot `slot`'s pinned host buffer (lsl_i_cuda_slot_bytes long): what a launch into the slot
+ * overwrites, so a queued write from it must be done first. */
+const void *lsl_i_cuda_slot_host(const lsl_i_cuda *c, int slot);
 /* How many gathers went over NCCL and through host memory so far. */
 void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi);
 
@@ -56,6 +63,11 @@ lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes);
  * collective. */
 lsl_status lsl_i_cuda_download_on(void *host, const void *dev, uint64_t bytes, void *stream,
                                   const char *what);
+/* Copy n host buffers (host[i] NULL: none, dev[i] NULL) of bytes[i] each into one device buffer
+ * owned by c, valid until the next call: a batch's whole A's that came through host memory, all
+ * live while the batch's chunks are merged in turn.  Not collective. */
+lsl_status lsl_i_cuda_upload_many(lsl_i_cuda *c, uint64_t n, const void *const *host,
+                                  const uint64_t *bytes, const void **dev);
 /* Copy `bytes` of host memory to a device buffer owned by c (valid until the next call). */
 lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, const void **dev);
 

@@ -34,14 +34,17 @@ struct lsl_i_cuda {
     lsl_i_nccl *nccl;
     uint64_t n_nccl, n_mpi; /* gathers per path, for the closing report */
     uint64_t slot_bytes;
-    void *pinned[2], *dslot[2];
-    cudaEvent_t done[2];
-    unsigned long long *dbad[2];
+    int nslots; /* ring slots in use: 2, or more for a directory's overlapping writes */
+    void *pinned[LSL_I_RING_MAX], *dslot[LSL_I_RING_MAX];
+    cudaEvent_t done[LSL_I_RING_MAX];
+    unsigned long long *dbad[LSL_I_RING_MAX];
     unsigned long long *hbad; /* pinned: the flag's copy must not block the launch */
-    int merging[2];
+    int merging[LSL_I_RING_MAX];
     void *a_dev;
     uint64_t a_cap;
     void *batch_dev; /* the A's of a batch gathered over NCCL */
+    void *stash;     /* a batch's whole A's uploaded from host memory (upload_many) */
+    uint64_t stash_cap;
     uint64_t batch_cap;
     void *host_a, *host_full;
     uint64_t host_cap;
@@ -49,14 +52,14 @@ struct lsl_i_cuda {
     uint64_t b_cap;
     /* Checksums on the GPU: per-slot block CRCs (device, and their pinned copy) over how many
      * bytes, the tree operators, and the host's operator for one block. */
-    uint32_t *dcrc[2], *hcrc[2], *dshift, op_block[32];
-    uint64_t crc_bytes[2];
-    int crc_gpu[2];
+    uint32_t *dcrc[LSL_I_RING_MAX], *hcrc[LSL_I_RING_MAX], *dshift, op_block[32];
+    uint64_t crc_bytes[LSL_I_RING_MAX];
+    int crc_gpu[LSL_I_RING_MAX];
     /* File-sourced chunks: W0 lands in din[slot] before the merge writes dslot[slot]. */
-    void *din[2];
+    void *din[LSL_I_RING_MAX];
     cudaStream_t stream;
-    lsl_i_worker stager; /* reads a file chunk into a pinned slot and copies it up */
-    int staged[2];       /* slot has a job to join */
+    lsl_i_worker stager;        /* reads a file chunk into a pinned slot and copies it up */
+    int staged[LSL_I_RING_MAX]; /* slot has a job to join */
     stage_job job;
 };
 

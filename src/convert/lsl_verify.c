@@ -1,7 +1,7 @@
 /* Re-read a loraslab HDF5 file or a converted directory in parallel and check every checksum it
  * carries: per tensor (HDF5 attribute, loraslab.json) and per file (checksums.json). */
 #include "lsl_checkpoint.h"
-#include "lsl_convert.h"
+#include "lsl_hfdir.h"
 #include "lsl_crc32c.h"
 #include "lsl_h5.h"
 #include "lsl_ranges.h"

@@ -13,6 +13,7 @@ static const char *const g_names[LSL_ENV_COUNT] = {
     [LSL_ENV_FAULT_RANK] = "LSL_FAULT_RANK",         /* the rank LSL_FAULT applies to */
     [LSL_ENV_GATHER] = "LSL_GATHER",                 /* nccl | mpi: the device A gather */
     [LSL_ENV_IOPLAN] = "LSL_IOPLAN",                 /* off: no I/O plan (lsl_ioplan.h) */
+    [LSL_ENV_IO_THREADS] = "LSL_IO_THREADS",         /* writer threads a rank (lsl_iopool.h) */
     [LSL_ENV_MPIIO_HINTS] = "LSL_MPIIO_HINTS",       /* key=value;... added to the file's */
     [LSL_ENV_NO_SPACE_CHECK] = "LSL_NO_SPACE_CHECK", /* 1: skip the free-space pre-check */
     [LSL_ENV_PROFILE] = "LSL_PROFILE",               /* 1 | 2: where the time went */

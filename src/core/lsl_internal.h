@@ -34,6 +34,7 @@ typedef enum {
     LSL_ENV_FAULT_RANK,
     LSL_ENV_GATHER,
     LSL_ENV_IOPLAN,
+    LSL_ENV_IO_THREADS,
     LSL_ENV_MPIIO_HINTS,
     LSL_ENV_NO_SPACE_CHECK,
     LSL_ENV_PROFILE,
@@ -158,6 +159,9 @@ int lsl_i_rmtree(const char *path);
 /* Whether s names a file directly inside a directory: not empty, no '/' or '\\', no leading
  * '.' (nothing hidden, nothing that climbs out), valid UTF-8. */
 bool lsl_i_plain_name(const char *s);
+/* Whether an output path names an HDF5 file: it ends in .h5 or .hdf5 (any case, no trailing
+ * slash); anything else is written as a safetensors directory (LSL_OUTPUT_AUTO). */
+bool lsl_i_is_hdf5_path(const char *path);
 /* "dir/name", malloc'ed; NULL when out of memory. */
 char *lsl_i_join(const char *dir, const char *name);
 /* Collective: fill stats from this rank's start time and RSS (max/min over ranks). */

@@ -408,6 +408,13 @@ int lsl_i_rmtree(const char *path)
     return path && *path ? nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS) : -1;
 }
 
+bool lsl_i_is_hdf5_path(const char *path)
+{
+    size_t n = strlen(path);
+    return (n >= 3 && strcasecmp(path + n - 3, ".h5") == 0) ||
+           (n >= 5 && strcasecmp(path + n - 5, ".hdf5") == 0);
+}
+
 bool lsl_i_plain_name(const char *s)
 {
     uint64_t bad;

@@ -140,7 +140,8 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
     /* A batch whose length or arrays cannot be trusted stops every rank before the gather. */
     LSL_TRY(lsl_i_agree(w->comm, st));
     LSL_TRY(gather_batch(w, n, indices, parts, full, gpu, LSL_OK));
-    /* Step two: the puts, in order, with A already whole. */
+    /* Step two: the puts with A already whole: in turn, chunk by chunk, where a directory's
+     * device parts allow (lsl_put_interleave.c), else one after the other. */
     for (uint64_t i = 0; i < n; i++) {
         pp[i] = parts[i];
         if (parts[i].lora) {
@@ -149,8 +150,15 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
             lp[i].flags |= gpu[i] ? LSL_I_LORA_A_GPU : 0;
             pp[i].lora = &lp[i];
         }
-        LSL_TRY(lsl_i_put_one(w, indices[i], &pp[i], LSL_OK));
     }
+#ifdef LSL_HAVE_CUDA
+    if (lsl_i_put_interleaved(w, n, indices, pp, &rc)) {
+        LSL_TRY(rc);
+        goto fail; /* done: the cleanup below */
+    }
+#endif
+    for (uint64_t i = 0; i < n; i++)
+        LSL_TRY(lsl_i_put_one(w, indices[i], &pp[i], LSL_OK));
 fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;

@@ -15,14 +15,18 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w)
     if (!any || w->cuda)
         return LSL_OK;
     double t0 = lsl_i_now();
-    st = lsl_i_cuda_open(w->comm, w->staging_bytes, &w->cuda);
+    /* A directory keeps many chunks in flight over its shards: as many 8 MiB slots as the
+     * staging budget holds (lsl_put_interleave.c); one file needs only two. */
+    uint64_t ring = w->hf ? w->staging_bytes / LSL_I_RING_SLOT_MAX : 2;
+    ring = ring < 2 ? 2 : ring > LSL_I_RING_MAX ? LSL_I_RING_MAX : ring;
+    st = lsl_i_cuda_open(w->comm, w->staging_bytes, (int)ring, &w->cuda);
     w->prof[P_GPU_OPEN] += lsl_i_now() - t0;
     if (st != LSL_OK)
         return st;
     if (w->rank == 0 && w->cfg.quiet == LSL_PROGRESS_TEXT)
         lsl_i_log(LSL_LOG_INFO,
-                  "loraslab: device path: LoRA A gathered with %s, pinned ring 2 x %llu bytes\n",
-                  lsl_i_cuda_gather_path(w->cuda),
+                  "loraslab: device path: LoRA A gathered with %s, pinned ring %d x %llu bytes\n",
+                  lsl_i_cuda_gather_path(w->cuda), lsl_i_cuda_slots(w->cuda),
                   (unsigned long long)lsl_i_cuda_slot_bytes(w->cuda));
     return LSL_OK;
 }
@@ -129,10 +133,14 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
 #define COUNT(ch) lsl_i_tile_count(&tl, (ch))
     double t_launch = 0;
     lsl_status st_launch = LSL_OK;
+    /* a directory's writes are queued: a slot is refilled once its last write is done */
 #define LAUNCH(ch)                                                                                 \
     (t_launch = lsl_i_now(),                                                                       \
-     st_launch = launch(w, &pc, src, (int)((ch) % 2), stream, w0, FIRST(ch), COUNT(ch), unit,      \
-                        lora, a_dev, b, rb),                                                       \
+     st_launch =                                                                                   \
+         lsl_i_datafile_fence(&w->file, lsl_i_cuda_slot_host(w->cuda, (int)((ch) % 2)), slot),     \
+     st_launch = st_launch ? st_launch                                                             \
+                           : launch(w, &pc, src, (int)((ch) % 2), stream, w0, FIRST(ch),           \
+                                    COUNT(ch), unit, lora, a_dev, b, rb),                          \
      w->prof[P_LAUNCH] += lsl_i_now() - t_launch, st_launch)
     int pending[2] = {0, 0};
     if (st == LSL_OK && nloc > 0)

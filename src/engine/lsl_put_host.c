@@ -151,6 +151,10 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
     void *work = lora ? w->staging + (ahead ? 2 : 1) * half : NULL;
     if (st != LSL_OK)
         nloc = 0;
+    /* A directory's writes are queued (lsl_i_datafile_fence): the staging budget is this
+     * part's once the writes still reading it are done. */
+    if (st == LSL_OK)
+        st = lsl_i_datafile_fence(&w->file, w->staging, w->staging_bytes);
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
     if (lora && lsl_i_cpu_part_by_columns(&cp)) {
         /* DoRA down the columns: the norm of a column spans every rank's rows.  Pass 1 sums this
@@ -203,17 +207,23 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
         if (ahead && st == LSL_OK && c + 1 < nloc) { /* chunk c - 1 is written: its half is free */
             uint64_t o2, n2;
             CHUNK(c + 1, o2, n2);
-            lsl_i_reader_post(w->reader, src->fd, src->off + o2, n2, rbuf[(c + 1) % 2], src->path);
-            posted = 1;
+            st = lsl_i_datafile_fence(&w->file, rbuf[(c + 1) % 2], half);
+            if (st == LSL_OK) {
+                lsl_i_reader_post(w->reader, src->fd, src->off + o2, n2, rbuf[(c + 1) % 2],
+                                  src->path);
+                posted = 1;
+            }
         }
         if (st == LSL_OK && c < nloc && !ahead) {
             if (lora) {
                 uint64_t lr, m;
                 chunk_rows_of(&tl, c, &lr, &m);
                 /* the chunk's rows, and the part's elements among them */
-                if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count))
+                st = lsl_i_datafile_fence(&w->file, rows, m * pc.rbytes);
+                if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count) && st == LSL_OK)
                     memset(rows, 0, m * pc.rbytes);
-                st = src_read(src, off, count, rows + pos);
+                if (st == LSL_OK)
+                    st = src_read(src, off, count, rows + pos);
                 buf = rows + pos;
             } else {
                 buf = src->mem + off;
@@ -226,6 +236,11 @@ static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pc
             st = ms == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lr, bad) : ms;
         }
         lsl_i_put_write(w, &pc, off, buf, c < nloc ? count : 0, 0, &st);
+    }
+    /* the caller's memory is the caller's again when the put returns */
+    if (!lora && src->mem && pc.my_bytes) {
+        lsl_status fs = lsl_i_datafile_fence(&w->file, src->mem, pc.my_bytes);
+        st = st == LSL_OK ? fs : st;
     }
 #undef CHUNK
     LSL_TRY(lsl_i_put_end(w, index, &pc, lora, st));

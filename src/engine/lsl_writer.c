@@ -31,6 +31,10 @@ static void writer_free(lsl_writer *w)
     free(w->nbytes);
     free(w->done);
     free(w->fin);
+    lsl_i_hfplan_free(&w->hfp);
+    free(w->vbase);
+    free(w->head_crc);
+    lsl_i_hf_files_free(w->files, w->nfiles);
     free(w->per_rank);
     lsl_i_reader_stop(&w->reader); /* before the staging it may be reading into */
     free(w->staging);
@@ -82,10 +86,17 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
                         "alignment of %llu bytes: at most 1 GiB (each large tensor starts on a "
                         "multiple of it, so the file's holes grow with it)",
                         (unsigned long long)w->cfg.alignment);
+    else if (w->cfg.format < LSL_OUTPUT_AUTO || w->cfg.format > LSL_OUTPUT_SAFETENSORS)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "output format %d: use LSL_OUTPUT_AUTO, _HDF5 or _SAFETENSORS",
+                        w->cfg.format);
     else
         st = lsl_i_ioplan_check(w->cfg.stripe_count, w->cfg.stripe_size);
+    w->hf = w->cfg.format == LSL_OUTPUT_SAFETENSORS ||
+            (w->cfg.format == LSL_OUTPUT_AUTO && path && !lsl_i_is_hdf5_path(path));
     if (w->rank == 0 && st == LSL_OK) {
-        st = lsl_i_out_create(path, 0, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
+        st =
+            lsl_i_out_create(path, w->hf, w->cfg.overwrite, w->cfg.quiet, inputs, ninputs, &w->out);
         w->fs = w->out.fs;
         const char *h = lsl_i_env(LSL_ENV_MPIIO_HINTS);
         if (st == LSL_OK && h && !(w->hints = lsl_i_strdup(h)))
@@ -136,6 +147,8 @@ static lsl_status create_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *pat
             LSL_I_ARG_NUM("stripe_count", k->stripe_count),
             LSL_I_ARG_NUM("stripe_size", k->stripe_size),
             LSL_I_ARG_NUM("print_plan", k->print_plan != 0),
+            LSL_I_ARG_NUM("format", (uint64_t)k->format),
+            LSL_I_ARG_NUM("max_shard_bytes", k->max_shard_bytes),
         };
         st = lsl_i_agree_args(c, "lsl_writer_create_all", (int)(sizeof args / sizeof *args), args);
     }
@@ -179,6 +192,59 @@ lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *v
             st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     }
     /* collective, as documented: one rank's failure is every rank's */
+    return lsl_i_agree(w->comm, st);
+}
+
+/* Rank 0: the caller's serving files, checked and copied. */
+static lsl_status copy_files(lsl_writer *w, uint64_t n, const char *const *names,
+                             const void *const *data, const uint64_t *len)
+{
+    if (n > LSL_HF_MAX_FILES)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%llu serving files: at most %d",
+                          (unsigned long long)n, LSL_HF_MAX_FILES);
+    if (n && (!names || !data || !len))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_add_files_all: NULL array");
+    if (!(w->files = lsl_i_calloc(n ? n : 1, sizeof *w->files)))
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < n; i++) {
+        if (!lsl_i_hf_file_name_ok(names[i]))
+            return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                              "serving file \"%.200s\": not a plain file name, hidden, or one of "
+                              "the checkpoint's own (config.json, *.safetensors, the index, "
+                              "loraslab.json, checksums.json)",
+                              names[i] ? names[i] : "(null)");
+        for (uint64_t j = 0; j < i; j++)
+            if (strcmp(names[j], names[i]) == 0)
+                return lsl_i_fail(LSL_ERR_INVALID_ARG, "serving file %s is given twice", names[i]);
+        if (len[i] > LSL_HF_MAX_FILE_SIZE || (len[i] && !data[i]))
+            return lsl_i_fail(LSL_ERR_INVALID_ARG, "serving file %s: %s", names[i],
+                              len[i] > LSL_HF_MAX_FILE_SIZE ? "over 256 MiB" : "data is NULL");
+        w->files[i].name = lsl_i_strdup(names[i]);
+        w->files[i].data = lsl_i_malloc(len[i] ? len[i] : 1);
+        w->nfiles = i + 1;
+        if (!w->files[i].name || !w->files[i].data)
+            return lsl_i_fail(LSL_ERR_NOMEM, "out of memory for serving file %s", names[i]);
+        if (len[i])
+            memcpy(w->files[i].data, data[i], len[i]);
+        w->files[i].len = len[i];
+    }
+    return LSL_OK;
+}
+
+lsl_status lsl_writer_add_files_all(lsl_writer *w, uint64_t n, const char *const *names,
+                                    const void *const *data, const uint64_t *len)
+{
+    if (!w)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_add_files_all: writer is NULL");
+    lsl_i_clear_error();
+    lsl_status st = LSL_OK;
+    if (w->state != W_CREATED)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "serving files must be added before define");
+    else if (w->files_added)
+        st = lsl_i_fail(LSL_ERR_WRONG_STATE, "lsl_writer_add_files_all called twice");
+    else if (w->rank == 0)
+        st = copy_files(w, n, names, data, len);
+    w->files_added = 1;
     return lsl_i_agree(w->comm, st);
 }
 
@@ -278,7 +344,8 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
         lsl_i_ioplan_in in = {
             w->total_bytes,   w->n, w->size, w->nodes, w->cfg.stripe_count, w->cfg.stripe_size,
             w->cfg.alignment, 0};
-        lsl_i_ioplan_for_file(&w->fs, in, w->out.lock_fd, w->out.path, &w->plan);
+        if (!w->hf) /* a directory's shards get plans of their own (lsl_writer_hf.c) */
+            lsl_i_ioplan_for_file(&w->fs, in, w->out.lock_fd, w->out.path, &w->plan);
         uint64_t align = w->plan.alignment;
         /* Alignment holes stay sparse; what must fit is the data plus the metadata. */
         uint64_t need = w->total_bytes + (1u << 20) + w->n * 4096u;
@@ -290,18 +357,26 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
             st = lsl_i_fail(LSL_ERR_NOSPACE, "%s: needs %s but the filesystem has %s available",
                             w->out.dir, lsl_i_fmt_bytes(need, b1, sizeof b1),
                             lsl_i_fmt_bytes(w->fs.avail_bytes, b2, sizeof b2));
+        else if (w->hf)
+            st = lsl_i_writer_hf_layout(w); /* the shards' own plans, printed there */
         else
             st = lsl_i_h5_create(w->out.tmp, align, w->nattrs, w->keys, w->vals, w->n, w->t,
-                                 w->offsets);
+                                 w->nfiles, w->files, w->offsets);
+        align = w->plan.alignment;
+        char shards[64] = "";
+        if (w->hf)
+            snprintf(shards, sizeof shards, " (%u safetensors file%s)", w->hfp.nshards,
+                     w->hfp.nshards == 1 ? "" : "s");
         if (st == LSL_OK && w->cfg.quiet == LSL_PROGRESS_TEXT)
             lsl_i_log(LSL_LOG_INFO,
-                      "loraslab: %s %llu tensors (%s) to %s on %s, aligned to %s, %d rank%s, "
+                      "loraslab: %s %llu tensors (%s) to %s%s on %s, aligned to %s, %d rank%s, "
                       "staging %s per rank\n",
                       w->cfg.progress_label ? w->cfg.progress_label : "write",
                       (unsigned long long)w->n, lsl_i_fmt_bytes(w->total_bytes, b1, sizeof b1),
-                      w->out.path, w->fs.name, lsl_i_fmt_bytes(align, b2, sizeof b2), w->size,
-                      w->size > 1 ? "s" : "", lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
-        if (st == LSL_OK && w->cfg.print_plan) {
+                      w->out.path, shards, w->fs.name, lsl_i_fmt_bytes(align, b2, sizeof b2),
+                      w->size, w->size > 1 ? "s" : "",
+                      lsl_i_fmt_bytes(w->staging_bytes, b4, sizeof b4));
+        if (st == LSL_OK && w->cfg.print_plan && !w->hf) {
             char text[1024];
             lsl_i_ioplan_describe(&w->plan, text, sizeof text);
             lsl_i_log(LSL_LOG_INFO, "%s", text);
@@ -310,7 +385,11 @@ static lsl_status define_impl(lsl_writer *w, uint64_t ntensors, const lsl_tensor
     LSL_TRY(lsl_i_agree(w->comm, st));
     LSL_TRY(lsl_i_bcast_raw(w->comm, w->offsets, w->n * sizeof *w->offsets, 0));
     LSL_TRY(lsl_i_bcast_raw(w->comm, &w->plan, sizeof w->plan, 0));
-    LSL_TRY(lsl_i_datafile_open(w->comm, w->out.tmp, w->out.path, &w->plan, w->hints, &w->file));
+    if (w->hf)
+        LSL_TRY(lsl_i_writer_hf_open(w, LSL_OK));
+    else
+        LSL_TRY(
+            lsl_i_datafile_open(w->comm, w->out.tmp, w->out.path, &w->plan, w->hints, &w->file));
     w->state = W_DEFINED;
     return LSL_OK;
 fail:
@@ -360,6 +439,8 @@ void lsl_writer_abort_all(lsl_writer **pw)
 
 static lsl_status publish(lsl_writer *w)
 {
+    if (w->hf)
+        return lsl_i_writer_hf_publish(w);
     lsl_status rc = lsl_i_h5_finish(w->out.tmp, w->n, w->t, w->fin);
     return rc == LSL_OK ? lsl_i_out_publish(&w->out, w->cfg.overwrite) : rc;
 }
@@ -415,7 +496,10 @@ lsl_status lsl_writer_close_all(lsl_writer **pw)
     if (rc != LSL_OK && st == LSL_OK && w->rank == 0) {
         /* Published, but the others could not be told (the communicator failed): take it back,
          * so a failure is never reported beside a file that looks complete. */
-        unlink(w->out.path);
+        if (w->hf)
+            lsl_i_rmtree(w->out.path);
+        else
+            unlink(w->out.path);
     }
     if (rc != LSL_OK)
         goto fail;

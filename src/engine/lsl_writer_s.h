@@ -9,6 +9,7 @@
 #include "lsl_datafile.h"
 #include "lsl_fs.h"
 #include "lsl_h5.h"
+#include "lsl_hfdir.h"
 #include "lsl_ioplan.h"
 #include "lsl_progress.h"
 #include "lsl_publish.h"
@@ -56,6 +57,17 @@ struct lsl_writer {
     uint64_t *offsets, *nbytes, total_bytes;
     unsigned char *done;
     lsl_i_h5_final *fin;
+    /* A safetensors directory (lsl_writer_hf.c): its shards (every rank: names, shard_of,
+     * offset; rank 0 also the headers until written), where each file's virtual offsets start
+     * (nshards + 1), rank 0's header checksums. */
+    int hf;
+    lsl_i_hfplan hfp;
+    uint64_t *vbase;
+    uint32_t *head_crc;
+    /* rank 0: the serving files (lsl_writer_add_files_all) */
+    int files_added;
+    uint64_t nfiles;
+    lsl_i_hfdir_file *files;
     lsl_i_datafile file;
     unsigned char *staging;
     uint64_t *per_rank; /* 8 * size values: each put's two all-gathers (lsl_put.c) */
@@ -129,7 +141,23 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w);
 lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                             int elems, const void *data, void *stream, const lsl_i_src *src,
                             const lsl_lora_part *lora, lsl_status st0);
+/* Collective.  Step two of lsl_writer_put_batch_all for a directory output whose parts are all
+ * plain device row parts with their whole A (parts[i].lora flagged LSL_I_LORA_A_FULL): every put
+ * begun, their chunks merged in turn through the ring and queued on the I/O pool, every put
+ * ended.  Returns 0 when the batch does not qualify on some rank (nothing done: the caller puts
+ * one by one), else 1 with *rc the agreed status. */
+int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, const lsl_part *parts,
+                          lsl_status *rc);
 #endif
+
+/* Not collective (rank 0, at define): plans the directory's shards and writes their headers into
+ * the temporary directory; sets the writer's plan (the largest shard's), vbase and offsets. */
+lsl_status lsl_i_writer_hf_layout(lsl_writer *w);
+/* Collective: rank 0's shard plan (st: its status so far) reaches every rank, whose data path
+ * then opens the shards.  Agreed status. */
+lsl_status lsl_i_writer_hf_open(lsl_writer *w, lsl_status st);
+/* Not collective (rank 0, at close): the directory's small files, then the rename. */
+lsl_status lsl_i_writer_hf_publish(lsl_writer *w);
 
 /* Whether a LoRA part's merge has no device kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE): its
  * device parts are merged on the CPU. */

@@ -375,10 +375,15 @@ static int cmp_entries(const void *a, const void *b)
     return strcmp(x->name, y->name); /* strcmp compares as unsigned char: bytewise */
 }
 
-lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t *order,
+lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t align, uint64_t *order,
                                uint64_t *data_off, unsigned char **head, uint64_t *head_len)
 {
     sbuf b = {0};
+    if (align < 8 || align % 8 != 0 || align > LSL_ST_MAX_ALIGN)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "safetensors data alignment of %llu bytes: use a multiple of 8 up to "
+                          "16 MiB",
+                          (unsigned long long)align);
     for (uint64_t i = 0; i < n; i++) {
         order[i] = i;
         if (strcmp(e[i].name, "__metadata__") == 0)
@@ -414,8 +419,14 @@ lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t *orde
         off += t->nbytes;
     }
     sputs(&b, "}");
-    while (!b.bad && (b.len - 8) % 8 != 0)
-        sputs(&b, " ");
+    size_t pad = (size_t)((align - b.len % align) % align);
+    char spaces[4096];
+    memset(spaces, ' ', sizeof spaces);
+    while (!b.bad && pad > 0) {
+        size_t k = pad < sizeof spaces ? pad : sizeof spaces;
+        sput(&b, spaces, k);
+        pad -= k;
+    }
     if (b.bad) {
         free(b.p);
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory building a safetensors header");

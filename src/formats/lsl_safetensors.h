@@ -45,10 +45,13 @@ typedef struct lsl_st_entry {
 
 /* Order the entries as safetensors does (dtype descending in its enum order, then name bytewise)
  * into order[], give each its data offset (relative to the data buffer) in data_off[], and build
- * the file's first bytes: u64le(N) + header JSON with {"format":"pt"} metadata, space-padded to a
- * multiple of 8.  *head (caller frees) holds 8 + N bytes.  Rejects a tensor named __metadata__
- * and duplicate names. */
-lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t *order,
+ * the file's first bytes: u64le(N) + header JSON with {"format":"pt"} metadata, space-padded so
+ * that 8 + N is a multiple of `align` (8 as safetensors pads; a multiple of 8 up to
+ * LSL_ST_MAX_ALIGN so the data section starts on a stripe or block: JSON allows trailing
+ * spaces, and safetensors' reader takes any N).  *head (caller frees) holds 8 + N bytes.
+ * Rejects a tensor named __metadata__, duplicate names and other alignments. */
+#define LSL_ST_MAX_ALIGN ((uint64_t)16 << 20)
+lsl_status lsl_st_build_header(uint64_t n, const lsl_st_entry *e, uint64_t align, uint64_t *order,
                                uint64_t *data_off, unsigned char **head, uint64_t *head_len);
 
 #endif

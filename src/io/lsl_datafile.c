@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -49,6 +50,68 @@ lsl_status lsl_i_datafile_open(lsl_i_comm *comm, const char *tmp, const char *pa
     return st;
 }
 
+lsl_status lsl_i_datafile_open_set(lsl_i_comm *comm, const char *tmpdir, const char *path,
+                                   uint32_t nfiles, const char (*names)[64], const uint64_t *vbase,
+                                   int threads, lsl_i_datafile *f)
+{
+    memset(f, 0, sizeof *f);
+    f->comm = comm;
+    f->path = path;
+    f->fd = -1;
+    lsl_status st = LSL_OK;
+    f->fds = lsl_i_malloc(sizeof *f->fds * (nfiles ? nfiles : 1));
+    f->names = lsl_i_calloc(nfiles ? nfiles : 1, sizeof *f->names);
+    f->vbase = lsl_i_malloc(sizeof *f->vbase * ((size_t)nfiles + 1));
+    if (!f->fds || !f->names || !f->vbase)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    else
+        memcpy(f->vbase, vbase, sizeof *f->vbase * ((size_t)nfiles + 1));
+    for (uint32_t i = 0; f->fds && i < nfiles; i++)
+        f->fds[i] = -1;
+    f->nfiles = f->fds && f->names ? nfiles : 0;
+    for (uint32_t i = 0; st == LSL_OK && i < nfiles; i++) {
+        char *tmp = lsl_i_join(tmpdir, names[i]);
+        f->names[i] = lsl_i_join(path, names[i]);
+        if (!tmp || !f->names[i])
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        else if ((f->fds[i] = open(tmp, O_WRONLY | O_CLOEXEC)) < 0)
+            st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: opening the temporary %s for writing",
+                                  f->names[i], tmp);
+        free(tmp);
+    }
+    if (st == LSL_OK)
+        st = lsl_i_iopool_start(threads < (int)nfiles ? threads : (int)nfiles, nfiles, f->fds,
+                                (const char *const *)f->names, comm->rank, &f->pool);
+    st = lsl_i_agree(comm, st);
+    if (st != LSL_OK)
+        lsl_i_datafile_close(f);
+    return st;
+}
+
+lsl_status lsl_i_datafile_fence(lsl_i_datafile *f, const void *buf, uint64_t len)
+{
+    return f->pool ? lsl_i_iopool_fence(f->pool, buf, len) : LSL_OK;
+}
+
+/* A set's write: the file holding virtual offset off, and the write queued there. */
+static lsl_status write_set(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
+                            const char *what)
+{
+    uint32_t lo = 0, hi = f->nfiles; /* the last file whose base is <= off */
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (f->vbase[mid] <= off)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    if (count && (off < f->vbase[lo] || off + count > f->vbase[lo + 1]))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: internal: a write of %s crosses its file",
+                          f->path, what);
+    f->calls += count > 0;
+    return lsl_i_iopool_post(f->pool, lo, off - f->vbase[lo], buf, count, what);
+}
+
 static lsl_status write_mpi(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                             const char *what)
 {
@@ -90,6 +153,8 @@ static lsl_status write_pos(lsl_i_datafile *f, uint64_t off, const void *buf, ui
 static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                             const char *what)
 {
+    if (f->pool)
+        return write_set(f, off, buf, count, what);
     if (f->fh_open) {
         /* one collective call moves at most MPI_PIECE (callers cut their parts): a larger one
          * still joins the call, then fails */
@@ -108,7 +173,7 @@ static lsl_status write_any(lsl_i_datafile *f, uint64_t off, const void *buf, ui
 lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                                 const char *what)
 {
-    if (!lsl_i_trace_on() || !count)
+    if (!lsl_i_trace_on() || !count || f->pool) /* the pool's threads trace their own writes */
         return write_any(f, off, buf, count, what);
     uint64_t call = f->calls;
     double t0 = lsl_i_wall();
@@ -127,6 +192,29 @@ lsl_status lsl_i_datafile_close(lsl_i_datafile *f)
         f->fh_open = 0;
         if (mrc != MPI_SUCCESS)
             st = lsl_i_mpi_fail(mrc, "MPI_File_close of the output");
+    }
+    if (f->pool || f->fds) {
+        unsigned char *wrote = lsl_i_calloc(f->nfiles ? f->nfiles : 1, 1);
+        lsl_status ds = f->pool ? lsl_i_iopool_drain(f->pool, wrote) : LSL_OK;
+        lsl_i_iopool_stop(&f->pool);
+        st = st == LSL_OK ? ds : st;
+        for (uint32_t i = 0; i < f->nfiles; i++) {
+            if (f->fds[i] >= 0) {
+                /* each rank syncs the files it wrote into (see below) */
+                if (st == LSL_OK && (!wrote || wrote[i]) && lsl_i_fsync(f->fds[i]) != 0)
+                    st = lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: fsync", f->names[i]);
+                close(f->fds[i]);
+            }
+            free(f->names[i]);
+        }
+        free(wrote);
+        free(f->fds);
+        free(f->names);
+        free(f->vbase);
+        f->fds = NULL;
+        f->names = NULL;
+        f->vbase = NULL;
+        f->nfiles = 0;
     }
     if (f->fd >= 0) {
         /* every rank flushes its own writes: on a parallel filesystem each client holds its

@@ -7,6 +7,7 @@
 
 #include "lsl_ioplan.h"
 #include "lsl_internal.h"
+#include "lsl_iopool.h"
 
 typedef struct lsl_i_datafile {
     lsl_i_comm *comm;
@@ -16,6 +17,13 @@ typedef struct lsl_i_datafile {
     int fd;         /* the positional path's descriptor, -1 when closed */
     int wrote;      /* this rank wrote something (it must sync it) */
     uint64_t calls; /* write calls made */
+    /* A directory of files (lsl_i_datafile_open_set), written by a pool of threads: file i
+     * holds the virtual offsets [vbase[i], vbase[i + 1]). */
+    uint32_t nfiles;
+    int *fds;
+    char **names; /* the final paths, for messages */
+    uint64_t *vbase;
+    lsl_i_iopool *pool;
 } lsl_i_datafile;
 
 /* Collective: opens `tmp` (the laid-out temporary) for writing on every rank, with the plan's
@@ -24,11 +32,28 @@ typedef struct lsl_i_datafile {
 lsl_status lsl_i_datafile_open(lsl_i_comm *comm, const char *tmp, const char *path,
                                const lsl_i_ioplan *plan, const char *hints, lsl_i_datafile *f);
 
+/* Collective: opens the nfiles files `names` that rank 0 laid out in the directory tmpdir on
+ * every rank, for positional writes through a pool of `threads` threads (lsl_iopool.h) whatever
+ * the communicator: each rank's writes are its own, so several files are written at once.  A
+ * write then addresses virtual offset vbase[i] + o for byte o of file i (vbase: nfiles + 1
+ * ascending values, copied).  path: the output's final path, for messages.  Agreed status. */
+lsl_status lsl_i_datafile_open_set(lsl_i_comm *comm, const char *tmpdir, const char *path,
+                                   uint32_t nfiles, const char (*names)[64], const uint64_t *vbase,
+                                   int threads, lsl_i_datafile *f);
+
 /* Collective over MPI (every rank calls it, a rank with nothing or a failure passes count 0),
  * local with positional writes.  count bytes at buf to offset off.  buf may be NULL only when
- * count is 0.  LSL_FAULT=write:N fails the Nth write with EIO.  Local status, naming `what`. */
+ * count is 0.  LSL_FAULT=write:N fails the Nth write with EIO.  Local status, naming `what`.
+ * For a set the write is only queued (see lsl_i_datafile_fence); a failure shows at a later
+ * write, fence or the close. */
 lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                                 const char *what);
+
+/* Not collective.  For a set (lsl_i_datafile_open_set) the write is queued and returns at once:
+ * the caller may touch [buf, buf + len) again only after this returns (it waits until no
+ * queued write reads it).  The first failure of a queued write, else LSL_OK; a no-op for one
+ * file. */
+lsl_status lsl_i_datafile_fence(lsl_i_datafile *f, const void *buf, uint64_t len);
 
 /* Collective over MPI: syncs what this rank wrote (positional path: fsync) and closes.  Local
  * status (the caller agrees on it).  A closed file is a no-op. */

@@ -234,9 +234,36 @@ fail:
     return rc;
 }
 
+/* The serving files, each a 1-D uint8 dataset under /files, in name order. */
+static lsl_status put_files(hid_t file, const char *path, hid_t gcpl, hid_t dcpl, uint64_t n,
+                            const lsl_i_hfdir_file *f)
+{
+    lsl_status rc = LSL_OK;
+    hid_t grp = H5Gcreate2(file, LSL_H5_FILES, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    if (grp < 0)
+        return lsl_i_h5_fail(LSL_ERR_HDF5, "%s: creating group /%s", path, LSL_H5_FILES);
+    for (uint64_t i = 0; i < n; i++) {
+        hsize_t dim = (hsize_t)f[i].len;
+        hid_t space = H5Screate_simple(1, &dim, NULL);
+        hid_t ds = H5Dcreate2(grp, f[i].name, H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        herr_t e = ds < 0 ? -1
+                   : f[i].len
+                       ? H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, f[i].data)
+                       : 0;
+        if (ds >= 0)
+            H5Dclose(ds);
+        H5Sclose(space);
+        if (e < 0)
+            LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: storing the file %s", path, f[i].name));
+    }
+fail:
+    H5Gclose(grp);
+    return rc;
+}
+
 lsl_status lsl_i_h5_create(const char *path, uint64_t alignment, uint64_t nattrs, char *const *keys,
-                           char *const *vals, uint64_t n, const lsl_tensor_info *t,
-                           uint64_t *offsets)
+                           char *const *vals, uint64_t n, const lsl_tensor_info *t, uint64_t nfiles,
+                           const lsl_i_hfdir_file *files, uint64_t *offsets)
 {
     lsl_status rc = LSL_OK;
     hid_t fapl = lsl_i_h5_fapl(alignment), fcpl = H5Pcreate(H5P_FILE_CREATE);
@@ -282,6 +309,8 @@ lsl_status lsl_i_h5_create(const char *path, uint64_t alignment, uint64_t nattrs
         H5Dclose(ds);
         LSL_TRY(st);
     }
+    if (nfiles)
+        LSL_TRY(put_files(file, path, gcpl, dcpl, nfiles, files)); /* no times either */
     if (H5Fflush(file, H5F_SCOPE_GLOBAL) < 0)
         LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: flush", path));
 fail:
@@ -346,6 +375,7 @@ void lsl_i_h5_list_free(lsl_i_h5_file *f)
     free(f->t);
     for (int i = 0; i < 5; i++)
         free(f->attrs[i]);
+    lsl_i_hf_files_free(f->files, f->nfiles);
     memset(f, 0, sizeof *f);
 }
 
@@ -465,6 +495,69 @@ static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void
     return c->st == LSL_OK ? 0 : -1;
 }
 
+typedef struct files_ctx {
+    lsl_i_h5_file *f;
+    const char *path;
+    lsl_status st;
+} files_ctx;
+
+/* One serving file: a 1-D dataset of bytes whose name may be carried into a directory. */
+static herr_t list_file(hid_t grp, const char *name, const H5L_info_t *info, void *op)
+{
+    (void)info;
+    files_ctx *c = op;
+    lsl_i_hfdir_file *e = &c->f->files[c->f->nfiles];
+    hid_t ds = H5I_INVALID_HID, space = H5I_INVALID_HID, type = H5I_INVALID_HID;
+    hsize_t dim = 0;
+    if (c->f->nfiles == LSL_HF_MAX_FILES)
+        c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: more than %d files under /%s", c->path,
+                           LSL_HF_MAX_FILES, LSL_H5_FILES);
+    else if (!lsl_i_hf_file_name_ok(name))
+        c->st = lsl_i_fail(LSL_ERR_FORMAT,
+                           "%s: /%s holds \"%.200s\", which cannot name a "
+                           "serving file",
+                           c->path, LSL_H5_FILES, name);
+    else if ((ds = H5Dopen2(grp, name, H5P_DEFAULT)) < 0 || (space = H5Dget_space(ds)) < 0 ||
+             (type = H5Dget_type(ds)) < 0 || H5Sget_simple_extent_ndims(space) != 1 ||
+             H5Tget_class(type) != H5T_INTEGER || H5Tget_size(type) != 1 ||
+             H5Sget_simple_extent_dims(space, &dim, NULL) < 0)
+        c->st = lsl_i_fail(LSL_ERR_FORMAT, "%s: /%s/%s is not a 1-D dataset of bytes", c->path,
+                           LSL_H5_FILES, name);
+    else if ((uint64_t)dim > LSL_HF_MAX_FILE_SIZE)
+        c->st =
+            lsl_i_fail(LSL_ERR_FORMAT, "%s: /%s/%s is over 256 MiB", c->path, LSL_H5_FILES, name);
+    else if (!(e->name = lsl_i_strdup(name)) || !(e->data = lsl_i_malloc((size_t)dim + 1)))
+        c->st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    else if (dim && H5Dread(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, e->data) < 0)
+        c->st = lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: reading /%s/%s", c->path, LSL_H5_FILES, name);
+    if (e->name || e->data) {
+        e->len = (uint64_t)dim;
+        c->f->nfiles++; /* owned from here, freed with the listing */
+    }
+    if (type >= 0)
+        H5Tclose(type);
+    if (space >= 0)
+        H5Sclose(space);
+    if (ds >= 0)
+        H5Dclose(ds);
+    return c->st == LSL_OK ? 0 : -1;
+}
+
+static lsl_status list_files(hid_t file, const char *path, lsl_i_h5_file *f)
+{
+    hid_t grp = H5Gopen2(file, LSL_H5_FILES, H5P_DEFAULT);
+    if (grp < 0)
+        return lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: /%s is not a group", path, LSL_H5_FILES);
+    files_ctx c = {f, path, LSL_OK};
+    f->files = lsl_i_calloc(LSL_HF_MAX_FILES, sizeof *f->files);
+    if (!f->files)
+        c.st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    else if (H5Literate(grp, H5_INDEX_NAME, H5_ITER_INC, NULL, list_file, &c) < 0 && !c.st)
+        c.st = lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: listing /%s", path, LSL_H5_FILES);
+    H5Gclose(grp);
+    return c.st;
+}
+
 lsl_status lsl_i_h5_list_open(hid_t file, uint64_t file_size, const char *path, lsl_i_h5_file *f)
 {
     lsl_status rc = LSL_OK;
@@ -476,9 +569,9 @@ lsl_status lsl_i_h5_list_open(hid_t file, uint64_t file_size, const char *path, 
                              &f->format_version, &has));
     if (!has)
         LSL_FAIL(LSL_ERR_FORMAT, "%s: not a loraslab file (no loraslab_format_version)", path);
-    if (f->format_version != LSL_FORMAT_VERSION)
-        LSL_FAIL(LSL_ERR_FORMAT, "%s: layout version %d; this loraslab reads version %d", path,
-                 f->format_version, LSL_FORMAT_VERSION);
+    if (f->format_version < 1 || f->format_version > LSL_FORMAT_VERSION)
+        LSL_FAIL(LSL_ERR_FORMAT, "%s: layout version %d; this loraslab reads versions 1 to %d",
+                 path, f->format_version, LSL_FORMAT_VERSION);
     for (int i = 0; i < 5; i++)
         LSL_TRY(lsl_i_h5_get_str(file, lsl_i_h5_root_attrs[i], path, &f->attrs[i]));
     grp = H5Gopen2(file, LSL_H5_GROUP, H5P_DEFAULT);
@@ -487,6 +580,8 @@ lsl_status lsl_i_h5_list_open(hid_t file, uint64_t file_size, const char *path, 
     list_ctx c = {f, 0, path, LSL_OK};
     if (H5Literate(grp, H5_INDEX_CRT_ORDER, H5_ITER_INC, NULL, list_one, &c) < 0)
         LSL_GOTO(c.st ? c.st : lsl_i_h5_fail(LSL_ERR_FORMAT, "%s: listing tensors", path));
+    if (f->format_version >= 2 && H5Lexists(file, LSL_H5_FILES, H5P_DEFAULT) > 0)
+        LSL_TRY(list_files(file, path, f));
 fail:
     if (grp >= 0)
         H5Gclose(grp);

@@ -3,11 +3,15 @@
 #ifndef LSL_H5_H
 #define LSL_H5_H
 
+#include "lsl_hfdir.h"
 #include "lsl_internal.h"
 
 #include <hdf5.h>
 
 #define LSL_H5_GROUP "tensors"
+/* Serving files (tokenizer, generation config, ...): one 1-D uint8 dataset each, named as the
+ * file (format version 2). */
+#define LSL_H5_FILES "files"
 
 /* What rank 0 knows about a tensor once every rank has written it. */
 typedef struct lsl_i_h5_final {
@@ -29,10 +33,10 @@ lsl_status lsl_i_h5_fail(lsl_status st, const char *fmt, ...) __attribute__((for
 
 /* Create path (replacing the empty placeholder the writer reserved) with every dataset contiguous,
  * allocated early, never filled, aligned; offsets[i] receives each dataset's file offset (0 for
- * empty tensors).  Not collective. */
+ * empty tensors).  The nfiles serving files are stored whole under /files.  Not collective. */
 lsl_status lsl_i_h5_create(const char *path, uint64_t alignment, uint64_t nattrs, char *const *keys,
-                           char *const *vals, uint64_t n, const lsl_tensor_info *t,
-                           uint64_t *offsets);
+                           char *const *vals, uint64_t n, const lsl_tensor_info *t, uint64_t nfiles,
+                           const lsl_i_hfdir_file *files, uint64_t *offsets);
 
 /* Write the per-tensor attributes (checksum, what was merged).  Not collective. */
 lsl_status lsl_i_h5_finish(const char *path, uint64_t n, const lsl_tensor_info *t,
@@ -74,6 +78,8 @@ typedef struct lsl_i_h5_file {
                        adapter_config_json (NULL when absent) */
     uint64_t n;
     lsl_i_h5_tensor *t; /* definition order */
+    uint64_t nfiles;
+    lsl_i_hfdir_file *files; /* the serving files (version 2), by name */
 } lsl_i_h5_file;
 
 extern const char *const lsl_i_h5_root_attrs[5];

@@ -73,8 +73,12 @@ static lsl_status check_output(const char *path, int is_dir, int overwrite,
                           "%s: is a symbolic link%s; give the path it should be written at", path,
                           stat(path, &is) != 0 ? " to nothing" : "");
     if (is_dir ? !S_ISDIR(ls.st_mode) : !S_ISREG(ls.st_mode))
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: is %s; loraslab replaces only %s", path,
-                          kind_of(ls.st_mode), is_dir ? "directories" : "regular files");
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: is %s; loraslab replaces only %s%s", path,
+                          kind_of(ls.st_mode), is_dir ? "directories" : "regular files",
+                          is_dir && S_ISREG(ls.st_mode)
+                              ? " (the output is a safetensors directory unless its name ends "
+                                "in .h5 or .hdf5 or --format h5 is given)"
+                              : "");
     char *outer = is_dir ? realpath(path, NULL) : NULL;
     lsl_status st = LSL_OK;
     for (uint64_t i = 0; i < n && st == LSL_OK; i++) {

@@ -1,5 +1,6 @@
 /* The offline merge: plan on rank 0, then every rank streams its own rows of every tensor from
  * the checkpoint through the writer, reading only its byte ranges. */
+#include "lsl_hfdir.h"
 #include "lsl_plan.h"
 #include "lsl_writer_i.h"
 #ifdef LSL_HAVE_CUDA
@@ -150,6 +151,40 @@ static uint64_t batch_end(const lsl_plan *p, uint64_t i, int nranks, uint64_t ca
     return j;
 }
 
+/* Collective: the base directory's serving files (tokenizer, generation config, chat template,
+ * remote code) go into the output, read by rank 0. */
+static lsl_status carry_files(lsl_i_comm *comm, lsl_writer *w, const lsl_job_config *cfg)
+{
+    int rank = comm->rank;
+    lsl_i_hfdir_file *files = NULL;
+    uint64_t n = 0;
+    const char **names = NULL;
+    const void **data = NULL;
+    uint64_t *len = NULL;
+    lsl_status st = LSL_OK;
+    if (rank == 0) {
+        st = lsl_i_hf_files_scan(cfg->base, cfg->quiet, &files, &n);
+        names = lsl_i_calloc(n + 1, sizeof *names);
+        data = lsl_i_calloc(n + 1, sizeof *data);
+        len = lsl_i_calloc(n + 1, sizeof *len);
+        if (st == LSL_OK && (!names || !data || !len))
+            st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
+            names[i] = files[i].name;
+            data[i] = files[i].data;
+            len[i] = files[i].len;
+        }
+    }
+    lsl_status rc = lsl_i_agree(comm, st);
+    if (rc == LSL_OK)
+        rc = lsl_writer_add_files_all(w, n, names, data, len);
+    lsl_i_hf_files_free(files, n);
+    free(names);
+    free(data);
+    free(len);
+    return rc;
+}
+
 static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_job_stats *stats)
 {
     lsl_job_part *lb = NULL;
@@ -181,6 +216,8 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
         LSL_I_ARG_NUM("stripe_count", cfg->stripe_count),
         LSL_I_ARG_NUM("stripe_size", cfg->stripe_size),
         LSL_I_ARG_NUM("plan", cfg->plan),
+        LSL_I_ARG_NUM("format", (uint64_t)cfg->format),
+        LSL_I_ARG_NUM("max_shard_bytes", cfg->max_shard_bytes),
     };
     LSL_TRY(lsl_i_agree_args(comm, cfg->adapter ? "merge" : "import",
                              (int)(sizeof args / sizeof *args), args));
@@ -224,6 +261,8 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
     wc.stripe_count = cfg->stripe_count;
     wc.stripe_size = cfg->stripe_size;
     wc.print_plan = cfg->plan != 0;
+    wc.format = cfg->format;
+    wc.max_shard_bytes = cfg->max_shard_bytes;
     /* Every file the job reads: the output may be none of them, even with --overwrite. */
     inputs = lsl_i_calloc((size_t)plan.nfiles + 3, sizeof *inputs);
     st = inputs ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
@@ -243,6 +282,7 @@ static lsl_status merge_impl(lsl_i_comm *comm, const lsl_job_config *cfg, lsl_jo
     LSL_TRY(st);
     for (uint64_t i = 0; i < plan.nattrs; i++)
         LSL_TRY(lsl_writer_set_attr_all(w, plan.keys[i], plan.vals[i]));
+    LSL_TRY(carry_files(comm, w, cfg));
     LSL_TRY(lsl_writer_define_all(w, plan.n, infos));
     if (cfg->plan)
         lsl_i_writer_log_extents(w);

@@ -28,19 +28,26 @@ static const char *usage_main =
     "Run `loraslab <command> --help` for a command's options.\n";
 
 static const char *usage_merge =
-    "usage: mpiexec -n N loraslab merge --base DIR --adapter DIR --output FILE [options]\n"
+    "usage: mpiexec -n N loraslab merge --base DIR --adapter DIR --output OUT [options]\n"
     "\n"
-    "Writes every tensor of the base checkpoint into FILE, with W = W0 + scaling * B @ A merged\n"
-    "into each weight the adapter targets (fp32 accumulation, one rounding into the base dtype;\n"
-    "scaling = lora_alpha / r, per module with rank_pattern / alpha_pattern, alpha / sqrt(r)\n"
-    "with use_rslora).  Rank 0 reads the headers and plans; each rank reads and writes only its\n"
-    "own rows (FSDP2 Shard(0) chunking).  FILE appears only when everything is on disk and its\n"
-    "checksums are recorded; a failed run leaves nothing at FILE.\n"
+    "Writes every tensor of the base checkpoint into OUT, with W = W0 + scaling * B @ A merged\n"
+    "into each weight the adapter targets (scaling = lora_alpha / r, per module with\n"
+    "rank_pattern / alpha_pattern, alpha / sqrt(r) with use_rslora).  OUT is a Hugging Face\n"
+    "directory that transformers and vLLM load (model.safetensors or model-0000i-of-0000K\n"
+    "shards and their index, config.json, the base's tokenizer and other serving files,\n"
+    "loraslab.json, checksums.json), or, when it ends in .h5 or .hdf5, one HDF5 file (the\n"
+    "archive; `loraslab convert` makes the directory of it).  Rank 0 reads the headers and\n"
+    "plans; each rank reads and writes only its own rows (FSDP2 Shard(0) chunking), several\n"
+    "shard files at once.  OUT appears only when everything is on disk and its checksums are\n"
+    "recorded; a failed run leaves nothing at OUT.\n"
     "\n"
     "  -b, --base DIR          HF checkpoint: model.safetensors or model.safetensors.index.json\n"
     "                          with its shards (config.json is kept in the output)\n"
     "  -a, --adapter DIR       PEFT adapter: adapter_config.json + adapter_model.safetensors\n"
-    "  -o, --output FILE       HDF5 file to write (its directory must exist)\n"
+    "  -o, --output OUT        the directory (or .h5 file) to write; its parent must exist\n"
+    "      --format F          safetensors (a directory) or h5, whatever OUT's name says\n"
+    "      --max-shard-size SIZE  a directory's largest shard (default 5GB, as save_pretrained;\n"
+    "                          500MB, 5GiB, bytes); a larger tensor gets a shard of its own\n"
     "      --device cpu|cuda   where to merge (default cpu, in fp64).  cuda: rank i of a node\n"
     "                          uses GPU i mod (GPUs visible), several ranks may share one;\n"
     "                          fp32 accumulation as PEFT on a GPU (results differ from cpu by\n"
@@ -62,8 +69,8 @@ static const char *usage_merge =
     "                          stripe per GiB (2 to 64)\n"
     "      --plan              print the I/O plan (filesystem, layout, aggregators, alignment,\n"
     "                          per-rank extents, stripes shared between ranks) and stop: no\n"
-    "                          tensor is read, nothing appears at FILE\n"
-    "      --overwrite         replace FILE if it exists (atomically, at the end)\n"
+    "                          tensor is read, nothing appears at OUT\n"
+    "      --overwrite         replace OUT if it exists (in one step, at the end)\n"
     "      --strict            refuse an adapter whose base_model_name_or_path does not name\n"
     "                          the base directory\n"
     "      --stats             print time, bytes and peak host memory per rank at the end\n"
@@ -76,7 +83,8 @@ static const char *usage_merge =
     "Environment: LSL_MPIIO_HINTS=\"key=value;...\" adds MPI-IO hints (e.g. cb_nodes=8), over\n"
     "the plan's; LSL_IOPLAN=off keeps the directory's layout and MPI's choices, cuts nothing;\n"
     "LSL_PROFILE=1 prints where the time went (define, gathers, GPU waits, writes, close);\n"
-    "LSL_PROFILE=2 adds a line per tensor.\n"
+    "LSL_PROFILE=2 adds a line per tensor; LSL_IO_THREADS=K writer threads per rank for a\n"
+    "directory (default 8, at most one per shard).\n"
     "Also merged as PEFT does: DoRA (use_dora), lora_bias, LoRA on embeddings, fan_in_fan_out\n"
     "(GPT-2 Conv1D), modules_to_save copies and trained biases (bias=all/lora_only).\n"
     "Refused with a message naming the option, before any output is created: non-LoRA PEFT\n"
@@ -85,7 +93,8 @@ static const char *usage_merge =
     "weights, adapters whose shapes do not fit the base.\n"
     "\n"
     "examples:\n"
-    "  mpiexec -n 8 loraslab merge -b Qwen2.5-7B -a my-lora -o /lustre/me/merged.h5\n"
+    "  mpiexec -n 8 loraslab merge -b Qwen2.5-7B -a my-lora -o /lustre/me/merged\n"
+    "  mpiexec -n 8 loraslab merge -b Qwen2.5-7B -a my-lora -o /lustre/me/archive.h5\n"
     "  srun --ntasks-per-node=4 --gpus-per-node=4 loraslab merge --device cuda -b ... -a ... -o "
     "...\n";
 
@@ -97,7 +106,8 @@ static const char *usage_import =
     "an index and shards, or one .safetensors file) into the loraslab HDF5 layout, in parallel,\n"
     "with per-tensor CRC-32C checksums, for archiving checkpoints that merge did not write.\n"
     "Options as for merge: --staging-mib, --align, --stripe-count, --stripe-size, --plan,\n"
-    "--overwrite, --stats, --progress, --quiet.\n";
+    "--overwrite, --stats, --progress, --quiet; an OUT not ending in .h5/.hdf5 (or --format\n"
+    "safetensors) is written as a safetensors directory, resharded by --max-shard-size.\n";
 
 static const char *usage_convert =
     "usage: mpiexec -n N loraslab convert IN.h5 OUT_DIR [options]\n"
@@ -226,9 +236,13 @@ static int cmd_job(int argc, char **argv, int with_adapter)
         O_PROGRESS,
         O_SCOUNT,
         O_SSIZE,
-        O_PLAN
+        O_PLAN,
+        O_FORMAT,
+        O_SHARD
     };
     static const struct option opts[] = {{"base", required_argument, NULL, 'b'},
+                                         {"format", required_argument, NULL, O_FORMAT},
+                                         {"max-shard-size", required_argument, NULL, O_SHARD},
                                          {"stripe-count", required_argument, NULL, O_SCOUNT},
                                          {"stripe-size", required_argument, NULL, O_SSIZE},
                                          {"plan", no_argument, NULL, O_PLAN},
@@ -283,6 +297,19 @@ static int cmd_job(int argc, char **argv, int with_adapter)
         case O_PLAN: cfg.plan = LSL_PLAN_ONLY; break;
         case O_OVERWRITE: cfg.overwrite = 1; break;
         case O_STRICT: cfg.strict = 1; break;
+        case O_FORMAT:
+            if (strcmp(optarg, "safetensors") == 0 || strcmp(optarg, "hf") == 0)
+                cfg.format = LSL_OUTPUT_SAFETENSORS;
+            else if (strcmp(optarg, "h5") == 0 || strcmp(optarg, "hdf5") == 0)
+                cfg.format = LSL_OUTPUT_HDF5;
+            else
+                return usage_error(cmd, usage, "--format takes safetensors or h5");
+            break;
+        case O_SHARD:
+            if (lsl_parse_size(optarg, &cfg.max_shard_bytes) != LSL_OK || !cfg.max_shard_bytes)
+                return usage_error(cmd, usage,
+                                   "--max-shard-size takes a size (5GB, 500MB, 2GiB, bytes)");
+            break;
         case O_STATS: stats = 1; break;
         case O_DEVICE:
             if (!with_adapter)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fault injection matrix (issue 14): LSL_FAULT makes the Nth write, allocation, fsync or rename of
-# one rank fail.  For merge, import and convert at 2 and 4 ranks, with the fault on rank 0 and on
+# one rank fail.  For merge and import (to an HDF5 file and to a safetensors directory, whose
+# writes run on the I/O threads) and convert at 2 and 4 ranks, with the fault on rank 0 and on
 # the last rank, every run must end on every rank without hanging, and either fail with the
 # injected error carried to rank 0's message (naming the rank where it happened) and nothing at
 # the output path, or, where that rank never reached its Nth call, succeed with an output that
@@ -29,17 +30,19 @@ must_fail() {
   return 1
 }
 
-for cmd in merge import convert; do
+for cmd in merge import convert merge-dir import-dir; do
   for np in 2 4; do
     for fault in write:1 write:5 malloc:1 malloc:40 malloc:400 fsync:1 fsync:3 rename:1; do
       for rank in 0 $((np - 1)); do
         name=$cmd-np$np-${fault/:/}-r$rank
-        o=$out/$name.out
+        o=$out/$name.h5
         log=$out/$name.log
         case $cmd in
         merge) args=(merge -q -b "$out/base" -a "$out/adapter" -o "$o") ;;
         import) args=(import -q "$out/base" "$o") ;;
-        convert) args=(convert -q "$out/good.h5" "$o") ;;
+        convert) o=$out/$name; args=(convert -q "$out/good.h5" "$o") ;;
+        merge-dir) o=$out/$name; args=(merge -q -b "$out/base" -a "$out/adapter" -o "$o") ;;
+        import-dir) o=$out/$name; args=(import -q "$out/base" "$o") ;;
         esac
         LSL_FAULT=$fault LSL_FAULT_RANK=$rank timeout 120 "$mpiexec" -n $np "$lsl" "${args[@]}" \
           >"$log" 2>&1
@@ -74,15 +77,16 @@ done
 # each must end every rank with an agreed error (or, past the last one, succeed).  This walks
 # the early-return paths that a fixed N never reaches (a rank returning before a collective
 # the others are in would hang here).
-for sweep in import@1 convert@1 merge@1 convert@0; do
+for sweep in import@1 convert@1 merge@1 convert@0 merge-dir@1 merge-dir@0; do
   cmd=${sweep%@*} who=${sweep#*@}
   hung=0 bad_state=0 n=0 failed=0
   for n in $(seq 1 400); do
-    o=$out/sweep-$cmd.out
+    o=$out/sweep-$cmd.h5
     case $cmd in
     merge) args=(merge -q -b "$out/base" -a "$out/adapter" -o "$o") ;;
     import) args=(import -q "$out/base" "$o") ;;
-    convert) args=(convert -q "$out/good.h5" "$o") ;;
+    convert) o=$out/sweep-$cmd; args=(convert -q "$out/good.h5" "$o") ;;
+    merge-dir) o=$out/sweep-$cmd; args=(merge -q -b "$out/base" -a "$out/adapter" -o "$o") ;;
     esac
     LSL_FAULT=malloc:$n LSL_FAULT_RANK=$who timeout 60 "$mpiexec" -n 2 "$lsl" "${args[@]}" \
       >"$out/sweep.log" 2>&1

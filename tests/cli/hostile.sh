@@ -110,12 +110,22 @@ else bad "no-crc --no-verify" "failed or claimed verification" "$out/nocrc-nv.lo
 for target in base/model.safetensors base/config.json adapter/adapter_model.safetensors \
   adapter/adapter_config.json; do
   run "overwrite-input-${target//\//-}" "is an input of this job" "" -- \
+    "$mpiexec" -n 2 "$lsl" merge -q --overwrite --format h5 -b "$out/base" -a "$out/adapter" \
+    -o "$out/$target"
+  run "overwrite-input-dir-${target//\//-}" "is a regular file; loraslab replaces only directories" \
+    "" -- "$mpiexec" -n 2 "$lsl" merge -q --overwrite -b "$out/base" -a "$out/adapter" \
+    -o "$out/$target"
+done
+# a directory output over the base or adapter directory, or one holding them
+for target in base adapter .; do
+  run "overwrite-input-dir-holding-$target" "holds an input of this job" "" -- \
     "$mpiexec" -n 2 "$lsl" merge -q --overwrite -b "$out/base" -a "$out/adapter" -o "$out/$target"
 done
 [ "$(sum_inputs)" = "$before" ] && ok "inputs unchanged" || bad "inputs" "an input changed"
 mkfifo "$out/fifo"
 run "output-fifo" "is a FIFO; loraslab replaces only regular files" "" -- \
-  "$mpiexec" -n 2 "$lsl" merge -q --overwrite -b "$out/base" -a "$out/adapter" -o "$out/fifo"
+  "$mpiexec" -n 2 "$lsl" merge -q --overwrite --format h5 -b "$out/base" -a "$out/adapter" \
+  -o "$out/fifo"
 [ -p "$out/fifo" ] && ok "the FIFO is still a FIFO" || bad "output-fifo" "replaced"
 ln -s "$out/nowhere.h5" "$out/dangling.h5"
 run "output-dangling-symlink" "is a symbolic link to nothing" "" -- \

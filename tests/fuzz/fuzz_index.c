@@ -21,7 +21,7 @@ static void shard(const char *name, int n, const char *const *tensors)
     unsigned char *head;
     for (int i = 0; i < n; i++)
         e[i] = (lsl_st_entry){tensors[i], LSL_F32, 2, shape, 16};
-    if (lsl_st_build_header((uint64_t)n, e, order, off, &head, &len) != LSL_OK)
+    if (lsl_st_build_header((uint64_t)n, e, 8, order, off, &head, &len) != LSL_OK)
         abort();
     char p[512];
     snprintf(p, sizeof p, "%s/%s", dir, name);

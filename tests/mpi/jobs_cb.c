@@ -3,6 +3,7 @@
  *   jobs_cb merge BASE ADAPTER OUT [STAGING_MIB]   (ADAPTER "-": a plain import)
  *   jobs_cb convert IN OUTDIR
  *   jobs_cb verify PATH
+ * LSL_TEST_MAX_SHARD=BYTES sets a directory output's shard size (merge).
  * LSL_TEST_CB_FAIL=N makes the Nth callback fail; LSL_TEST_CB_COUNT=1 prints how many there
  * were.  Exit 0, or 1 with the error on stderr. */
 #include "lsl_test_cb.h"
@@ -23,6 +24,8 @@ int main(int argc, char **argv)
         cfg.adapter = strcmp(argv[3], "-") == 0 ? NULL : argv[3];
         cfg.output = argv[4];
         cfg.staging_bytes = argc > 5 ? (uint64_t)atol(argv[5]) << 20 : 0;
+        const char *shard = getenv("LSL_TEST_MAX_SHARD");
+        cfg.max_shard_bytes = shard ? (uint64_t)atoll(shard) : 0;
         cfg.quiet = LSL_PROGRESS_NONE;
         st = lsl_merge_cb_all(&cb, &cfg, NULL);
     } else if (argc >= 4 && strcmp(argv[1], "convert") == 0) {

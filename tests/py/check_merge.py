@@ -138,8 +138,8 @@ def main():
     failures = []
     worst_ulp, exact_total, n_total, merged, within_bound = 0, 0, 0, 0, 0
     with h5py.File(a.merged, "r") as f:
-        if int(f.attrs["loraslab_format_version"]) != 1:
-            failures.append("loraslab_format_version != 1")
+        if int(f.attrs["loraslab_format_version"]) != 2:
+            failures.append("loraslab_format_version != 2")
         for key in ("loraslab_version", "base_path"):
             if key not in f.attrs:
                 failures.append(f"root attribute {key} missing")

@@ -1,0 +1,184 @@
+/* The batched device put for a directory output: the chunks of a batch's tensors taken in turn
+ * through the pinned ring, so consecutive chunks belong to different tensors (different shards,
+ * when the caller orders its puts by lsl_writer_put_order) and the I/O pool writes several
+ * files at once.  One file is held to one stream (the inode's write lock on tmpfs: 4.2 GB/s on
+ * the GPU machine), which a tensor-by-tensor put never gets past. */
+#include "lsl_writer_s.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef LSL_HAVE_CUDA
+
+/* Chunks whose copy to the host may be in flight at once; the rest of the ring holds chunks
+ * being written. */
+#define LOOKAHEAD 2
+
+typedef struct lane {
+    lsl_i_putctx pc;
+    const lsl_part *part;
+    const void *a_dev;
+    lsl_i_tiles tl;
+    uint64_t unit, next; /* bytes a unit; the next chunk to launch */
+    lsl_status st;
+} lane;
+
+typedef struct slot_use {
+    int live;
+    uint64_t lane, chunk;
+} slot_use;
+
+/* Launch chunk ch of lane l into ring slot s (after its last write is done). */
+static lsl_status launch(lsl_writer *w, lane *l, int s, uint64_t ch)
+{
+    uint64_t first = lsl_i_tile_first(&l->tl, ch), count = lsl_i_tile_count(&l->tl, ch);
+    const lsl_lora_part *lo = l->part->lora;
+    const unsigned char *w0 = l->part->data;
+    double t0 = lsl_i_now();
+    lsl_status st = lsl_i_datafile_fence(&w->file, lsl_i_cuda_slot_host(w->cuda, s),
+                                         lsl_i_cuda_slot_bytes(w->cuda));
+    if (st == LSL_OK && lo) {
+        uint64_t rb = lo->rank * (lsl_dtype_bits(lo->b_dtype) / 8);
+        st = lsl_i_cuda_launch(w->cuda, s, l->part->stream, l->pc.t->dtype, w0 + first * l->unit,
+                               count * l->unit, lo, l->a_dev,
+                               (const unsigned char *)lo->b + first * rb, count, l->pc.relems);
+    } else if (st == LSL_OK) {
+        st = lsl_i_cuda_launch(w->cuda, s, l->part->stream, l->pc.t->dtype, w0 + first, count, NULL,
+                               NULL, NULL, 0, l->pc.relems);
+    }
+    w->prof[P_LAUNCH] += lsl_i_now() - t0;
+    return st;
+}
+
+/* The chunk in slot s has reached the host: queue its write (the GPU checksummed it). */
+static void finish(lsl_writer *w, lane *lanes, slot_use *u, int s)
+{
+    lane *l = &lanes[u->lane];
+    const void *host = NULL;
+    uint64_t bad = 0;
+    int crc_done = 0;
+    double t0 = lsl_i_now();
+    lsl_status ws = lsl_i_cuda_wait(w->cuda, s, &host, &bad, &l->pc.crc, &crc_done);
+    w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
+    uint64_t first = lsl_i_tile_first(&l->tl, u->chunk);
+    if (ws == LSL_ERR_NONFINITE)
+        ws = lsl_i_put_nonfinite(&l->pc, l->part->lora ? first : 0, bad);
+    if (l->st == LSL_OK)
+        l->st = ws;
+    uint64_t off = first * l->unit, n = lsl_i_tile_count(&l->tl, u->chunk) * l->unit;
+    lsl_i_put_write(w, &l->pc, off, host, n, crc_done, &l->st);
+    u->live = 0;
+}
+
+int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, const lsl_part *parts,
+                          lsl_status *rc)
+{
+    /* Every rank must take the same path: a directory, and only plain device row parts. */
+    int mine = w->hf && n > 1;
+    for (uint64_t i = 0; mine && i < n; i++)
+        mine = parts[i].mem == LSL_MEM_DEVICE && !lsl_i_lora_on_cpu(parts[i].lora) &&
+               (parts[i].lora == NULL || (parts[i].lora->flags & LSL_I_LORA_A_FULL));
+    lsl_status st = LSL_OK;
+    uint64_t refuse = lsl_i_writer_max(w, (uint64_t)!mine, &st);
+    if (st != LSL_OK) {
+        *rc = st;
+        return 1;
+    }
+    if (refuse)
+        return 0;
+    lane *lanes = lsl_i_calloc(n, sizeof *lanes);
+    const void **host = lsl_i_calloc(n, sizeof *host), **dev = lsl_i_calloc(n, sizeof *dev);
+    uint64_t *bytes = lsl_i_calloc(n, sizeof *bytes);
+    slot_use u[LSL_I_RING_MAX];
+    memset(u, 0, sizeof u);
+    st = lanes && host && dev && bytes ? lsl_i_writer_open_cuda(w)
+                                       : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    st = lsl_i_agree(w->comm, st);
+    /* Step one, collective: every put agreed, the whole A's that came through host memory on
+     * the device together (they stay there until the batch's chunks are done). */
+    for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
+        const lsl_part *p = &parts[i];
+        lanes[i].part = p;
+        st = lsl_i_put_begin(w, indices[i], p->row0, p->nrows, p->data != NULL, p->lora,
+                             LSL_MEM_DEVICE, LSL_OK, &lanes[i].pc);
+        if (st == LSL_OK && p->lora && !(p->lora->flags & LSL_I_LORA_A_GPU)) {
+            host[i] = p->lora->a;
+            bytes[i] = p->lora->rank * lanes[i].pc.relems * (lsl_dtype_bits(p->lora->a_dtype) / 8);
+        } else if (st == LSL_OK && p->lora) {
+            dev[i] = p->lora->a;
+        }
+    }
+    if (st == LSL_OK) {
+        const void **up = lsl_i_calloc(n, sizeof *up);
+        lsl_status us = up ? lsl_i_cuda_upload_many(w->cuda, n, host, bytes, up)
+                           : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+        for (uint64_t i = 0; up && i < n; i++)
+            if (host[i])
+                dev[i] = up[i];
+        free(up);
+        st = lsl_i_agree(w->comm, us);
+    }
+    if (st != LSL_OK)
+        goto out;
+    /* Step two, local: the chunks of all the puts in turn through the ring. */
+    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), left = 0, launched = 0;
+    int nslots = lsl_i_cuda_slots(w->cuda);
+    for (uint64_t i = 0; i < n; i++) {
+        lane *l = &lanes[i];
+        l->a_dev = dev[i];
+        l->unit = l->part->lora ? l->pc.rbytes : 1;
+        uint64_t units = l->part->lora ? l->pc.nrows : l->pc.my_bytes;
+        uint64_t full = l->unit ? slot / l->unit : 0;
+        if (units && full == 0)
+            l->st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                               "tensor `%s`: a row of %llu bytes exceeds the pinned slot of %llu "
+                               "bytes",
+                               l->pc.t->name, (unsigned long long)l->pc.rbytes,
+                               (unsigned long long)slot);
+        else
+            lsl_i_tiles_make(units, l->unit, l->pc.base, w->plan.piece, full, full, &l->tl);
+        left += l->st == LSL_OK ? l->tl.n : 0;
+    }
+    for (uint64_t round = 0; left > 0; round++)
+        for (uint64_t i = 0; i < n && left > 0; i++) {
+            lane *l = &lanes[i];
+            if (round >= l->tl.n || l->st != LSL_OK) {
+                if (round < l->tl.n) /* a failed lane's chunks are dropped */
+                    left--;
+                continue;
+            }
+            int s = (int)(launched % (uint64_t)nslots);
+            if (u[s].live) /* its copy must land before the slot is refilled */
+                finish(w, lanes, &u[s], s);
+            l->st = launch(w, l, s, round);
+            left--;
+            if (l->st != LSL_OK)
+                continue;
+            u[s] = (slot_use){1, i, round};
+            launched++;
+            if (launched >= LOOKAHEAD) { /* the chunk LOOKAHEAD - 1 launches back */
+                int b = (int)((launched - LOOKAHEAD) % (uint64_t)nslots);
+                if (u[b].live)
+                    finish(w, lanes, &u[b], b);
+            }
+        }
+    for (uint64_t k = 0; k < (uint64_t)nslots; k++) { /* the rest, in launch order */
+        int s = (int)((launched + k) % (uint64_t)nslots);
+        if (u[s].live)
+            finish(w, lanes, &u[s], s);
+    }
+    /* Step three, collective: each put's checksum and status, in order. */
+    for (uint64_t i = 0; i < n && st == LSL_OK; i++)
+        st = lsl_i_put_end(w, indices[i], &lanes[i].pc, parts[i].lora, lanes[i].st);
+out:
+    if (st != LSL_OK)
+        w->state = W_FAILED;
+    free(lanes);
+    free(host);
+    free(dev);
+    free(bytes);
+    *rc = st;
+    return 1;
+}
+
+#endif

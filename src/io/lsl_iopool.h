@@ -1,0 +1,41 @@
+/* Positional writes into several files at once: a few threads, each file written by at most one
+ * of them at a time.  One process writing one file is held to one stream (on tmpfs the inode's
+ * write lock: 4.2 GB/s on the GPU machine whatever the thread count), while K threads into K
+ * files reached 16, 28 and 41 GB/s at K = 4, 8, 16 there (NOTES.md), so a directory of shards is
+ * written this way.  The caller owns every buffer it posts and may reuse it only after a fence
+ * over it (or a drain) says no queued write still reads it.  Nothing here knows about tensors. */
+#ifndef LSL_IOPOOL_H
+#define LSL_IOPOOL_H
+
+#include "lsl_internal.h"
+
+typedef struct lsl_i_iopool lsl_i_iopool;
+
+/* Most writes queued at once; a post beyond it waits for one to finish. */
+#define LSL_I_IOPOOL_DEPTH 256
+
+/* Not collective.  Starts `threads` writer threads (1 to 64) over nfiles open descriptors
+ * (borrowed: the caller closes them after lsl_i_iopool_stop); names[i] names file i in
+ * messages; rank labels LSL_TRACE's records.  LSL_ERR_NOMEM or LSL_ERR_IO when a thread cannot
+ * start. */
+lsl_status lsl_i_iopool_start(int threads, uint32_t nfiles, const int *fds,
+                              const char *const *names, int rank, lsl_i_iopool **out);
+
+/* Queue count bytes at buf for offset off of file `file`; `what` (copied) names the data in a
+ * failure's message.  Returns the first failure of any earlier write (the pool then writes
+ * nothing more), else LSL_OK. */
+lsl_status lsl_i_iopool_post(lsl_i_iopool *p, uint32_t file, uint64_t off, const void *buf,
+                             uint64_t count, const char *what);
+
+/* Waits until no queued or running write reads [buf, buf + len).  The pool's first failure, or
+ * LSL_OK. */
+lsl_status lsl_i_iopool_fence(lsl_i_iopool *p, const void *buf, uint64_t len);
+
+/* Waits for every write.  The pool's first failure, or LSL_OK.  *wrote[i] (nfiles flags, may be
+ * NULL) says which files received bytes. */
+lsl_status lsl_i_iopool_drain(lsl_i_iopool *p, unsigned char *wrote);
+
+/* Waits for every write, stops the threads, frees the pool; *p becomes NULL.  NULL is a no-op. */
+void lsl_i_iopool_stop(lsl_i_iopool **p);
+
+#endif
