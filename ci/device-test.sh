@@ -18,7 +18,8 @@
 #          then the CPU suite (gloo, 2-4 ranks, torchrun and mpiexec) on this machine's torch.
 #   scale: the scale benchmark (tests/bench/bench_scale.py: loraslab.torch against the ceiling,
 #          PEFT, DCP and the motivating report's recipe); SCALE=SHAPE:LAYERS[:ROWS] ... picks
-#          runs (default qwen7b:8; qwen32b:64 fits one call in two halves of rows), SCALE_DIR the
+#          runs (default qwen7b:8; qwen32b:64 fits one call in two halves of rows),
+#          SCALE_MAX_SHARD the directory rows' shard size in bytes (default 5 GB), SCALE_DIR the
 #          output directory (/dev/shm/lsl-scale).
 # STEPS (words of: tests sanitizer kernel offline hf write peers pipeline torch scale) overrides
 # the mode's.
@@ -144,7 +145,8 @@ if want scale; then
     IFS=: read -r shp L rows <<<"$cfg"
     LSL_PROFILE=1 PYTHONPATH=$PWD/python LORASLAB_LIBRARY=$PWD/build-gpu/libloraslab.so.0 \
       python3 tests/bench/bench_scale.py --shape "$shp" --layers "$L" --out "$sdir" --lsl "$lsl" \
-      ${rows:+--rows "$rows"} --json "$OUT/scale.jsonl" >"$OUT/scale-$shp-$L.log" 2>&1
+      ${rows:+--rows "$rows"} ${SCALE_MAX_SHARD:+--max-shard "$SCALE_MAX_SHARD"} \
+      --json "$OUT/scale.jsonl" >"$OUT/scale-$shp-$L.log" 2>&1
     grep -E '^(\||ratio|convert:)' "$OUT/scale-$shp-$L.log" | while read -r l; do row "scale $shp x$L: $l"; done
     for f in "$sdir"/*.log; do # where loraslab's time went, and why a row failed
       [ -f "$f" ] || continue

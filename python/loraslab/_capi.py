@@ -16,13 +16,14 @@ ERR_INVALID_ARG, ERR_UNSUPPORTED, ERR_COMM = 1, 5, 45
 
 
 STRIPE_ALL = (1 << 64) - 1  # LSL_STRIPE_ALL: every OST
+OUTPUT_AUTO, OUTPUT_HDF5, OUTPUT_SAFETENSORS = 0, 1, 2
 
 
 class WriterConfig(c.Structure):
     _fields_ = [("staging_bytes", c.c_uint64), ("alignment", c.c_uint64),
                 ("overwrite", c.c_int), ("quiet", c.c_int), ("progress_label", c.c_char_p),
                 ("stripe_count", c.c_uint64), ("stripe_size", c.c_uint64),
-                ("print_plan", c.c_int)]
+                ("print_plan", c.c_int), ("format", c.c_int), ("max_shard_bytes", c.c_uint64)]
 
 
 class TensorInfo(c.Structure):
@@ -75,6 +76,9 @@ def declare(lib: c.CDLL) -> None:
         "lsl_writer_create_cb_all": (c.c_int, [c.POINTER(CommCb), c.c_char_p,
                                                c.POINTER(WriterConfig), c.POINTER(W)]),
         "lsl_writer_set_attr_all": (c.c_int, [W, c.c_char_p, c.c_char_p]),
+        "lsl_writer_add_files_all": (c.c_int, [W, c.c_uint64, c.POINTER(c.c_char_p),
+                                               c.POINTER(c.c_void_p), c.POINTER(c.c_uint64)]),
+        "lsl_writer_put_order": (c.c_int, [W, c.POINTER(c.c_uint64)]),
         "lsl_writer_define_all": (c.c_int, [W, c.c_uint64, c.POINTER(TensorInfo)]),
         "lsl_writer_put_all": (c.c_int, [W, c.c_uint64, c.POINTER(Part)]),
         "lsl_writer_put_elems_all": (c.c_int, [W, c.c_uint64, c.POINTER(ElemPart)]),

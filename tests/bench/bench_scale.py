@@ -5,8 +5,10 @@ row in its own process (scale_row.py) so that a row that dies does not take the 
   bench_scale.py --shape qwen32b --layers 64 --out /dev/shm/lsl-scale [--rows R,R,...]
                  [--device cuda] [--lsl build-gpu/loraslab] [--floor-gib 8] [--json FILE]
 
-Rows: ceiling (pwrite of 8 MiB pieces from a pinned buffer, fsync), loraslab-fsdp2,
-loraslab-fsdp1 (loraslab.torch.save_merged), peft (merge_and_unload + save_pretrained), dcp
+Rows: ceiling (pwrite of 8 MiB pieces from a pinned buffer, fsync), ceiling-k (the same bytes
+as K files from K threads, K the directory's shard count), loraslab-fsdp2, loraslab-fsdp1
+(loraslab.torch.save_merged to an HDF5 file), loraslab-fsdp2-hf, loraslab-fsdp1-hf (to the
+safetensors directory, shards of --max-shard bytes), peft (merge_and_unload + save_pretrained), dcp
 (PEFT's merge, then DCP's HuggingFaceStorageWriter with consolidation), recipe (the motivating
 report's summon-merge-pin, then save_file), convert (loraslab-fsdp2, then `loraslab convert`,
 `verify`, one tensor read back by safetensors against the HDF5 file).
@@ -27,7 +29,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from scale_shapes import SHAPES, merged_bytes  # noqa: E402
-ROWS = ["ceiling", "loraslab-fsdp2", "loraslab-fsdp1", "peft", "dcp", "recipe"]
+ROWS = ["ceiling", "ceiling-k", "loraslab-fsdp2", "loraslab-fsdp1", "loraslab-fsdp2-hf",
+        "loraslab-fsdp1-hf", "peft", "dcp", "recipe"]
 
 
 def mem_available() -> int:
@@ -84,7 +87,8 @@ def warm(a: argparse.Namespace) -> float:
 def run_row(row: str, a: argparse.Namespace) -> dict:
     out = os.path.join(a.out, row)
     cmd = [sys.executable, os.path.join(HERE, "scale_row.py"), row, "--shape", a.shape,
-           "--layers", str(a.layers), "--device", a.device, "--out", out, "--lsl", a.lsl]
+           "--layers", str(a.layers), "--device", a.device, "--out", out, "--lsl", a.lsl,
+           "--max-shard", str(a.max_shard)]
     log = open(os.path.join(a.out, f"{row}.log"), "w+")
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -130,14 +134,16 @@ def table(results: list[dict]) -> list[str]:
         out.append(f"| {r['row']} | {r['status']} | {r['seconds'] if done else '-'} | "
                    f"{r['gbs'] if gbs else '-'} | {r['rss_growth_mib'] if done else '-'} | "
                    f"{round(pin / 2**30, 2) if pin else '-'} |")
-    ceil = ok.get("ceiling")
-    for k in ("loraslab-fsdp2", "loraslab-fsdp1", "convert"):
+    for k in ("loraslab-fsdp2", "loraslab-fsdp1", "loraslab-fsdp2-hf", "loraslab-fsdp1-hf",
+              "convert"):
         if k not in ok:
             continue
         r = ok[k]
         bits = []
+        # a directory against K files at once, one file against one file
+        ceil = ok.get("ceiling-k" if k.endswith("-hf") else "ceiling")
         if ceil and ceil.get("gbs"):
-            bits.append(f"{r['gbs'] / ceil['gbs']:.2f}x the ceiling's GB/s")
+            bits.append(f"{r['gbs'] / ceil['gbs']:.2f}x {ceil['row']}'s GB/s")
         for peer in ("peft", "dcp", "recipe"):
             if peer in ok:
                 bits.append(f"{ok[peer]['seconds'] / r['seconds']:.2f}x {peer}'s speed")
@@ -145,8 +151,11 @@ def table(results: list[dict]) -> list[str]:
                 bits.append(f"{peer} did not complete")
         out.append(f"ratio {k} ({r['shape']}, {r['layers']} layers): " + "; ".join(bits))
         if "readback" in r:
-            out.append(f"convert: {r['convert_bytes']} bytes in {r['convert_seconds']} s, "
-                       f"verify {r['verify']}, readback {r['readback']}")
+            ck = ok.get("ceiling-k")
+            vs = (f", {r['payload_bytes'] / r['convert_seconds'] / 1e9 / ck['gbs']:.2f}x "
+                  f"ceiling-k's GB/s" if ck and ck.get("gbs") and r["convert_seconds"] else "")
+            out.append(f"convert: {r['convert_bytes']} bytes in {r['convert_seconds']} s at one "
+                       f"rank{vs}, verify {r['verify']}, readback {r['readback']}")
     return out
 
 
@@ -161,6 +170,8 @@ def main() -> int:
     p.add_argument("--floor-gib", type=float, default=8.0)
     p.add_argument("--json", default="")
     p.add_argument("--no-warm", action="store_true", help="skip the untimed first write")
+    p.add_argument("--max-shard", type=int, default=5_000_000_000,
+                   help="the directory rows' shard size in bytes (save_pretrained's 5 GB)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = []

@@ -2,7 +2,10 @@
 
   scale_row.py ROW --shape S --layers L --device D --out DIR [--lsl LOSLAB_CLI] [--keep]
 
-ROW: ceiling | loraslab-fsdp2 | loraslab-fsdp1 | peft | dcp | recipe | convert.  The model is
+ROW: ceiling | ceiling-k | loraslab-fsdp2 | loraslab-fsdp1 | loraslab-fsdp2-hf |
+loraslab-fsdp1-hf | peft | dcp | recipe | convert.  The -hf rows write the safetensors
+directory directly (shards of --max-shard bytes); ceiling-k writes the same bytes as K files from
+K threads, K the number of shards that directory has.  The model is
 built first (not timed); the timed part is the export, files synced.  Prints one line
 `RESULT {json}`: seconds, bytes written (and the checkpoint's tensor bytes, the same for every
 row: GB/s counts those), peak host RSS growth over the process's RSS before the
@@ -94,6 +97,37 @@ def ceiling(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], int
     return run, lambda: os.path.getsize(path)
 
 
+def ceiling_k(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], int]]:
+    """K threads, each pwriting its own file (8 MiB pieces from one pinned buffer) and syncing
+    it: the same bytes as the directory's K shards, the ceiling of writing them at once."""
+    total = merged_bytes(SHAPES[a.shape], a.layers)
+    k = max(1, -(-total // a.max_shard))
+    buf = torch.empty(PIECE, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+    buf.random_(0, 256)
+    mv = memoryview(buf.numpy())
+    paths = [os.path.join(a.out, f"ceiling-{i}.bin") for i in range(k)]
+    sizes = [total // k + (1 if i < total % k else 0) for i in range(k)]
+
+    def one(path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            off = 0
+            while off < size:
+                n = min(PIECE, size - off)
+                off += os.pwrite(fd, mv[:n], off)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def run() -> None:
+        ts = [threading.Thread(target=one, args=(p, n)) for p, n in zip(paths, sizes)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    return run, lambda: sum(os.path.getsize(p) for p in paths)
+
+
 def model_row(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], int]]:
     scale_model.init_dist(a.device)
     peft = scale_model.build(a.shape, a.layers, a.device)
@@ -101,6 +135,11 @@ def model_row(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], i
     if row.startswith("loraslab-"):
         import loraslab.torch
         model = scale_model.wrap(peft, row.split("-")[1], a.device)
+        if row.endswith("-hf"):  # the safetensors directory, in one pass
+            path = os.path.join(a.out, "merged")
+            return (lambda: loraslab.torch.save_merged(model, path, quiet=True,
+                                                       max_shard_size=a.max_shard),
+                    lambda: tree_bytes(path))
         path = os.path.join(a.out, "merged.h5")
         return (lambda: loraslab.torch.save_merged(model, path, quiet=True),
                 lambda: os.path.getsize(path))
@@ -134,7 +173,8 @@ def check_convert(a: argparse.Namespace, h5: str) -> dict:
     from safetensors import safe_open
     hf = os.path.join(a.out, "hf")
     t0 = time.time()
-    subprocess.run([a.lsl, "convert", "-q", h5, hf], check=True)
+    subprocess.run([a.lsl, "convert", "-q", "--max-shard-size", str(a.max_shard), h5, hf],
+                   check=True)
     t1 = time.time()
     subprocess.run([a.lsl, "verify", "-q", h5], check=True)
     subprocess.run([a.lsl, "verify", "-q", hf], check=True)
@@ -160,9 +200,11 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", required=True)
     p.add_argument("--lsl", default="loraslab")
+    p.add_argument("--max-shard", type=int, default=5_000_000_000)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    run, size = ceiling(a) if a.row == "ceiling" else model_row(a)
+    run, size = ceiling(a) if a.row == "ceiling" else ceiling_k(a) if a.row == "ceiling-k" \
+        else model_row(a)
     if a.device == "cuda":
         torch.cuda.synchronize()
     with Peak() as pk:
@@ -173,6 +215,7 @@ def main() -> int:
            "bytes": size(),  # on disk: headers, and an HDF5 file's alignment gaps, included
            "payload_bytes": merged_bytes(SHAPES[a.shape], a.layers),
            "rss_growth_mib": round((pk.peak - pk.base) / 2**20, 1),
+           "files": -(-merged_bytes(SHAPES[a.shape], a.layers) // a.max_shard),
            "pinned_peak_bytes": pinned_peak()}
     if a.row == "convert":
         res.update(check_convert(a, os.path.join(a.out, "merged.h5")))

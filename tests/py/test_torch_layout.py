@@ -67,17 +67,21 @@ class Batches(unittest.TestCase):
         small = lora(32, 5120)  # its q_proj's: 0.66 MB
         self.assertEqual(_parts.a_bytes(big), 32 * 27648 * 4)
         self.assertEqual(_parts.a_bytes(plain), 0)
-        got = _parts.batches([small] * 6 + [big] * 3 + [plain] * 20 + [piece, plain])
-        self.assertEqual([(r.start, r.stop) for r in _parts.batches([piece, piece, plain])],
-                         [(0, 1), (1, 2), (2, 3)])
+        items = [small] * 6 + [big] * 3 + [plain] * 20 + [piece, plain]
+        got = _parts.batches(items)
+        self.assertEqual(_parts.batches([piece, piece, plain]), [[0], [1], [2]])
         # six q_proj's (3.9 MB); each 3.5 MB A in a batch of its own, the last with tensors of
         # no LoRA up to 16; a piece alone
-        self.assertEqual([(r.start, r.stop) for r in got],
+        self.assertEqual([(b[0], b[-1] + 1) for b in got],
                          [(0, 6), (6, 7), (7, 8), (8, 24), (24, 29), (29, 30), (30, 31)])
-        for r in got:
-            self.assertLessEqual(sum(_parts.a_bytes(x) for x in
-                                     ([small] * 6 + [big] * 3 + [plain] * 20 + [piece, plain])
-                                     [r.start:r.stop]), max(_parts.BATCH_A_BYTES, 32 * 27648 * 4))
+        for b in got:
+            self.assertLessEqual(sum(_parts.a_bytes(items[x]) for x in b),
+                                 max(_parts.BATCH_A_BYTES, 32 * 27648 * 4))
+        # in a given order (a directory's shards in turn): the same rules over the permutation
+        order = list(range(len(items)))[::-1]
+        got = _parts.batches(items, order)
+        self.assertEqual(sorted(x for b in got for x in b), list(range(len(items))))
+        self.assertEqual([x for b in got for x in b], order)
 
 
 class Launch(unittest.TestCase):

@@ -210,8 +210,9 @@ def main() -> int:
                 if n.endswith(late):
                     bumped(p.to_local() if hasattr(p, "to_local") else p)
         before = {n: local(p) for n, p in model.named_parameters()}
+    tok = tokenizer()
     lt.save_merged(model, path, overwrite=True, quiet=rank != 0,
-                   stripe_size=args.stripe_mib << 20)
+                   stripe_size=args.stripe_mib << 20, tokenizer=tok)
     if args.stripe_mib and rank == 0:  # off Lustre a stripe size still aligns the datasets
         import h5py
         with h5py.File(path, "r") as f:
@@ -222,8 +223,17 @@ def main() -> int:
     check(before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before),
           "the model's parameters changed")
     hf = os.path.join(args.out, "hf")
-    lt.convert(path, hf, overwrite=True, quiet=True)
+    lt.convert(path, hf, overwrite=True, quiet=True, max_shard_size=SHARD)
     lt.verify(hf, quiet=True)
+    # The directory written in one pass: the converted archive's bytes (the same shards, headers,
+    # index and serving files; loraslab.json differs by the "source" it records), and verify
+    # passes on it.
+    direct = os.path.join(args.out, "direct")
+    lt.save_merged(model, direct, overwrite=True, quiet=True, max_shard_size=SHARD,
+                   stripe_size=args.stripe_mib << 20, tokenizer=tok)
+    lt.verify(direct, quiet=True)
+    if rank == 0:
+        check_direct(direct, hf, check, args.stripe_mib << 20)
 
     # A bad call: an adapter the model lacks.  Every rank raises, nothing is left.
     bad = os.path.join(args.out, "bad.h5")
@@ -280,7 +290,10 @@ def main() -> int:
             print(f"torch_save: the report's summon/merge/pin method: {len(recipe)} tensors, "
                   f"worst {worst_r} ulp against the file")
         from transformers import AutoModelForCausalLM
-        loaded = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16)
+        loaded, info = AutoModelForCausalLM.from_pretrained(direct, dtype=torch.bfloat16,
+                                                            output_loading_info=True)
+        check(not info["missing_keys"] and not info["unexpected_keys"],
+              f"loading the directory: {info}")
         ids = torch.arange(1, 17).reshape(2, 8) * 37 % 1001
         with torch.no_grad():
             l1 = loaded(ids).logits.float()
@@ -290,6 +303,57 @@ def main() -> int:
         print(f"torch_save: {args.wrap} {args.model} at {size} ranks: {len(got)} tensors, worst "
               f"{worst} ulp, {100 * exact:.4f}% exact, logits max diff {diff:.2e} of {top:.2e}")
     return finish(rank, fails)
+
+
+# shards of a few per model: the index, and tensors landing in different files
+SHARD = "150KB"
+
+
+def tokenizer():
+    """A small tokenizer built here (no download) with a chat template: its files must reach
+    the directory and load back."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["[UNK]", "<s>", "</s>", "hello", "world"])}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]", bos_token="<s>",
+                                  eos_token="</s>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    return tok
+
+
+def check_direct(direct: str, hf: str, check, stripe: int) -> None:
+    """The one-pass directory against the converted archive, file by file (with a stripe
+    size, which convert was not given, the shards' data starts on its multiples instead and the
+    tensors are compared)."""
+    import filecmp
+    import json
+    import struct
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+    a, b = sorted(os.listdir(direct)), sorted(os.listdir(hf))
+    check(a == b, f"direct and converted directories hold different files: {a} vs {b}")
+    shards = [f for f in a if f.endswith(".safetensors")]
+    check(len(shards) > 1 and "model.safetensors.index.json" in a, f"one shard only: {a}")
+    for f in shards if stripe else []:
+        with open(os.path.join(direct, f), "rb") as fh:
+            start = 8 + struct.unpack("<Q", fh.read(8))[0]
+        check(start % stripe == 0, f"{f}: data starts at {start}, not on the {stripe}-byte stripe")
+        x, y = load_file(os.path.join(direct, f)), load_file(os.path.join(hf, f))
+        check(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x),
+              f"{f}: tensors differ from the converted archive's")
+    for f in set(a) & set(b):
+        if f not in ("loraslab.json", "checksums.json") and not (stripe and f in shards):
+            check(filecmp.cmp(os.path.join(direct, f), os.path.join(hf, f), shallow=False),
+                  f"{f}: the direct write differs from the converted archive")
+    p1 = json.load(open(os.path.join(direct, "loraslab.json")))
+    p2 = json.load(open(os.path.join(hf, "loraslab.json")))
+    check(p1["tensors"] == p2["tensors"], "loraslab.json's tensors differ")
+    check("generation_config.json" in a and "tokenizer.json" in a, f"serving files: {a}")
+    tok = AutoTokenizer.from_pretrained(direct)
+    check(tok.get_vocab().get("world") == 4 and tok.chat_template is not None,
+          "the tokenizer does not load back from the directory")
 
 
 def report_method(model: torch.nn.Module, adapter: str) -> dict:

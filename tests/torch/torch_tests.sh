@@ -47,6 +47,17 @@ run() { # NAME LAUNCH NP ARGS...
   fi
 }
 
+# Two runs wrote the same bytes: their HDF5 files, and the directories written in one pass.
+same() { # WHAT RUN_A RUN_B
+  [[ "$2" =~ ${LSL_TORCH_ONLY:-.} && "$3" =~ ${LSL_TORCH_ONLY:-.} ]] || return 0
+  if cmp -s "$out/$2/merged.h5" "$out/$3/merged.h5" &&
+     diff -r "$out/$2/direct" "$out/$3/direct" >/dev/null; then
+    echo "ok - $1: files and directories byte-identical"; pass=$((pass + 1))
+  else
+    echo "FAIL - $1: the outputs differ"; fail=$((fail + 1))
+  fi
+}
+
 if [ "${LSL_TEST_DEVICE:-cpu}" = cuda ]; then
   run gpu-fsdp2-qwen2 torchrun 1
   run gpu-ddp-gpt2 torchrun 1 --wrap ddp --model gpt2 --lora-bias
@@ -61,20 +72,12 @@ if [ "${LSL_TEST_DEVICE:-cpu}" = cuda ]; then
   # CPUOffload: the shards live in host memory while the step runs on the GPU
   run gpu-fsdp1-cpu-offload-step torchrun 1 --wrap fsdp1 --cpu-offload --step
   # FSDP1's element-range puts of device pointers merge with the same kernel as FSDP2's rows
-  if cmp -s "$out/gpu-fsdp2-qwen2/merged.h5" "$out/gpu-fsdp1-qwen2/merged.h5"; then
-    echo "ok - GPU FSDP1 and FSDP2 files byte-identical"; pass=$((pass + 1))
-  else
-    echo "FAIL - GPU FSDP1 and FSDP2 files differ"; fail=$((fail + 1))
-  fi
+  same "GPU FSDP1 and FSDP2" gpu-fsdp2-qwen2 gpu-fsdp1-qwen2
 else
   run fsdp2-qwen2-np2 torchrun 2
   run fsdp2-qwen2-np4-r-below-world torchrun 4 --lora-r 3
   run fsdp2-qwen2-np2-mpiexec mpiexec 2
-  if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp2-qwen2-np2-mpiexec/merged.h5"; then
-    echo "ok - torchrun and mpiexec files byte-identical"; pass=$((pass + 1))
-  else
-    echo "FAIL - torchrun and mpiexec files differ"; fail=$((fail + 1))
-  fi
+  same "torchrun and mpiexec" fsdp2-qwen2-np2 fsdp2-qwen2-np2-mpiexec
   run fsdp2-gpt2-dora-np3 torchrun 3 --model gpt2 --dora
   run fsdp2-hsdp-gpt2-dora-np4 torchrun 4 --hsdp --model gpt2 --dora
   run fsdp2-qwen2-dora-np3 torchrun 3 --dora
@@ -85,11 +88,7 @@ else
   run none-qwen2-options-np2 torchrun 2 --wrap none --rslora --modules-to-save --embed --tie \
     --second-adapter --adapter mine
   run fsdp1-qwen2-np2 torchrun 2 --wrap fsdp1
-  if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp1-qwen2-np2/merged.h5"; then
-    echo "ok - FSDP1 and FSDP2 files byte-identical"; pass=$((pass + 1))
-  else
-    echo "FAIL - FSDP1 and FSDP2 files differ"; fail=$((fail + 1))
-  fi
+  same "FSDP1 and FSDP2" fsdp2-qwen2-np2 fsdp1-qwen2-np2
   run fsdp1-gpt2-uop-lora-bias-np3 torchrun 3 --wrap fsdp1 --use-orig-params --model gpt2 \
     --lora-bias
   run fsdp1-qwen2-mts-rslora-np4 torchrun 4 --wrap fsdp1 --modules-to-save --rslora --lora-r 3
@@ -101,11 +100,7 @@ else
   run fsdp1-gpt2-dora-mid-row-np3 torchrun 3 --wrap fsdp1 --model gpt2 --dora --lora-r 3
   # HYBRID_SHARD (2 replicas x 2 shards): replica 0's shard group writes; the same bytes
   run fsdp1-hybrid-qwen2-np4 torchrun 4 --wrap fsdp1 --hsdp
-  if cmp -s "$out/fsdp2-qwen2-np2/merged.h5" "$out/fsdp1-hybrid-qwen2-np4/merged.h5"; then
-    echo "ok - FSDP1 HYBRID_SHARD and FSDP2 files byte-identical"; pass=$((pass + 1))
-  else
-    echo "FAIL - FSDP1 HYBRID_SHARD and FSDP2 files differ"; fail=$((fail + 1))
-  fi
+  same "FSDP1 HYBRID_SHARD and FSDP2" fsdp2-qwen2-np2 fsdp1-hybrid-qwen2-np4
   # after a forward and backward (the state a training job saves in), with MixedPrecision
   run fsdp2-mixed-precision-step-np2 torchrun 2 --mixed-precision --step
   run fsdp1-uop-step-np2 torchrun 2 --wrap fsdp1 --use-orig-params --step

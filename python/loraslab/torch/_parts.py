@@ -103,25 +103,27 @@ def a_bytes(it: Item) -> int:
     return math.prod(f.shape) * torch.empty((), dtype=f.dtype).element_size()
 
 
-def batches(items: list[Item]) -> list[range]:
-    """The puts, in order: an FSDP1 piece alone, the other items in batches of at most BATCH
+def batches(items: list[Item], order: Optional[list[int]] = None) -> list[list[int]]:
+    """The puts, in `order` (lsl_writer_put_order's, which takes a directory's shards in turn;
+    default: as listed): an FSDP1 piece alone, the other items in batches of at most BATCH
     tensors and BATCH_A_BYTES of whole A's (a larger A alone).  The same on every rank."""
+    order = list(range(len(items))) if order is None else order
     out, i = [], 0
-    while i < len(items):
+    while i < len(order):
         j = i + 1
-        if not isinstance(items[i].tensor, _fsdp1.Piece):
-            held = a_bytes(items[i])
-            while j < len(items) and j - i < BATCH \
-                    and not isinstance(items[j].tensor, _fsdp1.Piece) \
-                    and held + a_bytes(items[j]) <= BATCH_A_BYTES:
-                held += a_bytes(items[j])
+        if not isinstance(items[order[i]].tensor, _fsdp1.Piece):
+            held = a_bytes(items[order[i]])
+            while j < len(order) and j - i < BATCH \
+                    and not isinstance(items[order[j]].tensor, _fsdp1.Piece) \
+                    and held + a_bytes(items[order[j]]) <= BATCH_A_BYTES:
+                held += a_bytes(items[order[j]])
                 j += 1
-        out.append(range(i, j))
+        out.append(order[i:j])
         i = j
     return out
 
 
-def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: range, rank: int, size: int,
+def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: list[int], rank: int, size: int,
               comm: Any) -> None:
     """Collective: items[idx] (rows, not FSDP1 pieces) in one batched put."""
     keep = Keep()

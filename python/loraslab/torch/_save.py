@@ -17,7 +17,7 @@ import torch.distributed as dist
 from .. import _capi
 from .._errors import Error
 from .._lib import lib
-from . import _fsdp1, _launch, _layout
+from . import _fsdp1, _launch, _layout, _serving
 from ._layout import Unsupported
 from ._parts import FACTOR_DTYPES, Keep, batches, check, dtype_code, put_batch, put_piece
 from ._walk import FlatParams, Item, walk
@@ -160,20 +160,25 @@ def _agree(ok: bool, why: str, gloo: Optional[Any]) -> None:
 def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optional[str] = None,
                 overwrite: bool = False, staging_mib: int = 64, quiet: bool = False,
                 process_group: Optional[Any] = None, stripe_count: int = 0,
-                stripe_size: int = 0) -> None:
-    """Write the merged checkpoint of a PEFT LoRA model to `path` (a loraslab HDF5 file that
-    `loraslab convert` turns into a directory `transformers` loads).
+                stripe_size: int = 0, format: Optional[str] = None,
+                max_shard_size: Union[int, str] = "5GB", tokenizer: Optional[Any] = None) -> None:
+    """Write the merged checkpoint of a PEFT LoRA model to `path`: a Hugging Face directory that
+    transformers, vLLM and SGLang load (model.safetensors or model-0000i-of-0000K.safetensors
+    shards of at most `max_shard_size` and their index, config.json, generation_config.json,
+    the files of `tokenizer` (anything with save_pretrained), loraslab.json, checksums.json), or,
+    when `path` ends in .h5/.hdf5 (or `format="h5"`), one loraslab HDF5 file, the archive, that
+    `loraslab convert` turns into that directory.
 
     Collective over the job (or `process_group`): every rank calls it.  `model` is a PEFT model
     wrapped by FSDP2 (`fully_shard`), FSDP1 (`FullyShardedDataParallel`), DDP, or nothing.  Each
-    rank writes what it holds: its FSDP2 rows, its FSDP1 element ranges, or its slice of a
-    replicated tensor; only LoRA factors are gathered; GPU tensors (FSDP1 pieces too) go in as
-    device pointers, the work ordered after torch's current stream (DoRA and LoRA on embeddings
-    have no GPU kernel: their tensors are copied down chunk by chunk through the staging budget
-    and merged on the CPU, to the bytes a CPU job writes); the model is not changed.
-    Host memory: the staging budget (`staging_mib`) plus small buffers.  `stripe_count` (-1: every
-    OST) and `stripe_size` (bytes, a multiple of 64 KiB) set the file's Lustre layout, as
-    `loraslab merge --stripe-count/--stripe-size` do; 0 leaves it to the I/O plan.
+    rank writes what it holds, into its place in the output: its FSDP2 rows, its FSDP1 element
+    ranges, or its slice of a replicated tensor; only LoRA factors are gathered; GPU tensors
+    (FSDP1 pieces too) go in as device pointers, the work ordered after torch's current stream
+    (DoRA and LoRA on embeddings have no GPU kernel: their tensors are copied down chunk by chunk
+    through the staging budget and merged on the CPU, to the bytes a CPU job writes); the model
+    is not changed.  Host memory: the staging budget (`staging_mib`) plus small buffers.
+    `stripe_count` (-1: every OST) and `stripe_size` (bytes, a multiple of 64 KiB) set the Lustre
+    layout, as `loraslab merge --stripe-count/--stripe-size` do; 0 leaves it to the I/O plan.
 
     A signal during the call (SIGINT, SIGTERM, SIGHUP) removes what it wrote: with no handler of
     the job's the process exits 128 + signal; with one (Ctrl-C's KeyboardInterrupt included) every
@@ -182,18 +187,32 @@ def save_merged(model: torch.nn.Module, path: PathLike, *, adapter_name: Optiona
     Raises loraslab.Error on every rank alike, with nothing left at `path`."""
     with _signals():
         _save_merged(model, path, adapter_name, overwrite, staging_mib, quiet, process_group,
-                     stripe_count, stripe_size)
+                     stripe_count, stripe_size, format, max_shard_size, tokenizer)
+
+
+def _shard_bytes(size: Union[int, str]) -> int:
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    b = c.c_uint64()
+    if lib().lsl_parse_size(str(size).encode(), c.byref(b)) != 0 or b.value == 0:
+        raise ValueError(f"max_shard_size takes a byte count or a size such as '5GB', "
+                         f"'500MB', '2GiB', not {size!r}")
+    return b.value
 
 
 def _save_merged(model: torch.nn.Module, path: PathLike, adapter_name: Optional[str],
                  overwrite: bool, staging_mib: int, quiet: bool, process_group: Optional[Any],
-                 stripe_count: int, stripe_size: int) -> None:
+                 stripe_count: int, stripe_size: int, fmt: Optional[str],
+                 max_shard_size: Union[int, str], tokenizer: Optional[Any]) -> None:
     _check_world()
     cfg = _capi.WriterConfig(staging_mib << 20, 0, int(overwrite), 1 if quiet else 0,
                              b"save_merged", _capi.STRIPE_ALL if stripe_count == -1 else
                              max(0, stripe_count), stripe_size, 0)
     peft_model = None
+    files: list[tuple[str, bytes]] = []
     try:
+        cfg.format = _serving.output_format(fmt)
+        cfg.max_shard_bytes = _shard_bytes(max_shard_size)
         peft_model, base, adapter = _unwrap(model, adapter_name)
         params, hybrid = None, None
         if _fsdp1.is_fsdp1(model):
@@ -202,6 +221,7 @@ def _save_merged(model: torch.nn.Module, path: PathLike, adapter_name: Optional[
             params = FlatParams(_fsdp1.index(model, len(hybrid) if hybrid else size))
         items = list(walk(base, adapter, params))
         _check_items(items)
+        files = _serving.serving_files(base, tokenizer)
         kind, why = _launch.choose(process_group)
         failed = ""
     except Exception as e:  # noqa: BLE001 - any local failure must reach the agreement below
@@ -212,9 +232,9 @@ def _save_merged(model: torch.nn.Module, path: PathLike, adapter_name: Optional[
     try:
         _agree(not failed, failed, gloo)
         if writers is None:
-            _save(peft_model, path, items, kind, why, adapter, base, gloo, cfg)
+            _save(peft_model, path, items, kind, why, adapter, base, gloo, cfg, files)
         else:
-            _save_hsdp(writers, peft_model, path, items, adapter, base, gloo, cfg)
+            _save_hsdp(writers, peft_model, path, items, adapter, base, gloo, cfg, files)
     finally:
         if gloo is not None:
             dist.destroy_process_group(gloo)
@@ -231,7 +251,7 @@ def _hsdp_writers(items: list[Item]) -> Optional[list[int]]:
 
 def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[Item],
                adapter: str, base: torch.nn.Module, gloo: Any,
-               cfg: _capi.WriterConfig) -> None:
+               cfg: _capi.WriterConfig, files: list[tuple[str, bytes]]) -> None:
     """Replica 0's shard group writes over callbacks on a gloo group of its own; every rank then
     learns its status (the other replicas raise the same loraslab.Error)."""
     sub = dist.new_group(ranks=writers, backend="gloo")  # every rank enters, torch's rule
@@ -240,7 +260,7 @@ def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[
         if dist.get_rank() in writers:
             try:
                 _save(peft_model, path, items, "callbacks", "HSDP: replica 0 writes", adapter,
-                      base, sub, cfg)
+                      base, sub, cfg, files)
                 result = [(0, "", "")]
             except Error as e:
                 result = [(e.status, e.name, e.message)]
@@ -256,7 +276,7 @@ def _save_hsdp(writers: list[int], peft_model: Any, path: PathLike, items: list[
 
 def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: str,
           adapter: str, base: torch.nn.Module, gloo: Optional[Any],
-          cfg: _capi.WriterConfig) -> None:
+          cfg: _capi.WriterConfig, files: list[tuple[str, bytes]]) -> None:
     lb = lib()
     comm = None
     if kind == "callbacks":
@@ -273,11 +293,15 @@ def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: st
             check(lb.lsl_writer_create_world(p, c.byref(cfg), c.byref(w)))
             rank, size = lb.lsl_world_rank(), lb.lsl_world_size()
         if rank == 0 and not cfg.quiet:
-            how = ("MPI (collective MPI-IO)" if comm is None else
+            hdf5 = cfg.format == _capi.OUTPUT_HDF5 or (
+                cfg.format == _capi.OUTPUT_AUTO and
+                os.fspath(path).lower().endswith((".h5", ".hdf5")))
+            how = ("MPI (collective MPI-IO)" if comm is None and hdf5 else
+                   "MPI, positional writes" if comm is None else
                    "torch.distributed callbacks (gloo), positional writes")
             print(f"loraslab: save_merged over {how}: {why}; adapter {adapter!r}, "
                   f"{len(items)} tensors, {size} rank{'s' if size > 1 else ''}", file=sys.stderr)
-        _write(lb, w, items, peft_model, adapter, base, rank, size, comm)
+        _write(lb, w, items, peft_model, adapter, base, rank, size, comm, files)
         check(lb.lsl_writer_close_all(c.byref(w)), comm)
     except BaseException:
         if w.value:
@@ -302,8 +326,19 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def _add_files(lb: Any, w: c.c_void_p, files: list[tuple[str, bytes]], comm: Any) -> None:
+    """The serving files, rank 0's (the others pass the same, unread)."""
+    n = len(files)
+    names = (c.c_char_p * max(1, n))(*[name.encode() for name, _ in files])
+    bufs = [c.create_string_buffer(data, len(data)) for _, data in files]
+    datas = (c.c_void_p * max(1, n))(*[c.addressof(b) for b in bufs])
+    lens = (c.c_uint64 * max(1, n))(*[len(data) for _, data in files])
+    check(lb.lsl_writer_add_files_all(w, n, names, datas, lens), comm)
+
+
 def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: str,
-           base: torch.nn.Module, rank: int, size: int, comm: Any) -> None:
+           base: torch.nn.Module, rank: int, size: int, comm: Any,
+           files: list[tuple[str, bytes]]) -> None:
     config = getattr(base, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         check(lb.lsl_writer_set_attr_all(w, b"base_config_json", _config_text(base).encode()),
@@ -311,6 +346,7 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
     acfg = peft_model.peft_config[adapter].to_dict()
     text = json.dumps(acfg, default=_jsonable, sort_keys=True)  # the same bytes on every rank
     check(lb.lsl_writer_set_attr_all(w, b"adapter_config_json", text.encode()), comm)
+    _add_files(lb, w, files, comm)
     infos = (_capi.TensorInfo * max(1, len(items)))()
     names = []
     for i, it in enumerate(items):
@@ -321,9 +357,12 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
         for d, s in enumerate(shape):
             infos[i].shape[d] = s
     check(lb.lsl_writer_define_all(w, len(items), infos), comm)
-    for idx in batches(items):
-        if isinstance(items[idx.start].tensor, _fsdp1.Piece):
-            check(put_piece(lb, w, idx.start, items[idx.start], rank, size, Keep()), comm)
+    # a directory's shards in turn, so its writes go to several files at once
+    order = (c.c_uint64 * max(1, len(items)))()
+    check(lb.lsl_writer_put_order(w, order), comm)
+    for idx in batches(items, list(order)[:len(items)]):
+        if isinstance(items[idx[0]].tensor, _fsdp1.Piece):
+            check(put_piece(lb, w, idx[0], items[idx[0]], rank, size, Keep()), comm)
         else:
             put_batch(lb, w, items, idx, rank, size, comm)
 
