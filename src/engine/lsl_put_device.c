@@ -15,11 +15,13 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w)
     if (!any || w->cuda)
         return LSL_OK;
     double t0 = lsl_i_now();
-    /* A directory keeps many chunks in flight over its shards: as many 8 MiB slots as the
-     * staging budget holds (lsl_put_interleave.c); one file needs only two. */
-    uint64_t ring = w->hf ? w->staging_bytes / LSL_I_RING_SLOT_MAX : 2;
+    /* A directory keeps many chunks in flight over its shards (lsl_put_interleave.c): half the
+     * staging budget pinned as slots of 4 MiB, at least 2, at most LSL_I_RING_MAX; one file
+     * needs only two slots of up to 8 MiB. */
+    uint64_t pinned = w->hf ? w->staging_bytes / 2 : w->staging_bytes;
+    uint64_t ring = w->hf ? pinned / (LSL_I_RING_SLOT_MAX / 2) : 2;
     ring = ring < 2 ? 2 : ring > LSL_I_RING_MAX ? LSL_I_RING_MAX : ring;
-    st = lsl_i_cuda_open(w->comm, w->staging_bytes, (int)ring, &w->cuda);
+    st = lsl_i_cuda_open(w->comm, pinned, (int)ring, &w->cuda);
     w->prof[P_GPU_OPEN] += lsl_i_now() - t0;
     if (st != LSL_OK)
         return st;

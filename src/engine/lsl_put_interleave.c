@@ -23,26 +23,26 @@ typedef struct lane {
     lsl_status st;
 } lane;
 
+/* A launched chunk: its ring slot, lane and chunk index. */
 typedef struct slot_use {
-    int live;
+    int slot;
     uint64_t lane, chunk;
 } slot_use;
 
-/* Launch chunk ch of lane l into ring slot s (after its last write is done). */
+/* Launch chunk ch of lane l into ring slot s (whose last write is done). */
 static lsl_status launch(lsl_writer *w, lane *l, int s, uint64_t ch)
 {
     uint64_t first = lsl_i_tile_first(&l->tl, ch), count = lsl_i_tile_count(&l->tl, ch);
     const lsl_lora_part *lo = l->part->lora;
     const unsigned char *w0 = l->part->data;
     double t0 = lsl_i_now();
-    lsl_status st = lsl_i_datafile_fence(&w->file, lsl_i_cuda_slot_host(w->cuda, s),
-                                         lsl_i_cuda_slot_bytes(w->cuda));
-    if (st == LSL_OK && lo) {
+    lsl_status st;
+    if (lo) {
         uint64_t rb = lo->rank * (lsl_dtype_bits(lo->b_dtype) / 8);
         st = lsl_i_cuda_launch(w->cuda, s, l->part->stream, l->pc.t->dtype, w0 + first * l->unit,
                                count * l->unit, lo, l->a_dev,
                                (const unsigned char *)lo->b + first * rb, count, l->pc.relems);
-    } else if (st == LSL_OK) {
+    } else {
         st = lsl_i_cuda_launch(w->cuda, s, l->part->stream, l->pc.t->dtype, w0 + first, count, NULL,
                                NULL, NULL, 0, l->pc.relems);
     }
@@ -50,15 +50,39 @@ static lsl_status launch(lsl_writer *w, lane *l, int s, uint64_t ch)
     return st;
 }
 
-/* The chunk in slot s has reached the host: queue its write (the GPU checksummed it). */
-static void finish(lsl_writer *w, lane *lanes, slot_use *u, int s)
+/* A ring slot no launched chunk holds and no queued write reads (the first to free up, so a
+ * slow file does not hold the others' slots), into *s. */
+static lsl_status free_slot(lsl_writer *w, const slot_use *q, int nq, int nslots, int *s)
+{
+    const void *bufs[LSL_I_RING_MAX];
+    int ids[LSL_I_RING_MAX], n = 0, which = -1;
+    for (int k = 0; k < nslots; k++) {
+        int held = 0;
+        for (int j = 0; j < nq && !held; j++)
+            held = q[j].slot == k;
+        if (!held) {
+            ids[n] = k;
+            bufs[n++] = lsl_i_cuda_slot_host(w->cuda, k);
+        }
+    }
+    double t0 = lsl_i_now();
+    lsl_status st =
+        lsl_i_datafile_fence_any(&w->file, bufs, n, lsl_i_cuda_slot_bytes(w->cuda), &which);
+    w->prof[P_WRITE] += lsl_i_now() - t0; /* waiting for the files */
+    *s = which >= 0 ? ids[which] : -1;
+    return st == LSL_OK && which < 0 ? lsl_i_fail(LSL_ERR_INVALID_ARG, "internal: no ring slot")
+                                     : st;
+}
+
+/* The oldest launched chunk has reached the host: queue its write (the GPU checksummed it). */
+static void finish(lsl_writer *w, lane *lanes, const slot_use *u)
 {
     lane *l = &lanes[u->lane];
     const void *host = NULL;
     uint64_t bad = 0;
     int crc_done = 0;
     double t0 = lsl_i_now();
-    lsl_status ws = lsl_i_cuda_wait(w->cuda, s, &host, &bad, &l->pc.crc, &crc_done);
+    lsl_status ws = lsl_i_cuda_wait(w->cuda, u->slot, &host, &bad, &l->pc.crc, &crc_done);
     w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
     uint64_t first = lsl_i_tile_first(&l->tl, u->chunk);
     if (ws == LSL_ERR_NONFINITE)
@@ -67,7 +91,6 @@ static void finish(lsl_writer *w, lane *lanes, slot_use *u, int s)
         l->st = ws;
     uint64_t off = first * l->unit, n = lsl_i_tile_count(&l->tl, u->chunk) * l->unit;
     lsl_i_put_write(w, &l->pc, off, host, n, crc_done, &l->st);
-    u->live = 0;
 }
 
 int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, const lsl_part *parts,
@@ -89,8 +112,6 @@ int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, co
     lane *lanes = lsl_i_calloc(n, sizeof *lanes);
     const void **host = lsl_i_calloc(n, sizeof *host), **dev = lsl_i_calloc(n, sizeof *dev);
     uint64_t *bytes = lsl_i_calloc(n, sizeof *bytes);
-    slot_use u[LSL_I_RING_MAX];
-    memset(u, 0, sizeof u);
     st = lanes && host && dev && bytes ? lsl_i_writer_open_cuda(w)
                                        : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     st = lsl_i_agree(w->comm, st);
@@ -121,7 +142,7 @@ int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, co
     if (st != LSL_OK)
         goto out;
     /* Step two, local: the chunks of all the puts in turn through the ring. */
-    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), left = 0, launched = 0;
+    uint64_t slot = lsl_i_cuda_slot_bytes(w->cuda), left = 0;
     int nslots = lsl_i_cuda_slots(w->cuda);
     for (uint64_t i = 0; i < n; i++) {
         lane *l = &lanes[i];
@@ -139,34 +160,38 @@ int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, co
             lsl_i_tiles_make(units, l->unit, l->pc.base, w->plan.piece, full, full, &l->tl);
         left += l->st == LSL_OK ? l->tl.n : 0;
     }
+    /* Launched chunks in launch order (their copies to the host in flight): the oldest is
+     * finished once LOOKAHEAD are, so each lane's chunks reach the pool in order. */
+    slot_use q[LSL_I_RING_MAX];
+    int nq = 0;
+    lsl_status ring = LSL_OK; /* a failure of the ring itself (a slot that never frees) */
     for (uint64_t round = 0; left > 0; round++)
         for (uint64_t i = 0; i < n && left > 0; i++) {
             lane *l = &lanes[i];
-            if (round >= l->tl.n || l->st != LSL_OK) {
-                if (round < l->tl.n) /* a failed lane's chunks are dropped */
-                    left--;
+            if (round >= l->tl.n)
+                continue;
+            left--;
+            if (l->st != LSL_OK || ring != LSL_OK) /* a failed lane's chunks are dropped */
+                continue;
+            int s = -1;
+            ring = free_slot(w, q, nq, nslots, &s);
+            if (ring != LSL_OK) {
+                l->st = ring;
                 continue;
             }
-            int s = (int)(launched % (uint64_t)nslots);
-            if (u[s].live) /* its copy must land before the slot is refilled */
-                finish(w, lanes, &u[s], s);
             l->st = launch(w, l, s, round);
-            left--;
             if (l->st != LSL_OK)
                 continue;
-            u[s] = (slot_use){1, i, round};
-            launched++;
-            if (launched >= LOOKAHEAD) { /* the chunk LOOKAHEAD - 1 launches back */
-                int b = (int)((launched - LOOKAHEAD) % (uint64_t)nslots);
-                if (u[b].live)
-                    finish(w, lanes, &u[b], b);
+            q[nq++] = (slot_use){s, i, round};
+            if (nq >= LOOKAHEAD) {
+                finish(w, lanes, &q[0]);
+                memmove(q, q + 1, (size_t)--nq * sizeof *q);
             }
         }
-    for (uint64_t k = 0; k < (uint64_t)nslots; k++) { /* the rest, in launch order */
-        int s = (int)((launched + k) % (uint64_t)nslots);
-        if (u[s].live)
-            finish(w, lanes, &u[s], s);
-    }
+    for (int k = 0; k < nq; k++) /* the rest, in launch order */
+        finish(w, lanes, &q[k]);
+    for (uint64_t i = 0; ring != LSL_OK && i < n; i++) /* every lane lost chunks */
+        lanes[i].st = lanes[i].st == LSL_OK ? ring : lanes[i].st;
     /* Step three, collective: each put's checksum and status, in order. */
     for (uint64_t i = 0; i < n && st == LSL_OK; i++)
         st = lsl_i_put_end(w, indices[i], &lanes[i].pc, parts[i].lora, lanes[i].st);

@@ -93,6 +93,15 @@ lsl_status lsl_i_datafile_fence(lsl_i_datafile *f, const void *buf, uint64_t len
     return f->pool ? lsl_i_iopool_fence(f->pool, buf, len) : LSL_OK;
 }
 
+lsl_status lsl_i_datafile_fence_any(lsl_i_datafile *f, const void *const *bufs, int n, uint64_t len,
+                                    int *which)
+{
+    if (f->pool)
+        return lsl_i_iopool_fence_any(f->pool, bufs, n, len, which);
+    *which = 0;
+    return LSL_OK;
+}
+
 /* A set's write: the file holding virtual offset off, and the write queued there. */
 static lsl_status write_set(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                             const char *what)

@@ -55,6 +55,11 @@ lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf
  * file. */
 lsl_status lsl_i_datafile_fence(lsl_i_datafile *f, const void *buf, uint64_t len);
 
+/* Not collective.  lsl_i_iopool_fence_any for a set: which of the n buffers (len bytes each) no
+ * queued write reads; for one file, buffer 0 at once. */
+lsl_status lsl_i_datafile_fence_any(lsl_i_datafile *f, const void *const *bufs, int n, uint64_t len,
+                                    int *which);
+
 /* Collective over MPI: syncs what this rank wrote (positional path: fsync) and closes.  Local
  * status (the caller agrees on it).  A closed file is a no-op. */
 lsl_status lsl_i_datafile_close(lsl_i_datafile *f);

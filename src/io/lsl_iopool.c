@@ -3,6 +3,7 @@
  * others up. */
 #include "lsl_iopool.h"
 
+#include "lsl_crc32c.h"
 #include "lsl_trace.h"
 
 #include <pthread.h>
@@ -10,13 +11,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { R_FREE, R_QUEUED, R_RUNNING };
+/* A copy is read (any thread, any time) before it waits for its file like a plain write. */
+enum { R_FREE, R_QUEUED, R_READING, R_READY, R_RUNNING };
 
 typedef struct req {
     int state;
     uint32_t file;
     uint64_t seq, off, count;
     const unsigned char *buf;
+    int src_fd; /* a copy: read first (-1: a plain write) */
+    uint64_t src_off;
+    const char *src_name;
+    uint32_t *crc;
     char what[240];
 } req;
 
@@ -36,15 +42,44 @@ struct lsl_i_iopool {
     char msg[1024];
 };
 
-/* The oldest queued request whose file no thread is writing, or -1. */
-static int pick(lsl_i_iopool *p)
+/* The next step: the oldest write (a plain one, or a copy already read) whose file no thread is
+ * writing, *read = 0; else the oldest copy still to read, *read = 1; or -1. */
+static int pick(lsl_i_iopool *p, int *read)
 {
     int best = -1;
-    for (int i = 0; i < LSL_I_IOPOOL_DEPTH; i++)
-        if (p->r[i].state == R_QUEUED && !p->busy[p->r[i].file] &&
-            (best < 0 || p->r[i].seq < p->r[best].seq))
+    for (int i = 0; i < LSL_I_IOPOOL_DEPTH; i++) {
+        const req *q = &p->r[i];
+        int ready = (q->state == R_QUEUED && q->src_fd < 0) || q->state == R_READY;
+        if (ready && !p->busy[q->file] && (best < 0 || q->seq < p->r[best].seq))
             best = i;
+    }
+    *read = 0;
+    if (best >= 0)
+        return best;
+    for (int i = 0; i < LSL_I_IOPOOL_DEPTH; i++) {
+        const req *q = &p->r[i];
+        if (q->state == R_QUEUED && q->src_fd >= 0 && (best < 0 || q->seq < p->r[best].seq))
+            best = i;
+    }
+    *read = best >= 0;
     return best;
+}
+
+/* Under the lock: request q is done (written, or dropped after a failure). */
+static void retire(lsl_i_iopool *p, req *q)
+{
+    q->state = R_FREE;
+    p->inflight--;
+    pthread_cond_broadcast(&p->done);
+}
+
+/* Under the lock: the first failure and its message (this thread's) are the pool's. */
+static void note(lsl_i_iopool *p, lsl_status st)
+{
+    if (st != LSL_OK && p->st == LSL_OK) {
+        p->st = st;
+        snprintf(p->msg, sizeof p->msg, "%s", lsl_last_error());
+    }
 }
 
 static void *run(void *arg)
@@ -52,15 +87,32 @@ static void *run(void *arg)
     lsl_i_iopool *p = arg;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        int i;
-        while (!p->stop && (i = pick(p)) < 0)
+        int i, read = 0;
+        while (!p->stop && (i = pick(p, &read)) < 0)
             pthread_cond_wait(&p->work, &p->mu);
-        if (p->stop && (i = pick(p)) < 0)
+        if (p->stop && (i = pick(p, &read)) < 0)
             break;
         req *q = &p->r[i];
+        int skip = p->st != LSL_OK; /* after a failure nothing more is read or written */
+        if (read) {
+            q->state = R_READING;
+            pthread_mutex_unlock(&p->mu);
+            lsl_status st = skip ? LSL_OK
+                                 : lsl_i_pread_full(q->src_fd, (void *)q->buf, q->count, q->src_off,
+                                                    q->src_name);
+            if (st == LSL_OK && !skip && q->crc)
+                *q->crc = lsl_crc32c_extend(0, q->buf, q->count);
+            pthread_mutex_lock(&p->mu);
+            note(p, st);
+            if (skip || st != LSL_OK)
+                retire(p, q);
+            else
+                q->state = R_READY;
+            pthread_cond_broadcast(&p->work); /* a write may be ready */
+            continue;
+        }
         q->state = R_RUNNING;
         p->busy[q->file] = 1;
-        int skip = p->st != LSL_OK; /* after a failure nothing more is written */
         uint64_t call = p->calls++;
         pthread_mutex_unlock(&p->mu);
         lsl_status st = LSL_OK;
@@ -74,16 +126,11 @@ static void *run(void *arg)
                                   lsl_i_wall());
         }
         pthread_mutex_lock(&p->mu);
-        if (st != LSL_OK && p->st == LSL_OK) {
-            p->st = st;
-            snprintf(p->msg, sizeof p->msg, "%s", lsl_last_error());
-        }
+        note(p, st);
         if (!skip && q->count)
             p->wrote[q->file] = 1;
         p->busy[q->file] = 0;
-        q->state = R_FREE;
-        p->inflight--;
-        pthread_cond_broadcast(&p->done);
+        retire(p, q);
         pthread_cond_broadcast(&p->work); /* the file is free for another thread */
     }
     pthread_mutex_unlock(&p->mu);
@@ -137,30 +184,54 @@ lsl_status lsl_i_iopool_start(int threads, uint32_t nfiles, const int *fds,
     return LSL_OK;
 }
 
-lsl_status lsl_i_iopool_post(lsl_i_iopool *p, uint32_t file, uint64_t off, const void *buf,
-                             uint64_t count, const char *what)
+static lsl_status post(lsl_i_iopool *p, const req *r)
 {
     pthread_mutex_lock(&p->mu);
     while (p->inflight == LSL_I_IOPOOL_DEPTH && p->st == LSL_OK)
         pthread_cond_wait(&p->done, &p->mu);
     lsl_status st = failed(p);
-    if (st == LSL_OK && count) {
+    if (st == LSL_OK && r->count) {
         int i = 0;
         while (p->r[i].state != R_FREE)
             i++;
-        req *q = &p->r[i];
-        q->state = R_QUEUED;
-        q->file = file;
-        q->off = off;
-        q->count = count;
-        q->buf = buf;
-        q->seq = p->seq++;
-        snprintf(q->what, sizeof q->what, "%s", what ? what : "data");
+        p->r[i] = *r;
+        p->r[i].state = R_QUEUED;
+        p->r[i].seq = p->seq++;
         p->inflight++;
         pthread_cond_signal(&p->work);
     }
     pthread_mutex_unlock(&p->mu);
     return st;
+}
+
+lsl_status lsl_i_iopool_post(lsl_i_iopool *p, uint32_t file, uint64_t off, const void *buf,
+                             uint64_t count, const char *what)
+{
+    req r = {0};
+    r.file = file;
+    r.off = off;
+    r.count = count;
+    r.buf = buf;
+    r.src_fd = -1;
+    snprintf(r.what, sizeof r.what, "%s", what ? what : "data");
+    return post(p, &r);
+}
+
+lsl_status lsl_i_iopool_post_copy(lsl_i_iopool *p, uint32_t file, uint64_t off, void *buf,
+                                  uint64_t count, int src_fd, uint64_t src_off,
+                                  const char *src_name, uint32_t *crc, const char *what)
+{
+    req r = {0};
+    r.file = file;
+    r.off = off;
+    r.count = count;
+    r.buf = buf;
+    r.src_fd = src_fd;
+    r.src_off = src_off;
+    r.src_name = src_name;
+    r.crc = crc;
+    snprintf(r.what, sizeof r.what, "%s", what ? what : "data");
+    return post(p, &r);
 }
 
 static bool reads(const req *q, const unsigned char *b, uint64_t len)
@@ -175,6 +246,27 @@ lsl_status lsl_i_iopool_fence(lsl_i_iopool *p, const void *buf, uint64_t len)
     for (int i = 0; i < LSL_I_IOPOOL_DEPTH; i++)
         while (reads(&p->r[i], b, len))
             pthread_cond_wait(&p->done, &p->mu);
+    lsl_status st = failed(p);
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+lsl_status lsl_i_iopool_fence_any(lsl_i_iopool *p, const void *const *bufs, int n, uint64_t len,
+                                  int *which)
+{
+    pthread_mutex_lock(&p->mu);
+    *which = -1;
+    while (*which < 0 && n > 0) {
+        for (int k = 0; k < n && *which < 0; k++) {
+            int busy = 0;
+            for (int i = 0; i < LSL_I_IOPOOL_DEPTH && !busy; i++)
+                busy = reads(&p->r[i], bufs[k], len);
+            if (!busy)
+                *which = k;
+        }
+        if (*which < 0)
+            pthread_cond_wait(&p->done, &p->mu);
+    }
     lsl_status st = failed(p);
     pthread_mutex_unlock(&p->mu);
     return st;

@@ -27,9 +27,22 @@ lsl_status lsl_i_iopool_start(int threads, uint32_t nfiles, const int *fds,
 lsl_status lsl_i_iopool_post(lsl_i_iopool *p, uint32_t file, uint64_t off, const void *buf,
                              uint64_t count, const char *what);
 
+/* As lsl_i_iopool_post for a copy: the thread first preads count bytes at src_off of src_fd
+ * (src_name names it in messages) into buf, stores their CRC-32C in *crc (when crc is not
+ * NULL; the caller reads it after a fence over buf or a drain), then writes them.  So reads,
+ * checksums and writes of several files proceed at once. */
+lsl_status lsl_i_iopool_post_copy(lsl_i_iopool *p, uint32_t file, uint64_t off, void *buf,
+                                  uint64_t count, int src_fd, uint64_t src_off,
+                                  const char *src_name, uint32_t *crc, const char *what);
+
 /* Waits until no queued or running write reads [buf, buf + len).  The pool's first failure, or
  * LSL_OK. */
 lsl_status lsl_i_iopool_fence(lsl_i_iopool *p, const void *buf, uint64_t len);
+
+/* Waits until one of the n buffers bufs[i] (len bytes each) is read by no queued or running
+ * write, and says which in *which (the lowest such i).  The pool's first failure, or LSL_OK. */
+lsl_status lsl_i_iopool_fence_any(lsl_i_iopool *p, const void *const *bufs, int n, uint64_t len,
+                                  int *which);
 
 /* Waits for every write.  The pool's first failure, or LSL_OK.  *wrote[i] (nfiles flags, may be
  * NULL) says which files received bytes. */

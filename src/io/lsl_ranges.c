@@ -3,6 +3,7 @@
 #include "lsl_trace.h"
 
 #include "lsl_crc32c.h"
+#include "lsl_iopool.h"
 #include "lsl_progress.h"
 
 #include <errno.h>
@@ -121,6 +122,118 @@ static uint64_t share_cut(const lsl_i_range_job *job, uint64_t total, int size, 
     return c - down <= up - c ? down : up;
 }
 
+/* Rank 0's progress line, when one is due: rank 0 sees its own share (done bytes); the others
+ * move at about the same pace. */
+static void report(const lsl_i_range_job *job, lsl_i_progress *prog, uint64_t done, uint64_t total,
+                   int size, double t0)
+{
+    if (!lsl_i_progress_due(prog, false))
+        return;
+    uint64_t est = done * (uint64_t)size < total ? done * (uint64_t)size : total;
+    char b1[32], b2[32];
+    if (prog->mode == LSL_PROGRESS_JSON)
+        lsl_i_progress_json(prog, total ? job->tensors * est / total : 0, est, false);
+    else
+        lsl_i_log(LSL_LOG_INFO, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
+                  lsl_i_fmt_bytes(est, b1, sizeof b1), lsl_i_fmt_bytes(total, b2, sizeof b2),
+                  (double)est / (prog->last - t0) / 1e9);
+}
+
+/* This rank's part of range `range`: bytes [off, off + n) of it. */
+typedef struct piece {
+    uint64_t range, off, n;
+} piece;
+
+/* Writer threads and the largest chunk of the pooled copy. */
+#define COPY_THREADS 8
+#define COPY_CHUNK   ((uint64_t)8 << 20)
+
+/* The checksummed copy of this rank's pieces into several files at once: the staging budget
+ * cut into slots, the pieces' chunks taken from the destination files in turn, each chunk read,
+ * checksummed and written by the write pool (lsl_iopool.h); a file takes one stream only, so
+ * one file after another would hold the copy to that.  pairs[2i], pairs[2i + 1]: range i's
+ * CRC and length on this rank.  Local status. */
+static lsl_status copy_pooled(const lsl_i_range_job *job, const piece *pcs, uint64_t np,
+                              uint64_t *pairs, unsigned char *touched, int rank, int size,
+                              lsl_i_progress *prog, uint64_t total, double t0)
+{
+    uint64_t posted = 0;
+    lsl_status rc = LSL_OK;
+    uint64_t slot = job->staging_bytes / 2 < COPY_CHUNK ? job->staging_bytes / 2 : COPY_CHUNK;
+    uint64_t nslots = job->staging_bytes / slot, nchunks = 0;
+    nslots = nslots > LSL_I_IOPOOL_DEPTH ? LSL_I_IOPOOL_DEPTH : nslots;
+    for (uint64_t k = 0; k < np; k++)
+        nchunks += (pcs[k].n + slot - 1) / slot;
+    uint32_t *ccrc = lsl_i_calloc(nchunks + 1, sizeof *ccrc);
+    uint64_t *next = lsl_i_calloc(job->ndst + 1, sizeof *next), *base = NULL;
+    uint64_t *chunk = lsl_i_calloc(job->ndst + 1, sizeof *chunk);
+    lsl_i_iopool *pool = NULL;
+    base = lsl_i_calloc(np + 1, sizeof *base);
+    if (!ccrc || !next || !chunk || !base)
+        LSL_FAIL(LSL_ERR_NOMEM, "out of memory for %llu chunks", (unsigned long long)nchunks);
+    for (uint64_t k = 1; k <= np; k++)
+        base[k] = base[k - 1] + (pcs[k - 1].n + slot - 1) / slot;
+    const char *env = lsl_i_env(LSL_ENV_IO_THREADS);
+    int threads = env && atoi(env) > 0 ? atoi(env) : COPY_THREADS;
+    /* every thread reads and checksums; one at a time writes a given file */
+    LSL_TRY(lsl_i_iopool_start(threads, job->ndst, job->dst_fds, job->dst_paths, rank, &pool));
+    /* next[f]: the piece file f is at (np: none left), chunk[f]: its chunk */
+    for (uint32_t f = 0; f < job->ndst; f++) {
+        next[f] = np;
+        for (uint64_t k = np; k-- > 0;)
+            if (job->r[pcs[k].range].dst == (int32_t)f)
+                next[f] = k;
+    }
+    uint64_t t = 0;
+    for (uint64_t left = nchunks; left > 0 && rc == LSL_OK;) {
+        for (uint32_t f = 0; f < job->ndst && left > 0 && rc == LSL_OK; f++) {
+            if (next[f] >= np)
+                continue;
+            const piece *pc = &pcs[next[f]];
+            const lsl_i_range *r = &job->r[pc->range];
+            uint64_t k = chunk[f], at = k * slot, m = pc->n - at < slot ? pc->n - at : slot;
+            unsigned char *buf = (unsigned char *)job->staging + (t++ % nslots) * slot;
+            touched[f] = 1;
+            LSL_TRY(lsl_i_iopool_fence(pool, buf, slot));
+            LSL_TRY(lsl_i_iopool_post_copy(pool, f, r->dst_off + pc->off + at, buf, m,
+                                           job->src_fds[r->src], r->src_off + pc->off + at,
+                                           job->src_paths[r->src], &ccrc[base[next[f]] + k],
+                                           "tensor bytes"));
+            left--;
+            posted += m;
+            if (rank == 0)
+                report(job, prog, posted, total, size, t0);
+            if (at + m < pc->n) {
+                chunk[f]++;
+                continue;
+            }
+            chunk[f] = 0; /* the file's next piece */
+            uint64_t j = next[f] + 1;
+            while (j < np && job->r[pcs[j].range].dst != (int32_t)f)
+                j++;
+            next[f] = j;
+        }
+    }
+    lsl_status ds = lsl_i_iopool_drain(pool, NULL);
+    rc = rc == LSL_OK ? ds : rc;
+    for (uint64_t k = 0; rc == LSL_OK && k < np; k++) {
+        uint32_t crc = 0;
+        for (uint64_t c = base[k]; c < base[k + 1]; c++) {
+            uint64_t at = (c - base[k]) * slot;
+            crc = lsl_crc32c_combine(crc, ccrc[c], pcs[k].n - at < slot ? pcs[k].n - at : slot);
+        }
+        pairs[2 * pcs[k].range] = crc;
+        pairs[2 * pcs[k].range + 1] = pcs[k].n;
+    }
+fail:
+    lsl_i_iopool_stop(&pool); /* after its writes: the staging is the caller's again */
+    free(ccrc);
+    free(next);
+    free(chunk);
+    free(base);
+    return rc;
+}
+
 lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, uint32_t *crcs)
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
@@ -140,7 +253,22 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
     lsl_i_progress_start(&prog, job->label, job->label ? job->quiet : LSL_PROGRESS_NONE, size,
                          job->tensors, total);
     uint64_t done = 0, pos = 0, calls = 0;
-    for (uint64_t i = 0; st == LSL_OK && i < job->n; pos += job->r[i].len, i++) {
+    /* A checksummed copy into files goes through the write pool, several files at once. */
+    bool pooled = job->checksum && job->ndst > 0 && job->staging_bytes >= 2 * 4096;
+    piece *pcs = pooled ? lsl_i_calloc(job->n + 1, sizeof *pcs) : NULL;
+    uint64_t np = 0;
+    if (pooled && !pcs && st == LSL_OK)
+        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; pooled && st == LSL_OK && i < job->n; pos += job->r[i].len, i++) {
+        const lsl_i_range *r = &job->r[i];
+        uint64_t a = pos > lo ? pos : lo, b = pos + r->len < hi ? pos + r->len : hi;
+        if (a < b && r->dst >= 0)
+            pcs[np++] = (piece){i, a - pos, b - a};
+    }
+    if (pooled && st == LSL_OK)
+        st = copy_pooled(job, pcs, np, pairs, touched, rank, size, &prog, total, t0);
+    free(pcs);
+    for (uint64_t i = 0; !pooled && st == LSL_OK && i < job->n; pos += job->r[i].len, i++) {
         const lsl_i_range *r = &job->r[i];
         uint64_t a = pos > lo ? pos : lo, b = pos + r->len < hi ? pos + r->len : hi;
         if (a >= b)
@@ -184,18 +312,8 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
         pairs[2 * i] = crc;
         pairs[2 * i + 1] = n;
     next:
-        if (rank == 0 && lsl_i_progress_due(&prog, false)) {
-            /* Rank 0 sees its own share; the others move at about the same pace. */
-            uint64_t est = done * (uint64_t)size < total ? done * (uint64_t)size : total;
-            char b1[32], b2[32];
-            if (prog.mode == LSL_PROGRESS_JSON)
-                lsl_i_progress_json(&prog, total ? job->tensors * est / total : 0, est, false);
-            else
-                lsl_i_log(LSL_LOG_INFO, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
-                          lsl_i_fmt_bytes(est, b1, sizeof b1),
-                          lsl_i_fmt_bytes(total, b2, sizeof b2),
-                          (double)est / (prog.last - t0) / 1e9);
-        }
+        if (rank == 0)
+            report(job, &prog, done, total, size, t0);
     }
     for (uint32_t f = 0; st == LSL_OK && f < job->ndst; f++) {
         /* fsync what this rank wrote: on a parallel filesystem each client flushes its own. */

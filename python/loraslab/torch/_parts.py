@@ -91,6 +91,10 @@ def check(status: int, comm: Any = None) -> None:
 # staging budget (docs/history.md, issue 16).
 BATCH = 16
 BATCH_A_BYTES = 4 << 20
+# A directory's batch merges its tensors' chunks in turn, so several shards are written at
+# once (lsl_put_interleave.c): room for the whole A's of a big tensor from each of a few shards
+# (a 32B model's down_proj A is 3.5 MB).
+BATCH_A_BYTES_DIR = 16 << 20
 
 
 def a_bytes(it: Item) -> int:
@@ -103,10 +107,11 @@ def a_bytes(it: Item) -> int:
     return math.prod(f.shape) * torch.empty((), dtype=f.dtype).element_size()
 
 
-def batches(items: list[Item], order: Optional[list[int]] = None) -> list[list[int]]:
+def batches(items: list[Item], order: Optional[list[int]] = None,
+            cap: int = BATCH_A_BYTES) -> list[list[int]]:
     """The puts, in `order` (lsl_writer_put_order's, which takes a directory's shards in turn;
     default: as listed): an FSDP1 piece alone, the other items in batches of at most BATCH
-    tensors and BATCH_A_BYTES of whole A's (a larger A alone).  The same on every rank."""
+    tensors and `cap` bytes of whole A's (a larger A alone).  The same on every rank."""
     order = list(range(len(items))) if order is None else order
     out, i = [], 0
     while i < len(order):
@@ -115,7 +120,7 @@ def batches(items: list[Item], order: Optional[list[int]] = None) -> list[list[i
             held = a_bytes(items[order[i]])
             while j < len(order) and j - i < BATCH \
                     and not isinstance(items[order[j]].tensor, _fsdp1.Piece) \
-                    and held + a_bytes(items[order[j]]) <= BATCH_A_BYTES:
+                    and held + a_bytes(items[order[j]]) <= cap:
                 held += a_bytes(items[order[j]])
                 j += 1
         out.append(order[i:j])

@@ -19,7 +19,8 @@ from .._errors import Error
 from .._lib import lib
 from . import _fsdp1, _launch, _layout, _serving
 from ._layout import Unsupported
-from ._parts import FACTOR_DTYPES, Keep, batches, check, dtype_code, put_batch, put_piece
+from ._parts import (BATCH_A_BYTES, BATCH_A_BYTES_DIR, FACTOR_DTYPES, Keep, batches, check,
+                     dtype_code, put_batch, put_piece)
 from ._walk import FlatParams, Item, walk
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -360,7 +361,9 @@ def _write(lb: Any, w: c.c_void_p, items: list[Item], peft_model: Any, adapter: 
     # a directory's shards in turn, so its writes go to several files at once
     order = (c.c_uint64 * max(1, len(items)))()
     check(lb.lsl_writer_put_order(w, order), comm)
-    for idx in batches(items, list(order)[:len(items)]):
+    order_list = list(order)[:len(items)]
+    cap = BATCH_A_BYTES_DIR if order_list != sorted(order_list) else BATCH_A_BYTES
+    for idx in batches(items, order_list, cap):
         if isinstance(items[idx[0]].tensor, _fsdp1.Piece):
             check(put_piece(lb, w, idx[0], items[idx[0]], rank, size, Keep()), comm)
         else:
