@@ -348,8 +348,9 @@ LSL_API lsl_status lsl_writer_add_files_all(lsl_writer *w, uint64_t n, const cha
                                             const void *const *data, const uint64_t *len);
 
 /* Not collective; after define.  An order to put the tensors in that keeps several shards of a
- * directory output busy at once: consecutive entries lie in different shards where the sizes
- * allow (for HDF5 output, define order).  order: the writer's tensor count of indices. */
+ * directory output busy at once: each next tensor from the shard least written so far (by
+ * bytes), each shard's in define order, so consecutive puts span the shards (for HDF5 output,
+ * define order).  order: the writer's tensor count of indices; the same on every rank. */
 LSL_API lsl_status lsl_writer_put_order(const lsl_writer *w, uint64_t *order);
 
 /* Collective.  Defines the file's tensors, in order; creates the temporary file and all its
@@ -372,7 +373,12 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * Device parts (a build with CUDA; every rank passes the same memspace): the pointers belong to
  * the calling thread's current CUDA device, work is queued on part->stream, and the call returns
  * once the rows are written (the caller may then reuse its buffers).  The first device put
- * pins two slots of half the staging budget, at most 8 MiB each (larger chunks wrote slower).
+ * pins two slots of half the staging budget, at most 8 MiB each (larger chunks wrote slower);
+ * for a directory output, half the staging budget in slots of 4 MiB (2 to 16).
+ * A directory output writes behind: the call returns once the caller's memory is no longer
+ * read (host rows written; device rows copied to the host), while the library's own buffers
+ * may still be on their way to the files; a write that fails then fails a later call on every
+ * rank, at the latest lsl_writer_close_all, and nothing is published.
  * LoRA A is all-gathered through host memory, or over NCCL when every rank has its own GPU and A
  * arrives in FSDP row shards: environment variable LSL_GATHER unset starts NCCL only after 1 GiB
  * of A has been gathered (a communicator costs seconds and hundreds of MiB of host memory per
@@ -416,7 +422,10 @@ LSL_API lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index,
                                             const lsl_elem_part *part);
 
 /* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA A of all of them
- * gathered in one collective step (one all-gather of the shard sizes, one all-gatherv):
+ * gathered in one collective step (one all-gather of the shard sizes, one all-gatherv).  For a
+ * directory output whose parts are all device rows (no DoRA, no LSL_LORA_DELTA_IN_WEIGHT_DTYPE),
+ * the n tensors' chunks are merged in turn, so the writes of n shards proceed at once (take the
+ * batch from lsl_writer_put_order).  The gather:
  * each gather costs a few collective latencies, which at a thousand ranks add up over a model's
  * hundreds of LoRA tensors.  Put a layer's tensors at once, for example.  Where NCCL serves the
  * job (as for lsl_writer_put_all), the device A's held in FSDP row shards go in one NCCL group

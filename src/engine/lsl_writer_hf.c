@@ -158,18 +158,28 @@ lsl_status lsl_writer_put_order(const lsl_writer *w, uint64_t *order)
             order[i] = i;
         return LSL_OK;
     }
-    /* round robin over the shards, each shard's tensors in define order */
+    /* Each shard's tensors in define order; next the shard least written so far (by bytes), so
+     * the shards are written evenly and a batch of consecutive puts spans them all. */
     uint32_t k = w->hfp.nshards;
-    uint64_t *next = lsl_i_calloc(k, sizeof *next), m = 0;
-    if (!next)
+    uint64_t *next = lsl_i_calloc(k, sizeof *next), *issued = lsl_i_calloc(k, sizeof *issued);
+    if (!next || !issued) {
+        free(next);
+        free(issued);
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    while (m < w->n)
-        for (uint32_t s = 0; s < k && m < w->n; s++) {
+    }
+    for (uint64_t m = 0; m < w->n; m++) {
+        uint32_t best = k;
+        for (uint32_t s = 0; s < k; s++) {
             while (next[s] < w->n && w->hfp.shard_of[next[s]] != s)
                 next[s]++;
-            if (next[s] < w->n)
-                order[m++] = next[s]++;
+            if (next[s] < w->n && (best == k || issued[s] < issued[best]))
+                best = s;
         }
+        order[m] = next[best];
+        issued[best] += w->nbytes[next[best]];
+        next[best]++;
+    }
+    free(issued);
     free(next);
     return LSL_OK;
 }
