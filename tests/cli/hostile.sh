@@ -200,8 +200,9 @@ run "align-1TiB" "--align takes a size from 1 byte to 1GiB" "$out/al.h5" -- \
 # ---- 6: signals, stale temporaries ---------------------------------------------------------
 "$py" "$here/py/gen_model.py" --base "$out/big" --adapter "$out/bigad" --hidden 1024 \
   --intermediate 4096 --layers 8 --vocab 16384 >/dev/null
-sig_case() { # sig_case NAME SIGNAL WHO(ranks|mpiexec) NP
+sig_case() { # sig_case NAME SIGNAL WHO(ranks|mpiexec) NP [dir]: an HDF5 file, or a directory
   local name=$1 sig=$2 who=$3 np=$4 o=$out/sig-$1.h5
+  [ "${5:-}" = dir ] && o=$out/sig-$1
   "$mpiexec" -n "$np" "$lsl" merge -q --staging-mib 1 -b "$out/big" -a "$out/bigad" -o "$o" \
     >"$out/sig-$name.log" 2>&1 &
   local pid=$!
@@ -218,7 +219,7 @@ sig_case() { # sig_case NAME SIGNAL WHO(ranks|mpiexec) NP
   # MPICH 4.0's mpiexec can lose its ranks' exit codes (pmodels/mpich#7057): asserted only
   # where the ranks themselves were signalled, as scancel and Slurm do.
   [ "$who" = mpiexec ] || [ $rc -ne 0 ] || why="$why; exit status 0"
-  if [ -z "$why" ]; then ok "signal $sig to $who at $np ranks: exit $rc, nothing left"
+  if [ -z "$why" ]; then ok "signal $sig to $who at $np ranks ($name): exit $rc, nothing left"
   else bad "signal-$name" "$why" "$out/sig-$name.log"; fi
 }
 sig_case int-ranks-1 INT ranks 1
@@ -226,6 +227,9 @@ sig_case term-ranks-3 TERM ranks 3
 sig_case hup-ranks-2 HUP ranks 2
 sig_case int-mpiexec-3 INT mpiexec 3
 sig_case term-mpiexec-1 TERM mpiexec 1
+# a directory: its shards open on every rank, written by the I/O threads
+sig_case term-ranks-3-dir TERM ranks 3 dir
+sig_case int-mpiexec-2-dir INT mpiexec 2 dir
 
 # kill -9 leaves the temporary; the next run finds nobody holds its lock and removes it.
 o=$out/k9.h5
