@@ -97,7 +97,7 @@ lsl_status lsl_i_hf_files_scan(const char *dir, int quiet, lsl_i_hfdir_file **fi
 {
     lsl_status rc = LSL_OK;
     lsl_i_hfdir_file *f = NULL;
-    uint64_t k = 0;
+    uint64_t k = 0, total = 0;
     *files = NULL;
     *n = 0;
     struct stat ds;
@@ -119,14 +119,19 @@ lsl_status lsl_i_hf_files_scan(const char *dir, int quiet, lsl_i_hfdir_file **fi
         if (!path)
             LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
         int ok = stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-        if (ok && (uint64_t)sb.st_size > LSL_HF_MAX_FILE_SIZE) {
+        if (ok && ((uint64_t)sb.st_size > LSL_HF_MAX_FILE_SIZE ||
+                   total + (uint64_t)sb.st_size > LSL_HF_MAX_FILES_TOTAL)) {
             if (quiet != LSL_PROGRESS_NONE)
                 lsl_i_log(LSL_LOG_WARN,
-                          "loraslab: warning: %s is over 256 MiB and is not carried into the "
-                          "output (copy it by hand if the model needs it)\n",
-                          path);
+                          "loraslab: warning: %s is not carried into the output: %s (copy it "
+                          "by hand if the model needs it)\n",
+                          path,
+                          (uint64_t)sb.st_size > LSL_HF_MAX_FILE_SIZE
+                              ? "it is over 256 MiB"
+                              : "the serving files would pass 1 GiB in all");
             ok = 0;
         }
+        total += ok ? (uint64_t)sb.st_size : 0;
         if (ok && k == LSL_HF_MAX_FILES) {
             free(path);
             LSL_FAIL(LSL_ERR_UNSUPPORTED, "%s: more than %d serving files to carry", dir,
