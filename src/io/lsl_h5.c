@@ -234,6 +234,28 @@ fail:
     return rc;
 }
 
+/* HDF5 prints its error stack on stderr unless told not to; loraslab's own messages say what
+ * failed, so printing is off for the time of a call, and whatever handler the process had
+ * (h5py's, a training job's) is put back after: a save must not silence the job's later HDF5
+ * errors. */
+typedef struct h5_quiet {
+    H5E_auto2_t fn;
+    void *data;
+} h5_quiet;
+
+static h5_quiet quiet_on(void)
+{
+    h5_quiet q = {NULL, NULL};
+    H5Eget_auto2(H5E_DEFAULT, &q.fn, &q.data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    return q;
+}
+
+static void quiet_off(h5_quiet q)
+{
+    H5Eset_auto2(H5E_DEFAULT, q.fn, q.data);
+}
+
 /* The serving files, each a 1-D uint8 dataset under /files, in name order. */
 static lsl_status put_files(hid_t file, const char *path, hid_t gcpl, hid_t dcpl, uint64_t n,
                             const lsl_i_hfdir_file *f)
@@ -269,7 +291,7 @@ lsl_status lsl_i_h5_create(const char *path, uint64_t alignment, uint64_t nattrs
     hid_t fapl = lsl_i_h5_fapl(alignment), fcpl = H5Pcreate(H5P_FILE_CREATE);
     hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE), dcpl = H5Pcreate(H5P_DATASET_CREATE);
     hid_t file = H5I_INVALID_HID, grp = H5I_INVALID_HID;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5_quiet q = quiet_on();
     /* Readers list tensors in the order they were defined (the checkpoint's order). */
     H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
     H5Pset_layout(dcpl, H5D_CONTIGUOUS);
@@ -322,6 +344,7 @@ fail:
     H5Pclose(gcpl);
     H5Pclose(fcpl);
     H5Pclose(fapl);
+    quiet_off(q);
     return rc;
 }
 
@@ -330,7 +353,7 @@ lsl_status lsl_i_h5_finish(const char *path, uint64_t n, const lsl_tensor_info *
 {
     lsl_status rc = LSL_OK;
     hid_t fapl = lsl_i_h5_fapl(0), grp = H5I_INVALID_HID;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5_quiet q = quiet_on();
     hid_t file = H5Fopen(path, H5F_ACC_RDWR, fapl);
     if (file < 0)
         LSL_GOTO(lsl_i_h5_fail(LSL_ERR_HDF5, "%s: reopening to finish", path));
@@ -360,6 +383,7 @@ fail:
     if (file >= 0 && H5Fclose(file) < 0 && rc == LSL_OK)
         rc = lsl_i_h5_fail(LSL_ERR_HDF5, "%s: closing after finish", path);
     H5Pclose(fapl);
+    quiet_off(q);
     return rc;
 }
 
@@ -597,7 +621,7 @@ lsl_status lsl_i_h5_list(const char *path, lsl_i_h5_file *f)
     int fd = -1;
     uint64_t size = 0;
     memset(f, 0, sizeof *f);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5_quiet q = quiet_on();
     LSL_TRY(lsl_i_open_input(path, &fd, &size));
     close(fd);
     file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
@@ -608,5 +632,6 @@ fail:
     if (file >= 0)
         H5Fclose(file);
     H5Pclose(fapl);
+    quiet_off(q);
     return rc;
 }

@@ -418,6 +418,38 @@ static void test_lustre_layout(void **s)
     assert_int_equal(size, 16u << 20);
 }
 
+/* A process's HDF5 error handler (h5py's, a training job's) is the same after loraslab reads or
+ * writes a file, failures included: loraslab silences HDF5's printing only for its own calls. */
+static int g_h5_calls;
+static herr_t count_errors(hid_t stack, void *data)
+{
+    (void)stack, (void)data;
+    g_h5_calls++;
+    return 0;
+}
+
+static void test_h5_error_handler_kept(void **s)
+{
+    (void)s;
+    H5Eset_auto2(H5E_DEFAULT, count_errors, &g_h5_calls);
+    char path[] = "/tmp/lsl-h5-handler-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "not an HDF5 file", 16), 16);
+    close(fd);
+    lsl_i_h5_file f;
+    assert_int_equal(lsl_i_h5_list(path, &f), LSL_ERR_FORMAT); /* quietly */
+    assert_int_equal(g_h5_calls, 0);
+    H5E_auto2_t fn = NULL;
+    void *data = NULL;
+    H5Eget_auto2(H5E_DEFAULT, &fn, &data);
+    assert_ptr_equal(fn, count_errors);
+    assert_ptr_equal(data, &g_h5_calls);
+    H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); /* the caller's own failure reaches its handler */
+    assert_true(g_h5_calls > 0);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -431,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_adapter_config),
         cmocka_unit_test(test_adapter_targets),
         cmocka_unit_test(test_lustre_layout),
+        cmocka_unit_test(test_h5_error_handler_kept),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
