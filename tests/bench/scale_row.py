@@ -76,25 +76,31 @@ def tree_bytes(d: str, skip: str = "") -> int:
     return n
 
 
+def write_file(path: str, size: int, mv: memoryview) -> None:
+    """size bytes into path as pwrites of PIECE from mv (one pinned buffer), then fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        off = 0
+        while off < size:
+            n = min(PIECE, size - off)
+            off += os.pwrite(fd, mv[:n], off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pinned_piece() -> memoryview:
+    buf = torch.empty(PIECE, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+    buf.random_(0, 256)
+    return memoryview(buf.numpy())
+
+
 def ceiling(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], int]]:
     """One process, one file, pwrite of 8 MiB pieces from a pinned buffer, then fsync."""
     total = merged_bytes(SHAPES[a.shape], a.layers)
-    buf = torch.empty(PIECE, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
-    buf.random_(0, 256)
     path = os.path.join(a.out, "ceiling.bin")
-    mv = memoryview(buf.numpy())
-
-    def run() -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            off = 0
-            while off < total:
-                n = min(PIECE, total - off)
-                off += os.pwrite(fd, mv[:n], off)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return run, lambda: os.path.getsize(path)
+    mv = pinned_piece()
+    return lambda: write_file(path, total, mv), lambda: os.path.getsize(path)
 
 
 def ceiling_k(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], int]]:
@@ -102,25 +108,12 @@ def ceiling_k(a: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], i
     it: the same bytes as the directory's K shards, the ceiling of writing them at once."""
     total = merged_bytes(SHAPES[a.shape], a.layers)
     k = max(1, -(-total // a.max_shard))
-    buf = torch.empty(PIECE, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
-    buf.random_(0, 256)
-    mv = memoryview(buf.numpy())
+    mv = pinned_piece()
     paths = [os.path.join(a.out, f"ceiling-{i}.bin") for i in range(k)]
     sizes = [total // k + (1 if i < total % k else 0) for i in range(k)]
 
-    def one(path: str, size: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            off = 0
-            while off < size:
-                n = min(PIECE, size - off)
-                off += os.pwrite(fd, mv[:n], off)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def run() -> None:
-        ts = [threading.Thread(target=one, args=(p, n)) for p, n in zip(paths, sizes)]
+        ts = [threading.Thread(target=write_file, args=(p, n, mv)) for p, n in zip(paths, sizes)]
         for t in ts:
             t.start()
         for t in ts:
