@@ -1,8 +1,8 @@
 /* The batched device put for a directory output: the chunks of a batch's tensors taken in turn
  * through the pinned ring, so consecutive chunks belong to different tensors (different shards,
  * when the caller orders its puts by lsl_writer_put_order) and the I/O pool writes several
- * files at once.  One file is held to one stream (the inode's write lock on tmpfs: 4.2 GB/s on
- * the GPU machine), which a tensor-by-tensor put never gets past. */
+ * files at once.  One file is held to one stream (the inode's write lock on tmpfs: 3.0-3.1 GB/s
+ * on the H100 machine, NOTES.md), which a tensor-by-tensor put never gets past. */
 #include "lsl_writer_s.h"
 
 #include <stdlib.h>

@@ -1,6 +1,6 @@
-/* The write pool (lsl_iopool.h): requests in a fixed table, taken oldest first among the files
- * no thread is writing, so one file's writes keep their order and a slow file does not hold the
- * others up. */
+/* The write pool (lsl_iopool.h): requests in a fixed table; a write is taken oldest first among
+ * the files no thread is writing (so a slow file does not hold the others up), a copy's read by
+ * any thread before that.  Positional writes to disjoint ranges: their order does not matter. */
 #include "lsl_iopool.h"
 
 #include "lsl_crc32c.h"
