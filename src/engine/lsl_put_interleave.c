@@ -165,8 +165,11 @@ int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, co
     slot_use q[LSL_I_RING_MAX];
     int nq = 0;
     lsl_status ring = LSL_OK; /* a failure of the ring itself (a slot that never frees) */
+    /* Each rank starts its rounds at another lane: the ranks write different rows of the same
+     * tensors, and in step they would all queue on the same file. */
     for (uint64_t round = 0; left > 0; round++)
-        for (uint64_t i = 0; i < n && left > 0; i++) {
+        for (uint64_t j = 0; j < n && left > 0; j++) {
+            uint64_t i = (j + (uint64_t)w->rank) % n;
             lane *l = &lanes[i];
             if (round >= l->tl.n)
                 continue;
