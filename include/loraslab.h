@@ -547,7 +547,7 @@ LSL_API lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg,
 LSL_API lsl_status lsl_convert_cb_all(const lsl_comm_cb *comm, const lsl_convert_config *cfg,
                                       lsl_job_stats *stats);
 
-/* Collective on comm.  Re-reads a loraslab HDF5 file or a directory written by convert and checks
+/* Collective on comm.  Re-reads a loraslab HDF5 file or a directory loraslab wrote and checks
  * every checksum it carries (per tensor, per file) and the safetensors rules of every shard.
  * Returns LSL_OK, LSL_ERR_CORRUPT naming what differs, or LSL_ERR_FORMAT. */
 LSL_API lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes,

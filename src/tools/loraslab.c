@@ -18,10 +18,10 @@ static const char *usage_main =
     "shared parallel-HDF5 file; no rank ever holds a whole tensor in host memory.\n"
     "\n"
     "commands:\n"
-    "  merge     HF base checkpoint + PEFT LoRA adapter -> merged HDF5 file\n"
+    "  merge     HF base checkpoint + PEFT LoRA adapter -> merged HF directory (or HDF5 file)\n"
     "  convert   loraslab HDF5 file -> Hugging Face safetensors checkpoint directory\n"
     "  import    HF checkpoint (directory or .safetensors file) -> HDF5 file, for archiving\n"
-    "  verify    re-read an HDF5 file or a converted directory and check every checksum\n"
+    "  verify    re-read an HDF5 file or a directory loraslab wrote; check every checksum\n"
     "  inspect   describe a loraslab HDF5 file (table, or --json)\n"
     "  version   print the version\n"
     "\n"
@@ -141,9 +141,9 @@ static const char *usage_verify =
     "[--quiet]\n"
     "\n"
     "Re-reads a loraslab HDF5 file (every tensor against its crc32c attribute) or a directory\n"
-    "written by convert (every shard's safetensors header rules, every tensor against\n"
-    "loraslab.json, every file against checksums.json), ranks sharing the bytes.  Exit status 0\n"
-    "only when everything matches.\n";
+    "written by merge, save_merged or convert (every shard's safetensors header rules, every\n"
+    "tensor against loraslab.json, every file against checksums.json), ranks sharing the\n"
+    "bytes.  Exit status 0 only when everything matches.\n";
 
 static const char *usage_inspect =
     "usage: loraslab inspect [--json] FILE\n"
