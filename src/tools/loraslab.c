@@ -14,8 +14,9 @@ static int g_rank = 0;
 static const char *usage_main =
     "usage: mpiexec -n N loraslab <command> [options]\n"
     "\n"
-    "Merge a LoRA fine-tune into its base model with every MPI rank writing its own rows of one\n"
-    "shared parallel-HDF5 file; no rank ever holds a whole tensor in host memory.\n"
+    "Merge a LoRA fine-tune into its base model with every MPI rank writing its own rows straight\n"
+    "into the Hugging Face directory transformers and vLLM load (or one parallel-HDF5 file, the\n"
+    "archive); no rank ever holds a whole tensor in host memory.\n"
     "\n"
     "commands:\n"
     "  merge     HF base checkpoint + PEFT LoRA adapter -> merged HF directory (or HDF5 file)\n"
