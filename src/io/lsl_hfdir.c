@@ -79,11 +79,6 @@ static bool weight_file(const char *name)
     return strncmp(name, "adapter_", 8) == 0; /* a PEFT adapter saved beside the base */
 }
 
-static int cmp_files(const void *a, const void *b)
-{
-    return strcmp(((const lsl_i_hfdir_file *)a)->name, ((const lsl_i_hfdir_file *)b)->name);
-}
-
 void lsl_i_hf_files_free(lsl_i_hfdir_file *files, uint64_t n)
 {
     for (uint64_t i = 0; files && i < n; i++) {
@@ -93,75 +88,102 @@ void lsl_i_hf_files_free(lsl_i_hfdir_file *files, uint64_t n)
     free(files);
 }
 
+static int cmp_strs(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Rank 0: the names in dir a server file may have, sorted (so what the caps skip is the same
+ * every run), into *out (caller frees each and the array). */
+static lsl_status candidates(const char *dir, char ***out, uint64_t *n)
+{
+    lsl_status rc = LSL_OK;
+    char **names = NULL;
+    uint64_t k = 0, cap = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: listing the serving files", dir);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!lsl_i_hf_file_name_ok(e->d_name) || weight_file(e->d_name))
+            continue;
+        if (k == cap) {
+            char **m = lsl_i_realloc(names, (cap = cap ? 2 * cap : 64) * sizeof *m);
+            if (!m)
+                LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+            names = m;
+        }
+        if (!(names[k] = lsl_i_strdup(e->d_name)))
+            LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
+        k++;
+    }
+    if (k)
+        qsort(names, k, sizeof *names, cmp_strs);
+fail:
+    closedir(d);
+    if (rc != LSL_OK) {
+        for (uint64_t i = 0; i < k; i++)
+            free(names[i]);
+        free(names);
+        names = NULL, k = 0;
+    }
+    *out = names;
+    *n = k;
+    return rc;
+}
+
 lsl_status lsl_i_hf_files_scan(const char *dir, int quiet, lsl_i_hfdir_file **files, uint64_t *n)
 {
     lsl_status rc = LSL_OK;
     lsl_i_hfdir_file *f = NULL;
-    uint64_t k = 0, total = 0;
+    char **names = NULL, *path = NULL;
+    uint64_t k = 0, total = 0, nn = 0;
     *files = NULL;
     *n = 0;
     struct stat ds;
     if (stat(dir, &ds) == 0 && !S_ISDIR(ds.st_mode))
         return LSL_OK; /* one .safetensors file: nothing beside it belongs to it */
-    DIR *d = opendir(dir);
-    if (!d)
-        return lsl_i_fail_errno(LSL_ERR_IO, errno, "%s: listing the serving files", dir);
+    LSL_TRY(candidates(dir, &names, &nn));
     f = lsl_i_calloc(LSL_HF_MAX_FILES, sizeof *f);
     if (!f)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *name = e->d_name;
-        if (!lsl_i_hf_file_name_ok(name) || weight_file(name))
-            continue;
-        char *path = lsl_i_join(dir, name);
+    for (uint64_t i = 0; i < nn; i++) {
         struct stat sb;
-        if (!path)
+        free(path);
+        if (!(path = lsl_i_join(dir, names[i])))
             LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-        int ok = stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-        if (ok && ((uint64_t)sb.st_size > LSL_HF_MAX_FILE_SIZE ||
-                   total + (uint64_t)sb.st_size > LSL_HF_MAX_FILES_TOTAL)) {
+        if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        const char *why = (uint64_t)sb.st_size > LSL_HF_MAX_FILE_SIZE ? "it is over 256 MiB"
+                          : total + (uint64_t)sb.st_size > LSL_HF_MAX_FILES_TOTAL
+                              ? "the serving files would pass 1 GiB in all"
+                          : k == LSL_HF_MAX_FILES ? "there are more than 256 serving files"
+                                                  : NULL;
+        if (why) {
             if (quiet != LSL_PROGRESS_NONE)
                 lsl_i_log(LSL_LOG_WARN,
                           "loraslab: warning: %s is not carried into the output: %s (copy it "
                           "by hand if the model needs it)\n",
-                          path,
-                          (uint64_t)sb.st_size > LSL_HF_MAX_FILE_SIZE
-                              ? "it is over 256 MiB"
-                              : "the serving files would pass 1 GiB in all");
-            ok = 0;
+                          path, why);
+            continue;
         }
-        total += ok ? (uint64_t)sb.st_size : 0;
-        if (ok && k == LSL_HF_MAX_FILES) {
-            free(path);
-            LSL_FAIL(LSL_ERR_UNSUPPORTED, "%s: more than %d serving files to carry", dir,
-                     LSL_HF_MAX_FILES);
-        }
-        if (ok) {
-            char *text = NULL;
-            lsl_status st = lsl_i_read_text(path, LSL_HF_MAX_FILE_SIZE, &text, &f[k].len);
-            if (st != LSL_OK) {
-                free(path);
-                LSL_GOTO(st);
-            }
-            f[k].data = (unsigned char *)text;
-            if (!(f[k].name = lsl_i_strdup(name))) {
-                free(path);
-                k++;
-                LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-            }
-            k++;
-        }
-        free(path);
+        char *text = NULL;
+        LSL_TRY(lsl_i_read_text(path, LSL_HF_MAX_FILE_SIZE, &text, &f[k].len));
+        f[k].data = (unsigned char *)text;
+        f[k].name = names[i];
+        names[i] = NULL;
+        total += f[k++].len;
     }
-    qsort(f, k, sizeof *f, cmp_files);
     *files = f;
     *n = k;
     f = NULL;
 fail:
     if (f)
         lsl_i_hf_files_free(f, k);
-    closedir(d);
+    for (uint64_t i = 0; i < nn; i++)
+        free(names[i]);
+    free(names);
+    free(path);
     return rc;
 }
 

@@ -70,9 +70,9 @@ bool lsl_i_hf_file_name_ok(const char *name);
 /* The base directory's serving files (rank 0, the offline merge): every regular file at its top
  * level that is not a weight file (*.safetensors, *.bin, *.pt, *.pth, *.ckpt, *.h5, *.msgpack,
  * *.gguf, *.onnx, their indexes), nor config.json, nor hidden, nor larger than
- * LSL_HF_MAX_FILE_SIZE, nor past LSL_HF_MAX_FILES_TOTAL in all (skipped with a warning); sorted
- * by name.  *files (n entries) is freed
- * with lsl_i_hf_files_free.  A dir that is a file (one .safetensors) has none. */
+ * LSL_HF_MAX_FILE_SIZE, nor past LSL_HF_MAX_FILES_TOTAL or LSL_HF_MAX_FILES in all (skipped
+ * with a warning, in name order: the same files every run); sorted by name.  *files (n entries) is
+ * freed with lsl_i_hf_files_free.  A dir that is a file (one .safetensors) has none. */
 lsl_status lsl_i_hf_files_scan(const char *dir, int quiet, lsl_i_hfdir_file **files, uint64_t *n);
 void lsl_i_hf_files_free(lsl_i_hfdir_file *files, uint64_t n);
 

@@ -115,6 +115,16 @@ m 2 -o "$out/dir-np1" --overwrite --max-shard-size 120KB && diff -r "$out/dir-np
   ok "--overwrite replaces the directory" || no "--overwrite"
 m 2 -o "$out/x" --format parquet 2>"$out/fmt.log"
 [ $? -ne 0 ] && grep -q "format takes" "$out/fmt.log" && ok "--format parquet refused" || no "bad --format"
+# Past 256 serving files the rest are skipped with a warning, the same ones every run (by name).
+cp -r "$out/base" "$out/many" && for i in $(seq -w 1 300); do echo "$i" >"$out/many/extra-$i.txt"; done
+"$mpiexec" -n 2 "$lsl" merge -b "$out/many" -a "$out/adapter" -o "$out/many-out" 2>"$out/many.log" >/dev/null
+want=$(cd "$out/many" && ls | grep -v -e '\.safetensors$' -e '\.index\.json$' -e '\.bin$' -e '^config\.json$' |
+  LC_ALL=C sort | head -256 | tr '\n' ' ')
+got=$(cd "$out/many-out" && ls | grep -v -e '\.safetensors$' -e '\.index\.json$' -e '^config\.json$' \
+  -e '^loraslab\.json$' -e '^checksums\.json$' | LC_ALL=C sort | tr '\n' ' ')
+[ "$want" = "$got" ] && [ "$(grep -c 'more than 256 serving files' "$out/many.log")" = 50 ] &&
+  ok "over 256 serving files: the first 256 by name carried, 50 named in warnings" ||
+  no "over 256 serving files: got $(echo $got | wc -w), want $(echo $want | wc -w)"
 ls -a "$out" | grep -q "lsl-tmp\|lsl-old" && no "a temporary was left" || ok "no temporary left"
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
