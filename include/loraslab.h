@@ -493,7 +493,8 @@ typedef struct lsl_job_stats {
  * HDF5 file or a safetensors directory (see "in-job writer"); either carries the base
  * directory's serving files: every regular file at its top level but weights (*.safetensors,
  * *.bin, *.pt, *.pth, *.ckpt, *.h5, *.hdf5, *.msgpack, *.gguf, *.onnx, indexes), adapter_*,
- * config.json (written from the base's), hidden files and files over 256 MiB (warned about).
+ * config.json (written from the base's), hidden files, and (in name order, each warned about)
+ * files over 256 MiB or past 1 GiB or 256 files in all.
  * cfg is logically collective (all but quiet; LSL_ERR_INCONSISTENT names what differs).  The
  * modules merged are those PEFT gives a LoRA layer: target_modules, exclude_modules,
  * layers_to_transform and layers_pattern select them; factors of other modules in the file are
