@@ -1,4 +1,5 @@
-/* PEFT adapter_config.json: what loraslab merges, and what it refuses (formats.md 3.2, 3.6). */
+/* PEFT adapter_config.json: the LoraConfig fields that change the merge (PEFT's
+ * tuners/lora/config.py), and the adapters loraslab refuses rather than merge silently. */
 #ifndef LSL_ADAPTER_H
 #define LSL_ADAPTER_H
 

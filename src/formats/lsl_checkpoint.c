@@ -17,7 +17,8 @@ static bool exists(const char *path)
     return stat(path, &sb) == 0;
 }
 
-/* A weight_map value must be a plain file name in the directory (formats.md I5). */
+/* A weight_map value must be a plain file name in the directory: transformers joins it to the
+ * directory as it is, so an absolute path or a '..' would read outside it. */
 static bool safe_shard_name(const char *s)
 {
     size_t n = strlen(s);

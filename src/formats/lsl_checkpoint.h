@@ -1,5 +1,7 @@
 /* A Hugging Face checkpoint directory: model.safetensors, or model.safetensors.index.json and
- * its shards (formats.md section 2, rules I1-I12). */
+ * its shards, with the index rules a loader relies on checked: valid JSON, every weight_map
+ * value a plain .safetensors name in the directory, every tensor once, and never both forms in
+ * one directory (which one is the checkpoint would be ambiguous). */
 #ifndef LSL_CHECKPOINT_H
 #define LSL_CHECKPOINT_H
 

@@ -1,6 +1,6 @@
-/* safetensors header reader.  Checks follow the Rust reader's order (formats.md 1.3) and are
- * stricter where formats.md 4.3 says C must be: duplicate keys at every level, NUL in names,
- * deep nesting in unknown fields. */
+/* safetensors header reader.  Checks follow the Rust reader's order (tensor.rs read_metadata,
+ * then validate) and are stricter where a C reader must be: duplicate keys at every level, NUL in
+ * names, deep nesting in unknown fields. */
 #include "lsl_safetensors.h"
 
 #include <errno.h>
@@ -268,7 +268,8 @@ lsl_status lsl_st_open(const char *path, lsl_st_file *out)
         for (int i = 7; i >= 0; i--)
             n = (n << 8) | head[i];
     }
-    /* Validate the length before allocating for it (formats.md S2/S3/S4). */
+    /* Validate the length before allocating for it: 8 bytes of it, at most
+     * LSL_ST_MAX_HEADER, inside the file. */
     if (size < 8 || n > LSL_ST_MAX_HEADER || 8 + n > size) {
         rc = lsl_st_parse(path, head, size < 8 ? size : 8, size, out);
         goto fail;

@@ -1,4 +1,5 @@
-/* safetensors header reader: every rule of reference/formats.md 1.3 and 4.3 (S1-S32). */
+/* safetensors header reader: the rules of safetensors' own reader (tensor.rs read_metadata and
+ * validate), and stricter where a C reader must be (see lsl_safetensors.c). */
 #ifndef LSL_SAFETENSORS_H
 #define LSL_SAFETENSORS_H
 
@@ -33,7 +34,7 @@ void lsl_st_free(lsl_st_file *f);
 /* Index of the tensor called name, or -1. */
 int64_t lsl_st_find(const lsl_st_file *f, const char *name);
 
-/* ---- writing: headers byte-compatible with safetensors' serialize (formats.md 1.5) ---- */
+/* ---- writing: headers byte-compatible with safetensors' serialize (tensor.rs prepare) ---- */
 
 typedef struct lsl_st_entry {
     const char *name;

@@ -1,5 +1,5 @@
-/* Which filesystem the output lands on, and the alignment and MPI-IO hints that suit it
- * (reference/parallel-io.md a.5, a.6). */
+/* Which filesystem the output lands on, and the alignment and MPI-IO hints that suit it (the
+ * I/O plan, lsl_ioplan.h, decides with it). */
 #ifndef LSL_FS_H
 #define LSL_FS_H
 

@@ -32,7 +32,8 @@ hid_t lsl_i_h5_type(lsl_dtype dt)
     hid_t t = H5I_INVALID_HID;
     switch (dt) {
     case LSL_BF16:
-        /* Order matters: fields first, then precision, then size (parallel-io.md a.4). */
+        /* Order matters: HDF5 refuses a precision or size that the current fields do not fit,
+         * so the fields first, then precision, then size. */
         t = H5Tcopy(H5T_IEEE_F32LE);
         H5Tset_fields(t, 15, 7, 8, 0, 7);
         H5Tset_precision(t, 16);

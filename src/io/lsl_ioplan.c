@@ -111,8 +111,9 @@ void lsl_i_ioplan_make(const lsl_i_fsinfo *fs, const lsl_i_ioplan_in *in, lsl_i_
         p->piece = 1u << 20;
         snprintf(p->why, sizeof p->why, "NFS: no striping; 1 MiB pieces (the usual wsize)");
     } else {
-        /* Local: each rank's own contiguous piece written directly measured fastest
-         * (parallel-io.md a.5: disable 1.09, automatic 0.86, enable 0.35-0.44 GB/s). */
+        /* Local: each rank's own contiguous piece written directly measured fastest (the old
+         * dev VM's ext4, 4 ranks x 8 datasets of 40 MiB: romio_cb_write disable 1.09 GB/s,
+         * automatic 0.86, enable 0.35-0.44; the page cache, not an anchor elsewhere). */
         p->cb_write = LSL_I_CB_DISABLE;
         snprintf(p->why, sizeof p->why, "a local filesystem: no striping");
     }
@@ -159,7 +160,7 @@ lsl_status lsl_i_ioplan_hints(const lsl_i_ioplan *p, const char *extra, MPI_Info
     /* The two-phase buffer is host memory outside the staging budget on every aggregator:
      * OMPIO (Open MPI's default MPI-IO) takes 32 MiB unless told, which put 4 ranks sharing a
      * node 15 MiB over the budget + 64 MiB; 8 MiB measured as fast.  A multiple of the stripe
-     * size, as aggregation on Lustre wants (parallel-io.md a.5). */
+     * size: ROMIO's Lustre driver aggregates whole stripes. */
     snprintf(v, sizeof v, "%llu", (unsigned long long)p->cb_buffer);
     MPI_Info_set(info, "cb_buffer_size", v);
     if (p->cb_write != LSL_I_CB_AUTO)

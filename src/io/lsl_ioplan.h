@@ -1,7 +1,7 @@
 /* The I/O plan of one output file: made once by rank 0 from what it detected (the filesystem,
  * its striping or block size, the ranks and nodes, the file's size) and the user's overrides,
- * then broadcast, so every rank cuts, aligns and hints the same way (reference/parallel-io.md
- * a.5-a.7).  Nothing here knows about tensors or LoRA: a write is bytes at an offset. */
+ * then broadcast, so every rank cuts, aligns and hints the same way (docs/io-estimate.md works
+ * one plan through).  Nothing here knows about tensors or LoRA: a write is bytes at an offset. */
 #ifndef LSL_IOPLAN_H
 #define LSL_IOPLAN_H
 
