@@ -1,5 +1,5 @@
 /* The CUDA context's state, shared by lsl_cuda.c (staging ring, kernels, checksums) and
- * lsl_cuda_gather.c (the A gather: host memory or NCCL).  Private to src/merge. */
+ * lsl_cuda_gather.c (the A gather: host memory or NCCL).  Private to src/backend. */
 #ifndef LSL_CUDA_S_H
 #define LSL_CUDA_S_H
 

@@ -1,7 +1,9 @@
 /* The writer's state, shared by the files that implement it: lsl_writer.c (create, define,
- * close), lsl_put.c (the put protocol: agree, write, checksum, progress, profile),
- * lsl_put_host.c (the host merge pipeline), lsl_put_device.c (GPU staging) and lsl_put_batch.c
- * (batched A gathers).  Nothing outside src/io includes it. */
+ * close), lsl_writer_hf.c (a safetensors directory's shards and small files), lsl_put.c (the put
+ * protocol: agree, write, checksum, progress, profile), lsl_put_host.c (the host merge
+ * pipeline), lsl_put_device.c (GPU staging), lsl_put_batch.c (batched A gathers) and
+ * lsl_put_interleave.c (a directory batch's device chunks in turn).  Nothing outside
+ * src/engine includes it. */
 #ifndef LSL_WRITER_S_H
 #define LSL_WRITER_S_H
 
