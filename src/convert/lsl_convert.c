@@ -54,14 +54,12 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
     lsl_status rc = LSL_OK;
     lsl_st_entry *ent = NULL;
     lsl_i_ioplan *plans = NULL;
-    uint64_t *order = NULL;
     LSL_TRY(lsl_i_check_utf8(cfg->input, "the input path (recorded in loraslab.json)"));
     LSL_TRY(lsl_i_h5_list(cfg->input, f));
     ent = lsl_i_calloc(f->n ? f->n : 1, sizeof *ent);
-    order = lsl_i_calloc(f->n ? f->n : 1, sizeof *order);
     p->ranges = lsl_i_calloc(f->n ? f->n : 1, sizeof *p->ranges);
     p->tensor = lsl_i_calloc(f->n ? f->n : 1, sizeof *p->tensor);
-    if (!ent || !order || !p->ranges || !p->tensor)
+    if (!ent || !p->ranges || !p->tensor)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
     for (uint64_t i = 0; i < f->n; i++)
         ent[i] = (lsl_st_entry){f->t[i].name, f->t[i].dtype, f->t[i].ndim, f->t[i].shape,
@@ -82,32 +80,20 @@ static lsl_status plan_rank0(const lsl_convert_config *cfg, lsl_i_h5_file *f, cp
     lsl_i_hfplan_drop_heads(&p->hf);
     for (uint32_t s = 0; s < p->hf.nshards; s++)
         p->piece[s] = plans[s].piece;
-    /* ranges by shard, then by offset in it */
+    /* ranges in output order (shard by shard, each in file order), empty tensors left out */
     uint64_t m = 0;
-    for (uint32_t s = 0; s < p->hf.nshards; s++) {
-        uint64_t first = m;
-        for (uint64_t i = 0; i < f->n; i++)
-            if (p->hf.shard_of[i] == s && f->t[i].nbytes)
-                order[m++] = i;
-        for (uint64_t a = first + 1; a < m; a++) /* few per shard: insertion sort by offset */
-            for (uint64_t b = a; b > first && p->hf.offset[order[b]] < p->hf.offset[order[b - 1]];
-                 b--) {
-                uint64_t t = order[b];
-                order[b] = order[b - 1];
-                order[b - 1] = t;
-            }
-    }
-    for (uint64_t k = 0; k < m; k++) {
-        uint64_t i = order[k];
-        p->tensor[k] = i;
-        p->ranges[k] = (lsl_i_range){0, f->t[i].offset, f->t[i].nbytes, (int32_t)p->hf.shard_of[i],
-                                     p->hf.offset[i]};
+    for (uint64_t k = 0; k < f->n; k++) {
+        uint64_t i = p->hf.in_file[k];
+        if (!f->t[i].nbytes)
+            continue;
+        p->tensor[m] = i;
+        p->ranges[m++] = (lsl_i_range){0, f->t[i].offset, f->t[i].nbytes,
+                                       (int32_t)p->hf.shard_of[i], p->hf.offset[i]};
     }
     p->nranges = m;
 fail:
     free(plans);
     free(ent);
-    free(order);
     return rc;
 }
 

@@ -19,7 +19,7 @@ typedef struct lane {
     const lsl_part *part;
     const void *a_dev;
     lsl_i_tiles tl;
-    uint64_t unit, next; /* bytes a unit; the next chunk to launch */
+    uint64_t unit; /* bytes a unit: a row when merging, a byte when copying */
     lsl_status st;
 } lane;
 

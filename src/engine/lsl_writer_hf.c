@@ -9,9 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Writer threads a rank starts (LSL_IO_THREADS overrides; capped by the shard count). */
-#define DEFAULT_IO_THREADS 8
-
 lsl_status lsl_i_writer_hf_layout(lsl_writer *w)
 {
     lsl_status rc = LSL_OK;
@@ -69,12 +66,10 @@ lsl_status lsl_i_writer_hf_open(lsl_writer *w, lsl_status st)
     LSL_TRY(lsl_i_bcast_raw(w->comm, w->hfp.shard_of, w->n * sizeof *w->hfp.shard_of, 0));
     LSL_TRY(lsl_i_bcast_raw(w->comm, w->hfp.file_bytes, k * sizeof *w->hfp.file_bytes, 0));
     LSL_TRY(lsl_i_bcast_raw(w->comm, w->vbase, (k + 1) * sizeof *w->vbase, 0));
-    const char *env = lsl_i_env(LSL_ENV_IO_THREADS);
-    int64_t threads = w->rank == 0 && env ? atoi(env) : DEFAULT_IO_THREADS;
-    LSL_TRY(lsl_i_bcast_raw(w->comm, &threads, sizeof threads, 0)); /* rank 0's setting */
+    int64_t threads = lsl_i_iopool_threads(); /* rank 0's setting, capped by the shard count */
+    LSL_TRY(lsl_i_bcast_raw(w->comm, &threads, sizeof threads, 0));
     rc = lsl_i_datafile_open_set(w->comm, w->out.tmp, w->out.path, (uint32_t)k,
-                                 (const char(*)[64])w->hfp.names, w->vbase,
-                                 threads > 0 ? (int)threads : DEFAULT_IO_THREADS, &w->file);
+                                 (const char(*)[64])w->hfp.names, w->vbase, (int)threads, &w->file);
 fail:
     return rc;
 }
@@ -93,26 +88,17 @@ lsl_status lsl_i_writer_hf_publish(lsl_writer *w)
     lsl_status rc = LSL_OK;
     uint32_t k = w->hfp.nshards;
     uint32_t *crc = lsl_i_calloc(k ? k : 1, sizeof *crc);
-    uint64_t *order = lsl_i_calloc(w->n ? w->n : 1, sizeof *order), m = 0, total = 0;
+    uint64_t total = 0;
     lsl_i_hfdir_tensor *t = lsl_i_calloc(w->n ? w->n : 1, sizeof *t);
-    if (!crc || !order || !t)
+    if (!crc || !t)
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory");
-    /* each shard's CRC: its header's, then its tensors' in offset (= file) order */
+    /* each shard's CRC: its header's, then its tensors' in file order */
     for (uint32_t s = 0; s < k; s++) {
         crc[s] = w->head_crc[s];
-        uint64_t first = m;
-        for (uint64_t i = 0; i < w->n; i++)
-            if (w->hfp.shard_of[i] == s)
-                order[m++] = i;
-        for (uint64_t a = first + 1; a < m; a++)
-            for (uint64_t b = a; b > first && w->offsets[order[b]] < w->offsets[order[b - 1]];
-                 b--) {
-                uint64_t x = order[b];
-                order[b] = order[b - 1];
-                order[b - 1] = x;
-            }
-        for (uint64_t j = first; j < m; j++)
-            crc[s] = lsl_crc32c_combine(crc[s], w->fin[order[j]].crc32c, w->nbytes[order[j]]);
+        for (uint64_t j = w->hfp.first[s]; j < w->hfp.first[s + 1]; j++) {
+            uint64_t i = w->hfp.in_file[j];
+            crc[s] = lsl_crc32c_combine(crc[s], w->fin[i].crc32c, w->nbytes[i]);
+        }
     }
     for (uint64_t i = 0; i < w->n; i++) {
         const lsl_i_h5_final *f = &w->fin[i];
@@ -142,7 +128,6 @@ lsl_status lsl_i_writer_hf_publish(lsl_writer *w)
     rc = lsl_i_out_publish(&w->out, w->cfg.overwrite);
 fail:
     free(crc);
-    free(order);
     free(t);
     return rc;
 }

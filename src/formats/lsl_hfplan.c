@@ -18,7 +18,10 @@ lsl_status lsl_i_hfplan_alloc(lsl_i_hfplan *p, uint32_t nshards, uint64_t n)
     p->head_len = lsl_i_calloc(s, sizeof *p->head_len);
     p->file_bytes = lsl_i_calloc(s, sizeof *p->file_bytes);
     p->heads = lsl_i_calloc(s, sizeof *p->heads);
-    if (p->names && p->shard_of && p->offset && p->head_len && p->file_bytes && p->heads)
+    p->first = lsl_i_calloc(s + 1, sizeof *p->first);
+    p->in_file = lsl_i_calloc(t, sizeof *p->in_file);
+    if (p->names && p->shard_of && p->offset && p->head_len && p->file_bytes && p->heads &&
+        p->first && p->in_file)
         return LSL_OK;
     lsl_i_hfplan_free(p);
     return lsl_i_fail(LSL_ERR_NOMEM, "out of memory for the shard plan");
@@ -41,6 +44,8 @@ void lsl_i_hfplan_free(lsl_i_hfplan *p)
     free(p->head_len);
     free(p->file_bytes);
     free(p->heads);
+    free(p->first);
+    free(p->in_file);
     memset(p, 0, sizeof *p);
 }
 
@@ -105,8 +110,12 @@ lsl_status lsl_i_hfplan_split(uint64_t n, const lsl_st_entry *e, uint64_t max_sh
         else
             snprintf(p->names[s], sizeof p->names[s], "model-%05u-of-%05u.safetensors", s + 1, nsh);
     }
-    for (uint64_t i = 0; i < n; i++)
+    for (uint64_t i = 0; i < n; i++) {
         p->file_bytes[shard_of[i]] += e[i].nbytes;
+        p->first[shard_of[i] + 1]++;
+    }
+    for (uint32_t s = 0; s < nsh; s++)
+        p->first[s + 1] += p->first[s];
 fail:
     free(shard_of);
     return rc;
@@ -132,6 +141,7 @@ lsl_status lsl_i_hfplan_shard(lsl_i_hfplan *p, uint32_t s, uint64_t n, const lsl
     LSL_TRY(lsl_st_build_header(m, sub, align, ord, off, &p->heads[s], &p->head_len[s]));
     for (uint64_t k = 0; k < m; k++) {
         p->offset[idx[k]] = p->head_len[s] + off[k];
+        p->in_file[p->first[s] + k] = idx[ord[k]]; /* ord: the header's (file) order */
         data += sub[k].nbytes;
     }
     p->file_bytes[s] = p->head_len[s] + data;

@@ -17,6 +17,9 @@ typedef struct lsl_i_hfplan {
     uint64_t *offset;               /* per tensor: its first byte in its shard file */
     uint64_t *head_len;             /* per shard: 8 + N, a multiple of the alignment */
     uint64_t *file_bytes;           /* per shard: header and data */
+    uint64_t *first;                /* nshards + 1: shard s's tensors are in_file[first[s]..) */
+    uint64_t *in_file;              /* per tensor: the tensors shard by shard, each shard's in
+                                       file (= data offset) order, once its header is built */
     unsigned char **heads;          /* per shard: the header bytes (NULL after lsl_i_hfplan_drop) */
 } lsl_i_hfplan;
 

@@ -143,6 +143,13 @@ static lsl_status failed(lsl_i_iopool *p)
     return p->st == LSL_OK ? LSL_OK : lsl_i_fail(p->st, "%s", p->msg);
 }
 
+int lsl_i_iopool_threads(void)
+{
+    const char *env = lsl_i_env(LSL_ENV_IO_THREADS);
+    int n = env ? atoi(env) : 0;
+    return n > 0 ? n : 8;
+}
+
 lsl_status lsl_i_iopool_start(int threads, uint32_t nfiles, const int *fds,
                               const char *const *names, int rank, lsl_i_iopool **out)
 {

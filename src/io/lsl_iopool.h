@@ -22,6 +22,10 @@ typedef struct lsl_i_iopool lsl_i_iopool;
 lsl_status lsl_i_iopool_start(int threads, uint32_t nfiles, const int *fds,
                               const char *const *names, int rank, lsl_i_iopool **out);
 
+/* Not collective.  How many threads a pool of this process starts: LSL_IO_THREADS when it is a
+ * positive number, else 8. */
+int lsl_i_iopool_threads(void);
+
 /* Queue count bytes at buf for offset off of file `file`; `what` (copied) names the data in a
  * failure's message.  Returns the first failure of any earlier write (the pool then writes
  * nothing more), else LSL_OK. */

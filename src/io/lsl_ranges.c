@@ -144,9 +144,8 @@ typedef struct piece {
     uint64_t range, off, n;
 } piece;
 
-/* Writer threads and the largest chunk of the pooled copy. */
-#define COPY_THREADS 8
-#define COPY_CHUNK   ((uint64_t)8 << 20)
+/* The largest chunk of the pooled copy. */
+#define COPY_CHUNK ((uint64_t)8 << 20)
 
 /* The checksummed copy of this rank's pieces into several files at once: the staging budget
  * cut into slots, the pieces' chunks taken from the destination files in turn, each chunk read,
@@ -173,8 +172,7 @@ static lsl_status copy_pooled(const lsl_i_range_job *job, const piece *pcs, uint
         LSL_FAIL(LSL_ERR_NOMEM, "out of memory for %llu chunks", (unsigned long long)nchunks);
     for (uint64_t k = 1; k <= np; k++)
         base[k] = base[k - 1] + (pcs[k - 1].n + slot - 1) / slot;
-    const char *env = lsl_i_env(LSL_ENV_IO_THREADS);
-    int threads = env && atoi(env) > 0 ? atoi(env) : COPY_THREADS;
+    int threads = lsl_i_iopool_threads();
     /* every thread reads and checksums; one at a time writes a given file */
     LSL_TRY(lsl_i_iopool_start(threads, job->ndst, job->dst_fds, job->dst_paths, rank, &pool));
     /* next[f]: the piece file f is at (np: none left), chunk[f]: its chunk */
