@@ -371,8 +371,10 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * LoRA delta when part->lora is set.  Tensors may be put in any order, each exactly once, the
  * same order on every rank.  A rank with no rows passes nrows = 0 (data may be NULL).
  * Device parts (a build with CUDA; every rank passes the same memspace): the pointers belong to
- * the calling thread's current CUDA device, work is queued on part->stream, and the call returns
- * once the rows are written (the caller may then reuse its buffers).  The first device put
+ * the calling thread's current CUDA device; the call first waits for the work queued on
+ * part->stream (so a kernel of the caller's still writing A, B or W0 there finishes before they
+ * are read, whatever streams the library then reads them on), and returns once the rows are
+ * written (the caller may then reuse its buffers).  The first device put
  * pins two slots of half the staging budget, at most 8 MiB each (larger chunks wrote slower);
  * for a directory output, half the staging budget in slots of 4 MiB (2 to 16).
  * A directory output writes behind: the call returns once the caller's memory is no longer

@@ -235,6 +235,14 @@ const void *lsl_i_cuda_slot_host(const lsl_i_cuda *c, int slot)
     return c->pinned[slot];
 }
 
+lsl_status lsl_i_cuda_after_caller(void *stream)
+{
+    cudaError_t e = cudaStreamSynchronize((cudaStream_t)stream);
+    return e == cudaSuccess
+               ? LSL_OK
+               : lsl_i_cuda_fail(e, "waiting for the work queued on the part's stream");
+}
+
 lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes)
 {
     cudaError_t e = bytes ? cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost) : cudaSuccess;

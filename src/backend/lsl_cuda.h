@@ -56,6 +56,11 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_lora_p
 lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, lsl_i_comm *comm, uint64_t n,
                                      const lsl_lora_part *const *l, const uint64_t *in, void **full,
                                      lsl_status local);
+/* Wait for the work the caller queued on `stream` (a cudaStream_t; NULL: the default stream)
+ * before any of its device memory is read.  The library reads a part's memory on streams of its
+ * own and the legacy stream, which a non-blocking caller stream does not order against, so a
+ * put starts here.  Not collective. */
+lsl_status lsl_i_cuda_after_caller(void *stream);
 /* Copy `bytes` of device memory (the current device's) to host memory.  Not collective. */
 lsl_status lsl_i_cuda_download(void *host, const void *dev, uint64_t bytes);
 /* Copy `bytes` of device memory to host memory on `stream` (a cudaStream_t, NULL: the default

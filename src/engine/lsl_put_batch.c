@@ -136,7 +136,8 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
     else if (n && (!indices || !parts))
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: indices or parts is NULL");
     for (uint64_t i = 0; st == LSL_OK && i < n; i++)
-        st = lsl_i_check_lora_flags(parts[i].lora, "lsl_writer_put_batch_all");
+        st = lsl_i_part_entry(parts[i].lora, parts[i].mem, parts[i].stream,
+                              "lsl_writer_put_batch_all");
     /* A batch whose length or arrays cannot be trusted stops every rank before the gather. */
     LSL_TRY(lsl_i_agree(w->comm, st));
     LSL_TRY(gather_batch(w, n, indices, parts, full, gpu, LSL_OK));

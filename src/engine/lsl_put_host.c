@@ -389,9 +389,9 @@ lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_ele
     lsl_i_clear_error();
     static const unsigned char empty = 0;
     lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
-    lsl_status st = part
-                        ? lsl_i_check_lora_flags(part->lora, "lsl_writer_put_elems_all")
-                        : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
+    lsl_status st =
+        part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_elems_all")
+             : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
     lsl_status rc = LSL_OK;
     if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->e0 : 0,
                   part ? part->nelems : 0, 1, part ? part->data : NULL, part ? part->stream : NULL,
@@ -426,11 +426,17 @@ lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, ls
                             &src, part && !st ? part->lora : NULL, st);
 }
 
-lsl_status lsl_i_check_lora_flags(const lsl_lora_part *l, const char *fn)
+lsl_status lsl_i_part_entry(const lsl_lora_part *l, lsl_memspace mem, void *stream, const char *fn)
 {
     if (l && (l->flags & ~LSL_LORA_PUBLIC_FLAGS))
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: unknown LoRA flags 0x%x", fn,
                           l->flags & ~LSL_LORA_PUBLIC_FLAGS);
+#ifdef LSL_HAVE_CUDA
+    if (mem == LSL_MEM_DEVICE)
+        return lsl_i_cuda_after_caller(stream);
+#else
+    (void)mem, (void)stream; /* a device part is refused by the put's path choice */
+#endif
     return LSL_OK;
 }
 
@@ -439,8 +445,10 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
     if (!w)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
     lsl_i_clear_error();
-    return lsl_i_put_one(w, index, part,
-                         lsl_i_check_lora_flags(part ? part->lora : NULL, "lsl_writer_put_all"));
+    return lsl_i_put_one(
+        w, index, part,
+        part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_all")
+             : LSL_OK);
 }
 
 lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,

@@ -170,8 +170,10 @@ static inline bool lsl_i_lora_on_cpu(const lsl_lora_part *l)
 
 /* Collective: lsl_writer_put_all's body (host or device, by part->mem); st this rank's status. */
 lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st);
-/* A part whose LoRA carries flag bits the API does not define is refused (fn: the public call),
- * so the library's internal bits cannot arrive from a caller. */
-lsl_status lsl_i_check_lora_flags(const lsl_lora_part *l, const char *fn);
+/* Not collective: what every public put does first with a part.  A LoRA carrying flag bits the
+ * API does not define is refused (fn: the public call), so the library's internal bits cannot
+ * arrive from a caller; a device part waits for the work its caller queued on `stream`, which
+ * the library's own copies and streams are not ordered after (lsl_i_cuda_after_caller). */
+lsl_status lsl_i_part_entry(const lsl_lora_part *l, lsl_memspace mem, void *stream, const char *fn);
 
 #endif

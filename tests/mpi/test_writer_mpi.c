@@ -1267,6 +1267,101 @@ static void test_callback_failures(void)
     report("a failing callback: LSL_ERR_COMM at every point, nothing left", before);
 }
 
+#ifdef LSL_TEST_DEVICE
+static void CUDART_CB sleep_300ms(void *arg)
+{
+    (void)arg;
+    usleep(300 * 1000);
+}
+
+/* The caller's stream orders the put: W0, A and B are written on a non-blocking stream behind
+ * 300 ms of other work (a host function that sleeps), and the put is told that stream.  Read
+ * before that work is done, they are the zeros the buffers held, and the file is W0 = 0 or an
+ * unmerged W0.  Each path reads them: the single put, the batch (A gathered first), and at
+ * several ranks the host gather of A shards. */
+static void test_stream_order(int batch)
+{
+    int before = agree_failures();
+    char path[600];
+    snprintf(path, sizeof path, "%s/stream-order%s.h5", dir, batch ? "-batch" : "");
+    const uint64_t out = 96, in = 80, r = 8;
+    const double scaling = 0.5;
+    float *w0 = malloc(out * in * 4), *a = malloc(r * in * 4), *b = malloc(out * r * 4);
+    fill(LSL_F32, w0, out * in, 1.0, 11);
+    fill(LSL_F32, a, r * in, 0.5, 12);
+    fill(LSL_F32, b, out * r, 0.5, 13);
+    uint64_t row0, nrows, a0, an;
+    lsl_partition_rows(out, size, rank, &row0, &nrows);
+    lsl_partition_rows(r, size, rank, &a0, &an);
+    /* what the put must read: pinned copies, copied up behind the sleep */
+    cudaStream_t s = NULL;
+    void *hw = NULL, *ha = NULL, *hb = NULL, *dw = NULL, *da = NULL, *db = NULL;
+    uint64_t bw = nrows * in * 4, ba = an * in * 4, bb = nrows * r * 4;
+    int ok = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess &&
+             cudaMallocHost(&hw, bw + 4) == cudaSuccess &&
+             cudaMallocHost(&ha, ba + 4) == cudaSuccess &&
+             cudaMallocHost(&hb, bb + 4) == cudaSuccess && cudaMalloc(&dw, bw + 4) == cudaSuccess &&
+             cudaMalloc(&da, ba + 4) == cudaSuccess && cudaMalloc(&db, bb + 4) == cudaSuccess &&
+             cudaMemset(dw, 0, bw + 4) == cudaSuccess && cudaMemset(da, 0, ba + 4) == cudaSuccess &&
+             cudaMemset(db, 0, bb + 4) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess;
+    CHECK(ok, "CUDA setup failed");
+    if (ok) {
+        memcpy(hw, w0 + row0 * in, bw);
+        memcpy(ha, a + a0 * in, ba);
+        memcpy(hb, b + row0 * r, bb);
+        ok = cudaLaunchHostFunc(s, sleep_300ms, NULL) == cudaSuccess &&
+             cudaMemcpyAsync(dw, hw, bw, cudaMemcpyHostToDevice, s) == cudaSuccess &&
+             cudaMemcpyAsync(da, ha, ba, cudaMemcpyHostToDevice, s) == cudaSuccess &&
+             cudaMemcpyAsync(db, hb, bb, cudaMemcpyHostToDevice, s) == cudaSuccess;
+        CHECK(ok, "queueing the caller's copies failed");
+    }
+    lsl_writer *w = NULL;
+    lsl_tensor_info t = {.name = "w", .dtype = LSL_F32, .ndim = 2, .shape = {out, in}};
+    lsl_lora_part l = lora_f32(r, scaling, a0, an, da, db);
+    lsl_part part = {
+        .row0 = row0, .nrows = nrows, .data = dw, .mem = LSL_MEM_DEVICE, .stream = s, .lora = &l};
+    uint64_t idx = 0;
+    lsl_status st = create_writer(path, NULL, &w);
+    if (st == LSL_OK)
+        st = lsl_writer_define_all(w, 1, &t);
+    if (st == LSL_OK)
+        st = batch ? lsl_writer_put_batch_all(w, 1, &idx, &part) : lsl_writer_put_all(w, 0, &part);
+    if (st == LSL_OK)
+        st = lsl_writer_close_all(&w);
+    else
+        lsl_writer_abort_all(&w);
+    CHECK(st == LSL_OK, "stream-ordered put failed: %s (%s)", lsl_status_name(st),
+          lsl_last_error());
+    if (rank == 0 && st == LSL_OK) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        uint64_t nb = 0;
+        uint32_t crc = 0;
+        float *got = f >= 0 ? read_ds(f, "w", &nb, &crc) : NULL;
+        uint64_t bad = 0;
+        for (uint64_t o = 0; got && nb == out * in * 4 && o < out; o++)
+            for (uint64_t k = 0; k < in; k++) {
+                double ref = w0[o * in + k];
+                for (uint64_t j = 0; j < r; j++)
+                    ref += scaling * (double)b[o * r + j] * (double)a[j * in + k];
+                bad += fabs(got[o * in + k] - ref) > 1e-5 * (1.0 + fabs(ref));
+            }
+        CHECK(got && nb == out * in * 4 && bad == 0,
+              "%llu of %llu elements differ from the merge of what the caller's stream wrote",
+              (unsigned long long)bad, (unsigned long long)(out * in));
+        free(got);
+        if (f >= 0)
+            H5Fclose(f);
+    }
+    cudaStreamDestroy(s);
+    cudaFreeHost(hw), cudaFreeHost(ha), cudaFreeHost(hb);
+    cudaFree(dw), cudaFree(da), cudaFree(db);
+    free(w0), free(a), free(b);
+    report(batch ? "device parts ordered by the caller's stream (batch)"
+                 : "device parts ordered by the caller's stream",
+           before);
+}
+#endif
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -1315,6 +1410,8 @@ int main(int argc, char **argv)
     test_own_comm();
     test_log_sink();
 #else
+    test_stream_order(0);
+    test_stream_order(1);
     (void)test_define_checks; /* host-only checks: the host build runs them */
     (void)test_hints;
     (void)test_log_sink;
