@@ -80,7 +80,7 @@ LSL_API const char *lsl_strerror(lsl_status st);
 LSL_API const char *lsl_last_error(void);
 
 LSL_API int lsl_version_number(void);         /* LSL_VERSION_NUMBER of the library loaded */
-LSL_API const char *lsl_version_string(void); /* "0.2.0"; static storage */
+LSL_API const char *lsl_version_string(void); /* "0.3.0"; static storage */
 
 /* ---- dtypes ---------------------------------------------------------------------------------- */
 
@@ -150,18 +150,19 @@ LSL_API void lsl_partition_rows(uint64_t rows, int nranks, int rank, uint64_t *r
                                 uint64_t *nrows);
 
 /* ---- communicators -------------------------------------------------------------------------
- * Every collective of the library runs over one of two communicators: an MPI communicator (the
- * `MPI_Comm` entry points; the library duplicates it and sets MPI_ERRORS_RETURN on the copy), or
- * callbacks the caller supplies (the `_cb_all` entry points), so a job without an MPI world (a
- * PyTorch job under torchrun) runs the same protocol.  With callbacks the output's data is
- * written with positional writes (pwrite of each rank's byte ranges into the file rank 0 laid
- * out, each rank fsyncs its own before the closing agreement) instead of collective MPI-IO: the
- * same file, bytes and checksums.
+ * Every collective of the library runs over an lsl_comm handle, made from one of:
+ *  - an MPI communicator (lsl_comm_from_mpi, lsl_comm_world): each collective call duplicates it
+ *    for its own traffic and sets MPI_ERRORS_RETURN on the copy; the output's data goes out with
+ *    collective MPI-IO;
+ *  - callbacks the caller supplies (lsl_comm_from_ops), so a job without an MPI world (a PyTorch
+ *    job under torchrun) runs the same protocol.  The output's data is then written with
+ *    positional writes (pwrite of each rank's byte ranges into the file rank 0 laid out, each
+ *    rank fsyncs its own before the closing agreement): the same file, bytes and checksums.
  *
  * The contract for callbacks:
- *  - Who calls them: the `_cb_all` jobs, and every `lsl_writer_*_all` call (abort included) on a
- *    writer made by lsl_writer_create_cb_all; nothing else (not lsl_inspect, not
- *    lsl_remove_temporaries).
+ *  - Who calls them: the operations given the handle (lsl_merge_all, lsl_convert_all,
+ *    lsl_verify_all), and every `lsl_writer_*_all` call (abort included) on a writer created over
+ *    it; nothing else (not lsl_inspect, not lsl_remove_temporaries).
  *  - They are called only from the thread that called the loraslab entry point, never from a
  *    helper thread, and every rank makes the same calls in the same order with the same sizes
  *    (the library guarantees it; the implementation may rely on it, as MPI does).
@@ -170,7 +171,6 @@ LSL_API void lsl_partition_rows(uint64_t rows, int nranks, int rank, uint64_t *r
  *    for that job or writer, and expects the transport to fail the others too (a dead peer makes
  *    torch.distributed raise on every rank, or time out).
  *  - Buffers are host memory, owned by the library, valid for the call only.
- *  - The table and ctx must outlive every object created with them (the writer keeps pointers).
  */
 typedef enum lsl_reduce_op { LSL_OP_MAX = 0, LSL_OP_MIN = 1, LSL_OP_SUM = 2 } lsl_reduce_op;
 
@@ -189,12 +189,45 @@ typedef struct lsl_comm_ops {
     int (*barrier)(void *ctx);
 } lsl_comm_ops;
 
-/* A callback communicator: ops and ctx as above, this process's rank in [0, size). */
-typedef struct lsl_comm_cb {
-    const lsl_comm_ops *ops;
-    void *ctx;
-    int rank, size;
-} lsl_comm_cb;
+/* Opaque.  A handle may be freed once the calls given it have returned: a writer keeps its own
+ * communicator until it is closed or aborted. */
+typedef struct lsl_comm lsl_comm;
+
+/* Not collective.  A handle over the caller's MPI communicator, which must stay valid while
+ * calls use the handle.  MPI must be initialised.  *out owns the handle (lsl_comm_free).
+ * Returns LSL_OK, LSL_ERR_INVALID_ARG (MPI_COMM_NULL, MPI not initialised or already
+ * finalised, out NULL) or LSL_ERR_NOMEM; *out is NULL on failure. */
+LSL_API lsl_status lsl_comm_from_mpi(MPI_Comm comm, lsl_comm **out);
+/* Not collective.  A handle over callbacks: *ops is copied; ctx is passed to every callback and
+ * must outlive the calls and writers that use the handle; rank is this process's, in [0, size).
+ * Returns LSL_OK, LSL_ERR_INVALID_ARG (a NULL table or callback, a rank out of range; a caller
+ * error the peers cannot see, reported before any callback) or LSL_ERR_NOMEM; *out is NULL on
+ * failure. */
+LSL_API lsl_status lsl_comm_from_ops(const lsl_comm_ops *ops, void *ctx, int rank, int size,
+                                     lsl_comm **out);
+/* Not collective.  A handle over MPI_COMM_WORLD for a caller without an MPI communicator of its
+ * own (the Python package, scripts): MPI is initialised here if nobody has (MPI_THREAD_FUNNELED,
+ * finalised at exit), never before; under mpiexec/srun each process joins its job, run alone it
+ * is a world of one.  Returns LSL_OK, LSL_ERR_MPI (MPI failed to start) or LSL_ERR_NOMEM. */
+LSL_API lsl_status lsl_comm_world(lsl_comm **out);
+/* Not collective.  This process's rank and the communicator's size; 0 and 1 for NULL. */
+LSL_API int lsl_comm_rank(const lsl_comm *c);
+LSL_API int lsl_comm_size(const lsl_comm *c);
+/* Not collective.  Frees the handle (not the caller's MPI communicator or ctx); *c becomes
+ * NULL; NULL is a no-op. */
+LSL_API void lsl_comm_free(lsl_comm **c);
+/* Collective over the world.  Finalises MPI now if lsl_comm_world started it and it is not
+ * finalised yet; otherwise does nothing (MPI someone else started is theirs to finish).  For a
+ * caller that leaves without running exit handlers (Python's os._exit): Open MPI's launcher
+ * fails a job whose process exits with MPI initialised.  No handle over MPI may be used after it
+ * in this process. */
+LSL_API void lsl_world_finalize(void);
+
+/* ---- configs -------------------------------------------------------------------------------
+ * Each config struct starts with its size: initialise it with its INIT macro (zero is every
+ * field's default), then set fields by name.  A library reads the fields the caller's size
+ * covers and takes the defaults for the rest, so a program built against an older header runs
+ * on a newer library; a size of 0 or larger than the library knows is LSL_ERR_INVALID_ARG. */
 
 /* ---- in-job writer ---------------------------------------------------------------------------
  * The path a training job uses: create the writer, define the tensor list once, put each tensor's
@@ -227,6 +260,7 @@ typedef struct lsl_writer lsl_writer;
 #define LSL_OUTPUT_SAFETENSORS 2 /* a Hugging Face checkpoint directory (see below) */
 
 typedef struct lsl_writer_config {
+    size_t size;                /* sizeof(lsl_writer_config): set by LSL_WRITER_CONFIG_INIT */
     uint64_t staging_bytes;     /* host staging budget per rank; 0: 64 MiB */
     uint64_t alignment;         /* dataset alignment in bytes, at most LSL_MAX_ALIGNMENT; 0:
                                    detect from the filesystem */
@@ -246,7 +280,7 @@ typedef struct lsl_writer_config {
 } lsl_writer_config;
 #define LSL_WRITER_CONFIG_INIT                                                                     \
     {                                                                                              \
-        0, 0, 0, 0, NULL, 0, 0, 0, LSL_OUTPUT_AUTO, 0                                              \
+        .size = sizeof(lsl_writer_config)                                                          \
     }
 #define LSL_STRIPE_ALL       UINT64_MAX /* stripe over every OST (lfs setstripe -c -1) */
 #define LSL_MAX_STRIPE_COUNT 2000u      /* Lustre's LOV_MAX_STRIPE_COUNT */
@@ -313,8 +347,9 @@ typedef struct lsl_part {
 } lsl_part;
 
 /* Collective on comm.  Starts a writer for the output `path` (an HDF5 file or a directory: see
- * the section's head; the communicator is duplicated; the caller keeps its own).  cfg may be NULL
- * for defaults; path and cfg are logically collective: ranks given different values (quiet and
+ * the section's head; the writer makes its own communicator from comm, so the handle may be freed
+ * afterwards).  With callbacks, every later call on the writer uses them.  cfg may be NULL for
+ * defaults; path and cfg are logically collective: ranks given different values (quiet and
  * progress_label excepted) all fail with LSL_ERR_INCONSISTENT naming the argument, and so does a
  * rank that cannot see the temporary file rank 0 created (a node-local path under a job of several
  * nodes). On success *out owns the writer (release with lsl_writer_close_all or
@@ -323,14 +358,8 @@ typedef struct lsl_part {
  * regular file (a directory, for a directory output), or is not UTF-8, or format is unknown); on
  * failure *out is NULL and nothing was created.  Temporaries of the same path left by interrupted
  * runs are removed where provably dead (local filesystems), else reported on stderr. */
-LSL_API lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path,
+LSL_API lsl_status lsl_writer_create_all(const lsl_comm *comm, const char *path,
                                          const lsl_writer_config *cfg, lsl_writer **out);
-/* lsl_writer_create_all over callbacks (collective over comm's ranks; the data goes out with
- * pwrite).  Every later call on the writer uses comm's callbacks.  A descriptor with a NULL
- * callback or a rank outside [0, size) is LSL_ERR_INVALID_ARG on that rank, before any callback
- * (a caller error: the others cannot know). */
-LSL_API lsl_status lsl_writer_create_cb_all(const lsl_comm_cb *comm, const char *path,
-                                            const lsl_writer_config *cfg, lsl_writer **out);
 
 /* Collective.  Adds a root string attribute (e.g. "base_config_json").  Call before define.
  * key and value are logically collective (rank 0's values are written).  A directory output
@@ -451,6 +480,7 @@ LSL_API void lsl_writer_abort_all(lsl_writer **w);
 /* ---- offline jobs (what the CLI runs) ------------------------------------------------------ */
 
 typedef struct lsl_job_config {
+    size_t size;            /* sizeof(lsl_job_config): set by LSL_JOB_CONFIG_INIT */
     const char *base;       /* HF checkpoint directory (model.safetensors or an index + shards) */
     const char *adapter;    /* PEFT adapter directory; NULL for a plain import */
     const char *output;     /* the output: an HDF5 file, or a safetensors directory (format) */
@@ -478,7 +508,7 @@ typedef struct lsl_job_config {
 #define LSL_PLAN_ONLY  2
 #define LSL_JOB_CONFIG_INIT                                                                        \
     {                                                                                              \
-        NULL, NULL, NULL, 0, 0, 0, 0, 0, LSL_MEM_HOST, 0, 0, 0, LSL_OUTPUT_AUTO, 0                 \
+        .size = sizeof(lsl_job_config)                                                             \
     }
 
 /* What a job measured; filled on every rank (min/max are over ranks).  Filling it is collective:
@@ -505,12 +535,11 @@ typedef struct lsl_job_stats {
  * byte ranges.  stats may be NULL.  Every input error is reported before the output is created. */
 /* The output may not be any file the job reads (base shards, index, config.json, adapter
  * files), even with overwrite: LSL_ERR_INVALID_ARG. */
-LSL_API lsl_status lsl_merge_all(MPI_Comm comm, const lsl_job_config *cfg, lsl_job_stats *stats);
-/* lsl_merge_all over callbacks (see "communicators"); the output is written with pwrite. */
-LSL_API lsl_status lsl_merge_cb_all(const lsl_comm_cb *comm, const lsl_job_config *cfg,
-                                    lsl_job_stats *stats);
+LSL_API lsl_status lsl_merge_all(const lsl_comm *comm, const lsl_job_config *cfg,
+                                 lsl_job_stats *stats);
 
 typedef struct lsl_convert_config {
+    size_t size;              /* sizeof(lsl_convert_config): set by LSL_CONVERT_CONFIG_INIT */
     const char *input;        /* a loraslab HDF5 file */
     const char *outdir;       /* the HF checkpoint directory to create */
     uint64_t max_shard_bytes; /* 0: 5 GB (5,000,000,000 bytes, huggingface_hub's default) */
@@ -526,7 +555,7 @@ typedef struct lsl_convert_config {
 } lsl_convert_config;
 #define LSL_CONVERT_CONFIG_INIT                                                                    \
     {                                                                                              \
-        NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0                                                         \
+        .size = sizeof(lsl_convert_config)                                                         \
     }
 
 /* Collective on comm; cfg logically collective, as for lsl_merge_all.  The directory holds the
@@ -544,20 +573,14 @@ typedef struct lsl_convert_config {
  * no_verify).  Everything is written in a hidden sibling directory that is renamed to outdir only
  * when complete; on failure nothing appears.  outdir may not hold the input at any depth, nor be
  * a symbolic link or a non-directory (LSL_ERR_INVALID_ARG); trailing slashes are ignored. */
-LSL_API lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg,
+LSL_API lsl_status lsl_convert_all(const lsl_comm *comm, const lsl_convert_config *cfg,
                                    lsl_job_stats *stats);
-/* lsl_convert_all over callbacks (see "communicators"). */
-LSL_API lsl_status lsl_convert_cb_all(const lsl_comm_cb *comm, const lsl_convert_config *cfg,
-                                      lsl_job_stats *stats);
 
 /* Collective on comm.  Re-reads a loraslab HDF5 file or a directory loraslab wrote and checks
  * every checksum it carries (per tensor, per file) and the safetensors rules of every shard.
  * Returns LSL_OK, LSL_ERR_CORRUPT naming what differs, or LSL_ERR_FORMAT. */
-LSL_API lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes,
+LSL_API lsl_status lsl_verify_all(const lsl_comm *comm, const char *path, uint64_t staging_bytes,
                                   int quiet, lsl_job_stats *stats);
-/* lsl_verify_all over callbacks (see "communicators"). */
-LSL_API lsl_status lsl_verify_cb_all(const lsl_comm_cb *comm, const char *path,
-                                     uint64_t staging_bytes, int quiet, lsl_job_stats *stats);
 
 /* Not collective, async-signal-safe.  Removes the temporary files and directories that loraslab
  * calls in this process have created or joined and not yet published or removed (at most 16 at
@@ -598,27 +621,6 @@ LSL_API lsl_status lsl_inspect(const char *path, int json, FILE *out);
 LSL_API lsl_status lsl_inspect_json(const char *path, char **out);
 /* Releases memory loraslab allocated for the caller (lsl_inspect_json).  NULL is a no-op. */
 LSL_API void lsl_free(void *p);
-
-/* ---- without a communicator of one's own (the Python package, scripts) --------------------
- * Collective over MPI_COMM_WORLD.  MPI is initialised at the first of these calls if nobody has
- * (MPI_THREAD_FUNNELED; finalised at exit), never before: under mpiexec/srun each process joins
- * its job, run alone it is a world of one.  Return as the _all functions. */
-LSL_API lsl_status lsl_merge_world(const lsl_job_config *cfg, lsl_job_stats *stats);
-LSL_API lsl_status lsl_convert_world(const lsl_convert_config *cfg, lsl_job_stats *stats);
-LSL_API lsl_status lsl_verify_world(const char *path, uint64_t staging_bytes, int quiet,
-                                    lsl_job_stats *stats);
-/* lsl_writer_create_all over MPI_COMM_WORLD (starting MPI as above). */
-LSL_API lsl_status lsl_writer_create_world(const char *path, const lsl_writer_config *cfg,
-                                           lsl_writer **out);
-/* This process's rank and the world's size (starting MPI as above). */
-LSL_API int lsl_world_rank(void);
-LSL_API int lsl_world_size(void);
-/* Collective over the world.  Finalises MPI now if one of the calls above started it and it is
- * not finalised yet; otherwise does nothing (MPI someone else started is theirs to finish).
- * For a caller that leaves without running exit handlers (Python's os._exit): Open MPI's
- * launcher fails a job whose process exits with MPI initialised.  No lsl_*_world call may
- * follow it in this process. */
-LSL_API void lsl_world_finalize(void);
 
 #ifdef __cplusplus
 }

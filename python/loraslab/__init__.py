@@ -12,4 +12,4 @@ from ._tools import convert, finalize, inspect, remove_temporaries, verify, vers
 
 __all__ = ["Error", "convert", "finalize", "inspect", "remove_temporaries", "verify", "log_to",
            "version"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

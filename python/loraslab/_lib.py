@@ -1,4 +1,4 @@
-"""Finding and loading libloraslab.so.0, and the C declarations the package uses."""
+"""Finding and loading libloraslab.so.0 (its prototypes: _capi.py)."""
 from __future__ import annotations
 
 import ctypes
@@ -9,38 +9,6 @@ import subprocess
 from typing import Optional
 
 SONAME = "libloraslab.so.0"
-
-
-class ConvertConfig(ctypes.Structure):
-    """lsl_convert_config (include/loraslab.h)."""
-
-    _fields_ = [
-        ("input", ctypes.c_char_p),
-        ("outdir", ctypes.c_char_p),
-        ("max_shard_bytes", ctypes.c_uint64),
-        ("staging_bytes", ctypes.c_uint64),
-        ("no_verify", ctypes.c_int),
-        ("overwrite", ctypes.c_int),
-        ("quiet", ctypes.c_int),
-        ("stripe_count", ctypes.c_uint64),
-        ("stripe_size", ctypes.c_uint64),
-        ("plan", ctypes.c_int),
-    ]
-
-
-class JobStats(ctypes.Structure):
-    """lsl_job_stats (include/loraslab.h)."""
-
-    _fields_ = [
-        ("seconds", ctypes.c_double),
-        ("tensors", ctypes.c_uint64),
-        ("merged_tensors", ctypes.c_uint64),
-        ("bytes", ctypes.c_uint64),
-        ("rss_baseline_max", ctypes.c_uint64),
-        ("rss_peak_max", ctypes.c_uint64),
-        ("rss_growth_min", ctypes.c_uint64),
-        ("rss_growth_max", ctypes.c_uint64),
-    ]
 
 
 def _candidates() -> list[str]:
@@ -89,29 +57,6 @@ def lib() -> ctypes.CDLL:
     else:
         raise OSError("loraslab: cannot load libloraslab.so.0; set LORASLAB_LIBRARY or "
                       "LORASLAB_PREFIX.  Tried:\n  " + "\n  ".join(tried))
-    c = ctypes
-    protos = {
-        "lsl_status_name": (c.c_char_p, [c.c_int]),
-        "lsl_last_error": (c.c_char_p, []),
-        "lsl_version_string": (c.c_char_p, []),
-        "lsl_convert_world": (c.c_int, [c.POINTER(ConvertConfig), c.POINTER(JobStats)]),
-        "lsl_verify_world": (c.c_int, [c.c_char_p, c.c_uint64, c.c_int, c.POINTER(JobStats)]),
-        "lsl_inspect_json": (c.c_int, [c.c_char_p, c.POINTER(c.c_void_p)]),
-        "lsl_free": (None, [c.c_void_p]),
-        "lsl_parse_size": (c.c_int, [c.c_char_p, c.POINTER(c.c_uint64)]),
-        "lsl_convert_cb_all": (c.c_int, [c.c_void_p, c.POINTER(ConvertConfig),
-                                         c.POINTER(JobStats)]),
-        "lsl_verify_cb_all": (c.c_int, [c.c_void_p, c.c_char_p, c.c_uint64, c.c_int,
-                                        c.POINTER(JobStats)]),
-        "lsl_world_rank": (c.c_int, []),
-        "lsl_world_size": (c.c_int, []),
-        "lsl_world_finalize": (None, []),
-        "lsl_remove_temporaries": (None, []),
-    }
-    for name, (res, args) in protos.items():
-        f = getattr(handle, name)
-        f.restype = res
-        f.argtypes = args
     from . import _capi
 
     _capi.declare(handle)

@@ -2,13 +2,12 @@
 Python `logging.Logger`, so a training job's own log handlers (rank filters, files) apply."""
 from __future__ import annotations
 
-import ctypes
 import logging
 from typing import Optional
 
+from ._capi import LOG_FN
 from ._lib import lib
 
-_SINK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _installed: Optional[object] = None  # the ctypes callback must outlive its registration
 
 
@@ -18,16 +17,14 @@ def log_to(logger: Optional[logging.Logger]) -> None:
     Errors are not lines: they raise loraslab.Error."""
     global _installed
     lb = lib()
-    lb.lsl_set_log.restype = None
-    lb.lsl_set_log.argtypes = [_SINK, ctypes.c_void_p]
     if logger is None:
-        lb.lsl_set_log(_SINK(), None)
+        lb.lsl_set_log(LOG_FN(), None)
         _installed = None
         return
 
     def sink(level: int, line: bytes, _ctx: object) -> None:
         logger.log(logging.WARNING if level == 1 else logging.INFO,
                    line.decode("utf-8", "replace"))
-    cb = _SINK(sink)
+    cb = LOG_FN(sink)
     lb.lsl_set_log(cb, None)
     _installed = cb

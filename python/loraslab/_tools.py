@@ -6,8 +6,9 @@ import json
 import os
 from typing import Any, Optional, Union
 
+from ._capi import ConvertConfig, JobStats
 from ._errors import raise_status
-from ._lib import ConvertConfig, JobStats, lib, loaded
+from ._lib import lib, loaded
 
 PathLike = Union[str, "os.PathLike[str]"]
 PROGRESS = {"text": 0, "none": 1, "json": 2}
@@ -32,6 +33,24 @@ def _stats(s: JobStats) -> dict[str, Any]:
     return {name: getattr(s, name) for name, _ in JobStats._fields_}
 
 
+_world: Optional[ctypes.c_void_p] = None  # the lsl_comm over MPI_COMM_WORLD, made once
+
+
+def world() -> ctypes.c_void_p:
+    """The handle over MPI's world (lsl_comm_world: MPI starts here if nobody started it)."""
+    global _world
+    if _world is None:
+        h = ctypes.c_void_p()
+        _check(lib().lsl_comm_world(ctypes.byref(h)))
+        _world = h
+    return _world
+
+
+def _handle(comm: Any) -> ctypes.c_void_p:
+    """The handle a collective call runs over: a torch communicator's, or the MPI world's."""
+    return comm.handle if comm is not None else world()
+
+
 def finalize() -> None:
     """Finish MPI now if loraslab started it; otherwise do nothing.  Collective over the world.
 
@@ -50,7 +69,7 @@ def remove_temporaries() -> None:
 
 
 def version() -> str:
-    """The loaded library's version ("0.2.0")."""
+    """The loaded library's version ("0.3.0")."""
     return lib().lsl_version_string().decode()
 
 
@@ -62,18 +81,16 @@ def convert(input: PathLike, outdir: PathLike, *, max_shard_size: Optional[str] 
     Collective over the MPI world; returns the job's figures (seconds, tensors, bytes, peak host
     memory over ranks).  Raises Error (on every rank alike) on any failure, with nothing left at
     ``outdir``."""
-    cfg = ConvertConfig(_path(input), _path(outdir), 0, staging_mib << 20, int(no_verify),
-                        int(overwrite), _progress(quiet, progress))
+    cfg = ConvertConfig(input=_path(input), outdir=_path(outdir), staging_bytes=staging_mib << 20,
+                        no_verify=int(no_verify), overwrite=int(overwrite),
+                        quiet=_progress(quiet, progress))
     if max_shard_size is not None:
         b = ctypes.c_uint64()
         _check(lib().lsl_parse_size(str(max_shard_size).encode(), ctypes.byref(b)))
         cfg.max_shard_bytes = b.value
     stats = JobStats()
-    if _comm is not None:  # loraslab.torch: over torch.distributed callbacks
-        _check(lib().lsl_convert_cb_all(ctypes.addressof(_comm.cb), ctypes.byref(cfg),
-                                        ctypes.byref(stats)), _comm)
-    else:
-        _check(lib().lsl_convert_world(ctypes.byref(cfg), ctypes.byref(stats)))
+    # _comm: loraslab.torch's communicator over torch.distributed callbacks
+    _check(lib().lsl_convert_all(_handle(_comm), ctypes.byref(cfg), ctypes.byref(stats)), _comm)
     return _stats(stats)
 
 
@@ -82,12 +99,8 @@ def verify(path: PathLike, *, staging_mib: int = 64, quiet: bool = False,
     """Re-read a loraslab file or a converted directory and check every checksum
     (`loraslab verify`).  Collective; raises Error (LSL_ERR_CORRUPT names what differs)."""
     stats = JobStats()
-    if _comm is not None:
-        _check(lib().lsl_verify_cb_all(ctypes.addressof(_comm.cb), _path(path), staging_mib << 20,
-                                       _progress(quiet, progress), ctypes.byref(stats)), _comm)
-    else:
-        _check(lib().lsl_verify_world(_path(path), staging_mib << 20,
-                                      _progress(quiet, progress), ctypes.byref(stats)))
+    _check(lib().lsl_verify_all(_handle(_comm), _path(path), staging_mib << 20,
+                                _progress(quiet, progress), ctypes.byref(stats)), _comm)
     return _stats(stats)
 
 

@@ -315,17 +315,13 @@ fail:
     return rc;
 }
 
-lsl_status lsl_convert_all(MPI_Comm comm, const lsl_convert_config *cfg, lsl_job_stats *stats)
+lsl_status lsl_convert_all(const lsl_comm *comm, const lsl_convert_config *cfg,
+                           lsl_job_stats *stats)
 {
     lsl_i_comm *c = NULL;
-    lsl_status st = lsl_i_comm_open(comm, NULL, &c);
-    return lsl_i_comm_close(&c, st == LSL_OK ? convert_impl(c, cfg, stats) : st);
-}
-
-lsl_status lsl_convert_cb_all(const lsl_comm_cb *comm, const lsl_convert_config *cfg,
-                              lsl_job_stats *stats)
-{
-    lsl_i_comm *c = NULL;
-    lsl_status st = lsl_i_comm_open(MPI_COMM_NULL, comm, &c);
-    return lsl_i_comm_close(&c, st == LSL_OK ? convert_impl(c, cfg, stats) : st);
+    lsl_convert_config k;
+    lsl_status st = lsl_i_comm_open(comm, &c);
+    if (st == LSL_OK)
+        st = lsl_i_agree(c, lsl_i_config_in(cfg, sizeof k, &k, 0, "lsl_convert_all"));
+    return lsl_i_comm_close(&c, st == LSL_OK ? convert_impl(c, &k, stats) : st);
 }

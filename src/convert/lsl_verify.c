@@ -299,20 +299,11 @@ fail:
     return rc;
 }
 
-lsl_status lsl_verify_all(MPI_Comm comm, const char *path, uint64_t staging_bytes, int quiet,
+lsl_status lsl_verify_all(const lsl_comm *comm, const char *path, uint64_t staging_bytes, int quiet,
                           lsl_job_stats *stats)
 {
     lsl_i_comm *c = NULL;
-    lsl_status st = lsl_i_comm_open(comm, NULL, &c);
-    return lsl_i_comm_close(&c,
-                            st == LSL_OK ? verify_impl(c, path, staging_bytes, quiet, stats) : st);
-}
-
-lsl_status lsl_verify_cb_all(const lsl_comm_cb *comm, const char *path, uint64_t staging_bytes,
-                             int quiet, lsl_job_stats *stats)
-{
-    lsl_i_comm *c = NULL;
-    lsl_status st = lsl_i_comm_open(MPI_COMM_NULL, comm, &c);
+    lsl_status st = lsl_i_comm_open(comm, &c);
     return lsl_i_comm_close(&c,
                             st == LSL_OK ? verify_impl(c, path, staging_bytes, quiet, stats) : st);
 }

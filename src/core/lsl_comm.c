@@ -77,17 +77,22 @@ lsl_status lsl_i_comm_from_mpi(MPI_Comm user, lsl_i_comm **out)
     return LSL_OK;
 }
 
-lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
+/* The handle's callbacks: checked when it was made, and again here (a handle is caller memory). */
+static lsl_status check_ops(const lsl_comm_ops *o, int rank, int size)
+{
+    if (!o || !o->allreduce || !o->bcast || !o->allgather || !o->allgatherv || !o->barrier)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "a communicator callback is NULL");
+    if (size < 1 || rank < 0 || rank >= size)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "communicator rank %d of size %d", rank, size);
+    return LSL_OK;
+}
+
+lsl_status lsl_i_comm_from_cb(const struct lsl_comm *cb, lsl_i_comm **out)
 {
     *out = NULL;
-    if (!cb || !cb->ops)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "communicator descriptor or its ops is NULL");
-    const lsl_comm_ops *o = cb->ops;
-    if (!o->allreduce || !o->bcast || !o->allgather || !o->allgatherv || !o->barrier)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "a communicator callback is NULL");
-    if (cb->size < 1 || cb->rank < 0 || cb->rank >= cb->size)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "communicator rank %d of size %d", cb->rank,
-                          cb->size);
+    lsl_status st = check_ops(&cb->ops, cb->rank, cb->size);
+    if (st != LSL_OK)
+        return st;
     lsl_i_comm *c = comm_new(cb->size);
     if (!c)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
@@ -98,10 +103,10 @@ lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
     return LSL_OK;
 }
 
-/* lsl_i_comm_from_cb, then, once the descriptor is known to be usable, an agreement on the
+/* lsl_i_comm_from_cb, then, once the handle is known to be usable, an agreement on the
  * allocation over a communicator on the stack: a rank whose memory ran out here must not leave
  * its peers in their next collective with a transport error in place of its own message. */
-static lsl_status open_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
+static lsl_status open_cb(const struct lsl_comm *cb, lsl_i_comm **out)
 {
     lsl_status st = lsl_i_comm_from_cb(cb, out);
     if (st != LSL_OK && st != LSL_ERR_NOMEM)
@@ -118,17 +123,99 @@ static lsl_status open_cb(const lsl_comm_cb *cb, lsl_i_comm **out)
     return st;
 }
 
-lsl_status lsl_i_comm_open(MPI_Comm mpi, const lsl_comm_cb *cb, lsl_i_comm **out)
+lsl_status lsl_i_comm_open(const lsl_comm *h, lsl_i_comm **out)
 {
     lsl_i_clear_error();
     *out = NULL;
-    lsl_status st = cb ? open_cb(cb, out)
-                    : mpi == MPI_COMM_NULL
-                        ? lsl_i_fail(LSL_ERR_INVALID_ARG, "the communicator is MPI_COMM_NULL")
-                        : lsl_i_comm_from_mpi(mpi, out);
+    lsl_status st = !h ? lsl_i_fail(LSL_ERR_INVALID_ARG, "the communicator is NULL")
+                    : h->mpi == MPI_COMM_NULL ? open_cb(h, out)
+                                              : lsl_i_comm_from_mpi(h->mpi, out);
     if (st == LSL_OK && (*out)->rank == 0) /* every collective entry point starts here */
         lsl_i_env_check();
     return st;
+}
+
+lsl_status lsl_i_config_in(const void *cfg, size_t cur, void *copy, int null_ok, const char *fn)
+{
+    memset(copy, 0, cur);
+    *(size_t *)copy = cur;
+    if (!cfg)
+        return null_ok ? LSL_OK : lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: cfg is NULL", fn);
+    size_t size = *(const size_t *)cfg;
+    if (size < sizeof size || size > cur)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG,
+                          "%s: cfg->size is %zu, this library's config is %zu bytes: initialise "
+                          "the config with its INIT macro (and build against this library's "
+                          "loraslab.h or an older one)",
+                          fn, size, cur);
+    memcpy(copy, cfg, size);
+    return LSL_OK;
+}
+
+lsl_status lsl_comm_from_mpi(MPI_Comm comm, lsl_comm **out)
+{
+    lsl_i_clear_error();
+    if (!out)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_comm_from_mpi: out is NULL");
+    *out = NULL;
+    int up = 0, down = 0, rank = 0, size = 1;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (!up || down)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_comm_from_mpi: MPI is %s",
+                          down ? "finalised" : "not initialised");
+    if (comm == MPI_COMM_NULL)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_comm_from_mpi: the communicator is "
+                                               "MPI_COMM_NULL");
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_comm_from_mpi: not a valid communicator");
+    lsl_comm *h = lsl_i_calloc(1, sizeof *h);
+    if (!h)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    h->mpi = comm;
+    h->rank = rank;
+    h->size = size;
+    *out = h;
+    return LSL_OK;
+}
+
+lsl_status lsl_comm_from_ops(const lsl_comm_ops *ops, void *ctx, int rank, int size, lsl_comm **out)
+{
+    lsl_i_clear_error();
+    if (!out)
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_comm_from_ops: out is NULL");
+    *out = NULL;
+    lsl_status st = check_ops(ops, rank, size);
+    if (st != LSL_OK)
+        return st;
+    lsl_comm *h = lsl_i_calloc(1, sizeof *h);
+    if (!h)
+        return lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
+    h->mpi = MPI_COMM_NULL;
+    h->ops = *ops;
+    h->ctx = ctx;
+    h->rank = rank;
+    h->size = size;
+    *out = h;
+    return LSL_OK;
+}
+
+int lsl_comm_rank(const lsl_comm *c)
+{
+    return c ? c->rank : 0;
+}
+
+int lsl_comm_size(const lsl_comm *c)
+{
+    return c ? c->size : 1;
+}
+
+void lsl_comm_free(lsl_comm **c)
+{
+    if (!c)
+        return;
+    free(*c);
+    *c = NULL;
 }
 
 lsl_status lsl_i_comm_dup(lsl_i_comm *c, lsl_i_comm **out)
@@ -176,7 +263,7 @@ static lsl_status reduce(lsl_i_comm *c, void *buf, uint64_t n, lsl_dtype dt, lsl
     if (n == 0)
         return LSL_OK;
     if (c->mpi == MPI_COMM_NULL) {
-        int r = c->cb.ops->allreduce(c->cb.ctx, buf, n, dt, op);
+        int r = c->cb.ops.allreduce(c->cb.ctx, buf, n, dt, op);
         return r ? failed(c, r, "allreduce") : LSL_OK;
     }
     MPI_Datatype t = dt == LSL_F64 ? MPI_DOUBLE : MPI_INT64_T;
@@ -212,7 +299,7 @@ lsl_status lsl_i_bcast_raw(lsl_i_comm *c, void *buf, uint64_t bytes, int root)
     if (bytes == 0)
         return LSL_OK;
     if (c->mpi == MPI_COMM_NULL) {
-        int r = c->cb.ops->bcast(c->cb.ctx, buf, bytes, root);
+        int r = c->cb.ops.bcast(c->cb.ctx, buf, bytes, root);
         return r ? failed(c, r, "bcast") : LSL_OK;
     }
     for (uint64_t off = 0; off < bytes;) {
@@ -230,7 +317,7 @@ lsl_status lsl_i_allgather(lsl_i_comm *c, const void *send, void *recv, uint64_t
     if (c->broken)
         return broken(c);
     if (c->mpi == MPI_COMM_NULL) {
-        int r = c->cb.ops->allgather(c->cb.ctx, send, recv, bytes);
+        int r = c->cb.ops.allgather(c->cb.ctx, send, recv, bytes);
         return r ? failed(c, r, "allgather") : LSL_OK;
     }
     if (bytes > INT_MAX)
@@ -245,7 +332,7 @@ lsl_status lsl_i_allgatherv(lsl_i_comm *c, const void *send, void *recv, const u
     if (c->broken)
         return broken(c);
     if (c->mpi == MPI_COMM_NULL) {
-        int r = c->cb.ops->allgatherv(c->cb.ctx, send, counts[c->rank], recv, counts);
+        int r = c->cb.ops.allgatherv(c->cb.ctx, send, counts[c->rank], recv, counts);
         return r ? failed(c, r, "allgatherv") : LSL_OK;
     }
     uint64_t d = 0;
@@ -267,7 +354,7 @@ lsl_status lsl_i_barrier(lsl_i_comm *c)
     if (c->broken)
         return broken(c);
     if (c->mpi == MPI_COMM_NULL) {
-        int r = c->cb.ops->barrier(c->cb.ctx);
+        int r = c->cb.ops.barrier(c->cb.ctx);
         return r ? failed(c, r, "barrier") : LSL_OK;
     }
     int mrc = MPI_Barrier(c->mpi);

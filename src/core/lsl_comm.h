@@ -8,9 +8,17 @@
 
 #include "loraslab.h"
 
+/* The public handle: what each collective entry point makes its own communicator from. */
+struct lsl_comm {
+    MPI_Comm mpi;     /* the caller's; MPI_COMM_NULL for callbacks */
+    lsl_comm_ops ops; /* callbacks (a copy of the caller's table) */
+    void *ctx;
+    int rank, size;
+};
+
 typedef struct lsl_i_comm {
-    MPI_Comm mpi; /* the library's duplicate; MPI_COMM_NULL for callbacks */
-    lsl_comm_cb cb;
+    MPI_Comm mpi;       /* the library's duplicate; MPI_COMM_NULL for callbacks */
+    struct lsl_comm cb; /* callbacks: the handle's table, ctx, rank and size */
     int rank, size;
     int broken;
     int *counts, *displs; /* MPI_Allgatherv's arguments, allocated once (size entries) */
@@ -18,13 +26,18 @@ typedef struct lsl_i_comm {
 
 /* Collective on user: a duplicate with MPI_ERRORS_RETURN.  Agreed; *out NULL on failure. */
 lsl_status lsl_i_comm_from_mpi(MPI_Comm user, lsl_i_comm **out);
-/* Not collective: checks and copies the descriptor (LSL_ERR_INVALID_ARG, LSL_ERR_NOMEM local,
- * before any callback: a caller error the peers cannot see). */
-lsl_status lsl_i_comm_from_cb(const lsl_comm_cb *cb, lsl_i_comm **out);
-/* The library's communicator for one public entry point: over mpi when cb is NULL, else over
- * cb's callbacks.  Clears the thread's error message first.  Collective, agreed where it can be
- * (see the two above). */
-lsl_status lsl_i_comm_open(MPI_Comm mpi, const lsl_comm_cb *cb, lsl_i_comm **out);
+/* Not collective: a communicator over a callback handle (LSL_ERR_NOMEM local, before any
+ * callback). */
+lsl_status lsl_i_comm_from_cb(const struct lsl_comm *cb, lsl_i_comm **out);
+/* The library's communicator for one public entry point, from the caller's handle (NULL:
+ * LSL_ERR_INVALID_ARG on this rank, which its peers cannot see).  Clears the thread's error
+ * message first.  Collective, agreed where it can be (see the two above). */
+lsl_status lsl_i_comm_open(const lsl_comm *h, lsl_i_comm **out);
+/* A public config struct (its first field the caller's sizeof, cur the library's) copied into
+ * *copy (cur bytes): the fields the caller's size covers, zero (the defaults) for the rest.
+ * cfg NULL gives the defaults where null_ok, else LSL_ERR_INVALID_ARG; so does a size of 0 or
+ * above cur.  Not collective (the caller agrees). fn: the public call, for the message. */
+lsl_status lsl_i_config_in(const void *cfg, size_t cur, void *copy, int null_ok, const char *fn);
 /* lsl_i_comm_free, then st: the tail of an entry point, return lsl_i_comm_close(&c, job(c)). */
 lsl_status lsl_i_comm_close(lsl_i_comm **c, lsl_status st);
 /* Collective: a communicator of the same ranks whose traffic never matches c's (MPI: a

@@ -129,16 +129,18 @@ MPI_Comm lsl_i_writer_comm(const lsl_writer *w)
     return w->comm->mpi;
 }
 
-static lsl_status create_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *path,
-                            const lsl_writer_config *cfg, lsl_writer **out)
+lsl_status lsl_writer_create_all(const lsl_comm *comm, const char *path,
+                                 const lsl_writer_config *cfg, lsl_writer **out)
 {
     lsl_i_comm *c = NULL;
     if (out)
         *out = NULL;
-    lsl_status st = lsl_i_comm_open(mpi, cb, &c);
+    lsl_writer_config kc;
+    const lsl_writer_config *k = &kc;
+    lsl_status st = lsl_i_comm_open(comm, &c);
+    if (st == LSL_OK)
+        st = lsl_i_agree(c, lsl_i_config_in(cfg, sizeof kc, &kc, 1, "lsl_writer_create_all"));
     if (st == LSL_OK) {
-        lsl_writer_config d = LSL_WRITER_CONFIG_INIT;
-        const lsl_writer_config *k = cfg ? cfg : &d;
         const lsl_i_arg args[] = {
             LSL_I_ARG_STR("path", path),
             LSL_I_ARG_NUM("overwrite", k->overwrite != 0),
@@ -153,20 +155,7 @@ static lsl_status create_on(MPI_Comm mpi, const lsl_comm_cb *cb, const char *pat
         st = lsl_i_agree_args(c, "lsl_writer_create_all", (int)(sizeof args / sizeof *args), args);
     }
     /* the writer makes its own */
-    return lsl_i_comm_close(&c,
-                            st == LSL_OK ? lsl_i_writer_create(c, path, cfg, NULL, 0, out) : st);
-}
-
-lsl_status lsl_writer_create_all(MPI_Comm comm, const char *path, const lsl_writer_config *cfg,
-                                 lsl_writer **out)
-{
-    return create_on(comm, NULL, path, cfg, out);
-}
-
-lsl_status lsl_writer_create_cb_all(const lsl_comm_cb *comm, const char *path,
-                                    const lsl_writer_config *cfg, lsl_writer **out)
-{
-    return create_on(MPI_COMM_NULL, comm, path, cfg, out);
+    return lsl_i_comm_close(&c, st == LSL_OK ? lsl_i_writer_create(c, path, k, NULL, 0, out) : st);
 }
 
 lsl_status lsl_writer_set_attr_all(lsl_writer *w, const char *key, const char *value)

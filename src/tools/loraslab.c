@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 static int g_rank = 0;
+static lsl_comm *g_comm; /* over MPI_COMM_WORLD: every rank of the launch runs the command */
 
 static const char *usage_main =
     "usage: mpiexec -n N loraslab <command> [options]\n"
@@ -344,7 +345,7 @@ static int cmd_job(int argc, char **argv, int with_adapter)
     if (stats && !cfg.plan)
         cfg.plan = LSL_PLAN_PRINT;
     lsl_job_stats js;
-    lsl_status st = lsl_merge_all(MPI_COMM_WORLD, &cfg, &js);
+    lsl_status st = lsl_merge_all(g_comm, &cfg, &js);
     if (st != LSL_OK) {
         err(cmd, st);
         return 1;
@@ -434,7 +435,7 @@ static int cmd_convert(int argc, char **argv)
     if (stats && !cfg.plan)
         cfg.plan = LSL_PLAN_PRINT;
     lsl_job_stats js;
-    lsl_status st = lsl_convert_all(MPI_COMM_WORLD, &cfg, &js);
+    lsl_status st = lsl_convert_all(g_comm, &cfg, &js);
     if (st != LSL_OK) {
         err("convert", st);
         return 1;
@@ -478,7 +479,7 @@ static int cmd_verify(int argc, char **argv)
     }
     if (argc - optind != 1)
         return usage_error("verify", usage_verify, "FILE_OR_DIR is required");
-    lsl_status st = lsl_verify_all(MPI_COMM_WORLD, argv[optind], staging, quiet, NULL);
+    lsl_status st = lsl_verify_all(g_comm, argv[optind], staging, quiet, NULL);
     if (st != LSL_OK) {
         err("verify", st);
         return 1;
@@ -521,6 +522,15 @@ int main(int argc, char **argv)
      * job left under a temporary name goes, and the exit status is 128 + the signal. */
     lsl_signals_install();
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    /* the handle is this rank's allocation: every rank learns whether all have one */
+    int bad = lsl_comm_from_mpi(MPI_COMM_WORLD, &g_comm) != LSL_OK, any = bad;
+    if (bad)
+        fprintf(stderr, "loraslab: rank %d: %s\n", g_rank, lsl_last_error());
+    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any) {
+        MPI_Finalize();
+        return 1;
+    }
     int rc;
     const char *cmd = argc > 1 ? argv[1] : "";
     if (strcmp(cmd, "merge") == 0)
@@ -548,6 +558,7 @@ int main(int argc, char **argv)
                     cmd, *cmd ? "'" : "", usage_main);
         rc = 2;
     }
+    lsl_comm_free(&g_comm);
     MPI_Finalize();
     return rc;
 }

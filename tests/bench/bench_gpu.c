@@ -419,7 +419,11 @@ static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
     cfg.staging_bytes = B->staging;
     cfg.stripe_size = B->stripe;
     double t0 = MPI_Wtime();
-    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, path, &cfg, &wr);
+    lsl_comm *comm = NULL;
+    lsl_status st = lsl_comm_from_mpi(MPI_COMM_WORLD, &comm);
+    if (!st)
+        st = lsl_writer_create_all(comm, path, &cfg, &wr);
+    lsl_comm_free(&comm);
     if (!st)
         st = lsl_writer_define_all(wr, (uint64_t)B->n, B->ti);
     /* Tensors in batches of B->batch (1: one lsl_writer_put_all each). */

@@ -10,8 +10,9 @@ import loraslab
 assert "torch" not in sys.modules, "import loraslab imported torch"
 lib_path = loraslab._lib.lib()._name  # noqa: SLF001 - which library was found
 h5, out = sys.argv[1], sys.argv[2]
-rank = loraslab._lib.lib().lsl_world_rank()
-size = loraslab._lib.lib().lsl_world_size()
+world = loraslab._tools.world()  # noqa: SLF001 - the handle over MPI's world
+rank = loraslab._lib.lib().lsl_comm_rank(world)
+size = loraslab._lib.lib().lsl_comm_size(world)
 assert loraslab.version() == loraslab.__version__, (loraslab.version(), loraslab.__version__)
 doc = loraslab.inspect(h5)
 assert [t["name"] for t in doc["tensors"]] == ["model.w.weight"], doc

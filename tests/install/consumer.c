@@ -37,7 +37,11 @@ int main(int argc, char **argv)
                        a0, an,  a + a0 * COLS, b + r0 * R, NULL,    LSL_F32,
                        0};
     lsl_part p = {r0, nr, w0 + r0 * COLS, LSL_MEM_HOST, NULL, &l};
-    lsl_status st = lsl_writer_create_all(MPI_COMM_WORLD, argv[1], &cfg, &w);
+    lsl_comm *comm = NULL;
+    lsl_status st = lsl_comm_from_mpi(MPI_COMM_WORLD, &comm);
+    if (st == LSL_OK)
+        st = lsl_writer_create_all(comm, argv[1], &cfg, &w);
+    lsl_comm_free(&comm); /* the writer keeps its own communicator */
     if (st == LSL_OK)
         st = lsl_writer_define_all(w, 1, &t);
     if (st == LSL_OK)

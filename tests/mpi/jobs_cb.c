@@ -16,7 +16,8 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     const char *f = getenv("LSL_TEST_CB_FAIL");
     lsl_test_cb_fail_at = f ? atol(f) : 0;
-    lsl_comm_cb cb = lsl_test_cb_world();
+    lsl_comm *cb = lsl_test_cb_world();
+    int rank = lsl_comm_rank(cb);
     lsl_status st = LSL_ERR_INVALID_ARG;
     if (argc >= 5 && strcmp(argv[1], "merge") == 0) {
         lsl_job_config cfg = LSL_JOB_CONFIG_INIT;
@@ -27,23 +28,24 @@ int main(int argc, char **argv)
         const char *shard = getenv("LSL_TEST_MAX_SHARD");
         cfg.max_shard_bytes = shard ? (uint64_t)atoll(shard) : 0;
         cfg.quiet = LSL_PROGRESS_NONE;
-        st = lsl_merge_cb_all(&cb, &cfg, NULL);
+        st = lsl_merge_all(cb, &cfg, NULL);
     } else if (argc >= 4 && strcmp(argv[1], "convert") == 0) {
         lsl_convert_config cfg = LSL_CONVERT_CONFIG_INIT;
         cfg.input = argv[2];
         cfg.outdir = argv[3];
         cfg.quiet = LSL_PROGRESS_NONE;
-        st = lsl_convert_cb_all(&cb, &cfg, NULL);
+        st = lsl_convert_all(cb, &cfg, NULL);
     } else if (argc >= 3 && strcmp(argv[1], "verify") == 0) {
-        st = lsl_verify_cb_all(&cb, argv[2], 0, LSL_PROGRESS_NONE, NULL);
-    } else if (cb.rank == 0) {
+        st = lsl_verify_all(cb, argv[2], 0, LSL_PROGRESS_NONE, NULL);
+    } else if (rank == 0) {
         fprintf(stderr, "usage: jobs_cb merge|convert|verify ...\n");
     }
-    if (st != LSL_OK && cb.rank == 0)
+    if (st != LSL_OK && rank == 0)
         fprintf(stderr, "jobs_cb %s: %s [%s]\n", argc > 1 ? argv[1] : "?", lsl_last_error(),
                 lsl_status_name(st));
-    if (getenv("LSL_TEST_CB_COUNT") && cb.rank == 0) /* how many collectives the job made */
+    if (getenv("LSL_TEST_CB_COUNT") && rank == 0) /* how many collectives the job made */
         fprintf(stderr, "jobs_cb: %ld callbacks on rank 0\n", lsl_test_cb_calls);
+    lsl_comm_free(&cb);
     MPI_Comm_free(&lsl_test_cb_comm);
     MPI_Finalize();
     return st == LSL_OK ? 0 : 1;

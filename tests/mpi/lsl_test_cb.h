@@ -74,15 +74,19 @@ static const lsl_comm_ops lsl_test_cb_ops = {lsl_test_cb_allreduce, lsl_test_cb_
                                              lsl_test_cb_allgather, lsl_test_cb_allgatherv,
                                              lsl_test_cb_barrier};
 
-/* The descriptor over a duplicate of MPI_COMM_WORLD (made at the first call). */
-static lsl_comm_cb lsl_test_cb_world(void)
+/* A handle over the callbacks on a duplicate of MPI_COMM_WORLD (made at the first call); the
+ * caller frees it with lsl_comm_free. */
+static lsl_comm *lsl_test_cb_world(void)
 {
     if (lsl_test_cb_comm == MPI_COMM_NULL)
         MPI_Comm_dup(MPI_COMM_WORLD, &lsl_test_cb_comm);
-    lsl_comm_cb cb = {&lsl_test_cb_ops, &lsl_test_cb_comm, 0, 1};
-    MPI_Comm_rank(lsl_test_cb_comm, &cb.rank);
-    MPI_Comm_size(lsl_test_cb_comm, &cb.size);
-    return cb;
+    int rank = 0, size = 1;
+    MPI_Comm_rank(lsl_test_cb_comm, &rank);
+    MPI_Comm_size(lsl_test_cb_comm, &size);
+    lsl_comm *c = NULL;
+    if (lsl_comm_from_ops(&lsl_test_cb_ops, &lsl_test_cb_comm, rank, size, &c) != LSL_OK)
+        abort(); /* a test helper: the table is complete and the rank in range */
+    return c;
 }
 
 #endif

@@ -72,12 +72,18 @@ static char dir[512];
 /* --callbacks: writers over the test's callback communicator (MPI underneath, pwrite data) */
 static int use_cb;
 
+/* The handle every writer of the test is created over: MPI_COMM_WORLD, or the callbacks.  The
+ * writer makes its own communicator from it, so the handle is freed at once. */
 static lsl_status create_writer(const char *path, const lsl_writer_config *cfg, lsl_writer **w)
 {
-    if (!use_cb)
-        return lsl_writer_create_all(MPI_COMM_WORLD, path, cfg, w);
-    lsl_comm_cb cb = lsl_test_cb_world();
-    return lsl_writer_create_cb_all(&cb, path, cfg, w);
+    lsl_comm *c = NULL;
+    if (use_cb)
+        c = lsl_test_cb_world();
+    else if (lsl_comm_from_mpi(MPI_COMM_WORLD, &c) != LSL_OK)
+        return LSL_ERR_INVALID_ARG;
+    lsl_status st = lsl_writer_create_all(c, path, cfg, w);
+    lsl_comm_free(&c);
+    return st;
 }
 
 #define CHECK(cond, ...)                                                                           \
@@ -619,6 +625,63 @@ static void test_own_comm(void)
     }
     CHECK(umask_calls == 0, "the writer called umask() %d times", umask_calls);
     report("own communicator with MPI_ERRORS_RETURN, umask untouched", before);
+}
+
+/* The handle and the config's size: a handle refuses what it cannot use before any collective;
+ * a config with size 0 or larger than the library's is refused on every rank, nothing created;
+ * an older caller's shorter config (here: the fields before `format`) works, its missing fields
+ * taking their defaults. */
+static void test_handles_and_sizes(void)
+{
+    int before = agree_failures();
+    lsl_comm *c = NULL;
+    lsl_comm_ops ops = lsl_test_cb_ops;
+    ops.barrier = NULL;
+    CHECK(lsl_comm_from_ops(&ops, NULL, 0, 1, &c) == LSL_ERR_INVALID_ARG && !c,
+          "a NULL callback was accepted");
+    CHECK(lsl_comm_from_ops(&lsl_test_cb_ops, NULL, 2, 2, &c) == LSL_ERR_INVALID_ARG && !c,
+          "rank 2 of 2 was accepted");
+    CHECK(lsl_comm_from_mpi(MPI_COMM_NULL, &c) == LSL_ERR_INVALID_ARG && !c,
+          "MPI_COMM_NULL was accepted");
+    CHECK(lsl_writer_create_all(NULL, "x.h5", NULL, NULL) == LSL_ERR_INVALID_ARG,
+          "a NULL handle was accepted");
+    CHECK(lsl_comm_from_mpi(MPI_COMM_WORLD, &c) == LSL_OK && lsl_comm_rank(c) == rank &&
+              lsl_comm_size(c) == size,
+          "the world's handle: %s", lsl_last_error());
+    char path[700];
+    snprintf(path, sizeof path, "%s/config-size.h5", dir);
+    lsl_writer *w = NULL;
+    lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+    cfg.quiet = 1;
+    size_t sizes[] = {0, sizeof cfg + 8};
+    for (int i = 0; i < 2; i++) {
+        cfg.size = sizes[i];
+        lsl_status st = lsl_writer_create_all(c, path, &cfg, &w);
+        CHECK(st == LSL_ERR_INVALID_ARG && !w && strstr(lsl_last_error(), "cfg->size"),
+              "cfg.size %zu: %s (%s)", sizes[i], lsl_status_name(st), lsl_last_error());
+        CHECK(!file_exists(path) && !leftover_tmp(), "cfg.size %zu left output", sizes[i]);
+    }
+    /* an older caller: its struct ended before `format`; whatever lies beyond is not read */
+    cfg.size = offsetof(lsl_writer_config, format);
+    cfg.format = 77;
+    cfg.max_shard_bytes = 1;
+    lsl_status st = lsl_writer_create_all(c, path, &cfg, &w);
+    CHECK(st == LSL_OK, "a shorter config: %s (%s)", lsl_status_name(st), lsl_last_error());
+    if (st == LSL_OK) {
+        lsl_tensor_info t = {"x", LSL_F32, 1, {4}};
+        float v[4] = {1, 2, 3, 4};
+        uint64_t r0, nr;
+        lsl_partition_rows(4, size, rank, &r0, &nr);
+        lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
+        CHECK(lsl_writer_define_all(w, 1, &t) == LSL_OK, "define: %s", lsl_last_error());
+        CHECK(lsl_writer_put_all(w, 0, &part) == LSL_OK, "put: %s", lsl_last_error());
+        CHECK(lsl_writer_close_all(&w) == LSL_OK, "close: %s", lsl_last_error());
+        CHECK(file_exists(path), "the file (HDF5 by its name) is missing");
+    }
+    lsl_comm_free(&c);
+    CHECK(!c, "lsl_comm_free left the handle");
+    lsl_comm_free(&c); /* NULL: a no-op */
+    report("communicator handles and config sizes", before);
 }
 
 /* lsl_set_log: the library's lines go to the caller's sink, whole and without their newline;
@@ -1409,6 +1472,7 @@ int main(int argc, char **argv)
     test_hints();
     test_own_comm();
     test_log_sink();
+    test_handles_and_sizes();
 #else
     test_stream_order(0);
     test_stream_order(1);
@@ -1416,6 +1480,7 @@ int main(int argc, char **argv)
     (void)test_hints;
     (void)test_log_sink;
     (void)test_own_comm;
+    (void)test_handles_and_sizes;
 #endif
 done:;
     int all = agree_failures();

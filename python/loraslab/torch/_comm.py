@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from .. import _capi
+from .._errors import raise_status
+from .._lib import lib
 
 _OPS = {_capi.OP_MAX: dist.ReduceOp.MAX, _capi.OP_MIN: dist.ReduceOp.MIN,
         _capi.OP_SUM: dist.ReduceOp.SUM}
@@ -27,7 +29,8 @@ def _view(addr: int, nbytes: int, dtype: torch.dtype = torch.uint8) -> torch.Ten
 
 
 class TorchComm:
-    """lsl_comm_cb over a gloo group (ranks of the job that write, in group rank order)."""
+    """An lsl_comm over callbacks on a gloo group (ranks of the job that write, in group rank
+    order); `handle` is what the C calls take, freed by close()."""
 
     def __init__(self, gloo: dist.ProcessGroup) -> None:
         self.group = gloo
@@ -38,7 +41,19 @@ class TorchComm:
                                   _capi.ALLGATHER(self._allgather),
                                   _capi.ALLGATHERV(self._allgatherv),
                                   _capi.BARRIER(self._barrier))
-        self.cb = _capi.CommCb(c.pointer(self._ops), None, self.rank, self.size)
+        self.handle = c.c_void_p()
+        st = lib().lsl_comm_from_ops(c.byref(self._ops), None, self.rank, self.size,
+                                     c.byref(self.handle))
+        if st != 0:
+            raise_status(lib(), st)
+
+    def close(self) -> None:
+        """Free the handle (writers made over it keep their own communicator)."""
+        lib().lsl_comm_free(c.byref(self.handle))
+
+    def __del__(self) -> None:
+        if self.handle:
+            self.close()
 
     def _guard(self, fn: Any, *args: Any) -> int:
         if self.error is not None:  # never call a collective after a failed one

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from .. import _capi
 from .._errors import Error
 from .._lib import lib
+from .._tools import world
 from . import _fsdp1, _launch, _layout, _serving
 from ._layout import Unsupported
 from ._parts import (BATCH_A_BYTES, BATCH_A_BYTES_DIR, FACTOR_DTYPES, Keep, batches, check,
@@ -206,9 +207,10 @@ def _save_merged(model: torch.nn.Module, path: PathLike, adapter_name: Optional[
                  stripe_count: int, stripe_size: int, fmt: Optional[str],
                  max_shard_size: Union[int, str], tokenizer: Optional[Any]) -> None:
     _check_world()
-    cfg = _capi.WriterConfig(staging_mib << 20, 0, int(overwrite), 1 if quiet else 0,
-                             b"save_merged", _capi.STRIPE_ALL if stripe_count == -1 else
-                             max(0, stripe_count), stripe_size, 0)
+    cfg = _capi.WriterConfig(staging_bytes=staging_mib << 20, overwrite=int(overwrite),
+                             quiet=1 if quiet else 0, progress_label=b"save_merged",
+                             stripe_count=_capi.STRIPE_ALL if stripe_count == -1 else
+                             max(0, stripe_count), stripe_size=stripe_size)
     peft_model = None
     files: list[tuple[str, bytes]] = []
     try:
@@ -286,13 +288,11 @@ def _save(peft_model: Any, path: PathLike, items: list[Item], kind: str, why: st
     w = c.c_void_p()
     p = os.fsencode(os.fspath(path))
     try:
+        handle = comm.handle if comm is not None else world()
+        check(lb.lsl_writer_create_all(handle, p, c.byref(cfg), c.byref(w)), comm)
+        rank, size = lb.lsl_comm_rank(handle), lb.lsl_comm_size(handle)
         if comm is not None:
-            check(lb.lsl_writer_create_cb_all(c.byref(comm.cb), p, c.byref(cfg), c.byref(w)),
-                   comm)
-            rank, size = comm.rank, comm.size
-        else:
-            check(lb.lsl_writer_create_world(p, c.byref(cfg), c.byref(w)))
-            rank, size = lb.lsl_world_rank(), lb.lsl_world_size()
+            comm.close()  # the writer made its own communicator from the handle
         if rank == 0 and not cfg.quiet:
             hdf5 = cfg.format == _capi.OUTPUT_HDF5 or (
                 cfg.format == _capi.OUTPUT_AUTO and
