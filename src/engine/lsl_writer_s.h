@@ -13,6 +13,7 @@
 #include "lsl_h5.h"
 #include "lsl_hfdir.h"
 #include "lsl_ioplan.h"
+#include "lsl_tiles.h"
 #include "lsl_progress.h"
 #include "lsl_publish.h"
 #include "lsl_reader.h"

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "lsl_ioplan.h"
+#include "lsl_tiles.h"
 
 #define LUSTRE 0x0BD00BD0u
 #define GPFS   0x47504653u
