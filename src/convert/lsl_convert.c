@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "lsl_ioplan.h"
 
+#include "lsl_blob.h"
 #include "lsl_crc32c.h"
 #include "lsl_h5.h"
 #include "lsl_hfdir.h"
@@ -154,6 +155,7 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     uint32_t *crcs = NULL;
     char **dst_paths = NULL, *in_path = NULL;
     void *staging = NULL;
+    lsl_i_blob blob = {0};
     double t0 = lsl_i_now();
     uint64_t rss0 = lsl_i_rss_current();
     memset(&f, 0, sizeof f);
@@ -195,24 +197,35 @@ static lsl_status convert_impl(lsl_i_comm *comm, const lsl_convert_config *cfg,
     /* Everyone learns the plan: temporary dir, shard names, ranges (on failure, lsl_i_out_share
      * removes rank 0's temporary). */
     LSL_TRY(lsl_i_out_share(comm, &p.out, st));
+    /* One blob: the counts, the input's path, the shard names, their pieces, the ranges. */
     uint64_t hdr[4] = {p.hf.nshards, p.nranges, (uint64_t)verify, f.n};
-    in_path = rank == 0 ? lsl_i_strdup(cfg->input) : NULL;
-    char **strs[1] = {&in_path};
-    LSL_TRY(
-        lsl_i_bcast(comm, 1, strs, 4, hdr,
-                    rank == 0 && !in_path ? lsl_i_fail(LSL_ERR_NOMEM, "out of memory") : LSL_OK));
+    if (rank == 0) {
+        lsl_i_blob_put(&blob, hdr, sizeof hdr);
+        lsl_i_blob_put_str(&blob, cfg->input);
+        lsl_i_blob_put(&blob, p.hf.names, LSL_HF_NAME_MAX * (uint64_t)p.hf.nshards);
+        lsl_i_blob_put(&blob, p.piece, sizeof *p.piece * p.hf.nshards);
+        lsl_i_blob_put(&blob, p.ranges, p.nranges * sizeof *p.ranges);
+    }
+    LSL_TRY(lsl_i_blob_bcast(comm, &blob, LSL_OK));
+    lsl_i_blob_get(&blob, hdr, sizeof hdr);
+    in_path = lsl_i_blob_get_str(&blob);
     if (rank != 0) {
         p.hf.nshards = (uint32_t)hdr[0];
         p.nranges = hdr[1];
         p.hf.names = lsl_i_calloc(p.hf.nshards ? p.hf.nshards : 1, sizeof *p.hf.names);
         p.piece = lsl_i_calloc(p.hf.nshards ? p.hf.nshards : 1, sizeof *p.piece);
         p.ranges = lsl_i_calloc(p.nranges ? p.nranges : 1, sizeof *p.ranges);
+        if (p.hf.names && p.piece && p.ranges) {
+            lsl_i_blob_get(&blob, p.hf.names, LSL_HF_NAME_MAX * (uint64_t)p.hf.nshards);
+            lsl_i_blob_get(&blob, p.piece, sizeof *p.piece * p.hf.nshards);
+            lsl_i_blob_get(&blob, p.ranges, p.nranges * sizeof *p.ranges);
+        }
     }
     verify = (int)hdr[2];
-    st = p.hf.names && p.piece && p.ranges ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_bcast_bytes(comm, p.hf.names, LSL_HF_NAME_MAX * (uint64_t)p.hf.nshards, st));
-    LSL_TRY(lsl_i_bcast_bytes(comm, p.piece, sizeof *p.piece * p.hf.nshards, LSL_OK));
-    LSL_TRY(lsl_i_bcast_bytes(comm, p.ranges, p.nranges * sizeof *p.ranges, LSL_OK));
+    st = p.hf.names && p.piece && p.ranges && in_path && !blob.bad
+             ? LSL_OK
+             : lsl_i_fail(LSL_ERR_NOMEM, "out of memory for the plan");
+    LSL_TRY(lsl_i_agree(comm, st));
     if (cfg->plan == LSL_PLAN_ONLY) { /* the plan was the job: the temporary goes */
         if (rank == 0) {
             uint64_t total = 0;
@@ -310,6 +323,7 @@ fail:
     free(crcs);
     free(staging);
     free(in_path);
+    lsl_i_blob_free(&blob);
     cplan_free(&p);
     lsl_i_h5_list_free(&f);
     return rc;

@@ -1,5 +1,6 @@
 /* Re-read a loraslab HDF5 file or a converted directory in parallel and check every checksum it
  * carries: per tensor (HDF5 attribute, loraslab.json) and per file (checksums.json). */
+#include "lsl_blob.h"
 #include "lsl_checkpoint.h"
 #include "lsl_hfdir.h"
 #include "lsl_crc32c.h"
@@ -30,7 +31,7 @@ typedef struct vplan {
 
 static void vplan_free(vplan *p)
 {
-    for (uint32_t i = 0; i < p->nsrc; i++)
+    for (uint32_t i = 0; p->src && i < p->nsrc; i++)
         free(p->src[i]);
     for (uint64_t i = 0; p->what && i < p->n; i++)
         free(p->what[i]);
@@ -206,7 +207,7 @@ static lsl_status verify_impl(lsl_i_comm *comm, const char *path, uint64_t stagi
 {
     lsl_status rc = LSL_OK, st = LSL_OK;
     int rank, *fds = NULL;
-    char ***srcs = NULL;
+    lsl_i_blob blob = {0};
     vplan p;
     uint32_t *crcs = NULL;
     void *staging = NULL;
@@ -231,29 +232,34 @@ static lsl_status verify_impl(lsl_i_comm *comm, const char *path, uint64_t stagi
             st = plan_h5(path, &p);
     }
     LSL_TRY(lsl_i_agree(comm, st));
+    /* rank 0's plan in one blob: the counts, the ranges, the source paths */
     uint64_t hdr[2] = {p.nsrc, p.n};
-    LSL_TRY(lsl_i_bcast_raw(comm, hdr, sizeof hdr, 0));
+    if (rank == 0) {
+        lsl_i_blob_put(&blob, hdr, sizeof hdr);
+        lsl_i_blob_put(&blob, p.r, p.n * sizeof *p.r);
+        for (uint32_t i = 0; i < p.nsrc; i++)
+            lsl_i_blob_put_str(&blob, p.src[i]);
+    }
+    LSL_TRY(lsl_i_blob_bcast(comm, &blob, LSL_OK));
+    lsl_i_blob_get(&blob, hdr, sizeof hdr);
     if (rank != 0) {
         p.nsrc = (uint32_t)hdr[0];
         p.n = hdr[1];
         p.src = lsl_i_calloc(p.nsrc ? p.nsrc : 1, sizeof *p.src);
         p.r = lsl_i_calloc(p.n ? p.n : 1, sizeof *p.r);
+        if (p.r)
+            lsl_i_blob_get(&blob, p.r, p.n * sizeof *p.r);
+        for (uint32_t i = 0; p.src && i < p.nsrc; i++)
+            p.src[i] = lsl_i_blob_get_str(&blob);
     }
     fds = lsl_i_malloc(sizeof *fds * (p.nsrc ? p.nsrc : 1));
     for (uint32_t i = 0; fds && i < p.nsrc; i++)
         fds[i] = -1;
     crcs = lsl_i_calloc(p.n ? p.n : 1, sizeof *crcs);
     staging = lsl_i_malloc(staging_bytes);
-    st = p.src && p.r && fds && crcs && staging ? LSL_OK
-                                                : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    /* the source paths, in one broadcast sequence that a rank short of memory still joins */
-    srcs = lsl_i_calloc(p.nsrc ? p.nsrc : 1, sizeof *srcs);
-    if (!srcs && st == LSL_OK)
-        st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
-    LSL_TRY(lsl_i_bcast_bytes(comm, p.r, p.n * sizeof *p.r, st));
-    for (uint32_t i = 0; i < p.nsrc; i++)
-        srcs[i] = &p.src[i];
-    LSL_TRY(lsl_i_bcast(comm, (int)p.nsrc, srcs, 0, NULL, LSL_OK));
+    st = p.src && p.r && fds && crcs && staging && !blob.bad
+             ? LSL_OK
+             : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint32_t i = 0; i < p.nsrc && st == LSL_OK; i++)
         st = lsl_i_open_input(p.src[i], &fds[i], NULL);
     LSL_TRY(lsl_i_agree(comm, st));
@@ -292,7 +298,7 @@ fail:
         if (fds[i] >= 0)
             close(fds[i]);
     free(fds);
-    free(srcs);
+    lsl_i_blob_free(&blob);
     free(crcs);
     free(staging);
     vplan_free(&p);

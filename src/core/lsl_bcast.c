@@ -46,11 +46,3 @@ lsl_status lsl_i_bcast_strs(lsl_i_comm *comm, int nstr, char **const *strs, uint
 {
     return lsl_i_bcast(comm, nstr, strs, num ? 1 : 0, num, local);
 }
-
-lsl_status lsl_i_bcast_bytes(lsl_i_comm *comm, void *buf, uint64_t n, lsl_status local)
-{
-    lsl_status rc = lsl_i_agree(comm, local);
-    if (rc != LSL_OK)
-        return rc;
-    return lsl_i_bcast_raw(comm, buf, n, 0);
-}

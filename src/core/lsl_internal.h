@@ -83,14 +83,12 @@ typedef struct lsl_i_arg {
  * A failed collective is returned as it is (the communicator is then broken). */
 lsl_status lsl_i_agree_args(lsl_i_comm *c, const char *call, int n, const lsl_i_arg *args);
 
-/* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank,
+/* Collective: rank 0's nstr strings (*strs[i], NULL allowed) and nnum numbers reach every rank
+ * (a plan of several parts travels as one blob instead: lsl_blob.h),
  * replacing the others' (their old strings are freed).  Every rank makes the same collective
  * calls whatever fails locally; local lets a rank that already failed join.  Agreed status. */
 lsl_status lsl_i_bcast(lsl_i_comm *comm, int nstr, char **const *strs, int nnum, uint64_t *nums,
                        lsl_status local);
-/* Collective: agree on local (each rank's buffer of n bytes is allocated), then rank 0's n bytes
- * reach every rank.  Agreed status. */
-lsl_status lsl_i_bcast_bytes(lsl_i_comm *comm, void *buf, uint64_t n, lsl_status local);
 /* lsl_i_bcast with at most one number (num may be NULL). */
 lsl_status lsl_i_bcast_strs(lsl_i_comm *comm, int nstr, char **const *strs, uint64_t *num,
                             lsl_status local);
