@@ -92,7 +92,15 @@ static void put_clock_stop(lsl_writer *w, uint64_t index)
 }
 
 /* int64 values per rank in a put's opening all-gather (see begin) */
-#define REC 8
+/* What each rank says about its put, all-gathered once: all int64 so that one all-gather of
+ * plain bytes carries it over MPI and callbacks alike.  The first four must equal rank 0's. */
+typedef struct put_rec {
+    int64_t index, lora, mem, elems; /* the same tensor, kind and memory everywhere */
+    int64_t first, count;            /* this rank's rows or elements (0, 0 after a failure) */
+    int64_t failed;                  /* this rank already failed: its message goes to everyone */
+    int64_t dora;                    /* a magnitude: row norms may span ranks */
+} put_rec;
+_Static_assert(sizeof(put_rec) == 8 * sizeof(uint64_t), "w->per_rank holds 8 values a rank");
 
 /* Local checks, then the collective ones (same tensor everywhere, parts tiling the tensor in
  * rank order, by rows or by elements), agreed before any I/O. */
@@ -145,37 +153,38 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
     /* One all-gather of every rank's record says all a put must agree on: the same tensor,
      * kind and memory everywhere, the parts tiling it in rank order, and who failed first
      * (whose message then goes to everyone). */
-    int64_t rec[REC] = {(int64_t)index,
-                        lora != NULL,
-                        mem,
-                        elems,
-                        st == LSL_OK ? (int64_t)first : 0,
-                        st == LSL_OK ? (int64_t)count : 0,
-                        st != LSL_OK,
-                        lora && lora->magnitude}; /* DoRA: row norms may span ranks */
-    lsl_status cs = lsl_i_allgather(w->comm, rec, w->per_rank, sizeof rec);
+    put_rec rec = {.index = (int64_t)index,
+                   .lora = lora != NULL,
+                   .mem = mem,
+                   .elems = elems,
+                   .first = st == LSL_OK ? (int64_t)first : 0,
+                   .count = st == LSL_OK ? (int64_t)count : 0,
+                   .failed = st != LSL_OK,
+                   .dora = lora && lora->magnitude};
+    lsl_status cs = lsl_i_allgather(w->comm, &rec, w->per_rank, sizeof rec);
     if (cs != LSL_OK) {
         w->prof[P_AGREE] += lsl_i_now() - t0;
         return cs;
     }
-    const int64_t *all = (const int64_t *)w->per_rank;
+    const put_rec *all = (const put_rec *)w->per_rank;
     int64_t failed = INT64_MAX;
     int same = 1, bad_k = -1;
     int64_t dora = -1; /* a part with data brings a magnitude (an empty one may pass NULL) */
     uint64_t prefix = 0, bad_at = 0, bad_prefix = 0;
     for (int k = 0; k < w->size; k++) {
-        const int64_t *r = all + (size_t)k * REC;
-        if (r[6] && failed == INT64_MAX)
+        const put_rec *r = &all[k];
+        if (r->failed && failed == INT64_MAX)
             failed = k;
-        for (int i = 0; i < 4; i++) /* against rank 0's: every rank reaches the same verdict */
-            same &= r[i] == all[i];
-        if (r[5] && r[7] != dora && dora >= 0) /* the parts holding data agree on DoRA */
+        /* against rank 0's: every rank reaches the same verdict */
+        same &= r->index == all[0].index && r->lora == all[0].lora && r->mem == all[0].mem &&
+                r->elems == all[0].elems;
+        if (r->count && r->dora != dora && dora >= 0) /* the parts holding data agree on DoRA */
             same = 0;
-        if (r[5] && dora < 0)
-            dora = r[7];
-        if (r[5] && (uint64_t)r[4] != prefix && bad_k < 0)
-            bad_k = k, bad_at = (uint64_t)r[4], bad_prefix = prefix;
-        prefix += (uint64_t)r[5];
+        if (r->count && dora < 0)
+            dora = r->dora;
+        if (r->count && (uint64_t)r->first != prefix && bad_k < 0)
+            bad_k = k, bad_at = (uint64_t)r->first, bad_prefix = prefix;
+        prefix += (uint64_t)r->count;
     }
     if (failed != INT64_MAX)
         st = lsl_i_agree_first(w->comm, failed, st);
