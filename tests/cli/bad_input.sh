@@ -10,7 +10,7 @@ mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/bad-input${LSL_MERGE_ARGS:+-gpu}
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 export PYTHONPATH=$here/py
 
 gen() { "$py" "$here/py/gen_model.py" "$@" >/dev/null; }
@@ -39,11 +39,9 @@ expect() {
   [ ! -e "$o" ] || why="$why; $o exists"
   ! ls -a "$out" | grep "lsl-tmp" >/dev/null || why="$why; temporary file left behind"
   if [ -z "$why" ]; then
-    echo "ok - $name: $(grep -m1 error "$log" | cut -c1-150)"
-    pass=$((pass + 1))
+    ok "$name: $(grep -m1 error "$log" | cut -c1-150)"
   else
-    echo "FAIL - $name: $why"; sed 's/^/    /' "$log" | head -5
-    fail=$((fail + 1))
+    not_ok "$name: $why"; sed 's/^/    /' "$log" | head -5
   fi
   rm -f "$out"/.*lsl-tmp* 2>/dev/null
 }
@@ -161,9 +159,9 @@ echo precious >"$out/exists.h5"
 "$mpiexec" -n 2 "$lsl" merge -q -b "$out/good/base" -a "$out/good/adapter" -o "$out/exists.h5" \
   >"$out/exists.log" 2>&1
 if [ $? -ne 0 ] && grep -q "already exists" "$out/exists.log" && [ "$(cat "$out/exists.h5")" = precious ]; then
-  echo "ok - existing-output-kept"; pass=$((pass + 1))
+  ok "existing-output-kept"
 else
-  echo "FAIL - existing-output-kept"; fail=$((fail + 1))
+  not_ok "existing-output-kept"
 fi
 
 # --device cuda on a rank without a GPU (or a build without CUDA): an agreed error naming it, no
@@ -175,10 +173,9 @@ fi
 # Usage errors exit 2 with the command's help.
 "$lsl" merge -b x >"$out/usage.log" 2>&1
 if [ $? -eq 2 ] && grep -q "are required" "$out/usage.log" && grep -q "usage:" "$out/usage.log"; then
-  echo "ok - usage-error"; pass=$((pass + 1))
+  ok "usage-error"
 else
-  echo "FAIL - usage-error"; fail=$((fail + 1))
+  not_ok "usage-error"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

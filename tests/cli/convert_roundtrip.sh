@@ -14,9 +14,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/convert-np$np
 rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=$here/py
-pass=0 fail=0
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
-no() { echo "FAIL - $1"; fail=$((fail + 1)); }
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
+ok() { ok "$1"; }
+no() { not_ok "$1"; }
 run() { "$mpiexec" -n "$np" "$lsl" "$@"; }
 
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --shard-kib 96 \
@@ -120,5 +120,4 @@ printf '\xff' | dd of="$f" bs=1 seek=$(($(stat -c %s "$f") - 5)) conv=notrunc 2>
 run verify -q "$out/badshard" 2>"$out/badshard.log"
 [ $? -ne 0 ] && grep -q "CRC-32C" "$out/badshard.log" && ok "verify catches a flipped byte in a shard" ||
   { no "verify shard"; cat "$out/badshard.log"; }
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

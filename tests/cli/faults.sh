@@ -14,7 +14,7 @@ mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/faults
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 export PYTHONPATH=$here/py
 
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --shard-kib 64 >/dev/null
@@ -61,12 +61,10 @@ for cmd in merge import convert merge-dir import-dir; do
         fi
         ls -a "$out" | grep "lsl-tmp\|lsl-old" >/dev/null && why="$why; temporary left behind"
         if [ -z "$why" ]; then
-          echo "ok - $name: $([ $rc -eq 0 ] && echo "not reached, output verifies" || grep -m1 error "$log" | cut -c1-110)"
-          pass=$((pass + 1))
+          ok "$name: $([ $rc -eq 0 ] && echo "not reached, output verifies" || grep -m1 error "$log" | cut -c1-110)"
         else
-          echo "FAIL - $name: $why"
+          not_ok "$name: $why"
           sed 's/^/    /' "$log" | head -6
-          fail=$((fail + 1))
         fi
         rm -rf "$o" "$out"/.*lsl-tmp* 2>/dev/null
       done
@@ -101,13 +99,10 @@ for sweep in import@1 convert@1 merge@1 convert@0 merge-dir@1 merge-dir@0; do
     [ $rc -eq 0 ] && break # past rank 1's last allocation
   done
   if [ $hung -eq 0 ] && [ $bad_state -eq 0 ] && [ $failed -gt 0 ]; then
-    echo "ok - $cmd: malloc:1..$n on rank $who: $failed agreed failures, then success"
-    pass=$((pass + 1))
+    ok "$cmd: malloc:1..$n on rank $who: $failed agreed failures, then success"
   else
-    echo "FAIL - $cmd malloc sweep on rank $who: $hung hung, $bad_state without an agreed error or with output"
-    fail=$((fail + 1))
+    not_ok "$cmd malloc sweep on rank $who: $hung hung, $bad_state without an agreed error or with output"
   fi
 done
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

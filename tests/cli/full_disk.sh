@@ -19,13 +19,13 @@ fi
 trap 'umount "$small" 2>/dev/null' EXIT
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --hidden 256 \
   --intermediate 1024 --vocab 2000 --layers 1 >/dev/null
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 check() {
   local name=$1 text=$2 log=$3 rc=$4
   if [ "$rc" -ne 0 ] && grep -qF "$text" "$log" && [ -z "$(ls -A "$small")" ]; then
-    echo "ok - $name: $(grep -m1 error "$log" | cut -c1-160)"; pass=$((pass + 1))
+    ok "$name: $(grep -m1 error "$log" | cut -c1-160)"
   else
-    echo "FAIL - $name (rc=$rc, left: $(ls -A "$small"))"; head -5 "$log"; fail=$((fail + 1))
+    not_ok "$name (rc=$rc, left: $(ls -A "$small"))"; head -5 "$log"
   fi
 }
 "$mpiexec" -n 2 "$lsl" merge -q -b "$out/base" -a "$out/adapter" -o "$small/m.h5" >"$out/pre.log" 2>&1
@@ -33,5 +33,4 @@ check precheck "LSL_ERR_NOSPACE" "$out/pre.log" $?
 LSL_NO_SPACE_CHECK=1 "$mpiexec" -n 3 "$lsl" merge -q -b "$out/base" -a "$out/adapter" -o "$small/m.h5" \
   >"$out/write.log" 2>&1
 check enospc-during-write "LSL_ERR_NOSPACE" "$out/write.log" $?
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -15,9 +15,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/hfdir
 rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=$here/py
-pass=0 fail=0
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
-no() { echo "FAIL - $1"; fail=$((fail + 1)); }
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
+ok() { ok "$1"; }
+no() { not_ok "$1"; }
 
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --shard-kib 96 \
   --hidden 96 --intermediate 224 --vocab 771 --seed 5 >/dev/null
@@ -126,5 +126,4 @@ got=$(cd "$out/many-out" && ls | grep -v -e '\.safetensors$' -e '\.index\.json$'
   ok "over 256 serving files: the first 256 by name carried, 50 named in warnings" ||
   no "over 256 serving files: got $(echo $got | wc -w), want $(echo $want | wc -w)"
 ls -a "$out" | grep -q "lsl-tmp\|lsl-old" && no "a temporary was left" || ok "no temporary left"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

@@ -10,14 +10,12 @@ mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/hostile
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 export PYTHONPATH=$here/py
 
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
 bad() {
-  echo "FAIL - $1: $2"
+  not_ok "$1: $2"
   [ -f "${3:-}" ] && sed 's/^/    /' "$3" | head -5
-  fail=$((fail + 1))
 }
 leftovers() { ls -a "$1" 2>/dev/null | grep -E 'lsl-tmp|lsl-old' || true; }
 # The temporary of output $1, once it exists (at most 5 s).
@@ -265,5 +263,4 @@ if [ $rc -eq 0 ] && grep -q "LSL_PROFIL is set, which loraslab does not read; di
 else bad "misspelt variable" "rc $rc, not named or named more than once" "$out/env.log"; fi
 
 [ "$(sum_inputs)" = "$before" ] && ok "inputs unchanged at the end" || bad "inputs" "an input changed"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

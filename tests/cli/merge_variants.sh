@@ -18,7 +18,7 @@ mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/merge-np$np${LSL_MERGE_ARGS:+-gpu}
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 
 # The merge over callbacks: the same bytes as the MPI-IO file.
 same_over_callbacks() {
@@ -38,9 +38,9 @@ variant() {
        ${LSL_MERGE_ARGS:+--fp32-accumulation} &&
      { [ -n "${LSL_MERGE_ARGS:-}" ] || "$lsl" inspect --json "$d/merged.h5" | "$py" "$here/py/check_schema.py"; } &&
      { [ -z "$jobs_cb" ] || same_over_callbacks "$d" "$mergeargs"; }; then
-    echo "ok - $name (np=$np)"; pass=$((pass + 1))
+    ok "$name (np=$np)"
   else
-    echo "FAIL - $name (np=$np)"; fail=$((fail + 1))
+    not_ok "$name (np=$np)"
   fi
 }
 
@@ -66,9 +66,8 @@ variant r32-large-delta "" --r 32 --alpha 64 --b-scale 0.1 --hidden 128 --interm
 # The human table says what was merged (captured first: grep -q would cut the pipe).
 table=$("$lsl" inspect "$out/bf16-base-f32-lora/merged.h5")
 if grep -q "14 with a LoRA delta merged" <<<"$table"; then
-  echo "ok - inspect table"; pass=$((pass + 1))
+  ok "inspect table"
 else
-  echo "FAIL - inspect table"; fail=$((fail + 1))
+  not_ok "inspect table"
 fi
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

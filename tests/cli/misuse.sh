@@ -15,12 +15,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/misuse
 rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=$here/py
-pass=0 fail=0
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 bad() {
-  echo "FAIL - $1: $2"
+  not_ok "$1: $2"
   [ -f "${3:-}" ] && sed 's/^/    /' "$3" | head -8
-  fail=$((fail + 1))
 }
 leftovers() { ls -a "$1" 2>/dev/null | grep -E 'lsl-tmp|lsl-old' || true; }
 
@@ -117,5 +115,4 @@ if grep -q "removed $out/hf.lsl-old-4242, left by an interrupted run" "$out/old.
   [ -z "$(leftovers "$out")" ]; then ok "an old copy moved aside by an earlier version is named and removed"
 else bad "old copy" "not named or not removed" "$out/old.log"; fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

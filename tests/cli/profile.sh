@@ -13,13 +13,13 @@ rm -rf "$out" && mkdir -p "$out"
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --hidden 128 \
   --intermediate 256 --vocab 500 --layers 1 >/dev/null || exit 1
 args=(merge -q -b "$out/base" -a "$out/adapter" --overwrite)
-fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 check() { # NAME WANT_LINE(0|1) LOG RC
   local n=$(grep -c '^loraslab: profile (max over ranks, s): define .* total' "$3")
   if [ "$4" -eq 0 ] && [ "$n" -eq "$2" ]; then
-    echo "ok - $1 ($n profile line)"
+    ok "$1 ($n profile line)"
   else
-    echo "FAIL - $1 (rc $4, $n profile lines)"; cat "$3"; fail=1
+    not_ok "$1 (rc $4, $n profile lines)"; cat "$3"
   fi
 }
 timeout 120 "$mpiexec" -n 2 env LSL_PROFILE=1 "$lsl" "${args[@]}" -o "$out/a.h5" >"$out/a.log" 2>&1
@@ -35,9 +35,9 @@ timeout 120 "$mpiexec" -n 2 env LSL_PROFILE=2 "$lsl" "${args[@]}" -o "$out/d.h5"
 check "LSL_PROFILE=2" 1 "$out/d.log" $?
 nd=$(h5ls -r "$out/d.h5" | grep -c Dataset)
 np=$(grep -c '^loraslab: put [0-9]* `.*` .* MB: .* ms (gather' "$out/d.log")
-if [ "$nd" -gt 0 ] && [ "$np" -eq "$nd" ]; then echo "ok - one put line per tensor ($np)"
-else echo "FAIL - $np put lines for $nd datasets"; fail=1; fi
+if [ "$nd" -gt 0 ] && [ "$np" -eq "$nd" ]; then ok "one put line per tensor ($np)"
+else not_ok "$np put lines for $nd datasets"; fi
 "$py" "$here/py/compare_tensors.py" "$out/a.h5" "$out/b.h5" >/dev/null &&
-  "$py" "$here/py/compare_tensors.py" "$out/a.h5" "$out/c.h5" >/dev/null ||
-  { echo "FAIL - the outputs differ"; fail=1; }
-exit $fail
+  "$py" "$here/py/compare_tensors.py" "$out/a.h5" "$out/c.h5" >/dev/null &&
+  ok "the outputs are the same with and without the profile" || not_ok "the outputs differ"
+finish

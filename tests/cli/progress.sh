@@ -10,7 +10,7 @@ mpiexec=${MPIEXEC:-mpiexec}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${LSL_TESTOUTDIR:-/tmp}/progress
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 export PYTHONPATH=$here/py
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" >/dev/null
 
@@ -38,9 +38,9 @@ run() { # NAME COMMAND args...
   "$mpiexec" -n 2 "$lsl" "$cmd" --progress json "$@" 2>"$out/$name.err" >/dev/null
   local rc=$? msg
   if [ $rc -eq 0 ] && msg=$(check_json "$name" "$out/$name.err" "$cmd" 2>&1); then
-    echo "ok - $name --progress json: $msg"; pass=$((pass + 1))
+    ok "$name --progress json: $msg"
   else
-    echo "FAIL - $name: exit $rc; $msg"; sed 's/^/    /' "$out/$name.err" | head -5; fail=$((fail + 1))
+    not_ok "$name: exit $rc; $msg"; sed 's/^/    /' "$out/$name.err" | head -5
   fi
 }
 run merge merge -b "$out/base" -a "$out/adapter" -o "$out/m.h5"
@@ -50,15 +50,14 @@ run verify-file verify "$out/m.h5"
 run verify-dir verify "$out/c"
 
 "$mpiexec" -n 2 "$lsl" merge -q -b "$out/base" -a "$out/adapter" -o "$out/q.h5" 2>"$out/q.err"
-[ $? -eq 0 ] && [ ! -s "$out/q.err" ] && { echo "ok - --quiet prints nothing"; pass=$((pass + 1)); } ||
-  { echo "FAIL - --quiet printed"; fail=$((fail + 1)); }
+[ $? -eq 0 ] && [ ! -s "$out/q.err" ] && { ok "--quiet prints nothing"; } ||
+  { not_ok "--quiet printed"; }
 "$mpiexec" -n 2 "$lsl" convert "$out/m.h5" "$out/t" 2>"$out/t.err"
 grep -q "^loraslab: wrote .*every checksum verified" "$out/t.err" && ! grep -q "^{" "$out/t.err" &&
-  { echo "ok - text lines stay the default"; pass=$((pass + 1)); } ||
-  { echo "FAIL - default output"; fail=$((fail + 1)); }
+  { ok "text lines stay the default"; } ||
+  { not_ok "default output"; }
 "$mpiexec" -n 1 "$lsl" merge --progress yaml -b "$out/base" -a "$out/adapter" -o "$out/y.h5" 2>"$out/y.err"
 [ $? -eq 2 ] && grep -q "takes text, json or none" "$out/y.err" &&
-  { echo "ok - --progress yaml is a usage error"; pass=$((pass + 1)); } ||
-  { echo "FAIL - --progress yaml"; fail=$((fail + 1)); }
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+  { ok "--progress yaml is a usage error"; } ||
+  { not_ok "--progress yaml"; }
+finish

@@ -14,9 +14,9 @@ py=${LSL_PYTHON:-python3}
 mpiexec=${MPIEXEC:-mpiexec}
 out=${LSL_TESTOUTDIR:-/tmp}/plan
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $1"; fail=$((fail + 1)); }
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
+ok() { ok "$1"; }
+bad() { not_ok "$1"; }
 # rows of 2 KiB (hidden 1024) and 8 KiB (down_proj), a 32 MiB embedding copied as bytes
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --hidden 1024 \
   --intermediate 4096 --layers 1 --vocab 16384 --heads 8 --kv-heads 2 >/dev/null ||
@@ -112,5 +112,4 @@ for a in "--stripe-count 0" "--stripe-count 2001" "--stripe-count x" "--stripe-s
   elif grep -q -- "${a%% *}" "$out/r.log" && [ ! -e "$out/r.h5" ]; then ok "$a refused by name"
   else bad "$a: $(cat "$out/r.log")"; fi
 done
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

@@ -11,9 +11,9 @@ py=${LSL_PYTHON:-python3}
 mpiexec=${MPIEXEC:-mpiexec}
 out=${LSL_TESTOUTDIR:-/tmp}/trace
 rm -rf "$out" && mkdir -p "$out"
-pass=0 fail=0
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $1"; fail=$((fail + 1)); }
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
+ok() { ok "$1"; }
+bad() { not_ok "$1"; }
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --hidden 96 \
   --intermediate 200 --layers 2 --vocab 300 >/dev/null || { bad "gen_model"; exit 1; }
 model() { python3 "$here/fs/lustre_model.py" --stripe-size 64KiB --stripe-count 4 --json "$@"; }
@@ -60,5 +60,4 @@ else bad "convert: no per-rank traces"; fi
 "$mpiexec" -n 2 "$lsl" merge -q -b "$out/base" -a "$out/adapter" -o "$out/untraced.h5" &&
   [ -z "$(ls "$out" | grep -v -E '^(base|adapter|hf|m\.h5|m-cb\.h5|untraced\.h5|mpi\.jsonl|cb\.jsonl|conv-[01]\.jsonl)$')" ] &&
   ok "LSL_TRACE unset: no trace written" || bad "untraced run left something: $(ls "$out")"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

@@ -15,7 +15,7 @@ mpiexec=${MPIEXEC:-mpiexec}
 out=${LSL_TESTOUTDIR:-/tmp}/torch
 rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=$here/../python LORASLAB_LIBRARY=$build/libloraslab.so.0 PYTHONWARNINGS=ignore
-pass=0 fail=0
+source "${BASH_SOURCE%/*}/../lib/harness.sh"
 if ! "$py" -c "import torch, peft, transformers, safetensors" 2>"$out/import.log"; then
   echo "FAIL - $py cannot import torch, peft, transformers, safetensors (ci/install-deps.sh):"
   cat "$out/import.log"; exit 1
@@ -39,11 +39,10 @@ run() { # NAME LAUNCH NP ARGS...
       "$here/py/${script:-torch_save.py}" --out "$d" "$@" >"$d/log" 2>&1
   fi
   if [ $? -eq 0 ] && grep -q "^PASSED" "$d/log"; then
-    echo "ok - $name: $(grep -h -m2 '^torch_\(save\|misuse\):' "$d/log" | cut -c1-200 ||
+    ok "$name: $(grep -h -m2 '^torch_\(save\|misuse\):' "$d/log" | cut -c1-200 ||
       echo refused as expected)"
-    pass=$((pass + 1))
   else
-    echo "FAIL - $name"; grep -E "FAIL|Error|error" "$d/log" | head -20; fail=$((fail + 1))
+    not_ok "$name"; grep -E "FAIL|Error|error" "$d/log" | head -20
   fi
 }
 
@@ -52,9 +51,9 @@ same() { # WHAT RUN_A RUN_B
   [[ "$2" =~ ${LSL_TORCH_ONLY:-.} && "$3" =~ ${LSL_TORCH_ONLY:-.} ]] || return 0
   if cmp -s "$out/$2/merged.h5" "$out/$3/merged.h5" &&
      diff -r "$out/$2/direct" "$out/$3/direct" >/dev/null; then
-    echo "ok - $1: files and directories byte-identical"; pass=$((pass + 1))
+    ok "$1: files and directories byte-identical"
   else
-    echo "FAIL - $1: the outputs differ"; fail=$((fail + 1))
+    not_ok "$1: the outputs differ"
   fi
 }
 
@@ -147,17 +146,16 @@ if [ "${LSL_TEST_DEVICE:-cpu}" != cuda ]; then
       target=$(pgrep -P "$pid" | head -1) # timeout's child: torchrun or mpiexec
     fi
     if [ -z "$target" ]; then
-      echo "FAIL - $name: no process to signal"; fail=$((fail + 1)); wait $pid; return
+      not_ok "$name: no process to signal"; wait $pid; return
     fi
     kill "-$sig" "$target"
     wait $pid
     local rc=$? left
     left=$(ls -a "$d" | grep -E 'lsl-tmp|merged.h5' || true)
     if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ -z "$left" ]; then
-      echo "ok - $name: SIG$sig to $who: exit $rc, nothing left"; pass=$((pass + 1))
+      ok "$name: SIG$sig to $who: exit $rc, nothing left"
     else
-      echo "FAIL - $name: SIG$sig to $who: exit $rc, left: $left"; tail -5 "$d/log"
-      fail=$((fail + 1))
+      not_ok "$name: SIG$sig to $who: exit $rc, left: $left"; tail -5 "$d/log"
     fi
   }
   sig_run signal-term-rank1 torchrun TERM rank1
@@ -166,10 +164,8 @@ if [ "${LSL_TEST_DEVICE:-cpu}" != cuda ]; then
   sig_run signal-term-mpiexec mpiexec TERM launcher
 fi
 if "$py" "$here/py/test_torch_layout.py" >"$out/unit.log" 2>&1; then
-  echo "ok - layout and launch unit tests ($(grep -c ' ok$' "$out/unit.log" || true) passed)"
-  pass=$((pass + 1))
+  ok "layout and launch unit tests ($(grep -c ' ok$' "$out/unit.log" || true) passed)"
 else
-  echo "FAIL - layout and launch unit tests"; cat "$out/unit.log"; fail=$((fail + 1))
+  not_ok "layout and launch unit tests"; cat "$out/unit.log"
 fi
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
