@@ -211,8 +211,17 @@ def main() -> int:
                     bumped(p.to_local() if hasattr(p, "to_local") else p)
         before = {n: local(p) for n, p in model.named_parameters()}
     tok = tokenizer()
+    handler = hdf5_handler()
     lt.save_merged(model, path, overwrite=True, quiet=rank != 0,
                    stripe_size=args.stripe_mib << 20, tokenizer=tok)
+    check(hdf5_handler() == handler, f"HDF5's error handler changed: {handler} -> {hdf5_handler()}")
+    if rank == 0:  # and h5py (its own HDF5 or the library's) raises its own errors afterwards
+        import h5py
+        try:
+            h5py.File(os.path.join(args.out, "no-such-file.h5"), "r")
+            check(False, "h5py opened a missing file without an error")
+        except OSError as e:
+            check("no-such-file" in str(e), f"h5py's error: {e}")
     if args.stripe_mib and rank == 0:  # off Lustre a stripe size still aligns the datasets
         import h5py
         with h5py.File(path, "r") as f:
@@ -303,6 +312,24 @@ def main() -> int:
         print(f"torch_save: {args.wrap} {args.model} at {size} ranks: {len(got)} tensors, worst "
               f"{worst} ulp, {100 * exact:.4f}% exact, logits max diff {diff:.2e} of {top:.2e}")
     return finish(rank, fails)
+
+
+def hdf5_handler() -> tuple:
+    """The automatic error handler (H5Eget_auto2) of the HDF5 that libloraslab links: the library
+    silences it around its own calls only, so a job's later HDF5 errors still print."""
+    import ctypes
+    import loraslab
+    loraslab._lib.lib()  # noqa: SLF001 - maps the library and its HDF5
+    with open("/proc/self/maps") as f:
+        paths = {ln.split()[-1] for ln in f if "/libhdf5" in ln and "h5py" not in ln
+                 and "_hl" not in ln}
+    if not paths:
+        return ("no HDF5 mapped",)
+    h5 = ctypes.CDLL(sorted(paths)[0])
+    func, data = ctypes.c_void_p(), ctypes.c_void_p()
+    h5.H5Eget_auto2.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    rc = h5.H5Eget_auto2(0, ctypes.byref(func), ctypes.byref(data))  # 0: H5E_DEFAULT
+    return (rc, func.value, data.value)
 
 
 # shards of a few per model: the index, and tensors landing in different files
