@@ -21,8 +21,9 @@
 #          runs (default qwen7b:8; qwen32b:64 fits one call in two halves of rows),
 #          SCALE_MAX_SHARD the directory rows' shard size in bytes (default 5 GB), SCALE_DIR the
 #          output directory (/dev/shm/lsl-scale).
-# STEPS (words of: tests sanitizer kernel offline hf write peers pipeline torch scale) overrides
-# the mode's.
+# STEPS (words of: tests sm80 sanitizer kernel offline hf write peers pipeline torch scale)
+# overrides the mode's; sm80 (not in any mode) builds for sm_80 PTX only and runs the GPU tests
+# through the driver's JIT.
 # TORCH_DEVICES (cuda cpu) narrows the torch step.
 # GPU_TESTS (a ctest -R regex) narrows the GPU tests, e.g. GPU_TESTS='gpu.writer|gpu.merge.np1';
 # WRITE_CONFIGS (DIR:RANKS:LAYERS ...) narrows the write benchmark (LSL_PROFILE=1 adds each
@@ -80,6 +81,25 @@ if want sanitizer; then
   done
 fi
 
+if want sm80; then
+  # The A100's code path on this card: a build with sm_80 PTX only, compiled by the driver at
+  # load (JIT), through the same GPU tests.
+  log "GPU tests, sm_80 PTX only (JIT)"
+  cmake -S . -B build-sm80 -DLSL_CUDA=ON -DLSL_WERROR=OFF -DCMAKE_CUDA_ARCHITECTURES=80-virtual \
+    -DLSL_PYTHON="$(command -v python3)" >"$OUT/configure-sm80.log" 2>&1 &&
+    cmake --build build-sm80 -j16 >"$OUT/build-sm80.log" 2>&1 ||
+    { row "sm80 build FAILED: $(grep -m3 error "$OUT/build-sm80.log" | tr '\n' ';')"; }
+  if [ -x build-sm80/test_writer_gpu ]; then
+    (cd build-sm80 && ctest -L gpu ${GPU_TESTS:+-R "$GPU_TESTS"} --output-on-failure 2>&1 |
+      tee "$OUT/ctest-sm80.log" | grep -E "Test #|tests passed")
+    cuobjdump --list-ptx build-sm80/libloraslab.so 2>/dev/null | head -3 >>"$OUT/ctest-sm80.log"
+    if grep -q "100% tests passed" "$OUT/ctest-sm80.log"; then
+      row "gpu tests, sm_80 PTX only ($(grep -c 'Test #' "$OUT/ctest-sm80.log")): PASS"
+    else
+      row "gpu tests, sm_80 PTX only, FAILED: $(grep -E '^\s+[0-9]+ - ' "$OUT/ctest-sm80.log" | tr -s ' \t' ' ' | tr '\n' ';')"
+    fi
+  fi
+fi
 if want kernel; then
   log "kernel benchmark"
   row "$(build-gpu/bench_gpu kernel 2>&1 | tee -a "$OUT/bench.log" | grep '^kernel:')"

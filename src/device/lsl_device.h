@@ -21,17 +21,6 @@ enum { LSL_DEV_F32 = 0, LSL_DEV_BF16 = 1, LSL_DEV_F16 = 2 };
 int lsl_dev_merge(int wt, int at, int bt, void *out, const void *w0, const void *a, const void *b,
                   int64_t m, int64_t n, int r, double s, unsigned long long *bad, void *stream);
 
-/* The row-tiled tensor-core kernel (the previous one, bit-identical results), for the
- * benchmark's comparison. */
-int lsl_dev_merge_tc_rows(int wt, int at, int bt, void *out, const void *w0, const void *a,
-                          const void *b, int64_t m, int64_t n, int r, double s,
-                          unsigned long long *bad, void *stream);
-
-/* The SIMT kernel alone, for any shape (the benchmark's comparison). */
-int lsl_dev_merge_simt(int wt, int at, int bt, void *out, const void *w0, const void *a,
-                       const void *b, int64_t m, int64_t n, int r, double s,
-                       unsigned long long *bad, void *stream);
-
 /* CRC-32C on the device, in blocks of LSL_DEV_CRC_BLOCK bytes folded from 2^LSL_DEV_CRC_LEVELS
  * pieces of 1 KiB. */
 #define LSL_DEV_CRC_BLOCK  (256 * 1024)
@@ -43,10 +32,6 @@ int lsl_dev_merge_simt(int wt, int at, int bt, void *out, const void *w0, const 
  * << l).  Asynchronous on stream; returns the launch's cudaError_t as an int (0 on success). */
 int lsl_dev_crc32c_blocks(const void *src, int64_t nblocks, uint32_t *out, const uint32_t *shifts,
                           void *stream);
-
-/* Device-to-device copy kernel reading and writing `bytes` (the bandwidth yardstick for the merge
- * kernel, same launch shape). */
-int lsl_dev_copy(void *dst, const void *src, int64_t bytes, void *stream);
 
 #ifdef __cplusplus
 }

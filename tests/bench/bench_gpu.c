@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench_kernels.h"
 #include "loraslab.h"
 #include "lsl_device.h"
 #include "lsl_internal.h"
@@ -113,19 +114,19 @@ static int run_tc(void *p)
 static int run_tc_rows(void *p)
 {
     kctx *k = p;
-    return lsl_dev_merge_tc_rows(1, 0, 0, k->out, k->w0, k->a, k->b, k->m, k->n, k->r, 2.0, k->bad,
-                                 NULL);
+    return lsl_bench_merge_tc_rows(1, 0, 0, k->out, k->w0, k->a, k->b, k->m, k->n, k->r, 2.0,
+                                   k->bad, NULL);
 }
 static int run_simt(void *p)
 {
     kctx *k = p;
-    return lsl_dev_merge_simt(1, 0, 0, k->out, k->w0, k->a, k->b, k->m, k->n, k->r, 2.0, k->bad,
-                              NULL);
+    return lsl_bench_merge_simt(1, 0, 0, k->out, k->w0, k->a, k->b, k->m, k->n, k->r, 2.0, k->bad,
+                                NULL);
 }
 static int run_copy(void *p)
 {
     kctx *k = p;
-    return lsl_dev_copy(k->out, k->w0, k->bytes, NULL);
+    return lsl_bench_copy(k->out, k->w0, k->bytes, NULL);
 }
 static int run_memcpy(void *p)
 {
