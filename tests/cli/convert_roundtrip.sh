@@ -15,7 +15,6 @@ out=${LSL_TESTOUTDIR:-/tmp}/convert-np$np
 rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=$here/py
 source "${BASH_SOURCE%/*}/../lib/harness.sh"
-ok() { ok "$1"; }
 no() { not_ok "$1"; }
 run() { "$mpiexec" -n "$np" "$lsl" "$@"; }
 

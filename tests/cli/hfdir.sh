@@ -16,7 +16,6 @@ out=${LSL_TESTOUTDIR:-/tmp}/hfdir
 rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=$here/py
 source "${BASH_SOURCE%/*}/../lib/harness.sh"
-ok() { ok "$1"; }
 no() { not_ok "$1"; }
 
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --shard-kib 96 \

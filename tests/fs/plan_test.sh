@@ -15,7 +15,6 @@ mpiexec=${MPIEXEC:-mpiexec}
 out=${LSL_TESTOUTDIR:-/tmp}/plan
 rm -rf "$out" && mkdir -p "$out"
 source "${BASH_SOURCE%/*}/../lib/harness.sh"
-ok() { ok "$1"; }
 bad() { not_ok "$1"; }
 # rows of 2 KiB (hidden 1024) and 8 KiB (down_proj), a 32 MiB embedding copied as bytes
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --hidden 1024 \

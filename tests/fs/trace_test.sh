@@ -12,7 +12,6 @@ mpiexec=${MPIEXEC:-mpiexec}
 out=${LSL_TESTOUTDIR:-/tmp}/trace
 rm -rf "$out" && mkdir -p "$out"
 source "${BASH_SOURCE%/*}/../lib/harness.sh"
-ok() { ok "$1"; }
 bad() { not_ok "$1"; }
 "$py" "$here/py/gen_model.py" --base "$out/base" --adapter "$out/adapter" --hidden 96 \
   --intermediate 200 --layers 2 --vocab 300 >/dev/null || { bad "gen_model"; exit 1; }
