@@ -1,6 +1,7 @@
-/* The host put: W0 rows from memory or a file, merged on the CPU (fp64, or PEFT's low-precision
- * rule, or DoRA) chunk by chunk through the staging budget, each chunk written while the reader
- * thread fetches the next. */
+/* The host chunk loop: W0 rows from memory, a file or (copied down) a device part, merged on the
+ * CPU (fp64, or PEFT's low-precision rule, or DoRA) chunk by chunk through the staging budget,
+ * each chunk written while the reader thread fetches the next.  The entry points that choose it
+ * are in lsl_put_entry.c. */
 #include "lsl_writer_s.h"
 
 #include "lsl_gather.h"
@@ -84,12 +85,8 @@ static lsl_status shared_row_norms(lsl_writer *w, const lsl_i_putctx *pc, const 
     return st;
 }
 
-/* A put after its agreement (pc): merge or copy the part chunk by chunk.  An element-range part
- * (pc->elems, from memory) is merged in whole rows: the partial first and last rows sit at their
- * place in a zeroed row buffer, and only the part's own elements are written.  st0: a local
- * failure since the agreement, agreed here before any write (a LoRA part only). */
-static lsl_status put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
-                           const lsl_i_src *src, const lsl_lora_part *lora, lsl_status st0)
+lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
+                          const lsl_i_src *src, const lsl_lora_part *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st;
     void *afull = NULL;
@@ -262,193 +259,7 @@ lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64
         w->state = W_FAILED;
         return rc;
     }
-    return put_body(w, index, &pc, src, lora, LSL_OK);
-}
-
-#ifdef LSL_HAVE_CUDA
-/* A device part's LoRA factors copied to host memory for the CPU merge (they are small: B's
- * rows of the part, A's shard or the whole A, the magnitude vector). */
-typedef struct lora_down {
-    lsl_lora_part l;
-    void *a, *b, *m;
-} lora_down;
-
-static lsl_status down(void **dst, const void *src, uint64_t n, uint64_t m, uint64_t es,
-                       void *stream, const lsl_i_putctx *pc, const char *what)
-{
-    uint64_t bytes = 0;
-    if (!src)
-        return LSL_OK;
-    if (lsl_mul_overflow(n, m, &bytes) || lsl_mul_overflow(bytes, es, &bytes))
-        return lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the size of LoRA %s overflows 64 bits",
-                          pc->t->name, what);
-    if (!(*dst = lsl_i_malloc(bytes ? bytes : 1)))
-        return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA %s", pc->t->name,
-                          what);
-    return lsl_i_cuda_download_on(*dst, src, bytes, stream, what);
-}
-
-static lsl_status lora_down_make(const lsl_lora_part *l, const lsl_i_putctx *pc, void *stream,
-                                 lora_down *d)
-{
-    uint64_t r = l->rank, in = pc->relems, n = pc->nrows;
-    uint64_t ae = lsl_dtype_bits(l->a_dtype) / 8, be = lsl_dtype_bits(l->b_dtype) / 8;
-    lsl_status st = LSL_OK;
-    d->l = *l;
-    /* A whole A from a batched put is in host memory: the batch sends these parts' A through
-     * host memory, never over NCCL (lsl_put_batch.c) */
-    if (!(l->flags & LSL_I_LORA_A_FULL))
-        st = l->a_shard == LSL_SHARD_ROWS ? down(&d->a, l->a, l->a_count, in, ae, stream, pc, "A")
-                                          : down(&d->a, l->a, r, l->a_count, ae, stream, pc, "A");
-    /* a NULL pointer stays NULL (an empty part may pass none); a magnitude down the columns
-     * holds every column on every rank */
-    if (st == LSL_OK)
-        st = down(&d->b, l->b, n, r, be, stream, pc, "B");
-    if (st == LSL_OK)
-        st = down(&d->m, l->magnitude, (l->flags & LSL_LORA_DORA_COLUMNS) ? in : n, 1,
-                  lsl_dtype_bits(l->magnitude_dtype) / 8, stream, pc, "magnitude");
-    d->l.a = (l->flags & LSL_I_LORA_A_FULL) ? l->a : d->a;
-    d->l.b = d->b;
-    d->l.magnitude = d->m;
-    return st;
-}
-
-/* Collective.  A device part whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE):
- * the host put's CPU merge, with W0 copied down chunk by chunk into the staging budget on the
- * part's stream (after the work queued there), and the factors copied down whole.  The file
- * holds the bytes a host part writes. */
-static lsl_status put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
-                                    int elems, const void *data, void *stream,
-                                    const lsl_lora_part *lora, lsl_status st)
-{
-    lsl_i_putctx pc;
-    const lsl_lora_part *l = st ? NULL : lora;
-    lsl_status rc = elems ? lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count,
-                                                  data != NULL, l, LSL_MEM_DEVICE, st, &pc)
-                          : lsl_i_put_begin(w, index, st ? 0 : first, st ? 0 : count, data != NULL,
-                                            l, LSL_MEM_DEVICE, st, &pc);
-    if (rc != LSL_OK) {
-        w->state = W_FAILED;
-        return rc;
-    }
-    /* agreed: every rank has a LoRA part (the put's record), and one needs the CPU formulas */
-    lora_down d = {0};
-    lsl_i_src src = {NULL, -1, 0, NULL, data, stream};
-    st = lora_down_make(lora, &pc, stream, &d);
-    rc = put_body(w, index, &pc, &src, &d.l, st);
-    free(d.a);
-    free(d.b);
-    free(d.m);
-    return rc;
-}
-#endif
-
-/* Collective: the path of a put (the memory space is logically collective).  Returns 1 when
- * the put went down a device path (*rc its status, or the agreement's failure): the kernels,
- * or the CPU merge for DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE; 0 for the host path.  Without
- * CUDA, device memory is refused into *st. */
-static int on_device(lsl_writer *w, uint64_t index, int mem, uint64_t first, uint64_t count,
-                     int elems, const void *data, void *stream, const lsl_lora_part *lora,
-                     lsl_status *st, lsl_status *rc)
-{
-#ifdef LSL_HAVE_CUDA
-    int dev = mem == LSL_MEM_DEVICE;
-    int cpu = lsl_i_lora_on_cpu(lora);
-    lsl_status cs = LSL_OK;
-    /* one reduction decides both: 0 host, 1 the kernels, 2 the CPU merge (a rank with an empty
-     * part may pass no magnitude) */
-    uint64_t any = lsl_i_writer_max(w, dev ? 1u + (uint64_t)cpu : 0u, &cs);
-    if (cs != LSL_OK) {
-        w->state = W_FAILED;
-        *rc = cs;
-        return 1;
-    }
-    if (!any)
-        return 0;
-    lsl_status ls =
-        *st    ? *st
-        : !dev ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
-               : LSL_OK;
-    *rc = any == 2 ? put_device_on_cpu(w, index, first, count, elems, data, stream, lora, ls)
-                   : lsl_i_put_device(w, index, first, count, elems, data, stream, NULL, lora, ls);
-    return 1;
-#else
-    (void)w, (void)index, (void)first, (void)count, (void)elems, (void)data, (void)stream;
-    (void)lora, (void)rc;
-    if (*st == LSL_OK && mem != LSL_MEM_HOST)
-        *st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                         "device pointers need a build with CUDA (this one has none)");
-    return 0;
-#endif
-}
-
-lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_elem_part *part)
-{
-    if (!w)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: writer is NULL");
-    lsl_i_clear_error();
-    static const unsigned char empty = 0;
-    lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
-    lsl_status st =
-        part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_elems_all")
-             : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
-    lsl_status rc = LSL_OK;
-    if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->e0 : 0,
-                  part ? part->nelems : 0, 1, part ? part->data : NULL, part ? part->stream : NULL,
-                  part ? part->lora : NULL, &st, &rc))
-        return rc;
-    if (st == LSL_OK)
-        src.mem = part->data ? part->data : (part->nelems ? NULL : &empty);
-    lsl_i_putctx pc;
-    rc = lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems, src.mem != NULL,
-                               st ? NULL : part->lora, LSL_MEM_HOST, st, &pc);
-    if (rc != LSL_OK) {
-        w->state = W_FAILED;
-        return rc;
-    }
-    return put_body(w, index, &pc, &src, part->lora, LSL_OK);
-}
-
-lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st)
-{
-    lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
-    static const unsigned char empty = 0;
-    if (st == LSL_OK && !part)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
-    lsl_status rc = LSL_OK;
-    if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->row0 : 0,
-                  part ? part->nrows : 0, 0, part ? part->data : NULL, part ? part->stream : NULL,
-                  part ? part->lora : NULL, &st, &rc))
-        return rc;
-    if (st == LSL_OK)
-        src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
-    return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
-                            &src, part && !st ? part->lora : NULL, st);
-}
-
-lsl_status lsl_i_part_entry(const lsl_lora_part *l, lsl_memspace mem, void *stream, const char *fn)
-{
-    if (l && (l->flags & ~LSL_LORA_PUBLIC_FLAGS))
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: unknown LoRA flags 0x%x", fn,
-                          l->flags & ~LSL_LORA_PUBLIC_FLAGS);
-#ifdef LSL_HAVE_CUDA
-    if (mem == LSL_MEM_DEVICE)
-        return lsl_i_cuda_after_caller(stream);
-#else
-    (void)mem, (void)stream; /* a device part is refused by the put's path choice */
-#endif
-    return LSL_OK;
-}
-
-lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *part)
-{
-    if (!w)
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
-    lsl_i_clear_error();
-    return lsl_i_put_one(
-        w, index, part,
-        part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_all")
-             : LSL_OK);
+    return lsl_i_put_body(w, index, &pc, src, lora, LSL_OK);
 }
 
 lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,

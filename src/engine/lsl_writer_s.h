@@ -144,6 +144,13 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w);
 lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                             int elems, const void *data, void *stream, const lsl_i_src *src,
                             const lsl_lora_part *lora, lsl_status st0);
+/* Collective.  A device part whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE):
+ * the host chunk loop's CPU merge, with W0 copied down chunk by chunk into the staging budget on
+ * the part's stream (after the work queued there), and the factors copied down whole.  The file
+ * holds the bytes a host part writes.  st: this rank's status so far (lsl_put_cpudev.c). */
+lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
+                                   int elems, const void *data, void *stream,
+                                   const lsl_lora_part *lora, lsl_status st);
 /* Collective.  Step two of lsl_writer_put_batch_all for a directory output whose parts are all
  * plain device row parts with their whole A (parts[i].lora flagged LSL_I_LORA_A_FULL): every put
  * begun, their chunks merged in turn through the ring and queued on the I/O pool, every put
@@ -169,7 +176,16 @@ static inline bool lsl_i_lora_on_cpu(const lsl_lora_part *l)
     return l && (l->magnitude || (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE));
 }
 
-/* Collective: lsl_writer_put_all's body (host or device, by part->mem); st this rank's status. */
+/* Collective.  The host chunk loop (lsl_put_host.c), after the put's agreement (pcp): merge or
+ * copy the part chunk by chunk.  An element-range part (pcp->elems, from memory) is merged in
+ * whole rows: the partial first and last rows sit at their place in a zeroed row buffer, and only
+ * the part's own elements are written.  st0: a local failure since the agreement, agreed here
+ * before any write (a LoRA part only). */
+lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
+                          const lsl_i_src *src, const lsl_lora_part *lora, lsl_status st0);
+
+/* Collective: lsl_writer_put_all's body (host or device, by part->mem); st this rank's status
+ * (lsl_put_entry.c). */
 lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st);
 /* Not collective: what every public put does first with a part.  A LoRA carrying flag bits the
  * API does not define is refused (fn: the public call), so the library's internal bits cannot

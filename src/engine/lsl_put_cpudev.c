@@ -1,0 +1,78 @@
+/* Device parts whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE), beside the
+ * device chunk loop (lsl_put_device.c): merged by the host chunk loop, W0 copied down chunk by
+ * chunk and the factors copied down whole. */
+#include "lsl_writer_s.h"
+
+#include <stdlib.h>
+
+/* A device part's LoRA factors copied to host memory for the CPU merge (they are small: B's
+ * rows of the part, A's shard or the whole A, the magnitude vector). */
+typedef struct lora_down {
+    lsl_lora_part l;
+    void *a, *b, *m;
+} lora_down;
+
+static lsl_status down(void **dst, const void *src, uint64_t n, uint64_t m, uint64_t es,
+                       void *stream, const lsl_i_putctx *pc, const char *what)
+{
+    uint64_t bytes = 0;
+    if (!src)
+        return LSL_OK;
+    if (lsl_mul_overflow(n, m, &bytes) || lsl_mul_overflow(bytes, es, &bytes))
+        return lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the size of LoRA %s overflows 64 bits",
+                          pc->t->name, what);
+    if (!(*dst = lsl_i_malloc(bytes ? bytes : 1)))
+        return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA %s", pc->t->name,
+                          what);
+    return lsl_i_cuda_download_on(*dst, src, bytes, stream, what);
+}
+
+static lsl_status lora_down_make(const lsl_lora_part *l, const lsl_i_putctx *pc, void *stream,
+                                 lora_down *d)
+{
+    uint64_t r = l->rank, in = pc->relems, n = pc->nrows;
+    uint64_t ae = lsl_dtype_bits(l->a_dtype) / 8, be = lsl_dtype_bits(l->b_dtype) / 8;
+    lsl_status st = LSL_OK;
+    d->l = *l;
+    /* A whole A from a batched put is in host memory: the batch sends these parts' A through
+     * host memory, never over NCCL (lsl_put_batch.c) */
+    if (!(l->flags & LSL_I_LORA_A_FULL))
+        st = l->a_shard == LSL_SHARD_ROWS ? down(&d->a, l->a, l->a_count, in, ae, stream, pc, "A")
+                                          : down(&d->a, l->a, r, l->a_count, ae, stream, pc, "A");
+    /* a NULL pointer stays NULL (an empty part may pass none); a magnitude down the columns
+     * holds every column on every rank */
+    if (st == LSL_OK)
+        st = down(&d->b, l->b, n, r, be, stream, pc, "B");
+    if (st == LSL_OK)
+        st = down(&d->m, l->magnitude, (l->flags & LSL_LORA_DORA_COLUMNS) ? in : n, 1,
+                  lsl_dtype_bits(l->magnitude_dtype) / 8, stream, pc, "magnitude");
+    d->l.a = (l->flags & LSL_I_LORA_A_FULL) ? l->a : d->a;
+    d->l.b = d->b;
+    d->l.magnitude = d->m;
+    return st;
+}
+
+lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
+                                   int elems, const void *data, void *stream,
+                                   const lsl_lora_part *lora, lsl_status st)
+{
+    lsl_i_putctx pc;
+    const lsl_lora_part *l = st ? NULL : lora;
+    lsl_status rc = elems ? lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count,
+                                                  data != NULL, l, LSL_MEM_DEVICE, st, &pc)
+                          : lsl_i_put_begin(w, index, st ? 0 : first, st ? 0 : count, data != NULL,
+                                            l, LSL_MEM_DEVICE, st, &pc);
+    if (rc != LSL_OK) {
+        w->state = W_FAILED;
+        return rc;
+    }
+    /* agreed: every rank has a LoRA part (the put's record), and one needs the CPU formulas */
+    lora_down d = {0};
+    lsl_i_src src = {NULL, -1, 0, NULL, data, stream};
+    st = lora_down_make(lora, &pc, stream, &d);
+    rc = lsl_i_put_body(w, index, &pc, &src, &d.l, st);
+    free(d.a);
+    free(d.b);
+    free(d.m);
+    return rc;
+}
