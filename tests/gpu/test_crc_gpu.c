@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lsl_check.h"
 #include "lsl_crc32c.h"
 #include "lsl_device.h"
 
@@ -39,7 +40,7 @@ int main(void)
     CK(cudaMalloc((void **)&dshift, sizeof shifts));
     CK(cudaMemcpy(d, h, cap, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dshift, shifts, sizeof shifts, cudaMemcpyHostToDevice));
-    int fails = 0, runs = 0;
+    int runs = 0;
     for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
         for (size_t oi = 0; oi < sizeof offs / sizeof *offs; oi++) {
             uint64_t n = sizes[si], off = offs[oi], nb = n / B;
@@ -52,27 +53,22 @@ int main(void)
             uint32_t want = lsl_crc32c_extend(crc, src, n);
             for (uint64_t b = 0; b < nb; b++) {
                 uint32_t ref = lsl_crc32c_extend(0, src + b * B, B);
-                if (out[b] != ref) {
-                    fprintf(stderr, "FAIL size %llu offset %llu block %llu: %08x, want %08x\n",
-                            (unsigned long long)n, (unsigned long long)off, (unsigned long long)b,
-                            out[b], ref);
-                    fails++;
-                }
+                CHECK(out[b] == ref, "size %llu offset %llu block %llu: %08x, want %08x",
+                      (unsigned long long)n, (unsigned long long)off, (unsigned long long)b, out[b],
+                      ref);
                 crc = lsl_crc32c_apply(op, crc) ^ out[b];
             }
             crc = lsl_crc32c_extend(crc, src + nb * B, n - nb * B);
-            if (crc != want) {
-                fprintf(stderr, "FAIL size %llu offset %llu: folded %08x, want %08x\n",
-                        (unsigned long long)n, (unsigned long long)off, crc, want);
-                fails++;
-            }
+            CHECK(crc == want, "size %llu offset %llu: folded %08x, want %08x",
+                  (unsigned long long)n, (unsigned long long)off, crc, want);
             runs++;
         }
-    printf("%s: device CRC-32C, %d sizes x offsets, %d failures\n", fails ? "FAILED" : "PASSED",
-           runs, fails);
+    char what[64];
+    snprintf(what, sizeof what, "device CRC-32C, %d sizes x offsets", runs);
+    lsl_check_report("per-block CRCs and their fold equal the host's", 0);
     cudaFree(d);
     cudaFree(dout);
     cudaFree(dshift);
     free(h);
-    return fails ? 1 : 0;
+    return lsl_check_finish(what);
 }

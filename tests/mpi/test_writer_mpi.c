@@ -15,6 +15,7 @@
 #include "lsl_ioplan.h"
 #include "lsl_internal.h"
 #include "lsl_numeric.h"
+#include "lsl_check.h"
 #include "lsl_test_cb.h"
 #include "lsl_writer_i.h"
 
@@ -57,7 +58,7 @@ static const void *dev(const void *host, size_t bytes)
 }
 #endif
 
-static int rank, size, failures;
+static int rank, size;
 
 /* The library is linked statically into this test, so its calls to umask() land here: the writer
  * must never change the process-wide umask (another thread of an in-job caller would create
@@ -85,17 +86,6 @@ static lsl_status create_writer(const char *path, const lsl_writer_config *cfg, 
     lsl_comm_free(&c);
     return st;
 }
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "[rank %d] %s:%d: check failed: %s: ", rank, __FILE__, __LINE__,       \
-                    #cond);                                                                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static double rnd(uint64_t *s)
 {
@@ -151,18 +141,11 @@ static uint64_t esz(lsl_dtype dt)
     return lsl_dtype_bits(dt) / 8;
 }
 
-static int agree_failures(void)
+static int sum_over_ranks(int local)
 {
     int all = 0;
-    MPI_Allreduce(&failures, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(&local, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     return all;
-}
-
-static void report(const char *name, int before)
-{
-    int all = agree_failures();
-    if (rank == 0)
-        printf("%s - %s\n", all > before ? "FAIL" : "ok", name);
 }
 
 /* Read a whole dataset's raw bytes and its crc32c attribute (rank 0). */
@@ -200,7 +183,7 @@ typedef struct lcase {
  * same puts through lsl_writer_put_batch_all, in two batches of mixed LoRA and plain tensors. */
 static void test_merge_and_copy(int big, int batch)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     char path[600];
     snprintf(path, sizeof path, "%s/merge%s%s%s.h5", dir, big ? "-big" : "", batch ? "-batch" : "",
              use_cb ? "-cb" : "");
@@ -384,11 +367,12 @@ static void test_merge_and_copy(int big, int batch)
         free(fullA[i]);
         free(fullB[i]);
     }
-    report(big     ? "merge and copy, tensors of several MB"
-           : batch ? "merge and copy in two batched puts (one gather of A each)"
-                   : "merge and copy: all shape classes, uneven and empty ranks, A by rows and "
-                     "columns",
-           before);
+    lsl_check_report(
+        big     ? "merge and copy, tensors of several MB"
+        : batch ? "merge and copy in two batched puts (one gather of A each)"
+                : "merge and copy: all shape classes, uneven and empty ranks, A by rows and "
+                  "columns",
+        before);
 }
 
 static int file_exists(const char *p)
@@ -423,7 +407,7 @@ static lsl_lora_part lora_f32(uint64_t r, double scaling, uint64_t a_off, uint64
 /* One rank (the last) does something wrong in a put; everyone must fail alike, nobody hangs. */
 static void test_error_agreement(void)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     char path[600];
     snprintf(path, sizeof path, "%s/bad.h5", dir);
     lsl_tensor_info t[2] = {{"a", LSL_BF16, 2, {10, 4}}, {"b", LSL_F32, 1, {5}}};
@@ -512,13 +496,13 @@ static void test_error_agreement(void)
             CHECK(!file_exists(path), "%s: a file was left at %s", cases[c].what, path);
             CHECK(!leftover_tmp(), "%s: a temporary file was left in %s", cases[c].what, dir);
         }
-        report(cases[c].what, before);
+        lsl_check_report(cases[c].what, before);
     }
 }
 
 static void test_define_checks(void)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     char path[600];
     snprintf(path, sizeof path, "%s/def.h5", dir);
     lsl_writer *w = NULL;
@@ -592,14 +576,28 @@ static void test_define_checks(void)
     st = create_writer("/proc/loraslab-test/x.h5", &cfg, &w);
     CHECK(st == LSL_ERR_IO && strstr(lsl_last_error(), "/proc/loraslab-test"),
           "unwritable dir: %s %s", lsl_status_name(st), lsl_last_error());
-    report("define and create checks (inconsistent lists, bad names, existing output)", before);
+    lsl_check_report("define and create checks (inconsistent lists, bad names, existing output)",
+                     before);
+}
+
+/* One tensor of four floats, in each rank's rows, then close: a writer's whole life. */
+static void write_four_floats(lsl_writer **w)
+{
+    lsl_tensor_info t = {"x", LSL_F32, 1, {4}};
+    float v[4] = {1, 2, 3, 4};
+    uint64_t r0, nr;
+    lsl_partition_rows(4, size, rank, &r0, &nr);
+    lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
+    CHECK(lsl_writer_define_all(*w, 1, &t) == LSL_OK, "define: %s", lsl_last_error());
+    CHECK(lsl_writer_put_all(*w, 0, &part) == LSL_OK, "put: %s", lsl_last_error());
+    CHECK(lsl_writer_close_all(w) == LSL_OK, "close: %s", lsl_last_error());
 }
 
 /* The writer's own communicator returns MPI errors as codes (they become agreed statuses) instead
  * of aborting the job; creating and closing a writer leaves the umask alone. */
 static void test_own_comm(void)
 {
-    int before = failures;
+    int before = lsl_check_total();
     char path[700];
     snprintf(path, sizeof path, "%s/own-comm.h5", dir);
     lsl_writer *w = NULL;
@@ -614,17 +612,10 @@ static void test_own_comm(void)
         CHECK(eh == MPI_ERRORS_RETURN, "the writer's communicator does not return MPI errors");
         if (eh != MPI_ERRHANDLER_NULL)
             MPI_Errhandler_free(&eh);
-        lsl_tensor_info t = {"x", LSL_F32, 1, {4}};
-        float v[4] = {1, 2, 3, 4};
-        uint64_t r0, nr;
-        lsl_partition_rows(4, size, rank, &r0, &nr);
-        lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
-        CHECK(lsl_writer_define_all(w, 1, &t) == LSL_OK, "define: %s", lsl_last_error());
-        CHECK(lsl_writer_put_all(w, 0, &part) == LSL_OK, "put: %s", lsl_last_error());
-        CHECK(lsl_writer_close_all(&w) == LSL_OK, "close: %s", lsl_last_error());
+        write_four_floats(&w);
     }
     CHECK(umask_calls == 0, "the writer called umask() %d times", umask_calls);
-    report("own communicator with MPI_ERRORS_RETURN, umask untouched", before);
+    lsl_check_report("own communicator with MPI_ERRORS_RETURN, umask untouched", before);
 }
 
 /* The handle and the config's size: a handle refuses what it cannot use before any collective;
@@ -633,7 +624,7 @@ static void test_own_comm(void)
  * taking their defaults. */
 static void test_handles_and_sizes(void)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     lsl_comm *c = NULL;
     lsl_comm_ops ops = lsl_test_cb_ops;
     ops.barrier = NULL;
@@ -668,20 +659,13 @@ static void test_handles_and_sizes(void)
     lsl_status st = lsl_writer_create_all(c, path, &cfg, &w);
     CHECK(st == LSL_OK, "a shorter config: %s (%s)", lsl_status_name(st), lsl_last_error());
     if (st == LSL_OK) {
-        lsl_tensor_info t = {"x", LSL_F32, 1, {4}};
-        float v[4] = {1, 2, 3, 4};
-        uint64_t r0, nr;
-        lsl_partition_rows(4, size, rank, &r0, &nr);
-        lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
-        CHECK(lsl_writer_define_all(w, 1, &t) == LSL_OK, "define: %s", lsl_last_error());
-        CHECK(lsl_writer_put_all(w, 0, &part) == LSL_OK, "put: %s", lsl_last_error());
-        CHECK(lsl_writer_close_all(&w) == LSL_OK, "close: %s", lsl_last_error());
+        write_four_floats(&w);
         CHECK(file_exists(path), "the file (HDF5 by its name) is missing");
     }
     lsl_comm_free(&c);
     CHECK(!c, "lsl_comm_free left the handle");
     lsl_comm_free(&c); /* NULL: a no-op */
-    report("communicator handles and config sizes", before);
+    lsl_check_report("communicator handles and config sizes", before);
 }
 
 /* lsl_set_log: the library's lines go to the caller's sink, whole and without their newline;
@@ -703,7 +687,7 @@ static void log_sink(int level, const char *line, void *ctx)
 
 static void test_log_sink(void)
 {
-    int before = failures;
+    int before = lsl_check_total();
     char path[700];
     snprintf(path, sizeof path, "%s/log-sink.h5", dir);
     struct log_seen seen = {0, 0, 0, 0, 0, path};
@@ -744,8 +728,9 @@ static void test_log_sink(void)
     else
         CHECK(seen.lines == 1, "rank %d's sink saw %d lines (only rank 0 reports)", rank,
               seen.lines);
-    report("lsl_set_log: every line to the sink, whole, without its newline; NULL restores stderr",
-           before);
+    lsl_check_report(
+        "lsl_set_log: every line to the sink, whole, without its newline; NULL restores stderr",
+        before);
 }
 
 /* The MPI-IO hints the writer opens its file with, from its I/O plan: the two-phase buffer is
@@ -856,7 +841,7 @@ static int same_bytes(const char *a, const char *b)
  * device memory (merged on the CPU), and each file must equal the host parts' file. */
 static void test_elems_dora(int bycol)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     lsl_tensor_info t = {"d.bf16", LSL_BF16, 2, {29, 40}};
     const uint64_t rows = 29, cols = 40, e = rows * cols, r = 4;
     uint16_t *w0 = malloc(e * 2);
@@ -955,10 +940,11 @@ static void test_elems_dora(int bycol)
     free(A);
     free(B);
     free(mag);
-    report(bycol ? "DoRA down the columns (fan_in_fan_out) on element ranges split mid-row"
-                 : "DoRA by rows on element ranges split mid-row (norms of shared rows across "
-                   "ranks)",
-           before);
+    lsl_check_report(
+        bycol ? "DoRA down the columns (fan_in_fan_out) on element ranges split mid-row"
+              : "DoRA by rows on element ranges split mid-row (norms of shared rows across "
+                "ranks)",
+        before);
 }
 
 /* The merges with no device kernel, from device parts in the GPU build (the CPU merge, W0 copied
@@ -968,7 +954,7 @@ static void test_elems_dora(int bycol)
  * torch tests check against their references). */
 static void test_cpu_formulas(void)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     enum { NT = 4 };
     lsl_tensor_info t[NT] = {{"dora.rows", LSL_BF16, 2, {19, 16}},
                              {"dora.cols", LSL_F16, 2, {23, 12}},
@@ -1079,10 +1065,11 @@ static void test_cpu_formulas(void)
         free(B[i]);
         free(M[i]);
     }
-    report(NMEM > 1 ? "DoRA (rows, columns) and the Embedding rule from device parts: the host "
-                      "parts' bytes, single and batched"
-                    : "DoRA (rows, columns) and the Embedding rule, single and batched puts",
-           before);
+    lsl_check_report(
+        NMEM > 1 ? "DoRA (rows, columns) and the Embedding rule from device parts: the host "
+                   "parts' bytes, single and batched"
+                 : "DoRA (rows, columns) and the Embedding rule, single and batched puts",
+        before);
 }
 
 /* Element-range parts (FSDP1's pieces): random rank-ordered cuts of each tensor's elements, mid-row
@@ -1090,7 +1077,7 @@ static void test_cpu_formulas(void)
  * the file must be the bytes the row-part file holds (that one is checked against float64). */
 static void test_elems(void)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     lsl_tensor_info t[4] = {{"w.bf16", LSL_BF16, 2, {37, 24}},
                             {"w.f32", LSL_F32, 2, {11, 9}},
                             {"plain", LSL_I64, 2, {5, 7}},
@@ -1216,14 +1203,15 @@ static void test_elems(void)
         free(A[i]);
         free(B[i]);
     }
-    report("element-range parts (random mid-row cuts): the bytes of row parts; bad tilings refused",
-           before);
+    lsl_check_report(
+        "element-range parts (random mid-row cuts): the bytes of row parts; bad tilings refused",
+        before);
 }
 
 /* The callback suite writes each merge file over MPI-IO too: the two must be the same bytes. */
 static void test_same_as_mpi(int big, int batch)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     use_cb = 0;
     test_merge_and_copy(big, batch);
     use_cb = 1;
@@ -1234,7 +1222,7 @@ static void test_same_as_mpi(int big, int batch)
         snprintf(b, sizeof b, "%s/merge%s%s-cb.h5", dir, big ? "-big" : "", batch ? "-batch" : "");
         CHECK(same_bytes(a, b), "%s and %s differ", a, b);
     }
-    report("callbacks + pwrite give the bytes MPI-IO gives", before);
+    lsl_check_report("callbacks + pwrite give the bytes MPI-IO gives", before);
 }
 
 /* One rank: the Nth callback fails, for every N a whole write makes.  Each failure comes back
@@ -1246,7 +1234,7 @@ static void test_same_as_mpi(int big, int batch)
  * closing agreements were folded into those all-gathers: 6 and 9 (+1). */
 static void test_put_collectives(void)
 {
-    int before = failures;
+    int before = lsl_check_total();
     char path[700];
     snprintf(path, sizeof path, "%s/collectives.h5", dir);
     lsl_writer *w = NULL;
@@ -1284,12 +1272,13 @@ static void test_put_collectives(void)
           "a plain put made %ld collectives, a LoRA put %ld", c1 - c0, c2 - c1);
     if (rank == 0)
         printf("put collectives: %ld plain, %ld with LoRA\n", c1 - c0, c2 - c1);
-    report("a put's collectives: at most 3 plain, 6 with LoRA (+1 in a CUDA build)", before);
+    lsl_check_report("a put's collectives: at most 3 plain, 6 with LoRA (+1 in a CUDA build)",
+                     before);
 }
 
 static void test_callback_failures(void)
 {
-    int before = failures;
+    int before = lsl_check_total();
     char path[700];
     snprintf(path, sizeof path, "%s/cb-fail.h5", dir);
     lsl_tensor_info t[2] = {{"a", LSL_F32, 2, {6, 4}}, {"b", LSL_F32, 1, {5}}};
@@ -1327,7 +1316,7 @@ static void test_callback_failures(void)
     }
     lsl_test_cb_fail_at = 0;
     CHECK(n_fail > 10 && n_ok == 1, "%d failure points, %d clean runs", n_fail, n_ok);
-    report("a failing callback: LSL_ERR_COMM at every point, nothing left", before);
+    lsl_check_report("a failing callback: LSL_ERR_COMM at every point, nothing left", before);
 }
 
 #ifdef LSL_TEST_DEVICE
@@ -1344,7 +1333,7 @@ static void CUDART_CB sleep_300ms(void *arg)
  * several ranks the host gather of A shards. */
 static void test_stream_order(int batch)
 {
-    int before = agree_failures();
+    int before = lsl_check_total();
     char path[600];
     snprintf(path, sizeof path, "%s/stream-order%s.h5", dir, batch ? "-batch" : "");
     const uint64_t out = 96, in = 80, r = 8;
@@ -1419,9 +1408,9 @@ static void test_stream_order(int batch)
     cudaFreeHost(hw), cudaFreeHost(ha), cudaFreeHost(hb);
     cudaFree(dw), cudaFree(da), cudaFree(db);
     free(w0), free(a), free(b);
-    report(batch ? "device parts ordered by the caller's stream (batch)"
-                 : "device parts ordered by the caller's stream",
-           before);
+    lsl_check_report(batch ? "device parts ordered by the caller's stream (batch)"
+                           : "device parts ordered by the caller's stream",
+                     before);
 }
 #endif
 
@@ -1430,6 +1419,8 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
+    lsl_check_rank = rank;
+    lsl_check_sum = sum_over_ranks;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 #ifdef LSL_TEST_DEVICE
     pick_device();
@@ -1483,11 +1474,11 @@ int main(int argc, char **argv)
     (void)test_handles_and_sizes;
 #endif
 done:;
-    int all = agree_failures();
-    if (rank == 0)
-        printf("%s: %d ranks, %d failed checks\n", all ? "FAILED" : "PASSED", size, all);
+    char what[32];
+    snprintf(what, sizeof what, "%d ranks", size);
+    int rc = lsl_check_finish(what);
     if (lsl_test_cb_comm != MPI_COMM_NULL)
         MPI_Comm_free(&lsl_test_cb_comm);
     MPI_Finalize();
-    return all ? 1 : 0;
+    return rc;
 }
