@@ -80,6 +80,8 @@ else
   run fsdp2-gpt2-dora-np3 torchrun 3 --model gpt2 --dora
   run fsdp2-hsdp-gpt2-dora-np4 torchrun 4 --hsdp --model gpt2 --dora
   run fsdp2-qwen2-dora-np3 torchrun 3 --dora
+  # lora_B's bias under FSDP2: its local shard is W's rows (no gather in Python)
+  run fsdp2-gpt2-lora-bias-np3 torchrun 3 --model gpt2 --lora-bias
   run fsdp2-qwen2-embed-mts-np3 torchrun 3 --embed --modules-to-save --lora-r 2
   # DoRA on an embedding: refused by name on every rank, as `loraslab merge` refuses it
   run fsdp2-qwen2-embed-dora-refused-np2 torchrun 2 --embed --dora --expect-refusal

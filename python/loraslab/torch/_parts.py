@@ -36,6 +36,21 @@ class Keep(list):
         return t.data_ptr() if t.numel() else None
 
 
+def rows_of(t: torch.Tensor, name: str, rows: Rows, rank: int, size: int) -> torch.Tensor:
+    """W's rows [rows.row0, + rows.nrows) of a factor whose first dimension is W's (lora_B, its
+    bias, a DoRA magnitude): the local shard itself where the factor is chunked as W is (FSDP2,
+    DDP: no communication), else gathered whole and cut (FSDP1's pieces arrive gathered).  The
+    choice rests on global shapes and placements, the same on every rank, so the gather inside
+    full() is entered by all or none."""
+    try:
+        mine = local_rows(t, name, rank, size)
+    except Unsupported:
+        mine = None
+    if mine is not None and mine.row0 == rows.row0 and mine.nrows == rows.nrows:
+        return mine.local
+    return full(t)[rows.row0:rows.row0 + rows.nrows]
+
+
 def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.LoraPart:
     lo: Lora = it.lora  # type: ignore[assignment]
     r0, n = rows.row0, rows.nrows
@@ -44,16 +59,12 @@ def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.L
     lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
     if lo.kind == "linear":
         a = local_rows(lo.a, it.name + " lora_A", rank, size)
-        b = local_rows(lo.b, it.name + " lora_B", rank, size)
-        if b.row0 != r0 or b.nrows != n:  # B not chunked like W: take W's rows of it
-            b_rows = full(lo.b)[r0:r0 + n]
-        else:
-            b_rows = b.local
+        b_rows = rows_of(lo.b, it.name + " lora_B", rows, rank, size)
         lp.a_shard, lp.a_off, lp.a_count, a_t = _capi.SHARD_ROWS, a.row0, a.nrows, a.local
     elif lo.kind == "bias":
         a0, an = chunk_rows(1, size, rank)
         a_t = lo.a[a0:a0 + an].contiguous()
-        b_rows = full(lo.b)[r0:r0 + n].reshape(n, 1)
+        b_rows = rows_of(lo.b, it.name + " lora_B.bias", rows, rank, size).reshape(n, 1)
         lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
     else:  # W += s * (B @ A)^T: b = (W's rows as columns of A)^T, a = B^T by columns
         a_full = full(lo.a)
@@ -66,11 +77,12 @@ def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.L
     lp.a_dtype, lp.b_dtype = dtype_code(a_t, it.name), dtype_code(b_rows, it.name)
     lp.a, lp.b = keep.ptr(a_t.contiguous()), keep.ptr(b_rows.contiguous())
     if lo.magnitude is not None:
-        m = full(lo.magnitude).float().to(b_rows.device)  # where the part's data lives
         if lo.kind == "transposed":  # the norm runs down the columns: every column's m
+            m = full(lo.magnitude)
             lp.flags |= _capi.LORA_DORA_COLUMNS
         else:
-            m = m[r0:r0 + n].contiguous()
+            m = rows_of(lo.magnitude, it.name + " magnitude", rows, rank, size)
+        m = m.float().to(b_rows.device).contiguous()  # where the part's data lives
         lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
     return lp
 
