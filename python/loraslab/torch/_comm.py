@@ -48,12 +48,15 @@ class TorchComm:
             raise_status(lib(), st)
 
     def close(self) -> None:
-        """Free the handle (writers made over it keep their own communicator)."""
-        lib().lsl_comm_free(c.byref(self.handle))
+        """Free the handle (writers made over it keep their own communicator); again: nothing."""
+        if self.handle:
+            lib().lsl_comm_free(c.byref(self.handle))
 
     def __del__(self) -> None:
-        if self.handle:
+        try:
             self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the library may be gone
+            pass
 
     def _guard(self, fn: Any, *args: Any) -> int:
         if self.error is not None:  # never call a collective after a failed one

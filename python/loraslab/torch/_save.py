@@ -377,9 +377,13 @@ def _collective(tool: Any, process_group: Optional[Any], *args: Any, **kw: Any) 
         return tool(*args, **kw)
     from ._comm import TorchComm
     gloo = _gloo(process_group)
+    comm = None
     try:
-        return tool(*args, _comm=TorchComm(gloo), **kw)
+        comm = TorchComm(gloo)
+        return tool(*args, _comm=comm, **kw)
     finally:
+        if comm is not None:
+            comm.close()
         dist.destroy_process_group(gloo)
 
 
