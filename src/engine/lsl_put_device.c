@@ -44,25 +44,48 @@ static int own_span(const lsl_i_putctx *pc, int merging, uint64_t first, uint64_
     return 0;
 }
 
-/* Queue chunk units [first, first + n) into ring slot `slot`: from the file (src) or from the
- * caller's device memory (w0, the part's first own element), whole or, for a partial chunk of
- * an element-range part, from a zeroed copy of its rows. */
-static lsl_status launch(lsl_writer *w, const lsl_i_putctx *pc, const lsl_i_src *src, int slot,
-                         void *stream, const unsigned char *w0, uint64_t first, uint64_t n,
-                         uint64_t unit, const lsl_lora_part *lora, const void *a_dev,
-                         const unsigned char *b, uint64_t rb)
+/* One device put's chunk loop: what every chunk's launch reads, fixed for the put. */
+typedef struct dev_loop {
+    lsl_writer *w;
+    const lsl_i_putctx *pc;
+    const lsl_i_src *src;    /* W0 from a file (the offline merge), or NULL */
+    void *stream;            /* the caller's, for W0 at w0 */
+    const unsigned char *w0; /* the part's first own element on the device */
+    const lsl_i_tiles *tl;   /* the chunks, in units */
+    uint64_t unit;           /* bytes a unit: a row when merging, 1 when copying */
+    uint64_t slot_bytes;     /* a ring slot */
+    const lsl_lora_part *lora;
+    const void *a_dev;      /* the whole A on the device */
+    const unsigned char *b; /* B's rows of the part (device memory), rb bytes each */
+    uint64_t rb;
+} dev_loop;
+
+/* Queue chunk ch into ring slot ch % 2, once the writes still reading that slot are done (a
+ * directory's writes are queued): from the file (src) or from the caller's device memory, whole
+ * or, for a partial chunk of an element-range part, from a zeroed copy of its rows. */
+static lsl_status launch_chunk(const dev_loop *d, uint64_t ch)
 {
-    const unsigned char *bc = b ? b + first * rb : NULL;
-    uint64_t m = lora ? n : 0;
-    if (src)
-        return lsl_i_cuda_stage(w->cuda, slot, src->fd, src->off + first * unit, src->path,
-                                pc->t->dtype, n * unit, lora, a_dev, bc, m, pc->relems);
-    uint64_t pos, off, own;
-    if (own_span(pc, lora != NULL, first, lora ? n : n * unit, &pos, &off, &own))
-        return lsl_i_cuda_launch_rows_of(w->cuda, slot, stream, pc->t->dtype, w0 + off, pos, own,
-                                         n * unit, lora, a_dev, bc, m, pc->relems);
-    return lsl_i_cuda_launch(w->cuda, slot, stream, pc->t->dtype, w0 + off, n * unit, lora, a_dev,
-                             bc, m, pc->relems);
+    double t0 = lsl_i_now();
+    const lsl_i_putctx *pc = d->pc;
+    int slot = (int)(ch % 2);
+    uint64_t first = lsl_i_tile_first(d->tl, ch), n = lsl_i_tile_count(d->tl, ch);
+    const unsigned char *bc = d->b ? d->b + first * d->rb : NULL;
+    uint64_t m = d->lora ? n : 0, pos, off, own;
+    lsl_i_cuda *c = d->w->cuda;
+    lsl_status st = lsl_i_datafile_fence(&d->w->file, lsl_i_cuda_slot_host(c, slot), d->slot_bytes);
+    if (st != LSL_OK)
+        ;
+    else if (d->src)
+        st = lsl_i_cuda_stage(c, slot, d->src->fd, d->src->off + first * d->unit, d->src->path,
+                              pc->t->dtype, n * d->unit, d->lora, d->a_dev, bc, m, pc->relems);
+    else if (own_span(pc, d->lora != NULL, first, d->lora ? n : n * d->unit, &pos, &off, &own))
+        st = lsl_i_cuda_launch_rows_of(c, slot, d->stream, pc->t->dtype, d->w0 + off, pos, own,
+                                       n * d->unit, d->lora, d->a_dev, bc, m, pc->relems);
+    else
+        st = lsl_i_cuda_launch(c, slot, d->stream, pc->t->dtype, d->w0 + off, n * d->unit, d->lora,
+                               d->a_dev, bc, m, pc->relems);
+    d->w->prof[P_LAUNCH] += lsl_i_now() - t0;
+    return st;
 }
 
 /* Rows on the GPU: merge (or copy) chunk c + 1 and copy it into the other pinned slot while
@@ -129,24 +152,21 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
                          w->plan.piece, head_u, full_u, &tl);
     nloc = st == LSL_OK ? tl.n : 0;
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
-    const unsigned char *w0 = data;
-    uint64_t rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0;
-#define FIRST(ch) lsl_i_tile_first(&tl, (ch))
-#define COUNT(ch) lsl_i_tile_count(&tl, (ch))
-    double t_launch = 0;
-    lsl_status st_launch = LSL_OK;
-    /* a directory's writes are queued: a slot is refilled once its last write is done */
-#define LAUNCH(ch)                                                                                 \
-    (t_launch = lsl_i_now(),                                                                       \
-     st_launch =                                                                                   \
-         lsl_i_datafile_fence(&w->file, lsl_i_cuda_slot_host(w->cuda, (int)((ch) % 2)), slot),     \
-     st_launch = st_launch ? st_launch                                                             \
-                           : launch(w, &pc, src, (int)((ch) % 2), stream, w0, FIRST(ch),           \
-                                    COUNT(ch), unit, lora, a_dev, b, rb),                          \
-     w->prof[P_LAUNCH] += lsl_i_now() - t_launch, st_launch)
+    const dev_loop d = {.w = w,
+                        .pc = &pc,
+                        .src = src,
+                        .stream = stream,
+                        .w0 = data,
+                        .tl = &tl,
+                        .unit = unit,
+                        .slot_bytes = slot,
+                        .lora = lora,
+                        .a_dev = a_dev,
+                        .b = b,
+                        .rb = lora ? lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8) : 0};
     int pending[2] = {0, 0};
     if (st == LSL_OK && nloc > 0)
-        pending[0] = (st = LAUNCH(0)) == LSL_OK;
+        pending[0] = (st = launch_chunk(&d, 0)) == LSL_OK;
     for (uint64_t c = 0; c < nchunks; c++) {
         const unsigned char *buf = NULL;
         uint64_t bad = 0, pos = 0, off = 0, n = 0;
@@ -155,29 +175,29 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
          * read of c + 1 is posted after c is ready and overlaps c's write.  Device chunks are
          * queued one ahead on the caller's stream. */
         if (!src && st == LSL_OK && c + 1 < nloc)
-            pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
+            pending[(c + 1) % 2] = (st = launch_chunk(&d, c + 1)) == LSL_OK;
         if (pending[c % 2]) {
             pending[c % 2] = 0;
             double t0 = lsl_i_now();
             const void *host = NULL;
             lsl_status ws = lsl_i_cuda_wait(w->cuda, (int)(c % 2), &host, &bad, &pc.crc, &crc_done);
             w->prof[P_GPU_WAIT] += lsl_i_now() - t0;
-            ws = ws == LSL_ERR_NONFINITE ? lsl_i_put_nonfinite(&pc, lora ? FIRST(c) : 0, bad) : ws;
+            ws = ws == LSL_ERR_NONFINITE
+                     ? lsl_i_put_nonfinite(&pc, lora ? lsl_i_tile_first(&tl, c) : 0, bad)
+                     : ws;
             st = st == LSL_OK ? ws : st;
             buf = host;
         }
         if (src && st == LSL_OK && c + 1 < nloc)
-            pending[(c + 1) % 2] = (st = LAUNCH(c + 1)) == LSL_OK;
+            pending[(c + 1) % 2] = (st = launch_chunk(&d, c + 1)) == LSL_OK;
         if (c < nloc)
-            own_span(&pc, lora != NULL, FIRST(c), COUNT(c) * (lora ? 1 : unit), &pos, &off, &n);
+            own_span(&pc, lora != NULL, lsl_i_tile_first(&tl, c),
+                     lsl_i_tile_count(&tl, c) * (lora ? 1 : unit), &pos, &off, &n);
         lsl_i_put_write(w, &pc, off, buf ? buf + pos : NULL, n, crc_done, &st);
     }
     for (int k = 0; k < 2; k++) /* a failure left a chunk in flight: it must land first */
         if (pending[k])
             lsl_i_cuda_drain(w->cuda, k);
-#undef LAUNCH
-#undef FIRST
-#undef COUNT
     LSL_TRY(lsl_i_put_end(w, index, &pc, lora, st));
 fail:
     if (rc != LSL_OK)
