@@ -43,48 +43,54 @@ static int on_device(lsl_writer *w, uint64_t index, int mem, uint64_t first, uin
 #endif
 }
 
+/* Collective: a part of rows (elems 0) or of elements [first, first + count) down its path;
+ * st this rank's status so far (a failed rank joins with nothing). */
+static lsl_status put_range(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
+                            int elems, const void *data, int mem, void *stream,
+                            const lsl_lora_part *lora, lsl_status st)
+{
+    static const unsigned char empty = 0;
+    lsl_status rc = LSL_OK;
+    if (on_device(w, index, mem, first, count, elems, data, stream, lora, &st, &rc))
+        return rc;
+    lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
+    if (st == LSL_OK)
+        src.mem = data ? data : (count ? NULL : &empty);
+    if (!elems)
+        return lsl_i_writer_put(w, index, st ? 0 : first, st ? 0 : count, &src, st ? NULL : lora,
+                                st);
+    lsl_i_putctx pc;
+    rc = lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count, src.mem != NULL,
+                               st ? NULL : lora, LSL_MEM_HOST, st, &pc);
+    if (rc != LSL_OK) {
+        w->state = W_FAILED;
+        return rc;
+    }
+    return lsl_i_put_body(w, index, &pc, &src, lora, LSL_OK);
+}
+
 lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_elem_part *part)
 {
     if (!w)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: writer is NULL");
     lsl_i_clear_error();
-    static const unsigned char empty = 0;
-    lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
     lsl_status st =
         part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_elems_all")
              : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
-    lsl_status rc = LSL_OK;
-    if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->e0 : 0,
-                  part ? part->nelems : 0, 1, part ? part->data : NULL, part ? part->stream : NULL,
-                  part ? part->lora : NULL, &st, &rc))
-        return rc;
-    if (st == LSL_OK)
-        src.mem = part->data ? part->data : (part->nelems ? NULL : &empty);
-    lsl_i_putctx pc;
-    rc = lsl_i_put_begin_elems(w, index, st ? 0 : part->e0, st ? 0 : part->nelems, src.mem != NULL,
-                               st ? NULL : part->lora, LSL_MEM_HOST, st, &pc);
-    if (rc != LSL_OK) {
-        w->state = W_FAILED;
-        return rc;
-    }
-    return lsl_i_put_body(w, index, &pc, &src, part->lora, LSL_OK);
+    if (!part)
+        return put_range(w, index, 0, 0, 1, NULL, LSL_MEM_HOST, NULL, NULL, st);
+    return put_range(w, index, part->e0, part->nelems, 1, part->data, part->mem, part->stream,
+                     part->lora, st);
 }
 
 lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st)
 {
-    lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
-    static const unsigned char empty = 0;
-    if (st == LSL_OK && !part)
-        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL");
-    lsl_status rc = LSL_OK;
-    if (on_device(w, index, part ? part->mem : LSL_MEM_HOST, part ? part->row0 : 0,
-                  part ? part->nrows : 0, 0, part ? part->data : NULL, part ? part->stream : NULL,
-                  part ? part->lora : NULL, &st, &rc))
-        return rc;
-    if (st == LSL_OK)
-        src.mem = part->data ? part->data : (part->nrows ? NULL : &empty);
-    return lsl_i_writer_put(w, index, part && !st ? part->row0 : 0, part && !st ? part->nrows : 0,
-                            &src, part && !st ? part->lora : NULL, st);
+    if (!part)
+        return put_range(w, index, 0, 0, 0, NULL, LSL_MEM_HOST, NULL, NULL,
+                         st ? st
+                            : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL"));
+    return put_range(w, index, part->row0, part->nrows, 0, part->data, part->mem, part->stream,
+                     part->lora, st);
 }
 
 lsl_status lsl_i_part_entry(const lsl_lora_part *l, lsl_memspace mem, void *stream, const char *fn)
