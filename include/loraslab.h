@@ -355,9 +355,12 @@ typedef struct lsl_part {
  * nodes). On success *out owns the writer (release with lsl_writer_close_all or
  * lsl_writer_abort_all). Returns LSL_OK, LSL_ERR_EXISTS (path exists, no overwrite), LSL_ERR_IO
  * (directory not writable), LSL_ERR_INVALID_ARG (path is a symbolic link, or exists and is not a
- * regular file (a directory, for a directory output), or is not UTF-8, or format is unknown); on
- * failure *out is NULL and nothing was created.  Temporaries of the same path left by interrupted
- * runs are removed where provably dead (local filesystems), else reported on stderr. */
+ * regular file (a directory, for a directory output), or is not UTF-8, or format is unknown, or
+ * cfg->size is one this library does not know: see "configs"); on failure *out is NULL and
+ * nothing was created.  A NULL comm is LSL_ERR_INVALID_ARG on that rank alone (no collective
+ * can run without it), as for every function taking a handle.  Temporaries of the same path
+ * left by interrupted runs are removed where provably dead (local filesystems), else reported on
+ * stderr. */
 LSL_API lsl_status lsl_writer_create_all(const lsl_comm *comm, const char *path,
                                          const lsl_writer_config *cfg, lsl_writer **out);
 
