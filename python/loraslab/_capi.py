@@ -100,6 +100,7 @@ _H = c.c_void_p  # an opaque handle: lsl_comm *, lsl_writer *
 _STATS = c.POINTER(JobStats)
 PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "lsl_status_name": (c.c_char_p, [c.c_int]),
+    "lsl_strerror": (c.c_char_p, [c.c_int]),
     "lsl_last_error": (c.c_char_p, []),
     "lsl_version_string": (c.c_char_p, []),
     "lsl_parse_size": (c.c_int, [c.c_char_p, c.POINTER(c.c_uint64)]),

@@ -12,6 +12,8 @@ with gloo on the CPU.  One case per run:
   interrupt     SIGINT reaches rank 0 mid-save: rank 0 raises KeyboardInterrupt itself, the
                 others loraslab.Error LSL_ERR_INTERRUPTED, nothing left
   nomem         LSL_FAULT=malloc:2 on rank 1: every rank says "out of memory"
+  nomem-handle  LSL_FAULT=malloc:1 on rank 1 (its communicator handle, agreed over gloo before
+                any collective of the library): every rank names rank 1's handle
   slow          a save slowed down (each allreduce callback sleeps 0.1 s), for signals sent
                 from outside
 Prints PASSED on rank 0 when every rank's checks held."""
@@ -164,6 +166,11 @@ def main() -> int:
     elif a.case == "nomem":
         os.environ.update(LSL_FAULT="malloc:2", LSL_FAULT_RANK="1")
         expect("LSL_ERR_NOMEM", "out of memory")
+        os.environ.pop("LSL_FAULT")
+        nothing_left()
+    elif a.case == "nomem-handle":  # the process's first allocation: rank 1's communicator handle
+        os.environ.update(LSL_FAULT="malloc:1", LSL_FAULT_RANK="1")
+        expect("LSL_ERR_NOMEM", "rank 1: could not make its communicator handle")
         os.environ.pop("LSL_FAULT")
         nothing_left()
     elif a.case == "slow":

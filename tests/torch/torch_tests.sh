@@ -112,7 +112,7 @@ fi
 if [ "${LSL_TEST_DEVICE:-cpu}" != cuda ]; then
   # Careless or unlucky jobs (issue 26): each case refuses by name on every rank, or fails fast
   # and alike, and leaves nothing at the path (tests/py/torch_misuse.py says what each checks).
-  for c in skip two-adapters meta destroyed exists paths config interrupt nomem; do
+  for c in skip two-adapters meta destroyed exists paths config interrupt nomem nomem-handle; do
     script=torch_misuse.py run "misuse-$c-np2" torchrun 2 --case $c
   done
   script=torch_misuse.py run misuse-two-adapters-fsdp1-np2 torchrun 2 --case two-adapters \

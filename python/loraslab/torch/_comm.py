@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _capi
-from .._errors import raise_status
+from .._errors import Error
 from .._lib import lib
 
 _OPS = {_capi.OP_MAX: dist.ReduceOp.MAX, _capi.OP_MIN: dist.ReduceOp.MIN,
@@ -44,8 +44,16 @@ class TorchComm:
         self.handle = c.c_void_p()
         st = lib().lsl_comm_from_ops(c.byref(self._ops), None, self.rank, self.size,
                                      c.byref(self.handle))
-        if st != 0:
-            raise_status(lib(), st)
+        # Making the handle is this rank's allocation: every rank learns whether all have one
+        # (the status and the rank that failed), so none waits in the library's first
+        # collective for a rank that raised here, and all raise the same error.
+        failed = torch.tensor([st, self.rank if st != 0 else -1], dtype=torch.int64)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self.group)
+        code, who = (int(x) for x in failed.tolist())
+        if code != 0:
+            raise Error(code, lib().lsl_status_name(code).decode(),
+                        f"rank {who}: could not make its communicator handle "
+                        f"({lib().lsl_strerror(code).decode()})")
 
     def close(self) -> None:
         """Free the handle (writers made over it keep their own communicator); again: nothing."""
