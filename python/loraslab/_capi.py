@@ -26,8 +26,9 @@ class _Config(c.Structure):
     def __init__(self, **fields: Any) -> None:
         super().__init__()
         self.size = c.sizeof(self)
+        known = {f for f, _ in self._fields_} - {"size"}
         for name, value in fields.items():
-            if name == "size" or not hasattr(self, name):
+            if name not in known:
                 raise TypeError(f"{type(self).__name__} has no field {name!r}")
             setattr(self, name, value)
 
