@@ -295,9 +295,6 @@ typedef struct lsl_tensor_info {
 /* Where the data pointers of a part live. */
 typedef enum lsl_memspace { LSL_MEM_HOST = 0, LSL_MEM_DEVICE = 1 } lsl_memspace;
 
-/* How the caller's slice of LoRA A ([r, in]) is sharded. */
-typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_dim;
-
 /* Flags of an lsl_lora_part: recorded in the file's attributes. */
 #define LSL_LORA_RSLORA 1u /* scaling was alpha / sqrt(r) */
 /* Round the delta to the weight's precision before adding it in that precision, as PEFT's
@@ -306,36 +303,44 @@ typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_
  * fp32; with BF16/F16 factors each rounded to the weight dtype (factors too).  Merged on the CPU
  * (device parts too: see lsl_writer_put_all). */
 #define LSL_LORA_DELTA_IN_WEIGHT_DTYPE 2u
-/* DoRA whose norm runs down the columns (fan_in_fan_out / GPT-2 Conv1D, W stored [in, out]):
- * `magnitude` holds one value per column, all of them on every rank, and the put reduces the
- * ranks' partial column norms over the communicator before writing (two passes over this
- * rank's rows). */
-#define LSL_LORA_DORA_COLUMNS 4u
+/* The delta is transposed: W += scaling * (B @ A)^T, the weight stored [in, out] (GPT-2's Conv1D,
+ * fan_in_fan_out) or an embedding ([vocab, dim], A [r, vocab], B [dim, r]).  A DoRA magnitude
+ * then has one value per column of W, and its norm runs down the columns (the put reduces the
+ * ranks' partial column norms: two passes over this rank's rows). */
+#define LSL_LORA_TRANSPOSED 4u
 
-/* LoRA factors for one tensor's local part.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
- * accumulated in fp32 (fp64 for F32 weights), rounded once into the tensor's dtype (BF16, F16 or
- * F32).  With `magnitude` (DoRA), V = W0 + scaling * B @ A and W[i] = round(m[i] / |V[i]| * V[i]):
- * the norm is over a row, which this rank holds whole, so DoRA needs no communication.
- * Other layouts map onto the same call:
- *  - a 1-D tensor is [rows, 1]; a LoRA bias (b' = b + s * lora_B.bias) is r = 1, A = [1], B = the
- *    rows of lora_B.bias;
- *  - a transposed delta (LoRA on embeddings, fan_in_fan_out / GPT-2 Conv1D: W += s * (B @ A)^T)
- *    is passed as b = (this rank's columns of A)^T, rows x r, and a = B^T, r x cols. */
+/* One LoRA factor as the model holds it: this rank's elements [e0, e0 + n) of the whole factor,
+ * row-major.  The ranks' ranges tile the factor in rank order (empty ranges anywhere): FSDP2's
+ * Shard(0) rows are e0 = row0 * cols, n = nrows * cols; FSDP1's pieces are their own ranges,
+ * mid-row or not.  A factor every rank holds whole (DDP, no wrapper) is passed whole on every rank,
+ * e0 = 0 and n = all its elements: then nothing of it crosses the network. */
+typedef struct lsl_factor {
+    const void *data; /* n elements, contiguous, where the part's data lives (NULL when n is 0) */
+    lsl_dtype dtype;  /* F32, BF16 or F16 (the same on every rank that holds elements) */
+    uint64_t e0, n;
+} lsl_factor;
+
+/* A tensor's LoRA, as the model holds it.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
+ * accumulated in fp32 (fp64 for F32 weights, and on the CPU), rounded once into the tensor's dtype
+ * (BF16, F16 or F32).  With a magnitude (DoRA), V = W0 + scaling * B @ A and
+ * W[i] = round(m[i] / |V[i]| * V[i]), the norm over a row (down a column when transposed).
+ * The factors' shapes follow from the tensor's: A is [r, in] and B [out, r] with W [out, in]
+ * ([in, out] when LSL_LORA_TRANSPOSED); a 1-D tensor is [out, 1], so a LoRA bias
+ * (b' = b + scaling * lora_B.bias) is r = 1, A = [[1]] and B = lora_B.bias.  The put takes from
+ * the factors what this rank's rows need and gathers only that, once, in one collective step per
+ * call (a batch's factors together): the whole of A (over NCCL where it serves, see
+ * lsl_writer_put_all); B's and the magnitude's rows of the part, gathered only when a rank does not
+ * hold exactly those (an FSDP1 piece); for a transposed delta A and B whole.  On failure every rank
+ * returns the same status, naming the tensor and the factor. */
 typedef struct lsl_lora_part {
-    uint64_t rank;         /* r */
-    double alpha;          /* lora_alpha: recorded in the file */
-    double scaling;        /* alpha / r (or alpha / sqrt(r) with rsLoRA): applied */
-    lsl_dtype a_dtype;     /* F32, BF16 or F16 */
-    lsl_dtype b_dtype;     /* F32, BF16 or F16 */
-    lsl_shard_dim a_shard; /* LSL_SHARD_ROWS: this rank holds rows [a_off, a_off + a_count) of A;
-                              LSL_SHARD_COLS: columns [a_off, a_off + a_count) */
-    uint64_t a_off, a_count;
-    const void *a;             /* this rank's shard of A, row-major, contiguous */
-    const void *b;             /* rows [row0, row0 + nrows) of B ([out, r]), row-major */
-    const void *magnitude;     /* DoRA: rows [row0, row0 + nrows) of the magnitude vector, or
-                                  NULL; where data lives (the part's mem) */
-    lsl_dtype magnitude_dtype; /* F32, BF16 or F16 */
-    unsigned flags;            /* LSL_LORA_*; other bits: LSL_ERR_INVALID_ARG */
+    uint64_t rank;        /* r */
+    double alpha;         /* lora_alpha: recorded in the file */
+    double scaling;       /* alpha / r (or alpha / sqrt(r) with rsLoRA): applied */
+    lsl_factor a;         /* lora_A.weight, [r, in] */
+    lsl_factor b;         /* lora_B.weight, [out, r] */
+    lsl_factor magnitude; /* DoRA's magnitude vector (one value per row of W, per column when
+                             transposed); n 0 on every rank: no DoRA */
+    unsigned flags;       /* LSL_LORA_*; other bits: LSL_ERR_INVALID_ARG */
 } lsl_lora_part;
 
 typedef struct lsl_part {
@@ -413,8 +418,10 @@ LSL_API lsl_status lsl_writer_define_all(lsl_writer *w, uint64_t ntensors,
  * read (host rows written; device rows copied to the host), while the library's own buffers
  * may still be on their way to the files; a write that fails then fails a later call on every
  * rank, at the latest lsl_writer_close_all, and nothing is published.
- * LoRA A is all-gathered through host memory, or over NCCL when every rank has its own GPU and A
- * arrives in FSDP row shards: environment variable LSL_GATHER unset starts NCCL only after 1 GiB
+ * The factors (lsl_lora_part) are gathered through host memory, device shards copied down on
+ * part->stream; A's rows over NCCL instead when every rank has its own GPU and A arrives in FSDP2
+ * row shards (and no factor needs the host: no DoRA, no transposed delta, B's rows those of the
+ * part): environment variable LSL_GATHER unset starts NCCL only after 1 GiB
  * of A has been gathered (a communicator costs seconds and hundreds of MiB of host memory per
  * rank), "nccl" from the first put, "mpi" never.  DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE have
  * no kernel: their device parts are merged on the CPU, W0 copied down on part->stream chunk by
@@ -430,13 +437,12 @@ LSL_API lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_p
  * row-major range of each parameter, which may start and end mid-row.  Merged in whole rows: the
  * rows the range touches are merged from W0's elements the part holds (the others taken as 0),
  * and only the part's own elements are written, at byte offset e0 * itemsize of the tensor; so
- * the file, and its checksums, are the same as with row parts.  lora->b holds the rows
- * [e0 / cols, ceil((e0 + nelems) / cols)) of B, those the range touches (cols: the product of
- * the dimensions after the first); A as for lsl_part.  DoRA by rows: lora->magnitude holds the
- * same touched rows' values; a row split between ranks takes its norm from every holder's
- * elements (one more all-gather in the put), so within 1 ulp of row parts, not always the same
- * bytes.  DoRA down the columns (LSL_LORA_DORA_COLUMNS): each rank's pass over its rows counts
- * only its own elements, so the reduced column norms are those of row parts.
+ * the file, and its checksums, are the same as with row parts.  The factors as for lsl_part (an
+ * FSDP1 job passes its pieces of lora_A, lora_B and the magnitude as they are; the put gathers
+ * the rows of B the range touches).  DoRA by rows: a row split between ranks takes its norm from
+ * every holder's elements (one more all-gather in the put), so within 1 ulp of row parts, not
+ * always the same bytes.  DoRA down the columns (LSL_LORA_TRANSPOSED): each rank's pass over its
+ * rows counts only its own elements, so the reduced column norms are those of row parts.
  * Device parts as for lsl_part (the partial first and last rows are merged from a zeroed copy
  * in the writer's device buffers, the rest in place; DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE on
  * the CPU, as lsl_writer_put_all says). */
@@ -455,10 +461,11 @@ typedef struct lsl_elem_part {
 LSL_API lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index,
                                             const lsl_elem_part *part);
 
-/* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA A of all of them
- * gathered in one collective step (one all-gather of the shard sizes, one all-gatherv).  For a
- * directory output whose parts are all device rows (no DoRA, no LSL_LORA_DELTA_IN_WEIGHT_DTYPE),
- * the n tensors' chunks are merged in turn, so the writes of n shards proceed at once (take the
+/* Collective.  lsl_writer_put_all for n tensors, in this order, with the LoRA factors of all of
+ * them gathered in one collective step (one all-gather of the shards' places, one all-gatherv).
+ * For a directory output whose parts are all device rows (no DoRA, no
+ * LSL_LORA_DELTA_IN_WEIGHT_DTYPE, no transposed delta), the n tensors' chunks are merged in turn,
+ * so the writes of n shards proceed at once (take the
  * batch from lsl_writer_put_order).  The gather:
  * each gather costs a few collective latencies, which at a thousand ranks add up over a model's
  * hundreds of LoRA tensors.  Put a layer's tensors at once, for example.  Where NCCL serves the

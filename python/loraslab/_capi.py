@@ -8,8 +8,7 @@ from typing import Any
 
 MAX_NDIM = 8
 MEM_HOST, MEM_DEVICE = 0, 1
-SHARD_ROWS, SHARD_COLS = 0, 1
-LORA_RSLORA, LORA_DELTA_IN_WEIGHT_DTYPE, LORA_DORA_COLUMNS = 1, 2, 4
+LORA_RSLORA, LORA_DELTA_IN_WEIGHT_DTYPE, LORA_TRANSPOSED = 1, 2, 4
 OP_MAX, OP_MIN, OP_SUM = 0, 1, 2
 # lsl_dtype values (the safetensors order)
 DTYPES = {"BOOL": 0, "U8": 4, "I8": 5, "F8_E5M2": 6, "F8_E4M3": 7, "I16": 11, "U16": 12,
@@ -65,12 +64,13 @@ class TensorInfo(c.Structure):
                 ("shape", c.c_uint64 * MAX_NDIM)]
 
 
+class Factor(c.Structure):
+    _fields_ = [("data", c.c_void_p), ("dtype", c.c_int), ("e0", c.c_uint64), ("n", c.c_uint64)]
+
+
 class LoraPart(c.Structure):
     _fields_ = [("rank", c.c_uint64), ("alpha", c.c_double), ("scaling", c.c_double),
-                ("a_dtype", c.c_int), ("b_dtype", c.c_int), ("a_shard", c.c_int),
-                ("a_off", c.c_uint64), ("a_count", c.c_uint64), ("a", c.c_void_p),
-                ("b", c.c_void_p), ("magnitude", c.c_void_p), ("magnitude_dtype", c.c_int),
-                ("flags", c.c_uint)]
+                ("a", Factor), ("b", Factor), ("magnitude", Factor), ("flags", c.c_uint)]
 
 
 class Part(c.Structure):

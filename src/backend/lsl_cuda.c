@@ -296,7 +296,7 @@ lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, 
  * message is set: the staging thread calls this too).  crc: checksum the slot on the GPU (not
  * for a partial chunk: its own bytes are only a part of it, which the caller checksums). */
 static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype wt, const void *src,
-                           uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                           uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                            const void *b_dev, uint64_t m, uint64_t n, int crc, const char **what)
 {
     cudaError_t e = cudaSuccess;
@@ -338,7 +338,7 @@ static cudaError_t enqueue(lsl_i_cuda *c, int slot, cudaStream_t st, lsl_dtype w
 }
 
 lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt, const void *src,
-                             uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                             uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                              const void *b_dev, uint64_t m, uint64_t n)
 {
     const char *what = "";
@@ -358,7 +358,7 @@ static cudaError_t alloc_din(lsl_i_cuda *c)
 
 lsl_status lsl_i_cuda_launch_rows_of(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt,
                                      const void *own, uint64_t pos, uint64_t own_bytes,
-                                     uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                                     uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                                      const void *b_dev, uint64_t m, uint64_t n)
 {
     const char *what = "allocating the device input slots";
@@ -402,7 +402,7 @@ static void stage_run(void *arg)
 }
 
 lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const char *path,
-                            lsl_dtype wt, uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                            lsl_dtype wt, uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                             const void *b_dev, uint64_t m, uint64_t n)
 {
     cudaError_t e = cudaSuccess;

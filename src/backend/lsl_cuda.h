@@ -45,7 +45,7 @@ void lsl_i_cuda_gathers(const lsl_i_cuda *c, uint64_t *nccl, uint64_t *mpi);
  * next gather).  l->a is device memory, or host memory when a_on_host (then A goes through the
  * MPI path); with LSL_I_LORA_A_FULL it is the whole of A in host memory, only uploaded, or with
  * LSL_I_LORA_A_GPU as well, on the device already (lsl_i_cuda_gather_a_batch).  Agreed status. */
-lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_lora_part *l, uint64_t in,
+lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_i_lora *l, uint64_t in,
                                int a_on_host, const void **a_dev, lsl_status local);
 /* Collective on comm.  The A of a batch of n tensors over NCCL, in one group: part i (l[i] NULL
  * for a tensor without LoRA; in[i] its row length) goes when every rank holds its FSDP row shard
@@ -54,7 +54,7 @@ lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_lora_p
  * for the others, which the caller gathers through host memory.  Agreed status; local lets a
  * rank that already failed join. */
 lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, lsl_i_comm *comm, uint64_t n,
-                                     const lsl_lora_part *const *l, const uint64_t *in, void **full,
+                                     const lsl_i_lora *const *l, const uint64_t *in, void **full,
                                      lsl_status local);
 /* Wait for the work the caller queued on `stream` (a cudaStream_t; NULL: the default stream)
  * before any of its device memory is read.  The library reads a part's memory on streams of its
@@ -79,7 +79,7 @@ lsl_status lsl_i_cuda_upload_b(lsl_i_cuda *c, const void *host, uint64_t bytes, 
 /* Asynchronous on stream: fill ring slot `slot` with `bytes` of output: a D2H copy of src (l ==
  * NULL), or the merge of m rows x n columns of W0 at src with B rows b_dev and gathered A a_dev. */
 lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt, const void *src,
-                             uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                             uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                              const void *b_dev, uint64_t m, uint64_t n);
 /* As lsl_i_cuda_launch for whole rows of which the caller holds only some elements (an
  * element-range part's first or last chunk): the own_bytes at device pointer own are placed at
@@ -88,14 +88,14 @@ lsl_status lsl_i_cuda_launch(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt
  * checksums the bytes it writes. */
 lsl_status lsl_i_cuda_launch_rows_of(lsl_i_cuda *c, int slot, void *stream, lsl_dtype wt,
                                      const void *own, uint64_t pos, uint64_t own_bytes,
-                                     uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                                     uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                                      const void *b_dev, uint64_t m, uint64_t n);
 /* As lsl_i_cuda_launch, but W0 comes from a file: a helper thread preads `bytes` at off of fd
  * into the slot's pinned buffer, copies it up and launches the merge (l != NULL) on c's own
  * stream, so the read overlaps whatever the caller does until lsl_i_cuda_wait.  A read error is
  * returned by the wait, naming path. */
 lsl_status lsl_i_cuda_stage(lsl_i_cuda *c, int slot, int fd, uint64_t off, const char *path,
-                            lsl_dtype wt, uint64_t bytes, const lsl_lora_part *l, const void *a_dev,
+                            lsl_dtype wt, uint64_t bytes, const lsl_i_lora *l, const void *a_dev,
                             const void *b_dev, uint64_t m, uint64_t n);
 /* Wait for slot; *host points into pinned memory.  LSL_ERR_NONFINITE with *bad = the first bad
  * element index of that chunk when the merge produced NaN/Inf.  When the GPU checksummed the

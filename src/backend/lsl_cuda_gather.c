@@ -48,7 +48,7 @@ static int nccl_due(const lsl_i_cuda *c)
            (c->want_nccl == 1 && c->host_gathered >= NCCL_AFTER_BYTES);
 }
 
-lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_lora_part *l, uint64_t in,
+lsl_status lsl_i_cuda_gather_a(lsl_i_cuda *c, lsl_i_comm *comm, const lsl_i_lora *l, uint64_t in,
                                int a_on_host, const void **a_dev, lsl_status local)
 {
     lsl_status rc = LSL_OK, st = local;
@@ -149,7 +149,7 @@ fail:
 }
 
 lsl_status lsl_i_cuda_gather_a_batch(lsl_i_cuda *c, lsl_i_comm *comm, uint64_t n,
-                                     const lsl_lora_part *const *l, const uint64_t *in, void **full,
+                                     const lsl_i_lora *const *l, const uint64_t *in, void **full,
                                      lsl_status local)
 {
     lsl_status rc = LSL_OK, st = local;

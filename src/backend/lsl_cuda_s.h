@@ -14,7 +14,7 @@ typedef struct stage_job {
     int slot, fd, has_l;
     uint64_t off, bytes, m, n;
     lsl_dtype wt;
-    lsl_lora_part l;
+    lsl_i_lora l;
     const void *a_dev, *b_dev;
     const char *path;
     /* results: the thread cannot set this thread's error message (it is thread-local) */

@@ -24,7 +24,7 @@ typedef struct lsl_i_row_norms {
  * or by columns) follows lora's flags; the engine only says which rows. */
 typedef struct lsl_i_cpu_part {
     lsl_dtype wt;
-    const lsl_lora_part *lora;
+    const lsl_i_lora *lora;
     uint64_t r, in, nrows;
     double *a, *b, *colf;
     lsl_i_row_norms shared; /* by local row of the part (lsl_i_cpu_part_row_norm) */
@@ -34,7 +34,7 @@ typedef struct lsl_i_cpu_part {
  * (LSL_ERR_NOMEM naming `name`; p then owns nothing but is safe to free).  Before A is
  * gathered, so a failure can join the gather's agreement. */
 lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype wt,
-                                const lsl_lora_part *lora, uint64_t nrows, uint64_t in);
+                                const lsl_i_lora *lora, uint64_t nrows, uint64_t in);
 /* Takes A (r x in of lora->a_dtype, gathered) and lora->b into fp64, rounded to wt where the
  * merge runs at the weight's precision. */
 void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a);
@@ -43,14 +43,14 @@ static inline uint64_t lsl_i_cpu_part_work_row(const lsl_i_cpu_part *p)
 {
     return p->in * sizeof(double);
 }
-/* DoRA down the columns (LSL_LORA_DORA_COLUMNS): whether a first pass is needed; pass 1 adds the
+/* DoRA down the columns (LSL_I_LORA_DORA_COLUMNS): whether a first pass is needed; pass 1 adds the
  * squares of V over rows [first, first + n) of the part (w, not modified) into p->colf, only
  * those of the block's elements [k0, k1) (an element-range part's own: its first and last rows
  * may be partial, the rest of them zero in w); after the ranks' sums are reduced into p->colf,
  * every element counted once, lsl_i_cpu_part_columns turns them into factors (LSL_ERR_NOMEM). */
 static inline int lsl_i_cpu_part_by_columns(const lsl_i_cpu_part *p)
 {
-    return p->lora && (p->lora->flags & LSL_LORA_DORA_COLUMNS);
+    return p->lora && (p->lora->flags & LSL_I_LORA_DORA_COLUMNS);
 }
 lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first, uint64_t n,
                                 uint64_t k0, uint64_t k1, void *work);

@@ -7,7 +7,7 @@
 #include <string.h>
 
 lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype wt,
-                                const lsl_lora_part *lora, uint64_t nrows, uint64_t in)
+                                const lsl_i_lora *lora, uint64_t nrows, uint64_t in)
 {
     memset(p, 0, sizeof *p);
     p->wt = wt;
@@ -27,7 +27,7 @@ lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype w
 
 void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a)
 {
-    const lsl_lora_part *l = p->lora;
+    const lsl_i_lora *l = p->lora;
     lsl_i_to_f64(l->a_dtype, a, p->r * p->in, p->a);
     lsl_i_to_f64(l->b_dtype, l->b, p->nrows * p->r, p->b);
     /* fp32 factors keep their precision: PEFT evaluates the delta in them */
@@ -60,7 +60,7 @@ lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p)
 lsl_status lsl_i_cpu_part_merge(const lsl_i_cpu_part *p, void *w, uint64_t first, uint64_t n,
                                 void *work, uint64_t *bad)
 {
-    const lsl_lora_part *l = p->lora;
+    const lsl_i_lora *l = p->lora;
     const double *b = p->b + first * p->r;
     if (p->colf)
         return lsl_i_merge_rows_dora_cols_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling,

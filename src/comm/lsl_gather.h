@@ -17,12 +17,12 @@ typedef struct lsl_i_ashard {
 
 /* The shard of A that l describes (in: the weight's row length), with a buffer for the whole A
  * allocated into .full (NULL when out of memory: the caller fails and frees it either way). */
-lsl_i_ashard lsl_i_ashard_of(const lsl_lora_part *l, uint64_t in);
+lsl_i_ashard lsl_i_ashard_of(const lsl_i_lora *l, uint64_t in);
 /* Bytes of the shard this rank holds. */
 uint64_t lsl_i_ashard_bytes(const lsl_i_ashard *s);
 /* After a batched gather: l describes the whole of A at full (host memory, every rank), flagged
  * LSL_I_LORA_A_FULL so the put uses it as it is. */
-void lsl_i_lora_set_full(lsl_lora_part *l, void *full);
+void lsl_i_lora_set_full(lsl_i_lora *l, void *full);
 
 /* Collective on comm.  Gathers the A of n tensors with one all-gather of the shard sizes and
  * one all-gatherv of all shards, whatever n: a batch costs the collective latency of one

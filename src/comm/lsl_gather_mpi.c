@@ -51,14 +51,14 @@ uint64_t lsl_i_ashard_bytes(const lsl_i_ashard *s)
     return s->count * unit_bytes(s);
 }
 
-lsl_i_ashard lsl_i_ashard_of(const lsl_lora_part *l, uint64_t in)
+lsl_i_ashard lsl_i_ashard_of(const lsl_i_lora *l, uint64_t in)
 {
     uint64_t es = lsl_dtype_bits(l->a_dtype) / 8;
     return (lsl_i_ashard){l->a_shard, l->a, l->a_off, l->a_count,
                           l->rank,    in,   es,       lsl_i_malloc(l->rank * in * es + 1)};
 }
 
-void lsl_i_lora_set_full(lsl_lora_part *l, void *full)
+void lsl_i_lora_set_full(lsl_i_lora *l, void *full)
 {
     l->a = full;
     l->a_shard = LSL_SHARD_ROWS;

@@ -11,15 +11,44 @@
 
 #define LSL_MSG_MAX         1024
 #define LSL_DEFAULT_STAGING ((uint64_t)64 << 20)
-/* lsl_lora_part.flags, inside the library only: `a` is the whole of A ([r, in]) in host memory
+/* How a shard of A is cut, inside the library: rows or columns of A ([r, in]). */
+typedef enum lsl_shard_dim { LSL_SHARD_ROWS = 0, LSL_SHARD_COLS = 1 } lsl_shard_dim;
+
+/* The factors as the merge needs them, made from the caller's lsl_lora_part by
+ * lsl_i_factors_resolve (engine/lsl_factors.c) or read by an offline job.
+ * W[rows] = round(W0[rows] + scaling * B[rows] @ A), A ([r, in]) sharded by a_shard and gathered
+ * by the put (or whole: LSL_I_LORA_A_FULL), b the part's own rows of B ([nrows, r]) and the
+ * magnitude its rows (or every column's: LSL_I_LORA_DORA_COLUMNS); a transposed delta arrives
+ * here already rewritten (b = A's columns transposed, a = B^T).  Pointers in the part's memory
+ * unless LSL_I_LORA_ON_HOST. */
+typedef struct lsl_i_lora {
+    uint64_t rank;
+    double alpha, scaling;
+    lsl_dtype a_dtype, b_dtype;
+    lsl_shard_dim a_shard;
+    uint64_t a_off, a_count;
+    const void *a;
+    const void *b;
+    const void *magnitude;
+    lsl_dtype magnitude_dtype;
+    unsigned flags;
+} lsl_i_lora;
+
+/* lsl_i_lora.flags, inside the library only: `a` is the whole of A ([r, in]) in host memory
  * on every rank, already gathered (a batched put); the part's memspace applies to b alone. */
 #define LSL_I_LORA_A_FULL 0x80000000u
-/* With LSL_I_LORA_A_FULL: the whole A is in device memory owned by the writer's CUDA context,
- * gathered over NCCL by a batched put. */
+/* With LSL_I_LORA_A_FULL: the whole A is in device memory (gathered over NCCL by a batched put
+ * into the writer's CUDA context, or a device A every rank passed whole). */
 #define LSL_I_LORA_A_GPU 0x40000000u
+/* A device part's factors the library gathered or rewrote: a (whole, LSL_I_LORA_A_FULL), b and
+ * the magnitude are in host memory although the part's data is on the device. */
+#define LSL_I_LORA_ON_HOST 0x20000000u
+/* DoRA whose norm runs down the columns (a transposed delta: W stored [in, out]): `magnitude`
+ * holds every column's value on every rank; the put reduces the ranks' partial column norms. */
+#define LSL_I_LORA_DORA_COLUMNS 0x10000000u
 /* The flags a caller may pass. */
 #define LSL_LORA_PUBLIC_FLAGS                                                                      \
-    (LSL_LORA_RSLORA | LSL_LORA_DELTA_IN_WEIGHT_DTYPE | LSL_LORA_DORA_COLUMNS)
+    (LSL_LORA_RSLORA | LSL_LORA_DELTA_IN_WEIGHT_DTYPE | LSL_LORA_TRANSPOSED)
 
 /* Record a failure message for lsl_last_error() and return st. */
 lsl_status lsl_i_fail(lsl_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -52,6 +81,9 @@ void lsl_i_log(int level, const char *fmt, ...) __attribute__((format(printf, 2,
  * carry its message (prefixed with the rank when it is not rank 0).  Never hangs on
  * a local error because it is the only communication it does. */
 lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local);
+/* Collective: lsl_i_agree, with n (at most 7) more values reduced by MIN in the same call (every
+ * rank's v[] becomes the minimum), so a caller's first question rides on the agreement. */
+lsl_status lsl_i_agree_min(lsl_i_comm *comm, lsl_status local, int64_t *v, int n);
 /* Collective: lsl_i_agree's second half, for callers that learnt the first failing rank from a
  * collective of their own (INT64_MAX: none failed; no communication then).  Every rank must pass
  * the same `first`. */

@@ -125,7 +125,7 @@ lsl_status lsl_i_mpi_fail(int mpi_rc, const char *what)
     return lsl_i_fail(st, "%s: %s", what, s);
 }
 
-lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
+lsl_status lsl_i_agree_min(lsl_i_comm *comm, lsl_status local, int64_t *v, int n)
 {
     /* A signal whose handler (lsl_signals_install) removed this call's temporaries and then let
      * the process go on: the call cannot finish, and every rank must learn it here. */
@@ -136,11 +136,21 @@ lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
                            sig == SIGINT    ? "SIGINT"
                            : sig == SIGTERM ? "SIGTERM"
                                             : "SIGHUP");
-    int64_t first = local != LSL_OK ? comm->rank : INT64_MAX;
-    lsl_status rc = lsl_i_allreduce_i64(comm, &first, 1, LSL_OP_MIN);
+    int64_t all[8] = {local != LSL_OK ? comm->rank : INT64_MAX};
+    n = n < 0 ? 0 : n > 7 ? 7 : n;
+    for (int i = 0; i < n; i++)
+        all[1 + i] = v[i];
+    lsl_status rc = lsl_i_allreduce_i64(comm, all, 1 + n, LSL_OP_MIN);
     if (rc != LSL_OK)
         return rc;
-    return lsl_i_agree_first(comm, first, local);
+    for (int i = 0; i < n; i++)
+        v[i] = all[1 + i];
+    return lsl_i_agree_first(comm, all[0], local);
+}
+
+lsl_status lsl_i_agree(lsl_i_comm *comm, lsl_status local)
+{
+    return lsl_i_agree_min(comm, local, NULL, 0);
 }
 
 lsl_status lsl_i_agree_first(lsl_i_comm *comm, int64_t first, lsl_status local)

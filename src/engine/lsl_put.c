@@ -14,7 +14,7 @@ static bool float_dtype(lsl_dtype d)
     return d == LSL_F32 || d == LSL_BF16 || d == LSL_F16;
 }
 
-lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_lora_part *l)
+lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_i_lora *l)
 {
     if (t->ndim != 2 && t->ndim != 1)
         return lsl_i_fail(LSL_ERR_SHAPE,
@@ -36,9 +36,10 @@ lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A or B pointer is NULL", t->name);
     if (l->a_shard != LSL_SHARD_ROWS && l->a_shard != LSL_SHARD_COLS)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: bad a_shard", t->name);
-    if ((l->flags & LSL_LORA_DORA_COLUMNS) && !l->magnitude)
+    if ((l->flags & LSL_I_LORA_DORA_COLUMNS) && !l->magnitude)
         return lsl_i_fail(LSL_ERR_INVALID_ARG,
-                          "tensor `%s`: LSL_LORA_DORA_COLUMNS needs the magnitude vector", t->name);
+                          "tensor `%s`: LSL_I_LORA_DORA_COLUMNS needs the magnitude vector",
+                          t->name);
     if (l->magnitude && !float_dtype(l->magnitude_dtype))
         return lsl_i_fail(LSL_ERR_DTYPE,
                           "tensor `%s`: DoRA magnitude dtype must be F32, BF16 or F16", t->name);
@@ -100,12 +101,12 @@ typedef struct put_rec {
     int64_t failed;                  /* this rank already failed: its message goes to everyone */
     int64_t dora;                    /* a magnitude: row norms may span ranks */
 } put_rec;
-_Static_assert(sizeof(put_rec) == 8 * sizeof(uint64_t), "w->per_rank holds 8 values a rank");
+_Static_assert(sizeof(put_rec) <= LSL_I_PER_RANK * sizeof(uint64_t), "w->per_rank holds a put_rec");
 
 /* Local checks, then the collective ones (same tensor everywhere, parts tiling the tensor in
  * rank order, by rows or by elements), agreed before any I/O. */
 static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count, int elems,
-                        bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                        bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                         lsl_i_putctx *pc)
 {
     put_clock_start(w);
@@ -211,14 +212,14 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
 }
 
 lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                           bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                           bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                            lsl_i_putctx *pc)
 {
     return begin(w, index, row0, nrows, 0, has_data, lora, mem, st, pc);
 }
 
 lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
-                                 bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                                 bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                                  lsl_i_putctx *pc)
 {
     return begin(w, index, e0, ne, 1, has_data, lora, mem, st, pc);
@@ -268,7 +269,7 @@ lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint6
                       (unsigned long long)(bad % pc->relems));
 }
 
-lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_lora_part *lora,
+lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_i_lora *lora,
                          lsl_status st)
 {
     lsl_status rc = LSL_OK;

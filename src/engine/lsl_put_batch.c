@@ -1,6 +1,7 @@
-/* The batched put: the LoRA A of n tensors gathered in one collective step (over NCCL where
- * it serves, the rest through host memory), then n puts with A already whole. */
-#include "lsl_writer_s.h"
+/* The batched put: the LoRA factors of n tensors resolved in one collective step
+ * (lsl_factors.c), the A's left in device row shards gathered in one more (over NCCL where it
+ * serves, else through host memory), then n puts with A whole. */
+#include "lsl_factors.h"
 
 #include "lsl_gather.h"
 
@@ -10,7 +11,7 @@
 /* Batched put, over NCCL: the device A's in FSDP row shards, when NCCL serves this job, in one
  * NCCL group; gpu[i] receives their whole A (device memory of the writer's CUDA context). */
 static lsl_status gather_batch_nccl(lsl_writer *w, uint64_t n, const uint64_t *indices,
-                                    const lsl_part *parts, void **gpu, lsl_status st)
+                                    const lsl_i_part *parts, void **gpu, lsl_status st)
 {
     int dev = 0;
     for (uint64_t i = 0; i < n; i++)
@@ -24,15 +25,15 @@ static lsl_status gather_batch_nccl(lsl_writer *w, uint64_t n, const uint64_t *i
     rc = lsl_i_writer_open_cuda(w);
     if (rc != LSL_OK)
         return rc;
-    const lsl_lora_part **l = lsl_i_calloc(n + 1, sizeof *l);
+    const lsl_i_lora **l = lsl_i_calloc(n + 1, sizeof *l);
     uint64_t *in = lsl_i_calloc(n + 1, sizeof *in);
     if ((!l || !in) && st == LSL_OK)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     /* A part merged on the CPU keeps its A on the host path: a rank that leaves a part out
      * leaves it out everywhere (lsl_i_cuda_gather_a_batch's agreement). */
     for (uint64_t i = 0; st == LSL_OK && i < n; i++)
-        if (parts[i].mem == LSL_MEM_DEVICE && indices[i] < w->n &&
-            !lsl_i_lora_on_cpu(parts[i].lora)) {
+        if (parts[i].mem == LSL_MEM_DEVICE && indices[i] < w->n && parts[i].lora &&
+            !(parts[i].lora->flags & LSL_I_LORA_A_FULL) && !lsl_i_lora_on_cpu(parts[i].lora)) {
             l[i] = parts[i].lora;
             in[i] = lsl_i_row_elems(&w->t[indices[i]]);
         }
@@ -45,25 +46,32 @@ static lsl_status gather_batch_nccl(lsl_writer *w, uint64_t n, const uint64_t *i
 }
 #endif
 
-/* Batched put, step one: every LoRA part's A gathered in one collective step: over NCCL into
- * gpu[i] where it can (gather_batch_nccl), the rest into host memory, full[i] (NULL for a part
- * without LoRA). */
+/* Batched put, step two: the A's the resolution left in device row shards gathered in one
+ * collective step: over NCCL into gpu[i] where it can (gather_batch_nccl), the rest into host
+ * memory, full[i] (NULL for a part without LoRA or whose A is whole already). */
 static lsl_status gather_batch(lsl_writer *w, uint64_t n, const uint64_t *indices,
-                               const lsl_part *parts, void **full, void **gpu, lsl_status st)
+                               const lsl_i_part *parts, void **full, void **gpu, lsl_status st)
 {
 #ifdef LSL_HAVE_CUDA
     st = gather_batch_nccl(w, n, indices, parts, gpu, st);
     if (st != LSL_OK)
         return st; /* agreed */
 #endif
+    /* which parts still hold A in shards is the same on every rank (the resolution's plan and
+     * NCCL's agreed choice): a batch with none skips this step everywhere */
+    uint64_t need = 0;
+    for (uint64_t i = 0; i < n; i++)
+        need += parts[i].lora && !gpu[i] && !(parts[i].lora->flags & LSL_I_LORA_A_FULL);
+    if (!need)
+        return st;
     lsl_i_ashard *sh = lsl_i_calloc(n + 1, sizeof *sh);
     void **dl = lsl_i_calloc(n + 1, sizeof *dl); /* host copies of device shards */
     uint64_t k = 0;
     if (!sh || !dl)
         st = st ? st : lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
-        const lsl_lora_part *l = parts[i].lora;
-        if (!l || gpu[i])
+        const lsl_i_lora *l = parts[i].lora;
+        if (!l || gpu[i] || (l->flags & LSL_I_LORA_A_FULL))
             continue;
         if (indices[i] >= w->n) {
             st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
@@ -121,13 +129,15 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
     lsl_i_clear_error();
     lsl_status rc = LSL_OK, st = LSL_OK;
     void **full = lsl_i_calloc(n + 1, sizeof *full), **gpu = lsl_i_calloc(n + 1, sizeof *gpu);
-    lsl_lora_part *lp = lsl_i_calloc(n + 1, sizeof *lp);
-    lsl_part *pp = lsl_i_calloc(n + 1, sizeof *pp);
+    lsl_i_lora *lp = lsl_i_calloc(n + 1, sizeof *lp);
+    lsl_i_part *pp = lsl_i_calloc(n + 1, sizeof *pp);
+    lsl_i_factors *fac = lsl_i_calloc(n + 1, sizeof *fac);
+    const lsl_lora_part **pub = lsl_i_calloc(n + 1, sizeof *pub);
     int64_t nv = (int64_t)n;
     int same = lsl_i_same_everywhere(w->comm, &nv, 1, &st);
     if (st != LSL_OK)
         ;
-    else if (!full || !gpu || !lp || !pp)
+    else if (!full || !gpu || !lp || !pp || !fac || !pub)
         st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
     else if (!same)
         st = lsl_i_fail(LSL_ERR_INCONSISTENT, "ranks passed batches of different lengths");
@@ -135,18 +145,24 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
         st = lsl_i_fail(LSL_ERR_WRONG_STATE, "put before define or after a failure");
     else if (n && (!indices || !parts))
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: indices or parts is NULL");
-    for (uint64_t i = 0; st == LSL_OK && i < n; i++)
+    for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
         st = lsl_i_part_entry(parts[i].lora, parts[i].mem, parts[i].stream,
                               "lsl_writer_put_batch_all");
-    /* A batch whose length or arrays cannot be trusted stops every rank before the gather. */
+        pp[i] = (lsl_i_part){parts[i].row0, parts[i].nrows,  0,   parts[i].data,
+                             parts[i].mem,  parts[i].stream, NULL};
+        pub[i] = parts[i].lora;
+    }
+    /* A batch whose length or arrays cannot be trusted stops every rank before the gathers. */
     LSL_TRY(lsl_i_agree(w->comm, st));
-    LSL_TRY(gather_batch(w, n, indices, parts, full, gpu, LSL_OK));
-    /* Step two: the puts with A already whole: in turn, chunk by chunk, where a directory's
-     * device parts allow (lsl_put_interleave.c), else one after the other. */
+    LSL_TRY(lsl_i_factors_resolve(w, n, indices, pp, pub, fac, NULL, LSL_OK));
+    for (uint64_t i = 0; i < n; i++)
+        pp[i].lora = pub[i] ? &fac[i].l : NULL;
+    LSL_TRY(gather_batch(w, n, indices, pp, full, gpu, LSL_OK));
+    /* Step three: the puts with A whole: in turn, chunk by chunk, where a directory's device
+     * parts allow (lsl_put_interleave.c), else one after the other. */
     for (uint64_t i = 0; i < n; i++) {
-        pp[i] = parts[i];
-        if (parts[i].lora) {
-            lp[i] = *parts[i].lora;
+        if (pp[i].lora && (full[i] || gpu[i])) {
+            lp[i] = *pp[i].lora;
             lsl_i_lora_set_full(&lp[i], gpu[i] ? gpu[i] : full[i]);
             lp[i].flags |= gpu[i] ? LSL_I_LORA_A_GPU : 0;
             pp[i].lora = &lp[i];
@@ -159,15 +175,18 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
     }
 #endif
     for (uint64_t i = 0; i < n; i++)
-        LSL_TRY(lsl_i_put_one(w, indices[i], &pp[i], LSL_OK));
+        LSL_TRY(lsl_i_put_one(w, indices[i], &pp[i], NULL, LSL_OK));
 fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
     for (uint64_t i = 0; full && i < n; i++)
         free(full[i]);
+    lsl_i_factors_free(fac, n);
     free(full);
     free(gpu);
     free(lp);
     free(pp);
+    free(fac);
+    free(pub);
     return rc;
 }

@@ -8,7 +8,7 @@
 /* A device part's LoRA factors copied to host memory for the CPU merge (they are small: B's
  * rows of the part, A's shard or the whole A, the magnitude vector). */
 typedef struct lora_down {
-    lsl_lora_part l;
+    lsl_i_lora l;
     void *a, *b, *m;
 } lora_down;
 
@@ -27,13 +27,15 @@ static lsl_status down(void **dst, const void *src, uint64_t n, uint64_t m, uint
     return lsl_i_cuda_download_on(*dst, src, bytes, stream, what);
 }
 
-static lsl_status lora_down_make(const lsl_lora_part *l, const lsl_i_putctx *pc, void *stream,
+static lsl_status lora_down_make(const lsl_i_lora *l, const lsl_i_putctx *pc, void *stream,
                                  lora_down *d)
 {
     uint64_t r = l->rank, in = pc->relems, n = pc->nrows;
     uint64_t ae = lsl_dtype_bits(l->a_dtype) / 8, be = lsl_dtype_bits(l->b_dtype) / 8;
     lsl_status st = LSL_OK;
     d->l = *l;
+    if (l->flags & LSL_I_LORA_ON_HOST) /* the resolution brought them to the host already */
+        return LSL_OK;
     /* A whole A from a batched put is in host memory: the batch sends these parts' A through
      * host memory, never over NCCL (lsl_put_batch.c) */
     if (!(l->flags & LSL_I_LORA_A_FULL))
@@ -44,7 +46,7 @@ static lsl_status lora_down_make(const lsl_lora_part *l, const lsl_i_putctx *pc,
     if (st == LSL_OK)
         st = down(&d->b, l->b, n, r, be, stream, pc, "B");
     if (st == LSL_OK)
-        st = down(&d->m, l->magnitude, (l->flags & LSL_LORA_DORA_COLUMNS) ? in : n, 1,
+        st = down(&d->m, l->magnitude, (l->flags & LSL_I_LORA_DORA_COLUMNS) ? in : n, 1,
                   lsl_dtype_bits(l->magnitude_dtype) / 8, stream, pc, "magnitude");
     d->l.a = (l->flags & LSL_I_LORA_A_FULL) ? l->a : d->a;
     d->l.b = d->b;
@@ -54,10 +56,10 @@ static lsl_status lora_down_make(const lsl_lora_part *l, const lsl_i_putctx *pc,
 
 lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                                    int elems, const void *data, void *stream,
-                                   const lsl_lora_part *lora, lsl_status st)
+                                   const lsl_i_lora *lora, lsl_status st)
 {
     lsl_i_putctx pc;
-    const lsl_lora_part *l = st ? NULL : lora;
+    const lsl_i_lora *l = st ? NULL : lora;
     lsl_status rc = elems ? lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count,
                                                   data != NULL, l, LSL_MEM_DEVICE, st, &pc)
                           : lsl_i_put_begin(w, index, st ? 0 : first, st ? 0 : count, data != NULL,

@@ -54,7 +54,7 @@ typedef struct dev_loop {
     const lsl_i_tiles *tl;   /* the chunks, in units */
     uint64_t unit;           /* bytes a unit: a row when merging, 1 when copying */
     uint64_t slot_bytes;     /* a ring slot */
-    const lsl_lora_part *lora;
+    const lsl_i_lora *lora;
     const void *a_dev;      /* the whole A on the device */
     const unsigned char *b; /* B's rows of the part (device memory), rb bytes each */
     uint64_t rb;
@@ -98,7 +98,7 @@ static lsl_status launch_chunk(const dev_loop *d, uint64_t ch)
  * zeroed device copy. */
 lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                             int elems, const void *data, void *stream, const lsl_i_src *src,
-                            const lsl_lora_part *lora, lsl_status st0)
+                            const lsl_i_lora *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st = st0;
     if (st == LSL_OK && lora && (lora->magnitude || (lora->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)))
@@ -111,7 +111,7 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
         w->state = W_FAILED;
         return rc;
     }
-    const lsl_lora_part *pl = st ? NULL : lora;
+    const lsl_i_lora *pl = st ? NULL : lora;
     if (elems)
         rc = lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count, data != NULL, pl,
                                    LSL_MEM_DEVICE, st, &pc);
@@ -127,7 +127,7 @@ lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint6
             lsl_i_cuda_gather_a(w->cuda, w->comm, lora, pc.relems, src != NULL, &a_dev, LSL_OK));
         w->prof[P_GATHER] += lsl_i_now() - t0;
         b = lora->b;
-        if (src) {
+        if (src || (lora->flags & LSL_I_LORA_ON_HOST)) { /* B's rows in host memory */
             const void *bd = NULL;
             uint64_t bb = pc.nrows * lora->rank * (lsl_dtype_bits(lora->b_dtype) / 8);
             LSL_TRY(lsl_i_agree(w->comm, lsl_i_cuda_upload_b(w->cuda, lora->b, bb, &bd)));
@@ -206,7 +206,7 @@ fail:
 }
 
 lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                                   const lsl_i_src *src, const lsl_lora_part *lora,
+                                   const lsl_i_src *src, const lsl_i_lora *lora,
                                    lsl_status local_st)
 {
     return lsl_i_put_device(w, index, row0, nrows, 0, NULL, NULL, src, lora, local_st);

@@ -1,24 +1,25 @@
 /* The public puts of one part (lsl_writer_put_all, lsl_writer_put_elems_all) and the choice of
- * path, made once, top-down: the host chunk loop (lsl_put_host.c), the device chunk loop
- * (lsl_put_device.c), or the CPU merge of a device part (lsl_put_cpudev.c).  The batched put
- * gathers its A's first (lsl_put_batch.c), then comes here for each part. */
-#include "lsl_writer_s.h"
+ * path, made once, top-down: the factors resolved (lsl_factors.c), then the host chunk loop
+ * (lsl_put_host.c), the device chunk loop (lsl_put_device.c), or the CPU merge of a device part
+ * (lsl_put_cpudev.c).  The batched put resolves and gathers its factors first
+ * (lsl_put_batch.c), then comes here for each part. */
+#include "lsl_factors.h"
 
 /* Collective: the path of a put (the memory space is logically collective).  Returns 1 when
  * the put went down a device path (*rc its status, or the agreement's failure): the kernels,
  * or the CPU merge for DoRA and LSL_LORA_DELTA_IN_WEIGHT_DTYPE; 0 for the host path.  Without
  * CUDA, device memory is refused into *st. */
-static int on_device(lsl_writer *w, uint64_t index, int mem, uint64_t first, uint64_t count,
-                     int elems, const void *data, void *stream, const lsl_lora_part *lora,
+static int on_device(lsl_writer *w, uint64_t index, const lsl_i_part *p, const int64_t *route,
                      lsl_status *st, lsl_status *rc)
 {
 #ifdef LSL_HAVE_CUDA
-    int dev = mem == LSL_MEM_DEVICE;
-    int cpu = lsl_i_lora_on_cpu(lora);
+    int dev = p->mem == LSL_MEM_DEVICE;
+    int cpu = lsl_i_lora_on_cpu(p->lora);
     lsl_status cs = LSL_OK;
-    /* one reduction decides both: 0 host, 1 the kernels, 2 the CPU merge (a rank with an empty
-     * part may pass no magnitude) */
-    uint64_t any = lsl_i_writer_max(w, dev ? 1u + (uint64_t)cpu : 0u, &cs);
+    /* one reduction decides both (or the resolution's, passed as route): 0 host, 1 the
+     * kernels, 2 the CPU merge (a rank with an empty part may pass no magnitude) */
+    uint64_t any = route ? (route[1] ? 0u : 1u + (route[2] ? 0u : 1u))
+                         : lsl_i_writer_max(w, dev ? 1u + (uint64_t)cpu : 0u, &cs);
     if (cs != LSL_OK) {
         w->state = W_FAILED;
         *rc = cs;
@@ -30,38 +31,37 @@ static int on_device(lsl_writer *w, uint64_t index, int mem, uint64_t first, uin
         *st    ? *st
         : !dev ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
                : LSL_OK;
-    *rc = any == 2 ? lsl_i_put_device_on_cpu(w, index, first, count, elems, data, stream, lora, ls)
-                   : lsl_i_put_device(w, index, first, count, elems, data, stream, NULL, lora, ls);
+    *rc = any == 2 ? lsl_i_put_device_on_cpu(w, index, p->first, p->count, p->elems, p->data,
+                                             p->stream, p->lora, ls)
+                   : lsl_i_put_device(w, index, p->first, p->count, p->elems, p->data, p->stream,
+                                      NULL, p->lora, ls);
     return 1;
 #else
-    (void)w, (void)index, (void)first, (void)count, (void)elems, (void)data, (void)stream;
-    (void)lora, (void)rc;
-    if (*st == LSL_OK && mem != LSL_MEM_HOST)
+    (void)w, (void)index, (void)route, (void)rc;
+    if (*st == LSL_OK && p->mem != LSL_MEM_HOST)
         *st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
                          "device pointers need a build with CUDA (this one has none)");
     return 0;
 #endif
 }
 
-/* Collective: a part of rows (elems 0) or of elements [first, first + count) down its path;
- * st this rank's status so far (a failed rank joins with nothing). */
-static lsl_status put_range(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
-                            int elems, const void *data, int mem, void *stream,
-                            const lsl_lora_part *lora, lsl_status st)
+lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_i_part *p, const int64_t *route,
+                         lsl_status st)
 {
     static const unsigned char empty = 0;
     lsl_status rc = LSL_OK;
-    if (on_device(w, index, mem, first, count, elems, data, stream, lora, &st, &rc))
+    if (on_device(w, index, p, route, &st, &rc))
         return rc;
     lsl_i_src src = {NULL, -1, 0, NULL, NULL, NULL};
+    const lsl_i_lora *lora = st ? NULL : p->lora;
+    uint64_t first = st ? 0 : p->first, count = st ? 0 : p->count;
     if (st == LSL_OK)
-        src.mem = data ? data : (count ? NULL : &empty);
-    if (!elems)
-        return lsl_i_writer_put(w, index, st ? 0 : first, st ? 0 : count, &src, st ? NULL : lora,
-                                st);
+        src.mem = p->data ? p->data : (count ? NULL : &empty);
+    if (!p->elems)
+        return lsl_i_writer_put(w, index, first, count, &src, lora, st);
     lsl_i_putctx pc;
-    rc = lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count, src.mem != NULL,
-                               st ? NULL : lora, LSL_MEM_HOST, st, &pc);
+    rc =
+        lsl_i_put_begin_elems(w, index, first, count, src.mem != NULL, lora, LSL_MEM_HOST, st, &pc);
     if (rc != LSL_OK) {
         w->state = W_FAILED;
         return rc;
@@ -69,28 +69,38 @@ static lsl_status put_range(lsl_writer *w, uint64_t index, uint64_t first, uint6
     return lsl_i_put_body(w, index, &pc, &src, lora, LSL_OK);
 }
 
+/* Collective: a public part (pub its LoRA as the caller passed it): the factors resolved, then
+ * down the path the resolution's first reduction chose.  st this rank's status so far. */
+static lsl_status put_public(lsl_writer *w, uint64_t index, lsl_i_part p, const lsl_lora_part *pub,
+                             lsl_status st)
+{
+    lsl_i_factors f = {0};
+    int64_t route[3];
+    lsl_status rc = lsl_i_factors_resolve(w, 1, &index, &p, &pub, &f, route, st);
+    if (rc == LSL_OK) {
+        p.lora = pub ? &f.l : NULL;
+        rc = lsl_i_put_one(w, index, &p, route, LSL_OK);
+    } else {
+        w->state = W_FAILED;
+    }
+    lsl_i_factors_free(&f, 1);
+    return rc;
+}
+
 lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_elem_part *part)
 {
     if (!w)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: writer is NULL");
     lsl_i_clear_error();
-    lsl_status st =
-        part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_elems_all")
-             : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL");
+    lsl_i_part p = {.elems = 1, .mem = LSL_MEM_HOST};
     if (!part)
-        return put_range(w, index, 0, 0, 1, NULL, LSL_MEM_HOST, NULL, NULL, st);
-    return put_range(w, index, part->e0, part->nelems, 1, part->data, part->mem, part->stream,
-                     part->lora, st);
-}
-
-lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st)
-{
-    if (!part)
-        return put_range(w, index, 0, 0, 0, NULL, LSL_MEM_HOST, NULL, NULL,
-                         st ? st
-                            : lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL"));
-    return put_range(w, index, part->row0, part->nrows, 0, part->data, part->mem, part->stream,
-                     part->lora, st);
+        return put_public(
+            w, index, p, NULL,
+            lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL"));
+    p = (lsl_i_part){part->e0, part->nelems, 1, part->data, part->mem, part->stream, NULL};
+    return put_public(
+        w, index, p, part->lora,
+        lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_elems_all"));
 }
 
 lsl_status lsl_i_part_entry(const lsl_lora_part *l, lsl_memspace mem, void *stream, const char *fn)
@@ -112,8 +122,11 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
     if (!w)
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: writer is NULL");
     lsl_i_clear_error();
-    return lsl_i_put_one(
-        w, index, part,
-        part ? lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_all")
-             : LSL_OK);
+    lsl_i_part p = {.mem = LSL_MEM_HOST};
+    if (!part)
+        return put_public(w, index, p, NULL,
+                          lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL"));
+    p = (lsl_i_part){part->row0, part->nrows, 0, part->data, part->mem, part->stream, NULL};
+    return put_public(w, index, p, part->lora,
+                      lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_all"));
 }

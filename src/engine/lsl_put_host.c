@@ -70,7 +70,7 @@ static lsl_status shared_row_norms(lsl_writer *w, const lsl_i_putctx *pc, const 
         mine[2 * nmine] = (double)g;
         mine[2 * nmine++ + 1] = sum;
     }
-    double *all = (double *)w->per_rank; /* 8 values a rank: room for these 4 */
+    double *all = (double *)w->per_rank; /* LSL_I_PER_RANK values a rank: room for these 4 */
     lsl_status gs = lsl_i_allgather(w->comm, mine, all, sizeof mine);
     if (gs != LSL_OK)
         return gs;
@@ -86,7 +86,7 @@ static lsl_status shared_row_norms(lsl_writer *w, const lsl_i_putctx *pc, const 
 }
 
 lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
-                          const lsl_i_src *src, const lsl_lora_part *lora, lsl_status st0)
+                          const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st;
     void *afull = NULL;
@@ -250,7 +250,7 @@ fail:
 }
 
 lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st)
+                            const lsl_i_src *src, const lsl_i_lora *lora, lsl_status local_st)
 {
     lsl_i_putctx pc;
     lsl_status rc = lsl_i_put_begin(w, index, row0, nrows, src->mem || src->fd >= 0, lora,

@@ -16,7 +16,7 @@
 
 typedef struct lane {
     lsl_i_putctx pc;
-    const lsl_part *part;
+    const lsl_i_part *part;
     const void *a_dev;
     lsl_i_tiles tl;
     uint64_t unit; /* bytes a unit: a row when merging, a byte when copying */
@@ -33,7 +33,7 @@ typedef struct slot_use {
 static lsl_status launch(lsl_writer *w, lane *l, int s, uint64_t ch)
 {
     uint64_t first = lsl_i_tile_first(&l->tl, ch), count = lsl_i_tile_count(&l->tl, ch);
-    const lsl_lora_part *lo = l->part->lora;
+    const lsl_i_lora *lo = l->part->lora;
     const unsigned char *w0 = l->part->data;
     double t0 = lsl_i_now();
     lsl_status st;
@@ -93,14 +93,15 @@ static void finish(lsl_writer *w, lane *lanes, const slot_use *u)
     lsl_i_put_write(w, &l->pc, off, host, n, crc_done, &l->st);
 }
 
-int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, const lsl_part *parts,
-                          lsl_status *rc)
+int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                          const lsl_i_part *parts, lsl_status *rc)
 {
     /* Every rank must take the same path: a directory, and only plain device row parts. */
     int mine = w->hf && n > 1;
     for (uint64_t i = 0; mine && i < n; i++)
         mine = parts[i].mem == LSL_MEM_DEVICE && !lsl_i_lora_on_cpu(parts[i].lora) &&
-               (parts[i].lora == NULL || (parts[i].lora->flags & LSL_I_LORA_A_FULL));
+               (parts[i].lora == NULL || ((parts[i].lora->flags & LSL_I_LORA_A_FULL) &&
+                                          !(parts[i].lora->flags & LSL_I_LORA_ON_HOST)));
     lsl_status st = LSL_OK;
     uint64_t refuse = lsl_i_writer_max(w, (uint64_t)!mine, &st);
     if (st != LSL_OK) {
@@ -118,9 +119,9 @@ int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, co
     /* Step one, collective: every put agreed, the whole A's that came through host memory on
      * the device together (they stay there until the batch's chunks are done). */
     for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
-        const lsl_part *p = &parts[i];
+        const lsl_i_part *p = &parts[i];
         lanes[i].part = p;
-        st = lsl_i_put_begin(w, indices[i], p->row0, p->nrows, p->data != NULL, p->lora,
+        st = lsl_i_put_begin(w, indices[i], p->first, p->count, p->data != NULL, p->lora,
                              LSL_MEM_DEVICE, LSL_OK, &lanes[i].pc);
         if (st == LSL_OK && p->lora && !(p->lora->flags & LSL_I_LORA_A_GPU)) {
             host[i] = p->lora->a;

@@ -61,7 +61,7 @@ lsl_status lsl_i_writer_create(lsl_i_comm *comm, const char *path, const lsl_wri
     LSL_TRY(lsl_i_comm_dup(comm, &own));
     /* Every rank learns whether every rank has a writer before anything else happens. */
     w = lsl_i_calloc(1, sizeof *w);
-    uint64_t *per_rank = lsl_i_calloc(8 * (size_t)own->size, sizeof *per_rank);
+    uint64_t *per_rank = lsl_i_calloc(LSL_I_PER_RANK * (size_t)own->size, sizeof *per_rank);
     st = lsl_i_agree(own, w && per_rank ? LSL_OK : lsl_i_fail(LSL_ERR_NOMEM, "out of memory"));
     if (st != LSL_OK) {
         free(w);

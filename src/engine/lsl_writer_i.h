@@ -34,7 +34,7 @@ MPI_Comm lsl_i_writer_comm(const lsl_writer *w);
  * this rank already failed preparing its part: it joins every collective with nothing and the
  * agreed error is returned. */
 lsl_status lsl_i_writer_put(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                            const lsl_i_src *src, const lsl_lora_part *lora, lsl_status local_st);
+                            const lsl_i_src *src, const lsl_i_lora *lora, lsl_status local_st);
 
 /* Collective.  lsl_i_gather_a_batch on the writer's communicator, counted in its profile as A
  * gathers: the offline jobs batch the gathers of consecutive tensors through it. */
@@ -47,7 +47,7 @@ lsl_status lsl_i_writer_gather(lsl_writer *w, uint64_t n, const lsl_i_ashard *s,
  * lora (host memory) must be a plain LoRA (no DoRA, no LSL_LORA_DELTA_IN_WEIGHT_DTYPE); NULL
  * copies the rows. */
 lsl_status lsl_i_writer_put_device(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                                   const lsl_i_src *src, const lsl_lora_part *lora,
+                                   const lsl_i_src *src, const lsl_i_lora *lora,
                                    lsl_status local_st);
 #endif
 

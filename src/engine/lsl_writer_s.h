@@ -27,6 +27,22 @@
 
 enum lsl_i_wstate { W_CREATED, W_DEFINED, W_FAILED };
 
+/* Values a rank in w->per_rank, the receive buffer of a put's small all-gathers (its record, its
+ * checksums, a single put's factor record): allocated once, so a put's first collective needs
+ * no allocation that could fail on one rank alone. */
+#define LSL_I_PER_RANK 24
+
+/* A part inside the library: rows [first, first + count) of the tensor (elems 0) or elements
+ * (elems 1, an FSDP1 piece), its data where mem says, and its factors as the merge takes them. */
+typedef struct lsl_i_part {
+    uint64_t first, count;
+    int elems;
+    const void *data;
+    lsl_memspace mem;
+    void *stream;
+    const lsl_i_lora *lora;
+} lsl_i_part;
+
 /* The phases LSL_PROFILE reports, in print order; what falls in none is printed as "other". */
 enum lsl_i_phase {
     P_DEFINE,
@@ -104,12 +120,12 @@ typedef struct lsl_i_putctx {
  * rows in rank order), agreed before any I/O.  mem: LSL_MEM_HOST or _DEVICE (the same on every
  * rank).  st: this rank's status so far. */
 lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
-                           bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                           bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                            lsl_i_putctx *pc);
 /* Collective.  As lsl_i_put_begin for the elements [e0, e0 + ne) of the row-major tensor: the
  * ranks' ranges must tile the tensor's elements in rank order. */
 lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
-                                 bool has_data, const lsl_lora_part *lora, int mem, lsl_status st,
+                                 bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                                  lsl_i_putctx *pc);
 /* Collective over MPI-IO.  Writes count bytes at the part's offset + off; a rank that failed
  * (*st) or has nothing left joins with zero bytes.  Checksums what it writes unless crc_done
@@ -118,7 +134,7 @@ void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *
                      int crc_done, lsl_status *st);
 /* Collective.  Agrees on st, combines the ranks' CRCs in rank (= byte) order into the tensor's,
  * records it and the LoRA attributes, reports progress. */
-lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_lora_part *lora,
+lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_i_lora *lora,
                          lsl_status st);
 /* Rows [first_row, first_row + nrows) of the part (local rows): where the part's own elements
  * among them sit, at byte *pos of those rows and byte *off of the part, *count bytes.  Returns
@@ -130,7 +146,7 @@ int lsl_i_put_span(const lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows, u
  * first (local) row is first_row. */
 lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad);
 /* Validates a LoRA part against its tensor (local). */
-lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_lora_part *l);
+lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_i_lora *l);
 /* Collective: the same value on every rank (the maximum); a failed reduction keeps v and sets
  * *st. */
 uint64_t lsl_i_writer_max(lsl_writer *w, uint64_t v, lsl_status *st);
@@ -143,21 +159,21 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w);
  * data (lsl_writer_put_elems_all; no src). */
 lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                             int elems, const void *data, void *stream, const lsl_i_src *src,
-                            const lsl_lora_part *lora, lsl_status st0);
+                            const lsl_i_lora *lora, lsl_status st0);
 /* Collective.  A device part whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE):
  * the host chunk loop's CPU merge, with W0 copied down chunk by chunk into the staging budget on
  * the part's stream (after the work queued there), and the factors copied down whole.  The file
  * holds the bytes a host part writes.  st: this rank's status so far (lsl_put_cpudev.c). */
 lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                                    int elems, const void *data, void *stream,
-                                   const lsl_lora_part *lora, lsl_status st);
+                                   const lsl_i_lora *lora, lsl_status st);
 /* Collective.  Step two of lsl_writer_put_batch_all for a directory output whose parts are all
  * plain device row parts with their whole A (parts[i].lora flagged LSL_I_LORA_A_FULL): every put
  * begun, their chunks merged in turn through the ring and queued on the I/O pool, every put
  * ended.  Returns 0 when the batch does not qualify on some rank (nothing done: the caller puts
  * one by one), else 1 with *rc the agreed status. */
-int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices, const lsl_part *parts,
-                          lsl_status *rc);
+int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices,
+                          const lsl_i_part *parts, lsl_status *rc);
 #endif
 
 /* Not collective (rank 0, at define): plans the directory's shards and writes their headers into
@@ -171,7 +187,7 @@ lsl_status lsl_i_writer_hf_publish(lsl_writer *w);
 
 /* Whether a LoRA part's merge has no device kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE): its
  * device parts are merged on the CPU. */
-static inline bool lsl_i_lora_on_cpu(const lsl_lora_part *l)
+static inline bool lsl_i_lora_on_cpu(const lsl_i_lora *l)
 {
     return l && (l->magnitude || (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE));
 }
@@ -182,11 +198,13 @@ static inline bool lsl_i_lora_on_cpu(const lsl_lora_part *l)
  * the part's own elements are written.  st0: a local failure since the agreement, agreed here
  * before any write (a LoRA part only). */
 lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
-                          const lsl_i_src *src, const lsl_lora_part *lora, lsl_status st0);
+                          const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0);
 
-/* Collective: lsl_writer_put_all's body (host or device, by part->mem); st this rank's status
- * (lsl_put_entry.c). */
-lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_part *part, lsl_status st);
+/* Collective: a part whose factors are resolved down its path (host or device, by part->mem);
+ * route: the resolution's agreed answer (lsl_i_factors_resolve), NULL to ask here; st this
+ * rank's status (lsl_put_entry.c). */
+lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_i_part *part,
+                         const int64_t *route, lsl_status st);
 /* Not collective: what every public put does first with a part.  A LoRA carrying flag bits the
  * API does not define is refused (fn: the public call), so the library's internal bits cannot
  * arrive from a caller; a device part waits for the work its caller queued on `stream`, which

@@ -23,10 +23,10 @@ static void transpose(const unsigned char *src, unsigned char *dst, uint64_t r, 
 }
 
 /* Read this rank's operands for tensor t's rows [row0, row0 + nrows) and describe them as the
- * writer's lsl_lora_part: b (rows x r), this rank's FSDP2 Shard(0) rows of a (r x cols), and the
+ * writer's lsl_i_lora: b (rows x r), this rank's FSDP2 Shard(0) rows of a (r x cols), and the
  * DoRA magnitude rows.  Owned buffers go to bufs[3] (caller frees). */
 static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_tensor *t,
-                            uint64_t row0, uint64_t nrows, int nranks, int rank, lsl_lora_part *lp,
+                            uint64_t row0, uint64_t nrows, int nranks, int rank, lsl_i_lora *lp,
                             void *bufs[3])
 {
     uint64_t r = t->r, cols = t->info.ndim > 1 ? t->info.shape[1] : 1;
@@ -35,16 +35,16 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
     lsl_status st = LSL_OK;
     const char *ap = p->files[t->a_file], *bp = p->files[t->b_file];
     lsl_partition_rows(r, nranks, rank, &a0, &an);
-    *lp = (lsl_lora_part){.rank = r,
-                          .alpha = t->alpha,
-                          .scaling = t->scaling,
-                          .a_dtype = t->a_dtype,
-                          .b_dtype = t->b_dtype,
-                          .a_shard = LSL_SHARD_ROWS,
-                          .a_off = a0,
-                          .a_count = an,
-                          .flags = t->flags};
-    if (t->has_lora == LSL_LORA_BIAS) {
+    *lp = (lsl_i_lora){.rank = r,
+                       .alpha = t->alpha,
+                       .scaling = t->scaling,
+                       .a_dtype = t->a_dtype,
+                       .b_dtype = t->b_dtype,
+                       .a_shard = LSL_SHARD_ROWS,
+                       .a_off = a0,
+                       .a_count = an,
+                       .flags = t->flags};
+    if (t->has_lora == LSL_PLAN_BIAS) {
         /* b' = b + s * v: a rank-1 LoRA with A = [1] (held by rank 0) and B = v. */
         static const float one = 1.0f;
         bufs[1] = lsl_i_malloc(nrows * b_es + 1);
@@ -54,7 +54,7 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
         lp->b = bufs[1];
         return lsl_i_pread_full(fds[t->b_file], bufs[1], nrows * b_es, t->b_off + row0 * b_es, bp);
     }
-    if (t->has_lora == LSL_LORA_TRANSPOSED) {
+    if (t->has_lora == LSL_PLAN_TRANSPOSED) {
         /* W += s * (B @ A)^T = s * A^T @ B^T: b is (A's columns [row0, +nrows))^T, a is B^T. */
         unsigned char *acols = lsl_i_malloc(r * nrows * a_es + 1),
                       *bfull = lsl_i_malloc(cols * r * b_es + 1);
@@ -128,7 +128,7 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
 /* A tensor of a batch: this rank's rows and LoRA operands, and A once gathered. */
 typedef struct lsl_job_part {
     uint64_t row0, nrows;
-    lsl_lora_part lp;
+    lsl_i_lora lp;
     void *bufs[3];
     void *full;
 } lsl_job_part;

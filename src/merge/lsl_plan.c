@@ -236,7 +236,7 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
      * loads it into the base layer and applies the LoRA on top. */
     if (t->has_lora)
         return lsl_i_fail(LSL_ERR_FORMAT, "%s: module %s is targeted twice", path, mn);
-    t->has_lora = tr ? LSL_LORA_TRANSPOSED : LSL_LORA_LINEAR;
+    t->has_lora = tr ? LSL_PLAN_TRANSPOSED : LSL_PLAN_LINEAR;
     t->a_file = t->b_file = adfile;
     t->a_off = ad->data_start + A->begin;
     t->b_off = ad->data_start + B->begin;
@@ -274,7 +274,7 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
         t->m_off = ad->data_start + M->begin;
         t->m_dtype = M->dtype;
         if (tr)
-            t->flags |= LSL_LORA_DORA_COLUMNS;
+            t->flags |= LSL_I_LORA_DORA_COLUMNS;
     }
     if (cfg->lora_bias != (m->bias >= 0))
         return lsl_i_fail(LSL_ERR_FORMAT,
@@ -296,7 +296,7 @@ static lsl_status attach_lora(lsl_plan *p, const lsl_st_file *ad, uint32_t adfil
                               path, mn, mn);
         if (bt->has_lora)
             return lsl_i_fail(LSL_ERR_FORMAT, "%s: %s.bias gets two LoRA biases", path, mn);
-        bt->has_lora = LSL_LORA_BIAS;
+        bt->has_lora = LSL_PLAN_BIAS;
         bt->b_file = bt->a_file = adfile;
         bt->b_off = ad->data_start + Bb->begin;
         bt->b_dtype = Bb->dtype;

@@ -7,10 +7,10 @@
 
 /* How a tensor receives a LoRA delta. */
 enum {
-    LSL_LORA_NONE = 0,
-    LSL_LORA_LINEAR,     /* W[out, in] += s * B @ A */
-    LSL_LORA_TRANSPOSED, /* W[in, out] or an embedding += s * (B @ A)^T */
-    LSL_LORA_BIAS        /* b[out] += s * lora_B.bias */
+    LSL_PLAN_NONE = 0,
+    LSL_PLAN_LINEAR,     /* W[out, in] += s * B @ A */
+    LSL_PLAN_TRANSPOSED, /* W[in, out] or an embedding += s * (B @ A)^T */
+    LSL_PLAN_BIAS        /* b[out] += s * lora_B.bias */
 };
 
 typedef struct lsl_plan_tensor {

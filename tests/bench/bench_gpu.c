@@ -436,16 +436,12 @@ static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
         for (; k < B->batch && i < B->n; k++, i++) {
             uint64_t a0, an;
             lsl_partition_rows(r, B->size, B->rank, &a0, &an);
+            uint64_t in = B->ti[i].shape[1];
             lp[k] = (lsl_lora_part){.rank = r,
                                     .alpha = 64,
                                     .scaling = 2.0,
-                                    .a_dtype = LSL_F32,
-                                    .b_dtype = LSL_F32,
-                                    .a_shard = LSL_SHARD_ROWS,
-                                    .a_off = a0,
-                                    .a_count = an,
-                                    .a = B->a[i],
-                                    .b = B->b[i]};
+                                    .a = {B->a[i], LSL_F32, a0 * in, an * in},
+                                    .b = {B->b[i], LSL_F32, B->r0[i] * r, B->nr[i] * r}};
             p[k] = (lsl_part){B->r0[i],       B->nr[i], B->w[i],
                               LSL_MEM_DEVICE, NULL,     B->s[i].lora ? &lp[k] : NULL};
             idx[k] = (uint64_t)i;

@@ -30,11 +30,14 @@ int main(int argc, char **argv)
     cfg.quiet = 1;
     lsl_writer *w = NULL;
     lsl_tensor_info t = {"model.w.weight", LSL_F32, 2, {ROWS, COLS}};
-    /* A whole on every rank (r x in is small), passed as rank 0's rows of it only */
-    uint64_t a0, an;
-    lsl_partition_rows(R, size, rank, &a0, &an);
-    lsl_lora_part l = {R,  4.0, 2.0,           LSL_F32,    LSL_F32, LSL_SHARD_ROWS,
-                       a0, an,  a + a0 * COLS, b + r0 * R, NULL,    LSL_F32,
+    /* A whole on every rank (r x in is small): passed whole, nothing of it is gathered; B's rows
+     * those of the part */
+    lsl_lora_part l = {R,
+                       4.0,
+                       2.0,
+                       {a, LSL_F32, 0, R * COLS},
+                       {b + r0 * R, LSL_F32, r0 * R, nr * R},
+                       {NULL, LSL_F32, 0, 0},
                        0};
     lsl_part p = {r0, nr, w0 + r0 * COLS, LSL_MEM_HOST, NULL, &l};
     lsl_comm *comm = NULL;

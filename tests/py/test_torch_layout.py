@@ -8,6 +8,7 @@ from unittest import mock
 
 import torch
 
+from loraslab import _capi
 from loraslab.torch import _launch, _layout, _parts, _save, _walk
 
 
@@ -34,13 +35,20 @@ class ChunkRows(unittest.TestCase):
 
 
 class Fsdp1Pieces(unittest.TestCase):
-    def test_rows_touched(self) -> None:
+    def test_factor_ranges(self) -> None:
+        """A factor goes to the library as held: an FSDP1 piece as its element range (an empty
+        piece at 0), a plain tensor whole; the library gathers what the merge needs."""
         from loraslab.torch._fsdp1 import Piece
-        mk = lambda e0, ne: Piece("w", (5, 8), torch.bfloat16, e0, ne, torch.empty(ne))  # noqa
-        self.assertEqual(_parts.rows_touched(mk(23, 10)), (2, 3))  # mid-row to mid-row
-        self.assertEqual(_parts.rows_touched(mk(16, 8)), (2, 1))   # one whole row
-        self.assertEqual(_parts.rows_touched(mk(0, 40)), (0, 5))
-        self.assertEqual(_parts.rows_touched(mk(7, 0)), (0, 0))    # an empty piece
+        keep = _parts.Keep()
+        cpu = torch.device("cpu")
+        mk = lambda e0, ne: Piece("a", (4, 8), torch.float32, e0, ne, torch.ones(ne))  # noqa
+        f = _parts.factor(mk(23, 5), "a", 0, 2, cpu, keep)
+        self.assertEqual((f.e0, f.n, f.dtype), (23, 5, _capi.DTYPES["F32"]))
+        self.assertTrue(f.data)
+        f = _parts.factor(mk(9, 0), "a", 1, 2, cpu, keep)
+        self.assertEqual((f.e0, f.n, f.data), (0, 0, None))
+        f = _parts.factor(torch.ones(3, 8, dtype=torch.bfloat16), "b", 1, 2, cpu, keep)
+        self.assertEqual((f.e0, f.n, f.dtype), (0, 24, _capi.DTYPES["BF16"]))
 
     def test_clean_names(self) -> None:
         from loraslab.torch._fsdp1 import clean

@@ -117,11 +117,3 @@ def index(root: torch.nn.Module, size: int) -> dict[str, Piece]:
                 e0, ne, local = 0, 0, data[:0]
             out[name] = Piece(name, shape, data.dtype, e0, ne, local, unit.process_group)
     return out
-
-
-def gather(p: Piece) -> torch.Tensor:
-    """The whole parameter (a LoRA factor: small) from the pieces of its unit's shard group (the
-    world, or one replica's group under HYBRID_SHARD): a FlatParameter is sharded in rank
-    order, so the pieces of a parameter tile it in rank order."""
-    from ._layout import gather_rows
-    return gather_rows(p.local, p.group).reshape(p.shape)

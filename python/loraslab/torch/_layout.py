@@ -5,7 +5,6 @@ still write N slices in parallel."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 
@@ -93,35 +92,3 @@ def hsdp(t: torch.Tensor) -> bool:
     from torch.distributed.tensor import Replicate, Shard
     a, b = t.placements
     return isinstance(a, Replicate) and type(b) is Shard and b.dim == 0
-
-
-def gather_rows(local: torch.Tensor, group: Optional[object]) -> torch.Tensor:
-    """Every rank's `local` (its own number of rows, any) concatenated in rank order, on every
-    rank of group: an all-gather padded to the longest."""
-    import torch.distributed as dist
-    local = local.contiguous()
-    if dist.get_world_size(group) == 1:
-        return local
-    n = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
-    ns = [torch.empty_like(n) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(ns, n, group=group)
-    counts = [int(x) for x in ns]
-    pad = torch.zeros((max(counts),) + tuple(local.shape[1:]), dtype=local.dtype,
-                      device=local.device)
-    pad[:local.shape[0]] = local
-    parts = [torch.empty_like(pad) for _ in counts]
-    dist.all_gather(parts, pad, group=group)
-    return torch.cat([part[:k] for part, k in zip(parts, counts)])
-
-
-def full(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """A LoRA factor whole on every rank (an all-gather of a DTensor; factors are small).  Under
-    HSDP over the shard group only, so the other replicas need not take part."""
-    if t is None:
-        return None
-    t = t.detach()
-    if hsdp(t):
-        t = gather_rows(t.to_local(), t.device_mesh.get_group(1))
-    elif is_dtensor(t):
-        t = t.full_tensor()
-    return t.contiguous()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as c
-import dataclasses
 import math
 from typing import Any, Optional
 
@@ -14,7 +13,7 @@ from .. import _capi
 from .._errors import Error, raise_status
 from .._lib import lib
 from . import _fsdp1
-from ._layout import DTYPES, Rows, Unsupported, chunk_rows, full, local_rows
+from ._layout import DTYPES, Unsupported, hsdp, is_dtensor, local_rows
 from ._walk import Item, Lora
 
 FACTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -36,54 +35,51 @@ class Keep(list):
         return t.data_ptr() if t.numel() else None
 
 
-def rows_of(t: torch.Tensor, name: str, rows: Rows, rank: int, size: int) -> torch.Tensor:
-    """W's rows [rows.row0, + rows.nrows) of a factor whose first dimension is W's (lora_B, its
-    bias, a DoRA magnitude): the local shard itself where the factor is chunked as W is (FSDP2,
-    DDP: no communication), else gathered whole and cut (FSDP1's pieces arrive gathered).  The
-    choice rests on global shapes and placements, the same on every rank, so the gather inside
-    full() is entered by all or none."""
-    try:
-        mine = local_rows(t, name, rank, size)
-    except Unsupported:
-        mine = None
-    if mine is not None and mine.row0 == rows.row0 and mine.nrows == rows.nrows:
-        return mine.local
-    return full(t)[rows.row0:rows.row0 + rows.nrows]
+def replicated(t: torch.Tensor) -> bool:
+    """Whether every rank of a DTensor's mesh holds all of it."""
+    from torch.distributed.tensor import Replicate
+    return all(isinstance(p, Replicate) for p in t.placements)
 
 
-def lora_part(it: Item, rows: Rows, rank: int, size: int, keep: Keep) -> _capi.LoraPart:
+def factor(t: Any, name: str, rank: int, size: int, device: torch.device,
+           keep: Keep) -> _capi.Factor:
+    """A LoRA factor as this rank holds it, for the library to gather what the merge needs: an
+    FSDP1 piece as its element range, an FSDP2 (or HSDP) shard as its rows' elements, a factor
+    every rank holds whole (DDP, no wrapper, a replicated DTensor) whole.  On the part's device."""
+    if isinstance(t, _fsdp1.Piece):
+        local, e0, n = t.local.detach(), (t.e0 if t.ne else 0), t.ne
+    else:
+        t = t.detach()
+        if is_dtensor(t) and (hsdp(t) or not replicated(t)):
+            rows = local_rows(t, name, rank, size)
+            cols = math.prod(rows.shape[1:])
+            local, e0, n = rows.local, rows.row0 * cols, rows.nrows * cols
+        else:
+            local = t.to_local() if is_dtensor(t) else t
+            e0, n = 0, local.numel()
+    local = local.to(device).contiguous()
+    return _capi.Factor(keep.ptr(local), dtype_code(local, name), e0, n)
+
+
+def lora_part(it: Item, device: torch.device, rank: int, size: int,
+              keep: Keep) -> _capi.LoraPart:
+    """Item's LoRA as the model holds it: the library gathers what each rank's rows need."""
     lo: Lora = it.lora  # type: ignore[assignment]
-    r0, n = rows.row0, rows.nrows
     lp = _capi.LoraPart()
     lp.rank, lp.alpha, lp.scaling = lo.r, lo.alpha, lo.scaling
     lp.flags = _capi.LORA_RSLORA if lo.rslora else 0
-    if lo.kind == "linear":
-        a = local_rows(lo.a, it.name + " lora_A", rank, size)
-        b_rows = rows_of(lo.b, it.name + " lora_B", rows, rank, size)
-        lp.a_shard, lp.a_off, lp.a_count, a_t = _capi.SHARD_ROWS, a.row0, a.nrows, a.local
-    elif lo.kind == "bias":
-        a0, an = chunk_rows(1, size, rank)
-        a_t = lo.a[a0:a0 + an].contiguous()
-        b_rows = rows_of(lo.b, it.name + " lora_B.bias", rows, rank, size).reshape(n, 1)
-        lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_ROWS, a0, an
-    else:  # W += s * (B @ A)^T: b = (W's rows as columns of A)^T, a = B^T by columns
-        a_full = full(lo.a)
-        b_rows = a_full[:, r0:r0 + n].t().contiguous()
-        bl = local_rows(lo.b, it.name + " lora_B", rank, size)
-        a_t = bl.local.t().contiguous()
-        lp.a_shard, lp.a_off, lp.a_count = _capi.SHARD_COLS, bl.row0, bl.nrows
-        if lo.kind == "embedding":  # PEFT rounds an Embedding's delta to W's dtype, then adds
-            lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
-    lp.a_dtype, lp.b_dtype = dtype_code(a_t, it.name), dtype_code(b_rows, it.name)
-    lp.a, lp.b = keep.ptr(a_t.contiguous()), keep.ptr(b_rows.contiguous())
+    if lo.kind in ("transposed", "embedding"):  # W += s * (B @ A)^T
+        lp.flags |= _capi.LORA_TRANSPOSED
+    if lo.kind == "embedding":  # PEFT rounds an Embedding's delta to W's dtype, then adds
+        lp.flags |= _capi.LORA_DELTA_IN_WEIGHT_DTYPE
+    lp.a = factor(lo.a, it.name + " lora_A", rank, size, device, keep)
+    lp.b = factor(lo.b, it.name + (" lora_B.bias" if lo.kind == "bias" else " lora_B"), rank,
+                  size, device, keep)
     if lo.magnitude is not None:
-        if lo.kind == "transposed":  # the norm runs down the columns: every column's m
-            m = full(lo.magnitude)
-            lp.flags |= _capi.LORA_DORA_COLUMNS
-        else:
-            m = rows_of(lo.magnitude, it.name + " magnitude", rows, rank, size)
-        m = m.float().to(b_rows.device).contiguous()  # where the part's data lives
-        lp.magnitude, lp.magnitude_dtype = keep.ptr(m), _capi.DTYPES["F32"]
+        m = lo.magnitude
+        if not isinstance(m, _fsdp1.Piece) and m.dtype not in FACTOR_DTYPES:
+            m = m.float()
+        lp.magnitude = factor(m, it.name + " magnitude", rank, size, device, keep)
     return lp
 
 
@@ -115,8 +111,8 @@ def a_bytes(it: Item) -> int:
     lo = it.lora
     if lo is None:
         return 0
-    f = lo.a if lo.kind in ("linear", "bias") else lo.b  # transposed: B^T is gathered
-    return math.prod(f.shape) * torch.empty((), dtype=f.dtype).element_size()
+    fs = [lo.a] if lo.kind in ("linear", "bias") else [lo.a, lo.b]  # transposed: both whole
+    return sum(math.prod(f.shape) * torch.empty((), dtype=f.dtype).element_size() for f in fs)
 
 
 def batches(items: list[Item], order: Optional[list[int]] = None,
@@ -160,7 +156,7 @@ def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: list[int], rank: i
                 device = rows.local.device
                 part.stream = torch.cuda.current_stream(device).cuda_stream
             if it.lora is not None:
-                lp = lora_part(it, rows, rank, size, keep)
+                lp = lora_part(it, rows.local.device, rank, size, keep)
                 keep.append(lp)
                 part.lora = c.pointer(lp)
     except (Unsupported, ValueError, RuntimeError) as e:
@@ -176,20 +172,10 @@ def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: list[int], rank: i
     del keep
 
 
-def rows_touched(p: "_fsdp1.Piece") -> tuple[int, int]:
-    cols = p.cols
-    if not p.ne or not cols:
-        return 0, 0
-    r0 = p.e0 // cols
-    return r0, -(-(p.e0 + p.ne) // cols) - r0
-
-
 def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
               keep: Keep) -> int:
     """An FSDP1 piece: an element-range put, of device pointers on torch's current stream for a
-    GPU piece, else from host memory.
-    Its LoRA factors are gathered whole (they are small) where the piece is; B's rows are those
-    the range touches."""
+    GPU piece, else from host memory, with its LoRA factors' own pieces."""
     p: _fsdp1.Piece = it.tensor
     try:
         dev = p.is_cuda
@@ -198,18 +184,8 @@ def put_piece(lb: Any, w: c.c_void_p, i: int, it: Item, rank: int, size: int,
                               _capi.MEM_DEVICE if dev else _capi.MEM_HOST, None, None)
         if dev:
             part.stream = torch.cuda.current_stream(data.device).cuda_stream
-        if it.lora is not None:
-            # the factors whole, so the row path's rules cut them as for a replicated tensor
-            def gat(t: Any) -> Optional[torch.Tensor]:
-                if t is None:
-                    return None
-                g = _fsdp1.gather(t) if isinstance(t, _fsdp1.Piece) else full(t)
-                return g.to(data.device) if dev else g.cpu()
-            lo = dataclasses.replace(it.lora, a=gat(it.lora.a), b=gat(it.lora.b),
-                                     magnitude=gat(it.lora.magnitude))
-            r0, n = rows_touched(p)
-            lp = lora_part(dataclasses.replace(it, lora=lo), Rows(p.shape, r0, n, data), rank,
-                           size, keep)
+        if it.lora is not None:  # the factors' own pieces: the library gathers them
+            lp = lora_part(it, data.device, rank, size, keep)
             keep.append(lp)
             part.lora = c.pointer(lp)
         ctx: Any = torch.cuda.device(data.device) if dev else contextlib.nullcontext()
