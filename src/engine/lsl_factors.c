@@ -101,7 +101,7 @@ static lsl_status check_local(const lsl_writer *w, uint64_t index, const lsl_i_p
     if (l->rank == 0 || !isfinite(l->scaling))
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA rank 0 or non-finite scaling",
                           t->name);
-    uint64_t numel[NFAC], in, row0, nrows;
+    uint64_t numel[NFAC] = {0}, in = 0, row0 = 0, nrows = 0;
     {
         lsl_status s_ = shapes(t, l->rank, l->flags, numel, &in);
         if (s_ != LSL_OK)
