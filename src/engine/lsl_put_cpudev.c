@@ -6,10 +6,11 @@
 #include <stdlib.h>
 
 /* A device part's LoRA factors copied to host memory for the CPU merge (they are small: B's
- * rows of the part, A's shard or the whole A, the magnitude vector). */
+ * rows of the part and the magnitude vector; A arrives whole in host memory, gathered with the
+ * other factors by lsl_factors.c). */
 typedef struct lora_down {
     lsl_i_lora l;
-    void *a, *b, *m;
+    void *b, *m;
 } lora_down;
 
 static lsl_status down(void **dst, const void *src, uint64_t n, uint64_t m, uint64_t es,
@@ -31,24 +32,21 @@ static lsl_status lora_down_make(const lsl_i_lora *l, const lsl_i_putctx *pc, vo
                                  lora_down *d)
 {
     uint64_t r = l->rank, in = pc->relems, n = pc->nrows;
-    uint64_t ae = lsl_dtype_bits(l->a_dtype) / 8, be = lsl_dtype_bits(l->b_dtype) / 8;
+    uint64_t be = lsl_dtype_bits(l->b_dtype) / 8;
     lsl_status st = LSL_OK;
     d->l = *l;
     if (l->flags & LSL_I_LORA_ON_HOST) /* the resolution brought them to the host already */
         return LSL_OK;
-    /* A whole A from a batched put is in host memory: the batch sends these parts' A through
-     * host memory, never over NCCL (lsl_put_batch.c) */
-    if (!(l->flags & LSL_I_LORA_A_FULL))
-        st = l->a_shard == LSL_SHARD_ROWS ? down(&d->a, l->a, l->a_count, in, ae, stream, pc, "A")
-                                          : down(&d->a, l->a, r, l->a_count, ae, stream, pc, "A");
     /* a NULL pointer stays NULL (an empty part may pass none); a magnitude down the columns
      * holds every column on every rank */
+    if (!(l->flags & LSL_I_LORA_A_FULL))
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG, "internal: tensor `%s`: LoRA A not gathered",
+                        pc->t->name);
     if (st == LSL_OK)
         st = down(&d->b, l->b, n, r, be, stream, pc, "B");
     if (st == LSL_OK)
         st = down(&d->m, l->magnitude, (l->flags & LSL_I_LORA_DORA_COLUMNS) ? in : n, 1,
                   lsl_dtype_bits(l->magnitude_dtype) / 8, stream, pc, "magnitude");
-    d->l.a = (l->flags & LSL_I_LORA_A_FULL) ? l->a : d->a;
     d->l.b = d->b;
     d->l.magnitude = d->m;
     return st;
@@ -73,7 +71,6 @@ lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first
     lsl_i_src src = {NULL, -1, 0, NULL, data, stream};
     st = lora_down_make(lora, &pc, stream, &d);
     rc = lsl_i_put_body(w, index, &pc, &src, &d.l, st);
-    free(d.a);
     free(d.b);
     free(d.m);
     return rc;

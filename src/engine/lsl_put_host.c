@@ -89,7 +89,6 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
                           const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st;
-    void *afull = NULL;
     lsl_i_cpu_part cp = {0}; /* the CPU backend's view of this part */
     lsl_i_putctx pc = *pcp;
     uint64_t nrows = pc.nrows;
@@ -103,24 +102,18 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
     if (st == LSL_OK && ahead && !w->reader)
         st = lsl_i_reader_start(&w->reader);
     if (lora) {
-        uint64_t r = lora->rank, in = pc.relems;
-        uint64_t a_es = lsl_dtype_bits(lora->a_dtype) / 8, a_bytes = r * in * a_es;
-        const int gathered = (lora->flags & LSL_I_LORA_A_FULL) != 0; /* by a batched put */
-        afull = gathered ? NULL : lsl_i_malloc(a_bytes ? a_bytes : 1);
+        uint64_t in = pc.relems;
         lsl_status as = lsl_i_cpu_part_alloc(&cp, t->name, t->dtype, lora, nrows, in);
         if (st == LSL_OK && as != LSL_OK)
             st = as;
-        else if (st == LSL_OK && !gathered && !afull)
-            st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", t->name);
+        /* A arrives whole: gathered with the other factors (lsl_factors.c) or by the offline
+         * jobs' batches */
+        else if (st == LSL_OK && !(lora->flags & LSL_I_LORA_A_FULL))
+            st = lsl_i_fail(LSL_ERR_INVALID_ARG, "internal: tensor `%s`: LoRA A not gathered",
+                            t->name);
         /* every rank holds its buffers (the column sums too) once this is agreed */
-        if (gathered) {
-            LSL_TRY(lsl_i_agree(w->comm, st));
-        } else {
-            lsl_i_ashard sh = {lora->a_shard, lora->a, lora->a_off, lora->a_count, r, in,
-                               a_es,          afull};
-            LSL_TRY(lsl_i_writer_gather(w, 1, &sh, st));
-        }
-        lsl_i_cpu_part_load(&cp, gathered ? lora->a : afull);
+        LSL_TRY(lsl_i_agree(w->comm, st));
+        lsl_i_cpu_part_load(&cp, lora->a);
         /* The staging budget holds a block of W rows (two when reading ahead) and its fp64 work
          * area, each 64-byte aligned: keep room for the alignment. */
         uint64_t per_row = in * pc.esize * (ahead ? 2 : 1) + lsl_i_cpu_part_work_row(&cp);
@@ -244,7 +237,6 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
 fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
-    free(afull);
     lsl_i_cpu_part_free(&cp);
     return rc;
 }

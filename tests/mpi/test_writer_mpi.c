@@ -945,6 +945,101 @@ static void test_elems_dora(int bycol)
         before);
 }
 
+/* The factors as a model may hold them give the same file: FSDP2's row shards, whole on every
+ * rank (DDP), element ranges cut anywhere (FSDP1's pieces), and a transposed delta's factors
+ * (A' = B^T, B' = A^T, LSL_LORA_TRANSPOSED) in element ranges; single and batched puts.  Then
+ * a lora_B whose ranges leave a hole, and ranks that disagree on lora_A's dtype: every rank
+ * fails, naming the factor.  In the GPU build the factors are device memory. */
+static void test_factor_layouts(void)
+{
+    int before = lsl_check_total();
+    enum { OUT = 13, IN = 10, R = 3, NP = 7 };
+    lsl_tensor_info t[2] = {{"w", LSL_BF16, 2, {OUT, IN}}, {"p", LSL_F32, 1, {NP}}};
+    uint16_t w0[OUT * IN];
+    float A[R * IN], B[OUT * R], At[IN * R], Bt[R * OUT], pv[NP];
+    fill(LSL_BF16, w0, OUT * IN, 0.05, 501);
+    fill(LSL_F32, A, R * IN, 0.2, 502);
+    fill(LSL_F32, B, OUT * R, 0.1, 503);
+    fill(LSL_F32, pv, NP, 1.0, 504);
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < IN; j++)
+            At[j * R + i] = A[i * IN + j];
+        for (int j = 0; j < OUT; j++)
+            Bt[i * OUT + j] = B[j * R + i];
+    }
+    uint64_t r0, nr, p0, pn, a0, an, idx[2] = {0, 1};
+    lsl_partition_rows(OUT, size, rank, &r0, &nr);
+    lsl_partition_rows(NP, size, rank, &p0, &pn);
+    lsl_partition_rows(R, size, rank, &a0, &an);
+    static const char *what[] = {"FSDP2 row shards", "whole on every rank",
+                                 "element ranges",   "transposed, element ranges",
+                                 "a hole in lora_B", "lora_A's dtype differs"};
+    char path[4][600];
+    for (int k = 0; k < 6; k++) {
+        if (k == 5 && size == 1)
+            continue; /* one rank cannot disagree with itself */
+        char p[600];
+        snprintf(p, sizeof p, "%s/factors-%d.h5", dir, k);
+        if (k < 4)
+            memcpy(path[k], p, sizeof p);
+        const float *fa = k == 3 ? Bt : A, *fb = k == 3 ? At : B;
+        uint64_t na = R * (k == 3 ? OUT : IN), nb = (k == 3 ? IN : OUT) * R, ca[9], cb[9];
+        uint64_t ae = a0 * IN, an_ = an * IN, be = r0 * R, bn = nr * R;
+        if (k == 1)
+            ae = 0, an_ = na, be = 0, bn = nb;
+        if (k == 2 || k == 3) { /* the same random cuts on every rank */
+            elem_cuts(601 + (uint64_t)k, na, 0, k == 3, ca);
+            elem_cuts(701 + (uint64_t)k, nb, 0, 0, cb);
+            ae = ca[rank], an_ = ca[rank + 1] - ca[rank];
+            be = cb[rank], bn = cb[rank + 1] - cb[rank];
+        }
+        if (k == 4 && rank == 0) /* rank 0's B starts one element late: element 0 is nobody's */
+            be = 1, bn -= 1;
+        lsl_lora_part lp = {.rank = R,
+                            .alpha = 1.5,
+                            .scaling = 0.5,
+                            .a = {an_ ? dev(fa + ae, an_ * 4) : NULL, LSL_F32, ae, an_},
+                            .b = {bn ? dev(fb + be, bn * 4) : NULL, LSL_F32, be, bn},
+                            .flags = k == 3 ? LSL_LORA_TRANSPOSED : 0};
+        if (k == 5 && rank == 0)
+            lp.a.dtype = LSL_BF16;
+        lsl_part parts[2] = {{r0, nr, dev(w0 + r0 * IN, nr * IN * 2), MEM, NULL, &lp},
+                             {p0, pn, dev(pv + p0, pn * 4), MEM, NULL, NULL}};
+        lsl_writer *w = NULL;
+        lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+        cfg.quiet = 1;
+        lsl_status st = create_writer(p, &cfg, &w);
+        if (st == LSL_OK)
+            st = lsl_writer_define_all(w, 2, t);
+        if (st == LSL_OK && k % 2) {
+            st = lsl_writer_put_batch_all(w, 2, idx, parts);
+        } else if (st == LSL_OK) {
+            st = lsl_writer_put_all(w, 0, &parts[0]);
+            if (st == LSL_OK)
+                st = lsl_writer_put_all(w, 1, &parts[1]);
+        }
+        if (k < 4) {
+            CHECK(st == LSL_OK, "factors %s: %s", what[k], lsl_last_error());
+            st = st == LSL_OK ? lsl_writer_close_all(&w) : st;
+            CHECK(st == LSL_OK, "factors %s: close: %s", what[k], lsl_last_error());
+        } else {
+            lsl_status want = k == 4 ? LSL_ERR_SHAPE : LSL_ERR_INCONSISTENT;
+            const char *name = k == 4 ? "lora_B" : "lora_A";
+            CHECK(st == want && strstr(lsl_last_error(), name) && strstr(lsl_last_error(), "`w`"),
+                  "%s: returned %s (%s)", what[k], lsl_status_name(st), lsl_last_error());
+            lsl_writer_abort_all(&w);
+            CHECK(w == NULL && !file_exists(p), "%s: output left behind", what[k]);
+        }
+    }
+    if (rank == 0)
+        for (int k = 1; k < 4; k++)
+            CHECK(same_bytes(path[0], path[k]), "factors %s: other bytes than FSDP2 row shards",
+                  what[k]);
+    lsl_check_report("LoRA factors as held (row shards, whole, element ranges, transposed) give "
+                     "the same file; a hole or a dtype disagreement fails everywhere by name",
+                     before);
+}
+
 /* The merges with no device kernel, from device parts in the GPU build (the CPU merge, W0 copied
  * down chunk by chunk): DoRA by rows, DoRA down the columns, and PEFT's Embedding rule
  * (LSL_LORA_DELTA_IN_WEIGHT_DTYPE), beside a plain LoRA tensor the kernel merges, put one by one
@@ -1445,6 +1540,7 @@ int main(int argc, char **argv)
         test_elems_dora(0);
         test_elems_dora(1);
         test_cpu_formulas();
+        test_factor_layouts();
         test_put_collectives();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
             test_callback_failures();
@@ -1459,6 +1555,7 @@ int main(int argc, char **argv)
     test_elems_dora(0);
     test_elems_dora(1);
     test_cpu_formulas();
+    test_factor_layouts();
 #ifndef LSL_TEST_DEVICE
     test_define_checks();
     test_hints();
