@@ -75,6 +75,10 @@ const char *lsl_i_env(lsl_i_env_var v);
 void lsl_i_env_check(void);
 /* One line (a trailing newline is dropped) to the sink of lsl_set_log, or stderr; level
  * LSL_LOG_INFO or LSL_LOG_WARN. */
+/* Rank 0's progress line (text mode): on a terminal (stderr, no lsl_set_log sink) one line
+ * rewritten in place, ended by the last update or by any other line the library prints; else a
+ * line per update through lsl_i_log. */
+void lsl_i_log_progress(const char *line, bool last);
 void lsl_i_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Collective: every rank passes its local status; all return the first failing rank's status and

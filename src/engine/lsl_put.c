@@ -58,11 +58,13 @@ static void progress(lsl_writer *w, bool last)
     double rate = (double)w->bytes_done / el;
     char b1[32], b2[32];
     double eta = rate > 0 ? (double)(w->total_bytes - w->bytes_done) / rate : 0;
-    lsl_i_log(LSL_LOG_INFO, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs\n",
-              w->prog.verb, (unsigned long long)w->tensors_done, (unsigned long long)w->n,
-              lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
-              lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
-              last ? el : eta);
+    char line[256];
+    snprintf(line, sizeof line, "loraslab: %s %llu/%llu tensors  %s / %s  %.2f GB/s  %s %.0fs",
+             w->prog.verb, (unsigned long long)w->tensors_done, (unsigned long long)w->n,
+             lsl_i_fmt_bytes(w->bytes_done, b1, sizeof b1),
+             lsl_i_fmt_bytes(w->total_bytes, b2, sizeof b2), rate / 1e9, last ? "elapsed" : "eta",
+             last ? el : eta);
+    lsl_i_log_progress(line, last);
 }
 
 /* A put's time in none of the phases goes to P_PUT_REST; with LSL_PROFILE=2 rank 0 prints one

@@ -133,10 +133,13 @@ static void report(const lsl_i_range_job *job, lsl_i_progress *prog, uint64_t do
     char b1[32], b2[32];
     if (prog->mode == LSL_PROGRESS_JSON)
         lsl_i_progress_json(prog, total ? job->tensors * est / total : 0, est, false);
-    else
-        lsl_i_log(LSL_LOG_INFO, "loraslab: %s %s / %s  %.2f GB/s\n", job->label,
-                  lsl_i_fmt_bytes(est, b1, sizeof b1), lsl_i_fmt_bytes(total, b2, sizeof b2),
-                  (double)est / (prog->last - t0) / 1e9);
+    else {
+        char line[256];
+        snprintf(line, sizeof line, "loraslab: %s %s / %s  %.2f GB/s", job->label,
+                 lsl_i_fmt_bytes(est, b1, sizeof b1), lsl_i_fmt_bytes(total, b2, sizeof b2),
+                 (double)est / (prog->last - t0) / 1e9);
+        lsl_i_log_progress(line, false);
+    }
 }
 
 /* This rank's part of range `range`: bytes [off, off + n) of it. */
@@ -326,8 +329,10 @@ lsl_status lsl_i_ranges_run_all(lsl_i_comm *comm, const lsl_i_range_job *job, ui
     } else if (rank == 0 && prog.mode == LSL_PROGRESS_TEXT) {
         char b[32];
         double el = lsl_i_now() - t0;
-        lsl_i_log(LSL_LOG_INFO, "loraslab: %s %s in %.2fs, %.2f GB/s\n", job->label,
-                  lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
+        char line[256];
+        snprintf(line, sizeof line, "loraslab: %s %s in %.2fs, %.2f GB/s", job->label,
+                 lsl_i_fmt_bytes(total, b, sizeof b), el, el > 0 ? (double)total / el / 1e9 : 0.0);
+        lsl_i_log_progress(line, true);
     }
 fail:
     lsl_i_trace_flush(rank);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # --progress json on merge, import, convert and verify (2 ranks): every line on stderr is a JSON
 # object, the last says "done": true with tensors_done = tensors_total and bytes_done =
-# bytes_total; --quiet prints nothing; the text lines stay the default.
+# bytes_total; --quiet prints nothing; the text lines stay the default, a line per update when
+# stderr is a pipe, one line rewritten in place on a terminal (script(1) gives one).
 #   progress.sh BUILD/loraslab
 set -uo pipefail
 lsl=$1
@@ -56,6 +57,25 @@ run verify-dir verify "$out/c"
 grep -q "^loraslab: wrote .*every checksum verified" "$out/t.err" && ! grep -q "^{" "$out/t.err" &&
   { ok "text lines stay the default"; } ||
   { not_ok "default output"; }
+! grep -q $'\r' "$out/t.err" && { ok "a pipe gets whole lines, no carriage return"; } ||
+  { not_ok "carriage return in piped progress"; }
+# On a terminal: one process started directly (a launcher forwards its ranks' stderr through
+# pipes).
+TERM=dumb script -qec "$lsl merge --staging-mib 1 -b $out/base -a $out/adapter -o $out/tty.h5" \
+  /dev/null >"$out/tty.out" 2>&1
+"$py" - "$out/tty.out" <<'PY' >"$out/tty.check" 2>&1
+import re, sys
+raw = open(sys.argv[1], "rb").read().decode("utf-8", "replace")
+lines = raw.replace("\r\n", "\n").split("\n")
+merge = [l for l in lines if re.search(r"loraslab: merge \d+/\d+ tensors", l)]
+assert len(merge) == 1, f"{len(merge)} lines carry the merge's progress: {merge}"
+assert "\r" in merge[0] and "\x1b[K" in merge[0], repr(merge[0])
+last = merge[0].split("\r")[-1].replace("\x1b[K", "")
+assert "elapsed" in last, repr(last)
+print(f"one line, {merge[0].count(chr(13))} update(s): {last.strip()}")
+PY
+[ $? -eq 0 ] && { ok "a terminal gets one progress line, rewritten: $(cat "$out/tty.check")"; } ||
+  { not_ok "terminal progress: $(cat "$out/tty.check")"; }
 "$mpiexec" -n 1 "$lsl" merge --progress yaml -b "$out/base" -a "$out/adapter" -o "$out/y.h5" 2>"$out/y.err"
 [ $? -eq 2 ] && grep -q "takes text, json or none" "$out/y.err" &&
   { ok "--progress yaml is a usage error"; } ||
