@@ -41,3 +41,12 @@ else
   echo "install-deps: pip installing ${torch_pkgs[*]}"
   python3 -m pip install -q "${torch_pkgs[@]}"
 fi
+
+# `pip install .` (tests/install/pip_check.sh builds offline, --no-build-isolation): the build
+# backend pyproject.toml names.
+if python3 -c "import scikit_build_core" 2>/dev/null; then
+  echo "install-deps: scikit-build-core $(python3 -c 'import scikit_build_core as s; print(s.__version__)') present"
+else
+  echo "install-deps: pip installing scikit-build-core"
+  python3 -m pip install -q "scikit-build-core>=0.10"
+fi

@@ -19,7 +19,7 @@ def _candidates() -> list[str]:
     prefix = os.environ.get("LORASLAB_PREFIX")
     if prefix:
         out += [str(p) for p in sorted(pathlib.Path(prefix).glob("lib*/**/" + SONAME))]
-    try:  # written by `cmake --install` next to the modules
+    try:  # written by `cmake --install` or the pip build next to the modules
         from . import _installed  # type: ignore[attr-defined]
 
         out.append(str((pathlib.Path(__file__).parent / _installed.LIBRARY).resolve()))
