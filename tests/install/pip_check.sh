@@ -24,7 +24,7 @@ lib=$(cd / && "$work/v1/bin/python" -c 'import loraslab._lib as l; l.lib(); prin
 ok "pip install --no-build-isolation --no-index . into a fresh environment (library $lib)"
 
 # torchrun, 2 ranks, the package from the environment (tests/py only for the test's helpers)
-cd "$work"
+cd "$work" && mkdir -p "$work/run"
 PYTHONPATH=$repo/tests/py timeout -k 10 600 "$work/v1/bin/python" -m torch.distributed.run \
   --nproc-per-node 2 --master-port 29731 "$repo/tests/py/torch_save.py" --out "$work/run" \
   >"$work/run.log" 2>&1 || { tail -30 "$work/run.log"; exit 1; }
