@@ -14,7 +14,7 @@ work=${LSL_TESTOUTDIR:-/tmp}/pip
 rm -rf "$work" && mkdir -p "$work"
 source "$here/../lib/harness.sh"
 unset LORASLAB_LIBRARY LORASLAB_PREFIX PYTHONPATH
-py=${LSL_PYTHON:-python3}
+py=${LSL_TORCH_PYTHON:-python3} # the python with torch and PEFT (as tests/torch), not LSL_PYTHON
 git clone -q "$repo" "$work/src"
 "$py" -m venv --system-site-packages "$work/v1"
 "$work/v1/bin/pip" install --no-build-isolation --no-index --no-deps "$work/src" \
