@@ -14,8 +14,8 @@ with gloo on the CPU.  One case per run:
   nomem         LSL_FAULT=malloc:2 on rank 1: every rank says "out of memory"
   nomem-handle  LSL_FAULT=malloc:1 on rank 1 (its communicator handle, agreed over gloo before
                 any collective of the library): every rank names rank 1's handle
-  slow          a save slowed down (each allreduce callback sleeps 0.1 s), for signals sent
-                from outside
+  slow          a save slowed down (each allreduce and allgather callback sleeps 0.1 s), for
+                signals sent from outside
 Prints PASSED on rank 0 when every rank's checks held."""
 from __future__ import annotations
 
@@ -175,12 +175,13 @@ def main() -> int:
         nothing_left()
     elif a.case == "slow":
         from loraslab.torch import _comm
-        real = _comm.TorchComm._allreduce
-
-        def allreduce(self, *args):
-            time.sleep(0.1)
-            return real(self, *args)
-        _comm.TorchComm._allreduce = allreduce
+        # every allreduce and allgather sleeps: the save's length must not hang on which of
+        # the two a put's agreements happen to use
+        for name in ("_allreduce", "_allgather"):
+            def slowed(self, *args, _real=getattr(_comm.TorchComm, name)):
+                time.sleep(0.1)
+                return _real(self, *args)
+            setattr(_comm.TorchComm, name, slowed)
         print("torch_misuse: slow: saving", flush=True)
         lt.save_merged(model, path, quiet=True)
         print("torch_misuse: slow: the save finished (a signal should have ended it)", flush=True)
