@@ -168,6 +168,19 @@ static inline bool lsl_add_overflow(uint64_t a, uint64_t b, uint64_t *out)
 bool lsl_i_dtype_bytes(lsl_dtype dt, uint64_t n, uint64_t *bytes);
 /* A tensor as rows (dimension 0; a scalar is one row) of row_elems elements each: the unit the
  * ranks split. */
+/* Not collective: columns [c0, c0 + nc) of an r x c matrix of es-byte elements, transposed into
+ * dst (nc x r): the transposed LoRA delta's factors (the offline job, engine/lsl_factors.c). */
+void lsl_i_transpose(const void *src, void *dst, uint64_t r, uint64_t c, uint64_t c0, uint64_t nc,
+                     uint64_t es);
+/* Not collective: the rows [*row0, *row0 + *nrows) that elements [e0, e0 + ne) of a tensor with
+ * rows of `relems` elements touch (none when ne or relems is 0). */
+static inline void lsl_i_rows_touched(uint64_t relems, uint64_t e0, uint64_t ne, uint64_t *row0,
+                                      uint64_t *nrows)
+{
+    *row0 = relems ? e0 / relems : 0;
+    *nrows = ne && relems ? (e0 + ne + relems - 1) / relems - *row0 : 0;
+}
+
 static inline uint64_t lsl_i_rows(const lsl_tensor_info *t)
 {
     return t->ndim == 0 ? 1 : t->shape[0];

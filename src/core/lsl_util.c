@@ -444,3 +444,13 @@ uint64_t lsl_i_distinct_u64(uint64_t *v, uint64_t n)
         d += i == 0 || v[i] != v[i - 1];
     return d;
 }
+
+void lsl_i_transpose(const void *src, void *dst, uint64_t r, uint64_t c, uint64_t c0, uint64_t nc,
+                     uint64_t es)
+{
+    const unsigned char *s = src;
+    unsigned char *d = dst;
+    for (uint64_t i = 0; i < r; i++)
+        for (uint64_t j = 0; j < nc; j++)
+            memcpy(d + (j * r + i) * es, s + (i * c + c0 + j) * es, es);
+}

@@ -5,7 +5,6 @@
 #include "lsl_factors.h"
 
 #include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,14 +52,12 @@ static const lsl_factor *factor(const lsl_lora_part *l, int f)
 static void rows_needed(const lsl_tensor_info *t, const lsl_i_part *p, uint64_t *row0,
                         uint64_t *nrows)
 {
-    uint64_t c = lsl_i_row_elems(t);
-    if (!p->elems) {
+    if (p->elems) {
+        lsl_i_rows_touched(lsl_i_row_elems(t), p->first, p->count, row0, nrows);
+    } else {
         *row0 = p->first;
         *nrows = p->count;
-        return;
     }
-    *row0 = c ? p->first / c : 0;
-    *nrows = p->count && c ? (p->first + p->count + c - 1) / c - *row0 : 0;
 }
 
 /* Elements of the whole factors, and A's row length, from the tensor's shape: A [r, in] and
@@ -93,20 +90,13 @@ static lsl_status check_local(const lsl_writer *w, uint64_t index, const lsl_i_p
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor index %llu out of range (%llu tensors)",
                           (unsigned long long)index, (unsigned long long)w->n);
     const lsl_tensor_info *t = &w->t[index];
-    if (t->ndim != 2 && t->ndim != 1)
-        return lsl_i_fail(LSL_ERR_SHAPE,
-                          "tensor `%s`: a LoRA delta needs a 2-D weight (or a 1-D bias), it has "
-                          "%d dims",
-                          t->name, t->ndim);
-    if (l->rank == 0 || !isfinite(l->scaling))
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA rank 0 or non-finite scaling",
-                          t->name);
+    lsl_status st = lsl_i_check_lora_target(t, l->rank, l->scaling);
+    if (st != LSL_OK)
+        return st;
     uint64_t numel[NFAC] = {0}, in = 0, row0 = 0, nrows = 0;
-    {
-        lsl_status s_ = shapes(t, l->rank, l->flags, numel, &in);
-        if (s_ != LSL_OK)
-            return s_;
-    }
+    st = shapes(t, l->rank, l->flags, numel, &in);
+    if (st != LSL_OK)
+        return st;
     rows_needed(t, p, &row0, &nrows);
     for (int f = 0; f < NFAC; f++) {
         const lsl_factor *x = factor(l, f);
@@ -195,16 +185,11 @@ static lsl_status plan_part(const lsl_writer *w, const fac_rec *all, int size, u
     const fac_rec *r0 = &all[i];
     const lsl_tensor_info *t = &w->t[r0->index];
     memset(pl, 0, sizeof *pl);
-    {
-        lsl_status s_ = shapes(t, (uint64_t)r0->r, (unsigned)r0->flags, pl->numel, &pl->in);
-        if (s_ != LSL_OK)
-            return s_;
-    }
-    for (int f = 0; f < NFAC; f++) {
-        lsl_status s_ = classify(all, size, n, i, f, t->name, pl);
-        if (s_ != LSL_OK)
-            return s_;
-    }
+    lsl_status st = shapes(t, (uint64_t)r0->r, (unsigned)r0->flags, pl->numel, &pl->in);
+    for (int f = 0; st == LSL_OK && f < NFAC; f++)
+        st = classify(all, size, n, i, f, t->name, pl);
+    if (st != LSL_OK)
+        return st;
     pl->aligned = true;
     pl->match[FB] = pl->match[FM] = true;
     for (int k = 0; k < size; k++) {
@@ -252,15 +237,6 @@ static void *own(lsl_i_factors *out, int k, uint64_t bytes)
     return out->own[k] = lsl_i_malloc(bytes ? bytes : 1);
 }
 
-/* Transpose an r x c matrix of es-byte elements (columns [c0, c0 + nc) of it) into nc x r. */
-static void transpose(const unsigned char *src, unsigned char *dst, uint64_t r, uint64_t c,
-                      uint64_t c0, uint64_t nc, uint64_t es)
-{
-    for (uint64_t i = 0; i < r; i++)
-        for (uint64_t j = 0; j < nc; j++)
-            memcpy(dst + (j * r + i) * es, src + (i * c + c0 + j) * es, es);
-}
-
 /* This rank's local work for one part before the gather: whole buffers for the factors that
  * will be gathered, its own shards of them into the send buffer at *q, host copies of what a
  * device part in host mode needs, and out->l as far as it is known now. */
@@ -286,22 +262,18 @@ static lsl_status prepare(const fac_plan *pl, const lsl_i_part *p, const lsl_lor
         if (pl->gather[f]) { /* my shard goes out; the whole comes back into own[f] */
             if (!own(out, f, pl->numel[f] * es[f]))
                 return lsl_i_fail(LSL_ERR_NOMEM, "%s: out of memory", what);
-            {
-                lsl_status s_ = fetch(*q, x->data, x->n * es[f], p, what);
-                if (s_ != LSL_OK)
-                    return s_;
-            }
+            lsl_status st = fetch(*q, x->data, x->n * es[f], p, what);
+            if (st != LSL_OK)
+                return st;
             *q += x->n * es[f];
             whole[f] = out->own[f];
         } else if (pl->kind[f] == K_WHOLE && pl->dev && (pl->host || (pl->cpu && f == FA))) {
             /* a device factor every rank holds whole, needed on the host */
             if (!own(out, f, pl->numel[f] * es[f]))
                 return lsl_i_fail(LSL_ERR_NOMEM, "%s: out of memory", what);
-            {
-                lsl_status s_ = fetch(out->own[f], x->data, pl->numel[f] * es[f], p, what);
-                if (s_ != LSL_OK)
-                    return s_;
-            }
+            lsl_status st = fetch(out->own[f], x->data, pl->numel[f] * es[f], p, what);
+            if (st != LSL_OK)
+                return st;
             whole[f] = out->own[f];
         } else if (pl->kind[f] == K_WHOLE) {
             whole[f] = (void *)x->data; /* in place, where the part's data lives */
@@ -339,11 +311,9 @@ static lsl_status prepare(const fac_plan *pl, const lsl_i_part *p, const lsl_lor
         if (src && pl->host && !whole[f]) { /* the rank's own rows, down to the host */
             if (!own(out, f, bytes))
                 return lsl_i_fail(LSL_ERR_NOMEM, "%s: out of memory", what);
-            {
-                lsl_status s_ = fetch(out->own[f], src, bytes, p, what);
-                if (s_ != LSL_OK)
-                    return s_;
-            }
+            lsl_status st = fetch(out->own[f], src, bytes, p, what);
+            if (st != LSL_OK)
+                return st;
             src = out->own[f];
         }
         if (f == FB)
@@ -363,8 +333,8 @@ static void finish_transposed(const fac_plan *pl, const lsl_lora_part *l, lsl_i_
     lsl_i_lora *o = &out->l;
     uint64_t r = l->rank, cols = pl->numel[FB] / r, ae = esz(pl->dt[FA]), be = esz(pl->dt[FB]);
     const unsigned char *aw = o->a, *bw = out->own[FB] ? out->own[FB] : l->b.data;
-    transpose(aw, out->own[3], r, pl->in, pl->row0, pl->nrows, ae);
-    transpose(bw, out->own[4], cols, r, 0, r, be);
+    lsl_i_transpose(aw, out->own[3], r, pl->in, pl->row0, pl->nrows, ae);
+    lsl_i_transpose(bw, out->own[4], cols, r, 0, r, be);
     o->b = out->own[3];
     o->b_dtype = pl->dt[FA];
     o->a = out->own[4];

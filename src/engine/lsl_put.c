@@ -14,7 +14,7 @@ static bool float_dtype(lsl_dtype d)
     return d == LSL_F32 || d == LSL_BF16 || d == LSL_F16;
 }
 
-lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_i_lora *l)
+lsl_status lsl_i_check_lora_target(const lsl_tensor_info *t, uint64_t rank, double scaling)
 {
     if (t->ndim != 2 && t->ndim != 1)
         return lsl_i_fail(LSL_ERR_SHAPE,
@@ -26,11 +26,19 @@ lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_
                           "tensor `%s`: LoRA target has dtype %s; only BF16, F16 and F32 weights "
                           "can be merged",
                           t->name, lsl_dtype_name(t->dtype));
+    if (rank == 0 || !isfinite(scaling))
+        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA rank 0 or non-finite scaling",
+                          t->name);
+    return LSL_OK;
+}
+
+lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_i_lora *l)
+{
+    lsl_status st = lsl_i_check_lora_target(t, l->rank, l->scaling);
+    if (st != LSL_OK)
+        return st;
     if (!float_dtype(l->a_dtype) || !float_dtype(l->b_dtype))
         return lsl_i_fail(LSL_ERR_DTYPE, "tensor `%s`: LoRA A/B dtypes must be F32, BF16 or F16",
-                          t->name);
-    if (l->rank == 0 || !isfinite(l->scaling))
-        return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA rank 0 or non-finite scaling",
                           t->name);
     if ((nrows && !l->b) || (l->a_count && !l->a))
         return lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: LoRA A or B pointer is NULL", t->name);
@@ -141,9 +149,7 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
             /* the rows the range touches: the B rows a LoRA part brings */
             pc->e0 = first;
             pc->ne = count;
-            pc->row0 = pc->relems ? first / pc->relems : 0;
-            pc->nrows =
-                count && pc->relems ? (first + count + pc->relems - 1) / pc->relems - pc->row0 : 0;
+            lsl_i_rows_touched(pc->relems, first, count, &pc->row0, &pc->nrows);
         } else if (st == LSL_OK) {
             pc->row0 = first;
             pc->nrows = count;

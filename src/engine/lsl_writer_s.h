@@ -145,6 +145,9 @@ int lsl_i_put_span(const lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows, u
 /* LSL_ERR_NONFINITE naming the tensor, row and column of element `bad` of the chunk whose
  * first (local) row is first_row. */
 lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad);
+/* Not collective: whether tensor t can take a LoRA delta at all (a 1-D or 2-D float weight) with
+ * this r and scaling; the factors' own checks are lsl_i_check_lora's (and lsl_factors.c's). */
+lsl_status lsl_i_check_lora_target(const lsl_tensor_info *t, uint64_t rank, double scaling);
 /* Validates a LoRA part against its tensor (local). */
 lsl_status lsl_i_check_lora(const lsl_tensor_info *t, uint64_t nrows, const lsl_i_lora *l);
 /* Collective: the same value on every rank (the maximum); a failed reduction keeps v and sets

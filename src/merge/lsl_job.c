@@ -13,15 +13,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Transpose an r x c matrix of es-byte elements into c x r. */
-static void transpose(const unsigned char *src, unsigned char *dst, uint64_t r, uint64_t c,
-                      uint64_t es)
-{
-    for (uint64_t i = 0; i < r; i++)
-        for (uint64_t j = 0; j < c; j++)
-            memcpy(dst + (j * r + i) * es, src + (i * c + j) * es, es);
-}
-
 /* Read this rank's operands for tensor t's rows [row0, row0 + nrows) and describe them as the
  * writer's lsl_i_lora: b (rows x r), this rank's FSDP2 Shard(0) rows of a (r x cols), and the
  * DoRA magnitude rows.  Owned buffers go to bufs[3] (caller frees). */
@@ -69,12 +60,12 @@ static lsl_status read_lora(const lsl_plan *p, const int *fds, const lsl_plan_te
         if (st == LSL_OK)
             st = lsl_i_pread_full(fds[t->b_file], bfull, cols * r * b_es, t->b_off, bp);
         if (st == LSL_OK) {
-            transpose(acols, bufs[1], r, nrows, a_es);
+            lsl_i_transpose(acols, bufs[1], r, nrows, 0, nrows, a_es);
             unsigned char *bt = lsl_i_malloc(r * cols * b_es + 1);
             if (!bt) {
                 st = lsl_i_fail(LSL_ERR_NOMEM, "out of memory");
             } else {
-                transpose(bfull, bt, cols, r, b_es);
+                lsl_i_transpose(bfull, bt, cols, r, 0, r, b_es);
                 memcpy(bufs[0], bt + a0 * cols * b_es, an * cols * b_es);
                 free(bt);
             }
