@@ -318,6 +318,11 @@ typedef struct lsl_factor {
     const void *data; /* n elements, contiguous, where the part's data lives (NULL when n is 0) */
     lsl_dtype dtype;  /* F32, BF16 or F16 (the same on every rank that holds elements) */
     uint64_t e0, n;
+    /* 1: the range is of the factor's transpose (column-major elements), the same on every rank
+     * that holds elements.  A factor sharded by columns (Shard(1): columns [c0, c1) of every
+     * row) is passed as its local block transposed, e0 = c0 * rows, n = (c1 - c0) * rows.  A
+     * 1-D factor (the magnitude) ignores it. */
+    int transposed;
 } lsl_factor;
 
 /* A tensor's LoRA, as the model holds it.  W[rows] = round(W0[rows] + scaling * B[rows] @ A),
@@ -343,12 +348,24 @@ typedef struct lsl_lora_part {
     unsigned flags;       /* LSL_LORA_*; other bits: LSL_ERR_INVALID_ARG */
 } lsl_lora_part;
 
+/* A part is rows [row0, row0 + nrows) of the tensor, every column of them (ncols 0), or a block
+ * of them: columns [col0, col0 + ncols) of those rows (FSDP2's Shard(1), tensor parallelism),
+ * held as nrows x ncols elements, contiguous.  Row parts tile the rows in rank order; when any
+ * rank passes a block, the ranks' parts (rows or blocks, empty ones anywhere: nrows 0) tile the
+ * tensor's rows x columns rectangle in any arrangement, each element held once.  A block is
+ * merged from B's rows and A's columns it needs (W[rows, cols] = W0 + scaling * B[rows, :] @
+ * A[:, cols]) and written in place in the file, one piece a row; the file and its checksums are
+ * those of row parts.  Blocks are merged on the CPU (device parts too: W0 copied down through
+ * the staging budget, as lsl_writer_put_all says for DoRA); DoRA with blocks is refused
+ * (LSL_ERR_UNSUPPORTED naming the tensor) before anything is written. */
 typedef struct lsl_part {
-    uint64_t row0, nrows; /* this rank's rows; the ranks' parts must tile [0, rows) in rank order */
-    const void *data;     /* nrows rows of W0 (or of the tensor itself when lora is NULL) */
-    lsl_memspace mem;     /* where data and lora's a, b and magnitude live */
-    void *stream;         /* cudaStream_t for LSL_MEM_DEVICE (NULL: the default stream) */
+    uint64_t row0, nrows;      /* this rank's rows (the ranks' tiling: see above) */
+    const void *data;          /* nrows x ncols elements of W0 (or of the tensor itself when lora is
+                                  NULL) */
+    lsl_memspace mem;          /* where data and lora's a, b and magnitude live */
+    void *stream;              /* cudaStream_t for LSL_MEM_DEVICE (NULL: the default stream) */
     const lsl_lora_part *lora; /* NULL: copy the rows unchanged */
+    uint64_t col0, ncols;      /* ncols 0 (and col0 0): every column; else this block's columns */
 } lsl_part;
 
 /* Collective on comm.  Starts a writer for the output `path` (an HDF5 file or a directory: see

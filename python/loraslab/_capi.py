@@ -65,7 +65,8 @@ class TensorInfo(c.Structure):
 
 
 class Factor(c.Structure):
-    _fields_ = [("data", c.c_void_p), ("dtype", c.c_int), ("e0", c.c_uint64), ("n", c.c_uint64)]
+    _fields_ = [("data", c.c_void_p), ("dtype", c.c_int), ("e0", c.c_uint64), ("n", c.c_uint64),
+                ("transposed", c.c_int)]
 
 
 class LoraPart(c.Structure):
@@ -75,7 +76,8 @@ class LoraPart(c.Structure):
 
 class Part(c.Structure):
     _fields_ = [("row0", c.c_uint64), ("nrows", c.c_uint64), ("data", c.c_void_p),
-                ("mem", c.c_int), ("stream", c.c_void_p), ("lora", c.POINTER(LoraPart))]
+                ("mem", c.c_int), ("stream", c.c_void_p), ("lora", c.POINTER(LoraPart)),
+                ("col0", c.c_uint64), ("ncols", c.c_uint64)]
 
 
 class ElemPart(c.Structure):

@@ -35,9 +35,10 @@ typedef struct lsl_i_cpu_part {
  * gathered, so a failure can join the gather's agreement. */
 lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype wt,
                                 const lsl_i_lora *lora, uint64_t nrows, uint64_t in);
-/* Takes A (r x in of lora->a_dtype, gathered) and lora->b into fp64, rounded to wt where the
- * merge runs at the weight's precision. */
-void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a);
+/* Takes A's columns [c0, c0 + in) (a: r x lda of lora->a_dtype, gathered; lda = in and c0 = 0
+ * for a part of whole rows, a block's columns otherwise) and lora->b into fp64, rounded to wt
+ * where the merge runs at the weight's precision. */
+void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a, uint64_t c0, uint64_t lda);
 /* fp64 work area bytes per row the merges below need. */
 static inline uint64_t lsl_i_cpu_part_work_row(const lsl_i_cpu_part *p)
 {

@@ -25,10 +25,16 @@ lsl_status lsl_i_cpu_part_alloc(lsl_i_cpu_part *p, const char *name, lsl_dtype w
     return lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for LoRA factors", name);
 }
 
-void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a)
+void lsl_i_cpu_part_load(lsl_i_cpu_part *p, const void *a, uint64_t c0, uint64_t lda)
 {
     const lsl_i_lora *l = p->lora;
-    lsl_i_to_f64(l->a_dtype, a, p->r * p->in, p->a);
+    uint64_t es = lsl_dtype_bits(l->a_dtype) / 8;
+    if (c0 == 0 && lda == p->in)
+        lsl_i_to_f64(l->a_dtype, a, p->r * p->in, p->a);
+    else
+        for (uint64_t k = 0; k < p->r; k++)
+            lsl_i_to_f64(l->a_dtype, (const unsigned char *)a + (k * lda + c0) * es, p->in,
+                         p->a + k * p->in);
     lsl_i_to_f64(l->b_dtype, l->b, p->nrows * p->r, p->b);
     /* fp32 factors keep their precision: PEFT evaluates the delta in them */
     int f32 = l->a_dtype == LSL_F32 && l->b_dtype == LSL_F32;

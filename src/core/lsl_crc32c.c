@@ -67,6 +67,26 @@ uint32_t lsl_crc32c_apply(const uint32_t op[32], uint32_t crc)
     return gf2_times(op, crc);
 }
 
+uint32_t lsl_crc32c_extend_zeros_op(const uint32_t op[32], uint32_t crc)
+{
+    /* the operator acts on the register, which the finished CRC holds inverted */
+    return ~gf2_times(op, ~crc);
+}
+
+uint32_t lsl_crc32c_extend_zeros(uint32_t crc, uint64_t len)
+{
+    uint32_t op[32];
+    if (!len)
+        return crc;
+    lsl_crc32c_zeros_op(len, op);
+    return lsl_crc32c_extend_zeros_op(op, crc);
+}
+
+uint32_t lsl_crc32c_xor_fold(uint32_t xor_of_masked, uint64_t k, uint64_t len)
+{
+    return k % 2 ? xor_of_masked : xor_of_masked ^ lsl_crc32c_extend_zeros(0, len);
+}
+
 uint32_t lsl_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
 {
     uint32_t even[32], odd[32];

@@ -9,12 +9,19 @@
 #include <string.h>
 
 enum { FA, FB, FM, NFAC };
+/* own[] slots: the factors (gathered or copied), a transposed delta's two (3, 4), the factors
+ * held transposed turned back (T_OWN + f) */
+enum { T_OWN = 5 };
 static const char *const FNAME[NFAC] = {"lora_A", "lora_B", "the DoRA magnitude"};
 
 /* How the ranks hold a factor. */
 enum { K_ABSENT, K_WHOLE /* every rank all of it */, K_TILED /* ranges in rank order */ };
 
-/* What each rank says about one part, all int64 so one all-gather of bytes carries it. */
+/* What each rank says about one part, all int64 so one all-gather of bytes carries it.  mem
+ * carries MEM_BLOCK when the part is a block of columns; dt[f] carries DT_TRANSPOSED when the
+ * factor's range is of its transpose. */
+#define MEM_BLOCK     256
+#define DT_TRANSPOSED 256
 typedef struct fac_rec {
     int64_t lora, index, mem, flags, r;
     int64_t failed, route[3]; /* this rank failed already; its answers to the route's questions */
@@ -28,6 +35,7 @@ _Static_assert(sizeof(fac_rec) <= LSL_I_PER_RANK * sizeof(uint64_t),
 typedef struct fac_plan {
     int kind[NFAC];
     bool match[NFAC], gather[NFAC], aligned; /* aligned: A's ranges are whole rows of A */
+    bool ft[NFAC]; /* held transposed (lsl_factor.transposed): gathered, then turned back */
     lsl_dtype dt[NFAC];
     uint64_t numel[NFAC], in, row0, nrows;
     bool dev, host, cpu, tr;
@@ -81,7 +89,7 @@ static lsl_status check_local(const lsl_writer *w, uint64_t index, const lsl_i_p
 {
     rec->lora = l != NULL;
     rec->index = (int64_t)index;
-    rec->mem = p->mem;
+    rec->mem = p->mem | (p->ncols ? MEM_BLOCK : 0);
     if (!l)
         return LSL_OK;
     rec->flags = l->flags;
@@ -102,7 +110,7 @@ static lsl_status check_local(const lsl_writer *w, uint64_t index, const lsl_i_p
         const lsl_factor *x = factor(l, f);
         rec->e0[f] = (int64_t)x->e0;
         rec->n[f] = (int64_t)x->n;
-        rec->dt[f] = x->dtype;
+        rec->dt[f] = x->dtype | (x->transposed && f != FM && x->n ? DT_TRANSPOSED : 0);
         if (x->n && !x->data)
             return lsl_i_fail(LSL_ERR_INVALID_ARG,
                               "tensor `%s`: %s: data is NULL for %llu elements", t->name, FNAME[f],
@@ -120,7 +128,7 @@ static lsl_status check_local(const lsl_writer *w, uint64_t index, const lsl_i_p
                               (l->flags & LSL_LORA_TRANSPOSED) ? ", transposed" : "");
     }
     uint64_t r = l->rank;
-    rec->match[FB] = l->b.e0 == row0 * r && l->b.n == nrows * r;
+    rec->match[FB] = !l->b.transposed && l->b.e0 == row0 * r && l->b.n == nrows * r;
     rec->match[FM] = l->magnitude.e0 == row0 && l->magnitude.n == nrows;
     return LSL_OK;
 }
@@ -144,16 +152,22 @@ static lsl_status classify(const fac_rec *all, int size, uint64_t n, uint64_t i,
         any = true;
         if (dt < 0)
             dt = r->dt[f];
+        else if ((r->dt[f] ^ dt) & DT_TRANSPOSED)
+            return lsl_i_fail(LSL_ERR_INCONSISTENT,
+                              "tensor `%s`: %s is passed transposed on rank %d and not on a rank "
+                              "before it, or the reverse (the ranks hold it alike)",
+                              name, FNAME[f], k);
         else if (r->dt[f] != dt)
             return lsl_i_fail(LSL_ERR_INCONSISTENT,
                               "tensor `%s`: %s has dtype %s on rank %d, %s on a rank before it",
-                              name, FNAME[f], lsl_dtype_name((lsl_dtype)r->dt[f]), k,
-                              lsl_dtype_name((lsl_dtype)dt));
+                              name, FNAME[f], lsl_dtype_name((lsl_dtype)(r->dt[f] & 255)), k,
+                              lsl_dtype_name((lsl_dtype)(dt & 255)));
         if (e0 != pre && bad < 0)
             bad = k, bad_e0 = e0, bad_n = cnt, bad_pre = pre;
         pre += cnt;
     }
-    pl->dt[f] = dt < 0 ? LSL_F32 : (lsl_dtype)dt;
+    pl->dt[f] = dt < 0 ? LSL_F32 : (lsl_dtype)(dt & 255);
+    pl->ft[f] = dt >= 0 && (dt & DT_TRANSPOSED);
     if (f == FM && !any) {
         pl->kind[f] = K_ABSENT;
         return LSL_OK;
@@ -192,22 +206,26 @@ static lsl_status plan_part(const lsl_writer *w, const fac_rec *all, int size, u
         return st;
     pl->aligned = true;
     pl->match[FB] = pl->match[FM] = true;
+    bool block = false;
     for (int k = 0; k < size; k++) {
         const fac_rec *r = &all[(uint64_t)k * n + i];
         pl->aligned &=
             pl->in && (uint64_t)r->e0[FA] % pl->in == 0 && (uint64_t)r->n[FA] % pl->in == 0;
         pl->match[FB] &= r->match[FB] != 0;
         pl->match[FM] &= r->match[FM] != 0;
+        block |= (r->mem & MEM_BLOCK) != 0;
     }
-    pl->dev = r0->mem == LSL_MEM_DEVICE;
+    pl->dev = (r0->mem & ~MEM_BLOCK) == LSL_MEM_DEVICE;
     pl->tr = (r0->flags & LSL_LORA_TRANSPOSED) != 0;
-    pl->cpu = pl->kind[FM] != K_ABSENT || (r0->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE);
-    pl->gather[FB] = pl->kind[FB] == K_TILED && (pl->tr || !pl->match[FB]);
+    /* blocks are merged on the CPU, from A whole */
+    pl->cpu = pl->kind[FM] != K_ABSENT || (r0->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE) || block;
+    /* a factor held transposed is gathered whole wherever it is tiled, then turned back */
+    pl->gather[FB] = pl->kind[FB] == K_TILED && (pl->tr || !pl->match[FB] || pl->ft[FB]);
     pl->gather[FM] = pl->kind[FM] == K_TILED && (pl->tr || !pl->match[FM]);
-    pl->host = pl->dev && (pl->tr || pl->gather[FB] || pl->gather[FM]);
+    pl->host = pl->dev && (pl->tr || pl->gather[FB] || pl->gather[FM] || pl->ft[FA] || pl->ft[FB]);
     /* A stays in row shards only for the device gather of a GPU merge (NCCL where it serves) */
-    pl->gather[FA] =
-        pl->kind[FA] == K_TILED && (pl->tr || !pl->dev || pl->host || pl->cpu || !pl->aligned);
+    pl->gather[FA] = pl->kind[FA] == K_TILED &&
+                     (pl->tr || !pl->dev || pl->host || pl->cpu || !pl->aligned || pl->ft[FA]);
     return LSL_OK;
 }
 
@@ -229,6 +247,15 @@ static lsl_status fetch(void *dst, const void *src, uint64_t bytes, const lsl_i_
     return lsl_i_fail(LSL_ERR_UNSUPPORTED,
                       "device pointers need a build with CUDA (this one has none)");
 #endif
+}
+
+/* Factor f of the plan, held transposed (its transpose, [cols, rows], at src), into its own
+ * layout at dst. */
+static void turn_back(const fac_plan *pl, int f, const void *src, void *dst)
+{
+    uint64_t cols = f == FA ? pl->in : pl->numel[FA] / (pl->in ? pl->in : 1);
+    uint64_t rows = cols ? pl->numel[f] / cols : 0;
+    lsl_i_transpose(src, dst, cols, rows, 0, rows, esz(pl->dt[f]));
 }
 
 /* out->own[k] = a host buffer of `bytes`. */
@@ -267,7 +294,8 @@ static lsl_status prepare(const fac_plan *pl, const lsl_i_part *p, const lsl_lor
                 return st;
             *q += x->n * es[f];
             whole[f] = out->own[f];
-        } else if (pl->kind[f] == K_WHOLE && pl->dev && (pl->host || (pl->cpu && f == FA))) {
+        } else if (pl->kind[f] == K_WHOLE && pl->dev &&
+                   (pl->host || (pl->cpu && f == FA) || pl->ft[f])) {
             /* a device factor every rank holds whole, needed on the host */
             if (!own(out, f, pl->numel[f] * es[f]))
                 return lsl_i_fail(LSL_ERR_NOMEM, "%s: out of memory", what);
@@ -278,6 +306,15 @@ static lsl_status prepare(const fac_plan *pl, const lsl_i_part *p, const lsl_lor
         } else if (pl->kind[f] == K_WHOLE) {
             whole[f] = (void *)x->data; /* in place, where the part's data lives */
         }
+        out->held[f] = whole[f];
+        if (pl->ft[f] && whole[f]) { /* turned back into own[T_OWN + f] (now or after the gather) */
+            if (!own(out, T_OWN + f, pl->numel[f] * es[f]))
+                return lsl_i_fail(LSL_ERR_NOMEM, "%s: out of memory", what);
+            whole[f] = out->own[T_OWN + f];
+            if (!pl->gather[f])
+                turn_back(pl, f, out->held[f], whole[f]);
+        }
+        out->whole[f] = whole[f];
     }
     /* A: whole (in place or on the host), or row shards the device gather takes */
     if (whole[FA]) {
@@ -332,7 +369,7 @@ static void finish_transposed(const fac_plan *pl, const lsl_lora_part *l, lsl_i_
 {
     lsl_i_lora *o = &out->l;
     uint64_t r = l->rank, cols = pl->numel[FB] / r, ae = esz(pl->dt[FA]), be = esz(pl->dt[FB]);
-    const unsigned char *aw = o->a, *bw = out->own[FB] ? out->own[FB] : l->b.data;
+    const unsigned char *aw = o->a, *bw = out->whole[FB];
     lsl_i_transpose(aw, out->own[3], r, pl->in, pl->row0, pl->nrows, ae);
     lsl_i_transpose(bw, out->own[4], cols, r, 0, r, be);
     o->b = out->own[3];
@@ -379,7 +416,8 @@ lsl_status lsl_i_factors_resolve(lsl_writer *w, uint64_t n, const uint64_t *indi
         const lsl_lora_part *l = pub[i];
         rt[0] &= l == NULL;
         rt[1] &= parts[i].mem != LSL_MEM_DEVICE;
-        rt[2] &= !(l && (l->magnitude.n || (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE)));
+        rt[2] &= !(l && (l->magnitude.n || (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE))) &&
+                 !parts[i].ncols;
     }
     if (single) {
         if (st != LSL_OK)
@@ -417,16 +455,17 @@ lsl_status lsl_i_factors_resolve(lsl_writer *w, uint64_t n, const uint64_t *indi
         const fac_rec *r0 = &all[i];
         for (int k = 1; k < size; k++) {
             const fac_rec *r = &all[(uint64_t)k * n + i];
-            if (r->lora != r0->lora || r->index != r0->index || r->mem != r0->mem ||
+            if (r->lora != r0->lora || r->index != r0->index ||
+                (r->mem & ~MEM_BLOCK) != (r0->mem & ~MEM_BLOCK) ||
                 (r0->lora && (r->flags != r0->flags || r->r != r0->r)))
                 LSL_GOTO(lsl_i_fail(LSL_ERR_INCONSISTENT,
                                     "tensor index %llu: rank %d's LoRA (present %d, r %lld, flags "
                                     "0x%llx, memory %lld) differs from rank 0's (%d, %lld, 0x%llx, "
                                     "%lld)",
                                     (unsigned long long)r0->index, k, (int)r->lora, (long long)r->r,
-                                    (unsigned long long)r->flags, (long long)r->mem, (int)r0->lora,
-                                    (long long)r0->r, (unsigned long long)r0->flags,
-                                    (long long)r0->mem));
+                                    (unsigned long long)r->flags, (long long)(r->mem & ~MEM_BLOCK),
+                                    (int)r0->lora, (long long)r0->r, (unsigned long long)r0->flags,
+                                    (long long)(r0->mem & ~MEM_BLOCK)));
         }
         if (!r0->lora)
             continue;
@@ -481,6 +520,10 @@ lsl_status lsl_i_factors_resolve(lsl_writer *w, uint64_t n, const uint64_t *indi
                 }
     }
     for (uint64_t i = 0; i < n; i++)
+        for (int f = 0; pub[i] && f < NFAC; f++)
+            if (pl[i].ft[f] && pl[i].gather[f])
+                turn_back(&pl[i], f, out[i].held[f], out[i].own[T_OWN + f]);
+    for (uint64_t i = 0; i < n; i++)
         if (pub[i] && pl[i].tr)
             finish_transposed(&pl[i], pub[i], &out[i]);
 fail:
@@ -499,7 +542,7 @@ fail:
 void lsl_i_factors_free(lsl_i_factors *f, uint64_t n)
 {
     for (uint64_t i = 0; f && i < n; i++)
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < LSL_I_FACTORS_OWN; k++) {
             free(f[i].own[k]);
             f[i].own[k] = NULL;
         }

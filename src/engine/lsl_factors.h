@@ -8,9 +8,12 @@
 
 /* One part's resolved factors; own[] the host buffers made for them (freed by
  * lsl_i_factors_free). */
+#define LSL_I_FACTORS_OWN 8
 typedef struct lsl_i_factors {
     lsl_i_lora l;
-    void *own[5];
+    void *own[LSL_I_FACTORS_OWN];
+    /* each factor whole (where some rank needs it so): as held, and in its own layout */
+    const void *held[3], *whole[3];
 } lsl_i_factors;
 
 /* Collective.  For parts[0..n) of tensors indices[], whose LoRA as the caller passed it is pub[i]
@@ -28,7 +31,8 @@ typedef struct lsl_i_factors {
  * A device part whose factors had to be gathered or rewritten gets them all in host memory
  * (LSL_I_LORA_ON_HOST).  st: this rank's status so far (it joins with nothing).  route
  * (NULL: not wanted) receives, agreed in the call's first reduction, whether no rank has a
- * LoRA, no rank device memory, no rank a formula without a kernel (1 each, else 0): the put's
+ * LoRA, no rank device memory, no rank a formula without a kernel or a block of columns (1
+ * each, else 0): the put's
  * path (lsl_i_put_one).  With no LoRA anywhere that reduction is the only communication.  Agreed
  * status; release out[] with lsl_i_factors_free, whatever it returned. */
 lsl_status lsl_i_factors_resolve(lsl_writer *w, uint64_t n, const uint64_t *indices,

@@ -110,14 +110,53 @@ typedef struct put_rec {
     int64_t first, count;            /* this rank's rows or elements (0, 0 after a failure) */
     int64_t failed;                  /* this rank already failed: its message goes to everyone */
     int64_t dora;                    /* a magnitude: row norms may span ranks */
+    int64_t c0, nc;                  /* a block's columns; nc 0: every column */
 } put_rec;
 _Static_assert(sizeof(put_rec) <= LSL_I_PER_RANK * sizeof(uint64_t), "w->per_rank holds a put_rec");
 
 /* Local checks, then the collective ones (same tensor everywhere, parts tiling the tensor in
  * rank order, by rows or by elements), agreed before any I/O. */
-static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count, int elems,
-                        bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
-                        lsl_i_putctx *pc)
+/* Blocks (some rank passed one): whether the ranks' blocks tile the rows x cols rectangle, each
+ * element once.  Pairwise, from the gathered records alone, so every rank reaches the same
+ * verdict without allocating: (size^2)/2 comparisons, only for tensors held in blocks. */
+static lsl_status check_blocks(const put_rec *all, int size, const lsl_i_putctx *pc)
+{
+    uint64_t cols = pc->relems, area = 0, want = pc->rows * cols;
+    for (int k = 0; k < size; k++) {
+        const put_rec *a = &all[k];
+        uint64_t ar0 = (uint64_t)a->first, ar1 = ar0 + (uint64_t)a->count;
+        uint64_t ac0 = a->nc ? (uint64_t)a->c0 : 0, ac1 = a->nc ? ac0 + (uint64_t)a->nc : cols;
+        if (!a->count || ac1 == ac0)
+            continue;
+        area += (ar1 - ar0) * (ac1 - ac0);
+        for (int j = 0; j < k; j++) {
+            const put_rec *b = &all[j];
+            uint64_t br0 = (uint64_t)b->first, br1 = br0 + (uint64_t)b->count;
+            uint64_t bc0 = b->nc ? (uint64_t)b->c0 : 0, bc1 = b->nc ? bc0 + (uint64_t)b->nc : cols;
+            if (b->count && bc1 > bc0 && ar0 < br1 && br0 < ar1 && ac0 < bc1 && bc0 < ac1)
+                return lsl_i_fail(LSL_ERR_SHAPE,
+                                  "tensor `%s`: rank %d's block (rows [%llu, %llu), columns "
+                                  "[%llu, %llu)) overlaps rank %d's (rows [%llu, %llu), columns "
+                                  "[%llu, %llu))",
+                                  pc->t->name, k, (unsigned long long)ar0, (unsigned long long)ar1,
+                                  (unsigned long long)ac0, (unsigned long long)ac1, j,
+                                  (unsigned long long)br0, (unsigned long long)br1,
+                                  (unsigned long long)bc0, (unsigned long long)bc1);
+        }
+    }
+    /* no two overlap, each inside the rectangle: they tile it when the areas add up */
+    if (area != want)
+        return lsl_i_fail(LSL_ERR_SHAPE,
+                          "tensor `%s`: the ranks' blocks hold %llu of its %llu x %llu elements "
+                          "(blocks must tile the rows x columns, each element once)",
+                          pc->t->name, (unsigned long long)area, (unsigned long long)pc->rows,
+                          (unsigned long long)cols);
+    return LSL_OK;
+}
+
+static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
+                        uint64_t col0, uint64_t ncols, int elems, bool has_data,
+                        const lsl_i_lora *lora, int mem, lsl_status st, lsl_i_putctx *pc)
 {
     put_clock_start(w);
     double t0 = lsl_i_now();
@@ -143,6 +182,10 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
             st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: %s [%llu, +%llu) outside [0, %llu)",
                             t->name, unit, (unsigned long long)first, (unsigned long long)count,
                             (unsigned long long)units);
+        else if (ncols && (elems || col0 > pc->relems || ncols > pc->relems - col0))
+            st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: columns [%llu, +%llu) outside [0, %llu)",
+                            t->name, (unsigned long long)col0, (unsigned long long)ncols,
+                            (unsigned long long)pc->relems);
         else if (count && pc->rbytes && !has_data)
             st = lsl_i_fail(LSL_ERR_INVALID_ARG, "tensor `%s`: data is NULL", t->name);
         if (st == LSL_OK && elems) {
@@ -169,7 +212,9 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
                    .first = st == LSL_OK ? (int64_t)first : 0,
                    .count = st == LSL_OK ? (int64_t)count : 0,
                    .failed = st != LSL_OK,
-                   .dora = lora && lora->magnitude};
+                   .dora = lora && lora->magnitude,
+                   .c0 = st == LSL_OK ? (int64_t)col0 : 0,
+                   .nc = st == LSL_OK ? (int64_t)ncols : 0};
     lsl_status cs = lsl_i_allgather(w->comm, &rec, w->per_rank, sizeof rec);
     if (cs != LSL_OK) {
         w->prof[P_AGREE] += lsl_i_now() - t0;
@@ -180,6 +225,9 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
     int same = 1, bad_k = -1;
     int64_t dora = -1; /* a part with data brings a magnitude (an empty one may pass NULL) */
     uint64_t prefix = 0, bad_at = 0, bad_prefix = 0;
+    int block = 0; /* some rank holds columns, not whole rows */
+    for (int k = 0; k < w->size; k++)
+        block |= all[k].count && all[k].nc;
     for (int k = 0; k < w->size; k++) {
         const put_rec *r = &all[k];
         if (r->failed && failed == INT64_MAX)
@@ -201,6 +249,14 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
                         "ranks put different tensors, or mixed LoRA/no LoRA, DoRA/no DoRA, "
                         "host/device memory or rows/elements, in the same call");
+    else if (block && dora > 0)
+        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
+                        "tensor `%s`: DoRA with parts of columns (Shard(1), tensor parallelism) "
+                        "is not supported: its row norms span the blocks; shard the weight by "
+                        "rows (Shard(0))",
+                        pc->t->name);
+    else if (block)
+        st = check_blocks(all, w->size, pc);
     else if (bad_k >= 0)
         st = lsl_i_fail(LSL_ERR_SHAPE,
                         "tensor `%s`: rank %d's %s start at %llu but the ranks before it hold "
@@ -210,6 +266,17 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
     else if (prefix != units)
         st = lsl_i_fail(LSL_ERR_SHAPE, "tensor `%s`: the ranks' parts hold %llu of %llu %s",
                         pc->t->name, (unsigned long long)prefix, (unsigned long long)units, unit);
+    if (st == LSL_OK && block) {
+        pc->block = 1;
+        pc->c0 = ncols ? col0 : 0;
+        pc->nc = ncols ? ncols : pc->relems;
+        pc->pbytes = pc->nc * pc->esize;
+        pc->e0 = pc->row0 * pc->relems + pc->c0;
+        pc->ne = pc->nrows * pc->nc;
+        pc->crc = 0;
+        pc->crc_end = 0;
+        lsl_crc32c_zeros_op(pc->rbytes - pc->pbytes, pc->gap_op);
+    }
     if (st == LSL_OK) {
         pc->dora = dora > 0;
         pc->my_bytes = pc->ne * pc->esize;
@@ -223,14 +290,21 @@ lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_
                            bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                            lsl_i_putctx *pc)
 {
-    return begin(w, index, row0, nrows, 0, has_data, lora, mem, st, pc);
+    return begin(w, index, row0, nrows, 0, 0, 0, has_data, lora, mem, st, pc);
+}
+
+lsl_status lsl_i_put_begin_block(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                                 uint64_t col0, uint64_t ncols, bool has_data,
+                                 const lsl_i_lora *lora, int mem, lsl_status st, lsl_i_putctx *pc)
+{
+    return begin(w, index, row0, nrows, col0, ncols, 0, has_data, lora, mem, st, pc);
 }
 
 lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
                                  bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                                  lsl_i_putctx *pc)
 {
-    return begin(w, index, e0, ne, 1, has_data, lora, mem, st, pc);
+    return begin(w, index, e0, ne, 0, 0, 1, has_data, lora, mem, st, pc);
 }
 
 void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *buf, uint64_t count,
@@ -257,6 +331,33 @@ void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *
         *st = ws;
 }
 
+void lsl_i_put_write_rows(lsl_writer *w, lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows,
+                          const void *buf, lsl_status *st)
+{
+    if (*st != LSL_OK)
+        nrows = 0;
+    /* the running CRC: zeros up to each piece, then the piece (the zeros between two pieces by
+     * the operator made at begin) */
+    const unsigned char *p = buf;
+    for (uint64_t i = 0; i < nrows && pc->pbytes; i++) {
+        uint64_t at = (pc->row0 + first_row + i) * pc->rbytes + pc->c0 * pc->esize;
+        if (pc->crc_end && at - pc->crc_end == pc->rbytes - pc->pbytes)
+            pc->crc = lsl_crc32c_extend_zeros_op(pc->gap_op, pc->crc);
+        else
+            pc->crc = lsl_crc32c_extend_zeros(pc->crc, at - pc->crc_end);
+        pc->crc = lsl_crc32c_extend(pc->crc, p + i * pc->pbytes, pc->pbytes);
+        pc->crc_end = at + pc->pbytes;
+    }
+    char what[320];
+    snprintf(what, sizeof what, "tensor `%s`", pc->t->name);
+    double t0 = lsl_i_now();
+    lsl_status ws = lsl_i_datafile_write_rows(&w->file, pc->base + first_row * pc->rbytes,
+                                              pc->pbytes, pc->rbytes, nrows, buf, what);
+    w->prof[P_WRITE] += lsl_i_now() - t0;
+    if (*st == LSL_OK)
+        *st = ws;
+}
+
 int lsl_i_put_span(const lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows, uint64_t *pos,
                    uint64_t *off, uint64_t *count)
 {
@@ -268,13 +369,19 @@ int lsl_i_put_span(const lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows, u
     return lo != rlo || hi != rhi;
 }
 
+/* The elements a row of the part's chunks holds: its block's columns, or the whole row. */
+static uint64_t w_of(const lsl_i_putctx *pc)
+{
+    return pc->block ? pc->nc : pc->relems;
+}
+
 lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint64_t bad)
 {
     return lsl_i_fail(LSL_ERR_NONFINITE,
                       "tensor `%s`: the merge produced NaN or Inf at row %llu, column %llu (check "
                       "the adapter's scaling and weights)",
-                      pc->t->name, (unsigned long long)(pc->row0 + first_row + bad / pc->relems),
-                      (unsigned long long)(bad % pc->relems));
+                      pc->t->name, (unsigned long long)(pc->row0 + first_row + bad / w_of(pc)),
+                      (unsigned long long)(pc->c0 + bad % w_of(pc)));
 }
 
 lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_i_lora *lora,
@@ -282,7 +389,10 @@ lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const 
 {
     lsl_status rc = LSL_OK;
     double t0 = lsl_i_now();
-    /* the ranks' checksums and who failed first, in one all-gather */
+    /* the ranks' checksums and who failed first, in one all-gather; a block's CRC runs on to
+     * the tensor's end */
+    if (pc->block && st == LSL_OK)
+        pc->crc = lsl_crc32c_extend_zeros(pc->crc, w->nbytes[index] - pc->crc_end);
     uint64_t trio[3] = {pc->crc, pc->my_bytes, st != LSL_OK}, *trios = w->per_rank;
     LSL_TRY(lsl_i_allgather(w->comm, trio, trios, sizeof trio));
     int64_t failed = INT64_MAX;
@@ -291,8 +401,14 @@ lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const 
             failed = k;
     LSL_TRY(lsl_i_agree_first(w->comm, failed, st));
     uint32_t all = 0;
-    for (int k = 0; k < w->size; k++)
-        all = lsl_crc32c_combine(all, (uint32_t)trios[3 * k], trios[3 * k + 1]);
+    if (pc->block) /* each rank's CRC covers the whole tensor, zeros where others write */
+        for (int k = 0; k < w->size; k++)
+            all ^= (uint32_t)trios[3 * k];
+    else
+        for (int k = 0; k < w->size; k++)
+            all = lsl_crc32c_combine(all, (uint32_t)trios[3 * k], trios[3 * k + 1]);
+    if (pc->block)
+        all = lsl_crc32c_xor_fold(all, (uint64_t)w->size, w->nbytes[index]);
     w->fin[index].crc32c = all;
     w->done[index] = 1;
     if (lora) {

@@ -146,10 +146,10 @@ lsl_status lsl_writer_put_batch_all(lsl_writer *w, uint64_t n, const uint64_t *i
     else if (n && (!indices || !parts))
         st = lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_batch_all: indices or parts is NULL");
     for (uint64_t i = 0; st == LSL_OK && i < n; i++) {
-        st = lsl_i_part_entry(parts[i].lora, parts[i].mem, parts[i].stream,
-                              "lsl_writer_put_batch_all");
-        pp[i] = (lsl_i_part){parts[i].row0, parts[i].nrows,  0,   parts[i].data,
-                             parts[i].mem,  parts[i].stream, NULL};
+        st = lsl_i_part_of(w, indices[i], &parts[i], "lsl_writer_put_batch_all", &pp[i]);
+        if (st == LSL_OK)
+            st = lsl_i_part_entry(parts[i].lora, parts[i].mem, parts[i].stream,
+                                  "lsl_writer_put_batch_all");
         pub[i] = parts[i].lora;
     }
     /* A batch whose length or arrays cannot be trusted stops every rank before the gathers. */

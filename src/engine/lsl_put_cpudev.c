@@ -1,6 +1,6 @@
-/* Device parts whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE), beside the
- * device chunk loop (lsl_put_device.c): merged by the host chunk loop, W0 copied down chunk by
- * chunk and the factors copied down whole. */
+/* Device parts whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE) or that are
+ * blocks of columns, beside the device chunk loop (lsl_put_device.c): merged (or copied) by the
+ * host chunk loop, W0 copied down chunk by chunk and the factors copied down whole. */
 #include "lsl_writer_s.h"
 
 #include <stdlib.h>
@@ -52,25 +52,28 @@ static lsl_status lora_down_make(const lsl_i_lora *l, const lsl_i_putctx *pc, vo
     return st;
 }
 
-lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
-                                   int elems, const void *data, void *stream,
-                                   const lsl_i_lora *lora, lsl_status st)
+lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, const lsl_i_part *p,
+                                   lsl_status st)
 {
     lsl_i_putctx pc;
-    const lsl_i_lora *l = st ? NULL : lora;
-    lsl_status rc = elems ? lsl_i_put_begin_elems(w, index, st ? 0 : first, st ? 0 : count,
-                                                  data != NULL, l, LSL_MEM_DEVICE, st, &pc)
-                          : lsl_i_put_begin(w, index, st ? 0 : first, st ? 0 : count, data != NULL,
-                                            l, LSL_MEM_DEVICE, st, &pc);
+    const lsl_i_lora *lora = p->lora, *l = st ? NULL : lora;
+    uint64_t first = st ? 0 : p->first, count = st ? 0 : p->count;
+    lsl_status rc = p->elems ? lsl_i_put_begin_elems(w, index, first, count, p->data != NULL, l,
+                                                     LSL_MEM_DEVICE, st, &pc)
+                             : lsl_i_put_begin_block(w, index, first, count, st ? 0 : p->col0,
+                                                     st ? 0 : p->ncols, p->data != NULL, l,
+                                                     LSL_MEM_DEVICE, st, &pc);
     if (rc != LSL_OK) {
         w->state = W_FAILED;
         return rc;
     }
-    /* agreed: every rank has a LoRA part (the put's record), and one needs the CPU formulas */
+    /* agreed: every rank has a LoRA part or none (the put's record); a part of a tensor held in
+     * blocks may have none */
     lora_down d = {0};
-    lsl_i_src src = {NULL, -1, 0, NULL, data, stream};
-    st = lora_down_make(lora, &pc, stream, &d);
-    rc = lsl_i_put_body(w, index, &pc, &src, &d.l, st);
+    lsl_i_src src = {NULL, -1, 0, NULL, p->data, p->stream};
+    if (lora)
+        st = lora_down_make(lora, &pc, p->stream, &d);
+    rc = lsl_i_put_body(w, index, &pc, &src, lora ? &d.l : NULL, st);
     free(d.b);
     free(d.m);
     return rc;

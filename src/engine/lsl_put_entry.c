@@ -14,10 +14,11 @@ static int on_device(lsl_writer *w, uint64_t index, const lsl_i_part *p, const i
 {
 #ifdef LSL_HAVE_CUDA
     int dev = p->mem == LSL_MEM_DEVICE;
-    int cpu = lsl_i_lora_on_cpu(p->lora);
+    int cpu = lsl_i_part_on_cpu(p);
     lsl_status cs = LSL_OK;
     /* one reduction decides both (or the resolution's, passed as route): 0 host, 1 the
-     * kernels, 2 the CPU merge (a rank with an empty part may pass no magnitude) */
+     * kernels, 2 the host chunk loop (a rank with an empty part may pass no magnitude, and one
+     * whole-row part of a tensor held in blocks goes where the blocks go) */
     uint64_t any = route ? (route[1] ? 0u : 1u + (route[2] ? 0u : 1u))
                          : lsl_i_writer_max(w, dev ? 1u + (uint64_t)cpu : 0u, &cs);
     if (cs != LSL_OK) {
@@ -31,8 +32,7 @@ static int on_device(lsl_writer *w, uint64_t index, const lsl_i_part *p, const i
         *st    ? *st
         : !dev ? lsl_i_fail(LSL_ERR_INCONSISTENT, "some ranks passed device memory, this one host")
                : LSL_OK;
-    *rc = any == 2 ? lsl_i_put_device_on_cpu(w, index, p->first, p->count, p->elems, p->data,
-                                             p->stream, p->lora, ls)
+    *rc = any == 2 ? lsl_i_put_device_on_cpu(w, index, p, ls)
                    : lsl_i_put_device(w, index, p->first, p->count, p->elems, p->data, p->stream,
                                       NULL, p->lora, ls);
     return 1;
@@ -57,11 +57,13 @@ lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_i_part *p, con
     uint64_t first = st ? 0 : p->first, count = st ? 0 : p->count;
     if (st == LSL_OK)
         src.mem = p->data ? p->data : (count ? NULL : &empty);
-    if (!p->elems)
-        return lsl_i_writer_put(w, index, first, count, &src, lora, st);
     lsl_i_putctx pc;
-    rc =
-        lsl_i_put_begin_elems(w, index, first, count, src.mem != NULL, lora, LSL_MEM_HOST, st, &pc);
+    if (p->elems)
+        rc = lsl_i_put_begin_elems(w, index, first, count, src.mem != NULL, lora, LSL_MEM_HOST, st,
+                                   &pc);
+    else
+        rc = lsl_i_put_begin_block(w, index, first, count, st ? 0 : p->col0, st ? 0 : p->ncols,
+                                   src.mem != NULL, lora, LSL_MEM_HOST, st, &pc);
     if (rc != LSL_OK) {
         w->state = W_FAILED;
         return rc;
@@ -97,7 +99,7 @@ lsl_status lsl_writer_put_elems_all(lsl_writer *w, uint64_t index, const lsl_ele
         return put_public(
             w, index, p, NULL,
             lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_elems_all: part is NULL"));
-    p = (lsl_i_part){part->e0, part->nelems, 1, part->data, part->mem, part->stream, NULL};
+    p = (lsl_i_part){part->e0, part->nelems, 1, part->data, part->mem, part->stream, NULL, 0, 0};
     return put_public(
         w, index, p, part->lora,
         lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_elems_all"));
@@ -126,7 +128,25 @@ lsl_status lsl_writer_put_all(lsl_writer *w, uint64_t index, const lsl_part *par
     if (!part)
         return put_public(w, index, p, NULL,
                           lsl_i_fail(LSL_ERR_INVALID_ARG, "lsl_writer_put_all: part is NULL"));
-    p = (lsl_i_part){part->row0, part->nrows, 0, part->data, part->mem, part->stream, NULL};
-    return put_public(w, index, p, part->lora,
-                      lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_all"));
+    lsl_status st = lsl_i_part_of(w, index, part, "lsl_writer_put_all", &p);
+    return put_public(
+        w, index, p, part->lora,
+        st ? st : lsl_i_part_entry(part->lora, part->mem, part->stream, "lsl_writer_put_all"));
+}
+
+lsl_status lsl_i_part_of(const lsl_writer *w, uint64_t index, const lsl_part *part, const char *fn,
+                         lsl_i_part *p)
+{
+    *p = (lsl_i_part){part->row0,   part->nrows, 0,          part->data, part->mem,
+                      part->stream, NULL,        part->col0, part->ncols};
+    if (!part->ncols) {
+        if (part->col0)
+            return lsl_i_fail(LSL_ERR_INVALID_ARG, "%s: col0 %llu with ncols 0 (every column)", fn,
+                              (unsigned long long)part->col0);
+        return LSL_OK;
+    }
+    /* a block of every column is a row part; an empty block holds nothing */
+    if (index < w->n && part->col0 == 0 && part->ncols == lsl_i_row_elems(&w->t[index]))
+        p->ncols = 0;
+    return LSL_OK;
 }

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static lsl_status src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *dst)
+lsl_status lsl_i_src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *dst)
 {
 #ifdef LSL_HAVE_CUDA
     if (s->dev)
@@ -62,8 +62,8 @@ static lsl_status shared_row_norms(lsl_writer *w, const lsl_i_putctx *pc, const 
         if (lo == rs && hi == re)
             continue; /* the whole row is this rank's */
         memset(row, 0, pc->rbytes);
-        st = src_read(src, (lo - pc->e0) * pc->esize, (hi - lo) * pc->esize,
-                      row + (lo - rs) * pc->esize);
+        st = lsl_i_src_read(src, (lo - pc->e0) * pc->esize, (hi - lo) * pc->esize,
+                            row + (lo - rs) * pc->esize);
         double sum = 0;
         if (st == LSL_OK)
             st = lsl_i_cpu_part_rowsq(cp, row, lr[q], lo - rs, hi - rs, work, &sum);
@@ -89,6 +89,8 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
                           const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0)
 {
     lsl_status rc = LSL_OK, st;
+    if (pcp->block)
+        return lsl_i_put_block_body(w, index, pcp, src, lora, st0);
     lsl_i_cpu_part cp = {0}; /* the CPU backend's view of this part */
     lsl_i_putctx pc = *pcp;
     uint64_t nrows = pc.nrows;
@@ -113,7 +115,7 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
                             t->name);
         /* every rank holds its buffers (the column sums too) once this is agreed */
         LSL_TRY(lsl_i_agree(w->comm, st));
-        lsl_i_cpu_part_load(&cp, lora->a);
+        lsl_i_cpu_part_load(&cp, lora->a, 0, in);
         /* The staging budget holds a block of W rows (two when reading ahead) and its fp64 work
          * area, each 64-byte aligned: keep room for the alignment. */
         uint64_t per_row = in * pc.esize * (ahead ? 2 : 1) + lsl_i_cpu_part_work_row(&cp);
@@ -155,7 +157,7 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
             chunk_rows_of(&tl, c, &lr, &m);
             if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count))
                 memset(rbuf[0], 0, m * pc.rbytes);
-            st = src_read(src, off, count, rbuf[0] + pos);
+            st = lsl_i_src_read(src, off, count, rbuf[0] + pos);
             if (st == LSL_OK)
                 st = lsl_i_cpu_part_colsq(&cp, rbuf[0], lr, m, pos / pc.esize,
                                           (pos + count) / pc.esize, work);
@@ -213,7 +215,7 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
                 if (lsl_i_put_span(&pc, lr, m, &pos, &off, &count) && st == LSL_OK)
                     memset(rows, 0, m * pc.rbytes);
                 if (st == LSL_OK)
-                    st = src_read(src, off, count, rows + pos);
+                    st = lsl_i_src_read(src, off, count, rows + pos);
                 buf = rows + pos;
             } else {
                 buf = src->mem + off;

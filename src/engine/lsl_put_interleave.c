@@ -99,7 +99,7 @@ int lsl_i_put_interleaved(lsl_writer *w, uint64_t n, const uint64_t *indices,
     /* Every rank must take the same path: a directory, and only plain device row parts. */
     int mine = w->hf && n > 1;
     for (uint64_t i = 0; mine && i < n; i++)
-        mine = parts[i].mem == LSL_MEM_DEVICE && !lsl_i_lora_on_cpu(parts[i].lora) &&
+        mine = parts[i].mem == LSL_MEM_DEVICE && !lsl_i_part_on_cpu(&parts[i]) &&
                (parts[i].lora == NULL || ((parts[i].lora->flags & LSL_I_LORA_A_FULL) &&
                                           !(parts[i].lora->flags & LSL_I_LORA_ON_HOST)));
     lsl_status st = LSL_OK;

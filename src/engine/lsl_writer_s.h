@@ -33,7 +33,9 @@ enum lsl_i_wstate { W_CREATED, W_DEFINED, W_FAILED };
 #define LSL_I_PER_RANK 24
 
 /* A part inside the library: rows [first, first + count) of the tensor (elems 0) or elements
- * (elems 1, an FSDP1 piece), its data where mem says, and its factors as the merge takes them. */
+ * (elems 1, an FSDP1 piece), its data where mem says, and its factors as the merge takes them.
+ * ncols > 0: a block, columns [col0, col0 + ncols) of the rows and never all of them (the
+ * public entry turns a block of every column into a row part). */
 typedef struct lsl_i_part {
     uint64_t first, count;
     int elems;
@@ -41,6 +43,7 @@ typedef struct lsl_i_part {
     lsl_memspace mem;
     void *stream;
     const lsl_i_lora *lora;
+    uint64_t col0, ncols;
 } lsl_i_part;
 
 /* The phases LSL_PROFILE reports, in print order; what falls in none is printed as "other". */
@@ -109,11 +112,20 @@ struct lsl_writer {
 /* One tensor's put, shared by the host and device paths. */
 typedef struct lsl_i_putctx {
     const lsl_tensor_info *t;
-    /* row0, nrows: the rows this part touches; e0, ne: its elements (whole rows unless elems) */
+    /* row0, nrows: the rows this part touches; e0, ne: its elements (whole rows unless elems or
+     * block: then e0 is the first element, ne the count); base: the file offset of element e0 */
     uint64_t rows, relems, esize, rbytes, row0, nrows, e0, ne, my_bytes, base;
     int elems; /* an element-range part (lsl_writer_put_elems_all) */
     int dora;  /* DoRA, agreed among the parts that hold data */
     uint32_t crc;
+    /* Some rank passed a block (agreed): every rank then writes its rows as pieces of c0, nc
+     * columns (pbytes bytes each, its whole rows included), rbytes apart, with
+     * lsl_i_put_write_rows, and checksums them as the tensor's bytes with zeros elsewhere (crc_end:
+     * the tensor byte its running CRC has reached; gap_op: the zero bytes between two of its
+     * pieces). */
+    int block;
+    uint64_t c0, nc, pbytes, crc_end;
+    uint32_t gap_op[32];
 } lsl_i_putctx;
 
 /* Collective.  Local checks, then the collective ones (same tensor everywhere, parts tiling the
@@ -122,6 +134,12 @@ typedef struct lsl_i_putctx {
 lsl_status lsl_i_put_begin(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
                            bool has_data, const lsl_i_lora *lora, int mem, lsl_status st,
                            lsl_i_putctx *pc);
+/* Collective.  As lsl_i_put_begin for the block of rows [row0, row0 + nrows) and columns
+ * [col0, col0 + ncols) (ncols 0: every column): when some rank passes a block, the ranks' parts
+ * must tile the tensor's rectangle, and pc->block is set on every rank. */
+lsl_status lsl_i_put_begin_block(lsl_writer *w, uint64_t index, uint64_t row0, uint64_t nrows,
+                                 uint64_t col0, uint64_t ncols, bool has_data,
+                                 const lsl_i_lora *lora, int mem, lsl_status st, lsl_i_putctx *pc);
 /* Collective.  As lsl_i_put_begin for the elements [e0, e0 + ne) of the row-major tensor: the
  * ranks' ranges must tile the tensor's elements in rank order. */
 lsl_status lsl_i_put_begin_elems(lsl_writer *w, uint64_t index, uint64_t e0, uint64_t ne,
@@ -136,6 +154,12 @@ void lsl_i_put_write(lsl_writer *w, lsl_i_putctx *pc, uint64_t off, const void *
  * records it and the LoRA attributes, reports progress. */
 lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_i_lora *lora,
                          lsl_status st);
+/* Collective over MPI-IO, for a put with pc->block: the part's local rows [first_row,
+ * first_row + nrows), nrows * pc->pbytes bytes at buf, each row's piece to its place in the
+ * tensor; checksummed as they go (lsl_i_putctx).  A rank that failed (*st) or has nothing left
+ * joins with nothing. */
+void lsl_i_put_write_rows(lsl_writer *w, lsl_i_putctx *pc, uint64_t first_row, uint64_t nrows,
+                          const void *buf, lsl_status *st);
 /* Rows [first_row, first_row + nrows) of the part (local rows): where the part's own elements
  * among them sit, at byte *pos of those rows and byte *off of the part, *count bytes.  Returns
  * 1 when they are not all the rows' elements (an element-range part's first or last row: the
@@ -163,13 +187,13 @@ lsl_status lsl_i_writer_open_cuda(lsl_writer *w);
 lsl_status lsl_i_put_device(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
                             int elems, const void *data, void *stream, const lsl_i_src *src,
                             const lsl_i_lora *lora, lsl_status st0);
-/* Collective.  A device part whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE):
+/* Collective.  A device part whose merge has no kernel (DoRA, LSL_LORA_DELTA_IN_WEIGHT_DTYPE, a
+ * block: lsl_i_part_on_cpu):
  * the host chunk loop's CPU merge, with W0 copied down chunk by chunk into the staging budget on
  * the part's stream (after the work queued there), and the factors copied down whole.  The file
  * holds the bytes a host part writes.  st: this rank's status so far (lsl_put_cpudev.c). */
-lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, uint64_t first, uint64_t count,
-                                   int elems, const void *data, void *stream,
-                                   const lsl_i_lora *lora, lsl_status st);
+lsl_status lsl_i_put_device_on_cpu(lsl_writer *w, uint64_t index, const lsl_i_part *p,
+                                   lsl_status st);
 /* Collective.  Step two of lsl_writer_put_batch_all for a directory output whose parts are all
  * plain device row parts with their whole A (parts[i].lora flagged LSL_I_LORA_A_FULL): every put
  * begun, their chunks merged in turn through the ring and queued on the I/O pool, every put
@@ -194,6 +218,12 @@ static inline bool lsl_i_lora_on_cpu(const lsl_i_lora *l)
 {
     return l && (l->magnitude || (l->flags & LSL_LORA_DELTA_IN_WEIGHT_DTYPE));
 }
+/* Whether a device part is merged (or copied) by the host chunk loop: its LoRA has no kernel, or
+ * it is a block (the device loop writes whole rows only). */
+static inline bool lsl_i_part_on_cpu(const lsl_i_part *p)
+{
+    return p->ncols || lsl_i_lora_on_cpu(p->lora);
+}
 
 /* Collective.  The host chunk loop (lsl_put_host.c), after the put's agreement (pcp): merge or
  * copy the part chunk by chunk.  An element-range part (pcp->elems, from memory) is merged in
@@ -202,6 +232,14 @@ static inline bool lsl_i_lora_on_cpu(const lsl_i_lora *l)
  * before any write (a LoRA part only). */
 lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
                           const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0);
+
+/* Collective.  lsl_i_put_body for a tensor held in blocks (pcp->block): this rank's rows, each
+ * of its block's columns, from memory (copied unchanged straight from it) or the device (through
+ * the staging budget), merged on the CPU with A's columns of the block (lsl_put_block.c). */
+lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
+                                const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0);
+/* Not collective: n bytes at offset off of a part's data, wherever it lives, into dst. */
+lsl_status lsl_i_src_read(const lsl_i_src *s, uint64_t off, uint64_t n, void *dst);
 
 /* Collective: a part whose factors are resolved down its path (host or device, by part->mem);
  * route: the resolution's agreed answer (lsl_i_factors_resolve), NULL to ask here; st this
@@ -213,5 +251,9 @@ lsl_status lsl_i_put_one(lsl_writer *w, uint64_t index, const lsl_i_part *part,
  * arrive from a caller; a device part waits for the work its caller queued on `stream`, which
  * the library's own copies and streams are not ordered after (lsl_i_cuda_after_caller). */
 lsl_status lsl_i_part_entry(const lsl_lora_part *l, lsl_memspace mem, void *stream, const char *fn);
+/* Not collective: a public part as the library takes it, a block of every column made a row
+ * part (fn, the public call, names a col0 without ncols: LSL_ERR_INVALID_ARG, *p still set). */
+lsl_status lsl_i_part_of(const lsl_writer *w, uint64_t index, const lsl_part *part, const char *fn,
+                         lsl_i_part *p);
 
 #endif

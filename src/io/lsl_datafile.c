@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -188,6 +189,80 @@ lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf
     double t0 = lsl_i_wall();
     lsl_status st = write_any(f, off, buf, count, what);
     lsl_i_trace_write(f->comm->rank, f->path, call, off, count, what, t0, lsl_i_wall());
+    return st;
+}
+
+/* One collective write of n pieces through a view: the view's filetype places the pieces, the
+ * memory side is contiguous.  The view is set and reset on every rank (MPI_File_set_view is
+ * collective), whatever failed. */
+static lsl_status write_rows_mpi(lsl_i_datafile *f, uint64_t off, uint64_t piece, uint64_t stride,
+                                 uint64_t n, const void *buf, const char *what)
+{
+    static const unsigned char none = 0;
+    uint64_t count = n * piece;
+    bool injected = count && lsl_i_fault(LSL_FAULT_WRITE);
+    lsl_status st = LSL_OK;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: writing %s", f->path, what);
+    if (count > MPI_PIECE || piece > INT_MAX || n > INT_MAX || stride > (uint64_t)INT64_MAX)
+        st = lsl_i_fail(LSL_ERR_INVALID_ARG,
+                        "%s: a write of %llu pieces of %llu bytes exceeds 1 GiB", f->path,
+                        (unsigned long long)n, (unsigned long long)piece);
+    if (st != LSL_OK || injected)
+        count = 0;
+    MPI_Datatype ft = MPI_BYTE;
+    int typed = 0;
+    if (count) {
+        int mrc = MPI_Type_create_hvector((int)n, (int)piece, (MPI_Aint)stride, MPI_BYTE, &ft);
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Type_commit(&ft);
+        typed = mrc == MPI_SUCCESS;
+        if (!typed) {
+            st = lsl_i_mpi_fail(mrc, msg);
+            ft = MPI_BYTE;
+            count = 0;
+        }
+    }
+    int mrc = MPI_File_set_view(f->fh, count ? (MPI_Offset)off : 0, MPI_BYTE, ft, "native",
+                                MPI_INFO_NULL);
+    MPI_Status ms;
+    int wrc = MPI_File_write_at_all(f->fh, 0, count ? buf : &none, (int)count, MPI_BYTE, &ms);
+    int rrc = MPI_File_set_view(f->fh, 0, MPI_BYTE, MPI_BYTE, "native", MPI_INFO_NULL);
+    f->calls++;
+    if (typed)
+        MPI_Type_free(&ft);
+    if (st != LSL_OK)
+        return st;
+    if (injected)
+        return lsl_i_fail_errno(LSL_ERR_IO, EIO, "%s: writing %s (LSL_FAULT)", f->path, what);
+    if (mrc != MPI_SUCCESS || wrc != MPI_SUCCESS || rrc != MPI_SUCCESS)
+        return lsl_i_mpi_fail(mrc != MPI_SUCCESS ? mrc : wrc != MPI_SUCCESS ? wrc : rrc, msg);
+    int got = 0;
+    MPI_Get_count(&ms, MPI_BYTE, &got);
+    if (count && (uint64_t)got != count)
+        return lsl_i_fail(LSL_ERR_NOSPACE,
+                          "%s: short write of %s (%d of %llu bytes): filesystem full or quota "
+                          "exceeded?",
+                          f->path, what, got, (unsigned long long)count);
+    return LSL_OK;
+}
+
+lsl_status lsl_i_datafile_write_rows(lsl_i_datafile *f, uint64_t off, uint64_t piece,
+                                     uint64_t stride, uint64_t n, const void *buf, const char *what)
+{
+    if (f->fh_open && !f->pool) {
+        double t0 = lsl_i_wall();
+        uint64_t call = f->calls;
+        lsl_status st = write_rows_mpi(f, off, piece, stride, n, buf, what);
+        for (uint64_t i = 0; lsl_i_trace_on() && i < n && piece; i++)
+            lsl_i_trace_write(f->comm->rank, f->path, call, off + i * stride, piece, what, t0,
+                              lsl_i_wall());
+        return st;
+    }
+    lsl_status st = LSL_OK;
+    const unsigned char *p = buf;
+    for (uint64_t i = 0; st == LSL_OK && i < n && piece; i++)
+        st = lsl_i_datafile_write(f, off + i * stride, p + i * piece, piece, what);
     return st;
 }
 

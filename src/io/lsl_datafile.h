@@ -49,6 +49,16 @@ lsl_status lsl_i_datafile_open_set(lsl_i_comm *comm, const char *tmpdir, const c
 lsl_status lsl_i_datafile_write(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                                 const char *what);
 
+/* As lsl_i_datafile_write for n pieces of `piece` bytes, contiguous at buf, to offsets off,
+ * off + stride, ... (a block of columns of a row-major tensor: one piece a row).  Over MPI one
+ * collective write through a file view (every rank calls it, a rank with nothing passes n 0),
+ * so MPI-IO's collective buffering can turn the ranks' interleaved pieces into whole stripes;
+ * with positional writes one pwrite a piece; for a set each piece is queued.  n * piece at
+ * most 1 GiB over MPI. */
+lsl_status lsl_i_datafile_write_rows(lsl_i_datafile *f, uint64_t off, uint64_t piece,
+                                     uint64_t stride, uint64_t n, const void *buf,
+                                     const char *what);
+
 /* Not collective.  For a set (lsl_i_datafile_open_set) the write is queued and returns at once:
  * the caller may touch [buf, buf + len) again only after this returns (it waits until no
  * queued write reads it).  The first failure of a queued write, else LSL_OK; a no-op for one

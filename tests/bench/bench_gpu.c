@@ -442,8 +442,9 @@ static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
                                     .scaling = 2.0,
                                     .a = {B->a[i], LSL_F32, a0 * in, an * in},
                                     .b = {B->b[i], LSL_F32, B->r0[i] * r, B->nr[i] * r}};
-            p[k] = (lsl_part){B->r0[i],       B->nr[i], B->w[i],
-                              LSL_MEM_DEVICE, NULL,     B->s[i].lora ? &lp[k] : NULL};
+            p[k] = (lsl_part){
+                B->r0[i], B->nr[i], B->w[i], LSL_MEM_DEVICE, NULL, B->s[i].lora ? &lp[k] : NULL,
+                0,        0};
             idx[k] = (uint64_t)i;
         }
         st = B->batch == 1 ? lsl_writer_put_all(wr, idx[0], &p[0])

@@ -39,7 +39,7 @@ int main(int argc, char **argv)
                        {b + r0 * R, LSL_F32, r0 * R, nr * R},
                        {NULL, LSL_F32, 0, 0},
                        0};
-    lsl_part p = {r0, nr, w0 + r0 * COLS, LSL_MEM_HOST, NULL, &l};
+    lsl_part p = {r0, nr, w0 + r0 * COLS, LSL_MEM_HOST, NULL, &l, 0, 0};
     lsl_comm *comm = NULL;
     lsl_status st = lsl_comm_from_mpi(MPI_COMM_WORLD, &comm);
     if (st == LSL_OK)

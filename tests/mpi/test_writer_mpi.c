@@ -252,7 +252,8 @@ static void test_merge_and_copy(int big, int batch)
         for (int d = 1; d < t[i].ndim; d++)
             rb *= t[i].shape[d];
         lsl_partition_rows(rows, size, rank, &r0, &n);
-        lsl_part part = {r0, n, dev((unsigned char *)full[i] + r0 * rb, n * rb), MEM, NULL, NULL};
+        lsl_part part = {r0, n, dev((unsigned char *)full[i] + r0 * rb, n * rb), MEM, NULL, NULL,
+                         0,  0};
         lsl_lora_part *lp = &lps[i];
         void *ashard = NULL;
         if (i < nl) {
@@ -416,7 +417,7 @@ static void test_error_agreement(void)
         CHECK(st == LSL_OK, "setup: %s", lsl_last_error());
         uint64_t r0, n;
         lsl_partition_rows(10, size, rank, &r0, &n);
-        lsl_part p = {r0, n, dev(data + r0 * 4, n * 8), MEM, NULL, NULL};
+        lsl_part p = {r0, n, dev(data + r0 * 4, n * 8), MEM, NULL, NULL, 0, 0};
         float a[4] = {1, 1, 1, 1}, b[10] = {10, 10, 10, 10, 10, 10, 10, 10, 10, 10};
         lsl_lora_part lp =
             lora_f32(1, 1e38, 4, 0, rank == 0 ? 1 : 0, dev(a, 16), r0, n, dev(b + r0, n * 4));
@@ -445,7 +446,7 @@ static void test_error_agreement(void)
             /* in case 3 rank 0's rows of A start one row late */
             lsl_lora_part l2 = lora_f32(2, 1, 4, a0 + (c == 3 && rank == 0), an,
                                         dev(a2 + a0 * 4, an * 16), r0, n, dev(b2 + r0 * 2, n * 8));
-            lsl_part bp[2] = {p, {v0, vn, dev(v + v0, vn * 4), MEM, NULL, NULL}};
+            lsl_part bp[2] = {p, {v0, vn, dev(v + v0, vn * 4), MEM, NULL, NULL, 0, 0}};
             bp[0].lora = &l2;
             uint64_t nb = c == 4 && rank == size - 1 ? 1 : 2;
             st = lsl_writer_put_batch_all(w, nb, idx, bp);
@@ -527,7 +528,7 @@ static void test_define_checks(void)
     st = st ? st : lsl_writer_define_all(w, 1, &ok);
     uint64_t r0, n;
     lsl_partition_rows(3, size, rank, &r0, &n);
-    lsl_part p = {r0, n, v + r0, LSL_MEM_HOST, NULL, NULL};
+    lsl_part p = {r0, n, v + r0, LSL_MEM_HOST, NULL, NULL, 0, 0};
     st = st ? st : lsl_writer_put_all(w, 0, &p);
     st = st ? st : lsl_writer_close_all(&w);
     CHECK(st == LSL_OK, "overwrite: %s", lsl_last_error());
@@ -570,7 +571,7 @@ static void write_four_floats(lsl_writer **w)
     float v[4] = {1, 2, 3, 4};
     uint64_t r0, nr;
     lsl_partition_rows(4, size, rank, &r0, &nr);
-    lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
+    lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL, 0, 0};
     CHECK(lsl_writer_define_all(*w, 1, &t) == LSL_OK, "define: %s", lsl_last_error());
     CHECK(lsl_writer_put_all(*w, 0, &part) == LSL_OK, "put: %s", lsl_last_error());
     CHECK(lsl_writer_close_all(w) == LSL_OK, "close: %s", lsl_last_error());
@@ -683,7 +684,7 @@ static void test_log_sink(void)
     float v[4] = {1, 2, 3, 4};
     uint64_t r0, nr;
     lsl_partition_rows(4, size, rank, &r0, &nr);
-    lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL};
+    lsl_part part = {r0, nr, v + r0, LSL_MEM_HOST, NULL, NULL, 0, 0};
     if (st == LSL_OK)
         st = lsl_writer_define_all(w, 1, &t);
     if (st == LSL_OK)
@@ -878,18 +879,18 @@ static void test_elems_dora(int bycol)
             if (bycol) { /* W = (B' @ A')^T with A' = B^T, B' = A^T, every rank holding them whole,
                             and every column's magnitude: the same delta, its norm down the
                             columns */
-                lp.a = (lsl_factor){ON(Bt, rows * r * 4), LSL_F32, 0, r * rows};
-                lp.b = (lsl_factor){ON(At, cols * r * 4), LSL_F32, 0, cols * r};
-                lp.magnitude = (lsl_factor){ON(mag, cols * 4), LSL_F32, 0, cols};
+                lp.a = (lsl_factor){ON(Bt, rows * r * 4), LSL_F32, 0, r * rows, 0};
+                lp.b = (lsl_factor){ON(At, cols * r * 4), LSL_F32, 0, cols * r, 0};
+                lp.magnitude = (lsl_factor){ON(mag, cols * 4), LSL_F32, 0, cols, 0};
                 lp.flags = LSL_LORA_TRANSPOSED;
             } else { /* the rows' magnitudes split as B's rows */
-                lp.magnitude = (lsl_factor){qn ? ON(mag + q0, qn * 4) : NULL, LSL_F32, q0, qn};
+                lp.magnitude = (lsl_factor){qn ? ON(mag + q0, qn * 4) : NULL, LSL_F32, q0, qn, 0};
             }
             if (st == LSL_OK && !rowp) {
                 lsl_elem_part ep = {e0, ne, ON(w0 + e0, ne * 2), mem, NULL, &lp};
                 st = lsl_writer_put_elems_all(w, 0, &ep);
             } else if (st == LSL_OK) {
-                lsl_part p = {q0, qn, ON(w0 + q0 * cols, qn * cols * 2), mem, NULL, &lp};
+                lsl_part p = {q0, qn, ON(w0 + q0 * cols, qn * cols * 2), mem, NULL, &lp, 0, 0};
                 st = lsl_writer_put_all(w, 0, &p);
             }
 #undef ON
@@ -1003,8 +1004,8 @@ static void test_factor_layouts(void)
                             .flags = k == 3 ? LSL_LORA_TRANSPOSED : 0};
         if (k == 5 && rank == 0)
             lp.a.dtype = LSL_BF16;
-        lsl_part parts[2] = {{r0, nr, dev(w0 + r0 * IN, nr * IN * 2), MEM, NULL, &lp},
-                             {p0, pn, dev(pv + p0, pn * 4), MEM, NULL, NULL}};
+        lsl_part parts[2] = {{r0, nr, dev(w0 + r0 * IN, nr * IN * 2), MEM, NULL, &lp, 0, 0},
+                             {p0, pn, dev(pv + p0, pn * 4), MEM, NULL, NULL, 0, 0}};
         lsl_writer *w = NULL;
         lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
         cfg.quiet = 1;
@@ -1037,6 +1038,191 @@ static void test_factor_layouts(void)
                   what[k]);
     lsl_check_report("LoRA factors as held (row shards, whole, element ranges, transposed) give "
                      "the same file; a hole or a dtype disagreement fails everywhere by name",
+                     before);
+}
+
+/* Parts of columns (FSDP2's Shard(1), tensor parallelism): the ranks' blocks of each tensor, in
+ * any arrangement, give the file row parts give, byte for byte, HDF5 and directory alike; LoRA
+ * factors held as Shard(1) column blocks (passed transposed), whole, or in element ranges; a
+ * transposed delta (Conv1D) and PEFT's Embedding rule on blocks; a tensor copied unchanged.
+ * An overlap or a hole fails every rank naming the tensor, DoRA on blocks is refused by name,
+ * and nothing is left behind. */
+static void block_of(int k, int rk, uint64_t rows, uint64_t cols, uint64_t seed, uint64_t *r0,
+                     uint64_t *nr, uint64_t *c0, uint64_t *nc)
+{
+    uint64_t cut[9];
+    *r0 = 0, *nr = rows, *c0 = 0, *nc = cols;
+    if (k == 0) { /* row parts: the reference */
+        lsl_partition_rows(rows, size, rk, r0, nr);
+        *nc = 0;
+    } else if (k == 1 || k == 4 || k == 5) { /* every row, random column cuts (empty ones too) */
+        elem_cuts(seed, cols, 0, 0, cut);
+        *c0 = cut[rk], *nc = cut[rk + 1] - cut[rk];
+    } else if (k == 2) { /* column blocks in reverse rank order */
+        lsl_partition_rows(cols, size, size - 1 - rk, c0, nc);
+    } else { /* k == 3: rank 0 the top third of the rows whole, the others the rest in columns */
+        uint64_t top = size > 1 ? rows / 3 : rows;
+        if (rk == 0) {
+            *nr = top;
+            *nc = 0;
+        } else {
+            *r0 = top, *nr = rows - top;
+            lsl_partition_rows(cols, size - 1, rk - 1, c0, nc);
+        }
+    }
+    if (*nc == 0 && k != 0 && !(k == 3 && rk == 0))
+        *nr = 0; /* an empty block */
+}
+
+static void test_blocks(void)
+{
+    int before = lsl_check_total();
+    enum { NT = 4, NK = 6 };
+    lsl_tensor_info t[NT] = {{"w", LSL_BF16, 2, {13, 11}},
+                             {"embed", LSL_F16, 2, {9, 14}},
+                             {"conv", LSL_F32, 2, {10, 7}}, /* W [in, out]: a transposed delta */
+                             {"plain", LSL_F32, 2, {5, 6}}};
+    const uint64_t rr[NT] = {3, 2, 4, 0};
+    const lsl_dtype fdt[NT] = {LSL_F32, LSL_F16, LSL_BF16, LSL_F32};
+    const unsigned flags[NT] = {0, LSL_LORA_DELTA_IN_WEIGHT_DTYPE, LSL_LORA_TRANSPOSED, 0};
+    void *w0[NT], *A[NT], *B[NT], *TA[NT], *TB[NT], *M = malloc(64);
+    uint64_t na[NT], nb[NT], ain[NT], bout[NT];
+    for (int i = 0; i < NT; i++) {
+        uint64_t rows = t[i].shape[0], cols = t[i].shape[1], r = rr[i], es = esz(fdt[i]);
+        int tr = (flags[i] & LSL_LORA_TRANSPOSED) != 0;
+        ain[i] = tr ? rows : cols, bout[i] = tr ? cols : rows; /* A [r, in], B [out, r] */
+        na[i] = r * ain[i], nb[i] = bout[i] * r;
+        w0[i] = malloc(rows * cols * esz(t[i].dtype));
+        A[i] = malloc(na[i] * es + 1), B[i] = malloc(nb[i] * es + 1);
+        TA[i] = malloc(na[i] * es + 1), TB[i] = malloc(nb[i] * es + 1);
+        fill(t[i].dtype, w0[i], rows * cols, 0.05, 2100 + (uint64_t)i);
+        fill(fdt[i], A[i], na[i], 0.2, 2200 + (uint64_t)i);
+        fill(fdt[i], B[i], nb[i], 0.1, 2300 + (uint64_t)i);
+        for (uint64_t k = 0; k < r; k++) { /* A^T [in, r], B^T [r, out] */
+            for (uint64_t j = 0; j < ain[i]; j++)
+                memcpy((unsigned char *)TA[i] + (j * r + k) * es,
+                       (unsigned char *)A[i] + (k * ain[i] + j) * es, es);
+            for (uint64_t j = 0; j < bout[i]; j++)
+                memcpy((unsigned char *)TB[i] + (k * bout[i] + j) * es,
+                       (unsigned char *)B[i] + (j * r + k) * es, es);
+        }
+    }
+    fill(LSL_BF16, M, 13, 0.3, 2400);
+    static const char *what[NK] = {"row parts",
+                                   "column cuts, A held in Shard(1) column blocks",
+                                   "column blocks in reverse rank order, B in row shards",
+                                   "a row part beside column blocks, factors in element ranges",
+                                   "overlapping blocks",
+                                   "DoRA on blocks"};
+    char path[NK][2][600];
+    uint64_t idx[NT] = {0, 1, 2, 3};
+    for (int k = 0; k < NK; k++)
+        for (int hf = 0; hf < 2; hf++) {
+            if ((k == 5 || (k == 4 && hf)) && size == 1)
+                continue; /* one rank's block of every column is a row part */
+            snprintf(path[k][hf], sizeof path[k][hf], "%s/blocks-%d%s", dir, k, hf ? "" : ".h5");
+            lsl_lora_part lp[NT];
+            lsl_part parts[NT];
+            unsigned char *blk[NT]; /* each tensor's block of this rank, contiguous */
+            for (int i = 0; i < NT; i++) {
+                uint64_t rows = t[i].shape[0], cols = t[i].shape[1], r = rr[i], es = esz(fdt[i]);
+                uint64_t r0, nr, c0, nc, a0, an, b0, bn, cut[9];
+                block_of(k, rank, rows, cols, 2500 + (uint64_t)(10 * k + i), &r0, &nr, &c0, &nc);
+                if (k == 4 && rank == 1 && nr) /* rank 1 also claims rank 0's first column */
+                    nc += c0, c0 = 0;
+                if (k == 4 && size == 1)
+                    nc = cols - 1; /* a hole: the last column is nobody's */
+                const void *fa = A[i], *fb = B[i];
+                int ta = 0, tb = 0;
+                lsl_partition_rows(r, size, rank, &a0, &an); /* A by rows of A */
+                a0 *= ain[i], an *= ain[i];
+                lsl_partition_rows(bout[i], size, rank, &b0, &bn); /* B by rows of B */
+                b0 *= r, bn *= r;
+                if (k == 1) { /* A in Shard(1): columns of A, passed transposed; B whole */
+                    lsl_partition_rows(ain[i], size, rank, &a0, &an);
+                    a0 *= r, an *= r, fa = TA[i], ta = 1;
+                    b0 = 0, bn = nb[i];
+                } else if (k == 3) { /* A in element ranges; B's columns passed transposed */
+                    elem_cuts(2600 + (uint64_t)i, na[i], 0, 0, cut);
+                    a0 = cut[rank], an = cut[rank + 1] - cut[rank];
+                    lsl_partition_rows(r, size, rank, &b0, &bn);
+                    b0 *= bout[i], bn *= bout[i], fb = TB[i], tb = 1;
+                } else if (k == 2) {
+                    a0 = 0, an = na[i];
+                }
+                lp[i] =
+                    (lsl_lora_part){.rank = r,
+                                    .alpha = 2.0,
+                                    .scaling = 0.75,
+                                    .a = {an ? dev((unsigned char *)fa + a0 * es, an * es) : NULL,
+                                          fdt[i], a0, an, ta},
+                                    .b = {bn ? dev((unsigned char *)fb + b0 * es, bn * es) : NULL,
+                                          fdt[i], b0, bn, tb},
+                                    .flags = flags[i]};
+                if (k == 5 && i == 0) /* DoRA: the magnitude in row shards */
+                    lp[i].magnitude = (lsl_factor){nr ? dev((uint16_t *)M + r0, nr * 2) : NULL,
+                                                   LSL_BF16, r0, nr, 0};
+                uint64_t es_w = esz(t[i].dtype), w = nc ? nc : cols;
+                blk[i] = malloc(nr * w * es_w + 1);
+                for (uint64_t q = 0; q < nr; q++)
+                    memcpy(blk[i] + q * w * es_w,
+                           (unsigned char *)w0[i] + ((r0 + q) * cols + (nc ? c0 : 0)) * es_w,
+                           w * es_w);
+                parts[i] = (lsl_part){.row0 = r0,
+                                      .nrows = nr,
+                                      .data = nr ? dev(blk[i], nr * w * es_w) : NULL,
+                                      .mem = MEM,
+                                      .lora = r ? &lp[i] : NULL,
+                                      .col0 = nc ? c0 : 0,
+                                      .ncols = nc};
+            }
+            lsl_writer *wr = NULL;
+            lsl_writer_config cfg = LSL_WRITER_CONFIG_INIT;
+            cfg.quiet = 1;
+            lsl_status st = create_writer(path[k][hf], &cfg, &wr);
+            if (st == LSL_OK)
+                st = lsl_writer_define_all(wr, NT, t);
+            if (st == LSL_OK && k % 2)
+                st = lsl_writer_put_batch_all(wr, NT, idx, parts);
+            for (int i = 0; st == LSL_OK && !(k % 2) && i < NT; i++)
+                st = lsl_writer_put_all(wr, (uint64_t)i, &parts[i]);
+            if (k < 4) {
+                CHECK(st == LSL_OK, "blocks, %s%s: %s", what[k], hf ? ", directory" : "",
+                      lsl_last_error());
+                st = st == LSL_OK ? lsl_writer_close_all(&wr) : st;
+                CHECK(st == LSL_OK, "blocks, %s: close: %s", what[k], lsl_last_error());
+            } else {
+                lsl_status want = k == 4 ? LSL_ERR_SHAPE : LSL_ERR_UNSUPPORTED;
+                const char *word = k == 5 ? "DoRA" : size == 1 ? "hold" : "overlaps";
+                CHECK(
+                    st == want && strstr(lsl_last_error(), "`w`") && strstr(lsl_last_error(), word),
+                    "blocks, %s: returned %s (%s)", what[k], lsl_status_name(st), lsl_last_error());
+                lsl_writer_abort_all(&wr);
+                CHECK(wr == NULL && !file_exists(path[k][hf]), "blocks, %s: output left behind",
+                      what[k]);
+            }
+            for (int i = 0; i < NT; i++)
+                free(blk[i]);
+        }
+    if (rank == 0)
+        for (int k = 1; k < 4; k++) {
+            CHECK(same_bytes(path[0][0], path[k][0]), "blocks, %s: other bytes than row parts",
+                  what[k]);
+            static const char *files[] = {"model.safetensors", "loraslab.json", "checksums.json"};
+            for (int f = 0; f < 3; f++) {
+                char a[700], b[700];
+                snprintf(a, sizeof a, "%s/%s", path[0][1], files[f]);
+                snprintf(b, sizeof b, "%s/%s", path[k][1], files[f]);
+                CHECK(same_bytes(a, b), "blocks, %s: directory's %s differs from row parts'",
+                      what[k], files[f]);
+            }
+        }
+    for (int i = 0; i < NT; i++) {
+        free(w0[i]), free(A[i]), free(B[i]), free(TA[i]), free(TB[i]);
+    }
+    free(M);
+    lsl_check_report("blocks of columns (Shard(1), a 2-D arrangement, a row part beside blocks) "
+                     "give the row parts' file and directory; overlaps and DoRA refused by name",
                      before);
 }
 
@@ -1118,18 +1304,18 @@ static void test_cpu_formulas(void)
                     a = TB[i];
                     b = TA[i];
                     lp[i].a = (lsl_factor){ON(a + a0 * out * es, an * out * es), fdt[i], a0 * out,
-                                           an * out};
+                                           an * out, 0};
                     lp[i].b =
-                        (lsl_factor){ON(b + p0 * r * es, pn * r * es), fdt[i], p0 * r, pn * r};
+                        (lsl_factor){ON(b + p0 * r * es, pn * r * es), fdt[i], p0 * r, pn * r, 0};
                 }
                 if (i < 2) { /* DoRA: rows' magnitudes, or every column's on every rank */
                     uint64_t m0 = i == 1 ? 0 : q0, mn = i == 1 ? in : qn;
                     lp[i].magnitude =
-                        (lsl_factor){ON((uint16_t *)M[i] + m0, mn * 2), LSL_BF16, m0, mn};
+                        (lsl_factor){ON((uint16_t *)M[i] + m0, mn * 2), LSL_BF16, m0, mn, 0};
                 }
                 uint64_t rb = in * esz(t[i].dtype);
-                parts[i] = (lsl_part){q0,  qn,   ON((unsigned char *)w0[i] + q0 * rb, qn * rb),
-                                      mem, NULL, &lp[i]};
+                parts[i] = (lsl_part){
+                    q0, qn, ON((unsigned char *)w0[i] + q0 * rb, qn * rb), mem, NULL, &lp[i], 0, 0};
                 order[i] = (uint64_t)i;
                 if (!batch) {
                     st = lsl_writer_put_all(w, (uint64_t)i, &parts[i]);
@@ -1240,7 +1426,8 @@ static void test_elems(void)
                 } else {
                     lsl_part p = {
                         q0,  qn,   dev((unsigned char *)w0[i] + q0 * cols * es, qn * cols * es),
-                        MEM, NULL, i < 2 ? &lp : NULL};
+                        MEM, NULL, i < 2 ? &lp : NULL,
+                        0,   0};
                     st = lsl_writer_put_all(w, i, &p);
                 }
                 CHECK(st == LSL_OK, "trial %d %s put of %s: %s", trial, pass ? "row" : "element",
@@ -1348,8 +1535,8 @@ static void test_put_collectives(void)
     if (st == LSL_OK)
         st = lsl_writer_define_all(w, 2, t);
     lsl_lora_part lp = lora_f32(2, 0.5, 4, a0, an, a + a0 * 4, r0, nr, b + r0 * 2);
-    lsl_part plain = {r0, nr, v + r0 * 4, LSL_MEM_HOST, NULL, NULL};
-    lsl_part lora = {r0, nr, v + r0 * 4, LSL_MEM_HOST, NULL, &lp};
+    lsl_part plain = {r0, nr, v + r0 * 4, LSL_MEM_HOST, NULL, NULL, 0, 0};
+    lsl_part lora = {r0, nr, v + r0 * 4, LSL_MEM_HOST, NULL, &lp, 0, 0};
     long c0 = lsl_test_cb_calls;
     if (st == LSL_OK)
         st = lsl_writer_put_all(w, 0, &plain);
@@ -1387,7 +1574,8 @@ static void test_callback_failures(void)
         lsl_test_cb_calls = 0;
         lsl_test_cb_fail_at = k;
         lsl_lora_part lp = lora_f32(2, 1.0, 4, 0, 2, la, 0, 6, lb);
-        lsl_part p0 = {0, 6, a, LSL_MEM_HOST, NULL, &lp}, p1 = {0, 5, b, LSL_MEM_HOST, NULL, NULL};
+        lsl_part p0 = {0, 6, a, LSL_MEM_HOST, NULL, &lp, 0, 0},
+                 p1 = {0, 5, b, LSL_MEM_HOST, NULL, NULL, 0, 0};
         lsl_status st = create_writer(path, &cfg, &w);
         if (st == LSL_OK)
             st = lsl_writer_define_all(w, 2, t);
@@ -1541,6 +1729,7 @@ int main(int argc, char **argv)
         test_elems_dora(1);
         test_cpu_formulas();
         test_factor_layouts();
+        test_blocks();
         test_put_collectives();
         if (size == 1) /* with peers, a failed collective is the transport's to fail */
             test_callback_failures();
@@ -1556,6 +1745,7 @@ int main(int argc, char **argv)
     test_elems_dora(1);
     test_cpu_formulas();
     test_factor_layouts();
+    test_blocks();
 #ifndef LSL_TEST_DEVICE
     test_define_checks();
     test_hints();

@@ -75,10 +75,25 @@ def build(args: argparse.Namespace) -> tuple:
     return peft, cfg
 
 
+def verl_placement(world: int):
+    """verl's FSDP2 placement (verl/utils/fsdp_utils.py get_shard_placement_fn): each parameter
+    sharded along its first dimension the world divides, else Shard(0); so a weight whose rows
+    do not divide gets Shard(1), and so may lora_A or lora_B."""
+    from torch.distributed.tensor import Shard
+
+    def fn(param: torch.Tensor):
+        for i, n in enumerate(param.shape):
+            if n % world == 0:
+                return Shard(i)
+        return Shard(0)
+    return fn
+
+
 def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
-         mixed: bool = False, hsdp: bool = False, offload: bool = False) -> torch.nn.Module:
+         mixed: bool = False, hsdp: bool = False, offload: bool = False,
+         verl: bool = False) -> torch.nn.Module:
     """mixed: compute in fp16 (MixedPrecision); the shards the save reads stay at their own
-    precision between steps."""
+    precision between steps.  verl: FSDP2 with verl's shard placement."""
     if how == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -86,11 +101,27 @@ def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
         mesh = init_device_mesh(device, (2, world // 2), mesh_dim_names=("replicate", "shard")) \
             if hsdp else init_device_mesh(device, (world,))
         kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.float16)} if mixed else {}
+        if verl:
+            kw["shard_placement_fn"] = verl_placement(mesh.size(mesh.ndim - 1))
         inner = peft.base_model.model
         layers = inner.transformer.h if hasattr(inner, "transformer") else inner.model.layers
         for layer in layers:
             fully_shard(layer, mesh=mesh, **kw)
         fully_shard(peft, mesh=mesh, **kw)
+        return peft
+    if how == "tp":  # tensor parallelism alone on a 1-D mesh: the base Linear layers' weights
+        # become DTensors, column-parallel ones Shard(0) rows, row-parallel ones Shard(1)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                       parallelize_module)
+        mesh = init_device_mesh(device, (dist.get_world_size(),))
+        plan = {}
+        for n, m in peft.named_modules():
+            leaf = n.rsplit(".", 2)
+            if n.endswith(".base_layer") and isinstance(m, torch.nn.Linear):
+                row = leaf[-2] in ("o_proj", "down_proj")
+                plan[n] = RowwiseParallel() if row else ColwiseParallel()
+        parallelize_module(peft, mesh, plan)
         return peft
     if how == "fsdp1":
         from peft.utils.other import fsdp_auto_wrap_policy
@@ -133,7 +164,7 @@ def ulps(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--wrap", default="fsdp2", choices=["fsdp2", "fsdp1", "ddp", "none"])
+    ap.add_argument("--wrap", default="fsdp2", choices=["fsdp2", "fsdp1", "ddp", "none", "tp"])
     ap.add_argument("--model", default="qwen2", choices=["qwen2", "gpt2"])
     ap.add_argument("--lora-r", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
@@ -141,7 +172,7 @@ def main() -> int:
     ap.add_argument("--stripe-mib", type=int, default=0)  # save_merged(stripe_size=): alignment
     for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
                  "second-adapter", "use-orig-params", "expect-refusal", "mixed-precision",
-                 "step", "hsdp", "cpu-offload"):
+                 "step", "hsdp", "cpu-offload", "verl-placement"):
         ap.add_argument("--" + flag, action="store_true")
     args = ap.parse_args()
     args.device = os.environ.get("LSL_TEST_DEVICE", "cpu")
@@ -169,7 +200,15 @@ def main() -> int:
     if getattr(ref.config, "tie_word_embeddings", False):
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
     model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision,
-                 args.hsdp, args.cpu_offload)
+                 args.hsdp, args.cpu_offload, args.verl_placement)
+    if args.verl_placement or args.wrap == "tp":  # a case only where some are in columns
+        from torch.distributed.tensor import Shard
+        cols = sorted(n for n, p in model.named_parameters()
+                      if any(isinstance(q, Shard) and q.dim == 1
+                             for q in getattr(p, "placements", ())))
+        check(bool(cols), "no parameter in Shard(1)")
+        if rank == 0:
+            print(f"torch_save: {len(cols)} parameters in Shard(1), e.g. {cols[:3]}")
     if args.step:  # a forward and backward first, as a training job saves between steps
         ids = (torch.arange(1, 17).reshape(2, 8) * 37 % 1001).to(args.device)
         model(input_ids=ids).logits.float().square().mean().backward()

@@ -85,6 +85,21 @@ else
   run fsdp2-qwen2-embed-mts-np3 torchrun 3 --embed --modules-to-save --lora-r 2
   # DoRA on an embedding: refused by name on every rank, as `loraslab merge` refuses it
   run fsdp2-qwen2-embed-dora-refused-np2 torchrun 2 --embed --dora --expect-refusal
+  # verl's FSDP2 placement: weights, lora_A and lora_B whose rows the world does not divide go
+  # in Shard(1) column blocks; the same bytes as Shard(0) row shards
+  run fsdp2-verl-qwen2-np3 torchrun 3 --verl-placement
+  run fsdp2-verl-qwen2-np4 torchrun 4 --verl-placement
+  same "verl's Shard(1) placement and Shard(0)" fsdp2-qwen2-np2 fsdp2-verl-qwen2-np3
+  same "verl's Shard(1) placement at 3 and 4 ranks" fsdp2-verl-qwen2-np3 fsdp2-verl-qwen2-np4
+  run fsdp2-verl-qwen2-embed-mts-np3 torchrun 3 --verl-placement --embed --modules-to-save \
+    --lora-r 2
+  same "verl's placement, embeddings and modules_to_save" fsdp2-qwen2-embed-mts-np3 \
+    fsdp2-verl-qwen2-embed-mts-np3
+  run fsdp2-verl-qwen2-dora-refused-np3 torchrun 3 --verl-placement --dora --expect-refusal
+  # tensor parallelism alone on a 1-D mesh: column-parallel weights in Shard(0), row-parallel
+  # ones in Shard(1), the factors whole on every rank
+  run tp-qwen2-np3 torchrun 3 --wrap tp
+  same "tensor parallelism and FSDP2" fsdp2-qwen2-np2 tp-qwen2-np3
   run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias --stripe-mib 1
   run none-qwen2-options-np2 torchrun 2 --wrap none --rslora --modules-to-save --embed --tie \
     --second-adapter --adapter mine

@@ -143,6 +143,41 @@ static void test_crc32c(void **s)
     assert_int_equal(lsl_crc32c_apply(op, big) ^ 0u, lsl_crc32c_combine(big, 0, (uint64_t)1 << 40));
 }
 
+/* Column blocks: k writers' pieces interleaved in one range, each writer's CRC taken over the
+ * whole range with zeros where the others write (zeros appended by operator), folded by XOR. */
+static void test_crc32c_masked(void **s)
+{
+    (void)s;
+    enum { ROWS = 37, COLS = 53 };
+    unsigned char buf[ROWS * COLS], zero[ROWS * COLS] = {0};
+    for (int i = 0; i < ROWS * COLS; i++)
+        buf[i] = (unsigned char)(i * 31 + 7);
+    uint32_t whole = lsl_crc32c_extend(0, buf, sizeof buf);
+    assert_int_equal(lsl_crc32c_extend_zeros(0, sizeof zero),
+                     lsl_crc32c_extend(0, zero, sizeof zero));
+    assert_int_equal(lsl_crc32c_extend_zeros(whole, 1000), lsl_crc32c_extend(whole, zero, 1000));
+    /* k column cuts, empty blocks included, for k = 1 .. 5 */
+    const int cuts[][6] = {
+        {0, COLS}, {0, 20, COLS}, {0, 0, 17, COLS}, {0, 1, 2, 40, COLS}, {0, 10, 10, 30, 52, COLS}};
+    for (int k = 1; k <= 5; k++) {
+        uint32_t fold = 0;
+        for (int j = 0; j < k; j++) {
+            int c0 = cuts[k - 1][j], nc = cuts[k - 1][j + 1] - c0;
+            uint32_t op[32], crc = 0;
+            uint64_t end = 0;
+            lsl_crc32c_zeros_op((uint64_t)(COLS - nc), op);
+            for (int r = 0; r < ROWS && nc; r++) {
+                uint64_t at = (uint64_t)r * COLS + (uint64_t)c0;
+                crc = r ? lsl_crc32c_extend_zeros_op(op, crc) : lsl_crc32c_extend_zeros(crc, at);
+                crc = lsl_crc32c_extend(crc, buf + at, (uint64_t)nc);
+                end = at + (uint64_t)nc;
+            }
+            fold ^= lsl_crc32c_extend_zeros(crc, sizeof buf - end);
+        }
+        assert_int_equal(lsl_crc32c_xor_fold(fold, (uint64_t)k, sizeof buf), whole);
+    }
+}
+
 static void test_dtypes(void **s)
 {
     (void)s;
@@ -457,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_f16),
         cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_crc32c_masked),
         cmocka_unit_test(test_dtypes),
         cmocka_unit_test(test_merge_rows),
         cmocka_unit_test(test_reader),

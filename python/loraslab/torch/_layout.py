@@ -1,10 +1,12 @@
-"""Which rows of a tensor this rank writes, and from where: the local shard of an FSDP2 DTensor
-(Shard(0): torch.chunk's rows, trailing ranks short or empty), or, for a tensor every rank holds
-whole (DDP, no wrapper, a replicated DTensor), this rank's torch.chunk slice of it, so N ranks
-still write N slices in parallel."""
+"""Which part of a tensor this rank writes, and from where: the local shard of an FSDP2 DTensor
+(Shard(0): torch.chunk's rows, trailing ranks short or empty; Shard(1): torch.chunk's columns of
+every row, a block), or, for a tensor every rank holds whole (DDP, no wrapper, a replicated
+DTensor), this rank's torch.chunk slice of its rows, so N ranks still write N slices in
+parallel."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -34,33 +36,37 @@ def is_dtensor(t: torch.Tensor) -> bool:
 
 @dataclasses.dataclass
 class Rows:
-    """rows [row0, row0 + nrows) of the global tensor, as a contiguous tensor `local`."""
+    """rows [row0, row0 + nrows) of the global tensor, as a contiguous tensor `local`; with ncols
+    > 0 only the elements [col0, col0 + ncols) of each row (a Shard(1) block, the row being
+    everything after dimension 0, flattened)."""
     shape: tuple
     row0: int
     nrows: int
     local: torch.Tensor
+    col0: int = 0
+    ncols: int = 0
 
 
 def local_rows(t: torch.Tensor, name: str, rank: int, size: int) -> Rows:
-    """The rows of t this rank writes (rank/size: the writer's communicator)."""
+    """The part of t this rank writes (rank/size: the writer's communicator)."""
     t = t.detach()
     if is_dtensor(t):
         from torch.distributed.tensor import Replicate, Shard
         pl = t.placements
         mesh_rank, mesh_size = None, None
-        if hsdp(t):  # (Replicate(), Shard(0)): replica 0's shard group writes
+        if hsdp(t):  # (Replicate(), Shard(d)): replica 0's shard group writes
             pl = pl[1:]
             mesh_rank, mesh_size = t.device_mesh.get_local_rank(1), t.device_mesh.size(1)
         if len(pl) != 1:
             raise Unsupported(f"tensor `{name}`: a {len(t.placements)}-D device mesh "
-                              f"({t.placements}): only HSDP's (Replicate(), Shard(0)) is "
+                              f"({t.placements}): only HSDP's (Replicate(), Shard(0 or 1)) is "
                               "supported, not tensor parallelism")
         p = pl[0]
         if isinstance(p, Replicate):
             return _slice(t.to_local(), rank, size)
-        if type(p) is not Shard or p.dim != 0:
+        if type(p) is not Shard or p.dim not in (0, 1) or (p.dim == 1 and t.ndim < 2):
             raise Unsupported(f"tensor `{name}`: placement {p}: only Shard(0) (FSDP2's "
-                              "default) and Replicate can be written")
+                              "default), Shard(1) and Replicate can be written")
         if mesh_size is None:
             mesh_rank, mesh_size = t.device_mesh.get_local_rank(), t.device_mesh.size()
         if mesh_size != size or mesh_rank != rank:
@@ -69,12 +75,29 @@ def local_rows(t: torch.Tensor, name: str, rank: int, size: int) -> Rows:
                               "group as process_group")
         local = t.to_local()
         shape = tuple(t.shape)
+        if p.dim == 1:
+            return _columns(local, shape, name, rank, size)
         r0, n = chunk_rows(shape[0] if shape else 1, size, rank)
         if tuple(local.shape[1:]) != shape[1:] or (shape and local.shape[0] != n):
             raise Unsupported(f"tensor `{name}`: local shard {tuple(local.shape)} is not "
                               f"torch.chunk's {n} rows of {shape}")
         return Rows(shape, r0, n, local.contiguous())
     return _slice(t, rank, size)
+
+
+def _columns(local: torch.Tensor, shape: tuple, name: str, rank: int, size: int) -> Rows:
+    """A Shard(1) shard: torch.chunk's columns c0:c0+nc of every row, which in the row-major
+    tensor are the elements [c0 * inner, (c0 + nc) * inner) of each row (inner: the elements
+    of one column, the dimensions after 1)."""
+    c0, nc = chunk_rows(shape[1], size, rank)
+    want = (shape[0], nc) + shape[2:]
+    if tuple(local.shape) != want:
+        raise Unsupported(f"tensor `{name}`: local shard {tuple(local.shape)} is not "
+                          f"torch.chunk's {nc} columns of {shape}")
+    inner = math.prod(shape[2:])
+    if nc == 0:  # nothing here: an empty part
+        return Rows(shape, 0, 0, local.contiguous())
+    return Rows(shape, 0, shape[0], local.contiguous(), c0 * inner, nc * inner)
 
 
 def _slice(full: torch.Tensor, rank: int, size: int) -> Rows:
@@ -86,9 +109,9 @@ def _slice(full: torch.Tensor, rank: int, size: int) -> Rows:
 
 
 def hsdp(t: torch.Tensor) -> bool:
-    """Whether t is an HSDP DTensor: (Replicate(), Shard(0)) on a 2-D mesh."""
+    """Whether t is an HSDP DTensor: (Replicate(), Shard(0 or 1)) on a 2-D mesh."""
     if not is_dtensor(t) or len(t.placements) != 2:
         return False
     from torch.distributed.tensor import Replicate, Shard
     a, b = t.placements
-    return isinstance(a, Replicate) and type(b) is Shard and b.dim == 0
+    return isinstance(a, Replicate) and type(b) is Shard and b.dim in (0, 1)

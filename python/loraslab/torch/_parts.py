@@ -44,8 +44,11 @@ def replicated(t: torch.Tensor) -> bool:
 def factor(t: Any, name: str, rank: int, size: int, device: torch.device,
            keep: Keep) -> _capi.Factor:
     """A LoRA factor as this rank holds it, for the library to gather what the merge needs: an
-    FSDP1 piece as its element range, an FSDP2 (or HSDP) shard as its rows' elements, a factor
-    every rank holds whole (DDP, no wrapper, a replicated DTensor) whole.  On the part's device."""
+    FSDP1 piece as its element range, an FSDP2 (or HSDP) Shard(0) shard as its rows' elements, a
+    Shard(1) shard as its columns (the local block transposed: a range of the factor's
+    transpose), a factor every rank holds whole (DDP, no wrapper, a replicated DTensor) whole.
+    On the part's device."""
+    transposed = 0
     if isinstance(t, _fsdp1.Piece):
         local, e0, n = t.local.detach(), (t.e0 if t.ne else 0), t.ne
     else:
@@ -53,12 +56,16 @@ def factor(t: Any, name: str, rank: int, size: int, device: torch.device,
         if is_dtensor(t) and (hsdp(t) or not replicated(t)):
             rows = local_rows(t, name, rank, size)
             cols = math.prod(rows.shape[1:])
-            local, e0, n = rows.local, rows.row0 * cols, rows.nrows * cols
+            if rows.ncols:  # columns [col0, col0 + ncols) of a 2-D factor
+                local, transposed = rows.local.t(), 1
+                e0, n = rows.col0 * rows.shape[0], rows.ncols * rows.shape[0]
+            else:
+                local, e0, n = rows.local, rows.row0 * cols, rows.nrows * cols
         else:
             local = t.to_local() if is_dtensor(t) else t
             e0, n = 0, local.numel()
     local = local.to(device).contiguous()
-    return _capi.Factor(keep.ptr(local), dtype_code(local, name), e0, n)
+    return _capi.Factor(keep.ptr(local), dtype_code(local, name), e0, n, transposed)
 
 
 def lora_part(it: Item, device: torch.device, rank: int, size: int,
@@ -151,6 +158,7 @@ def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: list[int], rank: i
             rows = local_rows(it.tensor, it.name, rank, size)
             part = parts[k]
             part.row0, part.nrows, part.data = rows.row0, rows.nrows, keep.ptr(rows.local)
+            part.col0, part.ncols = rows.col0, rows.ncols
             part.mem = _capi.MEM_DEVICE if rows.local.is_cuda else _capi.MEM_HOST
             if rows.local.is_cuda:
                 device = rows.local.device
