@@ -50,3 +50,16 @@ else
   echo "install-deps: pip installing scikit-build-core"
   python3 -m pip install -q "scikit-build-core>=0.10"
 fi
+
+# verl 0.9.1 for the verl suite (tests/torch/verl_tests.sh), in a virtual environment of its own:
+# it pins transformers below 5.11 (and kernels below 0.13), which the main suite's packages are
+# not.  torch 2.13's CPU build, as above.
+verl_venv=${LSL_VERL_VENV:-$HOME/.cache/loraslab/verl-venv}
+if "$verl_venv/bin/python" -c "import verl, peft; assert verl.__version__ == '0.9.1'" 2>/dev/null; then
+  echo "install-deps: verl 0.9.1 present in $verl_venv"
+else
+  echo "install-deps: making $verl_venv with verl 0.9.1"
+  python3 -m venv "$verl_venv"
+  "$verl_venv/bin/python" -m pip install -q torch==2.13.0 "transformers<5.11" peft safetensors \
+    h5py "kernels<0.13" verl==0.9.1
+fi

@@ -91,9 +91,11 @@ def verl_placement(world: int):
 
 def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
          mixed: bool = False, hsdp: bool = False, offload: bool = False,
-         verl: bool = False) -> torch.nn.Module:
+         verl: bool = False, verl_utils: bool = False) -> torch.nn.Module:
     """mixed: compute in fp16 (MixedPrecision); the shards the save reads stay at their own
-    precision between steps.  verl: FSDP2 with verl's shard placement."""
+    precision between steps.  verl: FSDP2 with verl's shard placement (the rule, copied);
+    verl_utils: verl's own functions (installed verl): get_shard_placement_fn for FSDP2,
+    get_fsdp_wrap_policy(is_lora=True, min_num_params=0) for FSDP1."""
     if how == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -101,7 +103,10 @@ def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
         mesh = init_device_mesh(device, (2, world // 2), mesh_dim_names=("replicate", "shard")) \
             if hsdp else init_device_mesh(device, (world,))
         kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.float16)} if mixed else {}
-        if verl:
+        if verl_utils:
+            from verl.utils.fsdp_utils import get_shard_placement_fn
+            kw["shard_placement_fn"] = get_shard_placement_fn(mesh.size(mesh.ndim - 1))
+        elif verl:
             kw["shard_placement_fn"] = verl_placement(mesh.size(mesh.ndim - 1))
         inner = peft.base_model.model
         layers = inner.transformer.h if hasattr(inner, "transformer") else inner.model.layers
@@ -133,10 +138,15 @@ def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
             world = dist.get_world_size()
             kw = {"sharding_strategy": ShardingStrategy.HYBRID_SHARD,
                   "device_mesh": init_device_mesh(device, (2, world // 2))}
-        # PEFT's policy: the LoRA modules (fp32) are units of their own beside the bf16 base
+        # PEFT's policy (or verl's): the LoRA modules (fp32) are units of their own beside the
+        # bf16 base
+        policy = fsdp_auto_wrap_policy(peft)
+        if verl_utils:
+            from verl.utils.fsdp_utils import get_fsdp_wrap_policy
+            policy = get_fsdp_wrap_policy(peft, config={"min_num_params": 0}, is_lora=True)
         return FullyShardedDataParallel(
             peft, use_orig_params=uop, device_id=torch.device(device), **kw,
-            auto_wrap_policy=fsdp_auto_wrap_policy(peft),
+            auto_wrap_policy=policy,
             mixed_precision=MixedPrecision(param_dtype=torch.bfloat16) if mixed else None,
             cpu_offload=CPUOffload(offload_params=True) if offload else None)
     if how == "ddp":
@@ -172,7 +182,7 @@ def main() -> int:
     ap.add_argument("--stripe-mib", type=int, default=0)  # save_merged(stripe_size=): alignment
     for flag in ("dora", "rslora", "lora-bias", "embed", "modules-to-save", "tie",
                  "second-adapter", "use-orig-params", "expect-refusal", "mixed-precision",
-                 "step", "hsdp", "cpu-offload", "verl-placement"):
+                 "step", "hsdp", "cpu-offload", "verl-placement", "verl-utils"):
         ap.add_argument("--" + flag, action="store_true")
     args = ap.parse_args()
     args.device = os.environ.get("LSL_TEST_DEVICE", "cpu")
@@ -200,8 +210,9 @@ def main() -> int:
     if getattr(ref.config, "tie_word_embeddings", False):
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
     model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision,
-                 args.hsdp, args.cpu_offload, args.verl_placement)
-    if args.verl_placement or args.wrap == "tp":  # a case only where some are in columns
+                 args.hsdp, args.cpu_offload, args.verl_placement, args.verl_utils)
+    if args.verl_placement or args.wrap == "tp" or (args.verl_utils and args.wrap == "fsdp2"):
+        # a case only where some parameters are in columns
         from torch.distributed.tensor import Shard
         cols = sorted(n for n, p in model.named_parameters()
                       if any(isinstance(q, Shard) and q.dim == 1

@@ -57,6 +57,22 @@ same() { # WHAT RUN_A RUN_B
   fi
 }
 
+# verl's own utilities (verl 0.9.1 from PyPI, in its own virtual environment: it pins
+# transformers below 5.11), LSL_TORCH_SUITE=verl with LSL_TORCH_PYTHON that environment's python
+# (tests/torch/verl_tests.sh): the report's FSDP1 wrapping and verl's FSDP2 placement.
+if [ "${LSL_TORCH_SUITE:-main}" = verl ]; then
+  "$py" -c "import verl; assert verl.__version__ == '0.9.1', verl.__version__" >"$out/verl.log" 2>&1 ||
+    { not_ok "verl 0.9.1 is not importable by $py: $(tail -1 "$out/verl.log")"; finish; exit 1; }
+  run verl-fsdp2-qwen2-np3 torchrun 3 --verl-utils
+  run verl-fsdp2-qwen2-np4 torchrun 4 --verl-utils
+  run verl-fsdp1-qwen2-np2 torchrun 2 --wrap fsdp1 --verl-utils
+  run verl-fsdp1-qwen2-np3 torchrun 3 --wrap fsdp1 --verl-utils --step
+  same "verl's FSDP2 placement at 3 and 4 ranks" verl-fsdp2-qwen2-np3 verl-fsdp2-qwen2-np4
+  same "verl's FSDP2 and FSDP1" verl-fsdp2-qwen2-np3 verl-fsdp1-qwen2-np2
+  run verl-fsdp2-qwen2-dora-refused-np3 torchrun 3 --verl-utils --dora --expect-refusal
+  finish
+  exit
+fi
 if [ "${LSL_TEST_DEVICE:-cpu}" = cuda ]; then
   run gpu-fsdp2-qwen2 torchrun 1
   run gpu-ddp-gpt2 torchrun 1 --wrap ddp --model gpt2 --lora-bias
