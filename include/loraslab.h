@@ -350,9 +350,11 @@ typedef struct lsl_lora_part {
 
 /* A part is rows [row0, row0 + nrows) of the tensor, every column of them (ncols 0), or a block
  * of them: columns [col0, col0 + ncols) of those rows (FSDP2's Shard(1), tensor parallelism),
- * held as nrows x ncols elements, contiguous.  Row parts tile the rows in rank order; when any
- * rank passes a block, the ranks' parts (rows or blocks, empty ones anywhere: nrows 0) tile the
- * tensor's rows x columns rectangle in any arrangement, each element held once.  A block is
+ * held as nrows x ncols elements, contiguous.  The ranks' parts (rows or blocks, empty ones
+ * anywhere: nrows 0) tile the tensor's rows x columns rectangle, each element held once: row
+ * parts in rank order are the plain case; blocks, and rows in another order (FSDP2 over tensor
+ * parallelism's _StridedShard), may come in any arrangement (LSL_ERR_SHAPE naming the tensor
+ * and the ranks for an overlap or a hole).  A block is
  * merged from B's rows and A's columns it needs (W[rows, cols] = W0 + scaling * B[rows, :] @
  * A[:, cols]) and written in place in the file, one piece a row; the file and its checksums are
  * those of row parts.  Blocks are merged on the CPU (device parts too: W0 copied down through

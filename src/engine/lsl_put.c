@@ -225,7 +225,9 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
     int same = 1, bad_k = -1;
     int64_t dora = -1; /* a part with data brings a magnitude (an empty one may pass NULL) */
     uint64_t prefix = 0, bad_at = 0, bad_prefix = 0;
-    int block = 0; /* some rank holds columns, not whole rows */
+    /* some rank holds columns, not whole rows, or the rows are not in rank order (FSDP2 over
+     * tensor parallelism's _StridedShard): then any arrangement that tiles the tensor */
+    int block = 0;
     for (int k = 0; k < w->size; k++)
         block |= all[k].count && all[k].nc;
     for (int k = 0; k < w->size; k++) {
@@ -243,6 +245,8 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
             bad_k = k, bad_at = (uint64_t)r->first, bad_prefix = prefix;
         prefix += (uint64_t)r->count;
     }
+    if (!elems && bad_k >= 0)
+        block = 1;
     if (failed != INT64_MAX)
         st = lsl_i_agree_first(w->comm, failed, st);
     else if (!same)
@@ -339,7 +343,13 @@ void lsl_i_put_write_rows(lsl_writer *w, lsl_i_putctx *pc, uint64_t first_row, u
     /* the running CRC: zeros up to each piece, then the piece (the zeros between two pieces by
      * the operator made at begin) */
     const unsigned char *p = buf;
-    for (uint64_t i = 0; i < nrows && pc->pbytes; i++) {
+    if (nrows && pc->pbytes == pc->rbytes) { /* whole rows: one range */
+        uint64_t at = (pc->row0 + first_row) * pc->rbytes;
+        pc->crc = lsl_crc32c_extend(lsl_crc32c_extend_zeros(pc->crc, at - pc->crc_end), p,
+                                    nrows * pc->pbytes);
+        pc->crc_end = at + nrows * pc->pbytes;
+    }
+    for (uint64_t i = 0; i < nrows && pc->pbytes && pc->pbytes != pc->rbytes; i++) {
         uint64_t at = (pc->row0 + first_row + i) * pc->rbytes + pc->c0 * pc->esize;
         if (pc->crc_end && at - pc->crc_end == pc->rbytes - pc->pbytes)
             pc->crc = lsl_crc32c_extend_zeros_op(pc->gap_op, pc->crc);

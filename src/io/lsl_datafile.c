@@ -259,6 +259,8 @@ lsl_status lsl_i_datafile_write_rows(lsl_i_datafile *f, uint64_t off, uint64_t p
                               lsl_i_wall());
         return st;
     }
+    if (piece == stride) /* whole rows: one range */
+        return lsl_i_datafile_write(f, off, buf, n * piece, what);
     lsl_status st = LSL_OK;
     const unsigned char *p = buf;
     for (uint64_t i = 0; st == LSL_OK && i < n && piece; i++)

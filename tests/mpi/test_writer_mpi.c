@@ -1060,6 +1060,31 @@ static void block_of(int k, int rk, uint64_t rows, uint64_t cols, uint64_t seed,
         *c0 = cut[rk], *nc = cut[rk + 1] - cut[rk];
     } else if (k == 2) { /* column blocks in reverse rank order */
         lsl_partition_rows(cols, size, size - 1 - rk, c0, nc);
+    } else if (k == 6) { /* row parts in reverse rank order (FSDP2 over TP: _StridedShard) */
+        lsl_partition_rows(rows, size, size - 1 - rk, r0, nr);
+        *nc = 0;
+    } else if (k == 7) { /* a grid (2 x 2 at 4 ranks, 1 x size else) at random cuts, ranks
+                          * down its columns first: blocks of one element on a small tensor */
+        uint64_t gr = size == 4 ? 2 : 1, gc = (uint64_t)size / gr, i = (uint64_t)rk % gr;
+        uint64_t j = (uint64_t)rk / gr,
+                 rc = gr == 2 ? (uint64_t)(rnd(&seed) * 7.0 + 7.0) % (rows + 1) : rows;
+        uint64_t cc[5] = {0};
+        for (uint64_t q = 1; q < gc; q++)
+            cc[q] = (uint64_t)(rnd(&seed) * 9.0 + 9.0) % (cols + 1);
+        for (uint64_t a = 1; a < gc; a++) /* insertion sort */
+            for (uint64_t b = a; b > 1 && cc[b - 1] > cc[b]; b--) {
+                uint64_t x = cc[b];
+                cc[b] = cc[b - 1];
+                cc[b - 1] = x;
+            }
+        cc[gc] = cols;
+        *r0 = i ? rc : 0, *nr = i ? rows - rc : rc;
+        *c0 = cc[j], *nc = cc[j + 1] - cc[j];
+        if (*nc == 0) /* no columns: nothing */
+            *nr = 0;
+        if (*nc == cols || !*nr) /* every column: a row part; or nothing */
+            *nc = 0;
+        return;
     } else { /* k == 3: rank 0 the top third of the rows whole, the others the rest in columns */
         uint64_t top = size > 1 ? rows / 3 : rows;
         if (rk == 0) {
@@ -1070,21 +1095,22 @@ static void block_of(int k, int rk, uint64_t rows, uint64_t cols, uint64_t seed,
             lsl_partition_rows(cols, size - 1, rk - 1, c0, nc);
         }
     }
-    if (*nc == 0 && k != 0 && !(k == 3 && rk == 0))
+    if (*nc == 0 && k != 0 && k != 6 && !(k == 3 && rk == 0))
         *nr = 0; /* an empty block */
 }
 
 static void test_blocks(void)
 {
     int before = lsl_check_total();
-    enum { NT = 4, NK = 6 };
+    enum { NT = 5, NK = 8 };
     lsl_tensor_info t[NT] = {{"w", LSL_BF16, 2, {13, 11}},
                              {"embed", LSL_F16, 2, {9, 14}},
                              {"conv", LSL_F32, 2, {10, 7}}, /* W [in, out]: a transposed delta */
-                             {"plain", LSL_F32, 2, {5, 6}}};
-    const uint64_t rr[NT] = {3, 2, 4, 0};
-    const lsl_dtype fdt[NT] = {LSL_F32, LSL_F16, LSL_BF16, LSL_F32};
-    const unsigned flags[NT] = {0, LSL_LORA_DELTA_IN_WEIGHT_DTYPE, LSL_LORA_TRANSPOSED, 0};
+                             {"plain", LSL_F32, 2, {5, 6}},
+                             {"tiny", LSL_BF16, 2, {2, 3}}};
+    const uint64_t rr[NT] = {3, 2, 4, 0, 1};
+    const lsl_dtype fdt[NT] = {LSL_F32, LSL_F16, LSL_BF16, LSL_F32, LSL_F32};
+    const unsigned flags[NT] = {0, LSL_LORA_DELTA_IN_WEIGHT_DTYPE, LSL_LORA_TRANSPOSED, 0, 0};
     void *w0[NT], *A[NT], *B[NT], *TA[NT], *TB[NT], *M = malloc(64);
     uint64_t na[NT], nb[NT], ain[NT], bout[NT];
     for (int i = 0; i < NT; i++) {
@@ -1113,9 +1139,11 @@ static void test_blocks(void)
                                    "column blocks in reverse rank order, B in row shards",
                                    "a row part beside column blocks, factors in element ranges",
                                    "overlapping blocks",
-                                   "DoRA on blocks"};
+                                   "DoRA on blocks",
+                                   "row parts out of rank order",
+                                   "a grid at random cuts, blocks of one element"};
     char path[NK][2][600];
-    uint64_t idx[NT] = {0, 1, 2, 3};
+    uint64_t idx[NT] = {0, 1, 2, 3, 4};
     for (int k = 0; k < NK; k++)
         for (int hf = 0; hf < 2; hf++) {
             if ((k == 5 || (k == 4 && hf)) && size == 1)
@@ -1186,7 +1214,7 @@ static void test_blocks(void)
                 st = lsl_writer_put_batch_all(wr, NT, idx, parts);
             for (int i = 0; st == LSL_OK && !(k % 2) && i < NT; i++)
                 st = lsl_writer_put_all(wr, (uint64_t)i, &parts[i]);
-            if (k < 4) {
+            if (k < 4 || k >= 6) {
                 CHECK(st == LSL_OK, "blocks, %s%s: %s", what[k], hf ? ", directory" : "",
                       lsl_last_error());
                 st = st == LSL_OK ? lsl_writer_close_all(&wr) : st;
@@ -1205,7 +1233,9 @@ static void test_blocks(void)
                 free(blk[i]);
         }
     if (rank == 0)
-        for (int k = 1; k < 4; k++) {
+        for (int k = 1; k < NK; k++) {
+            if (k == 4 || k == 5)
+                continue;
             CHECK(same_bytes(path[0][0], path[k][0]), "blocks, %s: other bytes than row parts",
                   what[k]);
             static const char *files[] = {"model.safetensors", "loraslab.json", "checksums.json"};

@@ -114,19 +114,29 @@ def wrap(peft: torch.nn.Module, how: str, device: str, uop: bool = False,
             fully_shard(layer, mesh=mesh, **kw)
         fully_shard(peft, mesh=mesh, **kw)
         return peft
-    if how == "tp":  # tensor parallelism alone on a 1-D mesh: the base Linear layers' weights
-        # become DTensors, column-parallel ones Shard(0) rows, row-parallel ones Shard(1)
+    if how in ("tp", "fsdp2-tp"):
+        # tensor parallelism: the base Linear layers' weights become DTensors, column-parallel
+        # ones Shard(0) rows, row-parallel ones Shard(1); alone on a 1-D mesh, or on the "tp"
+        # dimension of a (dp, tp) mesh with FSDP2 over "dp" (rows in _StridedShard, the LoRA
+        # factors sharded over "dp" only)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                        parallelize_module)
-        mesh = init_device_mesh(device, (dist.get_world_size(),))
+        world = dist.get_world_size()
+        mesh = init_device_mesh(device, (world,)) if how == "tp" else \
+            init_device_mesh(device, (world // 2, 2), mesh_dim_names=("dp", "tp"))
         plan = {}
         for n, m in peft.named_modules():
             leaf = n.rsplit(".", 2)
             if n.endswith(".base_layer") and isinstance(m, torch.nn.Linear):
                 row = leaf[-2] in ("o_proj", "down_proj")
                 plan[n] = RowwiseParallel() if row else ColwiseParallel()
-        parallelize_module(peft, mesh, plan)
+        parallelize_module(peft, mesh if how == "tp" else mesh["tp"], plan)
+        if how == "fsdp2-tp":
+            from torch.distributed.fsdp import fully_shard
+            for layer in peft.base_model.model.model.layers:
+                fully_shard(layer, mesh=mesh["dp"])
+            fully_shard(peft, mesh=mesh["dp"])
         return peft
     if how == "fsdp1":
         from peft.utils.other import fsdp_auto_wrap_policy
@@ -174,7 +184,8 @@ def ulps(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--wrap", default="fsdp2", choices=["fsdp2", "fsdp1", "ddp", "none", "tp"])
+    ap.add_argument("--wrap", default="fsdp2", choices=["fsdp2", "fsdp1", "ddp", "none", "tp",
+                                                        "fsdp2-tp"])
     ap.add_argument("--model", default="qwen2", choices=["qwen2", "gpt2"])
     ap.add_argument("--lora-r", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
@@ -211,15 +222,20 @@ def main() -> int:
         ref_sd.pop("lm_head.weight", None)  # save_pretrained drops the tied copy
     model = wrap(peft, args.wrap, args.device, args.use_orig_params, args.mixed_precision,
                  args.hsdp, args.cpu_offload, args.verl_placement, args.verl_utils)
-    if args.verl_placement or args.wrap == "tp" or (args.verl_utils and args.wrap == "fsdp2"):
+    if args.verl_placement or args.wrap in ("tp", "fsdp2-tp") or (args.verl_utils and
+                                                                   args.wrap == "fsdp2"):
         # a case only where some parameters are in columns
         from torch.distributed.tensor import Shard
         cols = sorted(n for n, p in model.named_parameters()
                       if any(isinstance(q, Shard) and q.dim == 1
                              for q in getattr(p, "placements", ())))
         check(bool(cols), "no parameter in Shard(1)")
+        strided = sum(1 for p in model.parameters()
+                      if any("Strided" in type(q).__name__ for q in getattr(p, "placements", ())))
+        check(strided > 0 or args.wrap != "fsdp2-tp", "FSDP2 over TP made no _StridedShard")
         if rank == 0:
-            print(f"torch_save: {len(cols)} parameters in Shard(1), e.g. {cols[:3]}")
+            print(f"torch_save: {len(cols)} parameters in Shard(1), {strided} in _StridedShard, "
+                  f"e.g. {cols[:3]}")
     if args.step:  # a forward and backward first, as a training job saves between steps
         ids = (torch.arange(1, 17).reshape(2, 8) * 37 % 1001).to(args.device)
         model(input_ids=ids).logits.float().square().mean().backward()

@@ -116,6 +116,10 @@ else
   # ones in Shard(1), the factors whole on every rank
   run tp-qwen2-np3 torchrun 3 --wrap tp
   same "tensor parallelism and FSDP2" fsdp2-qwen2-np2 tp-qwen2-np3
+  # FSDP2 over TP on a 2 x 2 (dp, tp) mesh: column-parallel rows in _StridedShard (out of rank
+  # order), row-parallel weights in (Shard(0), Shard(1)) blocks, factors on the dp submesh
+  run fsdp2-tp-qwen2-np4 torchrun 4 --wrap fsdp2-tp
+  same "FSDP2 over tensor parallelism and FSDP2" fsdp2-qwen2-np2 fsdp2-tp-qwen2-np4
   run ddp-gpt2-lora-bias-np2 torchrun 2 --wrap ddp --model gpt2 --lora-bias --stripe-mib 1
   run none-qwen2-options-np2 torchrun 2 --wrap none --rslora --modules-to-save --embed --tie \
     --second-adapter --adapter mine

@@ -1,7 +1,8 @@
 # Spack recipe for loraslab: `spack repo add packaging/spack` (repo.yaml there names the
 # namespace), then `spack install loraslab` (+cuda cuda_arch=80,90, +nccl, ~python).
-# Not yet checked with Spack itself (see NOTES.md).  Releases will be tagged v<project(VERSION)>;
-# until then the one version is the main branch.
+# Checked with Spack 0.23.0.dev0 (audit, spec, dev-build --test=root; NOTES.md), not yet with a
+# Spack 1.x.  Releases will be tagged v<project(VERSION)>; until then the one version is the
+# main branch.
 from spack.package import *
 
 

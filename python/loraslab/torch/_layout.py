@@ -50,6 +50,9 @@ class Rows:
 def local_rows(t: torch.Tensor, name: str, rank: int, size: int) -> Rows:
     """The part of t this rank writes (rank/size: the writer's communicator)."""
     t = t.detach()
+    if is_dtensor(t) and not hsdp(t) and (len(t.placements) > 1 or _root(t.device_mesh)
+                                          is not t.device_mesh):
+        return _mesh_block(t, name, size)
     if is_dtensor(t):
         from torch.distributed.tensor import Replicate, Shard
         pl = t.placements
@@ -83,6 +86,65 @@ def local_rows(t: torch.Tensor, name: str, rank: int, size: int) -> Rows:
                               f"torch.chunk's {n} rows of {shape}")
         return Rows(shape, r0, n, local.contiguous())
     return _slice(t, rank, size)
+
+
+def _root(mesh):
+    """The device mesh a submesh was cut from (itself for a mesh of its own)."""
+    get = getattr(mesh, "_get_root_mesh", None)
+    if get is None:
+        from torch.distributed.device_mesh import _mesh_resources
+        get = lambda: _mesh_resources.get_root_mesh(mesh)  # noqa: E731
+    return get() or mesh
+
+
+def _mesh_block(t: torch.Tensor, name: str, size: int) -> Rows:
+    """A DTensor on a mesh of several dimensions, or on a submesh of one (FSDP2 x tensor
+    parallelism: _StridedShard rows, Shard(1) columns, a factor sharded over the data-parallel
+    submesh only): its local shard is one rectangle of rows x columns, which DTensor itself
+    places (compute_local_shape_and_global_offset, as distributed checkpointing does).  Of the
+    ranks holding the same shard (Replicate on a mesh dimension, or the other submeshes of the
+    same root), the one at coordinate 0 of every Replicate dimension, in the submesh holding the
+    root mesh's first rank, writes it; the others pass nothing.  The library checks that the
+    writers' rectangles tile the tensor."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    try:
+        from torch.distributed.tensor.placement_types import _StridedShard
+    except ImportError:  # a torch without it: nothing is one
+        _StridedShard = Shard
+    mesh, pl, shape = t.device_mesh, t.placements, tuple(t.shape)
+    root = _root(mesh)
+    if root.size() != size:
+        raise Unsupported(f"tensor `{name}`: its device mesh spans {root.size()} ranks, the "
+                          f"writer's group {size}: pass the group of the whole mesh as "
+                          "process_group")
+    for p in pl:
+        if not isinstance(p, (Shard, _StridedShard, Replicate)):
+            raise Unsupported(f"tensor `{name}`: placement {p} ({pl}): only Shard and Replicate "
+                              "placements hold the tensor's values")
+    coord = mesh.get_coordinate() or []
+    local = t.to_local()
+    lead = int(root.mesh.flatten()[0])
+    writes = lead in mesh.mesh.flatten().tolist() and all(
+        c == 0 for c, p in zip(coord, pl) if isinstance(p, Replicate))
+    if not writes:
+        return Rows(shape, 0, 0, local.reshape(-1)[:0])
+    ls, off = compute_local_shape_and_global_offset(shape, mesh, pl)
+    ls, off = tuple(ls), tuple(off)
+    if tuple(local.shape) != ls:
+        raise Unsupported(f"tensor `{name}`: local shard {tuple(local.shape)} is not the "
+                          f"{ls} its placements {pl} give")
+    if not shape:
+        return Rows(shape, 0, 1, local.reshape(1).contiguous())
+    if ls[2:] != shape[2:]:
+        raise Unsupported(f"tensor `{name}`: placements {pl} shard a dimension after the "
+                          "second: not a block of rows and columns")
+    if math.prod(ls) == 0:
+        return Rows(shape, 0, 0, local.reshape(-1)[:0])
+    if len(shape) == 1 or ls[1] == shape[1]:
+        return Rows(shape, off[0], ls[0], local.contiguous())
+    inner = math.prod(shape[2:])
+    return Rows(shape, off[0], ls[0], local.contiguous(), off[1] * inner, ls[1] * inner)
 
 
 def _columns(local: torch.Tensor, shape: tuple, name: str, rank: int, size: int) -> Rows:

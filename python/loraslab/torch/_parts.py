@@ -174,8 +174,10 @@ def put_batch(lb: Any, w: c.c_void_p, items: list[Item], idx: list[int], rank: i
     with ctx:
         st = lb.lsl_writer_put_batch_all(w, 0 if local_error else len(idx), indices, parts)
     if local_error is not None:
+        said = str(local_error)
         raise Error(_capi.ERR_INVALID_ARG, "LSL_ERR_INVALID_ARG",
-                    f"tensor `{name}`: {local_error}") from local_error
+                    said if said.startswith("tensor `") else f"tensor `{name}`: {said}") \
+            from local_error
     check(st, comm)
     del keep
 
