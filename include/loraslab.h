@@ -358,8 +358,10 @@ typedef struct lsl_lora_part {
  * merged from B's rows and A's columns it needs (W[rows, cols] = W0 + scaling * B[rows, :] @
  * A[:, cols]) and written in place in the file, one piece a row; the file and its checksums are
  * those of row parts.  Blocks are merged on the CPU (device parts too: W0 copied down through
- * the staging budget, as lsl_writer_put_all says for DoRA); DoRA with blocks is refused
- * (LSL_ERR_UNSUPPORTED naming the tensor) before anything is written. */
+ * the staging budget, as lsl_writer_put_all says for DoRA).  DoRA on blocks takes a first pass
+ * over each block: its sums of squares, by row (down the columns when transposed), added across
+ * the ranks in one all-reduce of a value per row (column) of the tensor; so within 1 ulp of row
+ * parts, not always the same bytes. */
 typedef struct lsl_part {
     uint64_t row0, nrows;      /* this rank's rows (the ranks' tiling: see above) */
     const void *data;          /* nrows x ncols elements of W0 (or of the tensor itself when lora is

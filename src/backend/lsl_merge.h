@@ -16,6 +16,7 @@ typedef struct lsl_i_row_norms {
     uint64_t row[2];
     double norm2[2];
     int n;
+    const double *all; /* a block of columns: every row's whole sum (by row of the block) */
 } lsl_i_row_norms;
 
 /* One rank's part of one LoRA tensor on the CPU: its factors in fp64 (A whole, its own rows of
@@ -27,7 +28,8 @@ typedef struct lsl_i_cpu_part {
     const lsl_i_lora *lora;
     uint64_t r, in, nrows;
     double *a, *b, *colf;
-    lsl_i_row_norms shared; /* by local row of the part (lsl_i_cpu_part_row_norm) */
+    lsl_i_row_norms shared;  /* by local row of the part (lsl_i_cpu_part_row_norm) */
+    const double *row_norm2; /* a block of columns: every row's whole sum (borrowed) */
 } lsl_i_cpu_part;
 
 /* Not collective.  Allocates p's factors for a part of nrows rows of `in` columns of dtype wt
@@ -62,7 +64,17 @@ lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first
 lsl_status lsl_i_cpu_part_rowsq(const lsl_i_cpu_part *p, const void *w, uint64_t row, uint64_t c0,
                                 uint64_t c1, void *work, double *out);
 void lsl_i_cpu_part_row_norm(lsl_i_cpu_part *p, uint64_t row, double norm2);
-lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p);
+/* DoRA by rows on a block of columns (a row's norm spans the blocks of every rank holding a piece
+ * of it): the sums of squares of V over the block's own columns of its rows [first, first + n)
+ * (w: those rows), into out[n]; once the ranks' sums are added, lsl_i_cpu_part_block_norms
+ * gives the merge every row's whole sum (norm2: the part's nrows values, borrowed until the
+ * part is freed). */
+lsl_status lsl_i_cpu_part_rowsq_block(const lsl_i_cpu_part *p, const void *w, uint64_t first,
+                                      uint64_t n, void *work, double *out);
+void lsl_i_cpu_part_block_norms(lsl_i_cpu_part *p, const double *norm2);
+/* The column factors from the reduced sums in p->colf; the magnitude's values from column c0 on
+ * (a block of columns; 0 otherwise). */
+lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p, uint64_t c0);
 /* Merges rows [first, first + n) of the part in place at w.  LSL_ERR_NONFINITE with *bad the
  * first offending element (of these rows). */
 lsl_status lsl_i_cpu_part_merge(const lsl_i_cpu_part *p, void *w, uint64_t first, uint64_t n,

@@ -124,6 +124,8 @@ lsl_status lsl_i_merge_rows_dora_cpu(lsl_dtype dt, void *w, uint64_t m, uint64_t
         for (int q = 0; given && q < given->n; q++) /* a row whose elements span ranks */
             if (given->row[q] == i)
                 norm2 = given->norm2[q];
+        if (given && given->all) /* a block of columns: every row's whole sum */
+            norm2 = given->all[i];
         double factor = to_double(mag_dt, mag, i) / sqrt(norm2);
         for (uint64_t j = 0; j < in; j++) {
             uint64_t k = i * in + j;

@@ -51,12 +51,14 @@ lsl_status lsl_i_cpu_part_colsq(lsl_i_cpu_part *p, const void *w, uint64_t first
                                 p->lora->scaling, k0, k1, work, p->colf);
 }
 
-lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p)
+lsl_status lsl_i_cpu_part_columns(lsl_i_cpu_part *p, uint64_t c0)
 {
     double *mag = lsl_i_malloc(p->in * sizeof *mag + 1);
     if (!mag)
         return lsl_i_fail(LSL_ERR_NOMEM, "out of memory for DoRA magnitudes");
-    lsl_i_to_f64(p->lora->magnitude_dtype, p->lora->magnitude, p->in, mag);
+    lsl_dtype mt = p->lora->magnitude_dtype;
+    lsl_i_to_f64(mt, (const unsigned char *)p->lora->magnitude + c0 * (lsl_dtype_bits(mt) / 8),
+                 p->in, mag);
     for (uint64_t j = 0; j < p->in; j++)
         p->colf[j] = mag[j] / sqrt(p->colf[j]);
     free(mag);
@@ -72,7 +74,9 @@ lsl_status lsl_i_cpu_part_merge(const lsl_i_cpu_part *p, void *w, uint64_t first
         return lsl_i_merge_rows_dora_cols_cpu(p->wt, w, n, p->in, b, p->a, p->r, l->scaling,
                                               p->colf, work, bad);
     if (l->magnitude) {
-        lsl_i_row_norms given = {{0, 0}, {0, 0}, 0}; /* the shared rows among these */
+        lsl_i_row_norms given = {{0, 0}, {0, 0}, 0, NULL}; /* the shared rows among these */
+        if (p->row_norm2)
+            given.all = p->row_norm2 + first;
         for (int q = 0; q < p->shared.n; q++)
             if (p->shared.row[q] >= first && p->shared.row[q] < first + n) {
                 given.row[given.n] = p->shared.row[q] - first;
@@ -96,6 +100,23 @@ lsl_status lsl_i_cpu_part_rowsq(const lsl_i_cpu_part *p, const void *w, uint64_t
 {
     return lsl_i_dora_rowsq_cpu(p->wt, w, p->in, p->b + row * p->r, p->a, p->r, p->lora->scaling,
                                 c0, c1, work, out);
+}
+
+lsl_status lsl_i_cpu_part_rowsq_block(const lsl_i_cpu_part *p, const void *w, uint64_t first,
+                                      uint64_t n, void *work, double *out)
+{
+    uint64_t es = lsl_dtype_bits(p->wt) / 8;
+    lsl_status st = LSL_OK;
+    for (uint64_t i = 0; st == LSL_OK && i < n; i++)
+        st = lsl_i_dora_rowsq_cpu(p->wt, (const unsigned char *)w + i * p->in * es, p->in,
+                                  p->b + (first + i) * p->r, p->a, p->r, p->lora->scaling, 0, p->in,
+                                  work, &out[i]);
+    return st;
+}
+
+void lsl_i_cpu_part_block_norms(lsl_i_cpu_part *p, const double *norm2)
+{
+    p->row_norm2 = norm2;
 }
 
 void lsl_i_cpu_part_row_norm(lsl_i_cpu_part *p, uint64_t row, double norm2)

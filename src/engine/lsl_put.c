@@ -253,12 +253,6 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
                         "ranks put different tensors, or mixed LoRA/no LoRA, DoRA/no DoRA, "
                         "host/device memory or rows/elements, in the same call");
-    else if (block && dora > 0)
-        st = lsl_i_fail(LSL_ERR_UNSUPPORTED,
-                        "tensor `%s`: DoRA with parts of columns (Shard(1), tensor parallelism) "
-                        "is not supported: its row norms span the blocks; shard the weight by "
-                        "rows (Shard(0))",
-                        pc->t->name);
     else if (block)
         st = check_blocks(all, w->size, pc);
     else if (bad_k >= 0)

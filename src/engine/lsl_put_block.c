@@ -1,10 +1,15 @@
 /* The host chunk loop of a tensor held in blocks (FSDP2's Shard(1), tensor parallelism): each
  * rank's rows of its block's columns, merged with A's columns of the block and written one
- * piece a row into the tensor's place (lsl_i_put_write_rows).  Whole-row parts of such a tensor
+ * piece a row into the tensor's place (lsl_i_put_write_rows).  DoRA takes a first pass over the
+ * block for its sums of squares, added across the ranks (one all-reduce of a value per row, or
+ * per column down the columns).  Whole-row parts of such a tensor
  * come here too, so every rank makes the same collective writes. */
 #include "lsl_writer_s.h"
 
 #include "lsl_merge.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
                                 const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0)
@@ -13,6 +18,11 @@ lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putct
     lsl_i_cpu_part cp = {0};
     lsl_i_putctx pc = *pcp;
     const lsl_tensor_info *t = pc.t;
+    /* DoRA: the ranks' sums of squares of V, by row of the tensor (or by column, down the
+     * columns), added across the ranks that share a row (a column) before the merge */
+    const bool dora = lora && pc.dora, by_cols = dora && (lora->flags & LSL_I_LORA_DORA_COLUMNS);
+    uint64_t nsum = !dora ? 0 : by_cols ? pc.relems : pc.rows;
+    double *sums = dora ? lsl_i_calloc(nsum + 1, sizeof *sums) : NULL;
     /* rows go through the staging budget unless they are copied unchanged from host memory */
     const bool staged = lora || !src->mem;
     uint64_t chunk_rows = 0, nloc = 0, per_row = pc.pbytes;
@@ -26,6 +36,8 @@ lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putct
         else if (st == LSL_OK && !(lora->flags & LSL_I_LORA_A_FULL))
             st = lsl_i_fail(LSL_ERR_INVALID_ARG, "internal: tensor `%s`: LoRA A not gathered",
                             t->name);
+        else if (st == LSL_OK && dora && !sums)
+            st = lsl_i_fail(LSL_ERR_NOMEM, "tensor `%s`: out of memory for DoRA norms", t->name);
         LSL_TRY(lsl_i_agree(w->comm, st));
         lsl_i_cpu_part_load(&cp, lora->a, pc.c0, pc.relems);
         per_row += lsl_i_cpu_part_work_row(&cp);
@@ -46,6 +58,29 @@ lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putct
     /* a directory's queued writes of an earlier put may still read the staging budget */
     if (st == LSL_OK && staged)
         st = lsl_i_datafile_fence(&w->file, w->staging, w->staging_bytes);
+    if (dora) {
+        /* pass 1: this rank's sums over its block; every rank joins the reduction */
+        for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
+            uint64_t lr = c * chunk_rows,
+                     m = pc.nrows - lr < chunk_rows ? pc.nrows - lr : chunk_rows;
+            st = lsl_i_datafile_fence(&w->file, rows, m * pc.pbytes);
+            if (st == LSL_OK)
+                st = lsl_i_src_read(src, lr * pc.pbytes, m * pc.pbytes, rows);
+            if (st == LSL_OK && by_cols)
+                st = lsl_i_cpu_part_colsq(&cp, rows, lr, m, 0, m * pc.nc, work);
+            else if (st == LSL_OK)
+                st = lsl_i_cpu_part_rowsq_block(&cp, rows, lr, m, work, sums + pc.row0 + lr);
+        }
+        if (by_cols && st == LSL_OK && pc.nrows)
+            memcpy(sums + pc.c0, cp.colf, pc.nc * sizeof *sums);
+        LSL_TRY(lsl_i_allreduce_f64(w->comm, sums, nsum, LSL_OP_SUM));
+        if (by_cols && st == LSL_OK) {
+            memcpy(cp.colf, sums + pc.c0, pc.nc * sizeof *sums);
+            st = lsl_i_cpu_part_columns(&cp, pc.c0);
+        } else if (st == LSL_OK) {
+            lsl_i_cpu_part_block_norms(&cp, sums + pc.row0);
+        }
+    }
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
     for (uint64_t c = 0; c < nchunks; c++) {
         uint64_t lr = c * chunk_rows, m = 0, bad = 0;
@@ -77,5 +112,6 @@ fail:
     if (rc != LSL_OK)
         w->state = W_FAILED;
     lsl_i_cpu_part_free(&cp);
+    free(sums);
     return rc;
 }

@@ -166,7 +166,7 @@ lsl_status lsl_i_put_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp
         if (rs != LSL_OK)
             LSL_GOTO(rs);
         if (st == LSL_OK)
-            st = lsl_i_cpu_part_columns(&cp);
+            st = lsl_i_cpu_part_columns(&cp, 0);
     }
     if (pc.elems && lora && pc.dora && !lsl_i_cpu_part_by_columns(&cp)) {
         /* DoRA by rows on element ranges (every rank: agreed in the put's record) */

@@ -69,7 +69,7 @@ if [ "${LSL_TORCH_SUITE:-main}" = verl ]; then
   run verl-fsdp1-qwen2-np3 torchrun 3 --wrap fsdp1 --verl-utils --step
   same "verl's FSDP2 placement at 3 and 4 ranks" verl-fsdp2-qwen2-np3 verl-fsdp2-qwen2-np4
   same "verl's FSDP2 and FSDP1" verl-fsdp2-qwen2-np3 verl-fsdp1-qwen2-np2
-  run verl-fsdp2-qwen2-dora-refused-np3 torchrun 3 --verl-utils --dora --expect-refusal
+  run verl-fsdp2-qwen2-dora-np3 torchrun 3 --verl-utils --dora
   finish
   exit
 fi
@@ -111,7 +111,8 @@ else
     --lora-r 2
   same "verl's placement, embeddings and modules_to_save" fsdp2-qwen2-embed-mts-np3 \
     fsdp2-verl-qwen2-embed-mts-np3
-  run fsdp2-verl-qwen2-dora-refused-np3 torchrun 3 --verl-placement --dora --expect-refusal
+  # DoRA by rows on Shard(1) blocks: each row's norm adds the ranks' partial sums
+  run fsdp2-verl-qwen2-dora-np3 torchrun 3 --verl-placement --dora
   # tensor parallelism alone on a 1-D mesh: column-parallel weights in Shard(0), row-parallel
   # ones in Shard(1), the factors whole on every rank
   run tp-qwen2-np3 torchrun 3 --wrap tp
