@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static bool float_dtype(lsl_dtype d)
@@ -225,8 +226,7 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
     int same = 1, bad_k = -1;
     int64_t dora = -1; /* a part with data brings a magnitude (an empty one may pass NULL) */
     uint64_t prefix = 0, bad_at = 0, bad_prefix = 0;
-    /* some rank holds columns, not whole rows, or the rows are not in rank order (FSDP2 over
-     * tensor parallelism's _StridedShard): then any arrangement that tiles the tensor */
+    /* some rank holds columns, not whole rows: then any arrangement that tiles the tensor */
     int block = 0;
     for (int k = 0; k < w->size; k++)
         block |= all[k].count && all[k].nc;
@@ -245,15 +245,16 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
             bad_k = k, bad_at = (uint64_t)r->first, bad_prefix = prefix;
         prefix += (uint64_t)r->count;
     }
-    if (!elems && bad_k >= 0)
-        block = 1;
+    /* rows out of rank order (FSDP2 over tensor parallelism's _StridedShard) tile the tensor
+     * as well when no two overlap and none is missing; each rank's rows are still one range */
+    int unordered = !elems && bad_k >= 0;
     if (failed != INT64_MAX)
         st = lsl_i_agree_first(w->comm, failed, st);
     else if (!same)
         st = lsl_i_fail(LSL_ERR_INCONSISTENT,
                         "ranks put different tensors, or mixed LoRA/no LoRA, DoRA/no DoRA, "
                         "host/device memory or rows/elements, in the same call");
-    else if (block)
+    else if (block || unordered)
         st = check_blocks(all, w->size, pc);
     else if (bad_k >= 0)
         st = lsl_i_fail(LSL_ERR_SHAPE,
@@ -388,32 +389,69 @@ lsl_status lsl_i_put_nonfinite(const lsl_i_putctx *pc, uint64_t first_row, uint6
                       (unsigned long long)(pc->c0 + bad % w_of(pc)));
 }
 
+/* A tensor held in blocks: each rank's CRC covers the whole tensor, zeros where the others
+ * write; q holds (crc, bytes, failed, first element) per rank. */
+static uint32_t xor_crc(const uint64_t *q, int size, uint64_t nbytes)
+{
+    uint32_t all = 0;
+    for (int k = 0; k < size; k++)
+        all ^= (uint32_t)q[4 * k];
+    return lsl_crc32c_xor_fold(all, (uint64_t)size, nbytes);
+}
+
+static int by_key(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Ranges (rows or elements): the ranks' CRCs combined in the order of their bytes, which is
+ * rank order but for rows out of it (_StridedShard).  Then sorted by (first element, rank) in
+ * w->per_rank's room past the all-gather's 4 values a rank. */
+static uint32_t ordered_crc(lsl_writer *w, const uint64_t *q)
+{
+    uint32_t all = 0;
+    int in_order = 1;
+    uint64_t at = 0;
+    for (int k = 0; k < w->size; k++)
+        if (q[4 * k + 1]) {
+            in_order &= q[4 * k + 3] >= at;
+            at = q[4 * k + 3];
+        }
+    if (in_order || w->size > (1 << 20)) {
+        for (int k = 0; k < w->size; k++)
+            all = lsl_crc32c_combine(all, (uint32_t)q[4 * k], q[4 * k + 1]);
+        return all;
+    }
+    uint64_t *key = w->per_rank + 4 * (size_t)w->size, n = 0;
+    for (int k = 0; k < w->size; k++)
+        if (q[4 * k + 1])
+            key[n++] = q[4 * k + 3] << 20 | (uint64_t)k; /* elements < 2^44: a tensor < 16 TiB */
+    qsort(key, n, sizeof *key, by_key);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t k = key[i] & ((1u << 20) - 1);
+        all = lsl_crc32c_combine(all, (uint32_t)q[4 * k], q[4 * k + 1]);
+    }
+    return all;
+}
+
 lsl_status lsl_i_put_end(lsl_writer *w, uint64_t index, lsl_i_putctx *pc, const lsl_i_lora *lora,
                          lsl_status st)
 {
     lsl_status rc = LSL_OK;
     double t0 = lsl_i_now();
-    /* the ranks' checksums and who failed first, in one all-gather; a block's CRC runs on to
-     * the tensor's end */
+    /* the ranks' checksums, where their bytes start, and who failed first, in one all-gather;
+     * a block's CRC runs on to the tensor's end */
     if (pc->block && st == LSL_OK)
         pc->crc = lsl_crc32c_extend_zeros(pc->crc, w->nbytes[index] - pc->crc_end);
-    uint64_t trio[3] = {pc->crc, pc->my_bytes, st != LSL_OK}, *trios = w->per_rank;
-    LSL_TRY(lsl_i_allgather(w->comm, trio, trios, sizeof trio));
+    uint64_t quad[4] = {pc->crc, pc->my_bytes, st != LSL_OK, pc->e0}, *q = w->per_rank;
+    LSL_TRY(lsl_i_allgather(w->comm, quad, q, sizeof quad));
     int64_t failed = INT64_MAX;
     for (int k = 0; k < w->size && failed == INT64_MAX; k++)
-        if (trios[3 * k + 2])
+        if (q[4 * k + 2])
             failed = k;
     LSL_TRY(lsl_i_agree_first(w->comm, failed, st));
-    uint32_t all = 0;
-    if (pc->block) /* each rank's CRC covers the whole tensor, zeros where others write */
-        for (int k = 0; k < w->size; k++)
-            all ^= (uint32_t)trios[3 * k];
-    else
-        for (int k = 0; k < w->size; k++)
-            all = lsl_crc32c_combine(all, (uint32_t)trios[3 * k], trios[3 * k + 1]);
-    if (pc->block)
-        all = lsl_crc32c_xor_fold(all, (uint64_t)w->size, w->nbytes[index]);
-    w->fin[index].crc32c = all;
+    w->fin[index].crc32c = pc->block ? xor_crc(q, w->size, w->nbytes[index]) : ordered_crc(w, q);
     w->done[index] = 1;
     if (lora) {
         w->fin[index].has_lora = 1;
