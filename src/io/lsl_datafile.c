@@ -122,6 +122,28 @@ static lsl_status write_set(lsl_i_datafile *f, uint64_t off, const void *buf, ui
     return lsl_i_iopool_post(f->pool, lo, off - f->vbase[lo], buf, count, what);
 }
 
+/* One collective write's outcome on this rank: an injected failure, MPI's error, or fewer
+ * bytes than count written. */
+static lsl_status mpi_verdict(const lsl_i_datafile *f, bool injected, int mrc, MPI_Status *ms,
+                              uint64_t count, const char *what)
+{
+    if (injected)
+        return lsl_i_fail_errno(LSL_ERR_IO, EIO, "%s: writing %s (LSL_FAULT)", f->path, what);
+    if (mrc != MPI_SUCCESS) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s: writing %s", f->path, what);
+        return lsl_i_mpi_fail(mrc, msg);
+    }
+    int got = 0;
+    MPI_Get_count(ms, MPI_BYTE, &got);
+    if (count && (uint64_t)got != count)
+        return lsl_i_fail(LSL_ERR_NOSPACE,
+                          "%s: short write of %s (%d of %llu bytes): filesystem full or quota "
+                          "exceeded?",
+                          f->path, what, got, (unsigned long long)count);
+    return LSL_OK;
+}
+
 static lsl_status write_mpi(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
                             const char *what)
 {
@@ -133,21 +155,7 @@ static lsl_status write_mpi(lsl_i_datafile *f, uint64_t off, const void *buf, ui
     int mrc = MPI_File_write_at_all(f->fh, (MPI_Offset)off, injected || !count ? &none : buf,
                                     injected ? 0 : (int)count, MPI_BYTE, &ms);
     f->calls++;
-    if (injected)
-        return lsl_i_fail_errno(LSL_ERR_IO, EIO, "%s: writing %s (LSL_FAULT)", f->path, what);
-    if (mrc != MPI_SUCCESS) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "%s: writing %s", f->path, what);
-        return lsl_i_mpi_fail(mrc, msg);
-    }
-    int got = 0;
-    MPI_Get_count(&ms, MPI_BYTE, &got);
-    if (count && (uint64_t)got != count)
-        return lsl_i_fail(LSL_ERR_NOSPACE,
-                          "%s: short write of %s (%d of %llu bytes): filesystem full or quota "
-                          "exceeded?",
-                          f->path, what, got, (unsigned long long)count);
-    return LSL_OK;
+    return mpi_verdict(f, injected, mrc, &ms, count, what);
 }
 
 static lsl_status write_pos(lsl_i_datafile *f, uint64_t off, const void *buf, uint64_t count,
@@ -233,18 +241,11 @@ static lsl_status write_rows_mpi(lsl_i_datafile *f, uint64_t off, uint64_t piece
         MPI_Type_free(&ft);
     if (st != LSL_OK)
         return st;
-    if (injected)
-        return lsl_i_fail_errno(LSL_ERR_IO, EIO, "%s: writing %s (LSL_FAULT)", f->path, what);
-    if (mrc != MPI_SUCCESS || wrc != MPI_SUCCESS || rrc != MPI_SUCCESS)
-        return lsl_i_mpi_fail(mrc != MPI_SUCCESS ? mrc : wrc != MPI_SUCCESS ? wrc : rrc, msg);
-    int got = 0;
-    MPI_Get_count(&ms, MPI_BYTE, &got);
-    if (count && (uint64_t)got != count)
-        return lsl_i_fail(LSL_ERR_NOSPACE,
-                          "%s: short write of %s (%d of %llu bytes): filesystem full or quota "
-                          "exceeded?",
-                          f->path, what, got, (unsigned long long)count);
-    return LSL_OK;
+    return mpi_verdict(f, injected,
+                       mrc != MPI_SUCCESS   ? mrc
+                       : wrc != MPI_SUCCESS ? wrc
+                                            : rrc,
+                       &ms, count, what);
 }
 
 lsl_status lsl_i_datafile_write_rows(lsl_i_datafile *f, uint64_t off, uint64_t piece,
