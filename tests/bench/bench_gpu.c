@@ -440,8 +440,8 @@ static double run_lsl(const wbench *B, const char *path, uint64_t *grow)
             lp[k] = (lsl_lora_part){.rank = r,
                                     .alpha = 64,
                                     .scaling = 2.0,
-                                    .a = {B->a[i], LSL_F32, a0 * in, an * in},
-                                    .b = {B->b[i], LSL_F32, B->r0[i] * r, B->nr[i] * r}};
+                                    .a = {B->a[i], LSL_F32, a0 * in, an * in, 0},
+                                    .b = {B->b[i], LSL_F32, B->r0[i] * r, B->nr[i] * r, 0}};
             p[k] = (lsl_part){
                 B->r0[i], B->nr[i], B->w[i], LSL_MEM_DEVICE, NULL, B->s[i].lora ? &lp[k] : NULL,
                 0,        0};

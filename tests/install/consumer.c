@@ -35,9 +35,9 @@ int main(int argc, char **argv)
     lsl_lora_part l = {R,
                        4.0,
                        2.0,
-                       {a, LSL_F32, 0, R * COLS},
-                       {b + r0 * R, LSL_F32, r0 * R, nr * R},
-                       {NULL, LSL_F32, 0, 0},
+                       {a, LSL_F32, 0, R * COLS, 0},
+                       {b + r0 * R, LSL_F32, r0 * R, nr * R, 0},
+                       {NULL, LSL_F32, 0, 0, 0},
                        0};
     lsl_part p = {r0, nr, w0 + r0 * COLS, LSL_MEM_HOST, NULL, &l, 0, 0};
     lsl_comm *comm = NULL;

@@ -269,9 +269,9 @@ static void test_merge_and_copy(int big, int batch)
                 .rank = c->r,
                 .alpha = c->scaling * (double)c->r,
                 .scaling = c->scaling,
-                .a = {dev(ashard, an * c->in * ae), c->a, a0 * c->in, an * c->in},
+                .a = {dev(ashard, an * c->in * ae), c->a, a0 * c->in, an * c->in, 0},
                 .b = {dev((unsigned char *)fullB[i] + r0 * c->r * esz(c->b), n * c->r * esz(c->b)),
-                      c->b, r0 * c->r, n * c->r}};
+                      c->b, r0 * c->r, n * c->r, 0}};
             part.lora = lp;
         }
         parts[nt - 1 - i] = part;
@@ -383,8 +383,8 @@ static lsl_lora_part lora_f32(uint64_t r, double scaling, uint64_t in, uint64_t 
     return (lsl_lora_part){.rank = r,
                            .alpha = scaling * (double)r,
                            .scaling = scaling,
-                           .a = {a, LSL_F32, a0 * in, an * in},
-                           .b = {b, LSL_F32, b0 * r, bn * r}};
+                           .a = {a, LSL_F32, a0 * in, an * in, 0},
+                           .b = {b, LSL_F32, b0 * r, bn * r, 0}};
 }
 
 /* One rank (the last) does something wrong in a put; everyone must fail alike, nobody hangs. */
@@ -999,8 +999,8 @@ static void test_factor_layouts(void)
         lsl_lora_part lp = {.rank = R,
                             .alpha = 1.5,
                             .scaling = 0.5,
-                            .a = {an_ ? dev(fa + ae, an_ * 4) : NULL, LSL_F32, ae, an_},
-                            .b = {bn ? dev(fb + be, bn * 4) : NULL, LSL_F32, be, bn},
+                            .a = {an_ ? dev(fa + ae, an_ * 4) : NULL, LSL_F32, ae, an_, 0},
+                            .b = {bn ? dev(fb + be, bn * 4) : NULL, LSL_F32, be, bn, 0},
                             .flags = k == 3 ? LSL_LORA_TRANSPOSED : 0};
         if (k == 5 && rank == 0)
             lp.a.dtype = LSL_BF16;
@@ -1361,8 +1361,8 @@ static void test_cpu_formulas(void)
                     .rank = r,
                     .alpha = 2.0 * (double)r,
                     .scaling = 2.0,
-                    .a = {ON(a + a0 * in * es, an * in * es), fdt[i], a0 * in, an * in},
-                    .b = {ON(b + q0 * r * es, qn * r * es), fdt[i], q0 * r, qn * r},
+                    .a = {ON(a + a0 * in * es, an * in * es), fdt[i], a0 * in, an * in, 0},
+                    .b = {ON(b + q0 * r * es, qn * r * es), fdt[i], q0 * r, qn * r, 0},
                     .flags = flags[i]};
                 if (flags[i] == LSL_LORA_TRANSPOSED) { /* W = ((A^T) @ (B^T))^T, in row shards */
                     a = TB[i];
