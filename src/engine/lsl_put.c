@@ -272,8 +272,6 @@ static lsl_status begin(lsl_writer *w, uint64_t index, uint64_t first, uint64_t 
         pc->pbytes = pc->nc * pc->esize;
         pc->e0 = pc->row0 * pc->relems + pc->c0;
         pc->ne = pc->nrows * pc->nc;
-        pc->crc = 0;
-        pc->crc_end = 0;
         lsl_crc32c_zeros_op(pc->rbytes - pc->pbytes, pc->gap_op);
     }
     if (st == LSL_OK) {

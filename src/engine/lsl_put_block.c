@@ -11,6 +11,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Rows of chunk c (chunk_rows each, the last short) of a part of nrows rows. */
+static uint64_t chunk_len(uint64_t c, uint64_t chunk_rows, uint64_t nrows)
+{
+    uint64_t lr = c * chunk_rows;
+    return nrows - lr < chunk_rows ? nrows - lr : chunk_rows;
+}
+
+/* The part's rows [lr, lr + m) into the staging buffer, once the writes a directory queued from
+ * it are done. */
+static lsl_status stage(lsl_writer *w, const lsl_i_putctx *pc, const lsl_i_src *src,
+                        unsigned char *rows, uint64_t lr, uint64_t m)
+{
+    lsl_status st = lsl_i_datafile_fence(&w->file, rows, m * pc->pbytes);
+    return st == LSL_OK ? lsl_i_src_read(src, lr * pc->pbytes, m * pc->pbytes, rows) : st;
+}
+
 lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putctx *pcp,
                                 const lsl_i_src *src, const lsl_i_lora *lora, lsl_status st0)
 {
@@ -61,11 +77,8 @@ lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putct
     if (dora) {
         /* pass 1: this rank's sums over its block; every rank joins the reduction */
         for (uint64_t c = 0; st == LSL_OK && c < nloc; c++) {
-            uint64_t lr = c * chunk_rows,
-                     m = pc.nrows - lr < chunk_rows ? pc.nrows - lr : chunk_rows;
-            st = lsl_i_datafile_fence(&w->file, rows, m * pc.pbytes);
-            if (st == LSL_OK)
-                st = lsl_i_src_read(src, lr * pc.pbytes, m * pc.pbytes, rows);
+            uint64_t lr = c * chunk_rows, m = chunk_len(c, chunk_rows, pc.nrows);
+            st = stage(w, &pc, src, rows, lr, m);
             if (st == LSL_OK && by_cols)
                 st = lsl_i_cpu_part_colsq(&cp, rows, lr, m, 0, m * pc.nc, work);
             else if (st == LSL_OK)
@@ -83,15 +96,11 @@ lsl_status lsl_i_put_block_body(lsl_writer *w, uint64_t index, const lsl_i_putct
     }
     uint64_t nchunks = lsl_i_writer_max(w, nloc, &st);
     for (uint64_t c = 0; c < nchunks; c++) {
-        uint64_t lr = c * chunk_rows, m = 0, bad = 0;
-        if (c < nloc)
-            m = pc.nrows - lr < chunk_rows ? pc.nrows - lr : chunk_rows;
+        uint64_t lr = c * chunk_rows, m = c < nloc ? chunk_len(c, chunk_rows, pc.nrows) : 0;
+        uint64_t bad = 0;
         const void *buf = NULL;
         if (st == LSL_OK && m && staged) {
-            /* the last chunk's queued writes may still read the buffer */
-            st = lsl_i_datafile_fence(&w->file, rows, m * pc.pbytes);
-            if (st == LSL_OK)
-                st = lsl_i_src_read(src, lr * pc.pbytes, m * pc.pbytes, rows);
+            st = stage(w, &pc, src, rows, lr, m);
             buf = rows;
         } else if (st == LSL_OK && m) {
             buf = src->mem + lr * pc.pbytes;
